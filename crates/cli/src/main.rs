@@ -1,1 +1,56 @@
-fn main() {}
+//! `hotpatch`: the machine-side command. Publishers use it to make and sign
+//! hotpatches; operators use it to inspect, verify and apply them.
+
+mod keys;
+mod output;
+mod package;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "hotpatch", version, about = "Rebootless security updates for running Linux processes")]
+struct Cli {
+    /// Print machine-readable JSON instead of text for people.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a publisher key pair (the secret file is created mode 0600).
+    Keygen(keys::KeygenArgs),
+    /// Pack a replacement object into a signed hotpatch for a baseline.
+    Pack(package::PackArgs),
+    /// Show what a hotpatch package contains (does not check the signature).
+    Inspect(package::InspectArgs),
+    /// Check a package's signature against trusted publisher keys.
+    Verify(package::VerifyArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HOTPATCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let out = output::Output::new(cli.json);
+    let result = match cli.command {
+        Command::Keygen(args) => keys::keygen(args, &out),
+        Command::Pack(args) => package::pack(args, &out),
+        Command::Inspect(args) => package::inspect(args, &out),
+        Command::Verify(args) => package::verify(args, &out),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            out.error(&err);
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! `hotpatch pack`, `inspect` and `verify`.
+
+use crate::output::Output;
+use anyhow::Context;
+use clap::Args;
+use hotpatch_build::{PackRequest, manifest_for, parse_replacement};
+use hotpatch_format::{Classification, Manifest, Package, SecretKey, TrustStore};
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub struct PackArgs {
+    /// The baseline executable or shared library the hotpatch is for.
+    #[arg(long)]
+    baseline: PathBuf,
+    /// Relocatable object (.o) holding the replacement functions.
+    #[arg(long)]
+    payload: PathBuf,
+    /// OLD=NEW: replace baseline function OLD by payload function NEW;
+    /// FILE:OLD=NEW names the source file of a static OLD whose name is not unique.
+    #[arg(long = "replace", required = true)]
+    replace: Vec<String>,
+    /// Cumulative level within the baseline (1, 2, ...).
+    #[arg(long)]
+    level: u32,
+    /// security, critical, non-security, runtime, third-party or firmware-driver.
+    #[arg(long)]
+    classification: Classification,
+    /// CVE fixed by this hotpatch (repeatable).
+    #[arg(long = "cve")]
+    cves: Vec<String>,
+    /// Product name; defaults to the baseline's file name.
+    #[arg(long)]
+    product: Option<String>,
+    /// Patch id; defaults to FILE-BUILDID-lLEVEL.
+    #[arg(long = "id")]
+    patch_id: Option<String>,
+    #[arg(long, default_value = "")]
+    description: String,
+    /// Publisher secret key (from `hotpatch keygen`).
+    #[arg(long)]
+    key: PathBuf,
+    /// Output package file.
+    #[arg(short = 'o', long = "output")]
+    output: PathBuf,
+}
+
+fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+}
+
+pub fn pack(args: PackArgs, out: &Output) -> anyhow::Result<()> {
+    let baseline = read(&args.baseline, "baseline")?;
+    let payload = read(&args.payload, "payload")?;
+    let key = SecretKey::load(&args.key)?;
+    let replacements = args.replace.iter().map(|s| parse_replacement(s)).collect::<Result<Vec<_>, _>>()?;
+    let baseline_name = args
+        .baseline
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "target".into());
+    let debug_file = debug_file_for(&baseline);
+    let request = PackRequest {
+        baseline: &baseline,
+        baseline_name: baseline_name.clone(),
+        debug_file: debug_file.as_deref(),
+        payload: &payload,
+        replacements,
+        patch_id: args.patch_id,
+        product: args.product.unwrap_or(baseline_name),
+        level: args.level,
+        classification: args.classification,
+        cves: args.cves,
+        description: args.description,
+        created: jiff::Timestamp::now().round(jiff::Unit::Second)?.to_string(),
+    };
+    let manifest = manifest_for(&request)?;
+    if !manifest.classification.hotpatchable() {
+        tracing::warn!(
+            classification = %manifest.classification,
+            "only security and critical fixes are offered as hotpatches; this one will wait for a baseline"
+        );
+    }
+    let bytes = Package::build(manifest, &payload, &key)?;
+    write_new(&args.output, &bytes)?;
+    let package = Package::parse(&bytes)?;
+    if out.json {
+        out.print_json(&serde_json::json!({
+            "output": args.output,
+            "bytes": bytes.len(),
+            "manifest": package.manifest,
+        }))
+    } else {
+        println!("{} {} ({} bytes)", out.good("packed"), args.output.display(), bytes.len());
+        print_manifest(&package.manifest, out);
+        Ok(())
+    }
+}
+
+/// Writes through a temporary file and a rename, so a crash never leaves a
+/// half-written package under the final name.
+fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+/// The separate debug file of a stripped baseline, when installed.
+fn debug_file_for(baseline: &[u8]) -> Option<Vec<u8>> {
+    let elf = hotpatch_elf::TargetElf::parse(baseline).ok()?;
+    if elf.has_symtab() {
+        return None;
+    }
+    let path = hotpatch_elf::debug_file_path(elf.build_id().ok()??)?;
+    std::fs::read(path).ok()
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// The package file.
+    file: PathBuf,
+}
+
+pub fn inspect(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
+    let bytes = read(&args.file, "package")?;
+    let package = Package::parse(&bytes).with_context(|| format!("{} is not a valid package", args.file.display()))?;
+    let payload_check = hotpatch_format::check_payload(&package.payload, package.manifest.target.machine);
+    if out.json {
+        return out.print_json(&serde_json::json!({
+            "file": args.file,
+            "bytes": bytes.len(),
+            "signature": "not checked (use verify)",
+            "payload_bytes": package.payload.len(),
+            "payload_ok": payload_check.is_ok(),
+            "payload_problem": payload_check.as_ref().err().map(|e| e.to_string()),
+            "manifest": package.manifest,
+        }));
+    }
+    println!("{} ({} bytes; signature not checked: use `hotpatch verify`)", args.file.display(), bytes.len());
+    print_manifest(&package.manifest, out);
+    match payload_check {
+        Ok(()) => println!("payload: {} bytes, relocatable {} object", package.payload.len(), package.manifest.target.machine),
+        Err(e) => println!("payload: {}", out.bad(&e.to_string())),
+    }
+    Ok(())
+}
+
+fn print_manifest(m: &Manifest, out: &Output) {
+    out.fields(&[
+        ("patch id", m.patch_id.clone()),
+        ("product", m.product.clone()),
+        ("target", format!("{} ({}, build-id {})", m.target.file_name, m.target.machine, m.target.build_id)),
+        ("level", m.level.to_string()),
+        (
+            "classification",
+            format!(
+                "{}{}",
+                m.classification,
+                if m.classification.hotpatchable() { "" } else { " (needs a baseline: not offered as a hotpatch)" }
+            ),
+        ),
+        ("CVEs", if m.cves.is_empty() { "-".into() } else { m.cves.join(", ") }),
+        ("description", if m.description.is_empty() { "-".into() } else { m.description.clone() }),
+        ("created", m.created.clone()),
+        ("signed by key", m.signing_key_id.clone()),
+        ("payload sha256", m.payload_sha256.clone()),
+    ]);
+    let rows: Vec<Vec<String>> = m
+        .functions
+        .iter()
+        .map(|f| vec![f.display_name(), f.replacement.clone(), f.size.to_string(), f.original_sha256[..16].to_string()])
+        .collect();
+    out.table(&["FUNCTION", "REPLACEMENT", "SIZE", "ORIGINAL SHA256"], &rows);
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// The package file.
+    file: PathBuf,
+    /// A trusted publisher key (.pub) or a directory of them.
+    #[arg(long)]
+    trust: PathBuf,
+}
+
+pub fn verify(args: VerifyArgs, out: &Output) -> anyhow::Result<()> {
+    let bytes = read(&args.file, "package")?;
+    let trust = TrustStore::load(&args.trust)?;
+    let verified = hotpatch_format::verify(&bytes, &trust)
+        .with_context(|| format!("{} failed verification", args.file.display()))?;
+    if out.json {
+        out.print_json(&serde_json::json!({
+            "file": args.file,
+            "verified": true,
+            "key_id": verified.key_id,
+            "patch_id": verified.manifest.patch_id,
+            "level": verified.manifest.level,
+            "target_build_id": verified.manifest.target.build_id,
+        }))
+    } else {
+        println!(
+            "{}: {} level {} signed by trusted key {}",
+            out.good("verified"),
+            verified.manifest.patch_id,
+            verified.manifest.level,
+            verified.key_id
+        );
+        Ok(())
+    }
+}
