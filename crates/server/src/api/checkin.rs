@@ -1,0 +1,508 @@
+//! The agent check-in: the machine reports its facts, the targets its processes
+//! map with their applied levels, and the results of past work; the answer says
+//! what to do now. The answer carries an ETag, and an unchanged answer costs a
+//! 304 with no body.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use super::deploy::{Deployment, Kind, deployments, in_canary};
+use super::json::ApiJson;
+use crate::audit;
+use crate::auth::Machine;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use crate::util::{day_of, new_id, now, rfc3339, sha256_hex};
+
+pub const INTERVAL_SECONDS: i64 = 300;
+pub const JITTER_SECONDS: i64 = 60;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Facts {
+    pub hostname: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub kernel: String,
+    #[serde(default)]
+    pub arch: String,
+    pub cores: u32,
+    #[serde(default)]
+    pub readiness: Value,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetReport {
+    pub build_id: String,
+    pub file_name: String,
+    #[serde(default)]
+    pub processes: u32,
+    pub applied_patch_id: Option<String>,
+    #[serde(default)]
+    pub applied_level: u32,
+    /// Set when the agent could not inspect this target (the "check failed" state).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkResult {
+    pub deployment_id: String,
+    /// "applied", "rolled-back" or "failed".
+    pub status: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckIn {
+    pub facts: Facts,
+    #[serde(default)]
+    pub targets: Vec<TargetReport>,
+    #[serde(default)]
+    pub results: Vec<WorkResult>,
+}
+
+fn validate(c: &CheckIn) -> ApiResult<()> {
+    let bad = |m: String| Err(ApiError::BadRequest(m));
+    let f = &c.facts;
+    if f.hostname.is_empty() || f.hostname.len() > 255 {
+        return bad("facts.hostname must be 1-255 characters".into());
+    }
+    if f.os.len() > 255 || f.kernel.len() > 255 || f.arch.len() > 32 {
+        return bad(
+            "facts.os and facts.kernel must be at most 255 characters, facts.arch 32".into(),
+        );
+    }
+    if f.cores == 0 || f.cores > 65_536 {
+        return bad(format!(
+            "facts.cores {} must be between 1 and 65536",
+            f.cores
+        ));
+    }
+    if !(f.readiness.is_null() || f.readiness.is_object()) || f.readiness.to_string().len() > 16_384
+    {
+        return bad("facts.readiness must be a JSON object of at most 16 KiB".into());
+    }
+    if c.targets.len() > 4096 || c.results.len() > 1024 {
+        return bad("at most 4096 targets and 1024 results per check-in".into());
+    }
+    for t in &c.targets {
+        super::catalog::check_build_id(&t.build_id)?;
+        if t.file_name.is_empty() || t.file_name.len() > 255 {
+            return bad(format!(
+                "target {}: file_name must be 1-255 characters",
+                t.build_id
+            ));
+        }
+        if t.applied_patch_id.as_ref().is_some_and(|p| p.len() > 64)
+            || t.error.as_ref().is_some_and(|e| e.len() > 1000)
+        {
+            return bad(format!(
+                "target {}: applied_patch_id at most 64 characters, error at most 1000",
+                t.build_id
+            ));
+        }
+    }
+    for r in &c.results {
+        if !matches!(r.status.as_str(), "applied" | "rolled-back" | "failed") {
+            return bad(format!(
+                "result status {:?} must be applied, rolled-back or failed",
+                r.status
+            ));
+        }
+        if r.deployment_id.len() > 64 || r.detail.len() > 4000 {
+            return bad("result deployment_id at most 64 characters, detail at most 4000".into());
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct HotpatchWork {
+    deployment_id: String,
+    patch_id: String,
+    build_id: String,
+    file_name: String,
+    level: i64,
+    artifact_sha256: String,
+    url: String,
+}
+
+#[derive(Debug, Serialize)]
+struct BaselineWork {
+    deployment_id: String,
+    baseline: String,
+    file_names: Vec<String>,
+    restart: bool,
+    reboot_policy: String,
+    reason: String,
+    window: Option<Value>,
+}
+
+#[derive(Debug, Serialize)]
+struct RollbackWork {
+    deployment_id: String,
+    patch_id: String,
+    build_id: String,
+}
+
+pub async fn check_in(
+    State(st): State<AppState>,
+    machine: Machine,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CheckIn>,
+) -> ApiResult<Response> {
+    validate(&body)?;
+    let t = now();
+    record(&st, &machine, &body, t).await?;
+    let answer = instructions(&st, &machine, &body, t).await?;
+    let text = answer.to_string();
+    let etag = format!("\"{}\"", &sha256_hex(text.as_bytes())[..32]);
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == etag);
+    let etag_value = HeaderValue::from_str(&etag).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if unchanged {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
+    }
+    Ok((
+        StatusCode::OK,
+        [
+            (header::ETAG, etag_value),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+        ],
+        text,
+    )
+        .into_response())
+}
+
+/// Writes what the machine reported, in one transaction: facts and targets only
+/// when they changed (hash compare), work results, last-seen and the day's metering.
+async fn record(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()> {
+    let state_hash = sha256_hex(serde_json::to_string(&(&c.facts, &c.targets))?.as_bytes());
+    let mut tx = st.db.pool.begin().await?;
+    if state_hash != m.state_hash {
+        let f = &c.facts;
+        sqlx::query(
+            "UPDATE machines SET hostname = $1, os = $2, kernel = $3, arch = $4, cores = $5, readiness = $6, state_hash = $7, last_seen = $8 WHERE id = $9",
+        )
+        .bind(&f.hostname)
+        .bind(&f.os)
+        .bind(&f.kernel)
+        .bind(&f.arch)
+        .bind(i64::from(f.cores))
+        .bind(if f.readiness.is_null() { "{}".to_string() } else { f.readiness.to_string() })
+        .bind(&state_hash)
+        .bind(t)
+        .bind(&m.id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM machine_targets WHERE machine_id = $1")
+            .bind(&m.id)
+            .execute(&mut *tx)
+            .await?;
+        let mut seen = std::collections::BTreeSet::new();
+        for target in &c.targets {
+            if !seen.insert(target.build_id.as_str()) {
+                return Err(ApiError::BadRequest(format!(
+                    "target {} is reported twice",
+                    target.build_id
+                )));
+            }
+            sqlx::query(
+                "INSERT INTO machine_targets (machine_id, build_id, file_name, processes, applied_patch_id, applied_level, error) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&m.id)
+            .bind(&target.build_id)
+            .bind(&target.file_name)
+            .bind(i64::from(target.processes))
+            .bind(&target.applied_patch_id)
+            .bind(i64::from(target.applied_level))
+            .bind(&target.error)
+            .execute(&mut *tx)
+            .await?;
+        }
+    } else {
+        sqlx::query("UPDATE machines SET last_seen = $1 WHERE id = $2")
+            .bind(t)
+            .bind(&m.id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    // Core-days: the most cores seen on a day counts for that day.
+    sqlx::query(
+        "INSERT INTO usage_days (machine_id, org_id, day, cores) VALUES ($1, $2, $3, $4) ON CONFLICT (machine_id, day) \
+         DO UPDATE SET cores = CASE WHEN excluded.cores > usage_days.cores THEN excluded.cores ELSE usage_days.cores END",
+    )
+    .bind(&m.id)
+    .bind(&m.org_id)
+    .bind(day_of(t))
+    .bind(i64::from(c.facts.cores))
+    .execute(&mut *tx)
+    .await?;
+    let mut touched = Vec::new();
+    for r in &c.results {
+        let d = sqlx::query("SELECT canary_percent FROM deployments WHERE id = $1 AND org_id = $2")
+            .bind(&r.deployment_id)
+            .bind(&m.org_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "result for unknown deployment {:?}",
+                    r.deployment_id
+                ))
+            })?;
+        let ring = if in_canary(&r.deployment_id, &m.id, d.try_get(0)?) {
+            "canary"
+        } else {
+            "rest"
+        };
+        sqlx::query(
+            "INSERT INTO work_results (machine_id, deployment_id, ring, status, detail, at) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (machine_id, deployment_id) DO UPDATE SET status = excluded.status, detail = excluded.detail, at = excluded.at",
+        )
+        .bind(&m.id)
+        .bind(&r.deployment_id)
+        .bind(ring)
+        .bind(&r.status)
+        .bind(&r.detail)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO work_history (id, org_id, machine_id, deployment_id, status, detail, at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(new_id()?)
+        .bind(&m.org_id)
+        .bind(&m.id)
+        .bind(&r.deployment_id)
+        .bind(&r.status)
+        .bind(&r.detail)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+        touched.push(r.deployment_id.clone());
+    }
+    for id in touched {
+        halt_if_failing(&mut tx, &m.org_id, &id).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Halts a deployment whose failure share passed its threshold. The conditional
+/// UPDATE makes the halt happen once however many replicas see the failure.
+async fn halt_if_failing(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    org_id: &str,
+    id: &str,
+) -> ApiResult<()> {
+    let row = sqlx::query(
+        "SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(CASE WHEN r.status = 'failed' THEN 1 ELSE 0 END), 0) AS BIGINT), d.failure_threshold_percent \
+         FROM work_results r JOIN deployments d ON d.id = r.deployment_id WHERE r.deployment_id = $1 GROUP BY d.failure_threshold_percent",
+    )
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else { return Ok(()) };
+    let (total, failed, threshold): (i64, i64, i64) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    if total > 0 && failed * 100 > threshold * total {
+        let reason = format!(
+            "halted: {failed} of {total} machines failed, above the {threshold}% threshold"
+        );
+        let done = sqlx::query("UPDATE deployments SET state = 'halted', state_reason = $1 WHERE id = $2 AND state = 'active'")
+            .bind(&reason)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        if done.rows_affected() == 1 {
+            tracing::warn!(deployment = id, "{reason}");
+            audit::record(
+                tx,
+                org_id,
+                "system",
+                "deployment.halt",
+                id,
+                json!({ "failed": failed, "total": total }),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn entitled(st: &AppState, org_id: &str, t: i64) -> ApiResult<bool> {
+    let row = sqlx::query(
+        "SELECT active_from, active_until, trial_until FROM subscriptions WHERE org_id = $1",
+    )
+    .bind(org_id)
+    .fetch_optional(&st.db.pool)
+    .await?;
+    let Some(row) = row else { return Ok(false) };
+    let (from, until, trial): (Option<i64>, Option<i64>, Option<i64>) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    let active = from.is_some_and(|f| f <= t) && until.is_none_or(|u| t < u);
+    Ok(active || trial.is_some_and(|tr| t < tr))
+}
+
+async fn instructions(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<Value> {
+    let entitled = entitled(st, &m.org_id, t).await?;
+    let active: Vec<Deployment> = deployments(st, &m.org_id, true)
+        .await?
+        .into_iter()
+        .filter(|d| d.scope_matches(&m.tags) && t >= d.start_at)
+        .collect();
+    let mut hotpatches = Vec::new();
+    let mut baselines = Vec::new();
+    let mut rollbacks = Vec::new();
+    let mut notes = Vec::new();
+    if active.is_empty() {
+        return Ok(answer(entitled, hotpatches, baselines, rollbacks, notes));
+    }
+    let done: Vec<(String, String)> =
+        sqlx::query("SELECT deployment_id, status FROM work_results WHERE machine_id = $1")
+            .bind(&m.id)
+            .fetch_all(&st.db.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+    let failed_here = |id: &str| done.iter().any(|(d, s)| d == id && s == "failed");
+    for d in &active {
+        if !d.ring_started(&m.id, t) || failed_here(&d.id) {
+            continue;
+        }
+        let window_open = d.window.as_ref().is_none_or(|(_, w)| w.is_open(t));
+        match d.kind {
+            Kind::Hotpatch | Kind::Rollback => {
+                let Some(pid) = &d.patch_id else { continue };
+                let row = sqlx::query("SELECT build_id, file_name, level, artifact_sha256 FROM hotpatches WHERE org_id = $1 AND patch_id = $2")
+                    .bind(&m.org_id)
+                    .bind(pid)
+                    .fetch_optional(&st.db.pool)
+                    .await?;
+                let Some(row) = row else { continue };
+                let (build_id, file_name, level, sha): (String, String, i64, String) = (
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                );
+                let Some(target) = c.targets.iter().find(|x| x.build_id == build_id) else {
+                    continue;
+                };
+                if d.kind == Kind::Rollback {
+                    if target.applied_patch_id.as_deref() == Some(pid.as_str()) && window_open {
+                        rollbacks.push(RollbackWork {
+                            deployment_id: d.id.clone(),
+                            patch_id: pid.clone(),
+                            build_id,
+                        });
+                    }
+                    continue;
+                }
+                if i64::from(target.applied_level) >= level {
+                    continue;
+                }
+                if !entitled {
+                    notes.push(format!(
+                        "{pid}: not entitled to hotpatches; install the next baseline instead"
+                    ));
+                    continue;
+                }
+                if !window_open {
+                    notes.push(format!(
+                        "{pid}: waiting for maintenance window {}",
+                        d.window.as_ref().map(|(n, _)| n.as_str()).unwrap_or("")
+                    ));
+                    continue;
+                }
+                hotpatches.push(HotpatchWork {
+                    deployment_id: d.id.clone(),
+                    patch_id: pid.clone(),
+                    build_id,
+                    file_name,
+                    level,
+                    url: format!("/api/v1/artifacts/{sha}"),
+                    artifact_sha256: sha,
+                });
+            }
+            Kind::Baseline => {
+                let Some(bid) = &d.baseline_id else { continue };
+                let rows = sqlx::query("SELECT t.file_name, t.build_id, b.name FROM baseline_targets t JOIN baselines b ON b.id = t.baseline_id WHERE t.baseline_id = $1")
+                    .bind(bid)
+                    .fetch_all(&st.db.pool)
+                    .await?;
+                let mut name = String::new();
+                let mut outdated = Vec::new();
+                for r in &rows {
+                    let (file, build, n): (String, String, String) =
+                        (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+                    name = n;
+                    if c.targets
+                        .iter()
+                        .any(|x| x.file_name == file && x.build_id != build)
+                        && !outdated.contains(&file)
+                    {
+                        outdated.push(file);
+                    }
+                }
+                if outdated.is_empty() && d.reboot_policy != "always" {
+                    continue;
+                }
+                let restart = match d.reboot_policy.as_str() {
+                    "never" => false,
+                    "always" => true,
+                    _ => !outdated.is_empty(),
+                };
+                let window = d.window.as_ref().and_then(|(n, w)| {
+                    w.current_or_next(t)
+                        .map(|(s, e)| json!({ "name": n, "start": rfc3339(s), "end": rfc3339(e) }))
+                });
+                baselines.push(BaselineWork {
+                    deployment_id: d.id.clone(),
+                    reason: format!("baseline {name} is out"),
+                    baseline: name,
+                    file_names: outdated,
+                    restart,
+                    reboot_policy: d.reboot_policy.clone(),
+                    window,
+                });
+            }
+        }
+    }
+    Ok(answer(entitled, hotpatches, baselines, rollbacks, notes))
+}
+
+fn answer(
+    entitled: bool,
+    hotpatches: Vec<HotpatchWork>,
+    baselines: Vec<BaselineWork>,
+    rollbacks: Vec<RollbackWork>,
+    notes: Vec<String>,
+) -> Value {
+    json!({
+        "interval_seconds": INTERVAL_SECONDS,
+        "jitter_seconds": JITTER_SECONDS,
+        "entitled": entitled,
+        "hotpatches": hotpatches,
+        "baselines": baselines,
+        "rollbacks": rollbacks,
+        "notes": notes,
+    })
+}

@@ -1,0 +1,311 @@
+//! Enrollment (one-time tokens exchanged for machine credentials) and the
+//! machine inventory: list, detail, tags, revocation.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use super::json::ApiJson;
+use crate::audit;
+use crate::auth::{Role, User};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use crate::util::{hash_secret, new_id, new_secret, now, rfc3339};
+
+pub fn check_tags(tags: &[String]) -> ApiResult<()> {
+    if tags.len() > 32 {
+        return Err(ApiError::BadRequest("at most 32 tags".into()));
+    }
+    for t in tags {
+        let ok = !t.is_empty()
+            && t.len() <= 64
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '='));
+        if !ok {
+            return Err(ApiError::BadRequest(format!(
+                "tag {t:?} must be 1-64 characters of letters, digits, '-', '_', '.', ':', '='"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEnrollmentToken {
+    #[serde(default)]
+    tags: Vec<String>,
+    /// Defaults to one day.
+    expires_in_seconds: Option<i64>,
+}
+
+pub async fn create_enrollment_token(
+    State(st): State<AppState>,
+    user: User,
+    ApiJson(body): ApiJson<NewEnrollmentToken>,
+) -> ApiResult<Json<Value>> {
+    user.require(Role::Operator)?;
+    check_tags(&body.tags)?;
+    let ttl = body.expires_in_seconds.unwrap_or(86_400);
+    if !(60..=30 * 86_400).contains(&ttl) {
+        return Err(ApiError::BadRequest(
+            "expires_in_seconds must be between 60 and 2592000".into(),
+        ));
+    }
+    let id = new_id()?;
+    let token = new_secret("hpe_")?;
+    let mut tx = st.db.pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO enrollment_tokens (id, org_id, token_hash, tags, created, expires) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&id)
+    .bind(&user.org_id)
+    .bind(hash_secret(&token))
+    .bind(serde_json::to_string(&body.tags)?)
+    .bind(now())
+    .bind(now() + ttl)
+    .execute(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        &user.org_id,
+        &user.actor(),
+        "enrollment-token.create",
+        &id,
+        json!({ "tags": body.tags }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(
+        json!({ "id": id, "token": token, "expires": rfc3339(now() + ttl) }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enroll {
+    token: String,
+    hostname: String,
+}
+
+/// Exchanges a one-time enrollment token for a machine credential. The token is
+/// consumed by a conditional UPDATE, so two agents racing with one token cannot
+/// both win, on any number of replicas.
+pub async fn enroll(
+    State(st): State<AppState>,
+    ApiJson(body): ApiJson<Enroll>,
+) -> ApiResult<Json<Value>> {
+    if body.hostname.is_empty() || body.hostname.len() > 255 {
+        return Err(ApiError::BadRequest(
+            "hostname must be 1-255 characters".into(),
+        ));
+    }
+    let mut tx = st.db.pool.begin().await?;
+    let row = sqlx::query("SELECT id, org_id, tags, expires, used_at, revoked_at FROM enrollment_tokens WHERE token_hash = $1")
+        .bind(hash_secret(&body.token))
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("enrollment token unknown".into()))?;
+    let token_id: String = row.try_get(0)?;
+    let org_id: String = row.try_get(1)?;
+    let tags: String = row.try_get(2)?;
+    if row.try_get::<Option<i64>, _>(4)?.is_some() {
+        return Err(ApiError::Unauthorized(
+            "enrollment token already used".into(),
+        ));
+    }
+    if row.try_get::<Option<i64>, _>(5)?.is_some() {
+        return Err(ApiError::Unauthorized("enrollment token revoked".into()));
+    }
+    if row.try_get::<i64, _>(3)? <= now() {
+        return Err(ApiError::Unauthorized("enrollment token expired".into()));
+    }
+    let machine_id = new_id()?;
+    let credential = new_secret("hpm_")?;
+    let consumed = sqlx::query("UPDATE enrollment_tokens SET used_at = $1, machine_id = $2 WHERE id = $3 AND used_at IS NULL")
+        .bind(now())
+        .bind(&machine_id)
+        .bind(&token_id)
+        .execute(&mut *tx)
+        .await?;
+    if consumed.rows_affected() != 1 {
+        return Err(ApiError::Unauthorized(
+            "enrollment token already used".into(),
+        ));
+    }
+    sqlx::query(
+        "INSERT INTO machines (id, org_id, credential_hash, hostname, tags, enrolled) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&machine_id)
+    .bind(&org_id)
+    .bind(hash_secret(&credential))
+    .bind(&body.hostname)
+    .bind(&tags)
+    .bind(now())
+    .execute(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        &org_id,
+        &format!("machine:{machine_id}"),
+        "machine.enroll",
+        &body.hostname,
+        json!({ "token_id": token_id }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(
+        json!({ "machine_id": machine_id, "credential": credential, "org_id": org_id }),
+    ))
+}
+
+pub async fn list_machines(State(st): State<AppState>, user: User) -> ApiResult<Json<Value>> {
+    let rows = sqlx::query(
+        "SELECT id, hostname, os, kernel, arch, cores, tags, enrolled, last_seen, revoked_at FROM machines WHERE org_id = $1 ORDER BY hostname, id",
+    )
+    .bind(&user.org_id)
+    .fetch_all(&st.db.pool)
+    .await?;
+    let mut machines = Vec::new();
+    for r in rows {
+        machines.push(machine_json(&r)?);
+    }
+    Ok(Json(json!({ "machines": machines })))
+}
+
+fn machine_json(r: &sqlx::any::AnyRow) -> ApiResult<Value> {
+    Ok(json!({
+        "id": r.try_get::<String, _>(0)?, "hostname": r.try_get::<String, _>(1)?,
+        "os": r.try_get::<String, _>(2)?, "kernel": r.try_get::<String, _>(3)?,
+        "arch": r.try_get::<String, _>(4)?, "cores": r.try_get::<i64, _>(5)?,
+        "tags": serde_json::from_str::<Value>(&r.try_get::<String, _>(6)?)?,
+        "enrolled": rfc3339(r.try_get(7)?),
+        "last_seen": r.try_get::<Option<i64>, _>(8)?.map(rfc3339),
+        "revoked": r.try_get::<Option<i64>, _>(9)?.is_some(),
+    }))
+}
+
+pub async fn machine_detail(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(machine_detail_json(&st, &user.org_id, &id).await?))
+}
+
+pub async fn machine_detail_json(st: &AppState, org_id: &str, id: &str) -> ApiResult<Value> {
+    let r = sqlx::query(
+        "SELECT id, hostname, os, kernel, arch, cores, tags, enrolled, last_seen, revoked_at, readiness FROM machines WHERE org_id = $1 AND id = $2",
+    )
+    .bind(org_id)
+    .bind(id)
+    .fetch_optional(&st.db.pool)
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("no machine {id:?} in this organisation")))?;
+    let mut machine = machine_json(&r)?;
+    machine["readiness"] = serde_json::from_str(&r.try_get::<String, _>(10)?)?;
+    let targets = sqlx::query(
+        "SELECT build_id, file_name, processes, applied_patch_id, applied_level, error FROM machine_targets WHERE machine_id = $1 ORDER BY file_name",
+    )
+    .bind(id)
+    .fetch_all(&st.db.pool)
+    .await?;
+    let mut list = Vec::new();
+    for t in targets {
+        list.push(json!({
+            "build_id": t.try_get::<String, _>(0)?, "file_name": t.try_get::<String, _>(1)?,
+            "processes": t.try_get::<i64, _>(2)?, "applied_patch_id": t.try_get::<Option<String>, _>(3)?,
+            "applied_level": t.try_get::<i64, _>(4)?, "error": t.try_get::<Option<String>, _>(5)?,
+        }));
+    }
+    machine["targets"] = Value::Array(list);
+    let history = sqlx::query(
+        "SELECT deployment_id, status, detail, at FROM work_history WHERE machine_id = $1 ORDER BY at DESC LIMIT 100",
+    )
+    .bind(id)
+    .fetch_all(&st.db.pool)
+    .await?;
+    let mut list = Vec::new();
+    for h in history {
+        list.push(json!({
+            "deployment_id": h.try_get::<String, _>(0)?, "status": h.try_get::<String, _>(1)?,
+            "detail": h.try_get::<String, _>(2)?, "at": rfc3339(h.try_get(3)?),
+        }));
+    }
+    machine["history"] = Value::Array(list);
+    Ok(machine)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tags {
+    tags: Vec<String>,
+}
+
+pub async fn set_tags(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Tags>,
+) -> ApiResult<Json<Value>> {
+    user.require(Role::Operator)?;
+    check_tags(&body.tags)?;
+    let mut tx = st.db.pool.begin().await?;
+    let done = sqlx::query("UPDATE machines SET tags = $1 WHERE org_id = $2 AND id = $3")
+        .bind(serde_json::to_string(&body.tags)?)
+        .bind(&user.org_id)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() != 1 {
+        return Err(ApiError::NotFound(format!(
+            "no machine {id:?} in this organisation"
+        )));
+    }
+    audit::record(
+        &mut tx,
+        &user.org_id,
+        &user.actor(),
+        "machine.tags",
+        &id,
+        json!({ "tags": body.tags }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(json!({ "id": id, "tags": body.tags })))
+}
+
+pub async fn revoke_machine(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    user.require(Role::Operator)?;
+    let mut tx = st.db.pool.begin().await?;
+    let done = sqlx::query(
+        "UPDATE machines SET revoked_at = $1 WHERE org_id = $2 AND id = $3 AND revoked_at IS NULL",
+    )
+    .bind(now())
+    .bind(&user.org_id)
+    .bind(&id)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Err(ApiError::NotFound(format!(
+            "no enrolled, unrevoked machine {id:?} in this organisation"
+        )));
+    }
+    audit::record(
+        &mut tx,
+        &user.org_id,
+        &user.actor(),
+        "machine.revoke",
+        &id,
+        json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(json!({ "revoked": id })))
+}

@@ -1,0 +1,79 @@
+//! The database handle: one code path over SQLite (embedded, the default) and
+//! PostgreSQL (several replicas over one database), through sqlx's `Any` driver.
+//!
+//! Queries use `$1`-style placeholders, which both SQLite and PostgreSQL accept.
+//! Every aggregate that PostgreSQL would widen to NUMERIC is cast back to BIGINT,
+//! because the `Any` driver cannot decode NUMERIC.
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::schema;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database URL {0:?} is neither sqlite:// nor postgres://")]
+    UnknownScheme(String),
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("schema migration {version} failed: {source}")]
+    Migration { version: i64, source: sqlx::Error },
+}
+
+#[derive(Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database and brings its schema up to date.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Db, DbError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(DbError::UnknownScheme(url.to_string()));
+        };
+        let options = AnyConnectOptions::from_str(url)?;
+        let mut pool_options = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10));
+        if backend == Backend::Sqlite {
+            // WAL lets readers run beside the single writer; NORMAL sync is safe
+            // under WAL (a crash loses at most the last transactions, never consistency).
+            pool_options = pool_options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                         PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool_options.connect_with(options).await?;
+        let db = Db { pool, backend };
+        schema::migrate(&db).await?;
+        Ok(db)
+    }
+
+    /// The SQL type for binary columns, which the two backends name differently.
+    pub fn blob_type(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "BLOB",
+            Backend::Postgres => "BYTEA",
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! `hotpatch-server`: the control plane binary.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hotpatch_format::TrustStore;
+use hotpatch_server::{bootstrap, serve};
+
+#[derive(Parser)]
+#[command(
+    name = "hotpatch-server",
+    about = "Fleet control plane for hotpatch: catalog, enrollment, deployments, compliance, billing, web UI"
+)]
+struct Cli {
+    /// Directory for the embedded SQLite database and default trusted keys.
+    #[arg(long, global = true, default_value = "/var/lib/hotpatch-server")]
+    data: PathBuf,
+    /// Database URL: postgres://user@host/db for PostgreSQL; default is SQLite in --data.
+    #[arg(long, global = true)]
+    database: Option<String>,
+    /// Publisher public key (.pub) or a directory of them; default DATA/trust.
+    #[arg(long, global = true)]
+    trust: Option<PathBuf>,
+    /// Largest number of database connections this replica opens.
+    #[arg(long, global = true, default_value_t = 16)]
+    db_connections: u32,
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// PEM certificate chain; with --tls-key, serve HTTPS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Free trial for organisations created at first start, in days.
+    #[arg(long, default_value_t = 30)]
+    trial_days: i64,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Administration without the HTTP API.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an organisation (if new) and an admin user in it; prints the admin's API token once.
+    Create {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        user: String,
+        /// Free trial end for a new organisation (RFC 3339).
+        #[arg(long)]
+        trial_until: Option<String>,
+    },
+}
+
+fn load_trust(path: &Path) -> anyhow::Result<TrustStore> {
+    if !path.exists() {
+        tracing::warn!(path = %path.display(), "no trusted publisher keys: hotpatch uploads will be refused");
+        return Ok(TrustStore::from_keys(Vec::new()));
+    }
+    TrustStore::load(path).with_context(|| format!("loading trusted keys from {}", path.display()))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let url = match &cli.database {
+        Some(u) => u.clone(),
+        None => {
+            std::fs::create_dir_all(&cli.data)
+                .with_context(|| format!("creating data directory {}", cli.data.display()))?;
+            format!(
+                "sqlite://{}?mode=rwc",
+                cli.data.join("hotpatch.db").display()
+            )
+        }
+    };
+    let trust = load_trust(&cli.trust.clone().unwrap_or_else(|| cli.data.join("trust")))?;
+    let state = hotpatch_server::open(&url, trust, cli.db_connections)
+        .await
+        .context("opening the database")?;
+    match cli.command {
+        Some(Command::Admin {
+            command:
+                AdminCommand::Create {
+                    org,
+                    user,
+                    trial_until,
+                },
+        }) => {
+            let trial = match trial_until {
+                None => None,
+                Some(t) => Some(
+                    hotpatch_server::util::parse_time(&t)
+                        .with_context(|| format!("--trial-until {t:?} is not RFC 3339"))?,
+                ),
+            };
+            let created = bootstrap::create_admin(&state.db, &org, &user, trial)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", created.token);
+            eprintln!(
+                "admin {user:?} created in organisation {org:?}; the API token above is shown only once"
+            );
+            Ok(())
+        }
+        None => run(state, cli.run).await,
+    }
+}
+
+async fn run(state: hotpatch_server::AppState, args: RunArgs) -> anyhow::Result<()> {
+    if bootstrap::org_count(&state.db)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        == 0
+    {
+        let trial = hotpatch_server::util::now() + args.trial_days * 86_400;
+        let created = bootstrap::create_admin(&state.db, "default", "admin", Some(trial))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Printed once on purpose, outside the log stream: it is a secret.
+        eprintln!("==============================================================================");
+        eprintln!("First start: created organisation \"default\" with admin user \"admin\".");
+        eprintln!("Admin API token (shown only this once, stored hashed):");
+        eprintln!("    {}", created.token);
+        eprintln!("==============================================================================");
+    }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some(serve::tls_acceptor(c, k)?),
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    serve::warn_if_plain_public(addr, tls.is_some());
+    tracing::info!(%addr, tls = tls.is_some(), backend = ?state.db.backend, "hotpatch-server listening");
+    let app = hotpatch_server::router(state);
+    serve::serve(listener, tls, app, async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    })
+    .await?;
+    Ok(())
+}

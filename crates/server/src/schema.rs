@@ -1,0 +1,249 @@
+//! Schema migrations, run at every start. Each migration runs once, in its own
+//! transaction, and is recorded in `schema_migrations`; on PostgreSQL an advisory
+//! lock keeps replicas that start together from racing each other.
+
+use sqlx::{Executor, Row};
+
+use crate::db::{Backend, Db, DbError};
+
+/// Ordered migrations. `{blob}` is replaced by the backend's binary column type.
+/// Times are BIGINT unix seconds; ids are random hex text made by the server.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE orgs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created BIGINT NOT NULL
+);
+CREATE TABLE users (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    UNIQUE (org_id, name)
+);
+CREATE TABLE api_tokens (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users(id),
+    token_hash TEXT NOT NULL UNIQUE,
+    label TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    revoked_at BIGINT
+);
+CREATE TABLE ui_sessions (
+    session_hash TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users(id),
+    kind TEXT NOT NULL,
+    expires BIGINT NOT NULL,
+    used BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE audit_log (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX audit_log_org_at ON audit_log (org_id, at);
+CREATE TABLE enrollment_tokens (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    token_hash TEXT NOT NULL UNIQUE,
+    tags TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    expires BIGINT NOT NULL,
+    used_at BIGINT,
+    machine_id TEXT,
+    revoked_at BIGINT
+);
+CREATE TABLE machines (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    credential_hash TEXT NOT NULL UNIQUE,
+    hostname TEXT NOT NULL,
+    os TEXT NOT NULL DEFAULT '',
+    kernel TEXT NOT NULL DEFAULT '',
+    arch TEXT NOT NULL DEFAULT '',
+    cores BIGINT NOT NULL DEFAULT 0,
+    readiness TEXT NOT NULL DEFAULT '{}',
+    tags TEXT NOT NULL DEFAULT '[]',
+    enrolled BIGINT NOT NULL,
+    last_seen BIGINT,
+    state_hash TEXT NOT NULL DEFAULT '',
+    revoked_at BIGINT
+);
+CREATE INDEX machines_org ON machines (org_id);
+CREATE TABLE machine_targets (
+    machine_id TEXT NOT NULL REFERENCES machines(id),
+    build_id TEXT NOT NULL,
+    file_name TEXT NOT NULL,
+    processes BIGINT NOT NULL,
+    applied_patch_id TEXT,
+    applied_level BIGINT NOT NULL,
+    error TEXT,
+    PRIMARY KEY (machine_id, build_id)
+);
+CREATE INDEX machine_targets_build ON machine_targets (build_id);
+CREATE TABLE artifacts (
+    sha256 TEXT PRIMARY KEY,
+    bytes {blob} NOT NULL,
+    size BIGINT NOT NULL,
+    created BIGINT NOT NULL
+);
+CREATE TABLE hotpatches (
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    patch_id TEXT NOT NULL,
+    artifact_sha256 TEXT NOT NULL REFERENCES artifacts(sha256),
+    product TEXT NOT NULL,
+    build_id TEXT NOT NULL,
+    file_name TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    level BIGINT NOT NULL,
+    classification TEXT NOT NULL,
+    cves TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    uploaded BIGINT NOT NULL,
+    PRIMARY KEY (org_id, patch_id)
+);
+CREATE INDEX hotpatches_build ON hotpatches (org_id, build_id);
+CREATE TABLE baselines (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    name TEXT NOT NULL,
+    product TEXT NOT NULL,
+    released BIGINT NOT NULL,
+    planned BIGINT NOT NULL,
+    reason TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    UNIQUE (org_id, name)
+);
+CREATE TABLE baseline_targets (
+    baseline_id TEXT NOT NULL REFERENCES baselines(id),
+    build_id TEXT NOT NULL,
+    file_name TEXT NOT NULL,
+    PRIMARY KEY (baseline_id, build_id)
+);
+CREATE TABLE maintenance_windows (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    name TEXT NOT NULL,
+    days TEXT NOT NULL,
+    start_minute BIGINT NOT NULL,
+    duration_minutes BIGINT NOT NULL,
+    time_zone TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    UNIQUE (org_id, name)
+);
+CREATE TABLE deployments (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    patch_id TEXT,
+    baseline_id TEXT,
+    scope_tags TEXT NOT NULL,
+    start_at BIGINT NOT NULL,
+    window_id TEXT,
+    canary_percent BIGINT NOT NULL,
+    soak_seconds BIGINT NOT NULL,
+    failure_threshold_percent BIGINT NOT NULL,
+    reboot_policy TEXT NOT NULL,
+    state TEXT NOT NULL,
+    state_reason TEXT NOT NULL DEFAULT '',
+    created BIGINT NOT NULL
+);
+CREATE INDEX deployments_org_state ON deployments (org_id, state);
+CREATE TABLE work_results (
+    machine_id TEXT NOT NULL REFERENCES machines(id),
+    deployment_id TEXT NOT NULL REFERENCES deployments(id),
+    ring TEXT NOT NULL,
+    status TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    PRIMARY KEY (machine_id, deployment_id)
+);
+CREATE INDEX work_results_deployment ON work_results (deployment_id);
+CREATE TABLE work_history (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL,
+    machine_id TEXT NOT NULL,
+    deployment_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at BIGINT NOT NULL
+);
+CREATE INDEX work_history_machine ON work_history (machine_id, at);
+CREATE TABLE subscriptions (
+    org_id TEXT PRIMARY KEY REFERENCES orgs(id),
+    active_from BIGINT,
+    active_until BIGINT,
+    trial_until BIGINT,
+    price_cents_per_core_month BIGINT NOT NULL,
+    updated BIGINT NOT NULL
+);
+CREATE TABLE usage_days (
+    machine_id TEXT NOT NULL REFERENCES machines(id),
+    org_id TEXT NOT NULL,
+    day BIGINT NOT NULL,
+    cores BIGINT NOT NULL,
+    PRIMARY KEY (machine_id, day)
+);
+CREATE INDEX usage_days_org_day ON usage_days (org_id, day);
+"#,
+)];
+
+pub async fn migrate(db: &Db) -> Result<(), DbError> {
+    let mut conn = db.pool.acquire().await?;
+    if db.backend == Backend::Postgres {
+        // Arbitrary constant naming "hotpatch schema migration".
+        conn.execute("SELECT pg_advisory_lock(7243911)").await?;
+    }
+    let result = run_pending(db, &mut conn).await;
+    if db.backend == Backend::Postgres {
+        conn.execute("SELECT pg_advisory_unlock(7243911)").await?;
+    }
+    result
+}
+
+async fn run_pending(db: &Db, conn: &mut sqlx::AnyConnection) -> Result<(), DbError> {
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied BIGINT NOT NULL)",
+    )
+    .await?;
+    let done: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<i64, _>(0))
+        .collect::<Result<_, _>>()?;
+    for (version, sql) in MIGRATIONS {
+        if done.contains(version) {
+            continue;
+        }
+        let sql = sql.replace("{blob}", db.blob_type());
+        let run = async {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                tx.execute(statement).await?;
+            }
+            sqlx::query("INSERT INTO schema_migrations (version, applied) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(crate::util::now())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        };
+        run.await.map_err(|source| DbError::Migration {
+            version: *version,
+            source,
+        })?;
+        tracing::info!(version, "schema migration applied");
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! What every handler shares: the database and the publisher keys the server trusts.
+//! Nothing here holds fleet state, so any number of replicas can serve one database.
+
+use std::sync::Arc;
+
+use hotpatch_format::TrustStore;
+
+use crate::db::Db;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub trust: Arc<TrustStore>,
+}
