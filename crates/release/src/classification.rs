@@ -51,7 +51,9 @@ impl fmt::Display for Classification {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown classification {0:?} (expected one of: security, critical, non-security, runtime, third-party, firmware-driver)")]
+#[error(
+    "unknown classification {0:?} (expected one of: security, critical, non-security, runtime, third-party, firmware-driver)"
+)]
 pub struct UnknownClassification(pub String);
 
 impl FromStr for Classification {
