@@ -22,11 +22,16 @@ fn default_calendar_is_quarterly() {
     let cal = ReleaseCalendar::default();
     assert_eq!(cal.baseline_months(), &[1, 4, 7, 10]);
     let kinds: Vec<bool> = (1..=12)
-        .map(|m| cal.month_kind(YearMonth::new(2027, m).unwrap()).is_baseline())
+        .map(|m| {
+            cal.month_kind(YearMonth::new(2027, m).unwrap())
+                .is_baseline()
+        })
         .collect();
     assert_eq!(
         kinds,
-        [true, false, false, true, false, false, true, false, false, true, false, false]
+        [
+            true, false, false, true, false, false, true, false, false, true, false, false
+        ]
     );
     assert_eq!(cal.month_kind(ym("2027-08")), MonthKind::HotpatchMonth);
     assert_eq!(cal.month_kind(ym("2027-10")), MonthKind::PlannedBaseline);
@@ -94,7 +99,10 @@ fn next_baseline_is_strictly_after_the_date() {
     let after_april = next(date(2027, 4, 13));
     assert_eq!(after_april.month, ym("2027-05"));
     assert_eq!(after_april.release_date, date(2027, 5, 11));
-    assert!(matches!(after_april.kind, MonthKind::UnplannedBaseline { .. }));
+    assert!(matches!(
+        after_april.kind,
+        MonthKind::UnplannedBaseline { .. }
+    ));
     assert_eq!(next(date(2027, 5, 11)).month, ym("2027-07"));
     let over_new_year = next(date(2027, 10, 12));
     assert_eq!(over_new_year.month, ym("2028-01"));
@@ -115,9 +123,18 @@ fn next_baseline_is_strictly_after_the_date() {
 #[test]
 fn coverage_ends_the_day_before_the_next_baseline() {
     let cal = ReleaseCalendar::default();
-    assert_eq!(cal.covered_until(date(2027, 1, 12)), Some(date(2027, 4, 12)));
-    assert_eq!(cal.covered_until(date(2027, 7, 13)), Some(date(2027, 10, 11)));
-    assert_eq!(cal.covered_until(date(2027, 10, 12)), Some(date(2028, 1, 10)));
+    assert_eq!(
+        cal.covered_until(date(2027, 1, 12)),
+        Some(date(2027, 4, 12))
+    );
+    assert_eq!(
+        cal.covered_until(date(2027, 7, 13)),
+        Some(date(2027, 10, 11))
+    );
+    assert_eq!(
+        cal.covered_until(date(2027, 10, 12)),
+        Some(date(2028, 1, 10))
+    );
 
     let zd = zero_day_in_may();
     assert_eq!(zd.covered_until(date(2027, 1, 12)), Some(date(2027, 4, 12)));
@@ -133,9 +150,18 @@ fn grace_extends_coverage_only_before_a_planned_baseline() {
     .unwrap()
     .with_unplanned(ym("2027-05"), "zero-day")
     .unwrap();
-    assert_eq!(cal.covered_until(date(2027, 1, 12)), Some(date(2027, 4, 19)));
-    assert_eq!(cal.covered_until(date(2027, 4, 13)), Some(date(2027, 5, 10)));
-    assert_eq!(cal.covered_until(date(2027, 5, 11)), Some(date(2027, 7, 19)));
+    assert_eq!(
+        cal.covered_until(date(2027, 1, 12)),
+        Some(date(2027, 4, 19))
+    );
+    assert_eq!(
+        cal.covered_until(date(2027, 4, 13)),
+        Some(date(2027, 5, 10))
+    );
+    assert_eq!(
+        cal.covered_until(date(2027, 5, 11)),
+        Some(date(2027, 7, 19))
+    );
 }
 
 #[test]
