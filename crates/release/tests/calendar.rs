@@ -213,8 +213,10 @@ fn bad_configuration_is_refused_with_what_was_wrong() {
         cal.with_unplanned(ym("2027-05"), "  ").unwrap_err(),
         CalendarError::EmptyUnplannedReason(ym("2027-05"))
     );
-    let mut c = CalendarConfig::default();
-    c.unplanned = vec![unplanned("2027-05", "a"), unplanned("2027-05", "b")];
+    let c = CalendarConfig {
+        unplanned: vec![unplanned("2027-05", "a"), unplanned("2027-05", "b")],
+        ..CalendarConfig::default()
+    };
     assert_eq!(
         ReleaseCalendar::new(c).unwrap_err(),
         CalendarError::DuplicateUnplanned(ym("2027-05"))
