@@ -122,9 +122,7 @@ impl ProductCatalog {
                     date: b.release_date,
                 });
             }
-            if let BaselineKind::Unplanned { reason } = &b.kind
-                && reason.trim().is_empty()
-            {
+            if matches!(&b.kind, BaselineKind::Unplanned { reason } if reason.trim().is_empty()) {
                 return Err(CatalogError::EmptyUnplannedReason(b.id.clone()));
             }
         }

@@ -46,6 +46,36 @@
 //!    else up to date with the reason that the fix waits for the next baseline.
 //! 6. **Nothing newer.** Up to date (an applied level at or above the highest
 //!    released level is up to date too).
+//!
+//! # Example
+//!
+//! ```
+//! use hotpatch_release::{Offer, OfferInput, ReleaseCalendar};
+//!
+//! let calendar = ReleaseCalendar::default();
+//! let july = calendar.release_date("2027-07".parse()?);
+//! assert_eq!(calendar.covered_until(july), Some(jiff::civil::date(2027, 10, 11)));
+//!
+//! let input: OfferInput = serde_json::from_str(r#"{
+//!     "running": {"product": "openssl", "baseline": "2027.07",
+//!                 "build_id": "aa07", "release_date": "2027-07-13"},
+//!     "applied_level": null,
+//!     "catalog": {
+//!         "product": "openssl",
+//!         "baselines": [{"id": "2027.07", "build_id": "aa07",
+//!                        "release_date": "2027-07-13", "kind": {"kind": "planned"}}],
+//!         "hotpatches": [{"baseline_build_id": "aa07", "patch_id": "openssl-2027.07-1",
+//!                         "level": 1, "classification": "security",
+//!                         "cves": ["CVE-2027-1234"], "release_date": "2027-08-10"}]
+//!     },
+//!     "entitled": true,
+//!     "today": "2027-08-11"
+//! }"#)?;
+//! let offer = hotpatch_release::decide(&input)?;
+//! assert!(matches!(offer, Offer::Hotpatch { level: 1, .. }));
+//! assert_eq!(offer.reason(), "hotpatch level 1 fixes CVE-2027-1234 without a restart");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod calendar;
 pub mod catalog;

@@ -672,6 +672,10 @@ fn inconsistent_input_is_refused_naming_the_problem() {
         err(&|i| i.catalog.baselines[2].id = "2027.07".parse().unwrap()),
         OfferError::Catalog(CatalogError::DuplicateBaselineId(_))
     ));
+    assert!(matches!(
+        err(&|i| i.catalog.baselines[2].kind = BaselineKind::Unplanned { reason: " ".into() }),
+        OfferError::Catalog(CatalogError::EmptyUnplannedReason(_))
+    ));
     let msg = err(&|i| i.running.build_id = "ffff".parse().unwrap()).to_string();
     assert!(msg.contains("2027.07") && msg.contains("ffff"), "{msg}");
 }
