@@ -245,7 +245,7 @@ fn yes() -> bool {
 pub fn check_build_id(id: &str) -> ApiResult<()> {
     let ok = id.len() >= 8
         && id.len() <= 128
-        && id.len() % 2 == 0
+        && id.len().is_multiple_of(2)
         && id
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));

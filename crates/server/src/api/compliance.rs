@@ -49,7 +49,7 @@ impl Status {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Row_ {
+pub struct ComplianceRow {
     pub machine_id: String,
     pub hostname: String,
     pub file_name: String,
@@ -62,7 +62,8 @@ pub struct Row_ {
     pub cves_fixed: Vec<String>,
 }
 
-pub type ComplianceRow = Row_;
+/// (build-id, file name, applied level, check error) of one reported target.
+type ReportedTarget = (String, String, i64, Option<String>);
 
 /// Computes the compliance of every (machine, target) of an organisation.
 pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> {
@@ -94,8 +95,7 @@ pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> 
         .filter_map(|d| d.patch_id.as_deref())
         .collect();
 
-    let mut by_machine: BTreeMap<String, Vec<(String, String, i64, Option<String>)>> =
-        BTreeMap::new();
+    let mut by_machine: BTreeMap<String, Vec<ReportedTarget>> = BTreeMap::new();
     for r in &targets {
         by_machine.entry(r.try_get(0)?).or_default().push((
             r.try_get(1)?,
@@ -124,7 +124,7 @@ pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> 
                     "no patchable targets reported".to_string(),
                 )
             };
-            out.push(Row_ {
+            out.push(ComplianceRow {
                 machine_id: id.clone(),
                 hostname: hostname.clone(),
                 file_name: String::new(),
@@ -196,7 +196,7 @@ pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> 
             } else {
                 (Status::NothingToApply, "up to date".to_string())
             };
-            out.push(Row_ {
+            out.push(ComplianceRow {
                 machine_id: id.clone(),
                 hostname: hostname.clone(),
                 file_name,

@@ -1,0 +1,131 @@
+//! HTML building: escaping and the page layout shared by every view.
+
+use std::fmt::Write;
+
+/// Escapes text for HTML element content and double-quoted attributes.
+pub fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1d2330}\
+header{background:#1d2330;color:#fff;padding:.6em 1em;display:flex;gap:1.2em;align-items:center;flex-wrap:wrap}\
+header a{color:#cfe0ff;text-decoration:none}header .who{margin-left:auto;font-size:.9em}\
+main{padding:1em 1.5em}table{border-collapse:collapse;margin:.5em 0 1.5em}\
+th,td{border:1px solid #d5d9e0;padding:.3em .6em;text-align:left;font-size:.92em}th{background:#f1f3f6}\
+.cards{display:flex;gap:1em;flex-wrap:wrap}.card{border:1px solid #d5d9e0;border-radius:6px;padding:.8em 1.2em;min-width:9em}\
+.card .n{font-size:2em;font-weight:600}.s-applied,.s-fixed,.s-nothing-to-apply{color:#176c2c}\
+.s-pending,.s-unknown{color:#8a6100}.s-needs-restart{color:#9a3c00}.s-apply-failed,.s-check-failed,.s-halted{color:#b00020;font-weight:600}\
+code{font-size:.85em}.bar{background:#e4e7ec;width:12em;height:.8em;display:inline-block}.bar i{background:#2f7d4a;height:100%;display:block}";
+
+pub struct Page {
+    body: String,
+}
+
+impl Page {
+    pub fn new() -> Page {
+        Page {
+            body: String::new(),
+        }
+    }
+
+    pub fn raw(&mut self, html: &str) -> &mut Self {
+        self.body.push_str(html);
+        self
+    }
+
+    pub fn h(&mut self, level: u8, text: &str) -> &mut Self {
+        let _ = write!(self.body, "<h{level}>{}</h{level}>", esc(text));
+        self
+    }
+
+    pub fn p(&mut self, text: &str) -> &mut Self {
+        let _ = write!(self.body, "<p>{}</p>", esc(text));
+        self
+    }
+
+    /// A table whose cells are already HTML (use [`esc`] or [`status`] to make them).
+    pub fn table(&mut self, id: &str, headers: &[&str], rows: &[Vec<String>]) -> &mut Self {
+        let _ = write!(self.body, "<table id=\"{}\"><thead><tr>", esc(id));
+        for h in headers {
+            let _ = write!(self.body, "<th>{}</th>", esc(h));
+        }
+        self.body.push_str("</tr></thead><tbody>");
+        for r in rows {
+            self.body.push_str("<tr>");
+            for c in r {
+                let _ = write!(self.body, "<td>{c}</td>");
+            }
+            self.body.push_str("</tr>");
+        }
+        if rows.is_empty() {
+            let _ = write!(
+                self.body,
+                "<tr><td colspan=\"{}\">none</td></tr>",
+                headers.len()
+            );
+        }
+        self.body.push_str("</tbody></table>");
+        self
+    }
+
+    pub fn render(&self, title: &str, who: Option<(&str, &str)>) -> String {
+        let nav = match who {
+            Some((user, role)) => format!(
+                "<a href=\"/ui/\">Overview</a><a href=\"/ui/machines\">Machines</a><a href=\"/ui/catalog\">Catalog</a>\
+                 <a href=\"/ui/deployments\">Deployments</a><a href=\"/ui/compliance\">Compliance</a>\
+                 <a href=\"/ui/billing\">Billing</a><a href=\"/ui/audit\">Audit log</a>\
+                 <span class=\"who\">{} ({}) · <a href=\"/ui/logout\">sign out</a></span>",
+                esc(user),
+                esc(role)
+            ),
+            None => String::new(),
+        };
+        format!(
+            "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · hotpatch</title>\
+             <meta name=\"viewport\" content=\"width=device-width\"><style>{STYLE}</style></head>\
+             <body><header><strong>hotpatch</strong>{nav}</header><main><h1>{}</h1>{}</main></body></html>",
+            esc(title),
+            esc(title),
+            self.body
+        )
+    }
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Page::new()
+    }
+}
+
+/// A status word with its colour class.
+pub fn status(word: &str) -> String {
+    format!("<span class=\"s-{0}\">{0}</span>", esc(word))
+}
+
+pub fn link(href: &str, text: &str) -> String {
+    format!("<a href=\"{}\">{}</a>", esc(href), esc(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup_and_quotes() {
+        assert_eq!(
+            esc("<script>\"x\" & 'y'</script>"),
+            "&lt;script&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/script&gt;"
+        );
+    }
+}

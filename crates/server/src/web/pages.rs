@@ -1,0 +1,421 @@
+//! The pages: fleet overview, machines and their detail, catalog, deployments
+//! with ring progress, compliance by CVE and by machine, billing, audit log.
+
+use axum::extract::{Path, State};
+use axum::response::Html;
+use serde_json::Value;
+
+use super::html::{Page, esc, link, status};
+use super::session::UiUser;
+use crate::api::billing::{format_cents, invoice, subscription};
+use crate::api::catalog::{baselines, hotpatches};
+use crate::api::compliance::{cve_rows, overview, rows};
+use crate::api::deploy::{deployments, progress};
+use crate::auth::Role;
+use crate::coverage::covered_until;
+use crate::error::ApiResult;
+use crate::state::AppState;
+use crate::util::{now, rfc3339};
+
+fn render(page: &Page, title: &str, u: &UiUser) -> Html<String> {
+    Html(page.render(title, Some((&u.0.name, u.0.role.as_str()))))
+}
+
+fn s(v: &Value) -> String {
+    esc(&match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    })
+}
+
+pub async fn overview_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
+    let o = overview(&rows(&st, &u.0.org_id).await?);
+    let mut page = Page::new();
+    page.raw("<div class=\"cards\" id=\"overview\">");
+    for (id, label, n) in [
+        ("machines", "machines", o.machines),
+        ("up-to-date", "up to date", o.up_to_date),
+        ("hotpatched", "hotpatched", o.hotpatched),
+        ("pending", "pending", o.pending),
+        ("restart-pending", "restart pending", o.restart_pending),
+        ("failing", "failing", o.failing),
+        ("unknown", "unknown", o.unknown),
+    ] {
+        page.raw(&format!(
+            "<div class=\"card\" id=\"card-{id}\"><div class=\"n\">{n}</div>{}</div>",
+            esc(label)
+        ));
+    }
+    page.raw("</div>");
+    Ok(render(&page, "Fleet overview", &u))
+}
+
+pub async fn machines_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
+    let rows = rows(&st, &u.0.org_id).await?;
+    let mut worst: std::collections::BTreeMap<(String, String), crate::api::compliance::Status> =
+        Default::default();
+    for r in &rows {
+        let e = worst
+            .entry((r.hostname.clone(), r.machine_id.clone()))
+            .or_insert(r.status);
+        *e = (*e).max(r.status);
+    }
+    let table: Vec<Vec<String>> = worst
+        .iter()
+        .map(|((host, id), st)| {
+            vec![
+                link(&format!("/ui/machines/{id}"), host),
+                status(st.as_str()),
+                format!("<code>{}</code>", esc(id)),
+            ]
+        })
+        .collect();
+    let mut page = Page::new();
+    page.table("machines", &["hostname", "state", "id"], &table);
+    Ok(render(&page, "Machines", &u))
+}
+
+pub async fn machine_page(
+    State(st): State<AppState>,
+    u: UiUser,
+    Path(id): Path<String>,
+) -> ApiResult<Html<String>> {
+    let m = crate::api::fleet::machine_detail_json(&st, &u.0.org_id, &id).await?;
+    let comp: Vec<_> = rows(&st, &u.0.org_id)
+        .await?
+        .into_iter()
+        .filter(|r| r.machine_id == id)
+        .collect();
+    let mut page = Page::new();
+    page.table(
+        "facts",
+        &[
+            "hostname",
+            "os",
+            "kernel",
+            "arch",
+            "cores",
+            "tags",
+            "last seen",
+            "readiness",
+        ],
+        &[vec![
+            s(&m["hostname"]),
+            s(&m["os"]),
+            s(&m["kernel"]),
+            s(&m["arch"]),
+            s(&m["cores"]),
+            s(&m["tags"]),
+            s(&m["last_seen"]),
+            s(&m["readiness"]),
+        ]],
+    );
+    page.h(2, "Targets");
+    let t: Vec<Vec<String>> = comp
+        .iter()
+        .filter(|r| !r.build_id.is_empty())
+        .map(|r| {
+            vec![
+                esc(&r.file_name),
+                format!("<code>{}</code>", esc(&r.build_id)),
+                r.applied_level.to_string(),
+                r.latest_level.to_string(),
+                status(r.status.as_str()),
+                esc(&r.detail),
+            ]
+        })
+        .collect();
+    page.table(
+        "targets",
+        &[
+            "file",
+            "build-id",
+            "applied level",
+            "latest level",
+            "state",
+            "detail",
+        ],
+        &t,
+    );
+    page.h(2, "History");
+    let h: Vec<Vec<String>> = m["history"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|e| {
+                    vec![
+                        s(&e["at"]),
+                        s(&e["deployment_id"]),
+                        status(e["status"].as_str().unwrap_or("")),
+                        s(&e["detail"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    page.table("history", &["at", "deployment", "result", "detail"], &h);
+    let title = format!("Machine {}", m["hostname"].as_str().unwrap_or(""));
+    Ok(render(&page, &title, &u))
+}
+
+pub async fn catalog_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
+    let mut page = Page::new();
+    page.h(2, "Hotpatches");
+    let h: Vec<Vec<String>> = hotpatches(&st, &u.0.org_id)
+        .await?
+        .iter()
+        .map(|h| {
+            vec![
+                esc(&h.patch_id),
+                esc(&h.file_name),
+                format!("<code>{}</code>", esc(&h.build_id)),
+                h.level.to_string(),
+                esc(&h.classification),
+                esc(&h.cves.join(", ")),
+                format!(
+                    "<code>{}</code>",
+                    esc(&h.artifact_sha256[..16.min(h.artifact_sha256.len())])
+                ),
+            ]
+        })
+        .collect();
+    page.table(
+        "hotpatches",
+        &[
+            "patch",
+            "file",
+            "build-id",
+            "level",
+            "classification",
+            "CVEs",
+            "artifact",
+        ],
+        &h,
+    );
+    page.h(2, "Baselines");
+    let all = baselines(&st, &u.0.org_id).await?;
+    let t = now();
+    let b: Vec<Vec<String>> = all
+        .iter()
+        .map(|b| {
+            let cov = covered_until(b, &all, t);
+            vec![
+                esc(&b.name),
+                esc(&b.product),
+                esc(&rfc3339(b.released)),
+                if b.planned {
+                    "planned".into()
+                } else {
+                    format!("unplanned: {}", esc(&b.reason))
+                },
+                cov.map(|c| {
+                    if c.expired {
+                        status("needs-restart") + " " + &esc(&c.advice)
+                    } else {
+                        esc(&c.advice)
+                    }
+                })
+                .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    page.table(
+        "baselines",
+        &["baseline", "product", "released", "kind", "coverage"],
+        &b,
+    );
+    Ok(render(&page, "Catalog", &u))
+}
+
+fn bar(done: i64, total: i64) -> String {
+    let pct = if total > 0 {
+        (done * 100 / total).clamp(0, 100)
+    } else {
+        0
+    };
+    format!(
+        "<span class=\"bar\" title=\"{pct}%\"><i style=\"width:{pct}%\"></i></span> {done}/{total}"
+    )
+}
+
+pub async fn deployments_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
+    let mut table = Vec::new();
+    for d in deployments(&st, &u.0.org_id, false).await? {
+        let (c, r) = progress(&st, &u.0.org_id, &d).await?;
+        let ring = |p: &crate::api::deploy::RingProgress| {
+            format!(
+                "{}{}{}",
+                bar(p.applied, p.machines),
+                if p.failed > 0 {
+                    format!(
+                        ", <span class=\"s-apply-failed\">{} failed</span>",
+                        p.failed
+                    )
+                } else {
+                    String::new()
+                },
+                if p.started { "" } else { " (not started)" }
+            )
+        };
+        table.push(vec![
+            esc(&d.name),
+            esc(d.kind.as_str()),
+            esc(d
+                .patch_id
+                .as_deref()
+                .or(d.baseline_id.as_deref())
+                .unwrap_or("")),
+            esc(&d.tags.join(", ")),
+            esc(d
+                .window
+                .as_ref()
+                .map(|(n, _)| n.as_str())
+                .unwrap_or("any time")),
+            format!("{}% · {}", d.canary_percent, ring(&c)),
+            ring(&r),
+            format!("{} {}", status(&d.state), esc(&d.state_reason)),
+        ]);
+    }
+    let mut page = Page::new();
+    page.table(
+        "deployments",
+        &[
+            "name",
+            "kind",
+            "what",
+            "scope tags",
+            "window",
+            "canary ring",
+            "rest",
+            "state",
+        ],
+        &table,
+    );
+    Ok(render(&page, "Deployments", &u))
+}
+
+pub async fn compliance_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
+    let mut page = Page::new();
+    page.raw("<p>Export: <a href=\"/api/v1/compliance/machines?format=csv\">machines CSV</a> · <a href=\"/api/v1/compliance/cves?format=csv\">CVEs CSV</a> · <a href=\"/api/v1/compliance/targets?format=csv\">targets CSV</a></p>");
+    page.h(2, "By CVE");
+    let c: Vec<Vec<String>> = cve_rows(&st, &u.0.org_id)
+        .await?
+        .iter()
+        .map(|c| {
+            let machines = c
+                .machines
+                .iter()
+                .map(|(h, f, st)| format!("{} ({}) {}", esc(h), esc(f), status(st)))
+                .collect::<Vec<_>>()
+                .join("<br>");
+            vec![
+                esc(&c.cve),
+                c.fixed.to_string(),
+                c.open.to_string(),
+                machines,
+            ]
+        })
+        .collect();
+    page.table("cves", &["CVE", "fixed", "open", "machines"], &c);
+    page.h(2, "By machine and target");
+    let r: Vec<Vec<String>> = rows(&st, &u.0.org_id)
+        .await?
+        .iter()
+        .map(|r| {
+            vec![
+                link(&format!("/ui/machines/{}", r.machine_id), &r.hostname),
+                esc(&r.file_name),
+                r.applied_level.to_string(),
+                status(r.status.as_str()),
+                esc(&r.detail),
+            ]
+        })
+        .collect();
+    page.table(
+        "compliance",
+        &["machine", "target", "level", "state", "detail"],
+        &r,
+    );
+    Ok(render(&page, "Compliance", &u))
+}
+
+pub async fn billing_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
+    let mut page = Page::new();
+    let sub = subscription(&st, &u.0.org_id).await?;
+    let entitled = crate::api::checkin::entitled(&st, &u.0.org_id, now()).await?;
+    page.table(
+        "subscription",
+        &[
+            "subscribed since",
+            "until",
+            "trial until",
+            "price per core per month",
+            "hotpatches",
+        ],
+        &[vec![
+            esc(&sub
+                .active_from
+                .map(rfc3339)
+                .unwrap_or_else(|| "not subscribed".into())),
+            esc(&sub.active_until.map(rfc3339).unwrap_or_default()),
+            esc(&sub.trial_until.map(rfc3339).unwrap_or_default()),
+            format!("{} USD", format_cents(sub.price_cents_per_core_month)),
+            if entitled {
+                status("applied").replace(">applied<", ">entitled<")
+            } else {
+                status("needs-restart").replace(">needs-restart<", ">baselines only<")
+            },
+        ]],
+    );
+    if u.0.role >= Role::Admin {
+        let month = jiff::Zoned::now()
+            .with_time_zone(jiff::tz::TimeZone::UTC)
+            .strftime("%Y-%m")
+            .to_string();
+        let inv = invoice(&st, &u.0.org_id, &month).await?;
+        page.h(2, &format!("Invoice {month} (to date)"));
+        let lines: Vec<Vec<String>> = inv
+            .lines
+            .iter()
+            .map(|l| {
+                vec![
+                    esc(&l.hostname),
+                    l.core_days.to_string(),
+                    l.trial_core_days.to_string(),
+                    format!("{} USD", format_cents(l.amount_cents)),
+                ]
+            })
+            .collect();
+        page.table(
+            "invoice",
+            &["machine", "billed core-days", "trial core-days", "amount"],
+            &lines,
+        );
+        page.raw(&format!("<p id=\"invoice-total\">Total: <strong>{} USD</strong> for {} core-days ({} days in month)</p>", esc(&inv.amount), inv.core_days, inv.days_in_month));
+    }
+    Ok(render(&page, "Billing", &u))
+}
+
+pub async fn audit_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
+    let entries = crate::api::access::audit_entries(&st, &u.0.org_id, 500).await?;
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                s(&e["at"]),
+                s(&e["actor"]),
+                s(&e["action"]),
+                s(&e["subject"]),
+                s(&e["detail"]),
+            ]
+        })
+        .collect();
+    let mut page = Page::new();
+    page.table(
+        "audit",
+        &["at", "actor", "action", "subject", "detail"],
+        &rows,
+    );
+    Ok(render(&page, "Audit log", &u))
+}
