@@ -1,0 +1,181 @@
+//! Placing sections, call stubs, GOT entries and common symbols in the
+//! region, before its address is known. The layout fixes the region size,
+//! so everything that might be needed at link time (a stub for every
+//! undefined call target, whether or not it turns out to be far) is
+//! reserved here.
+
+use crate::error::LinkError;
+use crate::image::{Prot, Segment};
+use crate::input::{Def, Input, Part};
+use crate::reloc::RelocKind;
+use std::collections::BTreeMap;
+
+pub const PAGE: u64 = 4096;
+
+/// Upper bound on a region: keeps every internal PC-relative reference in
+/// range and bounds the memory an untrusted payload can make us allocate.
+pub const MAX_REGION_SIZE: u64 = 256 << 20;
+
+/// `jmp *0(%rip)` followed by the 8-byte destination.
+pub(crate) const STUB_CODE: [u8; 6] = [0xff, 0x25, 0, 0, 0, 0];
+/// A stub is 14 bytes; slots are 16 so that each starts aligned.
+pub(crate) const STUB_SLOT: u64 = 16;
+pub(crate) const GOT_ENTRY: u64 = 8;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    /// Offset of each loaded section, indexed like `Input::sections`.
+    pub sections: Vec<u64>,
+    /// Symbol index -> offset of its call stub.
+    pub stubs: BTreeMap<usize, u64>,
+    /// Symbol index -> offset of its GOT entry.
+    pub got: BTreeMap<usize, u64>,
+    /// Symbol index -> offset of its common block.
+    pub common: BTreeMap<usize, u64>,
+    pub segments: Vec<Segment>,
+    pub size: u64,
+}
+
+struct Cursor(u64);
+
+impl Cursor {
+    fn align(&mut self, to: u64) -> Result<u64, LinkError> {
+        self.0 = round_up(self.0, to)?;
+        Ok(self.0)
+    }
+
+    fn take(&mut self, len: u64) -> Result<u64, LinkError> {
+        let at = self.0;
+        self.0 = checked(at.checked_add(len))?;
+        Ok(at)
+    }
+}
+
+fn checked(v: Option<u64>) -> Result<u64, LinkError> {
+    match v {
+        Some(v) if v <= MAX_REGION_SIZE => Ok(v),
+        _ => Err(LinkError::RegionTooLarge {
+            size: v.unwrap_or(u64::MAX),
+            max: MAX_REGION_SIZE,
+        }),
+    }
+}
+
+pub(crate) fn round_up(v: u64, to: u64) -> Result<u64, LinkError> {
+    checked(v.checked_next_multiple_of(to))
+}
+
+pub(crate) fn plan(input: &Input, header_reserve: u64) -> Result<Layout, LinkError> {
+    let mut sections = vec![0u64; input.sections.len()];
+    let mut stubs = BTreeMap::new();
+    let mut got = BTreeMap::new();
+    let mut common = BTreeMap::new();
+    let mut segments = Vec::new();
+    let mut cur = Cursor(round_up(header_reserve, PAGE)?);
+
+    let (stub_syms, got_syms) = referenced(input);
+
+    // Text: code, then stubs.
+    let start = cur.0;
+    place(input, Part::Text, &mut sections, &mut cur)?;
+    if !stub_syms.is_empty() {
+        cur.align(STUB_SLOT)?;
+        for s in stub_syms {
+            stubs.insert(s, cur.take(STUB_SLOT)?);
+        }
+    }
+    close(start, &mut cur, Prot::ReadExec, &mut segments)?;
+
+    // Read-only: rodata and RELRO data, then the GOT.
+    let start = cur.0;
+    place(input, Part::ReadOnly, &mut sections, &mut cur)?;
+    if !got_syms.is_empty() {
+        cur.align(GOT_ENTRY)?;
+        for s in got_syms {
+            got.insert(s, cur.take(GOT_ENTRY)?);
+        }
+    }
+    close(start, &mut cur, Prot::Read, &mut segments)?;
+
+    // Read-write: data, then bss, then common symbols.
+    let start = cur.0;
+    place(input, Part::ReadWrite, &mut sections, &mut cur)?;
+    for (i, sym) in input.symbols.iter().enumerate() {
+        if let Def::Common { size, align } = sym.def {
+            cur.align(align)?;
+            common.insert(i, cur.take(size)?);
+        }
+    }
+    close(start, &mut cur, Prot::ReadWrite, &mut segments)?;
+
+    Ok(Layout {
+        sections,
+        stubs,
+        got,
+        common,
+        segments,
+        size: cur.0,
+    })
+}
+
+/// Symbols that need a stub slot (calls to targets outside the region) and
+/// a GOT entry, in symbol index order.
+fn referenced(input: &Input) -> (Vec<usize>, Vec<usize>) {
+    let mut stub = std::collections::BTreeSet::new();
+    let mut got = std::collections::BTreeSet::new();
+    for r in input.sections.iter().flat_map(|s| s.relocs.iter()) {
+        match r.kind {
+            RelocKind::Plt32 => {
+                let outside = input
+                    .symbols
+                    .get(r.symbol)
+                    .is_some_and(|s| !matches!(s.def, Def::Section { .. } | Def::Common { .. }));
+                if outside {
+                    stub.insert(r.symbol);
+                }
+            }
+            RelocKind::GotPcRel(_) => {
+                got.insert(r.symbol);
+            }
+            _ => {}
+        }
+    }
+    (stub.into_iter().collect(), got.into_iter().collect())
+}
+
+fn place(
+    input: &Input,
+    part: Part,
+    offsets: &mut [u64],
+    cur: &mut Cursor,
+) -> Result<(), LinkError> {
+    // Contents first, then zero-fill, so bss does not sit between data.
+    for want_data in [true, false] {
+        for (i, s) in input.sections.iter().enumerate() {
+            if s.part == part && s.data.is_some() == want_data {
+                cur.align(s.align)?;
+                if let Some(slot) = offsets.get_mut(i) {
+                    *slot = cur.take(s.size)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn close(
+    start: u64,
+    cur: &mut Cursor,
+    prot: Prot,
+    segments: &mut Vec<Segment>,
+) -> Result<(), LinkError> {
+    let end = cur.align(PAGE)?;
+    if end > start {
+        segments.push(Segment {
+            offset: start,
+            len: end - start,
+            prot,
+        });
+    }
+    Ok(())
+}
