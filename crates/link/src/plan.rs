@@ -266,7 +266,9 @@ impl LinkPlan {
         for want_global in [true, false] {
             for (sym, &a) in self.input.symbols.iter().zip(addresses) {
                 let defined_here = matches!(sym.def, Def::Section { .. } | Def::Common { .. });
-                if defined_here && !sym.anonymous && sym.global == want_global {
+                // `.L` names are assembler-local labels, not program symbols.
+                let label = sym.name.starts_with(".L");
+                if defined_here && !sym.anonymous && !label && sym.global == want_global {
                     map.entry(sym.name.clone()).or_insert(a);
                 }
             }
