@@ -262,7 +262,7 @@ fn bad_base_address() {
         Err(LinkError::BadBase { .. })
     ));
     assert!(matches!(
-        plan.link(u64::MAX & !0xfff, &mut |_| None),
+        plan.link(!0xfff_u64, &mut |_| None),
         Err(LinkError::BadBase { .. })
     ));
 }

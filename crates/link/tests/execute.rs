@@ -47,8 +47,8 @@ fn exercise(image: &LinkedImage) {
     // with exactly these C signatures.
     let (replacement, apply): (Replacement, IntFn) = unsafe {
         (
-            std::mem::transmute(image.symbols["replacement"] as usize),
-            std::mem::transmute(image.symbols["apply"] as usize),
+            std::mem::transmute::<usize, Replacement>(image.symbols["replacement"] as usize),
+            std::mem::transmute::<usize, IntFn>(image.symbols["apply"] as usize),
         )
     };
     let before = HP_TEST_COUNTER.load(Ordering::SeqCst);

@@ -54,7 +54,7 @@ impl Insn {
     /// The absolute target objdump computed for a call/jmp or a RIP-relative operand.
     pub fn target(&self) -> Option<u64> {
         let t = if let Some((_, c)) = self.text.split_once('#') {
-            c.trim().split_whitespace().next()?
+            c.split_whitespace().next()?
         } else {
             let mut words = self.text.split_whitespace();
             let op = words.next()?;
