@@ -35,4 +35,9 @@ pub struct LinkedImage {
     /// Where a name is defined twice (local symbols of the same name), the
     /// global definition wins, otherwise the first in symbol table order.
     pub symbols: BTreeMap<String, u64>,
+    /// Absolute `[start, end)` of the relocated `.eh_frame` unwind tables,
+    /// if the payload has any; four zero bytes (the list terminator) follow
+    /// `end`, so `start` can be given to `__register_frame` as it is, and the
+    /// range to a stack unwinder for frames inside the region.
+    pub eh_frame: Option<std::ops::Range<u64>>,
 }

@@ -29,6 +29,8 @@ pub(crate) struct Section {
     pub size: u64,
     /// `None` for `SHT_NOBITS`: zero-filled.
     pub data: Option<Vec<u8>>,
+    /// `.eh_frame`: placed after the other read-only sections.
+    pub unwind: bool,
     pub relocs: Vec<Reloc>,
 }
 
@@ -76,7 +78,9 @@ pub(crate) struct Input {
 /// What to do with one section of the input.
 enum Disposition {
     Load(Part),
-    /// Allocated but not loaded (notes, unwind tables); symbols in it may not be referenced.
+    /// Unwind tables: loaded read-only, kept together and terminated.
+    Unwind,
+    /// Allocated but not loaded (notes); symbols in it may not be referenced.
     Drop,
     Ignore,
 }
@@ -120,7 +124,11 @@ pub(crate) fn read(payload: &[u8]) -> Result<Input, LinkError> {
                     *slot = Some(name);
                 }
             }
-            Disposition::Load(part) => {
+            d @ (Disposition::Load(_) | Disposition::Unwind) => {
+                let (part, unwind) = match d {
+                    Disposition::Load(part) => (part, false),
+                    _ => (Part::ReadOnly, true),
+                };
                 let align = sh.sh_addralign(endian).max(1);
                 if !align.is_power_of_two() || align > MAX_ALIGN {
                     return Err(unsupported(
@@ -148,6 +156,7 @@ pub(crate) fn read(payload: &[u8]) -> Result<Input, LinkError> {
                     align,
                     size,
                     data,
+                    unwind,
                     relocs: Vec::new(),
                 });
             }
@@ -269,10 +278,9 @@ fn disposition(
         return Err(unsupported(name, "compressed allocated section"));
     }
     match sh_type {
-        // Unwind tables would need registering with the target's unwinder; see crate docs.
-        elf::SHT_X86_64_UNWIND => return Ok(Disposition::Drop),
+        elf::SHT_X86_64_UNWIND => return Ok(Disposition::Unwind),
+        elf::SHT_PROGBITS if name == ".eh_frame" => return Ok(Disposition::Unwind),
         elf::SHT_NOTE => return Ok(Disposition::Drop),
-        elf::SHT_PROGBITS if name == ".eh_frame" => return Ok(Disposition::Drop),
         elf::SHT_PROGBITS | elf::SHT_NOBITS => {}
         other => {
             return Err(unsupported(
@@ -452,7 +460,7 @@ fn read_relocations(
         }
         let target = usize::try_from(sh.sh_info(endian)).unwrap_or(usize::MAX);
         let Some(l) = loaded_of.get(target).copied().flatten() else {
-            // Relocations of sections we do not load (debug info, unwind tables).
+            // Relocations of sections we do not load (debug info).
             continue;
         };
         let rel_name = section_name(sections, endian, sh);

@@ -32,6 +32,9 @@ pub(crate) struct Layout {
     pub got: BTreeMap<usize, u64>,
     /// Symbol index -> offset of its common block.
     pub common: BTreeMap<usize, u64>,
+    /// Offsets of the unwind tables, `[start, end)`, if any; a 4-byte zero
+    /// terminator follows `end`.
+    pub eh_frame: Option<(u64, u64)>,
     pub segments: Vec<Segment>,
     pub size: u64,
 }
@@ -86,9 +89,10 @@ pub(crate) fn plan(input: &Input, header_reserve: u64) -> Result<Layout, LinkErr
     }
     close(start, &mut cur, Prot::ReadExec, &mut segments)?;
 
-    // Read-only: rodata and RELRO data, then the GOT.
+    // Read-only: rodata and RELRO data, unwind tables, then the GOT.
     let start = cur.0;
     place(input, Part::ReadOnly, &mut sections, &mut cur)?;
+    let eh_frame = place_unwind(input, &mut sections, &mut cur)?;
     if !got_syms.is_empty() {
         cur.align(GOT_ENTRY)?;
         for s in got_syms {
@@ -113,6 +117,7 @@ pub(crate) fn plan(input: &Input, header_reserve: u64) -> Result<Layout, LinkErr
         stubs,
         got,
         common,
+        eh_frame,
         segments,
         size: cur.0,
     })
@@ -152,7 +157,7 @@ fn place(
     // Contents first, then zero-fill, so bss does not sit between data.
     for want_data in [true, false] {
         for (i, s) in input.sections.iter().enumerate() {
-            if s.part == part && s.data.is_some() == want_data {
+            if s.part == part && s.data.is_some() == want_data && !s.unwind {
                 cur.align(s.align)?;
                 if let Some(slot) = offsets.get_mut(i) {
                     *slot = cur.take(s.size)?;
@@ -161,6 +166,43 @@ fn place(
         }
     }
     Ok(())
+}
+
+/// `.eh_frame` sections back to back (a list of CIEs and FDEs may be
+/// concatenated), then the zero-length entry that ends the list, so the
+/// engine can hand the whole thing to an unwinder.
+fn place_unwind(
+    input: &Input,
+    offsets: &mut [u64],
+    cur: &mut Cursor,
+) -> Result<Option<(u64, u64)>, LinkError> {
+    let mut range: Option<(u64, u64)> = None;
+    for (i, s) in input.sections.iter().enumerate().filter(|(_, s)| s.unwind) {
+        // Padding between tables would be read as an entry, so they must abut.
+        let at = match range {
+            Some((_, end)) if end % s.align == 0 => end,
+            Some(_) => {
+                return Err(LinkError::UnsupportedSection {
+                    section: s.name.clone(),
+                    reason: format!(
+                        "a second unwind table cannot be placed right after the first at alignment {}",
+                        s.align
+                    ),
+                });
+            }
+            None => cur.align(s.align.max(4))?,
+        };
+        cur.0 = at;
+        let placed = cur.take(s.size)?;
+        if let Some(slot) = offsets.get_mut(i) {
+            *slot = placed;
+        }
+        range = Some((range.map_or(placed, |(start, _)| start), cur.0));
+    }
+    if range.is_some() {
+        cur.take(4)?;
+    }
+    Ok(range)
 }
 
 fn close(

@@ -26,6 +26,7 @@
 //!       | call stubs                    |
 //!       +-------------------------------+  Read
 //!       | .rodata.*, .data.rel.ro.*     |
+//!       | .eh_frame + 4-byte terminator |
 //!       | GOT                           |
 //!       +-------------------------------+  ReadWrite
 //!       | .data.*                       |
@@ -67,11 +68,19 @@
 //! [`MAX_REGION_SIZE`].
 //!
 //! Not loaded: sections without `SHF_ALLOC` (debug info, `.comment`,
-//! `.note.GNU-stack`, ...), notes (`.note.gnu.property`), and `.eh_frame`.
-//! Dropping `.eh_frame` means an unwinder cannot walk through replacement
-//! code: C++ exceptions must not propagate through a replaced function, and
-//! stack checks must not rely on unwind tables for frames in the region.
-//! A relocation that refers to a symbol in a dropped section is an error.
+//! `.note.GNU-stack`, ...) and notes (`.note.gnu.property`). A relocation
+//! that refers to a symbol in a section that is not loaded is an error.
+//!
+//! # Unwind tables
+//!
+//! `.eh_frame` is loaded read-only and relocated like any other section,
+//! followed by a zero terminator, and its range is given in
+//! [`LinkedImage::eh_frame`]. Nothing registers it in the target: until the
+//! engine does (`__register_frame` in the target, or feeding the range to
+//! its own stack unwinder), an unwinder cannot walk through replacement
+//! code, so C++ exceptions must not propagate through a replaced function.
+//! The LSDA (`.gcc_except_table`) and personality references are ordinary
+//! sections and relocations and are loaded too.
 
 mod error;
 mod image;

@@ -186,6 +186,10 @@ impl LinkPlan {
             bytes: image.bytes,
             segments: self.layout.segments.clone(),
             symbols: self.exported(&addresses),
+            eh_frame: self
+                .layout
+                .eh_frame
+                .map(|(start, end)| base.wrapping_add(start)..base.wrapping_add(end)),
         })
     }
 

@@ -168,3 +168,53 @@ fn weak_undefined_function_may_be_absent_or_present() {
     // SAFETY: as above.
     assert_eq!(unsafe { f(5) }, 500);
 }
+
+#[test]
+fn unwind_tables_let_an_unwinder_walk_out_of_the_region() {
+    let src = r#"
+        #include <unwind.h>
+        static _Unwind_Reason_Code hp_count(struct _Unwind_Context *ctx, void *arg) {
+            (void)ctx;
+            ++*(int *)arg;
+            return _URC_NO_REASON;
+        }
+        __attribute__((noinline)) int hp_depth(void) {
+            int n = 0;
+            _Unwind_Backtrace(hp_count, &n);
+            return n;
+        }
+    "#;
+    let plan = LinkPlan::new(&compile(src, PIC), 0).expect("plan");
+    let map = Mapping::first_free(
+        (0..).map(|i| 0x2300_0000_0000 + i * 0x10_0000_0000),
+        plan.region_size() as usize,
+    );
+    let image = plan.link(map.addr, &mut |n| dlsym(n)).expect("link");
+    map.load(&image, 0);
+    let eh = image.eh_frame.clone().expect("unwind tables");
+    // SAFETY: hp_depth(void) -> int in the loaded image.
+    let depth: unsafe extern "C" fn() -> c_int =
+        unsafe { std::mem::transmute::<usize, _>(image.symbols["hp_depth"] as usize) };
+    type FrameFn = unsafe extern "C" fn(*const u8);
+    let register: FrameFn = unsafe {
+        std::mem::transmute::<usize, FrameFn>(dlsym("__register_frame").expect("libgcc_s") as usize)
+    };
+    let deregister: FrameFn = unsafe {
+        std::mem::transmute::<usize, FrameFn>(
+            dlsym("__deregister_frame").expect("libgcc_s") as usize
+        )
+    };
+
+    // SAFETY: as above.
+    let unknown = unsafe { depth() };
+    // SAFETY: the tables are relocated, zero-terminated and mapped until deregistered below.
+    unsafe { register(eh.start as *const u8) };
+    // SAFETY: as above.
+    let known = unsafe { depth() };
+    // SAFETY: same pointer as registered; the mapping is still there.
+    unsafe { deregister(eh.start as *const u8) };
+    assert!(
+        known > unknown + 2,
+        "unwinder walked {known} frames with the region's tables, {unknown} without"
+    );
+}

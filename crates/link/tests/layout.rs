@@ -59,10 +59,16 @@ fn header_reserve_is_rounded_up_to_a_page() {
 
 #[test]
 fn empty_parts_are_left_out() {
-    let plan = LinkPlan::new(&compile("int get(int x) { return x * 7; }", PIC), 0).unwrap();
+    let mut flags = PIC.to_vec();
+    flags.push("-fno-asynchronous-unwind-tables");
+    let plan = LinkPlan::new(&compile("int get(int x) { return x * 7; }", &flags), 0).unwrap();
     let prots: Vec<Prot> = plan.segments().iter().map(|s| s.prot).collect();
     assert_eq!(prots, vec![Prot::ReadExec]);
     assert_eq!(plan.region_size(), PAGE);
+    assert_eq!(
+        plan.link(0x7f00_0000_0000, &mut resolve).unwrap().eh_frame,
+        None
+    );
 
     let plan = LinkPlan::new(&compile("int hp_a = 1; int hp_b;", PIC), 0).unwrap();
     let prots: Vec<Prot> = plan.segments().iter().map(|s| s.prot).collect();
@@ -177,4 +183,45 @@ fn unloaded_sections_contribute_nothing() {
     let o = (image.symbols["get"] - image.base) as usize;
     // lea 0x1(%rdi),%eax; ret
     assert_eq!(&image.bytes[o..o + 4], &[0x8d, 0x47, 0x01, 0xc3]);
+}
+
+#[test]
+fn unwind_tables_are_loaded_read_only_and_terminated() {
+    let image = LinkPlan::new(&payload(), 0)
+        .unwrap()
+        .link(0x7f00_0000_0000, &mut resolve)
+        .unwrap();
+    let eh = image
+        .eh_frame
+        .clone()
+        .expect("gcc emits .eh_frame by default");
+    assert!(eh.start < eh.end && eh.start % 4 == 0);
+    assert_eq!(prot_at(&image, eh.start), Some(Prot::Read));
+    assert_eq!(prot_at(&image, eh.end + 3), Some(Prot::Read));
+    let end = (eh.end - image.base) as usize;
+    assert_eq!(
+        &image.bytes[end..end + 4],
+        &[0, 0, 0, 0],
+        "zero terminator after the tables"
+    );
+    // Walk the entries by their length fields: they must tile the range exactly.
+    let mut at = eh.start;
+    let mut fdes = 0;
+    while at < eh.end {
+        let o = (at - image.base) as usize;
+        let len = u32::from_le_bytes(image.bytes[o..o + 4].try_into().unwrap()) as u64;
+        let id = u32::from_le_bytes(image.bytes[o + 4..o + 8].try_into().unwrap());
+        if id != 0 {
+            // An FDE: pc_begin (pcrel sdata4, gcc's encoding) lands on a payload function.
+            let pc = (at + 8).wrapping_add_signed(common::read_i32(&image, at + 8) as i64);
+            assert!(
+                image.symbols.values().any(|&a| a == pc),
+                "FDE at 0x{at:x} covers 0x{pc:x}, not a function"
+            );
+            fdes += 1;
+        }
+        at += 4 + len;
+    }
+    assert_eq!(at, eh.end);
+    assert!(fdes >= 6, "one FDE per function, found {fdes}");
 }
