@@ -218,3 +218,70 @@ fn unwind_tables_let_an_unwinder_walk_out_of_the_region() {
         "unwinder walked {known} frames with the region's tables, {unknown} without"
     );
 }
+
+#[test]
+fn cxx_exception_is_caught_inside_the_region_once_its_tables_are_registered() {
+    let src = r#"
+        #include <string>
+        #include <stdexcept>
+        extern "C" int hp_parse(const char *s) {
+            try { return std::stoi(s); } catch (const std::exception &) { return -1; }
+        }
+    "#;
+    // SAFETY: loading the system C++ runtime so its symbols resolve with dlsym.
+    let lib = unsafe {
+        libc::dlopen(
+            c"libstdc++.so.6".as_ptr(),
+            libc::RTLD_NOW | libc::RTLD_GLOBAL,
+        )
+    };
+    assert!(!lib.is_null(), "libstdc++.so.6 not loadable");
+    let obj = common::compile_to(
+        src,
+        &[
+            "-fPIC",
+            "-O2",
+            "-ffunction-sections",
+            "-fdata-sections",
+            "-x",
+            "c++",
+        ],
+        &["-c"],
+        "o",
+    );
+    let plan = LinkPlan::new(&obj, 0).expect("plan");
+    assert!(
+        plan.undefined_symbols()
+            .iter()
+            .any(|s| s == "__gxx_personality_v0")
+    );
+    let map = Mapping::first_free(
+        (0..).map(|i| 0x2400_0000_0000 + i * 0x10_0000_0000),
+        plan.region_size() as usize,
+    );
+    let image = plan.link(map.addr, &mut |n| dlsym(n)).expect("link");
+    map.load(&image, 0);
+    let eh = image.eh_frame.clone().expect("unwind tables");
+    // SAFETY: hp_parse(const char *) -> int in the loaded image.
+    let parse: unsafe extern "C" fn(*const c_char) -> c_int =
+        unsafe { std::mem::transmute::<usize, _>(image.symbols["hp_parse"] as usize) };
+    type FrameFn = unsafe extern "C" fn(*const u8);
+    // SAFETY: libgcc_s's frame registration functions have this signature.
+    let (register, deregister): (FrameFn, FrameFn) = unsafe {
+        (
+            std::mem::transmute::<usize, FrameFn>(
+                dlsym("__register_frame").expect("libgcc_s") as usize
+            ),
+            std::mem::transmute::<usize, FrameFn>(
+                dlsym("__deregister_frame").expect("libgcc_s") as usize
+            ),
+        )
+    };
+    // SAFETY: relocated, terminated tables, mapped until deregistered.
+    unsafe { register(eh.start as *const u8) };
+    // SAFETY: NUL-terminated strings; the throwing case is caught inside hp_parse.
+    let (ok, bad) = unsafe { (parse(c"1234".as_ptr()), parse(c"not a number".as_ptr())) };
+    // SAFETY: as registered.
+    unsafe { deregister(eh.start as *const u8) };
+    assert_eq!((ok, bad), (1234, -1));
+}
