@@ -82,6 +82,7 @@ enum Disposition {
     Unwind,
     /// Allocated but not loaded (notes); symbols in it may not be referenced.
     Drop,
+    /// Not allocated at run time at all (debug info, symbol tables, ...).
     Ignore,
 }
 
@@ -117,9 +118,8 @@ pub(crate) fn read(payload: &[u8]) -> Result<Input, LinkError> {
     for (index, sh) in sections.enumerate() {
         let name = section_name(&sections, endian, sh);
         match disposition(&name, sh, endian)? {
-            Disposition::Ignore => {}
-            Disposition::Drop => {
-                tracing::debug!(section = %name, "section not loaded");
+            Disposition::Ignore | Disposition::Drop => {
+                tracing::trace!(section = %name, "section not loaded");
                 if let Some(slot) = dropped.get_mut(index.0) {
                     *slot = Some(name);
                 }
@@ -440,7 +440,7 @@ fn section_def(
         .get(s)
         .cloned()
         .flatten()
-        .unwrap_or_else(|| format!("#{s} (not allocated)"));
+        .unwrap_or_else(|| format!("#{s}"));
     Ok(Def::Dropped { section })
 }
 
