@@ -34,7 +34,7 @@ pub async fn create_admin(
     use sqlx::Row;
     crate::api::access::check_name("organisation", org)?;
     crate::api::access::check_name("user", user)?;
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     let existing = sqlx::query("SELECT id FROM orgs WHERE name = $1")
         .bind(org)
         .fetch_optional(&mut *tx)

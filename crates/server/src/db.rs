@@ -30,7 +30,13 @@ pub enum DbError {
 
 #[derive(Clone)]
 pub struct Db {
+    /// For reads. On PostgreSQL also for writes.
     pub pool: AnyPool,
+    /// For writes. On SQLite one connection: SQLite has one writer at a time, and
+    /// a transaction that starts reading and then writes fails with "database is
+    /// locked" (no busy wait) when another writer got in between; queueing the
+    /// writers in the pool instead keeps every write correct and latency flat.
+    pub writer: AnyPool,
     pub backend: Backend,
 }
 
@@ -46,6 +52,23 @@ impl Db {
             return Err(DbError::UnknownScheme(url.to_string()));
         };
         let options = AnyConnectOptions::from_str(url)?;
+        let pool = Self::pool_options(backend, max_connections)
+            .connect_with(options.clone())
+            .await?;
+        let writer = match backend {
+            Backend::Sqlite => Self::pool_options(backend, 1).connect_with(options).await?,
+            Backend::Postgres => pool.clone(),
+        };
+        let db = Db {
+            pool,
+            writer,
+            backend,
+        };
+        schema::migrate(&db).await?;
+        Ok(db)
+    }
+
+    fn pool_options(backend: Backend, max_connections: u32) -> AnyPoolOptions {
         let mut pool_options = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10));
@@ -63,10 +86,12 @@ impl Db {
                 })
             });
         }
-        let pool = pool_options.connect_with(options).await?;
-        let db = Db { pool, backend };
-        schema::migrate(&db).await?;
-        Ok(db)
+        pool_options
+    }
+
+    /// A transaction for changes (see `writer`).
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        self.writer.begin().await
     }
 
     /// The SQL type for binary columns, which the two backends name differently.

@@ -199,7 +199,7 @@ CREATE INDEX usage_days_org_day ON usage_days (org_id, day);
 )];
 
 pub async fn migrate(db: &Db) -> Result<(), DbError> {
-    let mut conn = db.pool.acquire().await?;
+    let mut conn = db.writer.acquire().await?;
     if db.backend == Backend::Postgres {
         // Arbitrary constant naming "hotpatch schema migration".
         conn.execute("SELECT pg_advisory_lock(7243911)").await?;

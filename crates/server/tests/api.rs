@@ -487,6 +487,7 @@ fn rings_soak_and_failure_threshold_halt() {
             "{d}"
         );
         let (_, other) = s.enroll(&[], "m2");
+        let body = checkin_body("m2", 2, &[(BUILD_A, "libdemo.so.1", 0)], json!([]));
         assert_eq!(
             call("POST", &url, Some(&other), Some(&body)).1["hotpatches"],
             json!([])
@@ -715,11 +716,18 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
                 .contains("unknown field `admin`"),
             "{e}"
         );
-        let (st, e) = send(&format!(
-            "{{\"tags\": [\"{}\"]}}",
-            "a".repeat(2 * 1024 * 1024)
-        ));
+        // One byte over the limit, so the server has read every byte when it refuses
+        // (unread bytes would make the close race the answer).
+        let limit = hotpatch_server::api::JSON_BODY_LIMIT;
+        let filler = "a".repeat(limit + 1 - "{\"tags\": [\"\"]}".len());
+        let big = format!("{{\"tags\": [\"{filler}\"]}}");
+        assert_eq!(big.len(), limit + 1);
+        let (st, e) = send(&big);
         assert_eq!(st, 413, "{e}");
+        assert!(
+            e["error"].as_str().unwrap_or("").contains("too large"),
+            "{e}"
+        );
         let (st, e) = send("{\"tags\": [\"bad tag\"]}");
         assert_eq!(st, 400, "{e}");
         let (_, cred) = s.enroll(&[], "m");

@@ -51,7 +51,7 @@ pub async fn create_user(
     user.require(Role::Admin)?;
     check_name("user", &body.name)?;
     let role = Role::parse(&body.role)?;
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let taken = sqlx::query("SELECT id FROM users WHERE org_id = $1 AND name = $2")
         .bind(&user.org_id)
         .bind(&body.name)
@@ -119,7 +119,7 @@ pub async fn create_token(
             "label must be 1-100 characters".into(),
         ));
     }
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let owner_id = match &body.user {
         None => user.user_id.clone(),
         Some(name) => {
@@ -165,7 +165,7 @@ pub async fn revoke_token(
     user: User,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let row = sqlx::query(
         "SELECT t.user_id FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = $1 AND u.org_id = $2 AND t.revoked_at IS NULL",
     )
@@ -200,7 +200,7 @@ pub async fn revoke_token(
 /// this is how an API user opens it). Valid for five minutes.
 pub async fn create_login_link(State(st): State<AppState>, user: User) -> ApiResult<Json<Value>> {
     let code = new_secret("hpl_")?;
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     sqlx::query("INSERT INTO ui_sessions (session_hash, user_id, kind, expires) VALUES ($1, $2, 'link', $3)")
         .bind(hash_secret(&code))
         .bind(&user.user_id)

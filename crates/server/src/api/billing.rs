@@ -134,7 +134,7 @@ pub async fn set_subscription(
         }
         _ => {}
     }
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     sqlx::query(
         "INSERT INTO subscriptions (org_id, active_from, active_until, trial_until, price_cents_per_core_month, updated) VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (org_id) DO UPDATE SET active_from = excluded.active_from, active_until = excluded.active_until, \

@@ -34,7 +34,7 @@ pub async fn upload_hotpatch(
         )));
     }
     let sha = sha256_hex(&body);
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let existing =
         sqlx::query("SELECT artifact_sha256 FROM hotpatches WHERE org_id = $1 AND patch_id = $2")
             .bind(&user.org_id)
@@ -287,7 +287,7 @@ pub async fn create_baseline(
             )));
         }
     }
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let taken = sqlx::query("SELECT id FROM baselines WHERE org_id = $1 AND name = $2")
         .bind(&user.org_id)
         .bind(&b.name)

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use super::deploy::{Deployment, Kind, deployments, in_canary};
+use super::deploy::{Deployment, Kind, deployments_for, in_canary};
 use super::json::ApiJson;
 use crate::audit;
 use crate::auth::Machine;
@@ -192,7 +192,14 @@ pub async fn check_in(
 /// when they changed (hash compare), work results, last-seen and the day's metering.
 async fn record(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()> {
     let state_hash = sha256_hex(serde_json::to_string(&(&c.facts, &c.targets))?.as_bytes());
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
+    if c.results.is_empty() && st.db.backend == crate::db::Backend::Postgres {
+        // Liveness and metering are re-sent at the next check-in, so they need not
+        // wait for the WAL flush; work results (which the agent then forgets) do.
+        sqlx::query("SET LOCAL synchronous_commit TO OFF")
+            .execute(&mut *tx)
+            .await?;
+    }
     if state_hash != m.state_hash {
         let f = &c.facts;
         sqlx::query(
@@ -362,7 +369,7 @@ pub async fn entitled(st: &AppState, org_id: &str, t: i64) -> ApiResult<bool> {
 
 async fn instructions(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<Value> {
     let entitled = entitled(st, &m.org_id, t).await?;
-    let active: Vec<Deployment> = deployments(st, &m.org_id, true)
+    let active: Vec<Deployment> = deployments_for(st, &m.org_id, true, Some(&m.id))
         .await?
         .into_iter()
         .filter(|d| d.scope_matches(&m.tags) && t >= d.start_at)
@@ -371,37 +378,22 @@ async fn instructions(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiRes
     let mut baselines = Vec::new();
     let mut rollbacks = Vec::new();
     let mut notes = Vec::new();
-    if active.is_empty() {
-        return Ok(answer(entitled, hotpatches, baselines, rollbacks, notes));
-    }
-    let done: Vec<(String, String)> =
-        sqlx::query("SELECT deployment_id, status FROM work_results WHERE machine_id = $1")
-            .bind(&m.id)
-            .fetch_all(&st.db.pool)
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<Result<_, sqlx::Error>>()?;
-    let failed_here = |id: &str| done.iter().any(|(d, s)| d == id && s == "failed");
     for d in &active {
-        if !d.ring_started(&m.id, t) || failed_here(&d.id) {
+        // A machine that failed a deployment is not asked again; an operator decides.
+        if !d.ring_started(&m.id, t) || d.machine_result.as_deref() == Some("failed") {
             continue;
         }
         let window_open = d.window.as_ref().is_none_or(|(_, w)| w.is_open(t));
         match d.kind {
             Kind::Hotpatch | Kind::Rollback => {
-                let Some(pid) = &d.patch_id else { continue };
-                let row = sqlx::query("SELECT build_id, file_name, level, artifact_sha256 FROM hotpatches WHERE org_id = $1 AND patch_id = $2")
-                    .bind(&m.org_id)
-                    .bind(pid)
-                    .fetch_optional(&st.db.pool)
-                    .await?;
-                let Some(row) = row else { continue };
-                let (build_id, file_name, level, sha): (String, String, i64, String) = (
-                    row.try_get(0)?,
-                    row.try_get(1)?,
-                    row.try_get(2)?,
-                    row.try_get(3)?,
+                let (Some(pid), Some(h)) = (&d.patch_id, &d.hotpatch) else {
+                    continue;
+                };
+                let (build_id, file_name, level, sha) = (
+                    h.build_id.clone(),
+                    h.file_name.clone(),
+                    h.level,
+                    h.artifact_sha256.clone(),
                 );
                 let Some(target) = c.targets.iter().find(|x| x.build_id == build_id) else {
                     continue;

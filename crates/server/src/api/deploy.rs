@@ -57,7 +57,7 @@ pub async fn create_window(
     jiff::tz::TimeZone::get(&w.time_zone)
         .map_err(|e| ApiError::BadRequest(format!("time_zone {:?} unknown: {e}", w.time_zone)))?;
     let day_names: Vec<&str> = days.iter().map(|d| day_name(*d)).collect();
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let taken = sqlx::query("SELECT id FROM maintenance_windows WHERE org_id = $1 AND name = $2")
         .bind(&user.org_id)
         .bind(&w.name)
@@ -238,7 +238,7 @@ pub async fn create_deployment(
             ApiError::BadRequest(format!("start_at {t:?} is not an RFC 3339 time"))
         })?,
     };
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let (patch_id, baseline_id) = match d.kind {
         Kind::Hotpatch | Kind::Rollback => {
             let pid = d.patch_id.ok_or_else(|| {
@@ -356,6 +356,18 @@ pub struct Deployment {
     pub reboot_policy: String,
     pub state: String,
     pub state_reason: String,
+    /// For hotpatch and rollback deployments: the catalog entry.
+    pub hotpatch: Option<HotpatchRef>,
+    /// The result the machine asked about (see [`deployments_for`]) reported, if any.
+    pub machine_result: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HotpatchRef {
+    pub build_id: String,
+    pub file_name: String,
+    pub level: i64,
+    pub artifact_sha256: String,
 }
 
 impl Deployment {
@@ -378,10 +390,25 @@ pub async fn deployments(
     org_id: &str,
     only_active: bool,
 ) -> ApiResult<Vec<Deployment>> {
+    deployments_for(st, org_id, only_active, None).await
+}
+
+/// Deployments with their window and catalog entry, and, when `machine_id` is
+/// given, that machine's result for each: everything a check-in needs in one query.
+pub async fn deployments_for(
+    st: &AppState,
+    org_id: &str,
+    only_active: bool,
+    machine_id: Option<&str>,
+) -> ApiResult<Vec<Deployment>> {
     let sql = format!(
         "SELECT d.id, d.name, d.kind, d.patch_id, d.baseline_id, d.scope_tags, d.start_at, d.canary_percent, d.soak_seconds, \
-         d.failure_threshold_percent, d.reboot_policy, d.state, d.state_reason, w.name, w.days, w.start_minute, w.duration_minutes, w.time_zone \
-         FROM deployments d LEFT JOIN maintenance_windows w ON w.id = d.window_id WHERE d.org_id = $1 {} ORDER BY d.created DESC, d.id",
+         d.failure_threshold_percent, d.reboot_policy, d.state, d.state_reason, w.name, w.days, w.start_minute, w.duration_minutes, w.time_zone, \
+         h.build_id, h.file_name, h.level, h.artifact_sha256, r.status \
+         FROM deployments d LEFT JOIN maintenance_windows w ON w.id = d.window_id \
+         LEFT JOIN hotpatches h ON h.org_id = d.org_id AND h.patch_id = d.patch_id \
+         LEFT JOIN work_results r ON r.deployment_id = d.id AND r.machine_id = $2 \
+         WHERE d.org_id = $1 {} ORDER BY d.created DESC, d.id",
         if only_active {
             "AND d.state = 'active'"
         } else {
@@ -390,6 +417,7 @@ pub async fn deployments(
     );
     let rows = sqlx::query(&sql)
         .bind(org_id)
+        .bind(machine_id.unwrap_or(""))
         .fetch_all(&st.db.pool)
         .await?;
     let mut out = Vec::with_capacity(rows.len());
@@ -405,6 +433,15 @@ pub async fn deployments(
                     r.try_get(17)?,
                 ),
             )),
+        };
+        let hotpatch = match r.try_get::<Option<String>, _>(18)? {
+            None => None,
+            Some(build_id) => Some(HotpatchRef {
+                build_id,
+                file_name: r.try_get(19)?,
+                level: r.try_get(20)?,
+                artifact_sha256: r.try_get(21)?,
+            }),
         };
         out.push(Deployment {
             id: r.try_get(0)?,
@@ -422,6 +459,8 @@ pub async fn deployments(
             state: r.try_get(11)?,
             state_reason: r.try_get(12)?,
             window,
+            hotpatch,
+            machine_result: r.try_get(22)?,
         });
     }
     Ok(out)
@@ -524,7 +563,7 @@ async fn set_state(
     action: &str,
 ) -> ApiResult<Json<Value>> {
     user.require(Role::Operator)?;
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let row = sqlx::query("SELECT state FROM deployments WHERE org_id = $1 AND id = $2")
         .bind(&user.org_id)
         .bind(id)

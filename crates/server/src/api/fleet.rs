@@ -56,7 +56,7 @@ pub async fn create_enrollment_token(
     }
     let id = new_id()?;
     let token = new_secret("hpe_")?;
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     sqlx::query(
         "INSERT INTO enrollment_tokens (id, org_id, token_hash, tags, created, expires) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -102,7 +102,7 @@ pub async fn enroll(
             "hostname must be 1-255 characters".into(),
         ));
     }
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let row = sqlx::query("SELECT id, org_id, tags, expires, used_at, revoked_at FROM enrollment_tokens WHERE token_hash = $1")
         .bind(hash_secret(&body.token))
         .fetch_optional(&mut *tx)
@@ -252,7 +252,7 @@ pub async fn set_tags(
 ) -> ApiResult<Json<Value>> {
     user.require(Role::Operator)?;
     check_tags(&body.tags)?;
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let done = sqlx::query("UPDATE machines SET tags = $1 WHERE org_id = $2 AND id = $3")
         .bind(serde_json::to_string(&body.tags)?)
         .bind(&user.org_id)
@@ -283,7 +283,7 @@ pub async fn revoke_machine(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     user.require(Role::Operator)?;
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let done = sqlx::query(
         "UPDATE machines SET revoked_at = $1 WHERE org_id = $2 AND id = $3 AND revoked_at IS NULL",
     )

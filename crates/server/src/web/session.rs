@@ -56,7 +56,7 @@ async fn start_session(
     next: &str,
 ) -> ApiResult<Response> {
     let session = new_secret("hps_")?;
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     sqlx::query("INSERT INTO ui_sessions (session_hash, user_id, kind, expires) VALUES ($1, $2, 'session', $3)")
         .bind(hash_secret(&session))
         .bind(user_id)
@@ -128,7 +128,7 @@ pub async fn login_with_link(
     Path(code): Path<String>,
     Query(q): Query<Next>,
 ) -> ApiResult<Response> {
-    let mut tx = st.db.pool.begin().await?;
+    let mut tx = st.db.begin().await?;
     let row = sqlx::query(
         "SELECT s.user_id, u.org_id, u.name FROM ui_sessions s JOIN users u ON u.id = s.user_id \
          WHERE s.session_hash = $1 AND s.kind = 'link' AND s.used = 0 AND s.expires > $2",
@@ -168,7 +168,7 @@ pub async fn logout(
     {
         sqlx::query("DELETE FROM ui_sessions WHERE session_hash = $1")
             .bind(hash_secret(session))
-            .execute(&st.db.pool)
+            .execute(&st.db.writer)
             .await?;
     }
     let mut response = Redirect::to("/ui/login").into_response();
