@@ -1,1 +1,54 @@
-//! placeholder
+//! `hotpatch-agent` owns the machine side of the control plane: enrolling with a
+//! one-time token, and checking in (machine facts, the targets of running
+//! processes with their applied levels, results of past work), then doing what
+//! the answer says: download each assigned hotpatch, verify it against the
+//! agent's own trusted keys, apply it with the engine to every process mapping
+//! its target, and report the result. The long-running daemon comes later.
+
+pub mod cli;
+pub mod client;
+pub mod facts;
+pub mod protocol;
+pub mod state;
+pub mod work;
+
+use std::path::Path;
+
+use hotpatch_format::TrustStore;
+
+pub use client::{Client, ClientError};
+pub use state::{Credential, StateError};
+pub use work::{CheckInOutcome, check_in_once};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Exchanges a one-time enrollment token for a machine credential, stored 0600
+/// in `state_dir`.
+pub fn enroll(server: &str, token: &str, state_dir: &Path) -> Result<Credential, AgentError> {
+    let client = Client::new(server)?;
+    let hostname = facts::hostname();
+    let answer = client.enroll(token, &hostname)?;
+    let credential = Credential {
+        server: client.base().to_string(),
+        machine_id: answer.machine_id,
+        credential: answer.credential,
+    };
+    state::save_credential(state_dir, &credential)?;
+    Ok(credential)
+}
+
+/// Loads the agent's trusted publisher keys; a missing path means "trust nothing",
+/// so assigned hotpatches fail verification instead of being applied.
+pub fn load_trust(path: &Path) -> Result<TrustStore, hotpatch_format::KeyError> {
+    if path.exists() {
+        TrustStore::load(path)
+    } else {
+        Ok(TrustStore::from_keys(Vec::new()))
+    }
+}

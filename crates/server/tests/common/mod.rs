@@ -369,3 +369,66 @@ pub fn package(
     };
     Package::build(manifest, payload(), key).expect("build package")
 }
+
+// Browser helpers: Debian's headless Chromium.
+
+use serde_json::json;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn chromium() -> String {
+    std::env::var("HOTPATCH_CHROMIUM").unwrap_or_else(|_| "chromium".into())
+}
+
+/// Loads `url` in a fresh headless Chromium profile and returns the DOM.
+pub fn dump_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let mut child = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromium (Debian package 'chromium' is needed for the web UI tests)");
+    // A watchdog, not an assertion: a wedged browser must not outlive the test.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("chromium did not finish loading {url}");
+            }
+        }
+    }
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        std::io::Read::read_to_string(&mut stdout, &mut out).expect("read DOM");
+    }
+    out
+}
+
+/// Signs a fresh browser in with a one-time link and opens `page`.
+pub fn view(s: &TestServer, page: &str) -> String {
+    let (st, link) = s.post("/api/v1/ui-links", &s.admin, json!({}));
+    assert_eq!(st, 200, "{link}");
+    dump_dom(&format!(
+        "{}{}?next={page}",
+        s.base,
+        link["path"].as_str().unwrap_or_default()
+    ))
+}

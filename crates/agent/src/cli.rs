@@ -1,0 +1,66 @@
+//! `hotpatch agent ...`: the arguments and the entry point the CLI crate calls.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Enroll with the control plane at URL using a one-time enrollment TOKEN.
+    #[arg(long, num_args = 2, value_names = ["URL", "TOKEN"])]
+    pub enroll: Option<Vec<String>>,
+    /// Check in once: report, apply what is assigned, report the results.
+    #[arg(long)]
+    pub once: bool,
+    /// Where the machine credential and agent state live.
+    #[arg(long, default_value = "/var/lib/hotpatch")]
+    pub state_dir: PathBuf,
+    /// Trusted publisher key (.pub) or a directory of them; hotpatches that do not verify are never applied.
+    #[arg(long, default_value = "/etc/hotpatch/trust")]
+    pub trust: PathBuf,
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    if args.enroll.is_none() && !args.once {
+        anyhow::bail!(
+            "nothing to do: give --enroll URL TOKEN and/or --once (the long-running daemon is not part of this release)"
+        );
+    }
+    if let Some(v) = &args.enroll {
+        let (url, token) = match v.as_slice() {
+            [url, token] => (url, token),
+            _ => anyhow::bail!("--enroll needs URL and TOKEN"),
+        };
+        let cred = crate::enroll(url, token, &args.state_dir)?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({ "enrolled": true, "machine_id": cred.machine_id, "server": cred.server })
+            );
+        } else {
+            println!(
+                "enrolled as machine {} with {}; credential stored in {}",
+                cred.machine_id,
+                cred.server,
+                args.state_dir.display()
+            );
+        }
+    }
+    if args.once {
+        let trust = crate::load_trust(&args.trust)
+            .with_context(|| format!("loading trusted keys from {}", args.trust.display()))?;
+        let outcome = crate::check_in_once(&args.state_dir, &trust)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&outcome)?);
+        } else {
+            print!("{}", crate::work::describe(&outcome));
+        }
+        if outcome.results.iter().any(|r| r.status == "failed") {
+            anyhow::bail!("some assigned work failed (reported to the server)");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! The HTTP client of the control plane API (blocking, rustls with ring when the
+//! server URL is https).
+
+use std::io::Read;
+use std::time::Duration;
+
+use crate::protocol::{Answer, CheckIn, EnrollAnswer, EnrollRequest};
+
+/// Largest artifact the agent downloads; matches the server's upload limit.
+pub const MAX_ARTIFACT: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("server URL {0:?} must start with http:// or https://")]
+    BadUrl(String),
+    #[error("{what}: server answered {status}: {message}")]
+    Status {
+        what: &'static str,
+        status: u16,
+        message: String,
+    },
+    #[error("{what}: cannot reach the server: {message}")]
+    Transport { what: &'static str, message: String },
+    #[error("{what}: unreadable answer: {message}")]
+    Body { what: &'static str, message: String },
+}
+
+pub struct Client {
+    base: String,
+    http: ureq::Agent,
+}
+
+pub enum CheckInReply {
+    Answer {
+        etag: Option<String>,
+        answer: Answer,
+    },
+    NotModified,
+}
+
+impl Client {
+    pub fn new(server: &str) -> Result<Client, ClientError> {
+        let base = server.trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::BadUrl(server.to_string()));
+        }
+        let http = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .build();
+        Ok(Client {
+            base: base.to_string(),
+            http,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn fail(what: &'static str, e: ureq::Error) -> ClientError {
+        match e {
+            ureq::Error::Status(status, response) => {
+                let text = response.into_string().unwrap_or_default();
+                let message = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v.get("error").and_then(|m| m.as_str()).map(str::to_string))
+                    .unwrap_or(text);
+                ClientError::Status {
+                    what,
+                    status,
+                    message,
+                }
+            }
+            ureq::Error::Transport(t) => ClientError::Transport {
+                what,
+                message: t.to_string(),
+            },
+        }
+    }
+
+    pub fn enroll(&self, token: &str, hostname: &str) -> Result<EnrollAnswer, ClientError> {
+        const WHAT: &str = "enrollment";
+        let response = self
+            .http
+            .post(&format!("{}/api/v1/agent/enroll", self.base))
+            .send_json(EnrollRequest { token, hostname })
+            .map_err(|e| Self::fail(WHAT, e))?;
+        response.into_json().map_err(|e| ClientError::Body {
+            what: WHAT,
+            message: e.to_string(),
+        })
+    }
+
+    pub fn check_in(
+        &self,
+        credential: &str,
+        body: &CheckIn<'_>,
+        etag: Option<&str>,
+    ) -> Result<CheckInReply, ClientError> {
+        const WHAT: &str = "check-in";
+        let mut request = self
+            .http
+            .post(&format!("{}/api/v1/agent/checkin", self.base))
+            .set("Authorization", &format!("Bearer {credential}"));
+        if let Some(tag) = etag {
+            request = request.set("If-None-Match", tag);
+        }
+        let response = request.send_json(body).map_err(|e| Self::fail(WHAT, e))?;
+        if response.status() == 304 {
+            return Ok(CheckInReply::NotModified);
+        }
+        let etag = response.header("ETag").map(str::to_string);
+        let answer = response.into_json().map_err(|e| ClientError::Body {
+            what: WHAT,
+            message: e.to_string(),
+        })?;
+        Ok(CheckInReply::Answer { etag, answer })
+    }
+
+    /// Downloads an artifact; `url` is the server-relative path from the answer.
+    pub fn download(&self, credential: &str, url: &str) -> Result<Vec<u8>, ClientError> {
+        const WHAT: &str = "artifact download";
+        if !url.starts_with("/api/v1/artifacts/") {
+            return Err(ClientError::Body {
+                what: WHAT,
+                message: format!("unexpected artifact URL {url:?}"),
+            });
+        }
+        let response = self
+            .http
+            .get(&format!("{}{url}", self.base))
+            .set("Authorization", &format!("Bearer {credential}"))
+            .call()
+            .map_err(|e| Self::fail(WHAT, e))?;
+        let mut bytes = Vec::new();
+        response
+            .into_reader()
+            .take(MAX_ARTIFACT + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| ClientError::Transport {
+                what: WHAT,
+                message: e.to_string(),
+            })?;
+        if bytes.len() as u64 > MAX_ARTIFACT {
+            return Err(ClientError::Body {
+                what: WHAT,
+                message: format!("artifact larger than {MAX_ARTIFACT} bytes"),
+            });
+        }
+        Ok(bytes)
+    }
+}

@@ -1,0 +1,96 @@
+//! The wire format of enrollment and check-in, as the server documents it in
+//! `/openapi.json`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Serialize)]
+pub struct EnrollRequest<'a> {
+    pub token: &'a str,
+    pub hostname: &'a str,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EnrollAnswer {
+    pub machine_id: String,
+    pub credential: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Facts {
+    pub hostname: String,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub cores: u32,
+    pub readiness: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TargetReport {
+    pub build_id: String,
+    pub file_name: String,
+    pub processes: u32,
+    pub applied_patch_id: Option<String>,
+    pub applied_level: u32,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkResult {
+    pub deployment_id: String,
+    /// "applied", "rolled-back" or "failed".
+    pub status: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CheckIn<'a> {
+    pub facts: &'a Facts,
+    pub targets: &'a [TargetReport],
+    pub results: &'a [WorkResult],
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Answer {
+    pub interval_seconds: u64,
+    pub jitter_seconds: u64,
+    pub entitled: bool,
+    #[serde(default)]
+    pub hotpatches: Vec<HotpatchWork>,
+    #[serde(default)]
+    pub baselines: Vec<BaselineWork>,
+    #[serde(default)]
+    pub rollbacks: Vec<RollbackWork>,
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HotpatchWork {
+    pub deployment_id: String,
+    pub patch_id: String,
+    pub build_id: String,
+    pub file_name: String,
+    pub level: u32,
+    pub artifact_sha256: String,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BaselineWork {
+    pub deployment_id: String,
+    pub baseline: String,
+    pub file_names: Vec<String>,
+    pub restart: bool,
+    pub reboot_policy: String,
+    pub reason: String,
+    pub window: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RollbackWork {
+    pub deployment_id: String,
+    pub patch_id: String,
+    pub build_id: String,
+}

@@ -1,0 +1,127 @@
+//! The agent's state directory: the machine credential (0600, in a 0700
+//! directory), the last answer with its ETag, and results not yet delivered.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{Answer, WorkResult};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is unreadable: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("not enrolled: no credential in {0}; run with --enroll URL TOKEN first")]
+    NotEnrolled(PathBuf),
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Credential {
+    pub server: String,
+    pub machine_id: String,
+    pub credential: String,
+}
+
+// Hand-written so the secret never reaches a log line through `{:?}`.
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("server", &self.server)
+            .field("machine_id", &self.machine_id)
+            .finish_non_exhaustive()
+    }
+}
+
+const CREDENTIAL: &str = "credential.json";
+const LAST_ANSWER: &str = "last-answer.json";
+const PENDING: &str = "pending-results.json";
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes through a temporary file and a rename, so a crash never leaves half a file.
+fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StateError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(dir))?;
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io(&path))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StateError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StateError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+fn to_json<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, StateError> {
+    serde_json::to_vec_pretty(value).map_err(|e| StateError::Corrupt {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+pub fn save_credential(dir: &Path, c: &Credential) -> Result<(), StateError> {
+    write_private(dir, CREDENTIAL, &to_json(&dir.join(CREDENTIAL), c)?)
+}
+
+pub fn load_credential(dir: &Path) -> Result<Credential, StateError> {
+    read_json(&dir.join(CREDENTIAL))?.ok_or_else(|| StateError::NotEnrolled(dir.to_path_buf()))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LastAnswer {
+    pub etag: String,
+    pub answer: Answer,
+}
+
+pub fn load_last_answer(dir: &Path) -> Result<Option<LastAnswer>, StateError> {
+    read_json(&dir.join(LAST_ANSWER))
+}
+
+pub fn save_last_answer(dir: &Path, last: &LastAnswer) -> Result<(), StateError> {
+    write_private(dir, LAST_ANSWER, &to_json(&dir.join(LAST_ANSWER), last)?)
+}
+
+pub fn load_pending(dir: &Path) -> Result<Vec<WorkResult>, StateError> {
+    Ok(read_json(&dir.join(PENDING))?.unwrap_or_default())
+}
+
+pub fn save_pending(dir: &Path, results: &[WorkResult]) -> Result<(), StateError> {
+    write_private(dir, PENDING, &to_json(&dir.join(PENDING), &results)?)
+}

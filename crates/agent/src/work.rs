@@ -1,0 +1,321 @@
+//! One check-in and the work it assigns: report, download, verify, apply or roll
+//! back with the engine, report the results. Bytes are applied only after
+//! `hotpatch_format::verify` accepted them against the agent's own trust store,
+//! whatever the server said.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use hotpatch_engine::{ApplyOptions, RunningTarget};
+use hotpatch_format::TrustStore;
+use serde::Serialize;
+
+use crate::client::{CheckInReply, Client};
+use crate::protocol::{
+    BaselineWork, CheckIn, HotpatchWork, RollbackWork, TargetReport, WorkResult,
+};
+use crate::state::{self, LastAnswer};
+use crate::{AgentError, facts};
+
+#[derive(Debug, Serialize)]
+pub struct CheckInOutcome {
+    pub machine_id: String,
+    /// The server said nothing changed (ETag matched); the saved answer was used.
+    pub not_modified: bool,
+    pub targets: Vec<TargetReport>,
+    pub results: Vec<WorkResult>,
+    /// Whether the results reached the server; if not they go with the next check-in.
+    pub results_reported: bool,
+    pub baselines_due: Vec<BaselineWork>,
+    pub notes: Vec<String>,
+    pub entitled: bool,
+}
+
+/// A process and the hotpatch (id, level) active in it for one target.
+type ProcessLevel = (i32, Option<(String, u32)>);
+
+/// Folds per-process targets into one report per build-id. A target counts as
+/// patched to the lowest level found across its processes, so a process started
+/// after the last apply makes the server offer the hotpatch again.
+pub fn summarize(running: &[RunningTarget]) -> Vec<TargetReport> {
+    let mut by_build: BTreeMap<&str, (String, Vec<ProcessLevel>)> = BTreeMap::new();
+    for t in running {
+        let file_name = Path::new(&t.path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| t.path.clone());
+        let applied = t
+            .applied
+            .iter()
+            .filter(|a| a.active)
+            .max_by_key(|a| a.level)
+            .map(|a| (a.patch_id.clone(), a.level));
+        let entry = by_build
+            .entry(t.build_id.as_str())
+            .or_insert_with(|| (file_name, Vec::new()));
+        if !entry.1.iter().any(|(pid, _)| *pid == t.pid) {
+            entry.1.push((t.pid, applied));
+        }
+    }
+    by_build
+        .into_iter()
+        .map(|(build_id, (file_name, procs))| {
+            let lowest = procs
+                .iter()
+                .map(|(_, a)| a.clone())
+                .min_by_key(|a| a.as_ref().map_or(0, |(_, l)| *l))
+                .flatten();
+            TargetReport {
+                build_id: build_id.to_string(),
+                file_name,
+                processes: procs.len() as u32,
+                applied_level: lowest.as_ref().map_or(0, |(_, l)| *l),
+                applied_patch_id: lowest.map(|(p, _)| p),
+                error: None,
+            }
+        })
+        .collect()
+}
+
+pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutcome, AgentError> {
+    let cred = state::load_credential(state_dir)?;
+    let client = Client::new(&cred.server)?;
+    let facts = facts::collect();
+    let running = hotpatch_engine::running_targets();
+    let targets = summarize(&running);
+    let pending = state::load_pending(state_dir)?;
+    let last = state::load_last_answer(state_dir)?;
+    let etag = if pending.is_empty() {
+        last.as_ref().map(|l| l.etag.as_str())
+    } else {
+        None
+    };
+    let reply = client.check_in(
+        &cred.credential,
+        &CheckIn {
+            facts: &facts,
+            targets: &targets,
+            results: &pending,
+        },
+        etag,
+    )?;
+    if !pending.is_empty() {
+        state::save_pending(state_dir, &[])?;
+    }
+    let (answer, not_modified) = match reply {
+        CheckInReply::Answer { etag, answer } => {
+            if let Some(etag) = etag {
+                state::save_last_answer(
+                    state_dir,
+                    &LastAnswer {
+                        etag,
+                        answer: answer.clone(),
+                    },
+                )?;
+            }
+            (answer, false)
+        }
+        CheckInReply::NotModified => (last.map(|l| l.answer).unwrap_or_default(), true),
+    };
+    let mut results = Vec::new();
+    for w in &answer.hotpatches {
+        if let Some(r) = apply_hotpatch(&client, &cred.credential, w, &running, trust) {
+            results.push(r);
+        }
+    }
+    for w in &answer.rollbacks {
+        if let Some(r) = roll_back(w) {
+            results.push(r);
+        }
+    }
+    let mut outcome = CheckInOutcome {
+        machine_id: cred.machine_id.clone(),
+        not_modified,
+        targets,
+        results_reported: results.is_empty(),
+        results,
+        baselines_due: answer.baselines.clone(),
+        notes: answer.notes.clone(),
+        entitled: answer.entitled,
+    };
+    if outcome.results.is_empty() {
+        return Ok(outcome);
+    }
+    // Kept on disk until delivered, so a lost report goes out with the next check-in.
+    state::save_pending(state_dir, &outcome.results)?;
+    outcome.targets = summarize(&hotpatch_engine::running_targets());
+    let report = CheckIn {
+        facts: &facts,
+        targets: &outcome.targets,
+        results: &outcome.results,
+    };
+    match client.check_in(&cred.credential, &report, None) {
+        Ok(reply) => {
+            state::save_pending(state_dir, &[])?;
+            if let CheckInReply::Answer {
+                etag: Some(etag),
+                answer,
+            } = reply
+            {
+                state::save_last_answer(state_dir, &LastAnswer { etag, answer })?;
+            }
+            outcome.results_reported = true;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "results not reported; they go with the next check-in")
+        }
+    }
+    Ok(outcome)
+}
+
+fn result(deployment_id: &str, status: &str, detail: String) -> WorkResult {
+    WorkResult {
+        deployment_id: deployment_id.to_string(),
+        status: status.to_string(),
+        detail,
+    }
+}
+
+fn apply_hotpatch(
+    client: &Client,
+    credential: &str,
+    w: &HotpatchWork,
+    running: &[RunningTarget],
+    trust: &TrustStore,
+) -> Option<WorkResult> {
+    let failed = |detail: String| Some(result(&w.deployment_id, "failed", detail));
+    let bytes = match client.download(credential, &w.url) {
+        Ok(b) => b,
+        Err(e) => return failed(e.to_string()),
+    };
+    let got = hotpatch_format::sha256_hex(&bytes);
+    if got != w.artifact_sha256 {
+        return failed(format!(
+            "artifact hash {got} is not the assigned {}",
+            w.artifact_sha256
+        ));
+    }
+    let package = match hotpatch_format::verify(&bytes, trust) {
+        Ok(p) => p,
+        Err(e) => return failed(format!("verification failed, not applied: {e}")),
+    };
+    let m = &package.manifest;
+    if m.patch_id != w.patch_id || m.target.build_id != w.build_id || m.level != w.level {
+        return failed(format!(
+            "package is {} level {} for {}, not the assigned {} level {} for {}",
+            m.patch_id, m.level, m.target.build_id, w.patch_id, w.level, w.build_id
+        ));
+    }
+    let already: Vec<i32> = running
+        .iter()
+        .filter(|t| {
+            t.build_id == w.build_id && t.applied.iter().any(|a| a.active && a.level >= w.level)
+        })
+        .map(|t| t.pid)
+        .collect();
+    let pids: Vec<i32> = hotpatch_engine::processes_with_target(&w.build_id)
+        .into_iter()
+        .filter(|p| !already.contains(p))
+        .collect();
+    if pids.is_empty() {
+        // The processes exited since the scan; the next check-in reports what runs now.
+        return None;
+    }
+    let opts = ApplyOptions::default();
+    let mut done = Vec::new();
+    let mut errors = Vec::new();
+    for pid in pids {
+        match hotpatch_engine::apply(pid, &package, &opts) {
+            Ok(r) => done.push(format!(
+                "pid {pid} ({} functions, pause {} us)",
+                r.functions.len(),
+                r.pause_us
+            )),
+            Err(e) => errors.push(format!("pid {pid}: {e}")),
+        }
+    }
+    tracing::info!(patch = %w.patch_id, applied = done.len(), failed = errors.len(), "hotpatch applied");
+    if errors.is_empty() {
+        Some(result(
+            &w.deployment_id,
+            "applied",
+            format!(
+                "{} level {} applied to {}",
+                w.patch_id,
+                w.level,
+                done.join(", ")
+            ),
+        ))
+    } else {
+        failed(format!(
+            "applied to {} process(es), failed on {}",
+            done.len(),
+            errors.join("; ")
+        ))
+    }
+}
+
+fn roll_back(w: &RollbackWork) -> Option<WorkResult> {
+    let pids = hotpatch_engine::processes_with_target(&w.build_id);
+    if pids.is_empty() {
+        return None;
+    }
+    let opts = ApplyOptions::default();
+    let mut errors = Vec::new();
+    let mut done = 0;
+    for pid in pids {
+        match hotpatch_engine::rollback(pid, Some(&w.patch_id), &opts) {
+            Ok(_) => done += 1,
+            Err(hotpatch_engine::EngineError::NotApplied(_)) => {}
+            Err(e) => errors.push(format!("pid {pid}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Some(result(
+            &w.deployment_id,
+            "rolled-back",
+            format!("{} rolled back in {done} process(es)", w.patch_id),
+        ))
+    } else {
+        Some(result(
+            &w.deployment_id,
+            "failed",
+            format!("rollback of {}: {}", w.patch_id, errors.join("; ")),
+        ))
+    }
+}
+
+/// What `--once` prints without `--json`.
+pub fn describe(o: &CheckInOutcome) -> String {
+    let mut out = format!(
+        "machine {}: checked in ({} targets){}\n",
+        o.machine_id,
+        o.targets.len(),
+        if o.not_modified {
+            ", nothing changed"
+        } else {
+            ""
+        }
+    );
+    for r in &o.results {
+        out.push_str(&format!(
+            "  {} {}: {}\n",
+            r.status, r.deployment_id, r.detail
+        ));
+    }
+    for b in &o.baselines_due {
+        out.push_str(&format!(
+            "  baseline due: {} ({}){}\n",
+            b.baseline,
+            b.reason,
+            if b.restart { ", restart required" } else { "" }
+        ));
+    }
+    for n in &o.notes {
+        out.push_str(&format!("  note: {n}\n"));
+    }
+    if !o.results_reported {
+        out.push_str("  results not yet reported; they go with the next check-in\n");
+    }
+    out
+}
