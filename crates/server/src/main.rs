@@ -162,10 +162,27 @@ async fn run(state: hotpatch_server::AppState, args: RunArgs) -> anyhow::Result<
     serve::warn_if_plain_public(addr, tls.is_some());
     tracing::info!(%addr, tls = tls.is_some(), backend = ?state.db.backend, "hotpatch-server listening");
     let app = hotpatch_server::router(state);
-    serve::serve(listener, tls, app, async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
-    })
-    .await?;
+    serve::serve(listener, tls, app, shutdown_signal()).await?;
     Ok(())
+}
+
+/// SIGINT or SIGTERM (what systemd and container runtimes send): stop accepting,
+/// finish requests in flight, exit.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
 }
