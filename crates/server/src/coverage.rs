@@ -1,16 +1,15 @@
-//! How long a baseline stays covered by hotpatches: until the next baseline of
-//! its product is out plus a grace period in which machines install it and
-//! restart. When no later baseline is registered yet, the next planned one is
-//! projected from the quarterly cadence (January, April, July, October).
+//! How long a baseline stays covered by hotpatches, by the rule of
+//! `hotpatch_release` so that server and agent agree: until the day before the
+//! next baseline of its product is released (plus the calendar's grace when that
+//! successor is planned). When no later baseline is registered yet, the next one
+//! is taken from the release calendar (default: quarterly, second Tuesday).
 
+use hotpatch_release::ReleaseCalendar;
+use hotpatch_release::coverage::coverage_end;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
 use crate::api::catalog::Baseline;
-
-/// Days after the next baseline during which the previous one still gets hotpatches.
-pub const GRACE_DAYS: i64 = 14;
-pub const BASELINE_MONTHS: [i8; 4] = [1, 4, 7, 10];
 
 pub struct Coverage {
     pub date: String,
@@ -18,47 +17,34 @@ pub struct Coverage {
     pub expired: bool,
 }
 
-fn date_of(unix: i64) -> Option<Date> {
+pub fn date_of(unix: i64) -> Option<Date> {
     let ts = jiff::Timestamp::from_second(unix).ok()?;
     Some(ts.to_zoned(TimeZone::UTC).date())
 }
 
-/// The first day of the next planned baseline month strictly after `after`.
-pub fn next_planned_baseline(after: Date) -> Option<Date> {
-    let mut year = after.year();
-    let mut month = after.month();
-    for _ in 0..13 {
-        month += 1;
-        if month > 12 {
-            month = 1;
-            year += 1;
-        }
-        if BASELINE_MONTHS.contains(&month) {
-            return Date::new(year, month, 1).ok();
-        }
-    }
-    None
-}
-
 pub fn covered_until(b: &Baseline, all: &[Baseline], now: i64) -> Option<Coverage> {
+    let calendar = ReleaseCalendar::default();
     let released = date_of(b.released)?;
     let successor = all
         .iter()
         .filter(|o| o.product == b.product && o.released > b.released)
         .min_by_key(|o| o.released);
-    let (next_date, next_name) = match successor {
-        Some(o) => (date_of(o.released)?, format!("baseline {}", o.name)),
+    let (until, next_name) = match successor {
+        Some(o) => (
+            coverage_end(date_of(o.released)?, !o.planned, calendar.grace_days())?,
+            format!("baseline {}", o.name),
+        ),
         None => {
-            let d = next_planned_baseline(released)?;
+            let next = calendar.next_baseline_after(released)?;
             (
-                d,
-                format!("the next planned baseline ({})", d.strftime("%Y.%m")),
+                calendar.covered_until(released)?,
+                format!(
+                    "the next baseline ({}, due {})",
+                    next.month, next.release_date
+                ),
             )
         }
     };
-    let until = next_date
-        .checked_add(jiff::Span::new().days(GRACE_DAYS))
-        .ok()?;
     let expired = date_of(now).is_some_and(|today| today > until);
     let date = until.to_string();
     let advice = if expired {
@@ -77,40 +63,46 @@ pub fn covered_until(b: &Baseline, all: &[Baseline], now: i64) -> Option<Coverag
 mod tests {
     use super::*;
 
-    fn baseline(name: &str, released: &str) -> Baseline {
+    fn baseline(name: &str, released: &str, planned: bool) -> Baseline {
         Baseline {
             id: name.into(),
             name: name.into(),
             product: "p".into(),
             released: crate::util::parse_time(released).unwrap_or_default(),
-            planned: true,
+            planned,
             reason: String::new(),
             targets: vec![],
         }
     }
 
     #[test]
-    fn projected_from_the_cadence_when_no_successor() {
-        let b = baseline("2027.01", "2027-01-05T00:00:00Z");
-        let c = covered_until(&b, std::slice::from_ref(&b), 0).map(|c| c.date);
-        assert_eq!(c.as_deref(), Some("2027-04-15"));
-    }
-
-    #[test]
-    fn successor_release_date_wins() {
-        let a = baseline("2027.01", "2027-01-05T00:00:00Z");
-        let z = baseline("2027.03-zero-day", "2027-03-10T00:00:00Z");
-        let all = [a.clone(), z];
-        let c = covered_until(&a, &all, 0).map(|c| (c.date, c.advice));
+    fn projected_from_the_calendar_when_no_successor() {
+        // The April 2027 baseline comes out on the second Tuesday, 13 April.
+        let b = baseline("2027.01", "2027-01-12T00:00:00Z", true);
+        let c = covered_until(&b, std::slice::from_ref(&b), 0).map(|c| (c.date, c.advice));
         assert_eq!(
             c,
-            Some(("2027-03-24".into(), "covered until 2027-03-24: install baseline 2027.03-zero-day and restart before then".into()))
+            Some((
+                "2027-04-12".into(),
+                "covered until 2027-04-12: install the next baseline (2027-04, due 2027-04-13) and restart before then".into()
+            ))
         );
     }
 
     #[test]
-    fn october_rolls_into_next_year() {
-        let d = Date::new(2027, 10, 20).ok().and_then(next_planned_baseline);
-        assert_eq!(d, Date::new(2028, 1, 1).ok());
+    fn a_registered_unplanned_successor_ends_coverage_the_day_before() {
+        let a = baseline("2027.01", "2027-01-12T00:00:00Z", true);
+        let z = baseline("2027.03-zero-day", "2027-03-10T00:00:00Z", false);
+        let all = [a.clone(), z];
+        let c = covered_until(&a, &all, 0).map(|c| c.date);
+        assert_eq!(c.as_deref(), Some("2027-03-09"));
+    }
+
+    #[test]
+    fn expired_coverage_says_so() {
+        let a = baseline("2027.01", "2027-01-12T00:00:00Z", true);
+        let later = crate::util::parse_time("2027-05-01T00:00:00Z").unwrap_or_default();
+        let c = covered_until(&a, std::slice::from_ref(&a), later);
+        assert!(c.is_some_and(|c| c.expired && c.advice.starts_with("coverage ended 2027-04-12")));
     }
 }

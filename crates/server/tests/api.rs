@@ -285,14 +285,14 @@ fn catalog_verifies_signatures_before_storing() {
         let (st, e) = s.post(
             "/api/v1/baselines",
             &s.admin,
-            json!({ "name": "2027.07", "product": "demo", "released": "2027-07-06T00:00:00Z",
+            json!({ "name": "2027.07", "product": "demo", "released": "2027-07-13T00:00:00Z",
             "targets": [{ "file_name": "libdemo.so.1", "build_id": BUILD_A }] }),
         );
         assert_eq!(st, 200, "{e}");
         let (_, bl) = s.get("/api/v1/baselines", &s.admin);
         assert_eq!(
             bl["baselines"][0]["covered_until"],
-            json!("2027-10-15"),
+            json!("2027-10-11"),
             "{bl}"
         );
         let (st, cal) = s.get("/api/v1/calendar?year=2027", &s.admin);

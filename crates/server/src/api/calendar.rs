@@ -1,15 +1,16 @@
-//! The release calendar of one organisation for a year: the planned baseline
-//! months of the quarterly cadence, hotpatch months between them, and the
-//! registered baselines, an unplanned one replacing a hotpatch month.
+//! The release calendar of one organisation for a year, from `hotpatch_release`:
+//! planned baseline months, hotpatch months between them, and the organisation's
+//! registered unplanned baselines, each replacing the hotpatch month it falls in.
 
 use axum::Json;
 use axum::extract::{Query, State};
+use hotpatch_release::{MonthKind, ReleaseCalendar, YearMonth};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::catalog::baselines;
 use crate::auth::User;
-use crate::coverage::BASELINE_MONTHS;
+use crate::coverage::date_of;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -31,30 +32,34 @@ pub async fn get_calendar(
         )));
     }
     let registered = baselines(&st, &user.org_id).await?;
+    let mut calendar = ReleaseCalendar::default();
+    for b in registered.iter().filter(|b| !b.planned) {
+        let Some(month) = date_of(b.released).and_then(YearMonth::of) else {
+            continue;
+        };
+        // A second unplanned baseline in one month changes nothing in the plan.
+        if let Ok(c) = calendar.with_unplanned(month, format!("{}: {}", b.name, b.reason)) {
+            calendar = c;
+        }
+    }
     let mut months = Vec::new();
-    for month in 1..=12i8 {
-        let label = format!("{year}.{month:02}");
+    for m in 1..=12u8 {
+        let month = YearMonth::new(year, m).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let here: Vec<_> = registered
             .iter()
-            .filter(|b| {
-                jiff::Timestamp::from_second(b.released)
-                    .map(|t| t.to_zoned(jiff::tz::TimeZone::UTC))
-                    .is_ok_and(|z| z.year() == year && z.month() == month)
-            })
+            .filter(|b| date_of(b.released).and_then(YearMonth::of) == Some(month))
+            .map(|b| json!({ "name": b.name, "planned": b.planned }))
             .collect();
-        let planned = BASELINE_MONTHS.contains(&month);
-        let unplanned = here.iter().find(|b| !b.planned);
-        let (kind, reason) = match (planned, unplanned) {
-            (true, _) => ("baseline", "planned baseline (restart)".to_string()),
-            (false, Some(b)) => (
-                "baseline",
-                format!("unplanned baseline {}: {}", b.name, b.reason),
-            ),
-            (false, None) => ("hotpatch", "hotpatch month (no restart)".to_string()),
+        let (kind, reason) = match calendar.month_kind(month) {
+            MonthKind::PlannedBaseline => ("baseline", "planned baseline (restart)".to_string()),
+            MonthKind::UnplannedBaseline { reason } => {
+                ("baseline", format!("unplanned baseline {reason}"))
+            }
+            MonthKind::HotpatchMonth => ("hotpatch", "hotpatch month (no restart)".to_string()),
         };
         months.push(json!({
-            "month": label, "kind": kind, "reason": reason,
-            "baselines": here.iter().map(|b| json!({ "name": b.name, "planned": b.planned })).collect::<Vec<_>>(),
+            "month": month.to_string(), "kind": kind, "reason": reason,
+            "release_date": calendar.release_date(month).to_string(), "baselines": here,
         }));
     }
     Ok(Json(json!({ "year": year, "months": months })))
