@@ -143,3 +143,25 @@ pub fn debug_file_path(build_id: &[u8]) -> Option<PathBuf> {
         hex::encode(rest)
     )))
 }
+
+/// The GNU build-id from the first bytes of an ELF file, when its program
+/// headers and notes lie within them (they do in practice: the linker puts
+/// them in the first page). Lets a scan identify every mapped file without
+/// reading whole libraries.
+pub fn build_id_from_prefix(prefix: &[u8]) -> Option<Vec<u8>> {
+    use object::read::elf::FileHeader;
+    let header = object::elf::FileHeader64::<Endianness>::parse(prefix).ok()?;
+    let endian = header.endian().ok()?;
+    for ph in header.program_headers(endian, prefix).ok()? {
+        if ph.p_type(endian) != object::elf::PT_NOTE {
+            continue;
+        }
+        let Ok(Some(mut notes)) = ph.notes(endian, prefix) else { continue };
+        while let Ok(Some(note)) = notes.next() {
+            if note.name() == object::elf::ELF_NOTE_GNU && note.n_type(endian) == object::elf::NT_GNU_BUILD_ID {
+                return Some(note.desc().to_vec());
+            }
+        }
+    }
+    None
+}

@@ -1,1 +1,35 @@
-//! placeholder
+//! The engine: patches running Linux processes (executables and shared
+//! libraries) in memory and rolls them back, with a pause of microseconds.
+//!
+//! Module map, in the order an apply walks through them:
+//! - [`procfs`]: threads, mappings and memory of a process.
+//! - [`modules`]: the ELF objects a process maps, by build-id, with their load bias.
+//! - [`resolve`]: names the payload references, to addresses in the process.
+//! - [`region`]: the patch region's self-describing header and its placement within ±2 GiB.
+//! - [`inject`] / [`mapping`]: syscalls run in a borrowed thread to map and unmap a region.
+//! - [`threads`] / [`ptrace`]: stopping and resuming every thread; the pause is measured here.
+//! - [`stack`]: the stack check (eh_frame unwinding, raw-stack fallback).
+//! - [`transition`]: stop, check, switch sites, resume; retry while busy.
+//! - [`patch`]: apply and rollback, end to end. [`status`]: what is applied, read from the process.
+//!
+//! Invariant: every step before the sites are written changes nothing the
+//! process can observe, and any failure before then undoes what it mapped.
+
+pub mod error;
+pub mod inject;
+pub mod mapping;
+pub mod modules;
+pub mod patch;
+pub mod procfs;
+pub mod ptrace;
+pub mod region;
+pub mod resolve;
+pub mod stack;
+pub mod status;
+pub mod threads;
+pub mod transition;
+
+pub use error::EngineError;
+pub use patch::{ApplyOptions, ApplyReport, ReplacedPatch, RollbackReport, apply, rollback};
+pub use status::{AppliedPatch, RunningTarget, processes_with_target, running_targets, status, status_all};
+pub use threads::stop_resume_floor;

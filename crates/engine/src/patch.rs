@@ -1,0 +1,410 @@
+//! Applying a verified hotpatch to a process, and rolling one back.
+//!
+//! Order (DESIGN.md "The transition"): everything is parsed, resolved, checked
+//! and linked first; the region is mapped; only then are threads stopped, for
+//! the stack check and the site writes alone.
+
+use crate::error::EngineError;
+use crate::mapping::{map_region, unmap_region};
+use crate::modules::{LoadedModule, loaded_modules};
+use crate::procfs::{self, ProcessMemory};
+use crate::region::{self, REGION_VERSION, RegionHeader, SiteRecord};
+use crate::resolve::Resolver;
+use crate::stack::{BusyRange, StackChecker};
+use crate::status::find_regions;
+use crate::transition::{self, SiteWrite};
+use hotpatch_elf::{SymbolKind, SymbolTable, TargetElf};
+use hotpatch_format::{Machine, VerifiedPackage, sha256_hex};
+use hotpatch_link::LinkPlan;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// How long to keep retrying while a thread is busy in a function being replaced.
+    pub timeout: Duration,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions { timeout: Duration::from_secs(10) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplacedPatch {
+    pub patch_id: String,
+    pub level: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyReport {
+    pub pid: i32,
+    pub patch_id: String,
+    pub level: u32,
+    pub target: String,
+    pub build_id: String,
+    pub region_start: u64,
+    pub region_size: u64,
+    /// Functions switched to their replacements.
+    pub functions: Vec<String>,
+    /// The lower level this one replaced, if any.
+    pub replaced: Option<ReplacedPatch>,
+    pub pause_us: u64,
+    pub threads: usize,
+    pub retries: u32,
+    pub fallback_scans: u32,
+    /// Wall time of the whole apply, preparation included.
+    pub total_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackReport {
+    pub pid: i32,
+    pub patch_id: String,
+    pub level: u32,
+    pub functions: Vec<String>,
+    pub pause_us: u64,
+    pub threads: usize,
+    pub retries: u32,
+    pub fallback_scans: u32,
+    pub total_ms: u64,
+}
+
+fn open(pid: i32) -> Result<(Vec<procfs::Mapping>, ProcessMemory), EngineError> {
+    let maps = procfs::maps(pid).map_err(|e| EngineError::proc_access(pid, "read maps", e))?;
+    let mem = ProcessMemory::open(pid, true).map_err(|e| EngineError::proc_access(pid, "open memory", e))?;
+    Ok((maps, mem))
+}
+
+fn debug_file(elf: &TargetElf<'_>) -> Option<Vec<u8>> {
+    if elf.has_symtab() {
+        return None;
+    }
+    let path = hotpatch_elf::debug_file_path(elf.build_id().ok()??)?;
+    std::fs::read(path).ok()
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Applies `package` to process `pid`. A lower level of the same baseline
+/// already applied is replaced in the same transition.
+pub fn apply(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Result<ApplyReport, EngineError> {
+    let started = Instant::now();
+    let manifest = &package.manifest;
+    if manifest.target.machine != Machine::X86_64 || !cfg!(target_arch = "x86_64") {
+        return Err(EngineError::UnsupportedMachine(manifest.target.machine.to_string()));
+    }
+    let (maps, mem) = open(pid)?;
+    let modules = loaded_modules(pid, &maps);
+    let target: &LoadedModule = modules
+        .iter()
+        .find(|m| m.build_id_hex() == manifest.target.build_id)
+        .ok_or_else(|| EngineError::TargetNotMapped {
+            pid,
+            build_id: manifest.target.build_id.clone(),
+            file_name: manifest.target.file_name.clone(),
+        })?;
+    let data = target.read_file()?;
+    let elf = TargetElf::parse(&data).map_err(|e| EngineError::Symbol(format!("{}: {e}", target.path)))?;
+    let bias = target
+        .bias(&elf)
+        .ok_or_else(|| EngineError::Symbol(format!("{}: cannot tell where it is loaded", target.path)))?;
+    let debug = debug_file(&elf);
+    let debug_elf = debug.as_deref().and_then(|d| TargetElf::parse(d).ok());
+    let symbols = SymbolTable::from_target(&elf, debug_elf.as_ref());
+
+    // What is applied already to this target, and whether this level may replace it.
+    let regions = find_regions(pid, &maps, &mem)?;
+    let previous = regions
+        .iter()
+        .map(|r| &r.header)
+        .filter(|h| h.build_id == manifest.target.build_id)
+        .max_by_key(|h| h.level);
+    if let Some(prev) = previous
+        && prev.level >= manifest.level
+    {
+        return Err(EngineError::LevelNotHigher {
+            patch_id: prev.patch_id.clone(),
+            applied: prev.level,
+            offered: manifest.level,
+        });
+    }
+    let previous_sites: BTreeMap<u64, &SiteRecord> =
+        previous.map(|p| p.sites.iter().map(|s| (s.address, s)).collect()).unwrap_or_default();
+
+    // Resolve and check every site against the manifest before anything is written.
+    struct Site {
+        name: String,
+        symbol: String,
+        file: Option<String>,
+        address: u64,
+        size: u64,
+        replacement_symbol: String,
+        original: Vec<u8>,
+        current: Vec<u8>,
+    }
+    let mut sites = Vec::new();
+    for f in &manifest.functions {
+        let name = f.display_name();
+        let sym = symbols.lookup(&f.symbol, f.file.as_deref()).map_err(|e| EngineError::Symbol(e.to_string()))?;
+        if sym.kind != SymbolKind::Function {
+            return Err(EngineError::SiteMismatch { function: name, problem: "is not a function in the target".into() });
+        }
+        if sym.size != f.size {
+            return Err(EngineError::SiteMismatch {
+                function: name,
+                problem: format!("is {} bytes in the process's target, the manifest says {}", sym.size, f.size),
+            });
+        }
+        if f.size < hotpatch_format::MIN_SITE_SIZE {
+            return Err(EngineError::SiteMismatch { function: name, problem: "is too small for a jump".into() });
+        }
+        let address = bias.wrapping_add(sym.address);
+        let bytes = mem
+            .read_vec(address, f.size as usize)
+            .map_err(|e| EngineError::proc_access(pid, &format!("read {name}"), e))?;
+        let current = bytes[..5].to_vec();
+        // A site patched by the previous level holds our jump; the baseline's
+        // bytes are in that region's header.
+        let mut baseline_bytes = bytes.clone();
+        if let Some(prev) = previous_sites.get(&address) {
+            let jump = hex::decode(&prev.jump).unwrap_or_default();
+            if current != jump {
+                return Err(EngineError::SiteMismatch {
+                    function: name,
+                    problem: "was changed by something else since the previous level was applied".into(),
+                });
+            }
+            let orig = hex::decode(&prev.original).unwrap_or_default();
+            baseline_bytes[..orig.len()].copy_from_slice(&orig);
+        }
+        let hash = sha256_hex(&baseline_bytes);
+        if hash != f.original_sha256 {
+            return Err(EngineError::SiteMismatch {
+                function: name,
+                problem: format!(
+                    "bytes in memory do not match the baseline (sha256 {}, manifest expects {}): modified, or another build",
+                    &hash[..16],
+                    &f.original_sha256[..16.min(f.original_sha256.len())]
+                ),
+            });
+        }
+        sites.push(Site {
+            name,
+            symbol: f.symbol.clone(),
+            file: f.file.clone(),
+            address,
+            size: f.size,
+            replacement_symbol: f.replacement.clone(),
+            original: baseline_bytes[..5].to_vec(),
+            current,
+        });
+    }
+
+    // Lay out and link the payload next to the target.
+    let mut header = RegionHeader {
+        version: REGION_VERSION,
+        patch_id: manifest.patch_id.clone(),
+        level: manifest.level,
+        build_id: manifest.target.build_id.clone(),
+        target_file: manifest.target.file_name.clone(),
+        classification: manifest.classification.to_string(),
+        cves: manifest.cves.clone(),
+        key_id: package.key_id.clone(),
+        region_start: 0,
+        region_size: 0,
+        applied_at: 0,
+        sites: sites
+            .iter()
+            .map(|s| SiteRecord {
+                symbol: s.symbol.clone(),
+                file: s.file.clone(),
+                address: s.address,
+                size: s.size,
+                replacement: 0,
+                original: hex::encode(&s.original),
+                jump: hex::encode([0u8; 5]),
+            })
+            .collect(),
+    };
+    let header_len = region::header_reserve(&header);
+    let plan = LinkPlan::new(&package.payload, header_len)?;
+    let defined = plan.defined_functions();
+    if let Some(missing) = sites.iter().find(|s| !defined.contains(&s.replacement_symbol)) {
+        return Err(EngineError::Symbol(format!(
+            "replacement {} is not defined in the payload",
+            missing.replacement_symbol
+        )));
+    }
+    let size = plan.region_size();
+    let base = region::place(&maps, target.start, target.end, size)
+        .ok_or_else(|| EngineError::NoRoom { size, target: target.path.clone() })?;
+    let others: Vec<LoadedModule> = modules.iter().filter(|m| m.inode != target.inode).cloned().collect();
+    let mut resolver = Resolver::new(&symbols, bias, &others);
+    let mut resolved = BTreeMap::new();
+    let mut unresolved = BTreeMap::new();
+    for name in plan.undefined_symbols() {
+        match resolver.resolve(&name) {
+            Ok(addr) => {
+                resolved.insert(name, addr);
+            }
+            Err(why) => {
+                unresolved.insert(name, why);
+            }
+        }
+    }
+    let mut image = plan.link(base, &mut |name| resolved.get(name).copied()).map_err(|e| match &e {
+        hotpatch_link::LinkError::UndefinedSymbol(name) => match unresolved.get(name) {
+            Some(why) => EngineError::Symbol(why.clone()),
+            None => EngineError::Link(e),
+        },
+        _ => EngineError::Link(e),
+    })?;
+
+    let mut writes = Vec::new();
+    for (site, record) in sites.iter().zip(header.sites.iter_mut()) {
+        let replacement = *image.symbols.get(&site.replacement_symbol).ok_or_else(|| {
+            EngineError::Symbol(format!("replacement {} has no address after linking", site.replacement_symbol))
+        })?;
+        let jump = region::jump(site.address, replacement)
+            .ok_or_else(|| EngineError::NoRoom { size, target: target.path.clone() })?;
+        record.replacement = replacement;
+        record.jump = hex::encode(jump);
+        writes.push(SiteWrite { address: site.address, old: site.current.clone(), new: jump.to_vec() });
+    }
+    // Sites the previous level patched that this one no longer does go back
+    // to the baseline in the same transition.
+    if let Some(prev) = previous {
+        for s in prev.sites.iter().filter(|s| !sites.iter().any(|n| n.address == s.address)) {
+            writes.push(SiteWrite {
+                address: s.address,
+                old: hex::decode(&s.jump).unwrap_or_default(),
+                new: hex::decode(&s.original).unwrap_or_default(),
+            });
+        }
+    }
+    header.region_start = base;
+    header.region_size = size;
+    header.applied_at = now_unix();
+    let encoded = header.encode();
+    if encoded.len() as u64 > header_len || image.bytes.len() < encoded.len() {
+        return Err(EngineError::BadRegion { addr: base, problem: "header larger than reserved".into() });
+    }
+    image.bytes[..encoded.len()].copy_from_slice(&encoded);
+
+    // Unwind tables are loaded before anything changes, so that a failure
+    // here also leaves the process untouched.
+    let mut checker = StackChecker::new(&maps, &modules, &mem);
+    let mut busy: Vec<BusyRange> = sites
+        .iter()
+        .map(|s| BusyRange { range: s.address..s.address + s.size, name: s.name.clone() })
+        .collect();
+    if let Some(prev) = previous {
+        busy.push(BusyRange { range: prev.range(), name: format!("the replacement code of {}", prev.patch_id) });
+    }
+
+    map_region(pid, &maps, &mem, &image, header_len, &manifest.patch_id)?;
+    let outcome = transition::prepare(&mem, &writes)
+        .and_then(|()| transition::run(pid, &mem, &mut checker, &busy, &writes, opts.timeout));
+    let report = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            let maps_now = procfs::maps(pid).unwrap_or_else(|_| maps.clone());
+            if let Err(undo) = unmap_region(pid, &maps_now, &mem, base, size) {
+                tracing::warn!(error = %undo, "could not unmap the unused patch region");
+            }
+            return Err(e);
+        }
+    };
+    let replaced = previous.map(|p| ReplacedPatch { patch_id: p.patch_id.clone(), level: p.level });
+    if let Some(prev) = previous {
+        let maps_now = procfs::maps(pid).unwrap_or_else(|_| maps.clone());
+        if let Err(e) = unmap_region(pid, &maps_now, &mem, prev.region_start, prev.region_size) {
+            tracing::warn!(error = %e, patch = %prev.patch_id, "could not unmap the replaced region");
+        }
+    }
+    Ok(ApplyReport {
+        pid,
+        patch_id: manifest.patch_id.clone(),
+        level: manifest.level,
+        target: target.path.clone(),
+        build_id: manifest.target.build_id.clone(),
+        region_start: base,
+        region_size: size,
+        functions: sites.iter().map(|s| s.name.clone()).collect(),
+        replaced,
+        pause_us: report.pause_us,
+        threads: report.threads,
+        retries: report.retries,
+        fallback_scans: report.fallback_scans,
+        total_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Rolls back `patch_id` (or the only hotpatch applied) in process `pid`:
+/// restores the baseline bytes at every site and unmaps the region.
+pub fn rollback(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Result<RollbackReport, EngineError> {
+    let started = Instant::now();
+    let (maps, mem) = open(pid)?;
+    let regions = find_regions(pid, &maps, &mem)?;
+    let applied = || regions.iter().map(|r| r.header.patch_id.clone()).collect::<Vec<_>>().join(", ");
+    let header = match patch_id {
+        Some(id) => regions.iter().map(|r| &r.header).find(|h| h.patch_id == id).ok_or_else(|| {
+            EngineError::NotApplied(format!(
+                "hotpatch {id} is not applied in process {pid} (applied: {})",
+                if regions.is_empty() { "none".into() } else { applied() }
+            ))
+        })?,
+        None => match regions.as_slice() {
+            [] => return Err(EngineError::NotApplied(format!("no hotpatch is applied in process {pid}"))),
+            [one] => &one.header,
+            _ => {
+                return Err(EngineError::NotApplied(format!(
+                    "several hotpatches are applied in process {pid} ({}); name the one to roll back",
+                    applied()
+                )));
+            }
+        },
+    };
+    let mut writes = Vec::new();
+    for s in &header.sites {
+        let jump = hex::decode(&s.jump).unwrap_or_default();
+        let now = mem.read_vec(s.address, jump.len()).map_err(|e| EngineError::proc_access(pid, "read site", e))?;
+        if now != jump {
+            return Err(EngineError::SiteMismatch {
+                function: s.symbol.clone(),
+                problem: "no longer holds this hotpatch's jump; refusing to restore over a change we did not make"
+                    .into(),
+            });
+        }
+        // Only ever restore inside an executable mapping of the process.
+        if !maps.iter().any(|m| m.exec && m.contains(s.address) && m.contains(s.address + jump.len() as u64 - 1)) {
+            return Err(EngineError::BadRegion {
+                addr: header.region_start,
+                problem: format!("site 0x{:x} is not in executable memory", s.address),
+            });
+        }
+        writes.push(SiteWrite { address: s.address, old: jump, new: hex::decode(&s.original).unwrap_or_default() });
+    }
+    let modules = loaded_modules(pid, &maps);
+    let mut checker = StackChecker::new(&maps, &modules, &mem);
+    let busy = [BusyRange { range: header.range(), name: format!("the replacement code of {}", header.patch_id) }];
+    let report = transition::run(pid, &mem, &mut checker, &busy, &writes, opts.timeout)?;
+    let maps_now = procfs::maps(pid).unwrap_or_else(|_| maps.clone());
+    unmap_region(pid, &maps_now, &mem, header.region_start, header.region_size)?;
+    Ok(RollbackReport {
+        pid,
+        patch_id: header.patch_id.clone(),
+        level: header.level,
+        functions: header.sites.iter().map(|s| s.symbol.clone()).collect(),
+        pause_us: report.pause_us,
+        threads: report.threads,
+        retries: report.retries,
+        fallback_scans: report.fallback_scans,
+        total_ms: started.elapsed().as_millis() as u64,
+    })
+}

@@ -1,0 +1,159 @@
+//! What `/proc` says about a process: its threads, its mappings, its memory.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+/// One line of `/proc/PID/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub private: bool,
+    pub offset: u64,
+    pub inode: u64,
+    pub path: String,
+}
+
+impl Mapping {
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
+    pub fn contains(&self, addr: u64) -> bool {
+        addr >= self.start && addr < self.end
+    }
+
+    /// The mapped file itself, even if it was deleted or replaced on disk since.
+    pub fn map_file(&self, pid: i32) -> PathBuf {
+        PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", self.start, self.end))
+    }
+}
+
+/// Parses the text of `/proc/PID/maps`; malformed lines are skipped.
+pub fn parse_maps(text: &str) -> Vec<Mapping> {
+    text.lines().filter_map(parse_maps_line).collect()
+}
+
+fn parse_maps_line(line: &str) -> Option<Mapping> {
+    let mut fields = line.splitn(6, ' ');
+    let range = fields.next()?;
+    let perms = fields.next()?.as_bytes();
+    let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
+    let _dev = fields.next()?;
+    let inode = fields.next()?.parse().ok()?;
+    let path = fields.next().unwrap_or("").trim_start().to_owned();
+    let (start, end) = range.split_once('-')?;
+    if perms.len() < 4 {
+        return None;
+    }
+    Some(Mapping {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        read: perms[0] == b'r',
+        write: perms[1] == b'w',
+        exec: perms[2] == b'x',
+        private: perms[3] == b'p',
+        offset,
+        inode,
+        path,
+    })
+}
+
+pub fn maps(pid: i32) -> io::Result<Vec<Mapping>> {
+    Ok(parse_maps(&std::fs::read_to_string(format!("/proc/{pid}/maps"))?))
+}
+
+/// Thread ids of a process, in the order the kernel lists them.
+pub fn tasks(pid: i32) -> io::Result<Vec<i32>> {
+    let mut tids = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Some(tid) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) {
+            tids.push(tid);
+        }
+    }
+    tids.sort_unstable();
+    Ok(tids)
+}
+
+pub fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim_end().to_owned()).unwrap_or_default()
+}
+
+/// The pid tracing this process (`TracerPid` in `/proc/PID/status`), 0 if none.
+pub fn tracer_of(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("TracerPid:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Every process id currently in `/proc`.
+pub fn pids() -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut pids: Vec<i32> =
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&p: &i32| p > 0).collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The process's memory through `/proc/PID/mem`. Writes go through even to
+/// read-only text pages (the kernel copies the page for this process only).
+pub struct ProcessMemory {
+    file: File,
+}
+
+impl ProcessMemory {
+    pub fn open(pid: i32, write: bool) -> io::Result<ProcessMemory> {
+        let file = std::fs::OpenOptions::new().read(true).write(write).open(format!("/proc/{pid}/mem"))?;
+        Ok(ProcessMemory { file })
+    }
+
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, addr)
+    }
+
+    pub fn read_vec(&self, addr: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.read(addr, &mut buf)?;
+        Ok(buf)
+    }
+
+    pub fn read_u64(&self, addr: u64) -> io::Result<u64> {
+        let mut b = [0u8; 8];
+        self.read(addr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    pub fn write(&self, addr: u64, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(bytes, addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines() {
+        let text = "55d0c0a00000-55d0c0a01000 r-xp 00001000 fe:01 1234    /usr/bin/svc\n\
+                    7f0000000000-7f0000002000 r-xp 00000000 00:01 77 /memfd:hotpatch:p1 (deleted)\n\
+                    7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]\n\
+                    garbage\n";
+        let maps = parse_maps(text);
+        assert_eq!(maps.len(), 3);
+        assert_eq!(maps[0].start, 0x55d0c0a00000);
+        assert!(maps[0].exec && !maps[0].write && maps[0].private);
+        assert_eq!(maps[0].offset, 0x1000);
+        assert_eq!(maps[0].path, "/usr/bin/svc");
+        assert_eq!(maps[1].path, "/memfd:hotpatch:p1 (deleted)");
+        assert_eq!(maps[2].path, "[stack]");
+        assert_eq!(maps[2].inode, 0);
+    }
+}

@@ -1,0 +1,112 @@
+//! Thin, checked wrappers over the ptrace calls the engine uses. Every call
+//! names the thread, so errors can say which one misbehaved.
+
+use std::io;
+
+pub type Regs = libc::user_regs_struct;
+
+/// Kernel-internal "restart this syscall unless a handler runs" code; see
+/// [`restart_interrupted_syscall`].
+const ERESTARTNOHAND: u64 = (-514i64) as u64;
+const EINTR_RET: u64 = (-(libc::EINTR as i64)) as u64;
+
+fn check(ret: libc::c_long) -> io::Result<()> {
+    if ret == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Attach without stopping the thread; `PTRACE_O_EXITKILL` is not set, so a
+/// crash of this tool leaves the target running.
+pub fn seize(tid: i32) -> io::Result<()> {
+    // SAFETY: plain syscall; no memory is passed.
+    check(unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0usize, 0usize) })
+}
+
+pub fn interrupt(tid: i32) -> io::Result<()> {
+    // SAFETY: plain syscall; no memory is passed.
+    check(unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0usize, 0usize) })
+}
+
+/// Detach and let the thread run, delivering `signal` if it was held back.
+pub fn detach(tid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: plain syscall; the data argument is a signal number.
+    check(unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0usize, signal as usize) })
+}
+
+pub fn single_step(tid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: plain syscall; the data argument is a signal number.
+    check(unsafe { libc::ptrace(libc::PTRACE_SINGLESTEP, tid, 0usize, signal as usize) })
+}
+
+pub fn get_regs(tid: i32) -> io::Result<Regs> {
+    // SAFETY: user_regs_struct is plain old data; all-zero is a valid value.
+    let mut regs: Regs = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel writes exactly one user_regs_struct into `regs`.
+    check(unsafe { libc::ptrace(libc::PTRACE_GETREGS, tid, 0usize, &mut regs as *mut Regs) })?;
+    Ok(regs)
+}
+
+pub fn set_regs(tid: i32, regs: &Regs) -> io::Result<()> {
+    // SAFETY: the kernel reads exactly one user_regs_struct from `regs`.
+    check(unsafe { libc::ptrace(libc::PTRACE_SETREGS, tid, 0usize, regs as *const Regs) })
+}
+
+/// How a waited-for thread stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Stopped by `PTRACE_INTERRUPT` (or a group stop): nothing to deliver.
+    Interrupted,
+    /// A single-step or breakpoint trap.
+    Trap,
+    /// A signal arrived first; it must be delivered when the thread is let go.
+    Signal(i32),
+    /// The thread is gone.
+    Exited,
+}
+
+pub fn wait(tid: i32) -> io::Result<Stop> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes one int into `status`.
+        let ret = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        if ret == -1 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            if err.raw_os_error() == Some(libc::ECHILD) {
+                return Ok(Stop::Exited);
+            }
+            return Err(err);
+        }
+        break;
+    }
+    if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+        return Ok(Stop::Exited);
+    }
+    if !libc::WIFSTOPPED(status) {
+        return Ok(Stop::Exited);
+    }
+    let sig = libc::WSTOPSIG(status);
+    let event = (status >> 16) & 0xff;
+    Ok(if event == libc::PTRACE_EVENT_STOP {
+        Stop::Interrupted
+    } else if sig == libc::SIGTRAP {
+        Stop::Trap
+    } else {
+        Stop::Signal(sig)
+    })
+}
+
+/// A thread stopped inside a blocking syscall that the kernel would not restart
+/// by itself (`epoll_wait` and a few others answer `EINTR` to any interruption,
+/// ptrace's included). Turning the result into `ERESTARTNOHAND` makes the
+/// kernel re-issue the call on resume when no signal handler is due, and still
+/// report `EINTR` when a real signal with a handler is what woke it. Returns
+/// whether the registers were changed.
+pub fn restart_interrupted_syscall(regs: &mut Regs) -> bool {
+    if (regs.orig_rax as i64) >= 0 && regs.rax == EINTR_RET {
+        regs.rax = ERESTARTNOHAND;
+        return true;
+    }
+    false
+}

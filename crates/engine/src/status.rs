@@ -1,0 +1,131 @@
+//! What is applied in a process, read from the process itself: the headers of
+//! its patch regions and the bytes at their sites.
+
+use crate::error::EngineError;
+use crate::modules::loaded_modules;
+use crate::procfs::{self, Mapping, ProcessMemory};
+use crate::region::{RegionHeader, is_region_mapping};
+use serde::Serialize;
+
+/// One hotpatch applied in one process.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppliedPatch {
+    pub pid: i32,
+    pub patch_id: String,
+    pub level: u32,
+    pub build_id: String,
+    pub target_file: String,
+    pub classification: String,
+    pub cves: Vec<String>,
+    pub key_id: String,
+    pub region_start: u64,
+    pub region_size: u64,
+    pub applied_at: u64,
+    pub functions: Vec<String>,
+    /// Every site still holds the jump into this region.
+    pub active: bool,
+}
+
+/// A region found in a process, with its parsed header.
+pub(crate) struct FoundRegion {
+    pub header: RegionHeader,
+}
+
+pub(crate) fn find_regions(pid: i32, maps: &[Mapping], mem: &ProcessMemory) -> Result<Vec<FoundRegion>, EngineError> {
+    let mut found = Vec::new();
+    for m in maps.iter().filter(|m| is_region_mapping(m)) {
+        let prefix = mem.read_vec(m.start, 12).map_err(|e| EngineError::proc_access(pid, "read patch region", e))?;
+        let len = RegionHeader::encoded_len(&prefix).map_err(|problem| EngineError::BadRegion { addr: m.start, problem })?;
+        let bytes = mem.read_vec(m.start, len).map_err(|e| EngineError::proc_access(pid, "read patch region", e))?;
+        let header = RegionHeader::decode(&bytes).map_err(|problem| EngineError::BadRegion { addr: m.start, problem })?;
+        if header.region_start != m.start {
+            return Err(EngineError::BadRegion { addr: m.start, problem: "header names another address".into() });
+        }
+        found.push(FoundRegion { header });
+    }
+    Ok(found)
+}
+
+fn describe(pid: i32, mem: &ProcessMemory, r: &FoundRegion) -> AppliedPatch {
+    let h = &r.header;
+    let active = h.sites.iter().all(|s| {
+        let jump = hex::decode(&s.jump).unwrap_or_default();
+        mem.read_vec(s.address, jump.len()).is_ok_and(|now| now == jump)
+    });
+    AppliedPatch {
+        pid,
+        patch_id: h.patch_id.clone(),
+        level: h.level,
+        build_id: h.build_id.clone(),
+        target_file: h.target_file.clone(),
+        classification: h.classification.clone(),
+        cves: h.cves.clone(),
+        key_id: h.key_id.clone(),
+        region_start: h.region_start,
+        region_size: h.region_size,
+        applied_at: h.applied_at,
+        functions: h.sites.iter().map(|s| s.symbol.clone()).collect(),
+        active,
+    }
+}
+
+/// Every hotpatch applied in process `pid`.
+pub fn status(pid: i32) -> Result<Vec<AppliedPatch>, EngineError> {
+    let maps = procfs::maps(pid).map_err(|e| EngineError::proc_access(pid, "read maps", e))?;
+    if !maps.iter().any(is_region_mapping) {
+        return Ok(Vec::new());
+    }
+    let mem = ProcessMemory::open(pid, false).map_err(|e| EngineError::proc_access(pid, "open memory", e))?;
+    Ok(find_regions(pid, &maps, &mem)?.iter().map(|r| describe(pid, &mem, r)).collect())
+}
+
+/// Every hotpatch applied in every process this user can read.
+pub fn status_all() -> Vec<AppliedPatch> {
+    procfs::pids().into_iter().filter_map(|pid| status(pid).ok()).flatten().collect()
+}
+
+/// A target (ELF object) mapped by a running process, with what is applied to it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunningTarget {
+    pub pid: i32,
+    pub comm: String,
+    pub build_id: String,
+    pub path: String,
+    pub applied: Vec<AppliedPatch>,
+}
+
+/// Every target of every running process: what an agent reports and scans.
+pub fn running_targets() -> Vec<RunningTarget> {
+    let mut out = Vec::new();
+    for pid in procfs::pids() {
+        if pid as u32 == std::process::id() {
+            continue;
+        }
+        let Ok(maps) = procfs::maps(pid) else { continue };
+        let applied = status(pid).unwrap_or_default();
+        let comm = procfs::comm(pid);
+        for module in loaded_modules(pid, &maps) {
+            let Some(build_id) = module.build_id.as_ref().map(hex::encode) else { continue };
+            out.push(RunningTarget {
+                pid,
+                comm: comm.clone(),
+                applied: applied.iter().filter(|a| a.build_id == build_id).cloned().collect(),
+                build_id,
+                path: module.path.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Processes that map a target with this build-id (hex).
+pub fn processes_with_target(build_id: &str) -> Vec<i32> {
+    procfs::pids()
+        .into_iter()
+        .filter(|&pid| {
+            procfs::maps(pid)
+                .map(|maps| loaded_modules(pid, &maps).iter().any(|m| m.build_id_hex() == build_id))
+                .unwrap_or(false)
+        })
+        .collect()
+}

@@ -1,0 +1,104 @@
+//! The transition: stop every thread, prove none is inside code being
+//! replaced, switch the sites, resume. Busy? Resume, back off, try again until
+//! the deadline.
+
+use crate::error::EngineError;
+use crate::procfs::ProcessMemory;
+use crate::stack::{BusyRange, StackChecker};
+use crate::threads::StoppedProcess;
+use std::time::{Duration, Instant};
+
+/// One site switch: write `new` at `address`, where `old` is now.
+#[derive(Debug, Clone)]
+pub struct SiteWrite {
+    pub address: u64,
+    pub old: Vec<u8>,
+    pub new: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct TransitionReport {
+    /// First thread stopped to last thread resumed, in the attempt that switched.
+    pub pause_us: u64,
+    pub threads: usize,
+    /// Attempts that found a thread busy before the one that switched.
+    pub retries: u32,
+    /// Threads whose unwind was unsure and whose raw stack was scanned instead.
+    pub fallback_scans: u32,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(1);
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Makes the kernel give the process its own copy of every page a site is on,
+/// by writing the bytes already there. Done before the stop, so the pause
+/// does not pay for copying pages; the process sees identical bytes.
+pub fn prepare(mem: &ProcessMemory, writes: &[SiteWrite]) -> Result<(), EngineError> {
+    for w in writes {
+        mem.write(w.address, &w.old).map_err(|e| EngineError::io(format!("prepare site 0x{:x}", w.address), e))?;
+    }
+    Ok(())
+}
+
+pub fn run(
+    pid: i32,
+    mem: &ProcessMemory,
+    checker: &mut StackChecker,
+    busy: &[BusyRange],
+    writes: &[SiteWrite],
+    timeout: Duration,
+) -> Result<TransitionReport, EngineError> {
+    let started = Instant::now();
+    let mut backoff = FIRST_BACKOFF;
+    let mut retries = 0u32;
+    loop {
+        let stopped = StoppedProcess::stop(pid)?;
+        let holder = stopped
+            .threads
+            .iter()
+            .find_map(|t| checker.busy_in(mem, &t.regs, busy).map(|name| (t.tid, name)));
+        match holder {
+            None => {
+                let threads = stopped.threads.len();
+                let written = switch_sites(mem, writes);
+                let pause = stopped.resume();
+                written?;
+                return Ok(TransitionReport {
+                    pause_us: pause.as_micros() as u64,
+                    threads,
+                    retries,
+                    fallback_scans: checker.fallback_scans,
+                });
+            }
+            Some((tid, function)) => {
+                drop(stopped);
+                if started.elapsed() + backoff > timeout {
+                    return Err(EngineError::Busy {
+                        tid,
+                        function,
+                        waited_ms: started.elapsed().as_millis() as u64,
+                        attempts: retries + 1,
+                    });
+                }
+                tracing::debug!(tid, %function, "thread busy in a function being replaced; retrying");
+                retries += 1;
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Writes every site; if one fails, puts back those already written so the
+/// process is never left half switched.
+fn switch_sites(mem: &ProcessMemory, writes: &[SiteWrite]) -> Result<(), EngineError> {
+    for (i, w) in writes.iter().enumerate() {
+        if let Err(e) = mem.write(w.address, &w.new) {
+            for done in &writes[..i] {
+                let _ = mem.write(done.address, &done.old);
+            }
+            return Err(EngineError::io(format!("write site 0x{:x}", w.address), e));
+        }
+    }
+    Ok(())
+}
