@@ -2,6 +2,7 @@
 //! hotpatches; operators use it to inspect, verify and apply them.
 
 mod keys;
+mod live;
 mod output;
 mod package;
 
@@ -28,6 +29,14 @@ enum Command {
     Inspect(package::InspectArgs),
     /// Check a package's signature against trusted publisher keys.
     Verify(package::VerifyArgs),
+    /// Apply a hotpatch to a running process, without restarting it.
+    Apply(live::ApplyArgs),
+    /// Show the hotpatches applied in running processes (read from the processes themselves).
+    Status(live::StatusArgs),
+    /// Restore a process's original code and remove the hotpatch.
+    Rollback(live::RollbackArgs),
+    /// Enroll this machine with a control plane, or check in once.
+    Agent(hotpatch_agent::cli::AgentArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +54,10 @@ fn main() -> ExitCode {
         Command::Pack(args) => package::pack(args, &out),
         Command::Inspect(args) => package::inspect(args, &out),
         Command::Verify(args) => package::verify(args, &out),
+        Command::Apply(args) => live::apply(args, &out),
+        Command::Status(args) => live::status(args, &out),
+        Command::Rollback(args) => live::rollback(args, &out),
+        Command::Agent(args) => hotpatch_agent::cli::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

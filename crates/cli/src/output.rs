@@ -15,8 +15,13 @@ impl Output {
     }
 
     pub fn print_json<T: Serialize>(&self, value: &T) -> anyhow::Result<()> {
-        println!("{}", serde_json::to_string_pretty(value)?);
-        Ok(())
+        use std::io::Write;
+        let text = serde_json::to_string_pretty(value)?;
+        // A closed pipe (`| head`) is the reader's choice, not an error worth a panic.
+        match writeln!(std::io::stdout().lock(), "{text}") {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     fn paint(&self, code: &str, text: &str) -> String {

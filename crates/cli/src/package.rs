@@ -53,11 +53,8 @@ pub fn pack(args: PackArgs, out: &Output) -> anyhow::Result<()> {
     let payload = read(&args.payload, "payload")?;
     let key = SecretKey::load(&args.key)?;
     let replacements = args.replace.iter().map(|s| parse_replacement(s)).collect::<Result<Vec<_>, _>>()?;
-    let baseline_name = args
-        .baseline
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "target".into());
+    let baseline_name =
+        args.baseline.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "target".into());
     let debug_file = debug_file_for(&baseline);
     let request = PackRequest {
         baseline: &baseline,
@@ -143,7 +140,9 @@ pub fn inspect(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
     println!("{} ({} bytes; signature not checked: use `hotpatch verify`)", args.file.display(), bytes.len());
     print_manifest(&package.manifest, out);
     match payload_check {
-        Ok(()) => println!("payload: {} bytes, relocatable {} object", package.payload.len(), package.manifest.target.machine),
+        Ok(()) => {
+            println!("payload: {} bytes, relocatable {} object", package.payload.len(), package.manifest.target.machine)
+        }
         Err(e) => println!("payload: {}", out.bad(&e.to_string())),
     }
     Ok(())

@@ -53,10 +53,7 @@ impl Env {
         let env = Env { dir };
         std::fs::write(env.path("base.c"), BASE_C).unwrap();
         std::fs::write(env.path("fix.c"), FIX_C).unwrap();
-        env.tool(
-            "gcc",
-            &["-O1", "-fcf-protection=none", "-o", "base", "base.c"],
-        );
+        env.tool("gcc", &["-O1", "-fcf-protection=none", "-o", "base", "base.c"]);
         env.tool("gcc", &["-c", "-fPIC", "-O2", "fix.c"]);
         env
     }
@@ -66,16 +63,8 @@ impl Env {
     }
 
     fn tool(&self, program: &str, args: &[&str]) -> String {
-        let out = Command::new(program)
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{program} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new(program).args(args).current_dir(self.dir.path()).output().unwrap();
+        assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -85,8 +74,7 @@ impl Env {
             .lines()
             .find_map(|l| {
                 let parts: Vec<&str> = l.split_whitespace().collect();
-                (parts.len() == 4 && parts[3] == symbol)
-                    .then(|| u64::from_str_radix(parts[1], 16).unwrap())
+                (parts.len() == 4 && parts[3] == symbol).then(|| u64::from_str_radix(parts[1], 16).unwrap())
             })
             .unwrap_or_else(|| panic!("nm -S lists no {symbol}"))
     }
@@ -94,11 +82,7 @@ impl Env {
     fn build_id(&self) -> String {
         self.tool("readelf", &["-n", "base"])
             .lines()
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix("Build ID: ")
-                    .map(|s| s.trim().to_owned())
-            })
+            .find_map(|l| l.trim().strip_prefix("Build ID: ").map(|s| s.trim().to_owned()))
             .expect("baseline has a build-id")
     }
 
@@ -111,10 +95,7 @@ impl Env {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !stderr.contains("panicked"),
-            "hotpatch {args:?} panicked: {stderr}"
-        );
+        assert!(!stderr.contains("panicked"), "hotpatch {args:?} panicked: {stderr}");
         out
     }
 
@@ -134,10 +115,7 @@ impl Env {
         all.extend_from_slice(args);
         let out = self.ok(&all);
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "--json output of {args:?} is not JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
+            panic!("--json output of {args:?} is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
         })
     }
 
@@ -145,21 +123,9 @@ impl Env {
     fn fails(&self, args: &[&str]) -> String {
         let out = self.hotpatch(args);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            !out.status.success(),
-            "hotpatch {args:?} succeeded: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "hotpatch {args:?} exit status {:?}: {stderr}",
-            out.status
-        );
-        assert!(
-            stderr.starts_with("error: "),
-            "hotpatch {args:?} stderr: {stderr}"
-        );
+        assert!(!out.status.success(), "hotpatch {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
+        assert_eq!(out.status.code(), Some(1), "hotpatch {args:?} exit status {:?}: {stderr}", out.status);
+        assert!(stderr.starts_with("error: "), "hotpatch {args:?} stderr: {stderr}");
         stderr
     }
 
@@ -205,24 +171,13 @@ fn keygen_pack_inspect_verify() {
     assert!(key_id.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_eq!(keygen["secret_key"], "keys/publisher.key");
     assert_eq!(keygen["public_key"], "keys/publisher.pub");
-    let mode = std::fs::metadata(env.path("keys/publisher.key"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = std::fs::metadata(env.path("keys/publisher.key")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let public = std::fs::read_to_string(env.path("keys/publisher.pub")).unwrap();
     assert!(public.starts_with("hotpatch-public-key-v1 "), "{public}");
 
     let mut args = env.pack_args("check=check_v2", "fix.o", "fix.hpatch");
-    args.extend([
-        "--cve",
-        "CVE-2024-12345",
-        "--cve",
-        "CVE-2025-0001",
-        "--description",
-        "bounds check",
-    ]);
+    args.extend(["--cve", "CVE-2024-12345", "--cve", "CVE-2025-0001", "--description", "bounds check"]);
     let pack = env.ok_json(&args);
     let file_len = std::fs::metadata(env.path("fix.hpatch")).unwrap().len();
     assert_eq!(pack["output"], "fix.hpatch");
@@ -233,16 +188,10 @@ fn keygen_pack_inspect_verify() {
     assert_eq!(manifest["target"]["file_name"], "base");
     assert_eq!(manifest["target"]["machine"], "x86_64");
     assert_eq!(manifest["product"], "base");
-    assert_eq!(
-        manifest["patch_id"],
-        format!("base-{}-l1", &build_id[..12]).as_str()
-    );
+    assert_eq!(manifest["patch_id"], format!("base-{}-l1", &build_id[..12]).as_str());
     assert_eq!(manifest["level"], 1);
     assert_eq!(manifest["classification"], "security");
-    assert_eq!(
-        manifest["cves"],
-        serde_json::json!(["CVE-2024-12345", "CVE-2025-0001"])
-    );
+    assert_eq!(manifest["cves"], serde_json::json!(["CVE-2024-12345", "CVE-2025-0001"]));
     assert_eq!(manifest["description"], "bounds check");
     assert_eq!(manifest["signing_key_id"], key_id.as_str());
     let functions = manifest["functions"].as_array().unwrap();
@@ -252,10 +201,7 @@ fn keygen_pack_inspect_verify() {
     assert_eq!(functions[0]["size"].as_u64(), Some(env.nm_size("check")));
     assert_eq!(functions[0]["original_sha256"].as_str().unwrap().len(), 64);
     let payload = std::fs::read(env.path("fix.o")).unwrap();
-    assert_eq!(
-        manifest["payload_sha256"],
-        hotpatch_sha256(&payload).as_str()
-    );
+    assert_eq!(manifest["payload_sha256"], hotpatch_sha256(&payload).as_str());
     // No temporary file left behind.
     let leftovers: Vec<_> = std::fs::read_dir(env.dir.path())
         .unwrap()
@@ -267,32 +213,16 @@ fn keygen_pack_inspect_verify() {
     let inspect = env.ok_json(&["inspect", "fix.hpatch"]);
     assert_eq!(inspect["file"], "fix.hpatch");
     assert_eq!(inspect["bytes"].as_u64(), Some(file_len));
-    assert_eq!(
-        inspect["payload_bytes"].as_u64(),
-        Some(payload.len() as u64)
-    );
+    assert_eq!(inspect["payload_bytes"].as_u64(), Some(payload.len() as u64));
     assert_eq!(inspect["payload_ok"], true);
     assert_eq!(inspect["payload_problem"], Value::Null);
-    assert!(
-        inspect["signature"]
-            .as_str()
-            .unwrap()
-            .contains("not checked")
-    );
+    assert!(inspect["signature"].as_str().unwrap().contains("not checked"));
     assert_eq!(&inspect["manifest"], manifest);
 
     let text = String::from_utf8(env.ok(&["inspect", "fix.hpatch"]).stdout).unwrap();
-    for needle in [
-        "signature not checked",
-        "check_v2",
-        "CVE-2024-12345, CVE-2025-0001",
-        &key_id,
-        "relocatable x86_64",
-    ] {
-        assert!(
-            text.contains(needle),
-            "inspect output lacks {needle:?}:\n{text}"
-        );
+    for needle in ["signature not checked", "check_v2", "CVE-2024-12345, CVE-2025-0001", &key_id, "relocatable x86_64"]
+    {
+        assert!(text.contains(needle), "inspect output lacks {needle:?}:\n{text}");
     }
 
     for trust in ["keys/publisher.pub", "keys"] {
@@ -303,8 +233,7 @@ fn keygen_pack_inspect_verify() {
         assert_eq!(verify["level"], 1);
         assert_eq!(verify["target_build_id"], build_id.as_str());
     }
-    let text =
-        String::from_utf8(env.ok(&["verify", "fix.hpatch", "--trust", "keys"]).stdout).unwrap();
+    let text = String::from_utf8(env.ok(&["verify", "fix.hpatch", "--trust", "keys"]).stdout).unwrap();
     assert!(text.starts_with("verified: "), "{text}");
     assert!(text.contains(&key_id), "{text}");
 
@@ -328,12 +257,7 @@ fn hotpatch_sha256(bytes: &[u8]) -> String {
             child.wait_with_output()
         })
         .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
+    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
 }
 
 #[test]
@@ -344,17 +268,11 @@ fn keygen_refuses_to_overwrite() {
     let stderr = env.fails(&["keygen", "--out", "keys"]);
     assert!(stderr.contains("refusing to overwrite"), "{stderr}");
     assert!(stderr.contains("publisher.pub"), "{stderr}");
-    assert_eq!(
-        std::fs::read(env.path("keys/publisher.key")).unwrap(),
-        before
-    );
+    assert_eq!(std::fs::read(env.path("keys/publisher.key")).unwrap(), before);
     let second = env.keygen("other");
     assert_ne!(first, second);
     let stderr = env.fails(&["keygen", "--out", "keys", "--name", "a/b"]);
-    assert!(
-        stderr.contains("--name must be a plain file name"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("--name must be a plain file name"), "{stderr}");
 }
 
 #[test]
@@ -372,15 +290,9 @@ fn pack_refuses_a_function_too_small_for_a_jump() {
     let env = Env::new();
     env.keygen("publisher");
     let size = env.nm_size("tiny");
-    assert!(
-        size < 5,
-        "gcc made tiny {size} bytes; the test needs it smaller than a jump"
-    );
+    assert!(size < 5, "gcc made tiny {size} bytes; the test needs it smaller than a jump");
     let stderr = env.fails(&env.pack_args("tiny=tiny_v2", "fix.o", "out.hpatch"));
-    assert!(
-        stderr.contains(&format!("tiny is {size} bytes")),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("tiny is {size} bytes")), "{stderr}");
     assert!(stderr.contains("too small"), "{stderr}");
     assert!(!exists(&env.path("out.hpatch")));
 }
@@ -408,10 +320,7 @@ fn pack_refuses_other_bad_requests() {
     let stderr = env.fails(&env.pack_args("check", "fix.o", "out.hpatch"));
     assert!(stderr.contains("OLD=NEW"), "{stderr}");
     let stderr = env.fails(&env.pack_args("counter=check_v2", "fix.o", "out.hpatch"));
-    assert!(
-        stderr.contains("counter") && stderr.contains("not a function"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("counter") && stderr.contains("not a function"), "{stderr}");
     let mut args = env.pack_args("check=check_v2", "fix.o", "out.hpatch");
     args.extend(["--cve", "CVE-1"]);
     let stderr = env.fails(&args);
@@ -423,10 +332,7 @@ fn pack_refuses_other_bad_requests() {
     let mut args = env.pack_args("check=check_v2", "fix.o", "out.hpatch");
     args[12] = "keys/publisher.pub";
     let stderr = env.fails(&args);
-    assert!(
-        stderr.contains("publisher.pub") && stderr.contains("hotpatch-secret-key-v1"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("publisher.pub") && stderr.contains("hotpatch-secret-key-v1"), "{stderr}");
     let mut args = env.pack_args("check=check_v2", "fix.o", "out.hpatch");
     args[2] = "fix.o";
     let stderr = env.fails(&args);
@@ -447,25 +353,13 @@ fn verify_with_the_wrong_key_names_the_key() {
     let stderr = env.fails(&["verify", "fix.hpatch", "--trust", "other"]);
     assert!(stderr.contains(&key_id), "{stderr}");
     assert!(stderr.contains("not trusted"), "{stderr}");
-    assert!(
-        stderr.contains("fix.hpatch failed verification"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("fix.hpatch failed verification"), "{stderr}");
 
     // With --json the error is JSON on stdout, still naming the key.
-    let out = env.hotpatch(&[
-        "--json",
-        "verify",
-        "fix.hpatch",
-        "--trust",
-        "other/someone.pub",
-    ]);
+    let out = env.hotpatch(&["--json", "verify", "fix.hpatch", "--trust", "other/someone.pub"]);
     assert_eq!(out.status.code(), Some(1));
     let value: Value = serde_json::from_slice(&out.stdout).expect("--json error is JSON");
-    assert!(
-        value["error"].as_str().unwrap().contains(&key_id),
-        "{value}"
-    );
+    assert!(value["error"].as_str().unwrap().contains(&key_id), "{value}");
 
     // Trust that cannot be loaded is an error too, not a pass.
     let stderr = env.fails(&["verify", "fix.hpatch", "--trust", "missing-dir"]);
@@ -489,10 +383,7 @@ fn altered_packages_fail_inspect_or_verify() {
 
     // Truncated: both refuse it and say so.
     std::fs::write(env.path("short.hpatch"), &bytes[..bytes.len() / 2]).unwrap();
-    for cmd in [
-        &["inspect", "short.hpatch"][..],
-        &["verify", "short.hpatch", "--trust", "keys"],
-    ] {
+    for cmd in [&["inspect", "short.hpatch"][..], &["verify", "short.hpatch", "--trust", "keys"]] {
         let stderr = env.fails(cmd);
         assert!(stderr.contains("truncated"), "{cmd:?}: {stderr}");
     }
@@ -501,8 +392,5 @@ fn altered_packages_fail_inspect_or_verify() {
     let stderr = env.fails(&["inspect", "fix.o"]);
     assert!(stderr.contains("wrong magic"), "{stderr}");
     let stderr = env.fails(&["inspect", "nonexistent.hpatch"]);
-    assert!(
-        stderr.contains("cannot read package nonexistent.hpatch"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("cannot read package nonexistent.hpatch"), "{stderr}");
 }

@@ -32,7 +32,9 @@ pub enum EngineError {
         "busy: thread {tid} is inside {function} (checked for {waited_ms} ms, {attempts} attempts); try again later or with a longer --timeout"
     )]
     Busy { tid: i32, function: String, waited_ms: u64, attempts: u32 },
-    #[error("level {applied} of {patch_id} is already applied; only a higher level can replace it (this is level {offered})")]
+    #[error(
+        "level {applied} of {patch_id} is already applied; only a higher level can replace it (this is level {offered})"
+    )]
     LevelNotHigher { patch_id: String, applied: u32, offered: u32 },
     #[error("{0}")]
     NotApplied(String),

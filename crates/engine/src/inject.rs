@@ -162,7 +162,8 @@ impl<'m> Injector<'m> {
         self.done = true;
         let scratch = self.restore_scratch();
         let tid = self.tid;
-        let regs = ptrace::set_regs(tid, &self.saved).map_err(|e| EngineError::Ptrace { tid, op: "setregs", source: e });
+        let regs =
+            ptrace::set_regs(tid, &self.saved).map_err(|e| EngineError::Ptrace { tid, op: "setregs", source: e });
         let first = self.pending_signals.first().copied().unwrap_or(0);
         let detach = ptrace::detach(tid, first).map_err(|e| EngineError::Ptrace { tid, op: "detach", source: e });
         // More than one held-back signal: queue the rest again.

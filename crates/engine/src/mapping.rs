@@ -29,7 +29,8 @@ pub fn map_region(
     let mut name = format!("{MEMFD_PREFIX}{patch_id}").into_bytes();
     name.push(0);
     let name_addr = inj.scratch(&name)?;
-    let mut ret = inj.syscall(libc::SYS_memfd_create, [name_addr, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC, 0, 0, 0, 0])?;
+    let mut ret =
+        inj.syscall(libc::SYS_memfd_create, [name_addr, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC, 0, 0, 0, 0])?;
     if ret == -(libc::EINVAL as i64) {
         // Kernels before 6.3 do not know MFD_EXEC.
         ret = inj.syscall(libc::SYS_memfd_create, [name_addr, MFD_CLOEXEC | MFD_ALLOW_SEALING, 0, 0, 0, 0])?;
@@ -47,7 +48,13 @@ pub fn map_region(
     finished
 }
 
-fn fill_and_map(pid: i32, inj: &mut Injector<'_>, fd: u64, image: &LinkedImage, header_len: u64) -> Result<(), EngineError> {
+fn fill_and_map(
+    pid: i32,
+    inj: &mut Injector<'_>,
+    fd: u64,
+    image: &LinkedImage,
+    header_len: u64,
+) -> Result<(), EngineError> {
     let size = image.bytes.len() as u64;
     // Our own handle on the target's memfd, to fill it without running code there.
     let path = format!("/proc/{pid}/fd/{fd}");
@@ -70,7 +77,9 @@ fn fill_and_map(pid: i32, inj: &mut Injector<'_>, fd: u64, image: &LinkedImage, 
     let flags = (libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE) as u64;
     let ret = inj.syscall(libc::SYS_mmap, [image.base, size, prot_rx, flags, fd, 0])?;
     let got = check(pid, "mmap", ret).map_err(|e| match ret {
-        r if r == -(libc::EEXIST as i64) => EngineError::NoRoom { size, target: "the chosen address (taken meanwhile)".into() },
+        r if r == -(libc::EEXIST as i64) => {
+            EngineError::NoRoom { size, target: "the chosen address (taken meanwhile)".into() }
+        }
         _ => e,
     })?;
     if got != image.base {

@@ -100,13 +100,13 @@ pub fn apply(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Result
     }
     let (maps, mem) = open(pid)?;
     let modules = loaded_modules(pid, &maps);
-    let target: &LoadedModule = modules
-        .iter()
-        .find(|m| m.build_id_hex() == manifest.target.build_id)
-        .ok_or_else(|| EngineError::TargetNotMapped {
-            pid,
-            build_id: manifest.target.build_id.clone(),
-            file_name: manifest.target.file_name.clone(),
+    let target: &LoadedModule =
+        modules.iter().find(|m| m.build_id_hex() == manifest.target.build_id).ok_or_else(|| {
+            EngineError::TargetNotMapped {
+                pid,
+                build_id: manifest.target.build_id.clone(),
+                file_name: manifest.target.file_name.clone(),
+            }
         })?;
     let data = target.read_file()?;
     let elf = TargetElf::parse(&data).map_err(|e| EngineError::Symbol(format!("{}: {e}", target.path)))?;
@@ -119,11 +119,8 @@ pub fn apply(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Result
 
     // What is applied already to this target, and whether this level may replace it.
     let regions = find_regions(pid, &maps, &mem)?;
-    let previous = regions
-        .iter()
-        .map(|r| &r.header)
-        .filter(|h| h.build_id == manifest.target.build_id)
-        .max_by_key(|h| h.level);
+    let previous =
+        regions.iter().map(|r| &r.header).filter(|h| h.build_id == manifest.target.build_id).max_by_key(|h| h.level);
     if let Some(prev) = previous
         && prev.level >= manifest.level
     {
@@ -152,7 +149,10 @@ pub fn apply(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Result
         let name = f.display_name();
         let sym = symbols.lookup(&f.symbol, f.file.as_deref()).map_err(|e| EngineError::Symbol(e.to_string()))?;
         if sym.kind != SymbolKind::Function {
-            return Err(EngineError::SiteMismatch { function: name, problem: "is not a function in the target".into() });
+            return Err(EngineError::SiteMismatch {
+                function: name,
+                problem: "is not a function in the target".into(),
+            });
         }
         if sym.size != f.size {
             return Err(EngineError::SiteMismatch {
@@ -299,10 +299,8 @@ pub fn apply(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Result
     // Unwind tables are loaded before anything changes, so that a failure
     // here also leaves the process untouched.
     let mut checker = StackChecker::new(&maps, &modules, &mem);
-    let mut busy: Vec<BusyRange> = sites
-        .iter()
-        .map(|s| BusyRange { range: s.address..s.address + s.size, name: s.name.clone() })
-        .collect();
+    let mut busy: Vec<BusyRange> =
+        sites.iter().map(|s| BusyRange { range: s.address..s.address + s.size, name: s.name.clone() }).collect();
     if let Some(prev) = previous {
         busy.push(BusyRange { range: prev.range(), name: format!("the replacement code of {}", prev.patch_id) });
     }

@@ -35,9 +35,11 @@ pub(crate) fn find_regions(pid: i32, maps: &[Mapping], mem: &ProcessMemory) -> R
     let mut found = Vec::new();
     for m in maps.iter().filter(|m| is_region_mapping(m)) {
         let prefix = mem.read_vec(m.start, 12).map_err(|e| EngineError::proc_access(pid, "read patch region", e))?;
-        let len = RegionHeader::encoded_len(&prefix).map_err(|problem| EngineError::BadRegion { addr: m.start, problem })?;
+        let len =
+            RegionHeader::encoded_len(&prefix).map_err(|problem| EngineError::BadRegion { addr: m.start, problem })?;
         let bytes = mem.read_vec(m.start, len).map_err(|e| EngineError::proc_access(pid, "read patch region", e))?;
-        let header = RegionHeader::decode(&bytes).map_err(|problem| EngineError::BadRegion { addr: m.start, problem })?;
+        let header =
+            RegionHeader::decode(&bytes).map_err(|problem| EngineError::BadRegion { addr: m.start, problem })?;
         if header.region_start != m.start {
             return Err(EngineError::BadRegion { addr: m.start, problem: "header names another address".into() });
         }

@@ -74,11 +74,12 @@ impl StoppedProcess {
                 }
             }
             for tid in seized {
-                let pending_signal = match ptrace::wait(tid).map_err(|e| EngineError::Ptrace { tid, op: "wait", source: e })? {
-                    Stop::Exited => continue,
-                    Stop::Signal(sig) => sig,
-                    Stop::Interrupted | Stop::Trap => 0,
-                };
+                let pending_signal =
+                    match ptrace::wait(tid).map_err(|e| EngineError::Ptrace { tid, op: "wait", source: e })? {
+                        Stop::Exited => continue,
+                        Stop::Signal(sig) => sig,
+                        Stop::Interrupted | Stop::Trap => 0,
+                    };
                 let regs = match ptrace::get_regs(tid) {
                     Ok(r) => r,
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,

@@ -53,10 +53,7 @@ pub fn run(
     let mut retries = 0u32;
     loop {
         let stopped = StoppedProcess::stop(pid)?;
-        let holder = stopped
-            .threads
-            .iter()
-            .find_map(|t| checker.busy_in(mem, &t.regs, busy).map(|name| (t.tid, name)));
+        let holder = stopped.threads.iter().find_map(|t| checker.busy_in(mem, &t.regs, busy).map(|name| (t.tid, name)));
         match holder {
             None => {
                 let threads = stopped.threads.len();
