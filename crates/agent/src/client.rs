@@ -14,11 +14,7 @@ pub enum ClientError {
     #[error("server URL {0:?} must start with http:// or https://")]
     BadUrl(String),
     #[error("{what}: server answered {status}: {message}")]
-    Status {
-        what: &'static str,
-        status: u16,
-        message: String,
-    },
+    Status { what: &'static str, status: u16, message: String },
     #[error("{what}: cannot reach the server: {message}")]
     Transport { what: &'static str, message: String },
     #[error("{what}: unreadable answer: {message}")]
@@ -31,10 +27,7 @@ pub struct Client {
 }
 
 pub enum CheckInReply {
-    Answer {
-        etag: Option<String>,
-        answer: Answer,
-    },
+    Answer { etag: Option<String>, answer: Answer },
     NotModified,
 }
 
@@ -44,14 +37,9 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ClientError::BadUrl(server.to_string()));
         }
-        let http = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .build();
-        Ok(Client {
-            base: base.to_string(),
-            http,
-        })
+        let http =
+            ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(10)).timeout(Duration::from_secs(60)).build();
+        Ok(Client { base: base.to_string(), http })
     }
 
     pub fn base(&self) -> &str {
@@ -66,16 +54,9 @@ impl Client {
                     .ok()
                     .and_then(|v| v.get("error").and_then(|m| m.as_str()).map(str::to_string))
                     .unwrap_or(text);
-                ClientError::Status {
-                    what,
-                    status,
-                    message,
-                }
+                ClientError::Status { what, status, message }
             }
-            ureq::Error::Transport(t) => ClientError::Transport {
-                what,
-                message: t.to_string(),
-            },
+            ureq::Error::Transport(t) => ClientError::Transport { what, message: t.to_string() },
         }
     }
 
@@ -86,10 +67,7 @@ impl Client {
             .post(&format!("{}/api/v1/agent/enroll", self.base))
             .send_json(EnrollRequest { token, hostname })
             .map_err(|e| Self::fail(WHAT, e))?;
-        response.into_json().map_err(|e| ClientError::Body {
-            what: WHAT,
-            message: e.to_string(),
-        })
+        response.into_json().map_err(|e| ClientError::Body { what: WHAT, message: e.to_string() })
     }
 
     pub fn check_in(
@@ -111,10 +89,7 @@ impl Client {
             return Ok(CheckInReply::NotModified);
         }
         let etag = response.header("ETag").map(str::to_string);
-        let answer = response.into_json().map_err(|e| ClientError::Body {
-            what: WHAT,
-            message: e.to_string(),
-        })?;
+        let answer = response.into_json().map_err(|e| ClientError::Body { what: WHAT, message: e.to_string() })?;
         Ok(CheckInReply::Answer { etag, answer })
     }
 
@@ -122,10 +97,7 @@ impl Client {
     pub fn download(&self, credential: &str, url: &str) -> Result<Vec<u8>, ClientError> {
         const WHAT: &str = "artifact download";
         if !url.starts_with("/api/v1/artifacts/") {
-            return Err(ClientError::Body {
-                what: WHAT,
-                message: format!("unexpected artifact URL {url:?}"),
-            });
+            return Err(ClientError::Body { what: WHAT, message: format!("unexpected artifact URL {url:?}") });
         }
         let response = self
             .http
@@ -138,10 +110,7 @@ impl Client {
             .into_reader()
             .take(MAX_ARTIFACT + 1)
             .read_to_end(&mut bytes)
-            .map_err(|e| ClientError::Transport {
-                what: WHAT,
-                message: e.to_string(),
-            })?;
+            .map_err(|e| ClientError::Transport { what: WHAT, message: e.to_string() })?;
         if bytes.len() as u64 > MAX_ARTIFACT {
             return Err(ClientError::Body {
                 what: WHAT,

@@ -6,10 +6,7 @@ use serde_json::{Value, json};
 use crate::protocol::Facts;
 
 fn read_trimmed(path: &str) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
 pub fn hostname() -> String {
@@ -34,11 +31,7 @@ fn uname_field(pick: fn(&libc::utsname) -> &[libc::c_char]) -> String {
         return "unknown".into();
     }
     let field = pick(&u);
-    let bytes: Vec<u8> = field
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
+    let bytes: Vec<u8> = field.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -58,9 +51,7 @@ pub fn cores() -> u32 {
     if from_cpuinfo > 0 {
         from_cpuinfo
     } else {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1)
+        std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
     }
 }
 
@@ -74,11 +65,7 @@ pub fn readiness() -> Value {
     let ptrace_ok = yama.as_deref().is_none_or(|v| v != "3");
     let arch = arch();
     let arch_ok = arch == "x86_64";
-    let secure_boot = if std::path::Path::new("/sys/firmware/efi").exists() {
-        "present"
-    } else {
-        "not available"
-    };
+    let secure_boot = if std::path::Path::new("/sys/firmware/efi").exists() { "present" } else { "not available" };
     json!({
         "ready": root && ptrace_ok && arch_ok,
         "root": root,
@@ -89,12 +76,5 @@ pub fn readiness() -> Value {
 }
 
 pub fn collect() -> Facts {
-    Facts {
-        hostname: hostname(),
-        os: os(),
-        kernel: kernel(),
-        arch: arch(),
-        cores: cores(),
-        readiness: readiness(),
-    }
+    Facts { hostname: hostname(), os: os(), kernel: kernel(), arch: arch(), cores: cores(), readiness: readiness() }
 }

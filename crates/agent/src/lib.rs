@@ -34,11 +34,8 @@ pub fn enroll(server: &str, token: &str, state_dir: &Path) -> Result<Credential,
     let client = Client::new(server)?;
     let hostname = facts::hostname();
     let answer = client.enroll(token, &hostname)?;
-    let credential = Credential {
-        server: client.base().to_string(),
-        machine_id: answer.machine_id,
-        credential: answer.credential,
-    };
+    let credential =
+        Credential { server: client.base().to_string(), machine_id: answer.machine_id, credential: answer.credential };
     state::save_credential(state_dir, &credential)?;
     Ok(credential)
 }
@@ -46,9 +43,5 @@ pub fn enroll(server: &str, token: &str, state_dir: &Path) -> Result<Credential,
 /// Loads the agent's trusted publisher keys; a missing path means "trust nothing",
 /// so assigned hotpatches fail verification instead of being applied.
 pub fn load_trust(path: &Path) -> Result<TrustStore, hotpatch_format::KeyError> {
-    if path.exists() {
-        TrustStore::load(path)
-    } else {
-        Ok(TrustStore::from_keys(Vec::new()))
-    }
+    if path.exists() { TrustStore::load(path) } else { Ok(TrustStore::from_keys(Vec::new())) }
 }

@@ -13,10 +13,7 @@ use crate::protocol::{Answer, WorkResult};
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state directory {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is unreadable: {message}")]
     Corrupt { path: PathBuf, message: String },
     #[error("not enrolled: no credential in {0}; run with --enroll URL TOKEN first")]
@@ -45,31 +42,17 @@ const LAST_ANSWER: &str = "last-answer.json";
 const PENDING: &str = "pending-results.json";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
-    move |source| StateError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| StateError::Io { path: path.to_path_buf(), source }
 }
 
 /// Writes through a temporary file and a rename, so a crash never leaves half a file.
 fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StateError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io(dir))?;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))?;
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(io(&tmp))?;
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
     fs::rename(&tmp, &path).map_err(io(&path))
 }
 
@@ -77,23 +60,15 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Sta
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| StateError::Corrupt {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            }),
+            .map_err(|e| StateError::Corrupt { path: path.to_path_buf(), message: e.to_string() }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StateError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        }),
+        Err(e) => Err(StateError::Io { path: path.to_path_buf(), source: e }),
     }
 }
 
 fn to_json<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, StateError> {
-    serde_json::to_vec_pretty(value).map_err(|e| StateError::Corrupt {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+    serde_json::to_vec_pretty(value)
+        .map_err(|e| StateError::Corrupt { path: path.to_path_buf(), message: e.to_string() })
 }
 
 pub fn save_credential(dir: &Path, c: &Credential) -> Result<(), StateError> {

@@ -11,9 +11,7 @@ use hotpatch_format::TrustStore;
 use serde::Serialize;
 
 use crate::client::{CheckInReply, Client};
-use crate::protocol::{
-    BaselineWork, CheckIn, HotpatchWork, RollbackWork, TargetReport, WorkResult,
-};
+use crate::protocol::{BaselineWork, CheckIn, HotpatchWork, RollbackWork, TargetReport, WorkResult};
 use crate::state::{self, LastAnswer};
 use crate::{AgentError, facts};
 
@@ -40,19 +38,11 @@ type ProcessLevel = (i32, Option<(String, u32)>);
 pub fn summarize(running: &[RunningTarget]) -> Vec<TargetReport> {
     let mut by_build: BTreeMap<&str, (String, Vec<ProcessLevel>)> = BTreeMap::new();
     for t in running {
-        let file_name = Path::new(&t.path)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| t.path.clone());
-        let applied = t
-            .applied
-            .iter()
-            .filter(|a| a.active)
-            .max_by_key(|a| a.level)
-            .map(|a| (a.patch_id.clone(), a.level));
-        let entry = by_build
-            .entry(t.build_id.as_str())
-            .or_insert_with(|| (file_name, Vec::new()));
+        let file_name =
+            Path::new(&t.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| t.path.clone());
+        let applied =
+            t.applied.iter().filter(|a| a.active).max_by_key(|a| a.level).map(|a| (a.patch_id.clone(), a.level));
+        let entry = by_build.entry(t.build_id.as_str()).or_insert_with(|| (file_name, Vec::new()));
         if !entry.1.iter().any(|(pid, _)| *pid == t.pid) {
             entry.1.push((t.pid, applied));
         }
@@ -60,11 +50,8 @@ pub fn summarize(running: &[RunningTarget]) -> Vec<TargetReport> {
     by_build
         .into_iter()
         .map(|(build_id, (file_name, procs))| {
-            let lowest = procs
-                .iter()
-                .map(|(_, a)| a.clone())
-                .min_by_key(|a| a.as_ref().map_or(0, |(_, l)| *l))
-                .flatten();
+            let lowest =
+                procs.iter().map(|(_, a)| a.clone()).min_by_key(|a| a.as_ref().map_or(0, |(_, l)| *l)).flatten();
             TargetReport {
                 build_id: build_id.to_string(),
                 file_name,
@@ -85,33 +72,16 @@ pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutc
     let targets = summarize(&running);
     let pending = state::load_pending(state_dir)?;
     let last = state::load_last_answer(state_dir)?;
-    let etag = if pending.is_empty() {
-        last.as_ref().map(|l| l.etag.as_str())
-    } else {
-        None
-    };
-    let reply = client.check_in(
-        &cred.credential,
-        &CheckIn {
-            facts: &facts,
-            targets: &targets,
-            results: &pending,
-        },
-        etag,
-    )?;
+    let etag = if pending.is_empty() { last.as_ref().map(|l| l.etag.as_str()) } else { None };
+    let reply =
+        client.check_in(&cred.credential, &CheckIn { facts: &facts, targets: &targets, results: &pending }, etag)?;
     if !pending.is_empty() {
         state::save_pending(state_dir, &[])?;
     }
     let (answer, not_modified) = match reply {
         CheckInReply::Answer { etag, answer } => {
             if let Some(etag) = etag {
-                state::save_last_answer(
-                    state_dir,
-                    &LastAnswer {
-                        etag,
-                        answer: answer.clone(),
-                    },
-                )?;
+                state::save_last_answer(state_dir, &LastAnswer { etag, answer: answer.clone() })?;
             }
             (answer, false)
         }
@@ -144,19 +114,11 @@ pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutc
     // Kept on disk until delivered, so a lost report goes out with the next check-in.
     state::save_pending(state_dir, &outcome.results)?;
     outcome.targets = summarize(&hotpatch_engine::running_targets());
-    let report = CheckIn {
-        facts: &facts,
-        targets: &outcome.targets,
-        results: &outcome.results,
-    };
+    let report = CheckIn { facts: &facts, targets: &outcome.targets, results: &outcome.results };
     match client.check_in(&cred.credential, &report, None) {
         Ok(reply) => {
             state::save_pending(state_dir, &[])?;
-            if let CheckInReply::Answer {
-                etag: Some(etag),
-                answer,
-            } = reply
-            {
+            if let CheckInReply::Answer { etag: Some(etag), answer } = reply {
                 state::save_last_answer(state_dir, &LastAnswer { etag, answer })?;
             }
             outcome.results_reported = true;
@@ -169,11 +131,7 @@ pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutc
 }
 
 fn result(deployment_id: &str, status: &str, detail: String) -> WorkResult {
-    WorkResult {
-        deployment_id: deployment_id.to_string(),
-        status: status.to_string(),
-        detail,
-    }
+    WorkResult { deployment_id: deployment_id.to_string(), status: status.to_string(), detail }
 }
 
 fn apply_hotpatch(
@@ -190,10 +148,7 @@ fn apply_hotpatch(
     };
     let got = hotpatch_format::sha256_hex(&bytes);
     if got != w.artifact_sha256 {
-        return failed(format!(
-            "artifact hash {got} is not the assigned {}",
-            w.artifact_sha256
-        ));
+        return failed(format!("artifact hash {got} is not the assigned {}", w.artifact_sha256));
     }
     let package = match hotpatch_format::verify(&bytes, trust) {
         Ok(p) => p,
@@ -208,15 +163,11 @@ fn apply_hotpatch(
     }
     let already: Vec<i32> = running
         .iter()
-        .filter(|t| {
-            t.build_id == w.build_id && t.applied.iter().any(|a| a.active && a.level >= w.level)
-        })
+        .filter(|t| t.build_id == w.build_id && t.applied.iter().any(|a| a.active && a.level >= w.level))
         .map(|t| t.pid)
         .collect();
-    let pids: Vec<i32> = hotpatch_engine::processes_with_target(&w.build_id)
-        .into_iter()
-        .filter(|p| !already.contains(p))
-        .collect();
+    let pids: Vec<i32> =
+        hotpatch_engine::processes_with_target(&w.build_id).into_iter().filter(|p| !already.contains(p)).collect();
     if pids.is_empty() {
         // The processes exited since the scan; the next check-in reports what runs now.
         return None;
@@ -226,11 +177,7 @@ fn apply_hotpatch(
     let mut errors = Vec::new();
     for pid in pids {
         match hotpatch_engine::apply(pid, &package, &opts) {
-            Ok(r) => done.push(format!(
-                "pid {pid} ({} functions, pause {} us)",
-                r.functions.len(),
-                r.pause_us
-            )),
+            Ok(r) => done.push(format!("pid {pid} ({} functions, pause {} us)", r.functions.len(), r.pause_us)),
             Err(e) => errors.push(format!("pid {pid}: {e}")),
         }
     }
@@ -239,19 +186,10 @@ fn apply_hotpatch(
         Some(result(
             &w.deployment_id,
             "applied",
-            format!(
-                "{} level {} applied to {}",
-                w.patch_id,
-                w.level,
-                done.join(", ")
-            ),
+            format!("{} level {} applied to {}", w.patch_id, w.level, done.join(", ")),
         ))
     } else {
-        failed(format!(
-            "applied to {} process(es), failed on {}",
-            done.len(),
-            errors.join("; ")
-        ))
+        failed(format!("applied to {} process(es), failed on {}", done.len(), errors.join("; ")))
     }
 }
 
@@ -271,17 +209,9 @@ fn roll_back(w: &RollbackWork) -> Option<WorkResult> {
         }
     }
     if errors.is_empty() {
-        Some(result(
-            &w.deployment_id,
-            "rolled-back",
-            format!("{} rolled back in {done} process(es)", w.patch_id),
-        ))
+        Some(result(&w.deployment_id, "rolled-back", format!("{} rolled back in {done} process(es)", w.patch_id)))
     } else {
-        Some(result(
-            &w.deployment_id,
-            "failed",
-            format!("rollback of {}: {}", w.patch_id, errors.join("; ")),
-        ))
+        Some(result(&w.deployment_id, "failed", format!("rollback of {}: {}", w.patch_id, errors.join("; "))))
     }
 }
 
@@ -291,17 +221,10 @@ pub fn describe(o: &CheckInOutcome) -> String {
         "machine {}: checked in ({} targets){}\n",
         o.machine_id,
         o.targets.len(),
-        if o.not_modified {
-            ", nothing changed"
-        } else {
-            ""
-        }
+        if o.not_modified { ", nothing changed" } else { "" }
     );
     for r in &o.results {
-        out.push_str(&format!(
-            "  {} {}: {}\n",
-            r.status, r.deployment_id, r.detail
-        ));
+        out.push_str(&format!("  {} {}: {}\n", r.status, r.deployment_id, r.detail));
     }
     for b in &o.baselines_due {
         out.push_str(&format!(

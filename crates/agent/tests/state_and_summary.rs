@@ -11,28 +11,14 @@ use hotpatch_engine::{AppliedPatch, RunningTarget};
 fn credential_is_private_and_not_in_debug_output() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state_dir = dir.path().join("state");
-    let c = Credential {
-        server: "http://127.0.0.1:1".into(),
-        machine_id: "m1".into(),
-        credential: "hpm_secret".into(),
-    };
+    let c =
+        Credential { server: "http://127.0.0.1:1".into(), machine_id: "m1".into(), credential: "hpm_secret".into() };
     state::save_credential(&state_dir, &c).expect("save");
-    let mode = std::fs::metadata(state_dir.join("credential.json"))
-        .expect("stat")
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = std::fs::metadata(state_dir.join("credential.json")).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    let dir_mode = std::fs::metadata(&state_dir)
-        .expect("stat")
-        .permissions()
-        .mode()
-        & 0o777;
+    let dir_mode = std::fs::metadata(&state_dir).expect("stat").permissions().mode() & 0o777;
     assert_eq!(dir_mode, 0o700);
-    assert_eq!(
-        state::load_credential(&state_dir).expect("load").credential,
-        "hpm_secret"
-    );
+    assert_eq!(state::load_credential(&state_dir).expect("load").credential, "hpm_secret");
     assert!(!format!("{c:?}").contains("hpm_secret"));
     let missing = state::load_credential(&dir.path().join("nowhere")).expect_err("not enrolled");
     assert!(missing.to_string().contains("--enroll"), "{missing}");
@@ -59,13 +45,7 @@ fn applied(pid: i32, level: u32, active: bool) -> AppliedPatch {
 }
 
 fn running(pid: i32, path: &str, build: &str, applied: Vec<AppliedPatch>) -> RunningTarget {
-    RunningTarget {
-        pid,
-        comm: "demo".into(),
-        build_id: build.into(),
-        path: path.into(),
-        applied,
-    }
+    RunningTarget { pid, comm: "demo".into(), build_id: build.into(), path: path.into(), applied }
 }
 
 #[test]
@@ -76,38 +56,17 @@ fn a_target_counts_as_patched_to_its_least_patched_process() {
         running(1, "/usr/lib/libdemo.so.1", &a, vec![applied(1, 2, true)]),
         running(2, "/usr/lib/libdemo.so.1", &a, vec![applied(2, 1, true)]),
         running(2, "/usr/bin/demo", &b, vec![]),
-        running(
-            3,
-            "/usr/lib/libdemo.so.1",
-            &a,
-            vec![applied(3, 3, false), applied(3, 2, true)],
-        ),
+        running(3, "/usr/lib/libdemo.so.1", &a, vec![applied(3, 3, false), applied(3, 2, true)]),
     ];
     let r = summarize(&list);
     assert_eq!(r.len(), 2);
     let lib = r.iter().find(|t| t.build_id == a).expect("lib");
-    assert_eq!(
-        (lib.file_name.as_str(), lib.processes, lib.applied_level),
-        ("libdemo.so.1", 3, 1)
-    );
+    assert_eq!((lib.file_name.as_str(), lib.processes, lib.applied_level), ("libdemo.so.1", 3, 1));
     assert_eq!(lib.applied_patch_id.as_deref(), Some("fix-1"));
     let bin = r.iter().find(|t| t.build_id == b).expect("bin");
-    assert_eq!(
-        (
-            bin.file_name.as_str(),
-            bin.applied_level,
-            bin.applied_patch_id.clone()
-        ),
-        ("demo", 0, None)
-    );
+    assert_eq!((bin.file_name.as_str(), bin.applied_level, bin.applied_patch_id.clone()), ("demo", 0, None));
     // A new, unpatched process of the same target drops the level to 0.
     let mut more = list.clone();
     more.push(running(4, "/usr/lib/libdemo.so.1", &a, vec![]));
-    assert_eq!(
-        summarize(&more)
-            .iter()
-            .find(|t| t.build_id == a)
-            .map(|t| t.applied_level),
-        Some(0)
-    );
+    assert_eq!(summarize(&more).iter().find(|t| t.build_id == a).map(|t| t.applied_level), Some(0));
 }

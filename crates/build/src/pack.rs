@@ -2,8 +2,7 @@
 
 use hotpatch_elf::{SymbolKind, SymbolTable, TargetElf};
 use hotpatch_format::{
-    Classification, FORMAT_VERSION, FunctionPatch, MIN_SITE_SIZE, Machine, Manifest, Target, check_payload,
-    sha256_hex,
+    Classification, FORMAT_VERSION, FunctionPatch, MIN_SITE_SIZE, Machine, Manifest, Target, check_payload, sha256_hex,
 };
 use object::{Object, ObjectSymbol, SymbolKind as ObjKind};
 

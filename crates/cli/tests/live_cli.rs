@@ -93,7 +93,7 @@ fn apply_status_rollback_and_permission_denied() {
     assert_eq!(status[0]["patch_id"], applied["patch_id"]);
     assert_eq!(status[0]["active"], true);
     let all = json(&run(&["--json", "status"]));
-    assert!(all.as_array().unwrap().iter().any(|a| a["pid"].to_string() == pid));
+    assert!(all.as_array().unwrap().iter().any(|a| a["pid"].as_i64() == pid.parse::<i64>().ok()));
 
     let back = json(&run(&["--json", "rollback", "--pid", &pid]));
     assert_eq!(back["patch_id"], applied["patch_id"]);

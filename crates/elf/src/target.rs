@@ -137,11 +137,7 @@ pub fn debug_file_path(build_id: &[u8]) -> Option<PathBuf> {
     if rest.is_empty() {
         return None;
     }
-    Some(PathBuf::from(format!(
-        "/usr/lib/debug/.build-id/{:02x}/{}.debug",
-        first,
-        hex::encode(rest)
-    )))
+    Some(PathBuf::from(format!("/usr/lib/debug/.build-id/{:02x}/{}.debug", first, hex::encode(rest))))
 }
 
 /// The GNU build-id from the first bytes of an ELF file, when its program

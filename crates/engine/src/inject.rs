@@ -86,6 +86,7 @@ impl<'m> Injector<'m> {
         }
         inj.saved = ptrace::get_regs(tid).map_err(|e| EngineError::Ptrace { tid, op: "getregs", source: e })?;
         ptrace::restart_interrupted_syscall(&mut inj.saved);
+        ptrace::restart_without_restart_block(&mut inj.saved);
         Ok(inj)
     }
 

@@ -97,6 +97,21 @@ pub fn wait(tid: i32) -> io::Result<Stop> {
     })
 }
 
+const ERESTART_RESTARTBLOCK: u64 = (-516i64) as u64;
+const ERESTARTNOINTR: u64 = (-513i64) as u64;
+
+/// For a thread we borrow to run syscalls in: a sleep interrupted with
+/// `ERESTART_RESTARTBLOCK` resumes through the thread's restart block; rather
+/// than rely on it surviving the borrowed syscalls, asking
+/// the kernel to re-issue the original call instead is always safe: its
+/// arguments are still in the registers, and a relative sleep at worst sleeps
+/// its full time again.
+pub fn restart_without_restart_block(regs: &mut Regs) {
+    if (regs.orig_rax as i64) >= 0 && regs.rax == ERESTART_RESTARTBLOCK {
+        regs.rax = ERESTARTNOINTR;
+    }
+}
+
 /// A thread stopped inside a blocking syscall that the kernel would not restart
 /// by itself (`epoll_wait` and a few others answer `EINTR` to any interruption,
 /// ptrace's included). Turning the result into `ERESTARTNOHAND` makes the

@@ -193,8 +193,8 @@ fn function_in_a_shared_library() {
 #[test]
 fn static_function_whose_name_exists_in_two_files() {
     let dir = Dir::new();
-    dir.write("a.c", "__attribute__((noinline)) static int helper(int x) { return x + 1; }\nint from_a(int x) { return helper(x); }\n");
-    dir.write("b.c", "__attribute__((noinline)) static int helper(int x) { return x + 2; }\nint from_b(int x) { return helper(x); }\n");
+    dir.write("a.c", "__attribute__((noinline)) static int helper(int x) { volatile int y = x; return y + 1; }\nint from_a(int x) { return helper(x); }\n");
+    dir.write("b.c", "__attribute__((noinline)) static int helper(int x) { volatile int y = x; return y + 2; }\nint from_b(int x) { return helper(x); }\n");
     dir.write(
         "main.c",
         "#include <stdio.h>\n#include <unistd.h>\nint from_a(int); int from_b(int);\n\

@@ -87,20 +87,15 @@ impl SecretKey {
     /// Writes the key readable by its owner only; refuses to replace a file.
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| {
+        let mut file =
+            fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|source| {
                 if source.kind() == std::io::ErrorKind::AlreadyExists {
                     KeyError::Exists(path.into())
                 } else {
                     KeyError::Write { path: path.into(), source }
                 }
             })?;
-        file.write_all(self.to_text().as_bytes())
-            .map_err(|source| KeyError::Write { path: path.into(), source })
+        file.write_all(self.to_text().as_bytes()).map_err(|source| KeyError::Write { path: path.into(), source })
     }
 
     pub(crate) fn sign(&self, message: &[u8]) -> [u8; 64] {
@@ -173,9 +168,7 @@ fn parse_tagged(text: &str, tag: &str, origin: &str) -> Result<[u8; 32], KeyErro
         return Err(malformed("unexpected text after the key value".into()));
     }
     let bytes = hex::decode(value).map_err(|_| malformed("key value is not hex".into()))?;
-    bytes
-        .try_into()
-        .map_err(|v: Vec<u8>| malformed(format!("key value is {} bytes, expected 32", v.len())))
+    bytes.try_into().map_err(|v: Vec<u8>| malformed(format!("key value is {} bytes, expected 32", v.len())))
 }
 
 fn truncate(s: &str) -> String {

@@ -124,7 +124,7 @@ fn is_lower_hex(s: &str) -> bool {
 }
 
 fn check_hex(field: &str, value: &str, bytes: std::ops::RangeInclusive<usize>) -> Result<(), FormatError> {
-    if !is_lower_hex(value) || value.len() % 2 != 0 || !bytes.contains(&(value.len() / 2)) {
+    if !is_lower_hex(value) || !value.len().is_multiple_of(2) || !bytes.contains(&(value.len() / 2)) {
         return Err(bad(format!(
             "{field} must be lower-case hex of {} to {} bytes, found {:?}",
             bytes.start(),
@@ -182,11 +182,7 @@ impl Manifest {
     /// Checks every field's shape; the package layer checks hashes and signature.
     pub fn validate(&self) -> Result<(), FormatError> {
         if self.format_version != crate::FORMAT_VERSION {
-            return Err(bad(format!(
-                "format_version is {}, expected {}",
-                self.format_version,
-                crate::FORMAT_VERSION
-            )));
+            return Err(bad(format!("format_version is {}, expected {}", self.format_version, crate::FORMAT_VERSION)));
         }
         check_patch_id(&self.patch_id)?;
         check_text("product", &self.product, 1, 128)?;

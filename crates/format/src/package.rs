@@ -33,13 +33,11 @@ pub struct VerifiedPackage {
 }
 
 fn take<'a>(bytes: &'a [u8], at: usize, len: usize, what: &'static str) -> Result<&'a [u8], FormatError> {
-    at.checked_add(len)
-        .and_then(|end| bytes.get(at..end))
-        .ok_or(FormatError::Truncated {
-            what,
-            needed: (at as u64).saturating_add(len as u64),
-            available: bytes.len() as u64,
-        })
+    at.checked_add(len).and_then(|end| bytes.get(at..end)).ok_or(FormatError::Truncated {
+        what,
+        needed: (at as u64).saturating_add(len as u64),
+        available: bytes.len() as u64,
+    })
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> u16 {
@@ -91,8 +89,8 @@ impl Package {
             return Err(FormatError::TrailingBytes((bytes.len() - end) as u64));
         }
 
-        let manifest: Manifest =
-            serde_json::from_slice(manifest_bytes).map_err(|e| FormatError::Manifest(format!("not valid JSON: {e}")))?;
+        let manifest: Manifest = serde_json::from_slice(manifest_bytes)
+            .map_err(|e| FormatError::Manifest(format!("not valid JSON: {e}")))?;
         manifest.validate()?;
         let actual = sha256_hex(payload);
         if actual != manifest.payload_sha256 {

@@ -29,7 +29,8 @@ pub fn check_payload(payload: &[u8], machine: Machine) -> Result<(), FormatError
     }
     let e_machine = header.e_machine(endian);
     if e_machine != machine.elf_machine() {
-        let found = Machine::from_elf(e_machine).map(|m| m.to_string()).unwrap_or_else(|| format!("e_machine {e_machine}"));
+        let found =
+            Machine::from_elf(e_machine).map(|m| m.to_string()).unwrap_or_else(|| format!("e_machine {e_machine}"));
         return Err(bad(format!("object is for {found}, the target is {machine}")));
     }
     header.sections(endian, payload).map_err(|e| bad(format!("section headers are malformed: {e}")))?;

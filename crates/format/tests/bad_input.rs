@@ -6,8 +6,8 @@ mod common;
 
 use common::Fixture;
 use hotpatch_format::{
-    FormatError, HEADER_LEN, KEY_ID_LEN, KeyError, MAX_MANIFEST_LEN, MAX_PAYLOAD_LEN, Package,
-    PublicKey, SIGNATURE_BLOCK_LEN, SecretKey, TrustStore, check_payload, verify,
+    FormatError, HEADER_LEN, KEY_ID_LEN, KeyError, MAX_MANIFEST_LEN, MAX_PAYLOAD_LEN, Package, PublicKey,
+    SIGNATURE_BLOCK_LEN, SecretKey, TrustStore, check_payload, verify,
 };
 use std::sync::LazyLock;
 
@@ -22,8 +22,7 @@ struct Signed {
 impl Signed {
     fn new() -> Signed {
         let key = SecretKey::generate().expect("random key");
-        let bytes =
-            Package::build(FIXTURE.manifest(), &FIXTURE.fix_o, &key).expect("valid package builds");
+        let bytes = Package::build(FIXTURE.manifest(), &FIXTURE.fix_o, &key).expect("valid package builds");
         Signed { bytes, key }
     }
 
@@ -80,10 +79,7 @@ fn verify_err(bytes: &[u8], trust: &TrustStore) -> FormatError {
 fn assert_mentions(err: &impl std::fmt::Display, needles: &[&str]) {
     let msg = err.to_string();
     for needle in needles {
-        assert!(
-            msg.contains(needle),
-            "message {msg:?} does not mention {needle:?}"
-        );
+        assert!(msg.contains(needle), "message {msg:?} does not mention {needle:?}");
     }
 }
 
@@ -96,10 +92,7 @@ fn the_fixture_package_is_valid() {
     let verified = verify(&signed.bytes, &signed.trust()).expect("verifies");
     assert_eq!(verified.key_id, signed.key.public().id_hex());
     assert_eq!(verified.manifest.functions[0].symbol, "check");
-    assert_eq!(
-        signed.bytes.len(),
-        signed.block_start() + SIGNATURE_BLOCK_LEN
-    );
+    assert_eq!(signed.bytes.len(), signed.block_start() + SIGNATURE_BLOCK_LEN);
 }
 
 #[test]
@@ -123,26 +116,16 @@ fn every_truncation_is_refused_as_truncated() {
             "signature block"
         };
         match &err {
-            FormatError::Truncated {
-                what,
-                needed,
-                available,
-            } => {
+            FormatError::Truncated { what, needed, available } => {
                 assert_eq!(*what, expected_what, "prefix {len}");
                 assert_eq!(*available, len as u64);
                 assert!(*needed > len as u64, "prefix {len}: needed {needed}");
             }
             other => panic!("prefix {len}: expected Truncated, got {other:?}"),
         }
-        assert_mentions(
-            &err,
-            &["truncated", expected_what, &format!("only {len} present")],
-        );
+        assert_mentions(&err, &["truncated", expected_what, &format!("only {len} present")]);
         // verify goes through the same parser.
-        assert!(matches!(
-            verify(prefix, &signed.trust()),
-            Err(FormatError::Truncated { .. })
-        ));
+        assert!(matches!(verify(prefix, &signed.trust()), Err(FormatError::Truncated { .. })));
     }
 }
 
@@ -154,20 +137,13 @@ fn oversized_manifest_length_is_refused() {
         bytes[12..16].copy_from_slice(&len.to_le_bytes());
         let err = parse_err(&bytes);
         match &err {
-            FormatError::TooLarge {
-                what: "manifest",
-                len: l,
-                limit,
-            } => {
+            FormatError::TooLarge { what: "manifest", len: l, limit } => {
                 assert_eq!(*l, u64::from(len));
                 assert_eq!(*limit, MAX_MANIFEST_LEN as u64);
             }
             other => panic!("expected TooLarge manifest, got {other:?}"),
         }
-        assert_mentions(
-            &err,
-            &["manifest", &len.to_string(), "larger than the limit"],
-        );
+        assert_mentions(&err, &["manifest", &len.to_string(), "larger than the limit"]);
     }
 }
 
@@ -179,20 +155,13 @@ fn oversized_payload_length_is_refused() {
         bytes[16..20].copy_from_slice(&len.to_le_bytes());
         let err = parse_err(&bytes);
         match &err {
-            FormatError::TooLarge {
-                what: "payload",
-                len: l,
-                limit,
-            } => {
+            FormatError::TooLarge { what: "payload", len: l, limit } => {
                 assert_eq!(*l, u64::from(len));
                 assert_eq!(*limit, MAX_PAYLOAD_LEN as u64);
             }
             other => panic!("expected TooLarge payload, got {other:?}"),
         }
-        assert_mentions(
-            &err,
-            &["payload", &len.to_string(), "larger than the limit"],
-        );
+        assert_mentions(&err, &["payload", &len.to_string(), "larger than the limit"]);
     }
 }
 
@@ -202,31 +171,13 @@ fn length_fields_within_limits_but_beyond_the_file_are_truncation() {
     let mut bytes = signed.bytes.clone();
     bytes[16..20].copy_from_slice(&(MAX_PAYLOAD_LEN as u32).to_le_bytes());
     let err = parse_err(&bytes);
-    assert!(
-        matches!(
-            err,
-            FormatError::Truncated {
-                what: "payload",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, FormatError::Truncated { what: "payload", .. }), "{err:?}");
     assert_mentions(&err, &["truncated", "payload"]);
 
     let mut bytes = signed.bytes.clone();
     bytes[12..16].copy_from_slice(&(MAX_MANIFEST_LEN as u32).to_le_bytes());
     let err = parse_err(&bytes);
-    assert!(
-        matches!(
-            err,
-            FormatError::Truncated {
-                what: "manifest",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, FormatError::Truncated { what: "manifest", .. }), "{err:?}");
 }
 
 #[test]
@@ -258,13 +209,7 @@ fn wrong_version_is_refused() {
             }
             other => panic!("expected UnsupportedVersion, got {other:?}"),
         }
-        assert_mentions(
-            &err,
-            &[
-                "unsupported package format version",
-                &format!("version {version} "),
-            ],
-        );
+        assert_mentions(&err, &["unsupported package format version", &format!("version {version} ")]);
     }
 }
 
@@ -275,10 +220,7 @@ fn non_zero_reserved_field_is_refused() {
         let mut bytes = signed.bytes.clone();
         bytes[10..12].copy_from_slice(&reserved.to_le_bytes());
         let err = parse_err(&bytes);
-        assert!(
-            matches!(err, FormatError::ReservedNotZero(r) if r == reserved),
-            "{err:?}"
-        );
+        assert!(matches!(err, FormatError::ReservedNotZero(r) if r == reserved), "{err:?}");
         assert_mentions(&err, &["reserved", &format!("{reserved:#x}"), "must be 0"]);
     }
 }
@@ -290,17 +232,8 @@ fn trailing_bytes_are_refused() {
         let mut bytes = signed.bytes.clone();
         bytes.extend(std::iter::repeat_n(0u8, extra));
         let err = parse_err(&bytes);
-        assert!(
-            matches!(err, FormatError::TrailingBytes(n) if n == extra as u64),
-            "{err:?}"
-        );
-        assert_mentions(
-            &err,
-            &[
-                &format!("{extra} unexpected bytes"),
-                "after the signature block",
-            ],
-        );
+        assert!(matches!(err, FormatError::TrailingBytes(n) if n == extra as u64), "{err:?}");
+        assert_mentions(&err, &[&format!("{extra} unexpected bytes"), "after the signature block"]);
     }
 }
 
@@ -308,21 +241,13 @@ fn trailing_bytes_are_refused() {
 fn altered_payload_is_a_payload_hash_mismatch() {
     let signed = Signed::new();
     let expected = hotpatch_format::sha256_hex(&FIXTURE.fix_o);
-    for at in [
-        signed.payload_start(),
-        signed.payload_start() + 100,
-        signed.block_start() - 1,
-    ] {
+    for at in [signed.payload_start(), signed.payload_start() + 100, signed.block_start() - 1] {
         let mut bytes = signed.bytes.clone();
         bytes[at] ^= 0x01;
-        let actual =
-            hotpatch_format::sha256_hex(&bytes[signed.payload_start()..signed.block_start()]);
+        let actual = hotpatch_format::sha256_hex(&bytes[signed.payload_start()..signed.block_start()]);
         for err in [parse_err(&bytes), verify_err(&bytes, &signed.trust())] {
             match &err {
-                FormatError::PayloadHashMismatch {
-                    expected: e,
-                    actual: a,
-                } => {
+                FormatError::PayloadHashMismatch { expected: e, actual: a } => {
                     assert_eq!(e, &expected);
                     assert_eq!(a, &actual);
                 }
@@ -337,20 +262,13 @@ fn altered_payload_is_a_payload_hash_mismatch() {
 fn altered_signature_is_a_bad_signature() {
     let signed = Signed::new();
     let id = signed.key.public().id_hex();
-    for at in [
-        signed.block_start() + KEY_ID_LEN,
-        signed.bytes.len() - 1,
-        signed.block_start() + KEY_ID_LEN + 31,
-    ] {
+    for at in [signed.block_start() + KEY_ID_LEN, signed.bytes.len() - 1, signed.block_start() + KEY_ID_LEN + 31] {
         let mut bytes = signed.bytes.clone();
         bytes[at] ^= 0x80;
         // The structure is still fine: only verification notices.
         Package::parse(&bytes).expect("signature bytes are not checked by parse");
         let err = verify_err(&bytes, &signed.trust());
-        assert!(
-            matches!(&err, FormatError::BadSignature(k) if *k == id),
-            "byte {at}: {err:?}"
-        );
+        assert!(matches!(&err, FormatError::BadSignature(k) if *k == id), "byte {at}: {err:?}");
         assert_mentions(&err, &["bad signature", &id]);
     }
 }
@@ -405,10 +323,7 @@ fn altered_key_id_in_signature_block_is_a_key_id_mismatch() {
         }
         other => panic!("expected KeyIdMismatch, got {other:?}"),
     }
-    assert_mentions(
-        &err,
-        &["signature block names key", &signed.key.public().id_hex()],
-    );
+    assert_mentions(&err, &["signature block names key", &signed.key.public().id_hex()]);
 }
 
 #[test]
@@ -416,15 +331,9 @@ fn unknown_key_is_refused() {
     let signed = Signed::new();
     let other = SecretKey::generate().unwrap();
     let id = signed.key.public().id_hex();
-    for trust in [
-        TrustStore::from_keys([other.public()]),
-        TrustStore::default(),
-    ] {
+    for trust in [TrustStore::from_keys([other.public()]), TrustStore::default()] {
         let err = verify_err(&signed.bytes, &trust);
-        assert!(
-            matches!(&err, FormatError::UnknownKey(k) if *k == id),
-            "{err:?}"
-        );
+        assert!(matches!(&err, FormatError::UnknownKey(k) if *k == id), "{err:?}");
         assert_mentions(&err, &[&id, "not trusted"]);
     }
     // Trusting both is fine.
@@ -439,10 +348,7 @@ fn executable_payload_is_not_a_relocatable_object() {
     Package::parse(&bytes).expect("parse does not look inside the payload");
     let err = verify_err(&bytes, &TrustStore::from_keys([key.public()]));
     assert!(matches!(err, FormatError::Payload(_)), "{err:?}");
-    assert_mentions(
-        &err,
-        &["payload", "relocatable object", "ET_REL", "executable"],
-    );
+    assert_mentions(&err, &["payload", "relocatable object", "ET_REL", "executable"]);
 }
 
 #[test]
@@ -465,11 +371,7 @@ fn non_elf_payload_is_refused() {
 #[test]
 fn payload_for_the_wrong_machine_is_refused() {
     let mut object = FIXTURE.fix_o.clone();
-    assert_eq!(
-        u16::from_le_bytes([object[18], object[19]]),
-        62,
-        "gcc built an x86_64 object"
-    );
+    assert_eq!(u16::from_le_bytes([object[18], object[19]]), 62, "gcc built an x86_64 object");
     object[18..20].copy_from_slice(&183u16.to_le_bytes());
     let key = SecretKey::generate().unwrap();
     let bytes = Package::build(FIXTURE.manifest(), &object, &key).unwrap();
@@ -489,10 +391,7 @@ fn manifest_that_is_not_json_is_refused() {
     let signed = Signed::new();
     for manifest in [&b""[..], b"{", b"not json", b"\xff\xfe{}", b"[]", b"null"] {
         let err = parse_err(&signed.with_manifest(manifest));
-        assert!(
-            matches!(err, FormatError::Manifest(_)),
-            "{manifest:?}: {err:?}"
-        );
+        assert!(matches!(err, FormatError::Manifest(_)), "{manifest:?}: {err:?}");
         assert_mentions(&err, &["manifest is not valid", "not valid JSON"]);
     }
 }
@@ -520,8 +419,7 @@ fn manifest_with_unknown_field_is_refused() {
     // The unchanged manifest re-encoded compactly is still accepted: the
     // failures above are about the field, not about re-encoding.
     let value: serde_json::Value = serde_json::from_slice(signed.manifest_bytes()).unwrap();
-    Package::parse(&signed.with_manifest(&serde_json::to_vec(&value).unwrap()))
-        .expect("re-encoded manifest parses");
+    Package::parse(&signed.with_manifest(&serde_json::to_vec(&value).unwrap())).expect("re-encoded manifest parses");
 }
 
 #[test]
@@ -541,10 +439,7 @@ fn function_too_small_for_a_jump_is_refused() {
     manifest.functions[0].size = 3;
     let err = Package::build(manifest, &FIXTURE.fix_o, &key).unwrap_err();
     assert!(matches!(err, FormatError::Manifest(_)), "{err:?}");
-    assert_mentions(
-        &err,
-        &["function check is 3 bytes", "too small", "5-byte jump"],
-    );
+    assert_mentions(&err, &["function check is 3 bytes", "too small", "5-byte jump"]);
 
     // The same manifest arriving inside a package is refused by parse.
     let signed = Signed::new();
@@ -565,30 +460,15 @@ fn other_invalid_manifest_fields_are_named() {
     let key = SecretKey::generate().unwrap();
     type Change = Box<dyn Fn(&mut hotpatch_format::Manifest)>;
     let cases: Vec<(Change, &str)> = vec![
-        (
-            Box::new(|m| m.patch_id = "-starts-with-dash".into()),
-            "patch_id",
-        ),
+        (Box::new(|m| m.patch_id = "-starts-with-dash".into()), "patch_id"),
         (Box::new(|m| m.patch_id = "has/slash".into()), "patch_id"),
         (Box::new(|m| m.level = 0), "level must be at least 1"),
-        (
-            Box::new(|m| m.cves = vec!["CVE-24-1".into()]),
-            "is not a CVE id",
-        ),
-        (
-            Box::new(|m| m.target.build_id = "ABCD".into()),
-            "target.build_id",
-        ),
-        (
-            Box::new(|m| m.target.file_name = "usr/bin/base".into()),
-            "not a path",
-        ),
+        (Box::new(|m| m.cves = vec!["CVE-24-1".into()]), "is not a CVE id"),
+        (Box::new(|m| m.target.build_id = "ABCD".into()), "target.build_id"),
+        (Box::new(|m| m.target.file_name = "usr/bin/base".into()), "not a path"),
         (Box::new(|m| m.created = "yesterday".into()), "RFC 3339"),
         (Box::new(|m| m.functions.clear()), "functions is empty"),
-        (
-            Box::new(|m| m.description = "bell\u{7}".into()),
-            "control characters",
-        ),
+        (Box::new(|m| m.description = "bell\u{7}".into()), "control characters"),
         (Box::new(|m| m.format_version = 2), "format_version is 2"),
         (
             Box::new(|m| {
@@ -614,33 +494,18 @@ fn malformed_key_text_is_refused() {
     let public_text = key.public().to_text();
     let hex64 = "ab".repeat(32);
     let cases = [
-        (
-            "".to_owned(),
-            "expected a line starting with \"hotpatch-secret-key-v1\"",
-        ),
+        ("".to_owned(), "expected a line starting with \"hotpatch-secret-key-v1\""),
         ("garbage".to_owned(), "found \"garbage\""),
         (public_text.clone(), "found \"hotpatch-public-key-v1\""),
         ("hotpatch-secret-key-v1".to_owned(), "key value missing"),
         ("hotpatch-secret-key-v1 zz".to_owned(), "not hex"),
-        (
-            "hotpatch-secret-key-v1 abcd".to_owned(),
-            "2 bytes, expected 32",
-        ),
-        (
-            format!("hotpatch-secret-key-v1 {hex64}00"),
-            "33 bytes, expected 32",
-        ),
-        (
-            format!("hotpatch-secret-key-v1 {hex64} extra"),
-            "unexpected text after the key value",
-        ),
+        ("hotpatch-secret-key-v1 abcd".to_owned(), "2 bytes, expected 32"),
+        (format!("hotpatch-secret-key-v1 {hex64}00"), "33 bytes, expected 32"),
+        (format!("hotpatch-secret-key-v1 {hex64} extra"), "unexpected text after the key value"),
     ];
     for (text, needle) in &cases {
         let err = SecretKey::parse(text, "test.key").unwrap_err();
-        assert!(
-            matches!(&err, KeyError::Malformed { path, .. } if path == "test.key"),
-            "{text:?}: {err:?}"
-        );
+        assert!(matches!(&err, KeyError::Malformed { path, .. } if path == "test.key"), "{text:?}: {err:?}");
         assert_mentions(&err, &["test.key", needle]);
     }
     let err = PublicKey::parse(&secret_text, "test.pub").unwrap_err();
@@ -648,10 +513,7 @@ fn malformed_key_text_is_refused() {
     assert_mentions(&err, &["test.pub", "hotpatch-public-key-v1"]);
 
     // Well-formed text round-trips.
-    assert_eq!(
-        SecretKey::parse(&secret_text, "k").unwrap().public(),
-        key.public()
-    );
+    assert_eq!(SecretKey::parse(&secret_text, "k").unwrap().public(), key.public());
     assert_eq!(PublicKey::parse(&public_text, "k").unwrap(), key.public());
 }
 
@@ -679,11 +541,7 @@ fn saving_a_secret_key_never_overwrites() {
     let err = second.save(&path).unwrap_err();
     assert!(matches!(&err, KeyError::Exists(p) if *p == path), "{err:?}");
     assert_mentions(&err, &["refusing to overwrite", "publisher.key"]);
-    assert_eq!(
-        std::fs::read(&path).unwrap(),
-        before,
-        "the existing key was changed"
-    );
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the existing key was changed");
 
     // Any existing file counts, not only key files.
     let other = dir.path().join("notes.txt");

@@ -6,8 +6,8 @@ mod common;
 
 use common::Fixture;
 use hotpatch_format::{
-    Classification, FORMAT_VERSION, FormatError, FunctionPatch, Machine, Manifest, Package,
-    SecretKey, Target, TrustStore, sha256_hex, verify,
+    Classification, FORMAT_VERSION, FormatError, FunctionPatch, Machine, Manifest, Package, SecretKey, Target,
+    TrustStore, sha256_hex, verify,
 };
 use proptest::prelude::*;
 use std::sync::LazyLock;
@@ -27,15 +27,13 @@ fn function() -> impl Strategy<Value = FunctionPatch> {
         any::<[u8; 32]>(),
         "[A-Za-z_][A-Za-z0-9_.]{0,40}",
     )
-        .prop_map(
-            |(symbol, file, size, original, replacement)| FunctionPatch {
-                symbol,
-                file,
-                size,
-                original_sha256: hex::encode(original),
-                replacement,
-            },
-        )
+        .prop_map(|(symbol, file, size, original, replacement)| FunctionPatch {
+            symbol,
+            file,
+            size,
+            original_sha256: hex::encode(original),
+            replacement,
+        })
 }
 
 prop_compose! {
@@ -106,16 +104,11 @@ enum Mutation {
 fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         (any::<prop::sample::Index>(), 1u8..).prop_map(|(at, mask)| Mutation::Flip { at, mask }),
-        (any::<prop::sample::Index>(), any::<u8>())
-            .prop_map(|(at, value)| Mutation::Set { at, value }),
+        (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(at, value)| Mutation::Set { at, value }),
         any::<prop::sample::Index>().prop_map(|to| Mutation::Truncate { to }),
-        (
-            any::<prop::sample::Index>(),
-            proptest::collection::vec(any::<u8>(), 1..16)
-        )
+        (any::<prop::sample::Index>(), proptest::collection::vec(any::<u8>(), 1..16))
             .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
-        (any::<prop::sample::Index>(), 1usize..64)
-            .prop_map(|(at, len)| Mutation::Remove { at, len }),
+        (any::<prop::sample::Index>(), 1usize..64).prop_map(|(at, len)| Mutation::Remove { at, len }),
         (0usize..=20, any::<u32>()).prop_map(|(at, value)| Mutation::Word { at, value }),
     ]
 }

@@ -25,18 +25,10 @@ pub enum LinkError {
     UnsupportedSymbol { symbol: String, reason: String },
     /// A relocation type this linker does not implement.
     #[error("unsupported relocation {kind} in section {section} at offset 0x{offset:x}")]
-    UnsupportedRelocation {
-        kind: String,
-        section: String,
-        offset: u64,
-    },
+    UnsupportedRelocation { kind: String, section: String, offset: u64 },
     /// A relocation that is malformed (bad place, bad symbol index, ...).
     #[error("bad relocation in section {section} at offset 0x{offset:x}: {reason}")]
-    BadRelocation {
-        section: String,
-        offset: u64,
-        reason: String,
-    },
+    BadRelocation { section: String, offset: u64, reason: String },
     /// A non-weak undefined symbol the resolver does not know.
     #[error("undefined symbol {0}: not provided by the target process")]
     UndefinedSymbol(String),
@@ -45,23 +37,10 @@ pub enum LinkError {
         "{relocation} against {symbol} at 0x{place:x} cannot reach 0x{target:x}: distance {distance} bytes does not fit in a signed 32-bit displacement",
         distance = signed_distance(*.place, *.target)
     )]
-    OutOfRange {
-        relocation: &'static str,
-        symbol: String,
-        place: u64,
-        target: u64,
-    },
+    OutOfRange { relocation: &'static str, symbol: String, place: u64, target: u64 },
     /// An absolute 32-bit relocation whose value does not fit its field.
-    #[error(
-        "{relocation} against {symbol} at 0x{place:x}: value 0x{value:x} does not fit in a {field} field"
-    )]
-    ValueOutOfRange {
-        relocation: &'static str,
-        symbol: String,
-        place: u64,
-        value: u64,
-        field: &'static str,
-    },
+    #[error("{relocation} against {symbol} at 0x{place:x}: value 0x{value:x} does not fit in a {field} field")]
+    ValueOutOfRange { relocation: &'static str, symbol: String, place: u64, value: u64, field: &'static str },
     /// The laid-out region would exceed [`crate::MAX_REGION_SIZE`].
     #[error("patch region would be {size} bytes, more than the limit of {max} bytes")]
     RegionTooLarge { size: u64, max: u64 },

@@ -91,9 +91,8 @@ pub(crate) fn read(payload: &[u8]) -> Result<Input, LinkError> {
     // naturally aligned; a payload cut out of a package may not be.
     let mut buf = vec![0u8; payload.len() + 8];
     let pad = buf.as_ptr().align_offset(8).min(8);
-    let data = buf
-        .get_mut(pad..pad + payload.len())
-        .ok_or_else(|| LinkError::Malformed("cannot buffer payload".into()))?;
+    let data =
+        buf.get_mut(pad..pad + payload.len()).ok_or_else(|| LinkError::Malformed("cannot buffer payload".into()))?;
     data.copy_from_slice(payload);
     let data: &[u8] = data;
 
@@ -140,68 +139,36 @@ pub(crate) fn read(payload: &[u8]) -> Result<Input, LinkError> {
                 let data = if sh.sh_type(endian) == elf::SHT_NOBITS {
                     None
                 } else {
-                    let bytes = sh.data(endian, data).map_err(|_| {
-                        LinkError::Malformed(format!(
-                            "section {name}: contents lie outside the file"
-                        ))
-                    })?;
+                    let bytes = sh
+                        .data(endian, data)
+                        .map_err(|_| LinkError::Malformed(format!("section {name}: contents lie outside the file")))?;
                     Some(bytes.to_vec())
                 };
                 if let Some(slot) = loaded_of.get_mut(index.0) {
                     *slot = Some(loaded.len());
                 }
-                loaded.push(Section {
-                    name,
-                    part,
-                    align,
-                    size,
-                    data,
-                    unwind,
-                    relocs: Vec::new(),
-                });
+                loaded.push(Section { name, part, align, size, data, unwind, relocs: Vec::new() });
             }
         }
     }
 
     let symbols = read_symbols(&symtab, endian, &loaded_of, &dropped, &loaded, &sections)?;
-    read_relocations(
-        &sections,
-        endian,
-        data,
-        symtab.section(),
-        &loaded_of,
-        &mut loaded,
-        &symbols,
-    )?;
-    Ok(Input {
-        sections: loaded,
-        symbols,
-    })
+    read_relocations(&sections, endian, data, symtab.section(), &loaded_of, &mut loaded, &symbols)?;
+    Ok(Input { sections: loaded, symbols })
 }
 
 fn check_ident(data: &[u8]) -> Result<(), LinkError> {
-    let ident = data.get(..16).ok_or_else(|| {
-        LinkError::Malformed(format!(
-            "only {} bytes, too short for an ELF header",
-            data.len()
-        ))
-    })?;
+    let ident = data
+        .get(..16)
+        .ok_or_else(|| LinkError::Malformed(format!("only {} bytes, too short for an ELF header", data.len())))?;
     if ident[..4] != elf::ELFMAG {
-        return Err(LinkError::Malformed(
-            "no ELF magic number (\\x7fELF) at the start".into(),
-        ));
+        return Err(LinkError::Malformed("no ELF magic number (\\x7fELF) at the start".into()));
     }
     if ident[4] != elf::ELFCLASS64 {
-        return Err(LinkError::WrongClass(format!(
-            "EI_CLASS is {}, expected 2 (ELFCLASS64)",
-            ident[4]
-        )));
+        return Err(LinkError::WrongClass(format!("EI_CLASS is {}, expected 2 (ELFCLASS64)", ident[4])));
     }
     if ident[5] != elf::ELFDATA2LSB {
-        return Err(LinkError::WrongClass(format!(
-            "EI_DATA is {}, expected 1 (ELFDATA2LSB)",
-            ident[5]
-        )));
+        return Err(LinkError::WrongClass(format!("EI_DATA is {}, expected 1 (ELFDATA2LSB)", ident[5])));
     }
     Ok(())
 }
@@ -218,19 +185,11 @@ fn section_name(
 }
 
 fn unsupported(section: &str, reason: impl Into<String>) -> LinkError {
-    LinkError::UnsupportedSection {
-        section: section.to_string(),
-        reason: reason.into(),
-    }
+    LinkError::UnsupportedSection { section: section.to_string(), reason: reason.into() }
 }
 
 fn name_in(name: &str, prefixes: &[&str]) -> bool {
-    prefixes.iter().any(|p| {
-        name == *p
-            || name
-                .strip_prefix(p)
-                .is_some_and(|rest| rest.starts_with('.'))
-    })
+    prefixes.iter().any(|p| name == *p || name.strip_prefix(p).is_some_and(|rest| rest.starts_with('.')))
 }
 
 fn disposition(
@@ -245,29 +204,11 @@ fn disposition(
         return Ok(Disposition::Ignore);
     }
     if flags & u64::from(elf::SHF_TLS) != 0 {
-        return Err(unsupported(
-            name,
-            "thread-local storage: a patch region cannot add TLS to a running process",
-        ));
+        return Err(unsupported(name, "thread-local storage: a patch region cannot add TLS to a running process"));
     }
-    let constructor_types = [
-        elf::SHT_INIT_ARRAY,
-        elf::SHT_FINI_ARRAY,
-        elf::SHT_PREINIT_ARRAY,
-    ];
+    let constructor_types = [elf::SHT_INIT_ARRAY, elf::SHT_FINI_ARRAY, elf::SHT_PREINIT_ARRAY];
     if constructor_types.contains(&sh_type)
-        || name_in(
-            name,
-            &[
-                ".init_array",
-                ".fini_array",
-                ".preinit_array",
-                ".ctors",
-                ".dtors",
-                ".init",
-                ".fini",
-            ],
-        )
+        || name_in(name, &[".init_array", ".fini_array", ".preinit_array", ".ctors", ".dtors", ".init", ".fini"])
     {
         return Err(unsupported(
             name,
@@ -283,10 +224,7 @@ fn disposition(
         elf::SHT_NOTE => return Ok(Disposition::Drop),
         elf::SHT_PROGBITS | elf::SHT_NOBITS => {}
         other => {
-            return Err(unsupported(
-                name,
-                format!("section type 0x{other:x} is not code or data"),
-            ));
+            return Err(unsupported(name, format!("section type 0x{other:x} is not code or data")));
         }
     }
     let write = flags & u64::from(elf::SHF_WRITE) != 0;
@@ -314,12 +252,9 @@ fn read_symbols(
     let mut out = Vec::with_capacity(symtab.len());
     for (index, sym) in symtab.enumerate() {
         let st_type = sym.st_type();
-        let raw_name = symtab.symbol_name(endian, sym).map_err(|_| {
-            LinkError::Malformed(format!(
-                "symbol #{}: name lies outside the string table",
-                index.0
-            ))
-        })?;
+        let raw_name = symtab
+            .symbol_name(endian, sym)
+            .map_err(|_| LinkError::Malformed(format!("symbol #{}: name lies outside the string table", index.0)))?;
         let mut name = String::from_utf8(raw_name.to_vec())
             .map_err(|_| LinkError::Malformed(format!("symbol #{}: name is not UTF-8", index.0)))?;
         let anonymous = matches!(st_type, elf::STT_SECTION | elf::STT_FILE) || name.is_empty();
@@ -333,36 +268,24 @@ fn read_symbols(
             if !align.is_power_of_two() || align > MAX_ALIGN {
                 return Err(LinkError::UnsupportedSymbol {
                     symbol: name,
-                    reason: format!(
-                        "common symbol alignment {align} is not a power of two up to {MAX_ALIGN}"
-                    ),
+                    reason: format!("common symbol alignment {align} is not a power of two up to {MAX_ALIGN}"),
                 });
             }
-            Def::Common {
-                size: sym.st_size(endian),
-                align,
-            }
+            Def::Common { size: sym.st_size(endian), align }
         } else {
             match symtab.symbol_section(endian, sym, index)? {
-                None if shndx == elf::SHN_UNDEF || shndx == elf::SHN_XINDEX => Def::Undefined {
-                    weak: sym.st_bind() == elf::STB_WEAK,
-                },
+                None if shndx == elf::SHN_UNDEF || shndx == elf::SHN_XINDEX => {
+                    Def::Undefined { weak: sym.st_bind() == elf::STB_WEAK }
+                }
                 None => {
                     return Err(LinkError::UnsupportedSymbol {
                         symbol: display_name(&name, index),
                         reason: format!("reserved section index 0x{shndx:x}"),
                     });
                 }
-                Some(SectionIndex(s)) => section_def(
-                    s,
-                    sym.st_value(endian),
-                    &name,
-                    index,
-                    loaded_of,
-                    dropped,
-                    loaded,
-                    sections,
-                )?,
+                Some(SectionIndex(s)) => {
+                    section_def(s, sym.st_value(endian), &name, index, loaded_of, dropped, loaded, sections)?
+                }
             }
         };
         if st_type == elf::STT_SECTION {
@@ -376,15 +299,11 @@ fn read_symbols(
         if matches!(def, Def::Section { .. }) && st_type == elf::STT_GNU_IFUNC {
             return Err(LinkError::UnsupportedSymbol {
                 symbol: name,
-                reason: "indirect function (IFUNC) definitions need a run-time resolver call"
-                    .into(),
+                reason: "indirect function (IFUNC) definitions need a run-time resolver call".into(),
             });
         }
         if matches!(def, Def::Undefined { .. }) && name.is_empty() {
-            return Err(LinkError::Malformed(format!(
-                "symbol #{} is undefined and has no name",
-                index.0
-            )));
+            return Err(LinkError::Malformed(format!("symbol #{} is undefined and has no name", index.0)));
         }
         out.push(Symbol {
             name,
@@ -398,11 +317,7 @@ fn read_symbols(
 }
 
 fn display_name(name: &str, index: SymbolIndex) -> String {
-    if name.is_empty() {
-        format!("#{}", index.0)
-    } else {
-        name.to_string()
-    }
+    if name.is_empty() { format!("#{}", index.0) } else { name.to_string() }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -431,16 +346,9 @@ fn section_def(
                 display_name(name, index)
             )));
         }
-        return Ok(Def::Section {
-            section: l,
-            offset: value,
-        });
+        return Ok(Def::Section { section: l, offset: value });
     }
-    let section = dropped
-        .get(s)
-        .cloned()
-        .flatten()
-        .unwrap_or_else(|| format!("#{s}"));
+    let section = dropped.get(s).cloned().flatten().unwrap_or_else(|| format!("#{s}"));
     Ok(Def::Dropped { section })
 }
 
@@ -465,19 +373,14 @@ fn read_relocations(
         };
         let rel_name = section_name(sections, endian, sh);
         if sh_type == elf::SHT_REL {
-            return Err(unsupported(
-                &rel_name,
-                "SHT_REL relocations (x86_64 objects use SHT_RELA)",
-            ));
+            return Err(unsupported(&rel_name, "SHT_REL relocations (x86_64 objects use SHT_RELA)"));
         }
         if sh.sh_link(endian) as usize != symtab_index.0 || symtab_index.0 == 0 {
             return Err(LinkError::Malformed(format!(
                 "relocation section {rel_name} does not refer to the symbol table"
             )));
         }
-        let Some((relas, _)) = sh
-            .rela(endian, data)
-            .map_err(|e| LinkError::Malformed(format!("{rel_name}: {e}")))?
+        let Some((relas, _)) = sh.rela(endian, data).map_err(|e| LinkError::Malformed(format!("{rel_name}: {e}")))?
         else {
             continue;
         };
@@ -488,27 +391,18 @@ fn read_relocations(
             let offset = rela.r_offset(endian);
             let r_type = rela.r_type(endian, false);
             let sym = rela.r_sym(endian, false) as usize;
-            let bad = |reason: String| LinkError::BadRelocation {
+            let bad = |reason: String| LinkError::BadRelocation { section: section.name.clone(), offset, reason };
+            let kind = RelocKind::from_elf(r_type).ok_or_else(|| LinkError::UnsupportedRelocation {
+                kind: format!("{r_type} ({})", reloc::type_name(r_type)),
                 section: section.name.clone(),
                 offset,
-                reason,
-            };
-            let kind =
-                RelocKind::from_elf(r_type).ok_or_else(|| LinkError::UnsupportedRelocation {
-                    kind: format!("{r_type} ({})", reloc::type_name(r_type)),
-                    section: section.name.clone(),
-                    offset,
-                })?;
+            })?;
             if kind == RelocKind::None {
                 continue;
             }
-            let end = offset
-                .checked_add(kind.width())
-                .ok_or_else(|| bad("offset overflows".into()))?;
+            let end = offset.checked_add(kind.width()).ok_or_else(|| bad("offset overflows".into()))?;
             if section.data.is_none() {
-                return Err(bad(
-                    "relocation in a section without contents (SHT_NOBITS)".into()
-                ));
+                return Err(bad("relocation in a section without contents (SHT_NOBITS)".into()));
             }
             if end > section.size {
                 return Err(bad(format!(
@@ -517,21 +411,14 @@ fn read_relocations(
                     section.size
                 )));
             }
-            let symbol = symbols
-                .get(sym)
-                .ok_or_else(|| bad(format!("symbol index {sym} is out of range")))?;
+            let symbol = symbols.get(sym).ok_or_else(|| bad(format!("symbol index {sym} is out of range")))?;
             if let Def::Dropped { section: where_ } = &symbol.def {
                 return Err(bad(format!(
                     "refers to {}, defined in section {where_}, which is not loaded",
                     symbol.name
                 )));
             }
-            section.relocs.push(Reloc {
-                offset,
-                kind,
-                symbol: sym,
-                addend: rela.r_addend(endian),
-            });
+            section.relocs.push(Reloc { offset, kind, symbol: sym, addend: rela.r_addend(endian) });
         }
     }
     Ok(())

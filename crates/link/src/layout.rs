@@ -57,10 +57,7 @@ impl Cursor {
 fn checked(v: Option<u64>) -> Result<u64, LinkError> {
     match v {
         Some(v) if v <= MAX_REGION_SIZE => Ok(v),
-        _ => Err(LinkError::RegionTooLarge {
-            size: v.unwrap_or(u64::MAX),
-            max: MAX_REGION_SIZE,
-        }),
+        _ => Err(LinkError::RegionTooLarge { size: v.unwrap_or(u64::MAX), max: MAX_REGION_SIZE }),
     }
 }
 
@@ -112,15 +109,7 @@ pub(crate) fn plan(input: &Input, header_reserve: u64) -> Result<Layout, LinkErr
     }
     close(start, &mut cur, Prot::ReadWrite, &mut segments)?;
 
-    Ok(Layout {
-        sections,
-        stubs,
-        got,
-        common,
-        eh_frame,
-        segments,
-        size: cur.0,
-    })
+    Ok(Layout { sections, stubs, got, common, eh_frame, segments, size: cur.0 })
 }
 
 /// Symbols that need a stub slot (calls to targets outside the region) and
@@ -148,12 +137,7 @@ fn referenced(input: &Input) -> (Vec<usize>, Vec<usize>) {
     (stub.into_iter().collect(), got.into_iter().collect())
 }
 
-fn place(
-    input: &Input,
-    part: Part,
-    offsets: &mut [u64],
-    cur: &mut Cursor,
-) -> Result<(), LinkError> {
+fn place(input: &Input, part: Part, offsets: &mut [u64], cur: &mut Cursor) -> Result<(), LinkError> {
     // Contents first, then zero-fill, so bss does not sit between data.
     for want_data in [true, false] {
         for (i, s) in input.sections.iter().enumerate() {
@@ -171,11 +155,7 @@ fn place(
 /// `.eh_frame` sections back to back (a list of CIEs and FDEs may be
 /// concatenated), then the zero-length entry that ends the list, so the
 /// engine can hand the whole thing to an unwinder.
-fn place_unwind(
-    input: &Input,
-    offsets: &mut [u64],
-    cur: &mut Cursor,
-) -> Result<Option<(u64, u64)>, LinkError> {
+fn place_unwind(input: &Input, offsets: &mut [u64], cur: &mut Cursor) -> Result<Option<(u64, u64)>, LinkError> {
     let mut range: Option<(u64, u64)> = None;
     for (i, s) in input.sections.iter().enumerate().filter(|(_, s)| s.unwind) {
         // Padding between tables would be read as an entry, so they must abut.
@@ -205,19 +185,10 @@ fn place_unwind(
     Ok(range)
 }
 
-fn close(
-    start: u64,
-    cur: &mut Cursor,
-    prot: Prot,
-    segments: &mut Vec<Segment>,
-) -> Result<(), LinkError> {
+fn close(start: u64, cur: &mut Cursor, prot: Prot, segments: &mut Vec<Segment>) -> Result<(), LinkError> {
     let end = cur.align(PAGE)?;
     if end > start {
-        segments.push(Segment {
-            offset: start,
-            len: end - start,
-            prot,
-        });
+        segments.push(Segment { offset: start, len: end - start, prot });
     }
     Ok(())
 }

@@ -28,11 +28,7 @@ impl LinkPlan {
             size = layout.size,
             "payload laid out"
         );
-        Ok(LinkPlan {
-            input,
-            layout,
-            header_reserve: layout::round_up(header_reserve, PAGE)?,
-        })
+        Ok(LinkPlan { input, layout, header_reserve: layout::round_up(header_reserve, PAGE)? })
     }
 
     /// Total region size in bytes, a multiple of the page size.
@@ -80,34 +76,19 @@ impl LinkPlan {
     /// Links the payload to run at `base` (page aligned). `resolve` gives the
     /// address of an undefined symbol in the target process; it is asked once
     /// per name. A weak undefined symbol it does not know becomes 0.
-    pub fn link(
-        &self,
-        base: u64,
-        resolve: &mut dyn FnMut(&str) -> Option<u64>,
-    ) -> Result<LinkedImage, LinkError> {
+    pub fn link(&self, base: u64, resolve: &mut dyn FnMut(&str) -> Option<u64>) -> Result<LinkedImage, LinkError> {
         if base % PAGE != 0 {
-            return Err(LinkError::BadBase {
-                base,
-                reason: format!("not aligned to the {PAGE}-byte page"),
-            });
+            return Err(LinkError::BadBase { base, reason: format!("not aligned to the {PAGE}-byte page") });
         }
         if base.checked_add(self.layout.size).is_none() {
             return Err(LinkError::BadBase {
                 base,
-                reason: format!(
-                    "a region of {} bytes would pass the end of the address space",
-                    self.layout.size
-                ),
+                reason: format!("a region of {} bytes would pass the end of the address space", self.layout.size),
             });
         }
-        let size = usize::try_from(self.layout.size).map_err(|_| LinkError::RegionTooLarge {
-            size: self.layout.size,
-            max: layout::MAX_REGION_SIZE,
-        })?;
-        let mut image = Image {
-            base,
-            bytes: vec![0u8; size],
-        };
+        let size = usize::try_from(self.layout.size)
+            .map_err(|_| LinkError::RegionTooLarge { size: self.layout.size, max: layout::MAX_REGION_SIZE })?;
+        let mut image = Image { base, bytes: vec![0u8; size] };
         self.copy_sections(&mut image)?;
 
         let addresses = self.symbol_addresses(base, resolve)?;
@@ -121,24 +102,14 @@ impl LinkPlan {
         for (si, section) in self.input.sections.iter().enumerate() {
             let section_offset = self.layout.sections.get(si).copied().unwrap_or(0);
             for r in &section.relocs {
-                let offset = section_offset
-                    .checked_add(r.offset)
-                    .ok_or_else(|| too_far(&section.name, r.offset))?;
+                let offset = section_offset.checked_add(r.offset).ok_or_else(|| too_far(&section.name, r.offset))?;
                 let place = base.wrapping_add(offset);
-                let symbol = self
-                    .input
-                    .symbols
-                    .get(r.symbol)
-                    .map_or("#0", |s| s.name.as_str());
+                let symbol = self.input.symbols.get(r.symbol).map_or("#0", |s| s.name.as_str());
                 let mut s = addr(r.symbol);
                 match r.kind {
                     RelocKind::GotPcRel(_) => {
-                        let entry = self
-                            .layout
-                            .got
-                            .get(&r.symbol)
-                            .copied()
-                            .ok_or_else(|| internal("GOT entry missing"))?;
+                        let entry =
+                            self.layout.got.get(&r.symbol).copied().ok_or_else(|| internal("GOT entry missing"))?;
                         s = base.wrapping_add(entry);
                     }
                     RelocKind::Plt32 => {
@@ -175,35 +146,21 @@ impl LinkPlan {
                 image.write(offset, bytes.get(..n).unwrap_or(&[]), &section.name)?;
             }
         }
-        tracing::debug!(
-            base = format_args!("0x{base:x}"),
-            stubs_used = stubs_used.len(),
-            "payload linked"
-        );
+        tracing::debug!(base = format_args!("0x{base:x}"), stubs_used = stubs_used.len(), "payload linked");
 
         Ok(LinkedImage {
             base,
             bytes: image.bytes,
             segments: self.layout.segments.clone(),
             symbols: self.exported(&addresses),
-            eh_frame: self
-                .layout
-                .eh_frame
-                .map(|(start, end)| base.wrapping_add(start)..base.wrapping_add(end)),
+            eh_frame: self.layout.eh_frame.map(|(start, end)| base.wrapping_add(start)..base.wrapping_add(end)),
         })
     }
 
     fn copy_sections(&self, image: &mut Image) -> Result<(), LinkError> {
         // Padding in code traps (int3) rather than sliding into the next function.
-        for seg in self
-            .layout
-            .segments
-            .iter()
-            .filter(|s| s.prot == Prot::ReadExec)
-        {
-            let range = usize::try_from(seg.offset)
-                .ok()
-                .zip(usize::try_from(seg.offset + seg.len).ok());
+        for seg in self.layout.segments.iter().filter(|s| s.prot == Prot::ReadExec) {
+            let range = usize::try_from(seg.offset).ok().zip(usize::try_from(seg.offset + seg.len).ok());
             if let Some(slice) = range.and_then(|(a, b)| image.bytes.get_mut(a..b)) {
                 slice.fill(0xcc);
             }
@@ -218,11 +175,7 @@ impl LinkPlan {
 
     /// The address of every symbol, indexed like the symbol table; undefined
     /// ones are resolved here, each name once.
-    fn symbol_addresses(
-        &self,
-        base: u64,
-        resolve: &mut dyn FnMut(&str) -> Option<u64>,
-    ) -> Result<Vec<u64>, LinkError> {
+    fn symbol_addresses(&self, base: u64, resolve: &mut dyn FnMut(&str) -> Option<u64>) -> Result<Vec<u64>, LinkError> {
         let mut referenced = vec![false; self.input.symbols.len()];
         for r in self.input.sections.iter().flat_map(|s| s.relocs.iter()) {
             if let Some(slot) = referenced.get_mut(r.symbol) {
@@ -239,16 +192,12 @@ impl LinkPlan {
                     let start = self.layout.sections.get(*section).copied().unwrap_or(0);
                     base.wrapping_add(start).wrapping_add(*offset)
                 }
-                Def::Common { .. } => {
-                    base.wrapping_add(self.layout.common.get(&i).copied().unwrap_or(0))
-                }
+                Def::Common { .. } => base.wrapping_add(self.layout.common.get(&i).copied().unwrap_or(0)),
                 Def::Undefined { weak } => {
                     if !referenced.get(i).copied().unwrap_or(false) {
                         0
                     } else {
-                        let found = *known
-                            .entry(sym.name.as_str())
-                            .or_insert_with(|| resolve(&sym.name));
+                        let found = *known.entry(sym.name.as_str()).or_insert_with(|| resolve(&sym.name));
                         match (found, weak) {
                             (Some(a), _) => a,
                             (None, true) => 0,
@@ -292,18 +241,20 @@ impl Image {
         let dest = start
             .and_then(|s| s.checked_add(data.len()).map(|e| (s, e)))
             .and_then(|(s, e)| self.bytes.get_mut(s..e))
-            .ok_or_else(|| internal(&format!("{what}: write of {} bytes at offset 0x{offset:x} outside the region of base 0x{:x}", data.len(), self.base)))?;
+            .ok_or_else(|| {
+                internal(&format!(
+                    "{what}: write of {} bytes at offset 0x{offset:x} outside the region of base 0x{:x}",
+                    data.len(),
+                    self.base
+                ))
+            })?;
         dest.copy_from_slice(data);
         Ok(())
     }
 }
 
 fn too_far(section: &str, offset: u64) -> LinkError {
-    LinkError::BadRelocation {
-        section: section.to_string(),
-        offset,
-        reason: "place overflows the region".into(),
-    }
+    LinkError::BadRelocation { section: section.to_string(), offset, reason: "place overflows the region".into() }
 }
 
 fn internal(what: &str) -> LinkError {

@@ -47,11 +47,7 @@ impl RelocKind {
         match self {
             RelocKind::None => 0,
             RelocKind::Abs64 | RelocKind::Pc64 => 8,
-            RelocKind::Pc32
-            | RelocKind::Plt32
-            | RelocKind::GotPcRel(_)
-            | RelocKind::Abs32
-            | RelocKind::Abs32S => 4,
+            RelocKind::Pc32 | RelocKind::Plt32 | RelocKind::GotPcRel(_) | RelocKind::Abs32 | RelocKind::Abs32S => 4,
         }
     }
 
@@ -116,11 +112,7 @@ pub(crate) fn type_name(r_type: u32) -> &'static str {
         "R_X86_64_GOTPCRELX",
         "R_X86_64_REX_GOTPCRELX",
     ];
-    usize::try_from(r_type)
-        .ok()
-        .and_then(|i| NAMES.get(i))
-        .copied()
-        .unwrap_or("unknown")
+    usize::try_from(r_type).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or("unknown")
 }
 
 /// What a relocation evaluates to, before it is checked against its field.
@@ -175,10 +167,7 @@ mod tests {
     fn names_match_the_abi_numbers() {
         assert_eq!(type_name(elf::R_X86_64_TLSGD), "R_X86_64_TLSGD");
         assert_eq!(type_name(elf::R_X86_64_GOTOFF64), "R_X86_64_GOTOFF64");
-        assert_eq!(
-            type_name(elf::R_X86_64_REX_GOTPCRELX),
-            "R_X86_64_REX_GOTPCRELX"
-        );
+        assert_eq!(type_name(elf::R_X86_64_REX_GOTPCRELX), "R_X86_64_REX_GOTPCRELX");
         assert_eq!(type_name(elf::R_X86_64_SIZE64), "R_X86_64_SIZE64");
         assert_eq!(type_name(9999), "unknown");
     }
@@ -187,15 +176,9 @@ mod tests {
     fn pc32_range_is_checked_at_both_ends() {
         let k = RelocKind::Pc32;
         assert!(encode(k, value(k, 0x1000 + i32::MAX as u64, 0, 0x1000)).is_ok());
-        assert_eq!(
-            encode(k, value(k, 0x1000 + i32::MAX as u64 + 1, 0, 0x1000)),
-            Err(Overflow::Displacement)
-        );
+        assert_eq!(encode(k, value(k, 0x1000 + i32::MAX as u64 + 1, 0, 0x1000)), Err(Overflow::Displacement));
         assert!(encode(k, value(k, 0x1000_0000, 0, 0x1000_0000 + 0x8000_0000)).is_ok());
-        assert_eq!(
-            encode(k, value(k, 0x1000_0000, -1, 0x1000_0000 + 0x8000_0000)),
-            Err(Overflow::Displacement)
-        );
+        assert_eq!(encode(k, value(k, 0x1000_0000, -1, 0x1000_0000 + 0x8000_0000)), Err(Overflow::Displacement));
     }
 
     #[test]

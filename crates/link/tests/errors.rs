@@ -14,19 +14,11 @@ fn plan_err(obj: &[u8]) -> LinkError {
 
 #[test]
 fn not_elf() {
-    for bytes in [
-        &b""[..],
-        b"\x7fEL",
-        b"#!/bin/sh\necho this is not an object\n",
-    ] {
+    for bytes in [&b""[..], b"\x7fEL", b"#!/bin/sh\necho this is not an object\n"] {
         let e = plan_err(bytes);
         assert!(matches!(e, LinkError::Malformed(_)), "{e:?}");
     }
-    assert!(
-        plan_err(b"MZ\x90\x00 not elf at all")
-            .to_string()
-            .contains("ELF magic")
-    );
+    assert!(plan_err(b"MZ\x90\x00 not elf at all").to_string().contains("ELF magic"));
 }
 
 #[test]
@@ -62,10 +54,7 @@ fn wrong_machine() {
 
 #[test]
 fn undefined_symbol_the_resolver_does_not_know() {
-    let obj = compile(
-        "extern int hp_missing(int); int f(int x) { return hp_missing(x) + 1; }",
-        PIC,
-    );
+    let obj = compile("extern int hp_missing(int); int f(int x) { return hp_missing(x) + 1; }", PIC);
     let plan = LinkPlan::new(&obj, 0).unwrap();
     assert_eq!(plan.undefined_symbols(), vec!["hp_missing".to_string()]);
     let mut asked = Vec::new();
@@ -76,11 +65,7 @@ fn undefined_symbol_the_resolver_does_not_know() {
         })
         .unwrap_err();
     assert_eq!(e, LinkError::UndefinedSymbol("hp_missing".into()));
-    assert_eq!(
-        asked,
-        vec!["hp_missing".to_string()],
-        "resolver asked once per name"
-    );
+    assert_eq!(asked, vec!["hp_missing".to_string()], "resolver asked once per name");
 }
 
 #[test]
@@ -90,19 +75,11 @@ fn pc32_out_of_range_names_the_distance() {
     let obj = compile(src, PIC);
     let plan = LinkPlan::new(&obj, 0).unwrap();
     let near = BASE + (1 << 30);
-    assert!(
-        plan.link(BASE, &mut |_| Some(near)).is_ok(),
-        "1 GiB away fits"
-    );
+    assert!(plan.link(BASE, &mut |_| Some(near)).is_ok(), "1 GiB away fits");
     let far = BASE + (3 << 30);
     let e = plan.link(BASE, &mut |_| Some(far)).unwrap_err();
     match &e {
-        LinkError::OutOfRange {
-            relocation,
-            symbol,
-            place,
-            target,
-        } => {
+        LinkError::OutOfRange { relocation, symbol, place, target } => {
             assert_eq!(*relocation, "R_X86_64_PC32");
             assert_eq!(symbol, "hp_far");
             assert!(*place >= BASE && *place < BASE + 4096);
@@ -111,25 +88,15 @@ fn pc32_out_of_range_names_the_distance() {
         other => panic!("expected OutOfRange, got {other:?}"),
     }
     let msg = e.to_string();
-    let LinkError::OutOfRange { place, target, .. } = e else {
-        unreachable!()
-    };
-    assert!(
-        msg.contains(&format!("distance {} bytes", target - place)),
-        "{msg}"
-    );
+    let LinkError::OutOfRange { place, target, .. } = e else { unreachable!() };
+    assert!(msg.contains(&format!("distance {} bytes", target - place)), "{msg}");
 }
 
 #[test]
 fn absolute_32_bit_out_of_range() {
-    let obj = compile(
-        "extern int hp_arr[]; int pick(int i) { return hp_arr[i]; }",
-        NO_PIC,
-    );
+    let obj = compile("extern int hp_arr[]; int pick(int i) { return hp_arr[i]; }", NO_PIC);
     let plan = LinkPlan::new(&obj, 0).unwrap();
-    let e = plan
-        .link(0x1000_0000, &mut |_| Some(0x7f00_0000_0000))
-        .unwrap_err();
+    let e = plan.link(0x1000_0000, &mut |_| Some(0x7f00_0000_0000)).unwrap_err();
     assert!(
         matches!(&e, LinkError::ValueOutOfRange { relocation: "R_X86_64_32S", symbol, .. } if symbol == "hp_arr"),
         "{e:?}"
@@ -139,10 +106,7 @@ fn absolute_32_bit_out_of_range() {
 
 #[test]
 fn thread_local_definition_is_refused() {
-    let e = plan_err(&compile(
-        "__thread int hp_tls; int get(void) { return hp_tls; }",
-        PIC,
-    ));
+    let e = plan_err(&compile("__thread int hp_tls; int get(void) { return hp_tls; }", PIC));
     match e {
         LinkError::UnsupportedSection { section, reason } => {
             assert!(section.starts_with(".tbss"), "{section}");
@@ -154,10 +118,7 @@ fn thread_local_definition_is_refused() {
 
 #[test]
 fn thread_local_reference_is_an_unsupported_relocation() {
-    let e = plan_err(&compile(
-        "extern __thread int hp_tls; int get(void) { return hp_tls; }",
-        PIC,
-    ));
+    let e = plan_err(&compile("extern __thread int hp_tls; int get(void) { return hp_tls; }", PIC));
     match &e {
         LinkError::UnsupportedRelocation { kind, section, .. } => {
             assert!(kind.contains("TLS"), "{kind}");
@@ -176,10 +137,7 @@ fn large_code_model_relocations_are_refused() {
     ));
     match e {
         LinkError::UnsupportedRelocation { kind, .. } => {
-            assert!(
-                kind.contains("GOTPC64") || kind.contains("GOTOFF64") || kind.contains("GOT64"),
-                "{kind}"
-            )
+            assert!(kind.contains("GOTPC64") || kind.contains("GOTOFF64") || kind.contains("GOT64"), "{kind}")
         }
         other => panic!("expected UnsupportedRelocation, got {other:?}"),
     }
@@ -193,10 +151,7 @@ fn constructors_and_destructors_are_refused() {
         );
         match plan_err(&compile(&src, PIC)) {
             LinkError::UnsupportedSection { section, reason } => {
-                assert!(
-                    section.starts_with(".init_array") || section.starts_with(".fini_array"),
-                    "{section}"
-                );
+                assert!(section.starts_with(".init_array") || section.starts_with(".fini_array"), "{section}");
                 assert!(reason.contains("never run"), "{reason}");
             }
             other => panic!("{attr}: expected UnsupportedSection, got {other:?}"),
@@ -211,33 +166,20 @@ fn ifunc_definition_is_refused() {
         static void *resolve_get(void) { return (void *)impl; }
         int get(void) __attribute__((ifunc("resolve_get")));
     "#;
-    assert!(
-        matches!(plan_err(&compile(src, PIC)), LinkError::UnsupportedSymbol { symbol, .. } if symbol == "get")
-    );
+    assert!(matches!(plan_err(&compile(src, PIC)), LinkError::UnsupportedSymbol { symbol, .. } if symbol == "get"));
 }
 
 #[test]
 fn alignment_above_a_page_is_refused() {
-    let e = plan_err(&compile(
-        "int hp_big __attribute__((aligned(8192))) = 1; int *get(void) { return &hp_big; }",
-        PIC,
-    ));
-    assert!(
-        matches!(&e, LinkError::UnsupportedSection { reason, .. } if reason.contains("alignment 8192")),
-        "{e:?}"
-    );
+    let e =
+        plan_err(&compile("int hp_big __attribute__((aligned(8192))) = 1; int *get(void) { return &hp_big; }", PIC));
+    assert!(matches!(&e, LinkError::UnsupportedSection { reason, .. } if reason.contains("alignment 8192")), "{e:?}");
 }
 
 #[test]
 fn region_too_large_is_refused_before_allocating() {
-    let src = format!(
-        "static char hp_huge[{}]; char *get(void) {{ return hp_huge; }}",
-        MAX_REGION_SIZE + 1
-    );
-    assert!(matches!(
-        plan_err(&compile(&src, PIC)),
-        LinkError::RegionTooLarge { .. }
-    ));
+    let src = format!("static char hp_huge[{}]; char *get(void) {{ return hp_huge; }}", MAX_REGION_SIZE + 1);
+    assert!(matches!(plan_err(&compile(&src, PIC)), LinkError::RegionTooLarge { .. }));
 }
 
 #[test]
@@ -257,12 +199,6 @@ fn truncated_object_is_refused_at_every_length() {
 #[test]
 fn bad_base_address() {
     let plan = LinkPlan::new(&compile(SIMPLE, PIC), 0).unwrap();
-    assert!(matches!(
-        plan.link(BASE + 12, &mut |_| None),
-        Err(LinkError::BadBase { .. })
-    ));
-    assert!(matches!(
-        plan.link(!0xfff_u64, &mut |_| None),
-        Err(LinkError::BadBase { .. })
-    ));
+    assert!(matches!(plan.link(BASE + 12, &mut |_| None), Err(LinkError::BadBase { .. })));
+    assert!(matches!(plan.link(!0xfff_u64, &mut |_| None), Err(LinkError::BadBase { .. })));
 }

@@ -57,17 +57,11 @@ fn exercise(image: &LinkedImage) {
         // SAFETY: out is writable for its full length; the name is NUL-terminated.
         let n = unsafe { replacement(out.as_mut_ptr(), out.len(), c"patched".as_ptr()) };
         // SAFETY: snprintf NUL-terminated the buffer.
-        let text = unsafe { CStr::from_ptr(out.as_ptr()) }
-            .to_str()
-            .unwrap()
-            .to_string();
+        let text = unsafe { CStr::from_ptr(out.as_ptr()) }.to_str().unwrap().to_string();
         assert_eq!(text, format!("hi patched len=7 helper=42 calls={round}"));
         assert_eq!(n as usize, text.len());
     }
-    assert!(
-        HP_TEST_COUNTER.load(Ordering::SeqCst) >= before + 2,
-        "the host global was not incremented"
-    );
+    assert!(HP_TEST_COUNTER.load(Ordering::SeqCst) >= before + 2, "the host global was not incremented");
     // SAFETY: apply(int, int) -> int, through the relocated function table.
     assert_eq!(unsafe { apply(0, 7) }, 14);
     // SAFETY: as above.
@@ -99,10 +93,7 @@ fn runs_when_mapped_far_from_libc_through_stubs() {
     let strlen = dlsym("strlen").unwrap();
     // 32 TiB and upwards: far from this PIE, its heap and the libraries.
     let map = Mapping::first_free((0..).map(|i| 0x2000_0000_0000 + i * 0x10_0000_0000), len);
-    assert!(
-        far_from(map.addr, strlen),
-        "region is not far from libc: test would not exercise stubs"
-    );
+    assert!(far_from(map.addr, strlen), "region is not far from libc: test would not exercise stubs");
     let image = link_into(&plan, &map);
     let mut stubbed = stubbed_calls(&image);
     stubbed.sort();
@@ -122,11 +113,7 @@ fn runs_when_mapped_near_libc_with_direct_calls() {
     let map = Mapping::first_free((1..).map(|i| strlen.saturating_sub(i * 0x400_0000)), len);
     assert!(!far_from(map.addr, strlen) && !far_from(map.addr, snprintf));
     let image = link_into(&plan, &map);
-    assert_eq!(
-        stubbed_calls(&image),
-        Vec::<u64>::new(),
-        "near libc calls are direct"
-    );
+    assert_eq!(stubbed_calls(&image), Vec::<u64>::new(), "near libc calls are direct");
     exercise(&image);
 }
 
@@ -141,13 +128,10 @@ fn weak_undefined_function_may_be_absent_or_present() {
     let len = plan.region_size() as usize;
 
     let map = Mapping::first_free((0..).map(|i| 0x2100_0000_0000 + i * 0x10_0000_0000), len);
-    let image = plan
-        .link(map.addr, &mut |_| None)
-        .expect("weak undefined links as 0");
+    let image = plan.link(map.addr, &mut |_| None).expect("weak undefined links as 0");
     map.load(&image, 0);
     // SAFETY: call_maybe(int) -> int in the loaded image.
-    let f: unsafe extern "C" fn(c_int) -> c_int =
-        unsafe { std::mem::transmute(image.symbols["call_maybe"] as usize) };
+    let f: unsafe extern "C" fn(c_int) -> c_int = unsafe { std::mem::transmute(image.symbols["call_maybe"] as usize) };
     // SAFETY: as above.
     assert_eq!(unsafe { f(5) }, -1);
     drop(map);
@@ -157,14 +141,11 @@ fn weak_undefined_function_may_be_absent_or_present() {
     }
     let map = Mapping::first_free((0..).map(|i| 0x2200_0000_0000 + i * 0x10_0000_0000), len);
     let image = plan
-        .link(map.addr, &mut |n| {
-            (n == "hp_maybe").then_some(maybe as extern "C" fn(c_int) -> c_int as usize as u64)
-        })
+        .link(map.addr, &mut |n| (n == "hp_maybe").then_some(maybe as extern "C" fn(c_int) -> c_int as usize as u64))
         .expect("link");
     map.load(&image, 0);
     // SAFETY: as above.
-    let f: unsafe extern "C" fn(c_int) -> c_int =
-        unsafe { std::mem::transmute(image.symbols["call_maybe"] as usize) };
+    let f: unsafe extern "C" fn(c_int) -> c_int = unsafe { std::mem::transmute(image.symbols["call_maybe"] as usize) };
     // SAFETY: as above.
     assert_eq!(unsafe { f(5) }, 500);
 }
@@ -185,10 +166,7 @@ fn unwind_tables_let_an_unwinder_walk_out_of_the_region() {
         }
     "#;
     let plan = LinkPlan::new(&compile(src, PIC), 0).expect("plan");
-    let map = Mapping::first_free(
-        (0..).map(|i| 0x2300_0000_0000 + i * 0x10_0000_0000),
-        plan.region_size() as usize,
-    );
+    let map = Mapping::first_free((0..).map(|i| 0x2300_0000_0000 + i * 0x10_0000_0000), plan.region_size() as usize);
     let image = plan.link(map.addr, &mut |n| dlsym(n)).expect("link");
     map.load(&image, 0);
     let eh = image.eh_frame.clone().expect("unwind tables");
@@ -196,14 +174,10 @@ fn unwind_tables_let_an_unwinder_walk_out_of_the_region() {
     let depth: unsafe extern "C" fn() -> c_int =
         unsafe { std::mem::transmute::<usize, _>(image.symbols["hp_depth"] as usize) };
     type FrameFn = unsafe extern "C" fn(*const u8);
-    let register: FrameFn = unsafe {
-        std::mem::transmute::<usize, FrameFn>(dlsym("__register_frame").expect("libgcc_s") as usize)
-    };
-    let deregister: FrameFn = unsafe {
-        std::mem::transmute::<usize, FrameFn>(
-            dlsym("__deregister_frame").expect("libgcc_s") as usize
-        )
-    };
+    let register: FrameFn =
+        unsafe { std::mem::transmute::<usize, FrameFn>(dlsym("__register_frame").expect("libgcc_s") as usize) };
+    let deregister: FrameFn =
+        unsafe { std::mem::transmute::<usize, FrameFn>(dlsym("__deregister_frame").expect("libgcc_s") as usize) };
 
     // SAFETY: as above.
     let unknown = unsafe { depth() };
@@ -213,10 +187,7 @@ fn unwind_tables_let_an_unwinder_walk_out_of_the_region() {
     let known = unsafe { depth() };
     // SAFETY: same pointer as registered; the mapping is still there.
     unsafe { deregister(eh.start as *const u8) };
-    assert!(
-        known > unknown + 2,
-        "unwinder walked {known} frames with the region's tables, {unknown} without"
-    );
+    assert!(known > unknown + 2, "unwinder walked {known} frames with the region's tables, {unknown} without");
 }
 
 #[test]
@@ -229,36 +200,13 @@ fn cxx_exception_is_caught_inside_the_region_once_its_tables_are_registered() {
         }
     "#;
     // SAFETY: loading the system C++ runtime so its symbols resolve with dlsym.
-    let lib = unsafe {
-        libc::dlopen(
-            c"libstdc++.so.6".as_ptr(),
-            libc::RTLD_NOW | libc::RTLD_GLOBAL,
-        )
-    };
+    let lib = unsafe { libc::dlopen(c"libstdc++.so.6".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
     assert!(!lib.is_null(), "libstdc++.so.6 not loadable");
-    let obj = common::compile_to(
-        src,
-        &[
-            "-fPIC",
-            "-O2",
-            "-ffunction-sections",
-            "-fdata-sections",
-            "-x",
-            "c++",
-        ],
-        &["-c"],
-        "o",
-    );
+    let obj =
+        common::compile_to(src, &["-fPIC", "-O2", "-ffunction-sections", "-fdata-sections", "-x", "c++"], &["-c"], "o");
     let plan = LinkPlan::new(&obj, 0).expect("plan");
-    assert!(
-        plan.undefined_symbols()
-            .iter()
-            .any(|s| s == "__gxx_personality_v0")
-    );
-    let map = Mapping::first_free(
-        (0..).map(|i| 0x2400_0000_0000 + i * 0x10_0000_0000),
-        plan.region_size() as usize,
-    );
+    assert!(plan.undefined_symbols().iter().any(|s| s == "__gxx_personality_v0"));
+    let map = Mapping::first_free((0..).map(|i| 0x2400_0000_0000 + i * 0x10_0000_0000), plan.region_size() as usize);
     let image = plan.link(map.addr, &mut |n| dlsym(n)).expect("link");
     map.load(&image, 0);
     let eh = image.eh_frame.clone().expect("unwind tables");
@@ -269,12 +217,8 @@ fn cxx_exception_is_caught_inside_the_region_once_its_tables_are_registered() {
     // SAFETY: libgcc_s's frame registration functions have this signature.
     let (register, deregister): (FrameFn, FrameFn) = unsafe {
         (
-            std::mem::transmute::<usize, FrameFn>(
-                dlsym("__register_frame").expect("libgcc_s") as usize
-            ),
-            std::mem::transmute::<usize, FrameFn>(
-                dlsym("__deregister_frame").expect("libgcc_s") as usize
-            ),
+            std::mem::transmute::<usize, FrameFn>(dlsym("__register_frame").expect("libgcc_s") as usize),
+            std::mem::transmute::<usize, FrameFn>(dlsym("__deregister_frame").expect("libgcc_s") as usize),
         )
     };
     // SAFETY: relocated, terminated tables, mapped until deregistered.

@@ -26,31 +26,19 @@ fn segments_are_page_aligned_contiguous_and_never_writable_and_executable() {
     assert_eq!(prots, vec![Prot::ReadExec, Prot::Read, Prot::ReadWrite]);
     let mut next = PAGE;
     for s in &image.segments {
-        assert_eq!(
-            s.offset, next,
-            "segments cover the region after the header without gaps"
-        );
+        assert_eq!(s.offset, next, "segments cover the region after the header without gaps");
         assert!(s.len > 0 && s.len % PAGE == 0);
         next = s.offset + s.len;
     }
     assert_eq!(next, plan.region_size());
     assert_eq!(plan.segments(), image.segments);
-    assert!(
-        image.bytes[..PAGE as usize].iter().all(|&b| b == 0),
-        "header reserve is left zero"
-    );
+    assert!(image.bytes[..PAGE as usize].iter().all(|&b| b == 0), "header reserve is left zero");
 }
 
 #[test]
 fn header_reserve_is_rounded_up_to_a_page() {
     let obj = payload();
-    for (reserve, first) in [
-        (0, 0),
-        (1, PAGE),
-        (PAGE, PAGE),
-        (PAGE + 1, 2 * PAGE),
-        (3 * PAGE, 3 * PAGE),
-    ] {
+    for (reserve, first) in [(0, 0), (1, PAGE), (PAGE, PAGE), (PAGE + 1, 2 * PAGE), (3 * PAGE, 3 * PAGE)] {
         let plan = LinkPlan::new(&obj, reserve).unwrap();
         assert_eq!(plan.segments()[0].offset, first, "reserve {reserve}");
         assert_eq!(plan.header_reserve(), first);
@@ -65,10 +53,7 @@ fn empty_parts_are_left_out() {
     let prots: Vec<Prot> = plan.segments().iter().map(|s| s.prot).collect();
     assert_eq!(prots, vec![Prot::ReadExec]);
     assert_eq!(plan.region_size(), PAGE);
-    assert_eq!(
-        plan.link(0x7f00_0000_0000, &mut resolve).unwrap().eh_frame,
-        None
-    );
+    assert_eq!(plan.link(0x7f00_0000_0000, &mut resolve).unwrap().eh_frame, None);
 
     let plan = LinkPlan::new(&compile("int hp_a = 1; int hp_b;", PIC), 0).unwrap();
     let prots: Vec<Prot> = plan.segments().iter().map(|s| s.prot).collect();
@@ -94,48 +79,18 @@ fn section_alignment_is_honoured() {
 #[test]
 fn symbol_lists() {
     let plan = LinkPlan::new(&payload(), 0).unwrap();
-    assert_eq!(
-        plan.undefined_symbols(),
-        vec!["hp_test_counter", "snprintf", "strlen"]
-    );
+    assert_eq!(plan.undefined_symbols(), vec!["hp_test_counter", "snprintf", "strlen"]);
     let defined = plan.defined_functions();
-    for f in [
-        "apply",
-        "greeting",
-        "replacement",
-        "set_base",
-        "twice",
-        "thrice",
-    ] {
-        assert!(
-            defined.iter().any(|d| d == f),
-            "{f} missing from {defined:?}"
-        );
+    for f in ["apply", "greeting", "replacement", "set_base", "twice", "thrice"] {
+        assert!(defined.iter().any(|d| d == f), "{f} missing from {defined:?}");
     }
-    assert!(
-        !defined
-            .iter()
-            .any(|d| d == "ops" || d == "calls" || d == "strlen"),
-        "{defined:?}"
-    );
+    assert!(!defined.iter().any(|d| d == "ops" || d == "calls" || d == "strlen"), "{defined:?}");
     let image = plan.link(0x7f00_0000_0000, &mut resolve).unwrap();
     for f in &defined {
-        assert_eq!(
-            prot_at(&image, image.symbols[f]),
-            Some(Prot::ReadExec),
-            "{f}"
-        );
+        assert_eq!(prot_at(&image, image.symbols[f]), Some(Prot::ReadExec), "{f}");
     }
-    assert!(
-        !image
-            .symbols
-            .keys()
-            .any(|k| k.starts_with(".L") || k.is_empty())
-    );
-    assert!(
-        !image.symbols.contains_key("strlen"),
-        "undefined symbols are not exported"
-    );
+    assert!(!image.symbols.keys().any(|k| k.starts_with(".L") || k.is_empty()));
+    assert!(!image.symbols.contains_key("strlen"), "undefined symbols are not exported");
 }
 
 #[test]
@@ -148,10 +103,7 @@ fn same_layout_at_every_base_and_unaligned_input_is_fine() {
     for (name, addr) in &a.symbols {
         assert_eq!(addr - a.base, b.symbols[name] - b.base, "{name}");
     }
-    assert_ne!(
-        a.bytes, b.bytes,
-        "absolute relocations differ between bases"
-    );
+    assert_ne!(a.bytes, b.bytes, "absolute relocations differ between bases");
     // A payload cut out of a package at an odd offset.
     let mut shifted = vec![0u8; 1];
     shifted.extend_from_slice(&obj);
@@ -164,20 +116,9 @@ fn unloaded_sections_contribute_nothing() {
     // Debug info, .comment, .note.GNU-stack, .eh_frame: none of it is loaded.
     let src = "int get(int x) { return x + 1; }";
     let plain = LinkPlan::new(&compile(src, PIC), 0).unwrap();
-    let debug = LinkPlan::new(
-        &compile(
-            src,
-            &[
-                "-fPIC",
-                "-O2",
-                "-ffunction-sections",
-                "-g",
-                "-fasynchronous-unwind-tables",
-            ],
-        ),
-        0,
-    )
-    .unwrap();
+    let debug =
+        LinkPlan::new(&compile(src, &["-fPIC", "-O2", "-ffunction-sections", "-g", "-fasynchronous-unwind-tables"]), 0)
+            .unwrap();
     assert_eq!(plain.region_size(), debug.region_size());
     let image = debug.link(0x7f00_0000_0000, &mut resolve).unwrap();
     let o = (image.symbols["get"] - image.base) as usize;
@@ -187,23 +128,13 @@ fn unloaded_sections_contribute_nothing() {
 
 #[test]
 fn unwind_tables_are_loaded_read_only_and_terminated() {
-    let image = LinkPlan::new(&payload(), 0)
-        .unwrap()
-        .link(0x7f00_0000_0000, &mut resolve)
-        .unwrap();
-    let eh = image
-        .eh_frame
-        .clone()
-        .expect("gcc emits .eh_frame by default");
+    let image = LinkPlan::new(&payload(), 0).unwrap().link(0x7f00_0000_0000, &mut resolve).unwrap();
+    let eh = image.eh_frame.clone().expect("gcc emits .eh_frame by default");
     assert!(eh.start < eh.end && eh.start % 4 == 0);
     assert_eq!(prot_at(&image, eh.start), Some(Prot::Read));
     assert_eq!(prot_at(&image, eh.end + 3), Some(Prot::Read));
     let end = (eh.end - image.base) as usize;
-    assert_eq!(
-        &image.bytes[end..end + 4],
-        &[0, 0, 0, 0],
-        "zero terminator after the tables"
-    );
+    assert_eq!(&image.bytes[end..end + 4], &[0, 0, 0, 0], "zero terminator after the tables");
     // Walk the entries by their length fields: they must tile the range exactly.
     let mut at = eh.start;
     let mut fdes = 0;
@@ -214,10 +145,7 @@ fn unwind_tables_are_loaded_read_only_and_terminated() {
         if id != 0 {
             // An FDE: pc_begin (pcrel sdata4, gcc's encoding) lands on a payload function.
             let pc = (at + 8).wrapping_add_signed(common::read_i32(&image, at + 8) as i64);
-            assert!(
-                image.symbols.values().any(|&a| a == pc),
-                "FDE at 0x{at:x} covers 0x{pc:x}, not a function"
-            );
+            assert!(image.symbols.values().any(|&a| a == pc), "FDE at 0x{at:x} covers 0x{pc:x}, not a function");
             fdes += 1;
         }
         at += 4 + len;

@@ -61,21 +61,14 @@ fn every_single_byte_corruption() {
         }
     }
     // Most flips land in code or data bytes and still link; that is expected.
-    assert!(
-        linked > 0 && linked < 3 * obj.len(),
-        "linked {linked} of {}",
-        3 * obj.len()
-    );
+    assert!(linked > 0 && linked < 3 * obj.len(), "linked {linked} of {}", 3 * obj.len());
 }
 
 #[test]
 fn every_truncation() {
     let obj = payload();
     for len in 0..obj.len() {
-        assert!(
-            !attempt(&obj[..len]),
-            "truncated to {len} bytes and still linked"
-        );
+        assert!(!attempt(&obj[..len]), "truncated to {len} bytes and still linked");
     }
 }
 

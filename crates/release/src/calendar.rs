@@ -65,22 +65,15 @@ pub enum PatchDay {
 
 impl Default for PatchDay {
     fn default() -> Self {
-        PatchDay::NthWeekday {
-            nth: 2,
-            weekday: Weekday::Tuesday,
-        }
+        PatchDay::NthWeekday { nth: 2, weekday: Weekday::Tuesday }
     }
 }
 
 impl PatchDay {
     fn validate(self) -> Result<(), CalendarError> {
         match self {
-            PatchDay::NthWeekday { nth, .. } if !(1..=4).contains(&nth) => {
-                Err(CalendarError::PatchDayNth(nth))
-            }
-            PatchDay::DayOfMonth { day } if !(1..=28).contains(&day) => {
-                Err(CalendarError::PatchDayOfMonth(day))
-            }
+            PatchDay::NthWeekday { nth, .. } if !(1..=4).contains(&nth) => Err(CalendarError::PatchDayNth(nth)),
+            PatchDay::DayOfMonth { day } if !(1..=28).contains(&day) => Err(CalendarError::PatchDayOfMonth(day)),
             _ => Ok(()),
         }
     }
@@ -90,15 +83,9 @@ impl PatchDay {
     pub fn in_month(self, month: YearMonth) -> Date {
         let first = month.first_day();
         let found = match self {
-            PatchDay::NthWeekday { nth, weekday } => {
-                first.nth_weekday_of_month(nth as i8, weekday.into()).ok()
-            }
-            PatchDay::LastWeekday { weekday } => {
-                first.nth_weekday_of_month(-1, weekday.into()).ok()
-            }
-            PatchDay::DayOfMonth { day } => {
-                Date::new(month.year(), month.month() as i8, day as i8).ok()
-            }
+            PatchDay::NthWeekday { nth, weekday } => first.nth_weekday_of_month(nth as i8, weekday.into()).ok(),
+            PatchDay::LastWeekday { weekday } => first.nth_weekday_of_month(-1, weekday.into()).ok(),
+            PatchDay::DayOfMonth { day } => Date::new(month.year(), month.month() as i8, day as i8).ok(),
         };
         // Only reachable with an unvalidated rule; the first is a safe, visible answer.
         found.unwrap_or(first)
@@ -173,9 +160,7 @@ impl Default for CalendarConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CalendarError {
-    #[error(
-        "the release calendar has no baseline months; at least one month must bring a planned baseline"
-    )]
+    #[error("the release calendar has no baseline months; at least one month must bring a planned baseline")]
     NoBaselineMonths,
     #[error("baseline month {0} is out of range (expected 1..=12)")]
     BaselineMonthOutOfRange(u8),
@@ -189,13 +174,9 @@ pub enum CalendarError {
     EmptyUnplannedReason(YearMonth),
     #[error("unplanned baseline in {month} has a reason longer than {max} characters")]
     UnplannedReasonTooLong { month: YearMonth, max: usize },
-    #[error(
-        "patch day: nth weekday {0} is out of range (expected 1..=4, so it exists in every month)"
-    )]
+    #[error("patch day: nth weekday {0} is out of range (expected 1..=4, so it exists in every month)")]
     PatchDayNth(u8),
-    #[error(
-        "patch day: day of month {0} is out of range (expected 1..=28, so it exists in every month)"
-    )]
+    #[error("patch day: day of month {0} is out of range (expected 1..=28, so it exists in every month)")]
     PatchDayOfMonth(u8),
     #[error("grace of {0} days is too long (at most {MAX_GRACE_DAYS})")]
     GraceTooLong(u16),
@@ -253,26 +234,16 @@ impl ReleaseCalendar {
                 return Err(CalendarError::EmptyUnplannedReason(u.month));
             }
             if u.reason.chars().count() > MAX_REASON_CHARS {
-                return Err(CalendarError::UnplannedReasonTooLong {
-                    month: u.month,
-                    max: MAX_REASON_CHARS,
-                });
+                return Err(CalendarError::UnplannedReasonTooLong { month: u.month, max: MAX_REASON_CHARS });
             }
         }
         Ok(Self { config })
     }
 
     /// The same calendar with one more unplanned baseline, checked like the rest.
-    pub fn with_unplanned(
-        &self,
-        month: YearMonth,
-        reason: impl Into<String>,
-    ) -> Result<Self, CalendarError> {
+    pub fn with_unplanned(&self, month: YearMonth, reason: impl Into<String>) -> Result<Self, CalendarError> {
         let mut config = self.config.clone();
-        config.unplanned.push(UnplannedBaseline {
-            month,
-            reason: reason.into(),
-        });
+        config.unplanned.push(UnplannedBaseline { month, reason: reason.into() });
         Self::new(config)
     }
 
@@ -301,14 +272,8 @@ impl ReleaseCalendar {
     /// What `month` brings. An unplanned baseline replaces the hotpatch month it
     /// falls in.
     pub fn month_kind(&self, month: YearMonth) -> MonthKind {
-        if let Ok(i) = self
-            .config
-            .unplanned
-            .binary_search_by_key(&month, |u| u.month)
-        {
-            return MonthKind::UnplannedBaseline {
-                reason: self.config.unplanned[i].reason.clone(),
-            };
+        if let Ok(i) = self.config.unplanned.binary_search_by_key(&month, |u| u.month) {
+            return MonthKind::UnplannedBaseline { reason: self.config.unplanned[i].reason.clone() };
         }
         if self.config.baseline_months.contains(&month.month()) {
             MonthKind::PlannedBaseline
@@ -332,11 +297,7 @@ impl ReleaseCalendar {
             let kind = self.month_kind(month);
             let release_date = self.release_date(month);
             if kind.is_baseline() && release_date > date {
-                return Some(ScheduledBaseline {
-                    month,
-                    release_date,
-                    kind,
-                });
+                return Some(ScheduledBaseline { month, release_date, kind });
             }
             month = month.next()?;
         }

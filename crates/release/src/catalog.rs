@@ -66,30 +66,15 @@ pub enum CatalogError {
     #[error("catalog lists baseline {0} twice")]
     DuplicateBaselineId(BaselineId),
     #[error("catalog lists build-id {build_id} for both baseline {first} and {second}")]
-    DuplicateBuildId {
-        build_id: BuildId,
-        first: BaselineId,
-        second: BaselineId,
-    },
-    #[error(
-        "baselines {first} and {second} share the release date {date}; baselines must be ordered by date"
-    )]
-    SameReleaseDate {
-        first: BaselineId,
-        second: BaselineId,
-        date: Date,
-    },
+    DuplicateBuildId { build_id: BuildId, first: BaselineId, second: BaselineId },
+    #[error("baselines {first} and {second} share the release date {date}; baselines must be ordered by date")]
+    SameReleaseDate { first: BaselineId, second: BaselineId, date: Date },
     #[error("unplanned baseline {0} has no reason")]
     EmptyUnplannedReason(BaselineId),
     #[error("hotpatch {0} has level 0; levels start at 1")]
     LevelZero(PatchId),
     #[error("hotpatches {first} and {second} both claim level {level} of build-id {build_id}")]
-    DuplicateLevel {
-        build_id: BuildId,
-        level: u32,
-        first: PatchId,
-        second: PatchId,
-    },
+    DuplicateLevel { build_id: BuildId, level: u32, first: PatchId, second: PatchId },
     #[error("catalog lists hotpatch {0} twice")]
     DuplicatePatchId(PatchId),
     #[error("hotpatch {patch} is for build-id {build_id}, which no baseline in the catalog has")]

@@ -23,11 +23,7 @@ pub const MAX_GRACE_DAYS: u16 = 31;
 ///   hotpatching the old baseline cannot make the machine safe any more.
 ///
 /// `None` only when the result would fall outside the dates `jiff` represents.
-pub fn coverage_end(
-    successor_release: Date,
-    successor_unplanned: bool,
-    grace_days: u16,
-) -> Option<Date> {
+pub fn coverage_end(successor_release: Date, successor_unplanned: bool, grace_days: u16) -> Option<Date> {
     let day_before = successor_release.yesterday().ok()?;
     if successor_unplanned || grace_days == 0 {
         return Some(day_before);

@@ -12,18 +12,9 @@ pub enum IdError {
     #[error("{kind} is empty")]
     Empty { kind: &'static str },
     #[error("{kind} {value:?} is longer than {max} characters")]
-    TooLong {
-        kind: &'static str,
-        value: String,
-        max: usize,
-    },
+    TooLong { kind: &'static str, value: String, max: usize },
     #[error("{kind} {value:?} contains {bad:?}; allowed: {allowed}")]
-    BadCharacter {
-        kind: &'static str,
-        value: String,
-        bad: char,
-        allowed: &'static str,
-    },
+    BadCharacter { kind: &'static str, value: String, bad: char, allowed: &'static str },
     #[error("build-id {0:?} has an odd number of hex digits")]
     OddBuildId(String),
     #[error("CVE id {0:?} is not of the form CVE-YYYY-NNNN (four or more digits)")]
@@ -41,19 +32,10 @@ fn check_token(
         return Err(IdError::Empty { kind });
     }
     if value.chars().count() > max {
-        return Err(IdError::TooLong {
-            kind,
-            value: value.to_string(),
-            max,
-        });
+        return Err(IdError::TooLong { kind, value: value.to_string(), max });
     }
     if let Some(bad) = value.chars().find(|c| !ok(*c)) {
-        return Err(IdError::BadCharacter {
-            kind,
-            value: value.to_string(),
-            bad,
-            allowed,
-        });
+        return Err(IdError::BadCharacter { kind, value: value.to_string(), bad, allowed });
     }
     Ok(())
 }
@@ -167,27 +149,15 @@ mod tests {
     #[test]
     fn build_id_folds_case_and_refuses_non_hex() {
         assert_eq!(BuildId::new("ABCD01").unwrap().as_str(), "abcd01");
-        assert!(matches!(
-            BuildId::new("abz0"),
-            Err(IdError::BadCharacter { bad: 'z', .. })
-        ));
+        assert!(matches!(BuildId::new("abz0"), Err(IdError::BadCharacter { bad: 'z', .. })));
         assert!(matches!(BuildId::new("abc"), Err(IdError::OddBuildId(_))));
         assert!(matches!(BuildId::new(""), Err(IdError::Empty { .. })));
     }
 
     #[test]
     fn cve_shape_is_checked() {
-        assert_eq!(
-            CveId::new("cve-2027-1234").unwrap().as_str(),
-            "CVE-2027-1234"
-        );
-        for bad in [
-            "CVE-27-1234",
-            "CVE-2027-12",
-            "CVE-2027-12a4",
-            "2027-1234",
-            "CVE-2027",
-        ] {
+        assert_eq!(CveId::new("cve-2027-1234").unwrap().as_str(), "CVE-2027-1234");
+        for bad in ["CVE-27-1234", "CVE-2027-12", "CVE-2027-12a4", "2027-1234", "CVE-2027"] {
             assert!(matches!(CveId::new(bad), Err(IdError::BadCve(_))), "{bad}");
         }
     }

@@ -86,8 +86,7 @@ pub mod month;
 pub mod offer;
 
 pub use calendar::{
-    CalendarConfig, CalendarError, MonthKind, PatchDay, ReleaseCalendar, ScheduledBaseline,
-    UnplannedBaseline, Weekday,
+    CalendarConfig, CalendarError, MonthKind, PatchDay, ReleaseCalendar, ScheduledBaseline, UnplannedBaseline, Weekday,
 };
 pub use catalog::{BaselineKind, CatalogBaseline, CatalogError, CatalogHotpatch, ProductCatalog};
 pub use classification::Classification;

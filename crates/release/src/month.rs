@@ -59,10 +59,7 @@ impl YearMonth {
         if self.month == 12 {
             Self::new(self.year.checked_add(1)?, 1).ok()
         } else {
-            Some(Self {
-                year: self.year,
-                month: self.month + 1,
-            })
+            Some(Self { year: self.year, month: self.month + 1 })
         }
     }
 
@@ -118,18 +115,9 @@ mod tests {
         let m: YearMonth = "2027-04".parse().unwrap();
         assert_eq!((m.year(), m.month()), (2027, 4));
         assert_eq!(m.to_string(), "2027-04");
-        assert_eq!(
-            "2027-13".parse::<YearMonth>(),
-            Err(YearMonthError::Month(13))
-        );
-        assert!(matches!(
-            "2027-4".parse::<YearMonth>(),
-            Err(YearMonthError::Syntax(_))
-        ));
-        assert!(matches!(
-            "0000-01".parse::<YearMonth>(),
-            Err(YearMonthError::Year(0))
-        ));
+        assert_eq!("2027-13".parse::<YearMonth>(), Err(YearMonthError::Month(13)));
+        assert!(matches!("2027-4".parse::<YearMonth>(), Err(YearMonthError::Syntax(_))));
+        assert!(matches!("0000-01".parse::<YearMonth>(), Err(YearMonthError::Year(0))));
     }
 
     #[test]

@@ -5,9 +5,7 @@
 //! call it with the same input and get the same answer. The rules, in the order
 //! they are applied, are listed in the crate documentation.
 
-use crate::catalog::{
-    BaselineKind, CatalogBaseline, CatalogError, CatalogHotpatch, ProductCatalog,
-};
+use crate::catalog::{BaselineKind, CatalogBaseline, CatalogError, CatalogHotpatch, ProductCatalog};
 use crate::coverage::{MAX_GRACE_DAYS, coverage_end};
 use crate::ids::{BaselineId, BuildId, CveId, PatchId, ProductName};
 use jiff::civil::Date;
@@ -87,9 +85,7 @@ impl Offer {
 
     pub fn reason(&self) -> &str {
         match self {
-            Offer::UpToDate { reason }
-            | Offer::Hotpatch { reason, .. }
-            | Offer::Baseline { reason, .. } => reason,
+            Offer::UpToDate { reason } | Offer::Hotpatch { reason, .. } | Offer::Baseline { reason, .. } => reason,
         }
     }
 }
@@ -99,34 +95,14 @@ pub enum OfferError {
     #[error("invalid catalog: {0}")]
     Catalog(#[from] CatalogError),
     #[error("machine runs product {running} but the catalog is for {catalog}")]
-    ProductMismatch {
-        running: ProductName,
-        catalog: ProductName,
-    },
+    ProductMismatch { running: ProductName, catalog: ProductName },
     #[error("running baseline {baseline} (build-id {build_id}) is not in the catalog")]
-    UnknownBaseline {
-        baseline: BaselineId,
-        build_id: BuildId,
-    },
-    #[error(
-        "build-id {build_id} is baseline {catalog} in the catalog, but the machine reports {running}"
-    )]
-    BaselineMismatch {
-        build_id: BuildId,
-        running: BaselineId,
-        catalog: BaselineId,
-    },
-    #[error(
-        "baseline {baseline} was released on {catalog} per the catalog, but the machine reports {running}"
-    )]
-    ReleaseDateMismatch {
-        baseline: BaselineId,
-        running: Date,
-        catalog: Date,
-    },
-    #[error(
-        "applied level 0 does not exist; levels start at 1 (send none when nothing is applied)"
-    )]
+    UnknownBaseline { baseline: BaselineId, build_id: BuildId },
+    #[error("build-id {build_id} is baseline {catalog} in the catalog, but the machine reports {running}")]
+    BaselineMismatch { build_id: BuildId, running: BaselineId, catalog: BaselineId },
+    #[error("baseline {baseline} was released on {catalog} per the catalog, but the machine reports {running}")]
+    ReleaseDateMismatch { baseline: BaselineId, running: Date, catalog: Date },
+    #[error("applied level 0 does not exist; levels start at 1 (send none when nothing is applied)")]
     AppliedLevelZero,
     #[error("grace of {0} days is too long (at most {MAX_GRACE_DAYS})")]
     GraceTooLong(u16),
@@ -135,21 +111,12 @@ pub enum OfferError {
 /// Decides the offer. Errors only on inconsistent input, naming what is wrong.
 pub fn decide(input: &OfferInput) -> Result<Offer, OfferError> {
     let running = check(input)?;
-    let OfferInput {
-        catalog,
-        entitled,
-        today,
-        grace_days,
-        ..
-    } = input;
+    let OfferInput { catalog, entitled, today, grace_days, .. } = input;
     let today = *today;
     let current = &running.id;
 
-    let mut newer: Vec<&CatalogBaseline> = catalog
-        .baselines
-        .iter()
-        .filter(|b| b.release_date > running.release_date && b.release_date <= today)
-        .collect();
+    let mut newer: Vec<&CatalogBaseline> =
+        catalog.baselines.iter().filter(|b| b.release_date > running.release_date && b.release_date <= today).collect();
     newer.sort_by_key(|b| b.release_date);
 
     // Rule 1: more than one baseline behind.
@@ -173,19 +140,13 @@ pub fn decide(input: &OfferInput) -> Result<Offer, OfferError> {
         if let BaselineKind::Unplanned { reason } = &next.kind {
             return Ok(baseline(
                 next,
-                format!(
-                    "unplanned baseline {} is out ({reason}); it supersedes hotpatches for {current}",
-                    next.id
-                ),
+                format!("unplanned baseline {} is out ({reason}); it supersedes hotpatches for {current}", next.id),
             ));
         }
         if !entitled {
             return Ok(baseline(
                 next,
-                format!(
-                    "baseline {} is out; not entitled to hotpatches, so install it and restart",
-                    next.id
-                ),
+                format!("baseline {} is out; not entitled to hotpatches, so install it and restart", next.id),
             ));
         }
         match coverage_end(next.release_date, false, *grace_days) {
@@ -193,10 +154,7 @@ pub fn decide(input: &OfferInput) -> Result<Offer, OfferError> {
             Some(end) => {
                 return Ok(baseline(
                     next,
-                    format!(
-                        "baseline {} is out; hotpatches for {current} were covered until {end}",
-                        next.id
-                    ),
+                    format!("baseline {} is out; hotpatches for {current} were covered until {end}", next.id),
                 ));
             }
             None => {
@@ -223,61 +181,36 @@ pub fn decide(input: &OfferInput) -> Result<Offer, OfferError> {
     pending.sort_by_key(|h| h.level);
     // Levels are cumulative, so a level that is not hotpatchable blocks every
     // level above it: they all carry its fix.
-    let blocker_at = pending
-        .iter()
-        .position(|h| !h.classification.hotpatchable());
+    let blocker_at = pending.iter().position(|h| !h.classification.hotpatchable());
     let deliverable = &pending[..blocker_at.unwrap_or(pending.len())];
     let blocker = blocker_at.map(|i| pending[i]);
 
     // Rule 3: no entitlement, no hotpatches.
     if !entitled {
         let what = match pending.last() {
-            Some(h) => format!(
-                "level {} for {current} is released but needs a subscription",
-                h.level
-            ),
+            Some(h) => format!("level {} for {current} is released but needs a subscription", h.level),
             None => format!("no newer baseline than {current} is out"),
         };
-        return Ok(Offer::UpToDate {
-            reason: format!("not entitled to hotpatches: {what}"),
-        });
+        return Ok(Offer::UpToDate { reason: format!("not entitled to hotpatches: {what}") });
     }
 
     // Rule 4: the highest deliverable level.
     if let Some(best) = deliverable.last() {
-        let cves: Vec<CveId> = deliverable
-            .iter()
-            .flat_map(|h| h.cves.iter().cloned())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let cves: Vec<CveId> =
+            deliverable.iter().flat_map(|h| h.cves.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
         let fixes = if cves.is_empty() {
             format!("applies {} fixes", best.classification)
         } else {
-            format!(
-                "fixes {}",
-                cves.iter()
-                    .map(CveId::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            format!("fixes {}", cves.iter().map(CveId::as_str).collect::<Vec<_>>().join(", "))
         };
         let blocked = blocker
-            .map(|b| {
-                format!(
-                    "; level {} is classified {} and needs a baseline",
-                    b.level, b.classification
-                )
-            })
+            .map(|b| format!("; level {} is classified {} and needs a baseline", b.level, b.classification))
             .unwrap_or_default();
         return Ok(Offer::Hotpatch {
             level: best.level,
             patch_id: best.patch_id.clone(),
             cves,
-            reason: format!(
-                "hotpatch level {} {fixes} without a restart{blocked}{grace_note}",
-                best.level
-            ),
+            reason: format!("hotpatch level {} {fixes} without a restart{blocked}{grace_note}", best.level),
         });
     }
 
@@ -288,13 +221,8 @@ pub fn decide(input: &OfferInput) -> Result<Offer, OfferError> {
             b.patch_id, b.level, b.classification
         );
         return Ok(match covered_by {
-            Some((next, _)) => baseline(
-                next,
-                format!("{fix}; install baseline {} and restart", next.id),
-            ),
-            None => Offer::UpToDate {
-                reason: format!("{fix}; it waits for the next baseline"),
-            },
+            Some((next, _)) => baseline(next, format!("{fix}; install baseline {} and restart", next.id)),
+            None => Offer::UpToDate { reason: format!("{fix}; it waits for the next baseline") },
         });
     }
 
@@ -303,24 +231,16 @@ pub fn decide(input: &OfferInput) -> Result<Offer, OfferError> {
         Some(level) => format!("at hotpatch level {level}"),
         None => "with no hotpatch applied".to_string(),
     };
-    Ok(Offer::UpToDate {
-        reason: format!("up to date: {current} {at}, nothing newer is released{grace_note}"),
-    })
+    Ok(Offer::UpToDate { reason: format!("up to date: {current} {at}, nothing newer is released{grace_note}") })
 }
 
 fn baseline(to: &CatalogBaseline, reason: String) -> Offer {
-    Offer::Baseline {
-        baseline: to.id.clone(),
-        reason,
-        restart_required: true,
-    }
+    Offer::Baseline { baseline: to.id.clone(), reason, restart_required: true }
 }
 
 /// Cross-checks the input and returns the catalog's entry for the running baseline.
 fn check(input: &OfferInput) -> Result<&CatalogBaseline, OfferError> {
-    let OfferInput {
-        running, catalog, ..
-    } = input;
+    let OfferInput { running, catalog, .. } = input;
     catalog.validate()?;
     if input.applied_level == Some(0) {
         return Err(OfferError::AppliedLevelZero);
@@ -329,17 +249,12 @@ fn check(input: &OfferInput) -> Result<&CatalogBaseline, OfferError> {
         return Err(OfferError::GraceTooLong(input.grace_days));
     }
     if running.product != catalog.product {
-        return Err(OfferError::ProductMismatch {
-            running: running.product.clone(),
-            catalog: catalog.product.clone(),
-        });
+        return Err(OfferError::ProductMismatch { running: running.product.clone(), catalog: catalog.product.clone() });
     }
-    let entry = catalog
-        .baseline(&running.build_id)
-        .ok_or_else(|| OfferError::UnknownBaseline {
-            baseline: running.baseline.clone(),
-            build_id: running.build_id.clone(),
-        })?;
+    let entry = catalog.baseline(&running.build_id).ok_or_else(|| OfferError::UnknownBaseline {
+        baseline: running.baseline.clone(),
+        build_id: running.build_id.clone(),
+    })?;
     if entry.id != running.baseline {
         return Err(OfferError::BaselineMismatch {
             build_id: running.build_id.clone(),

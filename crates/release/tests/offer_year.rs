@@ -3,8 +3,8 @@
 //! the reason.
 
 use hotpatch_release::{
-    BaselineKind, CatalogBaseline, CatalogError, CatalogHotpatch, Classification, Offer,
-    OfferError, OfferInput, OfferKind, ProductCatalog, ReleaseCalendar, RunningBaseline, decide,
+    BaselineKind, CatalogBaseline, CatalogError, CatalogHotpatch, Classification, Offer, OfferError, OfferInput,
+    OfferKind, ProductCatalog, ReleaseCalendar, RunningBaseline, decide,
 };
 use jiff::ToSpan;
 use jiff::civil::{Date, date};
@@ -19,21 +19,10 @@ fn baseline(id: &str, build: &str, released: Date) -> CatalogBaseline {
 }
 
 fn unplanned(id: &str, build: &str, released: Date, reason: &str) -> CatalogBaseline {
-    CatalogBaseline {
-        kind: BaselineKind::Unplanned {
-            reason: reason.into(),
-        },
-        ..baseline(id, build, released)
-    }
+    CatalogBaseline { kind: BaselineKind::Unplanned { reason: reason.into() }, ..baseline(id, build, released) }
 }
 
-fn patch(
-    build: &str,
-    level: u32,
-    class: Classification,
-    cves: &[&str],
-    released: Date,
-) -> CatalogHotpatch {
+fn patch(build: &str, level: u32, class: Classification, cves: &[&str], released: Date) -> CatalogHotpatch {
     CatalogHotpatch {
         baseline_build_id: build.parse().unwrap(),
         patch_id: format!("openssl-{build}-L{level}").parse().unwrap(),
@@ -55,30 +44,14 @@ fn year() -> ProductCatalog {
             baseline("2027.10", "aa10", date(2027, 10, 12)),
         ],
         hotpatches: vec![
-            patch(
-                "aa07",
-                1,
-                Classification::Security,
-                &["CVE-2027-1001"],
-                date(2027, 8, 10),
-            ),
-            patch(
-                "aa07",
-                2,
-                Classification::Critical,
-                &["CVE-2027-1002"],
-                date(2027, 9, 14),
-            ),
+            patch("aa07", 1, Classification::Security, &["CVE-2027-1001"], date(2027, 8, 10)),
+            patch("aa07", 2, Classification::Critical, &["CVE-2027-1002"], date(2027, 9, 14)),
         ],
     }
 }
 
 fn running(catalog: &ProductCatalog, id: &str) -> RunningBaseline {
-    let b = catalog
-        .baselines
-        .iter()
-        .find(|b| b.id.as_str() == id)
-        .unwrap();
+    let b = catalog.baselines.iter().find(|b| b.id.as_str() == id).unwrap();
     RunningBaseline {
         product: catalog.product.clone(),
         baseline: b.id.clone(),
@@ -97,22 +70,8 @@ struct Row {
     reason: &'static str,
 }
 
-const fn row(
-    today: Date,
-    on: &'static str,
-    applied: Option<u32>,
-    want: OfferKind,
-    reason: &'static str,
-) -> Row {
-    Row {
-        today,
-        on,
-        applied,
-        entitled: true,
-        grace: 0,
-        want,
-        reason,
-    }
+const fn row(today: Date, on: &'static str, applied: Option<u32>, want: OfferKind, reason: &'static str) -> Row {
+    Row { today, on, applied, entitled: true, grace: 0, want, reason }
 }
 
 fn run(catalog: &ProductCatalog, rows: &[Row]) -> Vec<Offer> {
@@ -127,17 +86,10 @@ fn run(catalog: &ProductCatalog, rows: &[Row]) -> Vec<Offer> {
                 grace_days: r.grace,
             };
             let offer = decide(&input).unwrap_or_else(|e| panic!("{} on {}: {e}", r.today, r.on));
-            let at = format!(
-                "{} on {} applied {:?} entitled {} grace {}",
-                r.today, r.on, r.applied, r.entitled, r.grace
-            );
+            let at =
+                format!("{} on {} applied {:?} entitled {} grace {}", r.today, r.on, r.applied, r.entitled, r.grace);
             assert_eq!(offer.kind(), r.want, "{at}: {offer:?}");
-            assert!(
-                offer.reason().contains(r.reason),
-                "{at}: reason {:?} lacks {:?}",
-                offer.reason(),
-                r.reason
-            );
+            assert!(offer.reason().contains(r.reason), "{at}: reason {:?} lacks {:?}", offer.reason(), r.reason);
             offer
         })
         .collect()
@@ -151,81 +103,22 @@ fn a_quarter_baseline_then_hotpatches_then_restart() {
     let offers = run(
         &cat,
         &[
-            row(
-                date(2027, 7, 13),
-                "2027.04",
-                None,
-                B,
-                "baseline 2027.07 is out",
-            ),
-            row(
-                date(2027, 7, 20),
-                "2027.07",
-                None,
-                U,
-                "nothing newer is released",
-            ),
+            row(date(2027, 7, 13), "2027.04", None, B, "baseline 2027.07 is out"),
+            row(date(2027, 7, 20), "2027.07", None, U, "nothing newer is released"),
             row(date(2027, 8, 9), "2027.07", None, U, "nothing newer"),
-            row(
-                date(2027, 8, 10),
-                "2027.07",
-                None,
-                H,
-                "hotpatch level 1 fixes CVE-2027-1001 without a restart",
-            ),
-            row(
-                date(2027, 8, 20),
-                "2027.07",
-                Some(1),
-                U,
-                "at hotpatch level 1",
-            ),
-            row(
-                date(2027, 9, 14),
-                "2027.07",
-                Some(1),
-                H,
-                "hotpatch level 2 fixes CVE-2027-1002",
-            ),
-            row(
-                date(2027, 9, 14),
-                "2027.07",
-                None,
-                H,
-                "fixes CVE-2027-1001, CVE-2027-1002",
-            ),
-            row(
-                date(2027, 10, 11),
-                "2027.07",
-                Some(2),
-                U,
-                "at hotpatch level 2",
-            ),
+            row(date(2027, 8, 10), "2027.07", None, H, "hotpatch level 1 fixes CVE-2027-1001 without a restart"),
+            row(date(2027, 8, 20), "2027.07", Some(1), U, "at hotpatch level 1"),
+            row(date(2027, 9, 14), "2027.07", Some(1), H, "hotpatch level 2 fixes CVE-2027-1002"),
+            row(date(2027, 9, 14), "2027.07", None, H, "fixes CVE-2027-1001, CVE-2027-1002"),
+            row(date(2027, 10, 11), "2027.07", Some(2), U, "at hotpatch level 2"),
             row(date(2027, 10, 11), "2027.07", Some(1), H, "level 2"),
-            row(
-                date(2027, 10, 12),
-                "2027.07",
-                Some(2),
-                B,
-                "baseline 2027.10 is out",
-            ),
-            row(
-                date(2027, 10, 12),
-                "2027.07",
-                None,
-                B,
-                "baseline 2027.10 is out",
-            ),
+            row(date(2027, 10, 12), "2027.07", Some(2), B, "baseline 2027.10 is out"),
+            row(date(2027, 10, 12), "2027.07", None, B, "baseline 2027.10 is out"),
             row(date(2027, 10, 12), "2027.10", None, U, "nothing newer"),
         ],
     );
     match &offers[5] {
-        Offer::Hotpatch {
-            level,
-            patch_id,
-            cves,
-            ..
-        } => {
+        Offer::Hotpatch { level, patch_id, cves, .. } => {
             assert_eq!(*level, 2);
             assert_eq!(patch_id.as_str(), "openssl-aa07-L2");
             // Level 1 is applied: only what level 2 adds is news.
@@ -234,11 +127,7 @@ fn a_quarter_baseline_then_hotpatches_then_restart() {
         other => panic!("{other:?}"),
     }
     match &offers[9] {
-        Offer::Baseline {
-            baseline,
-            restart_required,
-            ..
-        } => {
+        Offer::Baseline { baseline, restart_required, .. } => {
             assert_eq!(baseline.as_str(), "2027.10");
             assert!(*restart_required);
         }
@@ -254,13 +143,7 @@ fn equal_or_higher_applied_level_is_up_to_date() {
         &[
             row(date(2027, 9, 20), "2027.07", Some(2), U, "up to date"),
             // A level above anything released (e.g. the catalog withdrew one).
-            row(
-                date(2027, 9, 20),
-                "2027.07",
-                Some(5),
-                U,
-                "at hotpatch level 5",
-            ),
+            row(date(2027, 9, 20), "2027.07", Some(5), U, "at hotpatch level 5"),
         ],
     );
 }
@@ -271,27 +154,13 @@ fn a_machine_that_missed_a_baseline() {
     let offers = run(
         &cat,
         &[
-            row(
-                date(2027, 7, 20),
-                "2027.04",
-                None,
-                B,
-                "baseline 2027.07 is out",
-            ),
-            row(
-                date(2027, 10, 12),
-                "2027.04",
-                None,
-                B,
-                "machine missed the last baseline",
-            ),
+            row(date(2027, 7, 20), "2027.04", None, B, "baseline 2027.07 is out"),
+            row(date(2027, 10, 12), "2027.04", None, B, "machine missed the last baseline"),
             row(date(2027, 10, 12), "2027.04", None, B, "2 baselines behind"),
         ],
     );
     // The newest baseline is offered, not the one skipped.
-    assert!(
-        matches!(&offers[1], Offer::Baseline { baseline, .. } if baseline.as_str() == "2027.10")
-    );
+    assert!(matches!(&offers[1], Offer::Baseline { baseline, .. } if baseline.as_str() == "2027.10"));
 }
 
 #[test]
@@ -303,124 +172,37 @@ fn an_unplanned_baseline_in_a_hotpatch_month() {
         date(2027, 8, 17),
         "zero-day CVE-2027-2000 in the record layer cannot be hotpatched",
     ));
-    cat.hotpatches.push(patch(
-        "ab08",
-        1,
-        Classification::Security,
-        &["CVE-2027-2001"],
-        date(2027, 9, 14),
-    ));
+    cat.hotpatches.push(patch("ab08", 1, Classification::Security, &["CVE-2027-2001"], date(2027, 9, 14)));
     let mut rows = vec![
         row(date(2027, 8, 16), "2027.07", None, H, "hotpatch level 1"),
-        row(
-            date(2027, 8, 17),
-            "2027.07",
-            Some(1),
-            B,
-            "unplanned baseline 2027.08-zd is out",
-        ),
-        row(
-            date(2027, 8, 17),
-            "2027.07",
-            None,
-            B,
-            "cannot be hotpatched",
-        ),
+        row(date(2027, 8, 17), "2027.07", Some(1), B, "unplanned baseline 2027.08-zd is out"),
+        row(date(2027, 8, 17), "2027.07", None, B, "cannot be hotpatched"),
         // Hotpatches for the old baseline stop at once, even though level 2 is out.
-        row(
-            date(2027, 9, 14),
-            "2027.07",
-            Some(1),
-            B,
-            "unplanned baseline",
-        ),
+        row(date(2027, 9, 14), "2027.07", Some(1), B, "unplanned baseline"),
         row(date(2027, 8, 20), "2027.08-zd", None, U, "nothing newer"),
-        row(
-            date(2027, 9, 14),
-            "2027.08-zd",
-            None,
-            H,
-            "fixes CVE-2027-2001",
-        ),
-        row(
-            date(2027, 10, 12),
-            "2027.08-zd",
-            Some(1),
-            B,
-            "baseline 2027.10 is out",
-        ),
-        row(
-            date(2027, 10, 12),
-            "2027.07",
-            Some(2),
-            B,
-            "missed the last baseline",
-        ),
+        row(date(2027, 9, 14), "2027.08-zd", None, H, "fixes CVE-2027-2001"),
+        row(date(2027, 10, 12), "2027.08-zd", Some(1), B, "baseline 2027.10 is out"),
+        row(date(2027, 10, 12), "2027.07", Some(2), B, "missed the last baseline"),
     ];
     // A grace for planned baselines does not delay an unplanned one.
-    rows.push(Row {
-        grace: 14,
-        ..row(
-            date(2027, 8, 17),
-            "2027.07",
-            Some(1),
-            B,
-            "unplanned baseline",
-        )
-    });
+    rows.push(Row { grace: 14, ..row(date(2027, 8, 17), "2027.07", Some(1), B, "unplanned baseline") });
     run(&cat, &rows);
 }
 
 #[test]
 fn a_non_security_fix_needs_a_baseline() {
     let mut cat = year();
-    cat.hotpatches[1] = patch(
-        "aa07",
-        2,
-        Classification::NonSecurity,
-        &[],
-        date(2027, 9, 14),
-    );
-    cat.hotpatches.push(patch(
-        "aa07",
-        3,
-        Classification::Security,
-        &["CVE-2027-1003"],
-        date(2027, 9, 21),
-    ));
+    cat.hotpatches[1] = patch("aa07", 2, Classification::NonSecurity, &[], date(2027, 9, 14));
+    cat.hotpatches.push(patch("aa07", 3, Classification::Security, &["CVE-2027-1003"], date(2027, 9, 21)));
     let grace = |r: Row| Row { grace: 7, ..r };
     run(
         &cat,
         &[
-            row(
-                date(2027, 9, 30),
-                "2027.07",
-                None,
-                H,
-                "level 2 is classified non-security and needs a baseline",
-            ),
+            row(date(2027, 9, 30), "2027.07", None, H, "level 2 is classified non-security and needs a baseline"),
             // Level 3 carries level 2's fix, so it cannot ship as a hotpatch either.
-            row(
-                date(2027, 9, 30),
-                "2027.07",
-                Some(1),
-                U,
-                "classified non-security",
-            ),
-            row(
-                date(2027, 9, 30),
-                "2027.07",
-                Some(1),
-                U,
-                "waits for the next baseline",
-            ),
-            row(
-                date(2027, 10, 12),
-                "2027.07",
-                Some(1),
-                B,
-                "baseline 2027.10 is out",
-            ),
+            row(date(2027, 9, 30), "2027.07", Some(1), U, "classified non-security"),
+            row(date(2027, 9, 30), "2027.07", Some(1), U, "waits for the next baseline"),
+            row(date(2027, 10, 12), "2027.07", Some(1), B, "baseline 2027.10 is out"),
             grace(row(
                 date(2027, 10, 13),
                 "2027.07",
@@ -436,11 +218,7 @@ fn a_non_security_fix_needs_a_baseline() {
 
 #[test]
 fn other_classes_than_security_and_critical_block_too() {
-    for class in [
-        Classification::Runtime,
-        Classification::ThirdParty,
-        Classification::FirmwareDriver,
-    ] {
+    for class in [Classification::Runtime, Classification::ThirdParty, Classification::FirmwareDriver] {
         let mut cat = year();
         cat.hotpatches[0].classification = class;
         let offer = decide(&OfferInput {
@@ -453,56 +231,23 @@ fn other_classes_than_security_and_critical_block_too() {
         })
         .unwrap();
         assert_eq!(offer.kind(), OfferKind::UpToDate, "{class}");
-        assert!(
-            offer.reason().contains(&format!("classified {class}")),
-            "{offer:?}"
-        );
+        assert!(offer.reason().contains(&format!("classified {class}")), "{offer:?}");
     }
 }
 
 #[test]
 fn an_unentitled_machine_gets_baselines_only() {
-    let unentitled = |r: Row| Row {
-        entitled: false,
-        ..r
-    };
+    let unentitled = |r: Row| Row { entitled: false, ..r };
     let cat = year();
     run(
         &cat,
         &[
-            unentitled(row(
-                date(2027, 7, 20),
-                "2027.07",
-                None,
-                U,
-                "not entitled to hotpatches",
-            )),
-            unentitled(row(
-                date(2027, 8, 20),
-                "2027.07",
-                None,
-                U,
-                "not entitled to hotpatches: level 1",
-            )),
-            unentitled(row(
-                date(2027, 9, 20),
-                "2027.07",
-                Some(1),
-                U,
-                "not entitled",
-            )),
-            unentitled(row(
-                date(2027, 10, 12),
-                "2027.07",
-                None,
-                B,
-                "baseline 2027.10 is out",
-            )),
+            unentitled(row(date(2027, 7, 20), "2027.07", None, U, "not entitled to hotpatches")),
+            unentitled(row(date(2027, 8, 20), "2027.07", None, U, "not entitled to hotpatches: level 1")),
+            unentitled(row(date(2027, 9, 20), "2027.07", Some(1), U, "not entitled")),
+            unentitled(row(date(2027, 10, 12), "2027.07", None, B, "baseline 2027.10 is out")),
             // No grace without entitlement: the baseline is due the day it is out.
-            Row {
-                grace: 7,
-                ..unentitled(row(date(2027, 10, 12), "2027.07", None, B, "not entitled"))
-            },
+            Row { grace: 7, ..unentitled(row(date(2027, 10, 12), "2027.07", None, B, "not entitled")) },
         ],
     );
 }
@@ -510,24 +255,12 @@ fn an_unentitled_machine_gets_baselines_only() {
 #[test]
 fn a_grace_keeps_hotpatches_coming_after_a_planned_baseline() {
     let mut cat = year();
-    cat.hotpatches.push(patch(
-        "aa07",
-        3,
-        Classification::Security,
-        &["CVE-2027-1003"],
-        date(2027, 10, 14),
-    ));
+    cat.hotpatches.push(patch("aa07", 3, Classification::Security, &["CVE-2027-1003"], date(2027, 10, 14)));
     let grace = |r: Row| Row { grace: 7, ..r };
     run(
         &cat,
         &[
-            grace(row(
-                date(2027, 10, 12),
-                "2027.07",
-                Some(2),
-                U,
-                "covered until 2027-10-18",
-            )),
+            grace(row(date(2027, 10, 12), "2027.07", Some(2), U, "covered until 2027-10-18")),
             grace(row(
                 date(2027, 10, 15),
                 "2027.07",
@@ -535,20 +268,8 @@ fn a_grace_keeps_hotpatches_coming_after_a_planned_baseline() {
                 H,
                 "hotpatch level 3 fixes CVE-2027-1003 without a restart; baseline 2027.10 is out",
             )),
-            grace(row(
-                date(2027, 10, 18),
-                "2027.07",
-                Some(3),
-                U,
-                "install it and restart before then",
-            )),
-            grace(row(
-                date(2027, 10, 19),
-                "2027.07",
-                Some(3),
-                B,
-                "covered until 2027-10-18",
-            )),
+            grace(row(date(2027, 10, 18), "2027.07", Some(3), U, "install it and restart before then")),
+            grace(row(date(2027, 10, 19), "2027.07", Some(3), B, "covered until 2027-10-18")),
         ],
     );
 }
@@ -558,11 +279,7 @@ fn a_grace_keeps_hotpatches_coming_after_a_planned_baseline() {
 #[test]
 fn offer_follows_the_calendar_coverage_day_by_day() {
     for grace_days in [0u16, 5] {
-        let cal = ReleaseCalendar::new(hotpatch_release::CalendarConfig {
-            grace_days,
-            ..Default::default()
-        })
-        .unwrap();
+        let cal = ReleaseCalendar::new(hotpatch_release::CalendarConfig { grace_days, ..Default::default() }).unwrap();
         let months = ["2027-01", "2027-04", "2027-07", "2027-10", "2028-01"];
         let cat = ProductCatalog {
             product: "openssl".parse().unwrap(),
@@ -571,11 +288,7 @@ fn offer_follows_the_calendar_coverage_day_by_day() {
                 .enumerate()
                 .map(|(i, m)| {
                     let id = m.replace('-', ".");
-                    baseline(
-                        &id,
-                        &format!("b{i}b{i}"),
-                        cal.release_date(m.parse().unwrap()),
-                    )
+                    baseline(&id, &format!("b{i}b{i}"), cal.release_date(m.parse().unwrap()))
                 })
                 .collect(),
             hotpatches: vec![],
@@ -595,12 +308,7 @@ fn offer_follows_the_calendar_coverage_day_by_day() {
                 })
                 .unwrap();
                 let want = if day > until { B } else { U };
-                assert_eq!(
-                    offer.kind(),
-                    want,
-                    "{} on {day}, covered until {until}",
-                    b.id
-                );
+                assert_eq!(offer.kind(), want, "{} on {day}, covered until {until}", b.id);
                 day = day.checked_add(1.day()).unwrap();
             }
         }
@@ -623,26 +331,11 @@ fn inconsistent_input_is_refused_naming_the_problem() {
         f(&mut input);
         decide(&input).unwrap_err()
     };
-    assert!(matches!(
-        err(&|i| i.running.product = "zlib".parse().unwrap()),
-        OfferError::ProductMismatch { .. }
-    ));
-    assert!(matches!(
-        err(&|i| i.running.build_id = "ffff".parse().unwrap()),
-        OfferError::UnknownBaseline { .. }
-    ));
-    assert!(matches!(
-        err(&|i| i.running.baseline = "2027.08".parse().unwrap()),
-        OfferError::BaselineMismatch { .. }
-    ));
-    assert!(matches!(
-        err(&|i| i.running.release_date = date(2027, 7, 14)),
-        OfferError::ReleaseDateMismatch { .. }
-    ));
-    assert_eq!(
-        err(&|i| i.applied_level = Some(0)),
-        OfferError::AppliedLevelZero
-    );
+    assert!(matches!(err(&|i| i.running.product = "zlib".parse().unwrap()), OfferError::ProductMismatch { .. }));
+    assert!(matches!(err(&|i| i.running.build_id = "ffff".parse().unwrap()), OfferError::UnknownBaseline { .. }));
+    assert!(matches!(err(&|i| i.running.baseline = "2027.08".parse().unwrap()), OfferError::BaselineMismatch { .. }));
+    assert!(matches!(err(&|i| i.running.release_date = date(2027, 7, 14)), OfferError::ReleaseDateMismatch { .. }));
+    assert_eq!(err(&|i| i.applied_level = Some(0)), OfferError::AppliedLevelZero);
     assert_eq!(err(&|i| i.grace_days = 32), OfferError::GraceTooLong(32));
     assert!(matches!(
         err(&|i| i.catalog.hotpatches[1].level = 1),
@@ -652,10 +345,7 @@ fn inconsistent_input_is_refused_naming_the_problem() {
         err(&|i| i.catalog.hotpatches[1].patch_id = "openssl-aa07-L1".parse().unwrap()),
         OfferError::Catalog(CatalogError::DuplicatePatchId(_))
     ));
-    assert!(matches!(
-        err(&|i| i.catalog.hotpatches[0].level = 0),
-        OfferError::Catalog(CatalogError::LevelZero(_))
-    ));
+    assert!(matches!(err(&|i| i.catalog.hotpatches[0].level = 0), OfferError::Catalog(CatalogError::LevelZero(_))));
     assert!(matches!(
         err(&|i| i.catalog.hotpatches[0].baseline_build_id = "cccc".parse().unwrap()),
         OfferError::Catalog(CatalogError::UnknownBaseline { .. })
@@ -705,9 +395,7 @@ fn json_shapes_for_the_server() {
     assert_eq!(again, offer);
 
     let bad = text.replace("\"aa07\"", "\"not-hex\"");
-    let err = serde_json::from_str::<OfferInput>(&bad)
-        .unwrap_err()
-        .to_string();
+    let err = serde_json::from_str::<OfferInput>(&bad).unwrap_err().to_string();
     assert!(err.contains("build-id"), "{err}");
     let bad = text.replace("\"2027-08-20\"", "\"2027-02-30\"");
     assert!(serde_json::from_str::<OfferInput>(&bad).is_err());

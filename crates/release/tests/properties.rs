@@ -1,9 +1,9 @@
 //! Invariants of the offer and the calendar over generated catalogs and calendars.
 
 use hotpatch_release::{
-    BaselineKind, CalendarConfig, CalendarError, CatalogBaseline, CatalogHotpatch, Classification,
-    MonthKind, Offer, OfferInput, PatchDay, ProductCatalog, ReleaseCalendar, RunningBaseline,
-    UnplannedBaseline, Weekday, YearMonth, decide,
+    BaselineKind, CalendarConfig, CalendarError, CatalogBaseline, CatalogHotpatch, Classification, MonthKind, Offer,
+    OfferInput, PatchDay, ProductCatalog, ReleaseCalendar, RunningBaseline, UnplannedBaseline, Weekday, YearMonth,
+    decide,
 };
 use jiff::ToSpan;
 use jiff::civil::{Date, date};
@@ -22,10 +22,7 @@ type RawPatch = (usize, u32, usize, i64, u8);
 
 fn class(i: usize) -> Classification {
     // Weighted towards security so that long hotpatchable runs are common.
-    Classification::ALL
-        .get(i)
-        .copied()
-        .unwrap_or(Classification::Security)
+    Classification::ALL.get(i).copied().unwrap_or(Classification::Security)
 }
 
 fn catalog(raw_baselines: &[RawBaseline], raw_patches: &[RawPatch]) -> ProductCatalog {
@@ -40,9 +37,7 @@ fn catalog(raw_baselines: &[RawBaseline], raw_patches: &[RawPatch]) -> ProductCa
                 build_id: format!("{i:02x}{i:02x}").parse().unwrap(),
                 release_date: day(offset),
                 kind: if unplanned && i > 0 {
-                    BaselineKind::Unplanned {
-                        reason: "cannot be hotpatched".into(),
-                    }
+                    BaselineKind::Unplanned { reason: "cannot be hotpatched".into() }
                 } else {
                     BaselineKind::Planned
                 },
@@ -62,17 +57,11 @@ fn catalog(raw_baselines: &[RawBaseline], raw_patches: &[RawPatch]) -> ProductCa
             patch_id: format!("p{b}-{level}").parse().unwrap(),
             level,
             classification: class(c),
-            cves: (0..cve)
-                .map(|k| format!("CVE-2027-{b}{level}{k:02}0").parse().unwrap())
-                .collect(),
+            cves: (0..cve).map(|k| format!("CVE-2027-{b}{level}{k:02}0").parse().unwrap()).collect(),
             release_date: base.release_date.checked_add(after.days()).unwrap(),
         });
     }
-    ProductCatalog {
-        product: "openssl".parse().unwrap(),
-        baselines,
-        hotpatches,
-    }
+    ProductCatalog { product: "openssl".parse().unwrap(), baselines, hotpatches }
 }
 
 prop_compose! {

@@ -34,9 +34,7 @@ impl Role {
             "viewer" => Ok(Role::Viewer),
             "operator" => Ok(Role::Operator),
             "admin" => Ok(Role::Admin),
-            other => Err(ApiError::BadRequest(format!(
-                "unknown role {other:?} (expected admin, operator or viewer)"
-            ))),
+            other => Err(ApiError::BadRequest(format!("unknown role {other:?} (expected admin, operator or viewer)"))),
         }
     }
 }
@@ -111,9 +109,7 @@ impl FromRequestParts<AppState> for User {
             .await?
             .ok_or_else(|| ApiError::Unauthorized("session expired; sign in again".into()))?
         } else {
-            return Err(ApiError::Unauthorized(
-                "missing credentials: send 'Authorization: Bearer <API token>'".into(),
-            ));
+            return Err(ApiError::Unauthorized("missing credentials: send 'Authorization: Bearer <API token>'".into()));
         };
         Ok(User {
             user_id: row.try_get(0)?,
@@ -140,9 +136,7 @@ impl FromRequestParts<AppState> for Machine {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Machine, ApiError> {
         let token = bearer(parts).ok_or_else(|| {
-            ApiError::Unauthorized(
-                "missing machine credential: send 'Authorization: Bearer <credential>'".into(),
-            )
+            ApiError::Unauthorized("missing machine credential: send 'Authorization: Bearer <credential>'".into())
         })?;
         let row = sqlx::query(
             "SELECT id, org_id, tags, state_hash, cores, last_seen, revoked_at FROM machines WHERE credential_hash = $1",
@@ -174,20 +168,13 @@ pub struct OrgCaller {
 impl FromRequestParts<AppState> for OrgCaller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<OrgCaller, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<OrgCaller, ApiError> {
         if bearer(parts).is_some_and(|t| t.starts_with("hpm_")) {
             let machine = Machine::from_request_parts(parts, state).await?;
-            Ok(OrgCaller {
-                org_id: machine.org_id,
-            })
+            Ok(OrgCaller { org_id: machine.org_id })
         } else {
             let user = User::from_request_parts(parts, state).await?;
-            Ok(OrgCaller {
-                org_id: user.org_id,
-            })
+            Ok(OrgCaller { org_id: user.org_id })
         }
     }
 }

@@ -17,28 +17,18 @@ pub struct CreatedAdmin {
 
 pub async fn org_count(db: &Db) -> ApiResult<i64> {
     use sqlx::Row;
-    let row = sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) FROM orgs")
-        .fetch_one(&db.pool)
-        .await?;
+    let row = sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) FROM orgs").fetch_one(&db.pool).await?;
     Ok(row.try_get(0)?)
 }
 
 /// Creates organisation `org` (if it does not exist) and admin user `user` in it.
 /// `trial_until` starts the organisation's free trial.
-pub async fn create_admin(
-    db: &Db,
-    org: &str,
-    user: &str,
-    trial_until: Option<i64>,
-) -> ApiResult<CreatedAdmin> {
+pub async fn create_admin(db: &Db, org: &str, user: &str, trial_until: Option<i64>) -> ApiResult<CreatedAdmin> {
     use sqlx::Row;
     crate::api::access::check_name("organisation", org)?;
     crate::api::access::check_name("user", user)?;
     let mut tx = db.begin().await?;
-    let existing = sqlx::query("SELECT id FROM orgs WHERE name = $1")
-        .bind(org)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let existing = sqlx::query("SELECT id FROM orgs WHERE name = $1").bind(org).fetch_optional(&mut *tx).await?;
     let org_id = match existing {
         Some(row) => row.try_get::<String, _>(0)?,
         None => {
@@ -59,15 +49,8 @@ pub async fn create_admin(
             .bind(now())
             .execute(&mut *tx)
             .await?;
-            audit::record(
-                &mut tx,
-                &id,
-                "server-admin",
-                "org.create",
-                org,
-                json!({ "trial_until": trial_until }),
-            )
-            .await?;
+            audit::record(&mut tx, &id, "server-admin", "org.create", org, json!({ "trial_until": trial_until }))
+                .await?;
             id
         }
     };
@@ -77,41 +60,27 @@ pub async fn create_admin(
         .fetch_optional(&mut *tx)
         .await?;
     if taken.is_some() {
-        return Err(ApiError::Conflict(format!(
-            "user {user:?} already exists in organisation {org:?}"
-        )));
+        return Err(ApiError::Conflict(format!("user {user:?} already exists in organisation {org:?}")));
     }
     let user_id = new_id()?;
-    sqlx::query(
-        "INSERT INTO users (id, org_id, name, role, created) VALUES ($1, $2, $3, 'admin', $4)",
-    )
-    .bind(&user_id)
-    .bind(&org_id)
-    .bind(user)
-    .bind(now())
-    .execute(&mut *tx)
-    .await?;
-    let token = new_secret("hpu_")?;
-    sqlx::query("INSERT INTO api_tokens (id, user_id, token_hash, label, created) VALUES ($1, $2, $3, 'bootstrap', $4)")
-        .bind(new_id()?)
+    sqlx::query("INSERT INTO users (id, org_id, name, role, created) VALUES ($1, $2, $3, 'admin', $4)")
         .bind(&user_id)
-        .bind(hash_secret(&token))
+        .bind(&org_id)
+        .bind(user)
         .bind(now())
         .execute(&mut *tx)
         .await?;
-    audit::record(
-        &mut tx,
-        &org_id,
-        "server-admin",
-        "user.create",
-        user,
-        json!({ "role": "admin" }),
+    let token = new_secret("hpu_")?;
+    sqlx::query(
+        "INSERT INTO api_tokens (id, user_id, token_hash, label, created) VALUES ($1, $2, $3, 'bootstrap', $4)",
     )
+    .bind(new_id()?)
+    .bind(&user_id)
+    .bind(hash_secret(&token))
+    .bind(now())
+    .execute(&mut *tx)
     .await?;
+    audit::record(&mut tx, &org_id, "server-admin", "user.create", user, json!({ "role": "admin" })).await?;
     tx.commit().await?;
-    Ok(CreatedAdmin {
-        org_id,
-        user_id,
-        token,
-    })
+    Ok(CreatedAdmin { org_id, user_id, token })
 }

@@ -25,23 +25,16 @@ pub fn date_of(unix: i64) -> Option<Date> {
 pub fn covered_until(b: &Baseline, all: &[Baseline], now: i64) -> Option<Coverage> {
     let calendar = ReleaseCalendar::default();
     let released = date_of(b.released)?;
-    let successor = all
-        .iter()
-        .filter(|o| o.product == b.product && o.released > b.released)
-        .min_by_key(|o| o.released);
+    let successor = all.iter().filter(|o| o.product == b.product && o.released > b.released).min_by_key(|o| o.released);
     let (until, next_name) = match successor {
-        Some(o) => (
-            coverage_end(date_of(o.released)?, !o.planned, calendar.grace_days())?,
-            format!("baseline {}", o.name),
-        ),
+        Some(o) => {
+            (coverage_end(date_of(o.released)?, !o.planned, calendar.grace_days())?, format!("baseline {}", o.name))
+        }
         None => {
             let next = calendar.next_baseline_after(released)?;
             (
                 calendar.covered_until(released)?,
-                format!(
-                    "the next baseline ({}, due {})",
-                    next.month, next.release_date
-                ),
+                format!("the next baseline ({}, due {})", next.month, next.release_date),
             )
         }
     };
@@ -52,11 +45,7 @@ pub fn covered_until(b: &Baseline, all: &[Baseline], now: i64) -> Option<Coverag
     } else {
         format!("covered until {date}: install {next_name} and restart before then")
     };
-    Some(Coverage {
-        date,
-        advice,
-        expired,
-    })
+    Some(Coverage { date, advice, expired })
 }
 
 #[cfg(test)]
@@ -84,7 +73,8 @@ mod tests {
             c,
             Some((
                 "2027-04-12".into(),
-                "covered until 2027-04-12: install the next baseline (2027-04, due 2027-04-13) and restart before then".into()
+                "covered until 2027-04-12: install the next baseline (2027-04, due 2027-04-13) and restart before then"
+                    .into()
             ))
         );
     }

@@ -52,26 +52,19 @@ impl Db {
             return Err(DbError::UnknownScheme(url.to_string()));
         };
         let options = AnyConnectOptions::from_str(url)?;
-        let pool = Self::pool_options(backend, max_connections)
-            .connect_with(options.clone())
-            .await?;
+        let pool = Self::pool_options(backend, max_connections).connect_with(options.clone()).await?;
         let writer = match backend {
             Backend::Sqlite => Self::pool_options(backend, 1).connect_with(options).await?,
             Backend::Postgres => pool.clone(),
         };
-        let db = Db {
-            pool,
-            writer,
-            backend,
-        };
+        let db = Db { pool, writer, backend };
         schema::migrate(&db).await?;
         Ok(db)
     }
 
     fn pool_options(backend: Backend, max_connections: u32) -> AnyPoolOptions {
-        let mut pool_options = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10));
+        let mut pool_options =
+            AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(10));
         if backend == Backend::Sqlite {
             // WAL lets readers run beside the single writer; NORMAL sync is safe
             // under WAL (a crash loses at most the last transactions, never consistency).

@@ -30,16 +30,9 @@ pub use db::{Backend, Db, DbError};
 pub use state::AppState;
 
 /// Opens the database (running migrations) and builds the shared state.
-pub async fn open(
-    database_url: &str,
-    trust: TrustStore,
-    max_connections: u32,
-) -> Result<AppState, DbError> {
+pub async fn open(database_url: &str, trust: TrustStore, max_connections: u32) -> Result<AppState, DbError> {
     let db = Db::connect(database_url, max_connections).await?;
-    Ok(AppState {
-        db,
-        trust: Arc::new(trust),
-    })
+    Ok(AppState { db, trust: Arc::new(trust) })
 }
 
 /// The whole HTTP surface: API, OpenAPI document and web UI.

@@ -95,25 +95,13 @@ async fn main() -> anyhow::Result<()> {
         None => {
             std::fs::create_dir_all(&cli.data)
                 .with_context(|| format!("creating data directory {}", cli.data.display()))?;
-            format!(
-                "sqlite://{}?mode=rwc",
-                cli.data.join("hotpatch.db").display()
-            )
+            format!("sqlite://{}?mode=rwc", cli.data.join("hotpatch.db").display())
         }
     };
     let trust = load_trust(&cli.trust.clone().unwrap_or_else(|| cli.data.join("trust")))?;
-    let state = hotpatch_server::open(&url, trust, cli.db_connections)
-        .await
-        .context("opening the database")?;
+    let state = hotpatch_server::open(&url, trust, cli.db_connections).await.context("opening the database")?;
     match cli.command {
-        Some(Command::Admin {
-            command:
-                AdminCommand::Create {
-                    org,
-                    user,
-                    trial_until,
-                },
-        }) => {
+        Some(Command::Admin { command: AdminCommand::Create { org, user, trial_until } }) => {
             let trial = match trial_until {
                 None => None,
                 Some(t) => Some(
@@ -121,13 +109,10 @@ async fn main() -> anyhow::Result<()> {
                         .with_context(|| format!("--trial-until {t:?} is not RFC 3339"))?,
                 ),
             };
-            let created = bootstrap::create_admin(&state.db, &org, &user, trial)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let created =
+                bootstrap::create_admin(&state.db, &org, &user, trial).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}", created.token);
-            eprintln!(
-                "admin {user:?} created in organisation {org:?}; the API token above is shown only once"
-            );
+            eprintln!("admin {user:?} created in organisation {org:?}; the API token above is shown only once");
             Ok(())
         }
         None => run(state, cli.run).await,
@@ -135,11 +120,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(state: hotpatch_server::AppState, args: RunArgs) -> anyhow::Result<()> {
-    if bootstrap::org_count(&state.db)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        == 0
-    {
+    if bootstrap::org_count(&state.db).await.map_err(|e| anyhow::anyhow!("{e}"))? == 0 {
         let trial = hotpatch_server::util::now() + args.trial_days * 86_400;
         let created = bootstrap::create_admin(&state.db, "default", "admin", Some(trial))
             .await
@@ -155,9 +136,8 @@ async fn run(state: hotpatch_server::AppState, args: RunArgs) -> anyhow::Result<
         (Some(c), Some(k)) => Some(serve::tls_acceptor(c, k)?),
         _ => None,
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     serve::warn_if_plain_public(addr, tls.is_some());
     tracing::info!(%addr, tls = tls.is_some(), backend = ?state.db.backend, "hotpatch-server listening");

@@ -212,10 +212,8 @@ pub async fn migrate(db: &Db) -> Result<(), DbError> {
 }
 
 async fn run_pending(db: &Db, conn: &mut sqlx::AnyConnection) -> Result<(), DbError> {
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied BIGINT NOT NULL)",
-    )
-    .await?;
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied BIGINT NOT NULL)")
+        .await?;
     let done: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
         .fetch_all(&mut *conn)
         .await?
@@ -239,10 +237,7 @@ async fn run_pending(db: &Db, conn: &mut sqlx::AnyConnection) -> Result<(), DbEr
                 .await?;
             tx.commit().await
         };
-        run.await.map_err(|source| DbError::Migration {
-            version: *version,
-            source,
-        })?;
+        run.await.map_err(|source| DbError::Migration { version: *version, source })?;
         tracing::info!(version, "schema migration applied");
     }
     Ok(())

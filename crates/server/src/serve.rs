@@ -27,26 +27,16 @@ pub enum TlsError {
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| TlsError::Cert {
-            path: cert.display().to_string(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| TlsError::Cert { path: cert.display().to_string(), message: e.to_string() })?;
     if certs.is_empty() {
-        return Err(TlsError::Cert {
-            path: cert.display().to_string(),
-            message: "no certificate in PEM file".into(),
-        });
+        return Err(TlsError::Cert { path: cert.display().to_string(), message: "no certificate in PEM file".into() });
     }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
-        path: key.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key_der)?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsError::Key { path: key.display().to_string(), message: e.to_string() })?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -55,9 +45,7 @@ pub fn warn_if_plain_public(addr: SocketAddr, tls: bool) {
     if !tls && !addr.ip().is_loopback() {
         let line = "!".repeat(78);
         tracing::warn!("{line}");
-        tracing::warn!(
-            "SERVING PLAIN HTTP ON {addr}, A NON-LOOPBACK ADDRESS: API tokens and machine"
-        );
+        tracing::warn!("SERVING PLAIN HTTP ON {addr}, A NON-LOOPBACK ADDRESS: API tokens and machine");
         tracing::warn!("credentials cross the network unencrypted. Use --tls-cert and --tls-key.");
         tracing::warn!("{line}");
     }
@@ -87,8 +75,7 @@ impl TlsListener {
                 let acceptor = acceptor.clone();
                 let sender = tx.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-                    {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
                             let _ = sender.send((tls, peer)).await;
                         }
@@ -129,15 +116,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     match tls {
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
         Some(acceptor) => {
-            axum::serve(TlsListener::new(listener, acceptor)?, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+            axum::serve(TlsListener::new(listener, acceptor)?, app).with_graceful_shutdown(shutdown).await
         }
     }
 }

@@ -37,9 +37,7 @@ pub fn day_of(unix: i64) -> i64 {
 }
 
 pub fn rfc3339(unix: i64) -> String {
-    jiff::Timestamp::from_second(unix)
-        .map(|t| t.to_string())
-        .unwrap_or_else(|_| unix.to_string())
+    jiff::Timestamp::from_second(unix).map(|t| t.to_string()).unwrap_or_else(|_| unix.to_string())
 }
 
 pub fn parse_time(text: &str) -> Option<i64> {

@@ -59,12 +59,7 @@ impl Window {
             }
             let hour = i8::try_from(self.start_minute / 60).ok()?;
             let minute = i8::try_from(self.start_minute % 60).ok()?;
-            let start = date
-                .at(hour, minute, 0, 0)
-                .to_zoned(tz.clone())
-                .ok()?
-                .timestamp()
-                .as_second();
+            let start = date.at(hour, minute, 0, 0).to_zoned(tz.clone()).ok()?.timestamp().as_second();
             let end = start + self.duration_minutes * 60;
             if end > now {
                 return Some((start, end));
@@ -74,8 +69,7 @@ impl Window {
     }
 
     pub fn is_open(&self, now: i64) -> bool {
-        self.current_or_next(now)
-            .is_some_and(|(start, _)| start <= now)
+        self.current_or_next(now).is_some_and(|(start, _)| start <= now)
     }
 }
 

@@ -12,57 +12,27 @@ fn access_roles_tokens_and_audit() {
         let s = TestServer::start(&b);
         let (st, me) = s.get("/api/v1/whoami", &s.admin);
         assert_eq!((st, me["role"].as_str()), (200, Some("admin")));
-        let (st, _) = s.post(
-            "/api/v1/users",
-            &s.admin,
-            json!({ "name": "vera", "role": "viewer" }),
-        );
+        let (st, _) = s.post("/api/v1/users", &s.admin, json!({ "name": "vera", "role": "viewer" }));
         assert_eq!(st, 200);
-        let (st, e) = s.post(
-            "/api/v1/users",
-            &s.admin,
-            json!({ "name": "vera", "role": "viewer" }),
-        );
+        let (st, e) = s.post("/api/v1/users", &s.admin, json!({ "name": "vera", "role": "viewer" }));
         assert_eq!(st, 409, "{e}");
-        let (st, e) = s.post(
-            "/api/v1/users",
-            &s.admin,
-            json!({ "name": "x", "role": "god" }),
-        );
+        let (st, e) = s.post("/api/v1/users", &s.admin, json!({ "name": "x", "role": "god" }));
         assert_eq!(st, 400);
-        assert!(
-            e["error"].as_str().unwrap_or("").contains("unknown role"),
-            "{e}"
-        );
-        let (st, t) = s.post(
-            "/api/v1/tokens",
-            &s.admin,
-            json!({ "label": "vera's", "user": "vera" }),
-        );
+        assert!(e["error"].as_str().unwrap_or("").contains("unknown role"), "{e}");
+        let (st, t) = s.post("/api/v1/tokens", &s.admin, json!({ "label": "vera's", "user": "vera" }));
         assert_eq!(st, 200, "{t}");
         let viewer = t["token"].as_str().unwrap_or_default().to_string();
         let (st, e) = s.post("/api/v1/enrollment-tokens", &viewer, json!({}));
         assert_eq!(st, 403, "{e}");
-        assert!(
-            e["error"].as_str().unwrap_or("").contains("operator"),
-            "{e}"
-        );
+        assert!(e["error"].as_str().unwrap_or("").contains("operator"), "{e}");
         assert_eq!(s.get("/api/v1/machines", &viewer).0, 200);
         // Revoked and forged tokens are refused.
         let id = t["id"].as_str().unwrap_or_default();
-        let (st, _, _) = call(
-            "DELETE",
-            &format!("{}/api/v1/tokens/{id}", s.base),
-            Some(&s.admin),
-            None,
-        );
+        let (st, _, _) = call("DELETE", &format!("{}/api/v1/tokens/{id}", s.base), Some(&s.admin), None);
         assert_eq!(st, 200);
         assert_eq!(s.get("/api/v1/machines", &viewer).0, 401);
         assert_eq!(s.get("/api/v1/machines", "hpu_forged").0, 401);
-        assert_eq!(
-            call("GET", &format!("{}/api/v1/machines", s.base), None, None).0,
-            401
-        );
+        assert_eq!(call("GET", &format!("{}/api/v1/machines", s.base), None, None).0, 401);
         // Every change is in the audit log.
         let (_, a) = s.get("/api/v1/audit", &s.admin);
         let actions: Vec<&str> = a["entries"]
@@ -79,12 +49,7 @@ fn access_roles_tokens_and_audit() {
                 .await
                 .unwrap_or_default()
         });
-        assert!(
-            !stored.is_empty()
-                && stored
-                    .iter()
-                    .all(|h| h.len() == 64 && !h.starts_with("hpu_"))
-        );
+        assert!(!stored.is_empty() && stored.iter().all(|h| h.len() == 64 && !h.starts_with("hpu_")));
     }
 }
 
@@ -94,41 +59,14 @@ fn organisations_are_isolated() {
         let s = TestServer::start(&b);
         let other = s.create_org("globex", Some(30));
         let (mid, _) = s.enroll(&[], "acme-1");
-        assert_eq!(
-            s.upload(
-                &s.admin,
-                &package(
-                    &s.key,
-                    "acme-fix",
-                    BUILD_A,
-                    1,
-                    Classification::Security,
-                    &[]
-                )
-            )
-            .0,
-            200
-        );
+        assert_eq!(s.upload(&s.admin, &package(&s.key, "acme-fix", BUILD_A, 1, Classification::Security, &[])).0, 200);
         assert_eq!(s.get(&format!("/api/v1/machines/{mid}"), &s.admin).0, 200);
         let (st, e) = s.get(&format!("/api/v1/machines/{mid}"), &other);
         assert_eq!(st, 404, "{e}");
-        assert_eq!(
-            s.get("/api/v1/machines", &other).1["machines"]
-                .as_array()
-                .map(Vec::len),
-            Some(0)
-        );
-        assert_eq!(
-            s.get("/api/v1/hotpatches", &other).1["hotpatches"]
-                .as_array()
-                .map(Vec::len),
-            Some(0)
-        );
+        assert_eq!(s.get("/api/v1/machines", &other).1["machines"].as_array().map(Vec::len), Some(0));
+        assert_eq!(s.get("/api/v1/hotpatches", &other).1["hotpatches"].as_array().map(Vec::len), Some(0));
         let (_, list) = s.get("/api/v1/hotpatches", &s.admin);
-        let sha = list["hotpatches"][0]["artifact_sha256"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let sha = list["hotpatches"][0]["artifact_sha256"].as_str().unwrap_or_default().to_string();
         assert_eq!(s.get(&format!("/api/v1/artifacts/{sha}"), &other).0, 404);
         let (st, e) = s.post(
             "/api/v1/deployments",
@@ -148,58 +86,24 @@ fn organisations_are_isolated() {
 fn enrollment_is_one_time_and_credentials_revocable() {
     for b in backends() {
         let s = TestServer::start(&b);
-        let (_, t) = s.post(
-            "/api/v1/enrollment-tokens",
-            &s.admin,
-            json!({ "tags": ["web"] }),
-        );
+        let (_, t) = s.post("/api/v1/enrollment-tokens", &s.admin, json!({ "tags": ["web"] }));
         let token = t["token"].as_str().unwrap_or_default();
-        let (st, first) = s.post(
-            "/api/v1/agent/enroll",
-            "",
-            json!({ "token": token, "hostname": "web-1" }),
-        );
+        let (st, first) = s.post("/api/v1/agent/enroll", "", json!({ "token": token, "hostname": "web-1" }));
         assert_eq!(st, 200, "{first}");
-        let (st, again) = s.post(
-            "/api/v1/agent/enroll",
-            "",
-            json!({ "token": token, "hostname": "web-2" }),
-        );
+        let (st, again) = s.post("/api/v1/agent/enroll", "", json!({ "token": token, "hostname": "web-2" }));
         assert_eq!(st, 401);
-        assert!(
-            again["error"]
-                .as_str()
-                .unwrap_or("")
-                .contains("already used"),
-            "{again}"
-        );
-        let (st, _) = s.post(
-            "/api/v1/agent/enroll",
-            "",
-            json!({ "token": "hpe_forged", "hostname": "x" }),
-        );
+        assert!(again["error"].as_str().unwrap_or("").contains("already used"), "{again}");
+        let (st, _) = s.post("/api/v1/agent/enroll", "", json!({ "token": "hpe_forged", "hostname": "x" }));
         assert_eq!(st, 401);
         let cred = first["credential"].as_str().unwrap_or_default();
         let mid = first["machine_id"].as_str().unwrap_or_default();
         let body = checkin_body("web-1", 2, &[], json!([]));
         assert_eq!(s.post("/api/v1/agent/checkin", cred, body.clone()).0, 200);
-        assert_eq!(
-            s.post("/api/v1/agent/checkin", "hpm_forged", body.clone())
-                .0,
-            401
-        );
+        assert_eq!(s.post("/api/v1/agent/checkin", "hpm_forged", body.clone()).0, 401);
         let (_, m) = s.get(&format!("/api/v1/machines/{mid}"), &s.admin);
         assert_eq!(m["tags"], json!(["web"]));
         assert_eq!(m["cores"], json!(2));
-        assert_eq!(
-            s.post(
-                &format!("/api/v1/machines/{mid}/revoke"),
-                &s.admin,
-                json!({})
-            )
-            .0,
-            200
-        );
+        assert_eq!(s.post(&format!("/api/v1/machines/{mid}/revoke"), &s.admin, json!({})).0, 200);
         let (st, e) = s.post("/api/v1/agent/checkin", cred, body);
         assert_eq!(st, 401);
         assert!(e["error"].as_str().unwrap_or("").contains("revoked"), "{e}");
@@ -210,61 +114,23 @@ fn enrollment_is_one_time_and_credentials_revocable() {
 fn catalog_verifies_signatures_before_storing() {
     for b in backends() {
         let s = TestServer::start(&b);
-        let good = package(
-            &s.key,
-            "fix-1",
-            BUILD_A,
-            1,
-            Classification::Security,
-            &["CVE-2027-0001"],
-        );
+        let good = package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &["CVE-2027-0001"]);
         let mut forged = good.clone();
         let last = forged.len() - 1;
         forged[last] ^= 0x55;
         let (st, e) = s.upload(&s.admin, &forged);
         assert_eq!(st, 422, "{e}");
-        assert!(
-            e["error"].as_str().unwrap_or("").contains("signature"),
-            "{e}"
-        );
+        assert!(e["error"].as_str().unwrap_or("").contains("signature"), "{e}");
         let stranger = SecretKey::from_seed([9u8; 32]);
-        let (st, e) = s.upload(
-            &s.admin,
-            &package(
-                &stranger,
-                "fix-1",
-                BUILD_A,
-                1,
-                Classification::Security,
-                &[],
-            ),
-        );
+        let (st, e) = s.upload(&s.admin, &package(&stranger, "fix-1", BUILD_A, 1, Classification::Security, &[]));
         assert_eq!(st, 422, "{e}");
-        let (st, e) = s.upload(
-            &s.admin,
-            &package(
-                &s.key,
-                "fix-ns",
-                BUILD_A,
-                2,
-                Classification::NonSecurity,
-                &[],
-            ),
-        );
+        let (st, e) = s.upload(&s.admin, &package(&s.key, "fix-ns", BUILD_A, 2, Classification::NonSecurity, &[]));
         assert_eq!(st, 422);
-        assert!(
-            e["error"].as_str().unwrap_or("").contains("baseline"),
-            "{e}"
-        );
+        assert!(e["error"].as_str().unwrap_or("").contains("baseline"), "{e}");
         let (st, e) = s.upload(&s.admin, b"not a package");
         assert_eq!(st, 422, "{e}");
         // Nothing was stored by the rejected uploads.
-        assert_eq!(
-            s.get("/api/v1/hotpatches", &s.admin).1["hotpatches"]
-                .as_array()
-                .map(Vec::len),
-            Some(0)
-        );
+        assert_eq!(s.get("/api/v1/hotpatches", &s.admin).1["hotpatches"].as_array().map(Vec::len), Some(0));
         let (st, r) = s.upload(&s.admin, &good);
         assert_eq!((st, r["created"].as_bool()), (200, Some(true)), "{r}");
         let (st, r) = s.upload(&s.admin, &good);
@@ -277,8 +143,7 @@ fn catalog_verifies_signatures_before_storing() {
             .set("Authorization", &format!("Bearer {}", s.admin))
             .call();
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut resp.expect("artifact").into_reader(), &mut bytes)
-            .expect("read");
+        std::io::Read::read_to_end(&mut resp.expect("artifact").into_reader(), &mut bytes).expect("read");
         assert_eq!(bytes, good);
         assert_eq!(s.get("/api/v1/artifacts/zz", &s.admin).0, 400);
         // Baselines and the calendar.
@@ -290,21 +155,12 @@ fn catalog_verifies_signatures_before_storing() {
         );
         assert_eq!(st, 200, "{e}");
         let (_, bl) = s.get("/api/v1/baselines", &s.admin);
-        assert_eq!(
-            bl["baselines"][0]["covered_until"],
-            json!("2027-10-11"),
-            "{bl}"
-        );
+        assert_eq!(bl["baselines"][0]["covered_until"], json!("2027-10-11"), "{bl}");
         let (st, cal) = s.get("/api/v1/calendar?year=2027", &s.admin);
         assert_eq!(st, 200);
-        let kinds: Vec<&str> = cal["months"]
-            .as_array()
-            .map(|m| m.iter().filter_map(|x| x["kind"].as_str()).collect())
-            .unwrap_or_default();
-        assert_eq!(
-            kinds[6..10],
-            ["baseline", "hotpatch", "hotpatch", "baseline"]
-        );
+        let kinds: Vec<&str> =
+            cal["months"].as_array().map(|m| m.iter().filter_map(|x| x["kind"].as_str()).collect()).unwrap_or_default();
+        assert_eq!(kinds[6..10], ["baseline", "hotpatch", "hotpatch", "baseline"]);
     }
 }
 
@@ -331,28 +187,8 @@ fn check_in_offers_deployed_hotpatches_with_etag() {
             .send_json(&body)
             .expect("304");
         assert_eq!(r.status(), 304);
-        s.upload(
-            &s.admin,
-            &package(
-                &s.key,
-                "fix-1",
-                BUILD_A,
-                1,
-                Classification::Security,
-                &["CVE-2027-0001"],
-            ),
-        );
-        s.upload(
-            &s.admin,
-            &package(
-                &s.key,
-                "fix-2",
-                BUILD_A,
-                2,
-                Classification::Critical,
-                &["CVE-2027-0002"],
-            ),
-        );
+        s.upload(&s.admin, &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &["CVE-2027-0001"]));
+        s.upload(&s.admin, &package(&s.key, "fix-2", BUILD_A, 2, Classification::Critical, &["CVE-2027-0002"]));
         let id = deploy(
             &s,
             json!({ "name": "fix-2-web", "kind": "hotpatch", "patch_id": "fix-2", "scope": { "tags": ["web"] },
@@ -363,11 +199,7 @@ fn check_in_offers_deployed_hotpatches_with_etag() {
         assert_ne!(etag2.as_deref(), Some(etag.as_str()));
         let work = &a["hotpatches"][0];
         assert_eq!(
-            (
-                work["patch_id"].as_str(),
-                work["level"].as_i64(),
-                work["deployment_id"].as_str()
-            ),
+            (work["patch_id"].as_str(), work["level"].as_i64(), work["deployment_id"].as_str()),
             (Some("fix-2"), Some(2), Some(id.as_str())),
             "{a}"
         );
@@ -377,12 +209,7 @@ fn check_in_offers_deployed_hotpatches_with_etag() {
             "POST",
             &url,
             Some(&db_cred),
-            Some(&checkin_body(
-                "db-1",
-                4,
-                &[(BUILD_A, "libdemo.so.1", 0)],
-                json!([]),
-            )),
+            Some(&checkin_body("db-1", 4, &[(BUILD_A, "libdemo.so.1", 0)], json!([]))),
         );
         assert_eq!(a["hotpatches"], json!([]));
         // Reporting success at level 2: nothing more to do, compliance says applied.
@@ -395,17 +222,11 @@ fn check_in_offers_deployed_hotpatches_with_etag() {
         let (st, a, _) = call("POST", &url, Some(&cred), Some(&done));
         assert_eq!((st, a["hotpatches"].clone()), (200, json!([])));
         let (_, c) = s.get("/api/v1/compliance/machines", &s.admin);
-        let row = c["rows"]
-            .as_array()
-            .and_then(|r| r.iter().find(|x| x["hostname"] == "web-1"))
-            .cloned()
-            .unwrap_or_default();
+        let row =
+            c["rows"].as_array().and_then(|r| r.iter().find(|x| x["hostname"] == "web-1")).cloned().unwrap_or_default();
         assert_eq!(row["status"], json!("applied"), "{c}");
-        let db_row = c["rows"]
-            .as_array()
-            .and_then(|r| r.iter().find(|x| x["hostname"] == "db-1"))
-            .cloned()
-            .unwrap_or_default();
+        let db_row =
+            c["rows"].as_array().and_then(|r| r.iter().find(|x| x["hostname"] == "db-1")).cloned().unwrap_or_default();
         assert_eq!(db_row["status"], json!("pending"), "{c}");
         let (_, cves) = s.get("/api/v1/compliance/cves", &s.admin);
         let c2 = cves["cves"]
@@ -413,31 +234,24 @@ fn check_in_offers_deployed_hotpatches_with_etag() {
             .and_then(|v| v.iter().find(|x| x["cve"] == "CVE-2027-0002"))
             .cloned()
             .unwrap_or_default();
-        assert_eq!(
-            (c2["fixed"].as_i64(), c2["open"].as_i64()),
-            (Some(1), Some(1)),
-            "{cves}"
-        );
+        assert_eq!((c2["fixed"].as_i64(), c2["open"].as_i64()), (Some(1), Some(1)), "{cves}");
         let csv = ureq::get(&format!("{}/api/v1/compliance/machines?format=csv", s.base))
             .set("Authorization", &format!("Bearer {}", s.admin))
             .call()
             .expect("csv")
             .into_string()
             .unwrap_or_default();
-        assert!(csv.starts_with("machine_id,hostname,file_name,build_id,applied_level,latest_level,status,detail,open_cves\n"), "{csv}");
         assert!(
-            csv.lines()
-                .any(|l| l.contains(",web-1,libdemo.so.1,") && l.contains(",applied,")),
+            csv.starts_with(
+                "machine_id,hostname,file_name,build_id,applied_level,latest_level,status,detail,open_cves\n"
+            ),
             "{csv}"
         );
+        assert!(csv.lines().any(|l| l.contains(",web-1,libdemo.so.1,") && l.contains(",applied,")), "{csv}");
         let (_, h) = s.get(&format!("/api/v1/deployments/{id}"), &s.admin);
         assert_eq!(h["rings"]["canary"]["applied"], json!(1), "{h}");
         let (_, o) = s.get("/api/v1/compliance/overview", &s.admin);
-        assert_eq!(
-            (o["hotpatched"].as_i64(), o["pending"].as_i64()),
-            (Some(1), Some(1)),
-            "{o}"
-        );
+        assert_eq!((o["hotpatched"].as_i64(), o["pending"].as_i64()), (Some(1), Some(1)), "{o}");
     }
 }
 
@@ -445,10 +259,7 @@ fn check_in_offers_deployed_hotpatches_with_etag() {
 fn rings_soak_and_failure_threshold_halt() {
     for b in backends() {
         let s = TestServer::start(&b);
-        s.upload(
-            &s.admin,
-            &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &[]),
-        );
+        s.upload(&s.admin, &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &[]));
         let url = format!("{}/api/v1/agent/checkin", s.base);
         let body = checkin_body("m", 2, &[(BUILD_A, "libdemo.so.1", 0)], json!([]));
         // No canary share and a day of soak: nobody is offered anything yet.
@@ -457,18 +268,12 @@ fn rings_soak_and_failure_threshold_halt() {
             json!({ "name": "slow", "kind": "hotpatch", "patch_id": "fix-1", "rings": { "canary_percent": 0, "soak_seconds": 86400 } }),
         );
         let (_, cred) = s.enroll(&[], "m");
-        assert_eq!(
-            call("POST", &url, Some(&cred), Some(&body)).1["hotpatches"],
-            json!([])
-        );
+        assert_eq!(call("POST", &url, Some(&cred), Some(&body)).1["hotpatches"], json!([]));
         // Started two days ago: the soak is over, the rest ring gets it.
         s.sql("UPDATE deployments SET start_at = start_at - 172800");
         let (_, a, _) = call("POST", &url, Some(&cred), Some(&body));
         assert_eq!(a["hotpatches"][0]["patch_id"], json!("fix-1"), "{a}");
-        let id = a["hotpatches"][0]["deployment_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let id = a["hotpatches"][0]["deployment_id"].as_str().unwrap_or_default().to_string();
         // One failure out of one is above the 10% threshold: halted, nobody else is offered it.
         let failed = checkin_body(
             "m",
@@ -479,44 +284,22 @@ fn rings_soak_and_failure_threshold_halt() {
         assert_eq!(call("POST", &url, Some(&cred), Some(&failed)).0, 200);
         let (_, d) = s.get(&format!("/api/v1/deployments/{id}"), &s.admin);
         assert_eq!(d["state"], json!("halted"), "{d}");
-        assert!(
-            d["state_reason"]
-                .as_str()
-                .unwrap_or("")
-                .contains("threshold"),
-            "{d}"
-        );
+        assert!(d["state_reason"].as_str().unwrap_or("").contains("threshold"), "{d}");
         let (_, other) = s.enroll(&[], "m2");
         let body = checkin_body("m2", 2, &[(BUILD_A, "libdemo.so.1", 0)], json!([]));
-        assert_eq!(
-            call("POST", &url, Some(&other), Some(&body)).1["hotpatches"],
-            json!([])
-        );
+        assert_eq!(call("POST", &url, Some(&other), Some(&body)).1["hotpatches"], json!([]));
         let (_, c) = s.get("/api/v1/compliance/machines", &s.admin);
-        let row = c["rows"]
-            .as_array()
-            .and_then(|r| r.iter().find(|x| x["hostname"] == "m"))
-            .cloned()
-            .unwrap_or_default();
+        let row =
+            c["rows"].as_array().and_then(|r| r.iter().find(|x| x["hostname"] == "m")).cloned().unwrap_or_default();
         assert_eq!(row["status"], json!("apply-failed"), "{c}");
-        assert_eq!(
-            s.post(
-                &format!("/api/v1/deployments/{id}/resume"),
-                &s.admin,
-                json!({})
-            )
-            .0,
-            200
-        );
-        assert_eq!(
-            call("POST", &url, Some(&other), Some(&body)).1["hotpatches"][0]["patch_id"],
-            json!("fix-1")
-        );
+        assert_eq!(s.post(&format!("/api/v1/deployments/{id}/resume"), &s.admin, json!({})).0, 200);
+        assert_eq!(call("POST", &url, Some(&other), Some(&body)).1["hotpatches"][0]["patch_id"], json!("fix-1"));
         let (_, a) = s.get("/api/v1/audit", &s.admin);
-        assert!(a["entries"].as_array().is_some_and(|v| {
-            v.iter()
-                .any(|e| e["action"] == "deployment.halt" && e["actor"] == "system")
-        }));
+        assert!(
+            a["entries"]
+                .as_array()
+                .is_some_and(|v| { v.iter().any(|e| e["action"] == "deployment.halt" && e["actor"] == "system") })
+        );
     }
 }
 
@@ -524,17 +307,16 @@ fn rings_soak_and_failure_threshold_halt() {
 fn maintenance_windows_gate_hotpatches_and_baselines_ask_for_restart() {
     for b in backends() {
         let s = TestServer::start(&b);
-        s.upload(
-            &s.admin,
-            &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &[]),
-        );
+        s.upload(&s.admin, &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &[]));
         // A one-minute window on one weekday, far from now most of the week; pick a day that is not today.
-        let today = jiff::Zoned::now()
-            .with_time_zone(jiff::tz::TimeZone::UTC)
-            .weekday();
-        let other_day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-            [(today.to_monday_zero_offset() as usize + 3) % 7];
-        let (st, e) = s.post("/api/v1/maintenance-windows", &s.admin, json!({ "name": "rare", "days": [other_day], "start": "03:00", "duration_minutes": 1, "time_zone": "UTC" }));
+        let today = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC).weekday();
+        let other_day =
+            ["mon", "tue", "wed", "thu", "fri", "sat", "sun"][(today.to_monday_zero_offset() as usize + 3) % 7];
+        let (st, e) = s.post(
+            "/api/v1/maintenance-windows",
+            &s.admin,
+            json!({ "name": "rare", "days": [other_day], "start": "03:00", "duration_minutes": 1, "time_zone": "UTC" }),
+        );
         assert_eq!(st, 200, "{e}");
         assert_eq!(s.post("/api/v1/maintenance-windows", &s.admin, json!({ "name": "bad", "days": ["mon"], "start": "03:00", "duration_minutes": 1, "time_zone": "Mars/Olympus" })).0, 400);
         deploy(
@@ -543,25 +325,10 @@ fn maintenance_windows_gate_hotpatches_and_baselines_ask_for_restart() {
         );
         let (_, cred) = s.enroll(&[], "m");
         let url = format!("{}/api/v1/agent/checkin", s.base);
-        let (_, a, _) = call(
-            "POST",
-            &url,
-            Some(&cred),
-            Some(&checkin_body(
-                "m",
-                2,
-                &[(BUILD_A, "libdemo.so.1", 0)],
-                json!([]),
-            )),
-        );
+        let (_, a, _) =
+            call("POST", &url, Some(&cred), Some(&checkin_body("m", 2, &[(BUILD_A, "libdemo.so.1", 0)], json!([]))));
         assert_eq!(a["hotpatches"], json!([]));
-        assert!(
-            a["notes"][0]
-                .as_str()
-                .unwrap_or("")
-                .contains("maintenance window rare"),
-            "{a}"
-        );
+        assert!(a["notes"][0].as_str().unwrap_or("").contains("maintenance window rare"), "{a}");
         // A newer baseline ships another build of the file: restart required.
         s.post(
             "/api/v1/baselines",
@@ -573,23 +340,10 @@ fn maintenance_windows_gate_hotpatches_and_baselines_ask_for_restart() {
             &s,
             json!({ "name": "b", "kind": "baseline", "baseline": "2027.10", "rings": { "canary_percent": 100 }, "reboot_policy": "if-required" }),
         );
-        let (_, a, _) = call(
-            "POST",
-            &url,
-            Some(&cred),
-            Some(&checkin_body(
-                "m",
-                2,
-                &[(BUILD_A, "libdemo.so.1", 0)],
-                json!([]),
-            )),
-        );
+        let (_, a, _) =
+            call("POST", &url, Some(&cred), Some(&checkin_body("m", 2, &[(BUILD_A, "libdemo.so.1", 0)], json!([]))));
         let bw = &a["baselines"][0];
-        assert_eq!(
-            (bw["baseline"].as_str(), bw["restart"].as_bool()),
-            (Some("2027.10"), Some(true)),
-            "{a}"
-        );
+        assert_eq!((bw["baseline"].as_str(), bw["restart"].as_bool()), (Some("2027.10"), Some(true)), "{a}");
         assert_eq!(bw["reason"], json!("baseline 2027.10 is out"));
         let (_, c) = s.get("/api/v1/compliance/machines", &s.admin);
         assert_eq!(c["rows"][0]["status"], json!("needs-restart"), "{c}");
@@ -601,80 +355,42 @@ fn unentitled_orgs_get_baselines_only_and_invoices_prorate() {
     for b in backends() {
         let s = TestServer::start(&b);
         let poor = s.create_org("poor", None);
-        s.upload(
+        s.upload(&poor, &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &[]));
+        let (st, d) = s.post(
+            "/api/v1/deployments",
             &poor,
-            &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &[]),
+            json!({ "name": "d", "kind": "hotpatch", "patch_id": "fix-1", "rings": { "canary_percent": 100 } }),
         );
-        let (st, d) = s.post("/api/v1/deployments", &poor, json!({ "name": "d", "kind": "hotpatch", "patch_id": "fix-1", "rings": { "canary_percent": 100 } }));
         assert_eq!(st, 200, "{d}");
         let (_, t) = s.post("/api/v1/enrollment-tokens", &poor, json!({}));
-        let (_, e) = s.post(
-            "/api/v1/agent/enroll",
-            "",
-            json!({ "token": t["token"], "hostname": "p1" }),
-        );
+        let (_, e) = s.post("/api/v1/agent/enroll", "", json!({ "token": t["token"], "hostname": "p1" }));
         let cred = e["credential"].as_str().unwrap_or_default();
         let url = format!("{}/api/v1/agent/checkin", s.base);
         let body = checkin_body("p1", 8, &[(BUILD_A, "libdemo.so.1", 0)], json!([]));
         let (_, a, _) = call("POST", &url, Some(cred), Some(&body));
-        assert_eq!(
-            (a["entitled"].as_bool(), a["hotpatches"].clone()),
-            (Some(false), json!([])),
-            "{a}"
-        );
-        assert!(
-            a["notes"][0]
-                .as_str()
-                .unwrap_or("")
-                .contains("not entitled"),
-            "{a}"
-        );
+        assert_eq!((a["entitled"].as_bool(), a["hotpatches"].clone()), (Some(false), json!([])), "{a}");
+        assert!(a["notes"][0].as_str().unwrap_or("").contains("not entitled"), "{a}");
         // Subscribing entitles the organisation at once.
-        let (st, sub) = s.put(
-            "/api/v1/billing/subscription",
-            &poor,
-            json!({ "active": true }),
-        );
+        let (st, sub) = s.put("/api/v1/billing/subscription", &poor, json!({ "active": true }));
         assert_eq!(
-            (
-                st,
-                sub["entitled_to_hotpatches"].as_bool(),
-                sub["price_per_core_month"].as_str()
-            ),
+            (st, sub["entitled_to_hotpatches"].as_bool(), sub["price_per_core_month"].as_str()),
             (200, Some(true), Some("1.50")),
             "{sub}"
         );
         let (_, a, _) = call("POST", &url, Some(cred), Some(&body));
         assert_eq!(a["hotpatches"][0]["patch_id"], json!("fix-1"));
         // Metering: today 8 cores; invoice = 8 core-days * 150 cents / days in month.
-        let month = jiff::Zoned::now()
-            .with_time_zone(jiff::tz::TimeZone::UTC)
-            .strftime("%Y-%m")
-            .to_string();
-        let days = jiff::Zoned::now()
-            .with_time_zone(jiff::tz::TimeZone::UTC)
-            .days_in_month() as i64;
+        let month = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC).strftime("%Y-%m").to_string();
+        let days = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC).days_in_month() as i64;
         let (st, inv) = s.get(&format!("/api/v1/billing/invoices/{month}"), &poor);
         assert_eq!(st, 200, "{inv}");
         assert_eq!(inv["core_days"], json!(8), "{inv}");
-        assert_eq!(
-            inv["amount_cents"],
-            json!((8 * 150 + days / 2) / days),
-            "{inv}"
-        );
+        assert_eq!(inv["amount_cents"], json!((8 * 150 + days / 2) / days), "{inv}");
         // A trial makes the same days free.
-        s.put(
-            "/api/v1/billing/subscription",
-            &poor,
-            json!({ "trial_until": "2999-01-01T00:00:00Z" }),
-        );
+        s.put("/api/v1/billing/subscription", &poor, json!({ "trial_until": "2999-01-01T00:00:00Z" }));
         let (_, inv) = s.get(&format!("/api/v1/billing/invoices/{month}"), &poor);
         assert_eq!(
-            (
-                inv["core_days"].as_i64(),
-                inv["trial_core_days"].as_i64(),
-                inv["amount_cents"].as_i64()
-            ),
+            (inv["core_days"].as_i64(), inv["trial_core_days"].as_i64(), inv["amount_cents"].as_i64()),
             (Some(0), Some(8), Some(0)),
             "{inv}"
         );
@@ -698,24 +414,14 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
                 Err(e) => panic!("{e}"),
             };
             let st = r.status();
-            (
-                st,
-                serde_json::from_str::<serde_json::Value>(&r.into_string().unwrap_or_default())
-                    .unwrap_or_default(),
-            )
+            (st, serde_json::from_str::<serde_json::Value>(&r.into_string().unwrap_or_default()).unwrap_or_default())
         };
         let (st, e) = send("{\"tags\": [");
         assert_eq!(st, 400, "{e}");
         assert!(e["error"].as_str().is_some());
         let (st, e) = send("{\"tags\": [], \"admin\": true}");
         assert_eq!(st, 422);
-        assert!(
-            e["error"]
-                .as_str()
-                .unwrap_or("")
-                .contains("unknown field `admin`"),
-            "{e}"
-        );
+        assert!(e["error"].as_str().unwrap_or("").contains("unknown field `admin`"), "{e}");
         // One byte over the limit, so the server has read every byte when it refuses
         // (unread bytes would make the close race the answer).
         let limit = hotpatch_server::api::JSON_BODY_LIMIT;
@@ -724,25 +430,14 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         assert_eq!(big.len(), limit + 1);
         let (st, e) = send(&big);
         assert_eq!(st, 413, "{e}");
-        assert!(
-            e["error"].as_str().unwrap_or("").contains("too large"),
-            "{e}"
-        );
+        assert!(e["error"].as_str().unwrap_or("").contains("too large"), "{e}");
         let (st, e) = send("{\"tags\": [\"bad tag\"]}");
         assert_eq!(st, 400, "{e}");
         let (_, cred) = s.enroll(&[], "m");
-        let (st, e) = s.post(
-            "/api/v1/agent/checkin",
-            &cred,
-            checkin_body("m", 0, &[], json!([])),
-        );
+        let (st, e) = s.post("/api/v1/agent/checkin", &cred, checkin_body("m", 0, &[], json!([])));
         assert_eq!(st, 400);
         assert!(e["error"].as_str().unwrap_or("").contains("cores"), "{e}");
-        let (st, e) = s.post(
-            "/api/v1/agent/checkin",
-            &cred,
-            checkin_body("m", 2, &[("XYZ", "f", 0)], json!([])),
-        );
+        let (st, e) = s.post("/api/v1/agent/checkin", &cred, checkin_body("m", 2, &[("XYZ", "f", 0)], json!([])));
         assert_eq!(st, 400, "{e}");
         // A result for a deployment that does not exist rolls the whole check-in back.
         let bad = checkin_body(
@@ -753,36 +448,23 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         );
         assert_eq!(s.post("/api/v1/agent/checkin", &cred, bad).0, 404);
         let (_, list) = s.get("/api/v1/machines", &s.admin);
-        assert_eq!(
-            list["machines"][0]["hostname"],
-            json!("m"),
-            "no partial write: {list}"
-        );
+        assert_eq!(list["machines"][0]["hostname"], json!("m"), "no partial write: {list}");
         assert_eq!(s.get("/api/v1/nope", &s.admin).0, 404);
         // Tokens made so far: only the one from enroll(); the rejected requests left nothing.
         let (_, a) = s.get("/api/v1/audit", &s.admin);
-        let made = a["entries"].as_array().map(|v| {
-            v.iter()
-                .filter(|e| e["action"] == "enrollment-token.create")
-                .count()
-        });
+        let made =
+            a["entries"].as_array().map(|v| v.iter().filter(|e| e["action"] == "enrollment-token.create").count());
         assert_eq!(made, Some(1));
         assert_eq!(s.get("/healthz", "").0, 200);
         let (st, doc) = s.get("/openapi.json", "");
         assert_eq!(st, 200);
-        assert!(
-            doc["paths"]["/api/v1/agent/checkin"].is_object(),
-            "openapi documents check-in"
-        );
+        assert!(doc["paths"]["/api/v1/agent/checkin"].is_object(), "openapi documents check-in");
     }
 }
 
 #[test]
 fn replicas_share_one_database() {
-    let Some(pg) = backends()
-        .into_iter()
-        .find(|b| matches!(b, Backend::Postgres(_)))
-    else {
+    let Some(pg) = backends().into_iter().find(|b| matches!(b, Backend::Postgres(_))) else {
         eprintln!("PostgreSQL skipped: replicas test needs HOTPATCH_TEST_POSTGRES_URL");
         return;
     };
@@ -790,32 +472,18 @@ fn replicas_share_one_database() {
     let b = a.replica();
     let (_, t) = a.post("/api/v1/enrollment-tokens", &a.admin, json!({}));
     let token = t["token"].clone();
-    let (st, e) = b.post(
-        "/api/v1/agent/enroll",
-        "",
-        json!({ "token": token, "hostname": "r1" }),
-    );
+    let (st, e) = b.post("/api/v1/agent/enroll", "", json!({ "token": token, "hostname": "r1" }));
     assert_eq!(st, 200, "{e}");
-    assert_eq!(
-        a.post(
-            "/api/v1/agent/enroll",
-            "",
-            json!({ "token": token, "hostname": "r2" })
-        )
-        .0,
-        401
+    assert_eq!(a.post("/api/v1/agent/enroll", "", json!({ "token": token, "hostname": "r2" })).0, 401);
+    a.upload(&a.admin, &package(&a.key, "fix-1", BUILD_A, 1, Classification::Security, &[]));
+    let (st, _) = b.post(
+        "/api/v1/deployments",
+        &b.admin,
+        json!({ "name": "d", "kind": "hotpatch", "patch_id": "fix-1", "rings": { "canary_percent": 100 } }),
     );
-    a.upload(
-        &a.admin,
-        &package(&a.key, "fix-1", BUILD_A, 1, Classification::Security, &[]),
-    );
-    let (st, _) = b.post("/api/v1/deployments", &b.admin, json!({ "name": "d", "kind": "hotpatch", "patch_id": "fix-1", "rings": { "canary_percent": 100 } }));
     assert_eq!(st, 200);
     let cred = e["credential"].as_str().unwrap_or_default();
-    let (_, ans) = a.post(
-        "/api/v1/agent/checkin",
-        cred,
-        checkin_body("r1", 2, &[(BUILD_A, "libdemo.so.1", 0)], json!([])),
-    );
+    let (_, ans) =
+        a.post("/api/v1/agent/checkin", cred, checkin_body("r1", 2, &[(BUILD_A, "libdemo.so.1", 0)], json!([])));
     assert_eq!(ans["hotpatches"][0]["patch_id"], json!("fix-1"));
 }

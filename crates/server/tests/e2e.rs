@@ -30,18 +30,8 @@ fn gcc(dir: &std::path::Path, name: &str, source: &str, args: &[&str]) -> std::p
     let src = dir.join(format!("{name}.c"));
     let out = dir.join(name);
     std::fs::write(&src, source).expect("write source");
-    let r = Command::new("gcc")
-        .args(args)
-        .arg(&src)
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .expect("run gcc");
-    assert!(
-        r.status.success(),
-        "gcc: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
+    let r = Command::new("gcc").args(args).arg(&src).arg("-o").arg(&out).output().expect("run gcc");
+    assert!(r.status.success(), "gcc: {}", String::from_utf8_lossy(&r.stderr));
     out
 }
 
@@ -53,15 +43,9 @@ struct Target {
 
 impl Target {
     fn start(path: &std::path::Path) -> Target {
-        let mut child = Command::new(path)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start target");
+        let mut child = Command::new(path).stdout(Stdio::piped()).spawn().expect("start target");
         let stdout = child.stdout.take().expect("stdout");
-        Target {
-            child,
-            lines: BufReader::new(stdout).lines(),
-        }
+        Target { child, lines: BufReader::new(stdout).lines() }
     }
 
     /// Reads printed values until `want` appears; false if the process ended first.
@@ -88,18 +72,7 @@ impl Drop for Target {
 
 fn build_package(dir: &std::path::Path, key: &SecretKey) -> Vec<u8> {
     let baseline_path = gcc(dir, "e2e-demo", TARGET_C, &["-O2", "-g", "-Wl,--build-id"]);
-    let payload_path = gcc(
-        dir,
-        "fix.o",
-        FIX_C,
-        &[
-            "-c",
-            "-fPIC",
-            "-O2",
-            "-ffunction-sections",
-            "-fdata-sections",
-        ],
-    );
+    let payload_path = gcc(dir, "fix.o", FIX_C, &["-c", "-fPIC", "-O2", "-ffunction-sections", "-fdata-sections"]);
     let baseline = std::fs::read(&baseline_path).expect("baseline");
     let payload = std::fs::read(&payload_path).expect("payload");
     let manifest = manifest_for(&PackRequest {
@@ -107,11 +80,7 @@ fn build_package(dir: &std::path::Path, key: &SecretKey) -> Vec<u8> {
         baseline_name: "e2e-demo".into(),
         debug_file: None,
         payload: &payload,
-        replacements: vec![Replacement {
-            old: "answer".into(),
-            file: None,
-            new: "answer_fixed".into(),
-        }],
+        replacements: vec![Replacement { old: "answer".into(), file: None, new: "answer_fixed".into() }],
         patch_id: Some("e2e-fix-1".into()),
         product: "e2e".into(),
         level: 1,
@@ -135,16 +104,8 @@ fn setup(s: &TestServer, dir: &std::path::Path) -> (Target, String) {
     );
     assert_eq!(st, 200, "{d}");
     let mut target = Target::start(&dir.join("e2e-demo"));
-    assert_eq!(
-        target.next_value().as_deref(),
-        Some("41"),
-        "baseline prints 20*2+1"
-    );
-    let (_, t) = s.post(
-        "/api/v1/enrollment-tokens",
-        &s.admin,
-        json!({ "tags": ["e2e"] }),
-    );
+    assert_eq!(target.next_value().as_deref(), Some("41"), "baseline prints 20*2+1");
+    let (_, t) = s.post("/api/v1/enrollment-tokens", &s.admin, json!({ "tags": ["e2e"] }));
     (target, t["token"].as_str().unwrap_or_default().to_string())
 }
 
@@ -162,27 +123,17 @@ fn agent_enrolls_receives_a_deployment_patches_a_process_and_compliance_shows_it
         assert_eq!(outcome.results[0].status, "applied", "{outcome:?}");
         assert!(outcome.results_reported);
         // The running process now computes with the replacement: 20*3.
-        assert!(
-            target.wait_for("60"),
-            "the process never printed the patched value"
-        );
+        assert!(target.wait_for("60"), "the process never printed the patched value");
         // Nothing more to do on the next check-in; the server sees level 1 applied.
         let again = hotpatch_agent::check_in_once(&state_dir, &trust).expect("second check-in");
         assert!(again.results.is_empty(), "{again:?}");
         let (_, c) = s.get("/api/v1/compliance/machines", &s.admin);
         let row = c["rows"]
             .as_array()
-            .and_then(|r| {
-                r.iter()
-                    .find(|x| x["file_name"] == "e2e-demo" && x["latest_level"] == 1)
-            })
+            .and_then(|r| r.iter().find(|x| x["file_name"] == "e2e-demo" && x["latest_level"] == 1))
             .cloned()
             .unwrap_or_default();
-        assert_eq!(
-            (row["status"].as_str(), row["applied_level"].as_i64()),
-            (Some("applied"), Some(1)),
-            "{c}"
-        );
+        assert_eq!((row["status"].as_str(), row["applied_level"].as_i64()), (Some("applied"), Some(1)), "{c}");
         assert_eq!(row["machine_id"].as_str(), Some(cred.machine_id.as_str()));
         let page = view(&s, "/ui/compliance");
         assert!(page.contains("CVE-2027-4242"), "{page}");
@@ -193,10 +144,7 @@ fn agent_enrolls_receives_a_deployment_patches_a_process_and_compliance_shows_it
             .find(|r| r.contains("e2e-demo") && r.contains("s-applied"))
             .unwrap_or_default()
             .to_string();
-        assert!(
-            line.contains(&hostname) && line.contains("s-applied"),
-            "{line}"
-        );
+        assert!(line.contains(&hostname) && line.contains("s-applied"), "{line}");
         drop(target);
     }
 }
@@ -214,24 +162,14 @@ fn agent_never_applies_a_package_its_own_trust_rejects() {
         let outcome = hotpatch_agent::check_in_once(&state_dir, &trust).expect("check in");
         assert_eq!(outcome.results.len(), 1, "{outcome:?}");
         assert_eq!(outcome.results[0].status, "failed");
-        assert!(
-            outcome.results[0].detail.contains("verification failed"),
-            "{outcome:?}"
-        );
+        assert!(outcome.results[0].detail.contains("verification failed"), "{outcome:?}");
         for _ in 0..3 {
-            assert_eq!(
-                target.next_value().as_deref(),
-                Some("41"),
-                "process must be untouched"
-            );
+            assert_eq!(target.next_value().as_deref(), Some("41"), "process must be untouched");
         }
         let (_, c) = s.get("/api/v1/compliance/machines", &s.admin);
         let row = c["rows"]
             .as_array()
-            .and_then(|r| {
-                r.iter()
-                    .find(|x| x["file_name"] == "e2e-demo" && x["latest_level"] == 1)
-            })
+            .and_then(|r| r.iter().find(|x| x["file_name"] == "e2e-demo" && x["latest_level"] == 1))
             .cloned()
             .unwrap_or_default();
         assert_eq!(row["status"], json!("apply-failed"), "{c}");

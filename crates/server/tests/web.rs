@@ -8,9 +8,7 @@ use hotpatch_format::Classification;
 use serde_json::json;
 
 fn text_of(dom: &str, id: &str) -> String {
-    let start = dom
-        .find(&format!("id=\"{id}\""))
-        .unwrap_or_else(|| panic!("element #{id} missing from DOM:\n{dom}"));
+    let start = dom.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("element #{id} missing from DOM:\n{dom}"));
     let rest = &dom[start..];
     let end = rest.find("</table>").unwrap_or(rest.len());
     rest[..end].to_string()
@@ -20,17 +18,7 @@ fn text_of(dom: &str, id: &str) -> String {
 fn web_ui_pages_render_the_fleet_in_a_browser() {
     for b in backends() {
         let s = TestServer::start(&b);
-        s.upload(
-            &s.admin,
-            &package(
-                &s.key,
-                "fix-1",
-                BUILD_A,
-                1,
-                Classification::Security,
-                &["CVE-2027-1234"],
-            ),
-        );
+        s.upload(&s.admin, &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &["CVE-2027-1234"]));
         let (st, d) = s.post("/api/v1/deployments", &s.admin, json!({ "name": "roll-fix-1", "kind": "hotpatch", "patch_id": "fix-1", "rings": { "canary_percent": 100 } }));
         assert_eq!(st, 200, "{d}");
         let id = d["id"].as_str().unwrap_or_default();
@@ -43,86 +31,48 @@ fn web_ui_pages_render_the_fleet_in_a_browser() {
             json!([{ "deployment_id": id, "status": "applied", "detail": "ok" }]),
         );
         assert_eq!(s.post("/api/v1/agent/checkin", &c1, done).0, 200);
-        let evil = checkin_body(
-            "<img src=x onerror=alert(1)>",
-            2,
-            &[(BUILD_A, "libdemo.so.1", 0)],
-            json!([]),
-        );
+        let evil = checkin_body("<img src=x onerror=alert(1)>", 2, &[(BUILD_A, "libdemo.so.1", 0)], json!([]));
         assert_eq!(s.post("/api/v1/agent/checkin", &c2, evil).0, 200);
 
         let overview = view(&s, "/ui/");
         assert!(overview.contains("<h1>Fleet overview</h1>"), "{overview}");
         let card = |id: &str, n: i64| format!("id=\"card-{id}\"><div class=\"n\">{n}</div>");
-        for (id, n) in [
-            ("machines", 2),
-            ("hotpatched", 1),
-            ("pending", 1),
-            ("failing", 0),
-        ] {
-            assert!(
-                overview.contains(&card(id, n)),
-                "{id} should be {n}: {overview}"
-            );
+        for (id, n) in [("machines", 2), ("hotpatched", 1), ("pending", 1), ("failing", 0)] {
+            assert!(overview.contains(&card(id, n)), "{id} should be {n}: {overview}");
         }
 
         let machines = view(&s, "/ui/machines");
         let table = text_of(&machines, "machines");
-        assert!(
-            table.contains(">web-1</a>") && table.contains("s-applied"),
-            "{table}"
-        );
+        assert!(table.contains(">web-1</a>") && table.contains("s-applied"), "{table}");
         // Hostile text is shown as text, never as markup.
-        assert!(
-            table.contains("&lt;img src=x onerror=alert(1)&gt;"),
-            "{table}"
-        );
+        assert!(table.contains("&lt;img src=x onerror=alert(1)&gt;"), "{table}");
         assert!(!machines.contains("<img"), "{machines}");
 
         let compliance = view(&s, "/ui/compliance");
         let cves = text_of(&compliance, "cves");
-        assert!(
-            cves.contains("CVE-2027-1234")
-                && cves.contains("s-fixed")
-                && cves.contains("s-pending"),
-            "{cves}"
-        );
+        assert!(cves.contains("CVE-2027-1234") && cves.contains("s-fixed") && cves.contains("s-pending"), "{cves}");
 
         let deployments = view(&s, "/ui/deployments");
         let t = text_of(&deployments, "deployments");
-        assert!(
-            t.contains("roll-fix-1") && t.contains("1/2") && t.contains("s-active"),
-            "{t}"
-        );
+        assert!(t.contains("roll-fix-1") && t.contains("1/2") && t.contains("s-active"), "{t}");
 
         let catalog = view(&s, "/ui/catalog");
-        assert!(
-            text_of(&catalog, "hotpatches").contains("CVE-2027-1234"),
-            "{catalog}"
-        );
+        assert!(text_of(&catalog, "hotpatches").contains("CVE-2027-1234"), "{catalog}");
 
         let billing = view(&s, "/ui/billing");
-        assert!(
-            text_of(&billing, "subscription").contains("1.50 USD"),
-            "{billing}"
-        );
+        assert!(text_of(&billing, "subscription").contains("1.50 USD"), "{billing}");
         assert!(billing.contains("id=\"invoice-total\""), "{billing}");
 
         let audit = view(&s, "/ui/audit");
         let t = text_of(&audit, "audit");
         assert!(
-            t.contains("hotpatch.upload")
-                && t.contains("deployment.create")
-                && t.contains("machine.enroll"),
+            t.contains("hotpatch.upload") && t.contains("deployment.create") && t.contains("machine.enroll"),
             "{t}"
         );
 
         // No session: the browser lands on the sign-in form; a used link does not work twice.
         let anonymous = dump_dom(&format!("{}/ui/compliance", s.base));
-        assert!(
-            anonymous.contains("<h1>Sign in</h1>") && !anonymous.contains("CVE-2027-1234"),
-            "{anonymous}"
-        );
+        assert!(anonymous.contains("<h1>Sign in</h1>") && !anonymous.contains("CVE-2027-1234"), "{anonymous}");
         let (_, link) = s.post("/api/v1/ui-links", &s.admin, json!({}));
         let url = format!("{}{}", s.base, link["path"].as_str().unwrap_or_default());
         assert!(dump_dom(&url).contains("Fleet overview"));

@@ -75,11 +75,15 @@ impl Proc {
         panic!("fixture never printed {want:?} within {max_lines} lines");
     }
 
-    /// Drains what is buffered and returns it.
+    /// What the fixture prints during the next half second (bounded: it prints forever).
     pub fn drain(&self) -> Vec<String> {
+        let end = std::time::Instant::now() + Duration::from_millis(500);
         let mut out = Vec::new();
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
-            out.push(l);
+        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => out.push(l),
+                Err(_) => break,
+            }
         }
         out
     }

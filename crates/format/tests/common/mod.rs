@@ -4,9 +4,7 @@
 
 #![allow(dead_code)]
 
-use hotpatch_format::{
-    Classification, FORMAT_VERSION, FunctionPatch, Machine, Manifest, Target, sha256_hex,
-};
+use hotpatch_format::{Classification, FORMAT_VERSION, FunctionPatch, Machine, Manifest, Target, sha256_hex};
 use std::path::Path;
 use std::process::Command;
 
@@ -55,11 +53,7 @@ fn run(dir: &Path, program: &str, args: &[&str]) -> String {
         .current_dir(dir)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("tool output is UTF-8")
 }
 
@@ -83,8 +77,7 @@ impl Fixture {
             .lines()
             .find_map(|l| {
                 let parts: Vec<&str> = l.split_whitespace().collect();
-                (parts.len() == 4 && parts[3] == "check")
-                    .then(|| u64::from_str_radix(parts[1], 16).unwrap())
+                (parts.len() == 4 && parts[3] == "check").then(|| u64::from_str_radix(parts[1], 16).unwrap())
             })
             .expect("nm -S lists check");
         Fixture {
@@ -103,11 +96,7 @@ impl Fixture {
             format_version: FORMAT_VERSION,
             patch_id: "base-test-l1".into(),
             product: "base".into(),
-            target: Target {
-                build_id: self.build_id.clone(),
-                file_name: "base".into(),
-                machine: Machine::X86_64,
-            },
+            target: Target { build_id: self.build_id.clone(), file_name: "base".into(), machine: Machine::X86_64 },
             level: 1,
             classification: Classification::Security,
             cves: vec!["CVE-2024-12345".into()],

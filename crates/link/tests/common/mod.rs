@@ -8,13 +8,7 @@ use std::process::Command;
 /// The flags the build side uses for payloads.
 pub const PIC: &[&str] = &["-fPIC", "-O2", "-ffunction-sections", "-fdata-sections"];
 /// Non-PIC code, which uses absolute 32-bit relocations.
-pub const NO_PIC: &[&str] = &[
-    "-fno-pic",
-    "-mcmodel=small",
-    "-O2",
-    "-ffunction-sections",
-    "-fdata-sections",
-];
+pub const NO_PIC: &[&str] = &["-fno-pic", "-mcmodel=small", "-O2", "-ffunction-sections", "-fdata-sections"];
 
 /// Compiles C `source` to an object with `gcc -c flags`, returning its bytes.
 pub fn compile(source: &str, flags: &[&str]) -> Vec<u8> {
@@ -27,19 +21,8 @@ pub fn compile_to(source: &str, flags: &[&str], mode: &[&str], ext: &str) -> Vec
     let src = dir.path().join("payload.c");
     let out = dir.path().join(format!("payload.{ext}"));
     std::fs::write(&src, source).expect("write source");
-    let result = Command::new("gcc")
-        .args(mode)
-        .args(flags)
-        .arg(&src)
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .expect("run gcc");
-    assert!(
-        result.status.success(),
-        "gcc failed: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    let result = Command::new("gcc").args(mode).args(flags).arg(&src).arg("-o").arg(&out).output().expect("run gcc");
+    assert!(result.status.success(), "gcc failed: {}", String::from_utf8_lossy(&result.stderr));
     std::fs::read(&out).expect("read object")
 }
 
@@ -75,32 +58,17 @@ pub fn disassemble(image: &LinkedImage, offset: u64, len: u64) -> Vec<Insn> {
     let end = start + usize::try_from(len).unwrap();
     std::fs::write(&bin, &image.bytes[start..end]).expect("write");
     let out = Command::new("objdump")
-        .args([
-            "-D",
-            "-b",
-            "binary",
-            "-m",
-            "i386:x86-64",
-            "-w",
-            "--no-show-raw-insn",
-        ])
+        .args(["-D", "-b", "binary", "-m", "i386:x86-64", "-w", "--no-show-raw-insn"])
         .arg(format!("--adjust-vma=0x{:x}", image.base + offset))
         .arg(&bin)
         .output()
         .expect("run objdump");
-    assert!(
-        out.status.success(),
-        "objdump failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "objdump failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
             let (addr, text) = l.trim().split_once(":\t")?;
-            Some(Insn {
-                addr: u64::from_str_radix(addr.trim(), 16).ok()?,
-                text: text.trim().to_string(),
-            })
+            Some(Insn { addr: u64::from_str_radix(addr.trim(), 16).ok()?, text: text.trim().to_string() })
         })
         .collect()
 }
@@ -109,24 +77,10 @@ pub fn disassemble(image: &LinkedImage, offset: u64, len: u64) -> Vec<Insn> {
 /// symbol, or to the `int3` padding the linker puts after the last section.
 pub fn function(image: &LinkedImage, name: &str) -> Vec<Insn> {
     let start = image.symbols[name];
-    let text = image
-        .segments
-        .iter()
-        .find(|s| s.prot == Prot::ReadExec)
-        .expect("text segment");
+    let text = image.segments.iter().find(|s| s.prot == Prot::ReadExec).expect("text segment");
     let text_end = image.base + text.offset + text.len;
-    let end = image
-        .symbols
-        .values()
-        .copied()
-        .filter(|&a| a > start)
-        .min()
-        .unwrap_or(text_end)
-        .min(text_end);
-    disassemble(image, start - image.base, end - start)
-        .into_iter()
-        .take_while(|i| i.text != "int3")
-        .collect()
+    let end = image.symbols.values().copied().filter(|&a| a > start).min().unwrap_or(text_end).min(text_end);
+    disassemble(image, start - image.base, end - start).into_iter().take_while(|i| i.text != "int3").collect()
 }
 
 pub fn read_u64(image: &LinkedImage, addr: u64) -> u64 {
@@ -143,18 +97,13 @@ pub fn read_i32(image: &LinkedImage, addr: u64) -> i32 {
 pub fn stub_target(image: &LinkedImage, addr: u64) -> Option<u64> {
     let o = usize::try_from(addr.checked_sub(image.base)?).ok()?;
     let code = image.bytes.get(o..o + 14)?;
-    (code[..6] == [0xff, 0x25, 0, 0, 0, 0])
-        .then(|| u64::from_le_bytes(code[6..14].try_into().unwrap()))
+    (code[..6] == [0xff, 0x25, 0, 0, 0, 0]).then(|| u64::from_le_bytes(code[6..14].try_into().unwrap()))
 }
 
 /// The segment holding `addr`, if any.
 pub fn prot_at(image: &LinkedImage, addr: u64) -> Option<Prot> {
     let off = addr.checked_sub(image.base)?;
-    image
-        .segments
-        .iter()
-        .find(|s| off >= s.offset && off < s.offset + s.len)
-        .map(|s| s.prot)
+    image.segments.iter().find(|s| off >= s.offset && off < s.offset + s.len).map(|s| s.prot)
 }
 
 /// `dlsym(RTLD_DEFAULT, name)` in this process.
@@ -211,14 +160,10 @@ impl Mapping {
         assert_eq!(image.base, self.addr);
         assert_eq!(image.bytes.len(), self.len);
         // SAFETY: the mapping is `len` bytes, writable, and ours.
-        unsafe {
-            std::ptr::copy_nonoverlapping(image.bytes.as_ptr(), self.addr as *mut u8, self.len)
-        };
+        unsafe { std::ptr::copy_nonoverlapping(image.bytes.as_ptr(), self.addr as *mut u8, self.len) };
         let protect = |off: u64, len: u64, prot: i32| {
             // SAFETY: a page-aligned range inside our mapping.
-            let r = unsafe {
-                libc::mprotect((self.addr + off) as *mut libc::c_void, len as usize, prot)
-            };
+            let r = unsafe { libc::mprotect((self.addr + off) as *mut libc::c_void, len as usize, prot) };
             assert_eq!(r, 0, "mprotect: {}", std::io::Error::last_os_error());
         };
         if header_len > 0 {

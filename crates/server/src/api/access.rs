@@ -18,9 +18,7 @@ use crate::util::{hash_secret, new_id, new_secret, now, rfc3339};
 pub fn check_name(what: &str, name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
     if ok {
         Ok(())
     } else {
@@ -31,9 +29,7 @@ pub fn check_name(what: &str, name: &str) -> ApiResult<()> {
 }
 
 pub async fn whoami(user: User) -> Json<Value> {
-    Json(
-        json!({ "user": user.name, "user_id": user.user_id, "org_id": user.org_id, "role": user.role }),
-    )
+    Json(json!({ "user": user.name, "user_id": user.user_id, "org_id": user.org_id, "role": user.role }))
 }
 
 #[derive(Deserialize)]
@@ -58,10 +54,7 @@ pub async fn create_user(
         .fetch_optional(&mut *tx)
         .await?;
     if taken.is_some() {
-        return Err(ApiError::Conflict(format!(
-            "user {:?} already exists",
-            body.name
-        )));
+        return Err(ApiError::Conflict(format!("user {:?} already exists", body.name)));
     }
     let id = new_id()?;
     sqlx::query("INSERT INTO users (id, org_id, name, role, created) VALUES ($1, $2, $3, $4, $5)")
@@ -72,25 +65,16 @@ pub async fn create_user(
         .bind(now())
         .execute(&mut *tx)
         .await?;
-    audit::record(
-        &mut tx,
-        &user.org_id,
-        &user.actor(),
-        "user.create",
-        &body.name,
-        json!({ "role": role }),
-    )
-    .await?;
+    audit::record(&mut tx, &user.org_id, &user.actor(), "user.create", &body.name, json!({ "role": role })).await?;
     tx.commit().await?;
     Ok(Json(json!({ "id": id, "name": body.name, "role": role })))
 }
 
 pub async fn list_users(State(st): State<AppState>, user: User) -> ApiResult<Json<Value>> {
-    let rows =
-        sqlx::query("SELECT id, name, role, created FROM users WHERE org_id = $1 ORDER BY name")
-            .bind(&user.org_id)
-            .fetch_all(&st.db.pool)
-            .await?;
+    let rows = sqlx::query("SELECT id, name, role, created FROM users WHERE org_id = $1 ORDER BY name")
+        .bind(&user.org_id)
+        .fetch_all(&st.db.pool)
+        .await?;
     let mut users = Vec::new();
     for r in rows {
         users.push(json!({
@@ -115,9 +99,7 @@ pub async fn create_token(
     ApiJson(body): ApiJson<NewToken>,
 ) -> ApiResult<Json<Value>> {
     if body.label.is_empty() || body.label.len() > 100 {
-        return Err(ApiError::BadRequest(
-            "label must be 1-100 characters".into(),
-        ));
+        return Err(ApiError::BadRequest("label must be 1-100 characters".into()));
     }
     let mut tx = st.db.begin().await?;
     let owner_id = match &body.user {
@@ -129,9 +111,7 @@ pub async fn create_token(
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await?
-                .ok_or_else(|| {
-                    ApiError::NotFound(format!("no user {name:?} in this organisation"))
-                })?;
+                .ok_or_else(|| ApiError::NotFound(format!("no user {name:?} in this organisation")))?;
             row.try_get::<String, _>(0)?
         }
     };
@@ -155,16 +135,10 @@ pub async fn create_token(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(
-        json!({ "id": id, "token": token, "note": "shown once; stored only as a hash" }),
-    ))
+    Ok(Json(json!({ "id": id, "token": token, "note": "shown once; stored only as a hash" })))
 }
 
-pub async fn revoke_token(
-    State(st): State<AppState>,
-    user: User,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+pub async fn revoke_token(State(st): State<AppState>, user: User, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let mut tx = st.db.begin().await?;
     let row = sqlx::query(
         "SELECT t.user_id FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = $1 AND u.org_id = $2 AND t.revoked_at IS NULL",
@@ -178,20 +152,8 @@ pub async fn revoke_token(
     if owner != user.user_id {
         user.require(Role::Admin)?;
     }
-    sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2")
-        .bind(now())
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &mut tx,
-        &user.org_id,
-        &user.actor(),
-        "token.revoke",
-        &id,
-        json!({}),
-    )
-    .await?;
+    sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2").bind(now()).bind(&id).execute(&mut *tx).await?;
+    audit::record(&mut tx, &user.org_id, &user.actor(), "token.revoke", &id, json!({})).await?;
     tx.commit().await?;
     Ok(Json(json!({ "revoked": id })))
 }
@@ -207,19 +169,9 @@ pub async fn create_login_link(State(st): State<AppState>, user: User) -> ApiRes
         .bind(now() + 300)
         .execute(&mut *tx)
         .await?;
-    audit::record(
-        &mut tx,
-        &user.org_id,
-        &user.actor(),
-        "ui.login-link",
-        &user.name,
-        json!({}),
-    )
-    .await?;
+    audit::record(&mut tx, &user.org_id, &user.actor(), "ui.login-link", &user.name, json!({})).await?;
     tx.commit().await?;
-    Ok(Json(
-        json!({ "path": format!("/ui/login/{code}"), "expires_in_seconds": 300 }),
-    ))
+    Ok(Json(json!({ "path": format!("/ui/login/{code}"), "expires_in_seconds": 300 })))
 }
 
 #[derive(Deserialize)]
@@ -228,11 +180,7 @@ pub struct AuditQuery {
     limit: Option<i64>,
 }
 
-pub async fn list_audit(
-    State(st): State<AppState>,
-    user: User,
-    Query(q): Query<AuditQuery>,
-) -> ApiResult<Json<Value>> {
+pub async fn list_audit(State(st): State<AppState>, user: User, Query(q): Query<AuditQuery>) -> ApiResult<Json<Value>> {
     let entries = audit_entries(&st, &user.org_id, q.limit.unwrap_or(200).clamp(1, 5000)).await?;
     Ok(Json(json!({ "entries": entries })))
 }

@@ -28,8 +28,7 @@ pub struct Subscription {
 
 impl Subscription {
     fn active_on_day(&self, day: i64) -> bool {
-        self.active_from.is_some_and(|f| day_of(f) <= day)
-            && self.active_until.is_none_or(|u| day < day_of(u))
+        self.active_from.is_some_and(|f| day_of(f) <= day) && self.active_until.is_none_or(|u| day < day_of(u))
     }
 
     fn trial_on_day(&self, day: i64) -> bool {
@@ -93,9 +92,7 @@ pub struct SubscriptionChange {
 
 mod double_option {
     use serde::{Deserialize, Deserializer};
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Option<String>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
         Option::<String>::deserialize(d).map(Some)
     }
 }
@@ -110,18 +107,17 @@ pub async fn set_subscription(
     let mut s = subscription(&st, &user.org_id).await?;
     if let Some(price) = c.price_cents_per_core_month {
         if !(0..=1_000_000).contains(&price) {
-            return Err(ApiError::BadRequest(
-                "price_cents_per_core_month must be 0-1000000".into(),
-            ));
+            return Err(ApiError::BadRequest("price_cents_per_core_month must be 0-1000000".into()));
         }
         s.price_cents_per_core_month = price;
     }
     if let Some(trial) = &c.trial_until {
         s.trial_until = match trial {
             None => None,
-            Some(text) => Some(parse_time(text).ok_or_else(|| {
-                ApiError::BadRequest(format!("trial_until {text:?} is not an RFC 3339 time"))
-            })?),
+            Some(text) => Some(
+                parse_time(text)
+                    .ok_or_else(|| ApiError::BadRequest(format!("trial_until {text:?} is not an RFC 3339 time")))?,
+            ),
         };
     }
     match c.active {
@@ -129,9 +125,7 @@ pub async fn set_subscription(
             s.active_from = Some(t);
             s.active_until = None;
         }
-        Some(false) if s.active_from.is_some() && s.active_until.is_none() => {
-            s.active_until = Some(t)
-        }
+        Some(false) if s.active_from.is_some() && s.active_until.is_none() => s.active_until = Some(t),
         _ => {}
     }
     let mut tx = st.db.begin().await?;
@@ -166,11 +160,7 @@ pub fn month_days(month: &str) -> ApiResult<(i64, i64)> {
     }
     let (y, m): (i16, i8) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
     let first = jiff::civil::Date::new(y, m, 1).map_err(|_| bad())?;
-    let start = first
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .map_err(|_| bad())?
-        .timestamp()
-        .as_second();
+    let start = first.to_zoned(jiff::tz::TimeZone::UTC).map_err(|_| bad())?.timestamp().as_second();
     Ok((day_of(start), i64::from(first.days_in_month())))
 }
 
@@ -215,13 +205,7 @@ pub async fn invoice(st: &AppState, org_id: &str, month: &str) -> ApiResult<Invo
         let (machine_id, hostname, day, cores): (String, String, i64, i64) =
             (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
         if lines.last().is_none_or(|l| l.machine_id != machine_id) {
-            lines.push(InvoiceLine {
-                machine_id,
-                hostname,
-                core_days: 0,
-                trial_core_days: 0,
-                amount_cents: 0,
-            });
+            lines.push(InvoiceLine { machine_id, hostname, core_days: 0, trial_core_days: 0, amount_cents: 0 });
         }
         let Some(line) = lines.last_mut() else {
             continue;
@@ -268,10 +252,7 @@ mod tests {
     fn months() {
         let (first, days) = month_days("2027-02").unwrap_or((0, 0));
         assert_eq!(days, 28);
-        assert_eq!(
-            first,
-            day_of(crate::util::parse_time("2027-02-01T00:00:00Z").unwrap_or(0))
-        );
+        assert_eq!(first, day_of(crate::util::parse_time("2027-02-01T00:00:00Z").unwrap_or(0)));
         assert!(month_days("2027-13").is_err());
         assert!(month_days("27-01").is_err());
     }

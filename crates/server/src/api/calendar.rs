@@ -20,16 +20,10 @@ pub struct Year {
     year: Option<i16>,
 }
 
-pub async fn get_calendar(
-    State(st): State<AppState>,
-    user: User,
-    Query(q): Query<Year>,
-) -> ApiResult<Json<Value>> {
+pub async fn get_calendar(State(st): State<AppState>, user: User, Query(q): Query<Year>) -> ApiResult<Json<Value>> {
     let year = q.year.unwrap_or_else(|| jiff::Zoned::now().year());
     if !(2000..=2200).contains(&year) {
-        return Err(ApiError::BadRequest(format!(
-            "year {year} must be 2000-2200"
-        )));
+        return Err(ApiError::BadRequest(format!("year {year} must be 2000-2200")));
     }
     let registered = baselines(&st, &user.org_id).await?;
     let mut calendar = ReleaseCalendar::default();
@@ -52,9 +46,7 @@ pub async fn get_calendar(
             .collect();
         let (kind, reason) = match calendar.month_kind(month) {
             MonthKind::PlannedBaseline => ("baseline", "planned baseline (restart)".to_string()),
-            MonthKind::UnplannedBaseline { reason } => {
-                ("baseline", format!("unplanned baseline {reason}"))
-            }
+            MonthKind::UnplannedBaseline { reason } => ("baseline", format!("unplanned baseline {reason}")),
             MonthKind::HotpatchMonth => ("hotpatch", "hotpatch month (no restart)".to_string()),
         };
         months.push(json!({

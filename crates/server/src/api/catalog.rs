@@ -18,11 +18,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::util::{new_id, now, parse_time, rfc3339, sha256_hex};
 
-pub async fn upload_hotpatch(
-    State(st): State<AppState>,
-    user: User,
-    body: Bytes,
-) -> ApiResult<Json<Value>> {
+pub async fn upload_hotpatch(State(st): State<AppState>, user: User, body: Bytes) -> ApiResult<Json<Value>> {
     user.require(Role::Operator)?;
     let verified = hotpatch_format::verify(&body, &st.trust)
         .map_err(|e| ApiError::Unprocessable(format!("package rejected: {e}")))?;
@@ -35,32 +31,27 @@ pub async fn upload_hotpatch(
     }
     let sha = sha256_hex(&body);
     let mut tx = st.db.begin().await?;
-    let existing =
-        sqlx::query("SELECT artifact_sha256 FROM hotpatches WHERE org_id = $1 AND patch_id = $2")
-            .bind(&user.org_id)
-            .bind(&m.patch_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let existing = sqlx::query("SELECT artifact_sha256 FROM hotpatches WHERE org_id = $1 AND patch_id = $2")
+        .bind(&user.org_id)
+        .bind(&m.patch_id)
+        .fetch_optional(&mut *tx)
+        .await?;
     if let Some(row) = existing {
         let stored: String = row.try_get(0)?;
         if stored == sha {
-            return Ok(Json(
-                json!({ "patch_id": m.patch_id, "artifact_sha256": sha, "created": false }),
-            ));
+            return Ok(Json(json!({ "patch_id": m.patch_id, "artifact_sha256": sha, "created": false })));
         }
         return Err(ApiError::Conflict(format!(
             "hotpatch {:?} already exists with different content (artifact {stored})",
             m.patch_id
         )));
     }
-    let clash = sqlx::query(
-        "SELECT patch_id FROM hotpatches WHERE org_id = $1 AND build_id = $2 AND level = $3",
-    )
-    .bind(&user.org_id)
-    .bind(&m.target.build_id)
-    .bind(i64::from(m.level))
-    .fetch_optional(&mut *tx)
-    .await?;
+    let clash = sqlx::query("SELECT patch_id FROM hotpatches WHERE org_id = $1 AND build_id = $2 AND level = $3")
+        .bind(&user.org_id)
+        .bind(&m.target.build_id)
+        .bind(i64::from(m.level))
+        .fetch_optional(&mut *tx)
+        .await?;
     if let Some(row) = clash {
         return Err(ApiError::Conflict(format!(
             "level {} for build-id {} is already taken by hotpatch {:?}",
@@ -69,10 +60,8 @@ pub async fn upload_hotpatch(
             row.try_get::<String, _>(0)?
         )));
     }
-    let have_artifact = sqlx::query("SELECT sha256 FROM artifacts WHERE sha256 = $1")
-        .bind(&sha)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let have_artifact =
+        sqlx::query("SELECT sha256 FROM artifacts WHERE sha256 = $1").bind(&sha).fetch_optional(&mut *tx).await?;
     if have_artifact.is_none() {
         sqlx::query("INSERT INTO artifacts (sha256, bytes, size, created) VALUES ($1, $2, $3, $4)")
             .bind(&sha)
@@ -112,9 +101,7 @@ pub async fn upload_hotpatch(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(
-        json!({ "patch_id": m.patch_id, "artifact_sha256": sha, "created": true }),
-    ))
+    Ok(Json(json!({ "patch_id": m.patch_id, "artifact_sha256": sha, "created": true })))
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -162,32 +149,20 @@ pub async fn hotpatches(st: &AppState, org_id: &str) -> ApiResult<Vec<Hotpatch>>
 }
 
 pub async fn list_hotpatches(State(st): State<AppState>, user: User) -> ApiResult<Json<Value>> {
-    Ok(Json(
-        json!({ "hotpatches": hotpatches(&st, &user.org_id).await? }),
-    ))
+    Ok(Json(json!({ "hotpatches": hotpatches(&st, &user.org_id).await? })))
 }
 
 pub fn check_sha256(sha: &str) -> ApiResult<()> {
-    if sha.len() == 64
-        && sha
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         Ok(())
     } else {
-        Err(ApiError::BadRequest(format!(
-            "{sha:?} is not a lower-case hex SHA-256"
-        )))
+        Err(ApiError::BadRequest(format!("{sha:?} is not a lower-case hex SHA-256")))
     }
 }
 
 /// Artifacts are addressed by content, but served only to callers whose
 /// organisation's catalog holds them.
-pub async fn artifact(
-    State(st): State<AppState>,
-    caller: OrgCaller,
-    Path(sha): Path<String>,
-) -> ApiResult<Response> {
+pub async fn artifact(State(st): State<AppState>, caller: OrgCaller, Path(sha): Path<String>) -> ApiResult<Response> {
     check_sha256(&sha)?;
     let row = sqlx::query(
         "SELECT a.bytes FROM artifacts a WHERE a.sha256 = $1 AND EXISTS \
@@ -197,18 +172,13 @@ pub async fn artifact(
     .bind(&caller.org_id)
     .fetch_optional(&st.db.pool)
     .await?
-    .ok_or_else(|| {
-        ApiError::NotFound(format!("no artifact {sha} in this organisation's catalog"))
-    })?;
+    .ok_or_else(|| ApiError::NotFound(format!("no artifact {sha} in this organisation's catalog")))?;
     let bytes: Vec<u8> = row.try_get(0)?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
             (header::ETAG, format!("\"{sha}\"")),
-            (
-                header::CACHE_CONTROL,
-                "private, max-age=31536000, immutable".to_string(),
-            ),
+            (header::CACHE_CONTROL, "private, max-age=31536000, immutable".to_string()),
         ],
         bytes,
     )
@@ -246,15 +216,11 @@ pub fn check_build_id(id: &str) -> ApiResult<()> {
     let ok = id.len() >= 8
         && id.len() <= 128
         && id.len().is_multiple_of(2)
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(ApiError::BadRequest(format!(
-            "build_id {id:?} must be lower-case hex of 4 to 64 bytes"
-        )))
+        Err(ApiError::BadRequest(format!("build_id {id:?} must be lower-case hex of 4 to 64 bytes")))
     }
 }
 
@@ -266,17 +232,12 @@ pub async fn create_baseline(
     user.require(Role::Operator)?;
     super::access::check_name("baseline", &b.name)?;
     if b.product.is_empty() || b.product.len() > 128 || b.reason.len() > 1000 {
-        return Err(ApiError::BadRequest(
-            "product must be 1-128 characters and reason at most 1000".into(),
-        ));
+        return Err(ApiError::BadRequest("product must be 1-128 characters and reason at most 1000".into()));
     }
-    let released = parse_time(&b.released).ok_or_else(|| {
-        ApiError::BadRequest(format!("released {:?} is not an RFC 3339 time", b.released))
-    })?;
+    let released = parse_time(&b.released)
+        .ok_or_else(|| ApiError::BadRequest(format!("released {:?} is not an RFC 3339 time", b.released)))?;
     if b.targets.is_empty() || b.targets.len() > 10_000 {
-        return Err(ApiError::BadRequest(
-            "a baseline lists 1 to 10000 targets".into(),
-        ));
+        return Err(ApiError::BadRequest("a baseline lists 1 to 10000 targets".into()));
     }
     for t in &b.targets {
         check_build_id(&t.build_id)?;
@@ -294,10 +255,7 @@ pub async fn create_baseline(
         .fetch_optional(&mut *tx)
         .await?;
     if taken.is_some() {
-        return Err(ApiError::Conflict(format!(
-            "baseline {:?} already exists",
-            b.name
-        )));
+        return Err(ApiError::Conflict(format!("baseline {:?} already exists", b.name)));
     }
     let id = new_id()?;
     sqlx::query(
@@ -316,19 +274,14 @@ pub async fn create_baseline(
     let mut seen = std::collections::BTreeSet::new();
     for t in &b.targets {
         if !seen.insert(t.build_id.as_str()) {
-            return Err(ApiError::BadRequest(format!(
-                "build_id {} is listed twice",
-                t.build_id
-            )));
+            return Err(ApiError::BadRequest(format!("build_id {} is listed twice", t.build_id)));
         }
-        sqlx::query(
-            "INSERT INTO baseline_targets (baseline_id, build_id, file_name) VALUES ($1, $2, $3)",
-        )
-        .bind(&id)
-        .bind(&t.build_id)
-        .bind(&t.file_name)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("INSERT INTO baseline_targets (baseline_id, build_id, file_name) VALUES ($1, $2, $3)")
+            .bind(&id)
+            .bind(&t.build_id)
+            .bind(&t.file_name)
+            .execute(&mut *tx)
+            .await?;
     }
     audit::record(
         &mut tx,
@@ -355,10 +308,12 @@ pub struct Baseline {
 }
 
 pub async fn baselines(st: &AppState, org_id: &str) -> ApiResult<Vec<Baseline>> {
-    let rows = sqlx::query("SELECT id, name, product, released, planned, reason FROM baselines WHERE org_id = $1 ORDER BY released, name")
-        .bind(org_id)
-        .fetch_all(&st.db.pool)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT id, name, product, released, planned, reason FROM baselines WHERE org_id = $1 ORDER BY released, name",
+    )
+    .bind(org_id)
+    .fetch_all(&st.db.pool)
+    .await?;
     let targets = sqlx::query(
         "SELECT t.baseline_id, t.file_name, t.build_id FROM baseline_targets t JOIN baselines b ON b.id = t.baseline_id WHERE b.org_id = $1",
     )

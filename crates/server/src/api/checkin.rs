@@ -77,18 +77,12 @@ fn validate(c: &CheckIn) -> ApiResult<()> {
         return bad("facts.hostname must be 1-255 characters".into());
     }
     if f.os.len() > 255 || f.kernel.len() > 255 || f.arch.len() > 32 {
-        return bad(
-            "facts.os and facts.kernel must be at most 255 characters, facts.arch 32".into(),
-        );
+        return bad("facts.os and facts.kernel must be at most 255 characters, facts.arch 32".into());
     }
     if f.cores == 0 || f.cores > 65_536 {
-        return bad(format!(
-            "facts.cores {} must be between 1 and 65536",
-            f.cores
-        ));
+        return bad(format!("facts.cores {} must be between 1 and 65536", f.cores));
     }
-    if !(f.readiness.is_null() || f.readiness.is_object()) || f.readiness.to_string().len() > 16_384
-    {
+    if !(f.readiness.is_null() || f.readiness.is_object()) || f.readiness.to_string().len() > 16_384 {
         return bad("facts.readiness must be a JSON object of at most 16 KiB".into());
     }
     if c.targets.len() > 4096 || c.results.len() > 1024 {
@@ -97,26 +91,16 @@ fn validate(c: &CheckIn) -> ApiResult<()> {
     for t in &c.targets {
         super::catalog::check_build_id(&t.build_id)?;
         if t.file_name.is_empty() || t.file_name.len() > 255 {
-            return bad(format!(
-                "target {}: file_name must be 1-255 characters",
-                t.build_id
-            ));
+            return bad(format!("target {}: file_name must be 1-255 characters", t.build_id));
         }
-        if t.applied_patch_id.as_ref().is_some_and(|p| p.len() > 64)
-            || t.error.as_ref().is_some_and(|e| e.len() > 1000)
+        if t.applied_patch_id.as_ref().is_some_and(|p| p.len() > 64) || t.error.as_ref().is_some_and(|e| e.len() > 1000)
         {
-            return bad(format!(
-                "target {}: applied_patch_id at most 64 characters, error at most 1000",
-                t.build_id
-            ));
+            return bad(format!("target {}: applied_patch_id at most 64 characters, error at most 1000", t.build_id));
         }
     }
     for r in &c.results {
         if !matches!(r.status.as_str(), "applied" | "rolled-back" | "failed") {
-            return bad(format!(
-                "result status {:?} must be applied, rolled-back or failed",
-                r.status
-            ));
+            return bad(format!("result status {:?} must be applied, rolled-back or failed", r.status));
         }
         if r.deployment_id.len() > 64 || r.detail.len() > 4000 {
             return bad("result deployment_id at most 64 characters, detail at most 4000".into());
@@ -166,23 +150,14 @@ pub async fn check_in(
     let answer = instructions(&st, &machine, &body, t).await?;
     let text = answer.to_string();
     let etag = format!("\"{}\"", &sha256_hex(text.as_bytes())[..32]);
-    let unchanged = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == etag);
+    let unchanged = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v == etag);
     let etag_value = HeaderValue::from_str(&etag).map_err(|e| ApiError::Internal(e.to_string()))?;
     if unchanged {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
     }
     Ok((
         StatusCode::OK,
-        [
-            (header::ETAG, etag_value),
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            ),
-        ],
+        [(header::ETAG, etag_value), (header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
         text,
     )
         .into_response())
@@ -196,9 +171,7 @@ async fn record(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()
     if c.results.is_empty() && st.db.backend == crate::db::Backend::Postgres {
         // Liveness and metering are re-sent at the next check-in, so they need not
         // wait for the WAL flush; work results (which the agent then forgets) do.
-        sqlx::query("SET LOCAL synchronous_commit TO OFF")
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("SET LOCAL synchronous_commit TO OFF").execute(&mut *tx).await?;
     }
     if state_hash != m.state_hash {
         let f = &c.facts;
@@ -216,17 +189,11 @@ async fn record(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()
         .bind(&m.id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM machine_targets WHERE machine_id = $1")
-            .bind(&m.id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("DELETE FROM machine_targets WHERE machine_id = $1").bind(&m.id).execute(&mut *tx).await?;
         let mut seen = std::collections::BTreeSet::new();
         for target in &c.targets {
             if !seen.insert(target.build_id.as_str()) {
-                return Err(ApiError::BadRequest(format!(
-                    "target {} is reported twice",
-                    target.build_id
-                )));
+                return Err(ApiError::BadRequest(format!("target {} is reported twice", target.build_id)));
             }
             sqlx::query(
                 "INSERT INTO machine_targets (machine_id, build_id, file_name, processes, applied_patch_id, applied_level, error) \
@@ -243,11 +210,7 @@ async fn record(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()
             .await?;
         }
     } else {
-        sqlx::query("UPDATE machines SET last_seen = $1 WHERE id = $2")
-            .bind(t)
-            .bind(&m.id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("UPDATE machines SET last_seen = $1 WHERE id = $2").bind(t).bind(&m.id).execute(&mut *tx).await?;
     }
     // Core-days: the most cores seen on a day counts for that day.
     sqlx::query(
@@ -267,17 +230,8 @@ async fn record(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()
             .bind(&m.org_id)
             .fetch_optional(&mut *tx)
             .await?
-            .ok_or_else(|| {
-                ApiError::NotFound(format!(
-                    "result for unknown deployment {:?}",
-                    r.deployment_id
-                ))
-            })?;
-        let ring = if in_canary(&r.deployment_id, &m.id, d.try_get(0)?) {
-            "canary"
-        } else {
-            "rest"
-        };
+            .ok_or_else(|| ApiError::NotFound(format!("result for unknown deployment {:?}", r.deployment_id)))?;
+        let ring = if in_canary(&r.deployment_id, &m.id, d.try_get(0)?) { "canary" } else { "rest" };
         sqlx::query(
             "INSERT INTO work_results (machine_id, deployment_id, ring, status, detail, at) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (machine_id, deployment_id) DO UPDATE SET status = excluded.status, detail = excluded.detail, at = excluded.at",
@@ -313,11 +267,7 @@ async fn record(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()
 
 /// Halts a deployment whose failure share passed its threshold. The conditional
 /// UPDATE makes the halt happen once however many replicas see the failure.
-async fn halt_if_failing(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    org_id: &str,
-    id: &str,
-) -> ApiResult<()> {
+async fn halt_if_failing(tx: &mut sqlx::Transaction<'_, sqlx::Any>, org_id: &str, id: &str) -> ApiResult<()> {
     let row = sqlx::query(
         "SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(CASE WHEN r.status = 'failed' THEN 1 ELSE 0 END), 0) AS BIGINT), d.failure_threshold_percent \
          FROM work_results r JOIN deployments d ON d.id = r.deployment_id WHERE r.deployment_id = $1 GROUP BY d.failure_threshold_percent",
@@ -326,40 +276,30 @@ async fn halt_if_failing(
     .fetch_optional(&mut **tx)
     .await?;
     let Some(row) = row else { return Ok(()) };
-    let (total, failed, threshold): (i64, i64, i64) =
-        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    let (total, failed, threshold): (i64, i64, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
     if total > 0 && failed * 100 > threshold * total {
-        let reason = format!(
-            "halted: {failed} of {total} machines failed, above the {threshold}% threshold"
-        );
-        let done = sqlx::query("UPDATE deployments SET state = 'halted', state_reason = $1 WHERE id = $2 AND state = 'active'")
-            .bind(&reason)
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
+        let reason = format!("halted: {failed} of {total} machines failed, above the {threshold}% threshold");
+        let done = sqlx::query(
+            "UPDATE deployments SET state = 'halted', state_reason = $1 WHERE id = $2 AND state = 'active'",
+        )
+        .bind(&reason)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
         if done.rows_affected() == 1 {
             tracing::warn!(deployment = id, "{reason}");
-            audit::record(
-                tx,
-                org_id,
-                "system",
-                "deployment.halt",
-                id,
-                json!({ "failed": failed, "total": total }),
-            )
-            .await?;
+            audit::record(tx, org_id, "system", "deployment.halt", id, json!({ "failed": failed, "total": total }))
+                .await?;
         }
     }
     Ok(())
 }
 
 pub async fn entitled(st: &AppState, org_id: &str, t: i64) -> ApiResult<bool> {
-    let row = sqlx::query(
-        "SELECT active_from, active_until, trial_until FROM subscriptions WHERE org_id = $1",
-    )
-    .bind(org_id)
-    .fetch_optional(&st.db.pool)
-    .await?;
+    let row = sqlx::query("SELECT active_from, active_until, trial_until FROM subscriptions WHERE org_id = $1")
+        .bind(org_id)
+        .fetch_optional(&st.db.pool)
+        .await?;
     let Some(row) = row else { return Ok(false) };
     let (from, until, trial): (Option<i64>, Option<i64>, Option<i64>) =
         (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
@@ -389,22 +329,14 @@ async fn instructions(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiRes
                 let (Some(pid), Some(h)) = (&d.patch_id, &d.hotpatch) else {
                     continue;
                 };
-                let (build_id, file_name, level, sha) = (
-                    h.build_id.clone(),
-                    h.file_name.clone(),
-                    h.level,
-                    h.artifact_sha256.clone(),
-                );
+                let (build_id, file_name, level, sha) =
+                    (h.build_id.clone(), h.file_name.clone(), h.level, h.artifact_sha256.clone());
                 let Some(target) = c.targets.iter().find(|x| x.build_id == build_id) else {
                     continue;
                 };
                 if d.kind == Kind::Rollback {
                     if target.applied_patch_id.as_deref() == Some(pid.as_str()) && window_open {
-                        rollbacks.push(RollbackWork {
-                            deployment_id: d.id.clone(),
-                            patch_id: pid.clone(),
-                            build_id,
-                        });
+                        rollbacks.push(RollbackWork { deployment_id: d.id.clone(), patch_id: pid.clone(), build_id });
                     }
                     continue;
                 }
@@ -412,9 +344,7 @@ async fn instructions(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiRes
                     continue;
                 }
                 if !entitled {
-                    notes.push(format!(
-                        "{pid}: not entitled to hotpatches; install the next baseline instead"
-                    ));
+                    notes.push(format!("{pid}: not entitled to hotpatches; install the next baseline instead"));
                     continue;
                 }
                 if !window_open {
@@ -443,13 +373,9 @@ async fn instructions(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiRes
                 let mut name = String::new();
                 let mut outdated = Vec::new();
                 for r in &rows {
-                    let (file, build, n): (String, String, String) =
-                        (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+                    let (file, build, n): (String, String, String) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
                     name = n;
-                    if c.targets
-                        .iter()
-                        .any(|x| x.file_name == file && x.build_id != build)
-                        && !outdated.contains(&file)
+                    if c.targets.iter().any(|x| x.file_name == file && x.build_id != build) && !outdated.contains(&file)
                     {
                         outdated.push(file);
                     }
@@ -463,8 +389,7 @@ async fn instructions(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiRes
                     _ => !outdated.is_empty(),
                 };
                 let window = d.window.as_ref().and_then(|(n, w)| {
-                    w.current_or_next(t)
-                        .map(|(s, e)| json!({ "name": n, "start": rfc3339(s), "end": rfc3339(e) }))
+                    w.current_or_next(t).map(|(s, e)| json!({ "name": n, "start": rfc3339(s), "end": rfc3339(e) }))
                 });
                 baselines.push(BaselineWork {
                     deployment_id: d.id.clone(),

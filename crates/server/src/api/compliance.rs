@@ -68,10 +68,12 @@ type ReportedTarget = (String, String, i64, Option<String>);
 /// Computes the compliance of every (machine, target) of an organisation.
 pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> {
     let t = now();
-    let machines = sqlx::query("SELECT id, hostname, last_seen FROM machines WHERE org_id = $1 AND revoked_at IS NULL ORDER BY hostname, id")
-        .bind(org_id)
-        .fetch_all(&st.db.pool)
-        .await?;
+    let machines = sqlx::query(
+        "SELECT id, hostname, last_seen FROM machines WHERE org_id = $1 AND revoked_at IS NULL ORDER BY hostname, id",
+    )
+    .bind(org_id)
+    .fetch_all(&st.db.pool)
+    .await?;
     let targets = sqlx::query(
         "SELECT t.machine_id, t.build_id, t.file_name, t.applied_level, t.error FROM machine_targets t JOIN machines m ON m.id = t.machine_id \
          WHERE m.org_id = $1 ORDER BY t.file_name, t.build_id",
@@ -89,40 +91,26 @@ pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> 
     let catalog = hotpatches(st, org_id).await?;
     let all_baselines = baselines(st, org_id).await?;
     let active = deployments(st, org_id, true).await?;
-    let deployed: Vec<&str> = active
-        .iter()
-        .filter(|d| d.kind == Kind::Hotpatch)
-        .filter_map(|d| d.patch_id.as_deref())
-        .collect();
+    let deployed: Vec<&str> =
+        active.iter().filter(|d| d.kind == Kind::Hotpatch).filter_map(|d| d.patch_id.as_deref()).collect();
 
     let mut by_machine: BTreeMap<String, Vec<ReportedTarget>> = BTreeMap::new();
     for r in &targets {
-        by_machine.entry(r.try_get(0)?).or_default().push((
-            r.try_get(1)?,
-            r.try_get(2)?,
-            r.try_get(3)?,
-            r.try_get(4)?,
-        ));
+        by_machine.entry(r.try_get(0)?).or_default().push((r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?));
     }
     let mut out = Vec::new();
     for m in machines {
-        let (id, hostname, last_seen): (String, String, Option<i64>) =
-            (m.try_get(0)?, m.try_get(1)?, m.try_get(2)?);
+        let (id, hostname, last_seen): (String, String, Option<i64>) = (m.try_get(0)?, m.try_get(1)?, m.try_get(2)?);
         let stale = last_seen.is_none_or(|s| t - s > STALE_SECONDS);
         let list = by_machine.remove(&id).unwrap_or_default();
         if list.is_empty() {
             let (status, detail) = if stale {
                 (
                     Status::Unknown,
-                    last_seen.map_or("never checked in".to_string(), |s| {
-                        format!("last seen {}", rfc3339(s))
-                    }),
+                    last_seen.map_or("never checked in".to_string(), |s| format!("last seen {}", rfc3339(s))),
                 )
             } else {
-                (
-                    Status::NothingToApply,
-                    "no patchable targets reported".to_string(),
-                )
+                (Status::NothingToApply, "no patchable targets reported".to_string())
             };
             out.push(ComplianceRow {
                 machine_id: id.clone(),
@@ -145,44 +133,30 @@ pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> 
             let mut cves_fixed = Vec::new();
             for h in &patches {
                 for c in &h.cves {
-                    if h.level <= applied {
-                        cves_fixed.push(c.clone())
-                    } else {
-                        cves_open.push(c.clone())
-                    }
+                    if h.level <= applied { cves_fixed.push(c.clone()) } else { cves_open.push(c.clone()) }
                 }
             }
             let failure = failures.iter().find_map(|f| {
                 let (mid, pid, detail): (String, Option<String>, String) =
                     (f.try_get(0).ok()?, f.try_get(1).ok()?, f.try_get(2).ok()?);
                 let pid = pid?;
-                (mid == id
-                    && patches
-                        .iter()
-                        .any(|h| h.patch_id == pid && h.level > applied))
-                .then(|| format!("{pid}: {detail}"))
+                (mid == id && patches.iter().any(|h| h.patch_id == pid && h.level > applied))
+                    .then(|| format!("{pid}: {detail}"))
             });
             let newer_baseline = newer_baseline_for(&all_baselines, &file_name, &build_id, t);
             let (status, detail) = if stale {
                 (
                     Status::Unknown,
-                    last_seen.map_or("never checked in".to_string(), |s| {
-                        format!("last seen {}", rfc3339(s))
-                    }),
+                    last_seen.map_or("never checked in".to_string(), |s| format!("last seen {}", rfc3339(s))),
                 )
             } else if let Some(e) = error {
                 (Status::CheckFailed, e)
             } else if let Some(f) = failure {
                 (Status::ApplyFailed, f)
             } else if let Some(b) = newer_baseline {
-                (
-                    Status::NeedsRestart,
-                    format!("baseline {b} is out: install it and restart"),
-                )
+                (Status::NeedsRestart, format!("baseline {b} is out: install it and restart"))
             } else if latest > applied {
-                let deployed_now = patches
-                    .iter()
-                    .any(|h| h.level > applied && deployed.contains(&h.patch_id.as_str()));
+                let deployed_now = patches.iter().any(|h| h.level > applied && deployed.contains(&h.patch_id.as_str()));
                 (
                     Status::Pending,
                     if deployed_now {
@@ -215,24 +189,11 @@ pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> 
 
 /// The name of a baseline released by `t` that ships a different build of
 /// `file_name` and is newer than the baseline `build_id` came from.
-fn newer_baseline_for(
-    all: &[super::catalog::Baseline],
-    file_name: &str,
-    build_id: &str,
-    t: i64,
-) -> Option<String> {
-    let own = all
-        .iter()
-        .filter(|b| b.targets.iter().any(|(_, id)| id == build_id))
-        .map(|b| b.released)
-        .max();
+fn newer_baseline_for(all: &[super::catalog::Baseline], file_name: &str, build_id: &str, t: i64) -> Option<String> {
+    let own = all.iter().filter(|b| b.targets.iter().any(|(_, id)| id == build_id)).map(|b| b.released).max();
     all.iter()
         .filter(|b| b.released <= t && own.is_none_or(|o| b.released > o))
-        .filter(|b| {
-            b.targets
-                .iter()
-                .any(|(f, id)| f == file_name && id != build_id)
-        })
+        .filter(|b| b.targets.iter().any(|(f, id)| f == file_name && id != build_id))
         .max_by_key(|b| b.released)
         .map(|b| b.name.clone())
 }
@@ -247,24 +208,14 @@ fn wants_csv(f: &Format) -> ApiResult<bool> {
     match f.format.as_deref() {
         None | Some("json") => Ok(false),
         Some("csv") => Ok(true),
-        Some(other) => Err(ApiError::BadRequest(format!(
-            "format {other:?} must be json or csv"
-        ))),
+        Some(other) => Err(ApiError::BadRequest(format!("format {other:?} must be json or csv"))),
     }
 }
 
 /// Quotes a CSV field, and defuses cells a spreadsheet would run as a formula.
 pub fn csv_field(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@']) {
-        format!("'{s}")
-    } else {
-        s.to_string()
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
-    }
+    let s = if s.starts_with(['=', '+', '-', '@']) { format!("'{s}") } else { s.to_string() };
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s }
 }
 
 fn csv_response(name: &str, header_line: &str, lines: Vec<Vec<String>>) -> Response {
@@ -277,21 +228,14 @@ fn csv_response(name: &str, header_line: &str, lines: Vec<Vec<String>>) -> Respo
     (
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{name}.csv\""),
-            ),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}.csv\"")),
         ],
         body,
     )
         .into_response()
 }
 
-pub async fn by_machine(
-    State(st): State<AppState>,
-    user: User,
-    Query(f): Query<Format>,
-) -> ApiResult<Response> {
+pub async fn by_machine(State(st): State<AppState>, user: User, Query(f): Query<Format>) -> ApiResult<Response> {
     let csv = wants_csv(&f)?;
     let rows = rows(&st, &user.org_id).await?;
     if csv {
@@ -323,43 +267,23 @@ pub async fn by_machine(
 #[derive(Debug, Default, Serialize)]
 pub struct Counts(pub BTreeMap<&'static str, i64>);
 
-pub async fn by_target(
-    State(st): State<AppState>,
-    user: User,
-    Query(f): Query<Format>,
-) -> ApiResult<Response> {
+pub async fn by_target(State(st): State<AppState>, user: User, Query(f): Query<Format>) -> ApiResult<Response> {
     let csv = wants_csv(&f)?;
     let mut targets: BTreeMap<(String, String), Counts> = BTreeMap::new();
-    for r in rows(&st, &user.org_id)
-        .await?
-        .into_iter()
-        .filter(|r| !r.build_id.is_empty())
-    {
-        *targets
-            .entry((r.file_name, r.build_id))
-            .or_default()
-            .0
-            .entry(r.status.as_str())
-            .or_default() += 1;
+    for r in rows(&st, &user.org_id).await?.into_iter().filter(|r| !r.build_id.is_empty()) {
+        *targets.entry((r.file_name, r.build_id)).or_default().0.entry(r.status.as_str()).or_default() += 1;
     }
     if csv {
         let lines = targets
             .iter()
             .flat_map(|((f, b), c)| {
-                c.0.iter()
-                    .map(move |(s, n)| vec![f.clone(), b.clone(), s.to_string(), n.to_string()])
+                c.0.iter().map(move |(s, n)| vec![f.clone(), b.clone(), s.to_string(), n.to_string()])
             })
             .collect();
-        return Ok(csv_response(
-            "compliance-targets",
-            "file_name,build_id,status,machines",
-            lines,
-        ));
+        return Ok(csv_response("compliance-targets", "file_name,build_id,status,machines", lines));
     }
-    let list: Vec<_> = targets
-        .into_iter()
-        .map(|((f, b), c)| json!({ "file_name": f, "build_id": b, "machines": c }))
-        .collect();
+    let list: Vec<_> =
+        targets.into_iter().map(|((f, b), c)| json!({ "file_name": f, "build_id": b, "machines": c })).collect();
     Ok(Json(json!({ "targets": list })).into_response())
 }
 
@@ -374,56 +298,32 @@ pub struct CveRow {
 pub async fn cve_rows(st: &AppState, org_id: &str) -> ApiResult<Vec<CveRow>> {
     let mut cves: BTreeMap<String, CveRow> = BTreeMap::new();
     for r in rows(st, org_id).await? {
-        for (c, fixed) in r
-            .cves_fixed
-            .iter()
-            .map(|c| (c, true))
-            .chain(r.cves_open.iter().map(|c| (c, false)))
-        {
-            let e = cves.entry(c.clone()).or_insert_with(|| CveRow {
-                cve: c.clone(),
-                fixed: 0,
-                open: 0,
-                machines: vec![],
-            });
-            let state = if fixed {
-                "fixed".to_string()
-            } else {
-                r.status.as_str().to_string()
-            };
+        for (c, fixed) in r.cves_fixed.iter().map(|c| (c, true)).chain(r.cves_open.iter().map(|c| (c, false))) {
+            let e =
+                cves.entry(c.clone()).or_insert_with(|| CveRow { cve: c.clone(), fixed: 0, open: 0, machines: vec![] });
+            let state = if fixed { "fixed".to_string() } else { r.status.as_str().to_string() };
             if fixed {
                 e.fixed += 1
             } else {
                 e.open += 1
             }
-            e.machines
-                .push((r.hostname.clone(), r.file_name.clone(), state));
+            e.machines.push((r.hostname.clone(), r.file_name.clone(), state));
         }
     }
     Ok(cves.into_values().collect())
 }
 
-pub async fn by_cve(
-    State(st): State<AppState>,
-    user: User,
-    Query(f): Query<Format>,
-) -> ApiResult<Response> {
+pub async fn by_cve(State(st): State<AppState>, user: User, Query(f): Query<Format>) -> ApiResult<Response> {
     let csv = wants_csv(&f)?;
     let list = cve_rows(&st, &user.org_id).await?;
     if csv {
         let lines = list
             .iter()
             .flat_map(|c| {
-                c.machines.iter().map(move |(h, file, s)| {
-                    vec![c.cve.clone(), h.clone(), file.clone(), s.clone()]
-                })
+                c.machines.iter().map(move |(h, file, s)| vec![c.cve.clone(), h.clone(), file.clone(), s.clone()])
             })
             .collect();
-        return Ok(csv_response(
-            "compliance-cves",
-            "cve,hostname,file_name,state",
-            lines,
-        ));
+        return Ok(csv_response("compliance-cves", "cve,hostname,file_name,state", lines));
     }
     let json: Vec<_> = list
         .iter()
@@ -448,16 +348,11 @@ pub struct Overview {
 pub fn overview(rows: &[ComplianceRow]) -> Overview {
     let mut worst: BTreeMap<&str, (Status, bool)> = BTreeMap::new();
     for r in rows {
-        let e = worst
-            .entry(r.machine_id.as_str())
-            .or_insert((r.status, false));
+        let e = worst.entry(r.machine_id.as_str()).or_insert((r.status, false));
         e.0 = e.0.max(r.status);
         e.1 |= r.applied_level > 0;
     }
-    let mut o = Overview {
-        machines: worst.len() as i64,
-        ..Overview::default()
-    };
+    let mut o = Overview { machines: worst.len() as i64, ..Overview::default() };
     for (status, hot) in worst.values() {
         match status {
             Status::NothingToApply | Status::Applied if *hot => o.hotpatched += 1,

@@ -36,23 +36,18 @@ pub async fn create_window(
     super::access::check_name("window", &w.name)?;
     let mut days = Vec::new();
     for d in &w.days {
-        let day = parse_day(d)
-            .ok_or_else(|| ApiError::BadRequest(format!("unknown weekday {d:?} (use mon..sun)")))?;
+        let day = parse_day(d).ok_or_else(|| ApiError::BadRequest(format!("unknown weekday {d:?} (use mon..sun)")))?;
         if !days.contains(&day) {
             days.push(day);
         }
     }
     if days.is_empty() {
-        return Err(ApiError::BadRequest(
-            "days must name at least one weekday".into(),
-        ));
+        return Err(ApiError::BadRequest("days must name at least one weekday".into()));
     }
-    let start = parse_start(&w.start)
-        .ok_or_else(|| ApiError::BadRequest(format!("start {:?} must be HH:MM", w.start)))?;
+    let start =
+        parse_start(&w.start).ok_or_else(|| ApiError::BadRequest(format!("start {:?} must be HH:MM", w.start)))?;
     if !(1..=7 * 24 * 60).contains(&w.duration_minutes) {
-        return Err(ApiError::BadRequest(
-            "duration_minutes must be between 1 and 10080".into(),
-        ));
+        return Err(ApiError::BadRequest("duration_minutes must be between 1 and 10080".into()));
     }
     jiff::tz::TimeZone::get(&w.time_zone)
         .map_err(|e| ApiError::BadRequest(format!("time_zone {:?} unknown: {e}", w.time_zone)))?;
@@ -64,10 +59,7 @@ pub async fn create_window(
         .fetch_optional(&mut *tx)
         .await?;
     if taken.is_some() {
-        return Err(ApiError::Conflict(format!(
-            "maintenance window {:?} already exists",
-            w.name
-        )));
+        return Err(ApiError::Conflict(format!("maintenance window {:?} already exists", w.name)));
     }
     let id = new_id()?;
     sqlx::query(
@@ -89,18 +81,8 @@ pub async fn create_window(
     Ok(Json(json!({ "id": id, "name": w.name })))
 }
 
-pub fn window_from_columns(
-    days: &str,
-    start_minute: i64,
-    duration_minutes: i64,
-    time_zone: String,
-) -> Window {
-    Window {
-        days: days.split(',').filter_map(parse_day).collect(),
-        start_minute,
-        duration_minutes,
-        time_zone,
-    }
+pub fn window_from_columns(days: &str, start_minute: i64, duration_minutes: i64, time_zone: String) -> Window {
+    Window { days: days.split(',').filter_map(parse_day).collect(), start_minute, duration_minutes, time_zone }
 }
 
 pub async fn list_windows(State(st): State<AppState>, user: User) -> ApiResult<Json<Value>> {
@@ -113,12 +95,7 @@ pub async fn list_windows(State(st): State<AppState>, user: User) -> ApiResult<J
     let mut out = Vec::new();
     for r in rows {
         let start: i64 = r.try_get(3)?;
-        let w = window_from_columns(
-            &r.try_get::<String, _>(2)?,
-            start,
-            r.try_get(4)?,
-            r.try_get(5)?,
-        );
+        let w = window_from_columns(&r.try_get::<String, _>(2)?, start, r.try_get(4)?, r.try_get(5)?);
         let next = w.current_or_next(now());
         out.push(json!({
             "id": r.try_get::<String, _>(0)?, "name": r.try_get::<String, _>(1)?,
@@ -214,70 +191,51 @@ pub async fn create_deployment(
         soak_seconds: default_soak(),
         failure_threshold_percent: default_threshold(),
     });
-    if !(0..=100).contains(&rings.canary_percent)
-        || !(0..=100).contains(&rings.failure_threshold_percent)
-    {
-        return Err(ApiError::BadRequest(
-            "canary_percent and failure_threshold_percent must be 0-100".into(),
-        ));
+    if !(0..=100).contains(&rings.canary_percent) || !(0..=100).contains(&rings.failure_threshold_percent) {
+        return Err(ApiError::BadRequest("canary_percent and failure_threshold_percent must be 0-100".into()));
     }
     if !(0..=90 * 86_400).contains(&rings.soak_seconds) {
-        return Err(ApiError::BadRequest(
-            "soak_seconds must be 0-7776000".into(),
-        ));
+        return Err(ApiError::BadRequest("soak_seconds must be 0-7776000".into()));
     }
     let reboot = d.reboot_policy.unwrap_or_else(|| "if-required".into());
     if !matches!(reboot.as_str(), "if-required" | "never" | "always") {
-        return Err(ApiError::BadRequest(format!(
-            "reboot_policy {reboot:?} must be if-required, never or always"
-        )));
+        return Err(ApiError::BadRequest(format!("reboot_policy {reboot:?} must be if-required, never or always")));
     }
     let start_at = match &d.start_at {
         None => now(),
-        Some(t) => parse_time(t).ok_or_else(|| {
-            ApiError::BadRequest(format!("start_at {t:?} is not an RFC 3339 time"))
-        })?,
+        Some(t) => {
+            parse_time(t).ok_or_else(|| ApiError::BadRequest(format!("start_at {t:?} is not an RFC 3339 time")))?
+        }
     };
     let mut tx = st.db.begin().await?;
     let (patch_id, baseline_id) = match d.kind {
         Kind::Hotpatch | Kind::Rollback => {
-            let pid = d.patch_id.ok_or_else(|| {
-                ApiError::BadRequest(format!("a {} deployment needs patch_id", d.kind.as_str()))
-            })?;
-            let found =
-                sqlx::query("SELECT patch_id FROM hotpatches WHERE org_id = $1 AND patch_id = $2")
-                    .bind(&user.org_id)
-                    .bind(&pid)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let pid = d
+                .patch_id
+                .ok_or_else(|| ApiError::BadRequest(format!("a {} deployment needs patch_id", d.kind.as_str())))?;
+            let found = sqlx::query("SELECT patch_id FROM hotpatches WHERE org_id = $1 AND patch_id = $2")
+                .bind(&user.org_id)
+                .bind(&pid)
+                .fetch_optional(&mut *tx)
+                .await?;
             if found.is_none() {
-                return Err(ApiError::NotFound(format!(
-                    "no hotpatch {pid:?} in this organisation's catalog"
-                )));
+                return Err(ApiError::NotFound(format!("no hotpatch {pid:?} in this organisation's catalog")));
             }
             if d.baseline.is_some() {
-                return Err(ApiError::BadRequest(
-                    "baseline is only for baseline deployments".into(),
-                ));
+                return Err(ApiError::BadRequest("baseline is only for baseline deployments".into()));
             }
             (Some(pid), None)
         }
         Kind::Baseline => {
-            let name = d.baseline.ok_or_else(|| {
-                ApiError::BadRequest("a baseline deployment needs baseline".into())
-            })?;
+            let name = d.baseline.ok_or_else(|| ApiError::BadRequest("a baseline deployment needs baseline".into()))?;
             let row = sqlx::query("SELECT id FROM baselines WHERE org_id = $1 AND name = $2")
                 .bind(&user.org_id)
                 .bind(&name)
                 .fetch_optional(&mut *tx)
                 .await?
-                .ok_or_else(|| {
-                    ApiError::NotFound(format!("no baseline {name:?} in this organisation"))
-                })?;
+                .ok_or_else(|| ApiError::NotFound(format!("no baseline {name:?} in this organisation")))?;
             if d.patch_id.is_some() {
-                return Err(ApiError::BadRequest(
-                    "patch_id is only for hotpatch and rollback deployments".into(),
-                ));
+                return Err(ApiError::BadRequest("patch_id is only for hotpatch and rollback deployments".into()));
             }
             (None, Some(row.try_get::<String, _>(0)?))
         }
@@ -285,13 +243,12 @@ pub async fn create_deployment(
     let window_id = match &d.window {
         None => None,
         Some(name) => {
-            let row =
-                sqlx::query("SELECT id FROM maintenance_windows WHERE org_id = $1 AND name = $2")
-                    .bind(&user.org_id)
-                    .bind(name)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .ok_or_else(|| ApiError::NotFound(format!("no maintenance window {name:?}")))?;
+            let row = sqlx::query("SELECT id FROM maintenance_windows WHERE org_id = $1 AND name = $2")
+                .bind(&user.org_id)
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("no maintenance window {name:?}")))?;
             Some(row.try_get::<String, _>(0)?)
         }
     };
@@ -380,16 +337,11 @@ impl Deployment {
         if now < self.start_at {
             return false;
         }
-        in_canary(&self.id, machine_id, self.canary_percent)
-            || now >= self.start_at + self.soak_seconds
+        in_canary(&self.id, machine_id, self.canary_percent) || now >= self.start_at + self.soak_seconds
     }
 }
 
-pub async fn deployments(
-    st: &AppState,
-    org_id: &str,
-    only_active: bool,
-) -> ApiResult<Vec<Deployment>> {
+pub async fn deployments(st: &AppState, org_id: &str, only_active: bool) -> ApiResult<Vec<Deployment>> {
     deployments_for(st, org_id, only_active, None).await
 }
 
@@ -409,29 +361,16 @@ pub async fn deployments_for(
          LEFT JOIN hotpatches h ON h.org_id = d.org_id AND h.patch_id = d.patch_id \
          LEFT JOIN work_results r ON r.deployment_id = d.id AND r.machine_id = $2 \
          WHERE d.org_id = $1 {} ORDER BY d.created DESC, d.id",
-        if only_active {
-            "AND d.state = 'active'"
-        } else {
-            ""
-        }
+        if only_active { "AND d.state = 'active'" } else { "" }
     );
-    let rows = sqlx::query(&sql)
-        .bind(org_id)
-        .bind(machine_id.unwrap_or(""))
-        .fetch_all(&st.db.pool)
-        .await?;
+    let rows = sqlx::query(&sql).bind(org_id).bind(machine_id.unwrap_or("")).fetch_all(&st.db.pool).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let window = match r.try_get::<Option<String>, _>(13)? {
             None => None,
             Some(name) => Some((
                 name,
-                window_from_columns(
-                    &r.try_get::<String, _>(14)?,
-                    r.try_get(15)?,
-                    r.try_get(16)?,
-                    r.try_get(17)?,
-                ),
+                window_from_columns(&r.try_get::<String, _>(14)?, r.try_get(15)?, r.try_get(16)?, r.try_get(17)?),
             )),
         };
         let hotpatch = match r.try_get::<Option<String>, _>(18)? {
@@ -475,16 +414,11 @@ pub struct RingProgress {
 }
 
 /// Per ring: how many machines are in scope and what they reported.
-pub async fn progress(
-    st: &AppState,
-    org_id: &str,
-    d: &Deployment,
-) -> ApiResult<(RingProgress, RingProgress)> {
-    let machines =
-        sqlx::query("SELECT id, tags FROM machines WHERE org_id = $1 AND revoked_at IS NULL")
-            .bind(org_id)
-            .fetch_all(&st.db.pool)
-            .await?;
+pub async fn progress(st: &AppState, org_id: &str, d: &Deployment) -> ApiResult<(RingProgress, RingProgress)> {
+    let machines = sqlx::query("SELECT id, tags FROM machines WHERE org_id = $1 AND revoked_at IS NULL")
+        .bind(org_id)
+        .fetch_all(&st.db.pool)
+        .await?;
     let results = sqlx::query("SELECT ring, status FROM work_results WHERE deployment_id = $1")
         .bind(&d.id)
         .fetch_all(&st.db.pool)
@@ -503,11 +437,7 @@ pub async fn progress(
         }
     }
     for r in results {
-        let ring = if r.try_get::<String, _>(0)? == "canary" {
-            &mut canary
-        } else {
-            &mut rest
-        };
+        let ring = if r.try_get::<String, _>(0)? == "canary" { &mut canary } else { &mut rest };
         match r.try_get::<String, _>(1)?.as_str() {
             "failed" => ring.failed += 1,
             _ => ring.applied += 1,
@@ -540,11 +470,7 @@ pub async fn list_deployments(State(st): State<AppState>, user: User) -> ApiResu
     Ok(Json(json!({ "deployments": out })))
 }
 
-pub async fn get_deployment(
-    State(st): State<AppState>,
-    user: User,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+pub async fn get_deployment(State(st): State<AppState>, user: User, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let d = deployments(&st, &user.org_id, false)
         .await?
         .into_iter()
@@ -583,15 +509,8 @@ async fn set_state(
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    audit::record(
-        &mut tx,
-        &user.org_id,
-        &user.actor(),
-        &format!("deployment.{action}"),
-        id,
-        json!({ "from": state }),
-    )
-    .await?;
+    audit::record(&mut tx, &user.org_id, &user.actor(), &format!("deployment.{action}"), id, json!({ "from": state }))
+        .await?;
     tx.commit().await?;
     Ok(Json(json!({ "id": id, "state": to })))
 }
@@ -601,15 +520,7 @@ pub async fn cancel_deployment(
     user: User,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    set_state(
-        &st,
-        &user,
-        &id,
-        &["active", "halted"],
-        "cancelled",
-        "cancel",
-    )
-    .await
+    set_state(&st, &user, &id, &["active", "halted"], "cancelled", "cancel").await
 }
 
 pub async fn resume_deployment(

@@ -21,8 +21,7 @@ pub fn check_tags(tags: &[String]) -> ApiResult<()> {
     for t in tags {
         let ok = !t.is_empty()
             && t.len() <= 64
-            && t.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '='));
+            && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '='));
         if !ok {
             return Err(ApiError::BadRequest(format!(
                 "tag {t:?} must be 1-64 characters of letters, digits, '-', '_', '.', ':', '='"
@@ -50,9 +49,7 @@ pub async fn create_enrollment_token(
     check_tags(&body.tags)?;
     let ttl = body.expires_in_seconds.unwrap_or(86_400);
     if !(60..=30 * 86_400).contains(&ttl) {
-        return Err(ApiError::BadRequest(
-            "expires_in_seconds must be between 60 and 2592000".into(),
-        ));
+        return Err(ApiError::BadRequest("expires_in_seconds must be between 60 and 2592000".into()));
     }
     let id = new_id()?;
     let token = new_secret("hpe_")?;
@@ -68,19 +65,10 @@ pub async fn create_enrollment_token(
     .bind(now() + ttl)
     .execute(&mut *tx)
     .await?;
-    audit::record(
-        &mut tx,
-        &user.org_id,
-        &user.actor(),
-        "enrollment-token.create",
-        &id,
-        json!({ "tags": body.tags }),
-    )
-    .await?;
+    audit::record(&mut tx, &user.org_id, &user.actor(), "enrollment-token.create", &id, json!({ "tags": body.tags }))
+        .await?;
     tx.commit().await?;
-    Ok(Json(
-        json!({ "id": id, "token": token, "expires": rfc3339(now() + ttl) }),
-    ))
+    Ok(Json(json!({ "id": id, "token": token, "expires": rfc3339(now() + ttl) })))
 }
 
 #[derive(Deserialize)]
@@ -93,28 +81,23 @@ pub struct Enroll {
 /// Exchanges a one-time enrollment token for a machine credential. The token is
 /// consumed by a conditional UPDATE, so two agents racing with one token cannot
 /// both win, on any number of replicas.
-pub async fn enroll(
-    State(st): State<AppState>,
-    ApiJson(body): ApiJson<Enroll>,
-) -> ApiResult<Json<Value>> {
+pub async fn enroll(State(st): State<AppState>, ApiJson(body): ApiJson<Enroll>) -> ApiResult<Json<Value>> {
     if body.hostname.is_empty() || body.hostname.len() > 255 {
-        return Err(ApiError::BadRequest(
-            "hostname must be 1-255 characters".into(),
-        ));
+        return Err(ApiError::BadRequest("hostname must be 1-255 characters".into()));
     }
     let mut tx = st.db.begin().await?;
-    let row = sqlx::query("SELECT id, org_id, tags, expires, used_at, revoked_at FROM enrollment_tokens WHERE token_hash = $1")
-        .bind(hash_secret(&body.token))
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("enrollment token unknown".into()))?;
+    let row = sqlx::query(
+        "SELECT id, org_id, tags, expires, used_at, revoked_at FROM enrollment_tokens WHERE token_hash = $1",
+    )
+    .bind(hash_secret(&body.token))
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| ApiError::Unauthorized("enrollment token unknown".into()))?;
     let token_id: String = row.try_get(0)?;
     let org_id: String = row.try_get(1)?;
     let tags: String = row.try_get(2)?;
     if row.try_get::<Option<i64>, _>(4)?.is_some() {
-        return Err(ApiError::Unauthorized(
-            "enrollment token already used".into(),
-        ));
+        return Err(ApiError::Unauthorized("enrollment token already used".into()));
     }
     if row.try_get::<Option<i64>, _>(5)?.is_some() {
         return Err(ApiError::Unauthorized("enrollment token revoked".into()));
@@ -124,16 +107,15 @@ pub async fn enroll(
     }
     let machine_id = new_id()?;
     let credential = new_secret("hpm_")?;
-    let consumed = sqlx::query("UPDATE enrollment_tokens SET used_at = $1, machine_id = $2 WHERE id = $3 AND used_at IS NULL")
-        .bind(now())
-        .bind(&machine_id)
-        .bind(&token_id)
-        .execute(&mut *tx)
-        .await?;
+    let consumed =
+        sqlx::query("UPDATE enrollment_tokens SET used_at = $1, machine_id = $2 WHERE id = $3 AND used_at IS NULL")
+            .bind(now())
+            .bind(&machine_id)
+            .bind(&token_id)
+            .execute(&mut *tx)
+            .await?;
     if consumed.rows_affected() != 1 {
-        return Err(ApiError::Unauthorized(
-            "enrollment token already used".into(),
-        ));
+        return Err(ApiError::Unauthorized("enrollment token already used".into()));
     }
     sqlx::query(
         "INSERT INTO machines (id, org_id, credential_hash, hostname, tags, enrolled) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -156,9 +138,7 @@ pub async fn enroll(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(
-        json!({ "machine_id": machine_id, "credential": credential, "org_id": org_id }),
-    ))
+    Ok(Json(json!({ "machine_id": machine_id, "credential": credential, "org_id": org_id })))
 }
 
 pub async fn list_machines(State(st): State<AppState>, user: User) -> ApiResult<Json<Value>> {
@@ -187,11 +167,7 @@ fn machine_json(r: &sqlx::any::AnyRow) -> ApiResult<Value> {
     }))
 }
 
-pub async fn machine_detail(
-    State(st): State<AppState>,
-    user: User,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+pub async fn machine_detail(State(st): State<AppState>, user: User, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     Ok(Json(machine_detail_json(&st, &user.org_id, &id).await?))
 }
 
@@ -260,52 +236,26 @@ pub async fn set_tags(
         .execute(&mut *tx)
         .await?;
     if done.rows_affected() != 1 {
-        return Err(ApiError::NotFound(format!(
-            "no machine {id:?} in this organisation"
-        )));
+        return Err(ApiError::NotFound(format!("no machine {id:?} in this organisation")));
     }
-    audit::record(
-        &mut tx,
-        &user.org_id,
-        &user.actor(),
-        "machine.tags",
-        &id,
-        json!({ "tags": body.tags }),
-    )
-    .await?;
+    audit::record(&mut tx, &user.org_id, &user.actor(), "machine.tags", &id, json!({ "tags": body.tags })).await?;
     tx.commit().await?;
     Ok(Json(json!({ "id": id, "tags": body.tags })))
 }
 
-pub async fn revoke_machine(
-    State(st): State<AppState>,
-    user: User,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+pub async fn revoke_machine(State(st): State<AppState>, user: User, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     user.require(Role::Operator)?;
     let mut tx = st.db.begin().await?;
-    let done = sqlx::query(
-        "UPDATE machines SET revoked_at = $1 WHERE org_id = $2 AND id = $3 AND revoked_at IS NULL",
-    )
-    .bind(now())
-    .bind(&user.org_id)
-    .bind(&id)
-    .execute(&mut *tx)
-    .await?;
+    let done = sqlx::query("UPDATE machines SET revoked_at = $1 WHERE org_id = $2 AND id = $3 AND revoked_at IS NULL")
+        .bind(now())
+        .bind(&user.org_id)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
     if done.rows_affected() != 1 {
-        return Err(ApiError::NotFound(format!(
-            "no enrolled, unrevoked machine {id:?} in this organisation"
-        )));
+        return Err(ApiError::NotFound(format!("no enrolled, unrevoked machine {id:?} in this organisation")));
     }
-    audit::record(
-        &mut tx,
-        &user.org_id,
-        &user.actor(),
-        "machine.revoke",
-        &id,
-        json!({}),
-    )
-    .await?;
+    audit::record(&mut tx, &user.org_id, &user.actor(), "machine.revoke", &id, json!({})).await?;
     tx.commit().await?;
     Ok(Json(json!({ "revoked": id })))
 }

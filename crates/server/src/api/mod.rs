@@ -27,24 +27,15 @@ const OPENAPI: &str = include_str!("../../openapi.json");
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route(
-            "/openapi.json",
-            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
-        )
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .route("/healthz", get(health))
         .route("/api/v1/whoami", get(access::whoami))
-        .route(
-            "/api/v1/users",
-            get(access::list_users).post(access::create_user),
-        )
+        .route("/api/v1/users", get(access::list_users).post(access::create_user))
         .route("/api/v1/tokens", post(access::create_token))
         .route("/api/v1/tokens/{id}", delete(access::revoke_token))
         .route("/api/v1/ui-links", post(access::create_login_link))
         .route("/api/v1/audit", get(access::list_audit))
-        .route(
-            "/api/v1/enrollment-tokens",
-            post(fleet::create_enrollment_token),
-        )
+        .route("/api/v1/enrollment-tokens", post(fleet::create_enrollment_token))
         .route("/api/v1/agent/enroll", post(fleet::enroll))
         .route("/api/v1/agent/checkin", post(checkin::check_in))
         .route("/api/v1/machines", get(fleet::list_machines))
@@ -58,51 +49,26 @@ pub fn routes() -> Router<AppState> {
                 .layer(DefaultBodyLimit::max(PACKAGE_BODY_LIMIT)),
         )
         .route("/api/v1/artifacts/{sha256}", get(catalog::artifact))
-        .route(
-            "/api/v1/baselines",
-            get(catalog::list_baselines).post(catalog::create_baseline),
-        )
+        .route("/api/v1/baselines", get(catalog::list_baselines).post(catalog::create_baseline))
         .route("/api/v1/calendar", get(calendar::get_calendar))
-        .route(
-            "/api/v1/maintenance-windows",
-            get(deploy::list_windows).post(deploy::create_window),
-        )
-        .route(
-            "/api/v1/deployments",
-            get(deploy::list_deployments).post(deploy::create_deployment),
-        )
+        .route("/api/v1/maintenance-windows", get(deploy::list_windows).post(deploy::create_window))
+        .route("/api/v1/deployments", get(deploy::list_deployments).post(deploy::create_deployment))
         .route("/api/v1/deployments/{id}", get(deploy::get_deployment))
-        .route(
-            "/api/v1/deployments/{id}/cancel",
-            post(deploy::cancel_deployment),
-        )
-        .route(
-            "/api/v1/deployments/{id}/resume",
-            post(deploy::resume_deployment),
-        )
+        .route("/api/v1/deployments/{id}/cancel", post(deploy::cancel_deployment))
+        .route("/api/v1/deployments/{id}/resume", post(deploy::resume_deployment))
         .route("/api/v1/compliance/overview", get(compliance::get_overview))
         .route("/api/v1/compliance/machines", get(compliance::by_machine))
         .route("/api/v1/compliance/targets", get(compliance::by_target))
         .route("/api/v1/compliance/cves", get(compliance::by_cve))
         .route("/api/v1/billing", get(billing::get_billing))
-        .route(
-            "/api/v1/billing/subscription",
-            put(billing::set_subscription),
-        )
-        .route(
-            "/api/v1/billing/invoices/{month}",
-            get(billing::get_invoice),
-        )
+        .route("/api/v1/billing/subscription", put(billing::set_subscription))
+        .route("/api/v1/billing/invoices/{month}", get(billing::get_invoice))
 }
 
 /// Ready means the database answers, so a load balancer drops a replica that lost it.
 async fn health(axum::extract::State(st): axum::extract::State<AppState>) -> impl IntoResponse {
     match sqlx::query("SELECT 1").execute(&st.db.pool).await {
-        Ok(_) => (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({ "status": "ok" })),
-        )
-            .into_response(),
+        Ok(_) => (StatusCode::OK, axum::Json(serde_json::json!({ "status": "ok" }))).into_response(),
         Err(e) => ApiError::Database(e).into_response(),
     }
 }

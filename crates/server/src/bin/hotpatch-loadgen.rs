@@ -15,16 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use hotpatch_format::{
-    Classification, FunctionPatch, Machine, Manifest, Package, SecretKey, Target,
-};
+use hotpatch_format::{Classification, FunctionPatch, Machine, Manifest, Package, SecretKey, Target};
 use serde_json::{Value, json};
 
 #[derive(Parser)]
-#[command(
-    name = "hotpatch-loadgen",
-    about = "Bounded loopback load generator for hotpatch-server check-ins"
-)]
+#[command(name = "hotpatch-loadgen", about = "Bounded loopback load generator for hotpatch-server check-ins")]
 struct Args {
     /// Start this hotpatch-server binary for the run (and stop it afterwards).
     #[arg(long, conflicts_with = "server")]
@@ -68,13 +63,7 @@ fn payload(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     let src = dir.join("fix.c");
     let obj = dir.join("fix.o");
     std::fs::write(&src, "int checked_len(int n) { return n < 0 ? 0 : n; }\n")?;
-    let ok = Command::new("cc")
-        .args(["-c", "-O2", "-o"])
-        .arg(&obj)
-        .arg(&src)
-        .status()
-        .context("running cc")?
-        .success();
+    let ok = Command::new("cc").args(["-c", "-O2", "-o"]).arg(&obj).arg(&src).status().context("running cc")?.success();
     if !ok {
         bail!("cc failed to build the demo payload");
     }
@@ -83,25 +72,16 @@ fn payload(dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 
 const BUILD_ID: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 
-fn spawn(
-    binary: &str,
-    database: Option<&str>,
-) -> anyhow::Result<(Spawned, String, String, Vec<u8>)> {
+fn spawn(binary: &str, database: Option<&str>) -> anyhow::Result<(Spawned, String, String, Vec<u8>)> {
     let dir = tempfile::tempdir()?;
     let key = SecretKey::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
     std::fs::create_dir_all(dir.path().join("trust"))?;
-    key.public()
-        .save(&dir.path().join("trust").join("loadgen.pub"))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    key.public().save(&dir.path().join("trust").join("loadgen.pub")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let manifest = Manifest {
         format_version: hotpatch_format::FORMAT_VERSION,
         patch_id: "loadgen-fix-1".into(),
         product: "loadgen".into(),
-        target: Target {
-            build_id: BUILD_ID.into(),
-            file_name: "libdemo.so.1".into(),
-            machine: Machine::X86_64,
-        },
+        target: Target { build_id: BUILD_ID.into(), file_name: "libdemo.so.1".into(), machine: Machine::X86_64 },
         level: 1,
         classification: Classification::Security,
         cves: vec!["CVE-2027-9999".into()],
@@ -119,18 +99,12 @@ fn spawn(
     };
     let package = Package::build(manifest, &payload(dir.path())?, &key)?;
     let mut cmd = Command::new(binary);
-    cmd.arg("--data")
-        .arg(dir.path())
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn,hotpatch_server=info");
+    cmd.arg("--data").arg(dir.path()).args(["--listen", "127.0.0.1:0"]).env("RUST_LOG", "warn,hotpatch_server=info");
     if let Some(db) = database {
         cmd.args(["--database", db]);
     }
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {binary}"))?;
+    let mut child =
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().with_context(|| format!("starting {binary}"))?;
     let stderr = child.stderr.take().context("server stderr")?;
     let mut spawned = Spawned { child, _dir: dir };
     let mut token = None;
@@ -146,10 +120,7 @@ fn spawn(
         }
         if let Some(pos) = line.find("addr=") {
             let rest = &line[pos + 5..];
-            let clean: String = rest
-                .chars()
-                .filter(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                .collect();
+            let clean: String = rest.chars().filter(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
             addr = Some(clean.trim_start_matches(':').to_string());
         }
         if token.is_some() && addr.is_some() {
@@ -165,26 +136,15 @@ fn spawn(
     Ok((spawned, format!("http://{addr}"), token, package))
 }
 
-fn call(
-    agent: &ureq::Agent,
-    method: &str,
-    url: &str,
-    token: &str,
-    body: Option<&Value>,
-) -> anyhow::Result<Value> {
-    let req = agent
-        .request(method, url)
-        .set("Authorization", &format!("Bearer {token}"));
+fn call(agent: &ureq::Agent, method: &str, url: &str, token: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+    let req = agent.request(method, url).set("Authorization", &format!("Bearer {token}"));
     let res = match body {
         Some(b) => req.send_json(b),
         None => req.call(),
     };
     match res {
         Ok(r) => Ok(r.into_json().unwrap_or(Value::Null)),
-        Err(ureq::Error::Status(code, r)) => bail!(
-            "{method} {url}: {code} {}",
-            r.into_string().unwrap_or_default()
-        ),
+        Err(ureq::Error::Status(code, r)) => bail!("{method} {url}: {code} {}", r.into_string().unwrap_or_default()),
         Err(e) => bail!("{method} {url}: {e}"),
     }
 }
@@ -212,11 +172,7 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.agents == 0
-        || args.concurrency == 0
-        || args.concurrency > 1024
-        || args.agents > 1_000_000
-    {
+    if args.agents == 0 || args.concurrency == 0 || args.concurrency > 1024 || args.agents > 1_000_000 {
         bail!("--agents must be 1..1000000 and --concurrency 1..1024");
     }
     let (_spawned, base, token, package) = match (&args.spawn, &args.server, &args.token) {
@@ -224,15 +180,10 @@ fn main() -> anyhow::Result<()> {
             let (s, b, t, p) = spawn(bin, args.database.as_deref())?;
             (Some(s), b, t, Some(p))
         }
-        (None, Some(url), Some(t)) => {
-            (None, url.trim_end_matches('/').to_string(), t.clone(), None)
-        }
+        (None, Some(url), Some(t)) => (None, url.trim_end_matches('/').to_string(), t.clone(), None),
         _ => bail!("give --spawn SERVER_BINARY or --server URL --token TOKEN"),
     };
-    if !(base.starts_with("http://127.")
-        || base.starts_with("http://localhost")
-        || base.starts_with("http://[::1]"))
-    {
+    if !(base.starts_with("http://127.") || base.starts_with("http://localhost") || base.starts_with("http://[::1]")) {
         bail!("the load generator only targets loopback servers, not {base}");
     }
     let http = ureq::AgentBuilder::new()
@@ -265,64 +216,41 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..args.concurrency.min(16) {
         let (http, base, token, next) = (http.clone(), base.clone(), token.clone(), next.clone());
         let n = args.agents;
-        handles.push(std::thread::spawn(
-            move || -> anyhow::Result<Vec<(usize, String)>> {
-                let mut creds = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
-                        return Ok(creds);
-                    }
-                    let t = call(
-                        &http,
-                        "POST",
-                        &format!("{base}/api/v1/enrollment-tokens"),
-                        &token,
-                        Some(&json!({})),
-                    )?;
-                    let e = call(
-                        &http,
-                        "POST",
-                        &format!("{base}/api/v1/agent/enroll"),
-                        "",
-                        Some(&json!({ "token": t["token"], "hostname": format!("sim-{i:06}") })),
-                    )?;
-                    creds.push((
-                        i,
-                        e["credential"].as_str().context("credential")?.to_string(),
-                    ));
+        handles.push(std::thread::spawn(move || -> anyhow::Result<Vec<(usize, String)>> {
+            let mut creds = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok(creds);
                 }
-            },
-        ));
+                let t = call(&http, "POST", &format!("{base}/api/v1/enrollment-tokens"), &token, Some(&json!({})))?;
+                let e = call(
+                    &http,
+                    "POST",
+                    &format!("{base}/api/v1/agent/enroll"),
+                    "",
+                    Some(&json!({ "token": t["token"], "hostname": format!("sim-{i:06}") })),
+                )?;
+                creds.push((i, e["credential"].as_str().context("credential")?.to_string()));
+            }
+        }));
     }
     let mut creds = vec![String::new(); args.agents];
     for h in handles {
-        for (i, c) in h
-            .join()
-            .map_err(|_| anyhow::anyhow!("enroll thread panicked"))??
-        {
+        for (i, c) in h.join().map_err(|_| anyhow::anyhow!("enroll thread panicked"))?? {
             creds[i] = c;
         }
     }
     eprintln!("enrolled in {:.1} s", enroll_start.elapsed().as_secs_f64());
     let creds = Arc::new(creds);
-    let bodies: Arc<Vec<String>> = Arc::new(
-        (0..args.agents)
-            .map(|i| checkin_body(i).to_string())
-            .collect(),
-    );
+    let bodies: Arc<Vec<String>> = Arc::new((0..args.agents).map(|i| checkin_body(i).to_string()).collect());
     let sent = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     let started = Instant::now();
     let mut workers = Vec::new();
     for w in 0..args.concurrency {
-        let (http, base, creds, bodies, sent) = (
-            http.clone(),
-            base.clone(),
-            creds.clone(),
-            bodies.clone(),
-            sent.clone(),
-        );
+        let (http, base, creds, bodies, sent) =
+            (http.clone(), base.clone(), creds.clone(), bodies.clone(), sent.clone());
         let (total, agents, conc) = (args.checkins, args.agents, args.concurrency);
         workers.push(std::thread::spawn(move || {
             let mut lat = Vec::new();
@@ -331,10 +259,7 @@ fn main() -> anyhow::Result<()> {
             let mine: Vec<usize> = (w..agents).step_by(conc).collect();
             let mut etags: Vec<Option<String>> = vec![None; mine.len()];
             let mut k = 0usize;
-            while !mine.is_empty()
-                && sent.fetch_add(1, Ordering::Relaxed) < total
-                && Instant::now() < deadline
-            {
+            while !mine.is_empty() && sent.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < deadline {
                 let slot = k % mine.len();
                 let i = mine[slot];
                 k += 1;

@@ -34,9 +34,7 @@ pub struct Page {
 
 impl Page {
     pub fn new() -> Page {
-        Page {
-            body: String::new(),
-        }
+        Page { body: String::new() }
     }
 
     pub fn raw(&mut self, html: &str) -> &mut Self {
@@ -69,11 +67,7 @@ impl Page {
             self.body.push_str("</tr>");
         }
         if rows.is_empty() {
-            let _ = write!(
-                self.body,
-                "<tr><td colspan=\"{}\">none</td></tr>",
-                headers.len()
-            );
+            let _ = write!(self.body, "<tr><td colspan=\"{}\">none</td></tr>", headers.len());
         }
         self.body.push_str("</tbody></table>");
         self
@@ -123,9 +117,6 @@ mod tests {
 
     #[test]
     fn escapes_markup_and_quotes() {
-        assert_eq!(
-            esc("<script>\"x\" & 'y'</script>"),
-            "&lt;script&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/script&gt;"
-        );
+        assert_eq!(esc("<script>\"x\" & 'y'</script>"), "&lt;script&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/script&gt;");
     }
 }

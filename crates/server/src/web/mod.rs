@@ -23,10 +23,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/compliance", get(pages::compliance_page))
         .route("/ui/billing", get(pages::billing_page))
         .route("/ui/audit", get(pages::audit_page))
-        .route(
-            "/ui/login",
-            get(session::login_form).post(session::login_with_token),
-        )
+        .route("/ui/login", get(session::login_form).post(session::login_with_token))
         .route("/ui/login/{code}", get(session::login_with_link))
         .route("/ui/logout", get(session::logout))
         .layer(axum::middleware::map_response(security_headers));
@@ -40,16 +37,12 @@ async fn security_headers(mut response: axum::response::Response) -> axum::respo
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ),
     );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

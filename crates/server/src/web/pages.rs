@@ -42,10 +42,7 @@ pub async fn overview_page(State(st): State<AppState>, u: UiUser) -> ApiResult<H
         ("failing", "failing", o.failing),
         ("unknown", "unknown", o.unknown),
     ] {
-        page.raw(&format!(
-            "<div class=\"card\" id=\"card-{id}\"><div class=\"n\">{n}</div>{}</div>",
-            esc(label)
-        ));
+        page.raw(&format!("<div class=\"card\" id=\"card-{id}\"><div class=\"n\">{n}</div>{}</div>", esc(label)));
     }
     page.raw("</div>");
     Ok(render(&page, "Fleet overview", &u))
@@ -53,22 +50,15 @@ pub async fn overview_page(State(st): State<AppState>, u: UiUser) -> ApiResult<H
 
 pub async fn machines_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
     let rows = rows(&st, &u.0.org_id).await?;
-    let mut worst: std::collections::BTreeMap<(String, String), crate::api::compliance::Status> =
-        Default::default();
+    let mut worst: std::collections::BTreeMap<(String, String), crate::api::compliance::Status> = Default::default();
     for r in &rows {
-        let e = worst
-            .entry((r.hostname.clone(), r.machine_id.clone()))
-            .or_insert(r.status);
+        let e = worst.entry((r.hostname.clone(), r.machine_id.clone())).or_insert(r.status);
         *e = (*e).max(r.status);
     }
     let table: Vec<Vec<String>> = worst
         .iter()
         .map(|((host, id), st)| {
-            vec![
-                link(&format!("/ui/machines/{id}"), host),
-                status(st.as_str()),
-                format!("<code>{}</code>", esc(id)),
-            ]
+            vec![link(&format!("/ui/machines/{id}"), host), status(st.as_str()), format!("<code>{}</code>", esc(id))]
         })
         .collect();
     let mut page = Page::new();
@@ -76,30 +66,13 @@ pub async fn machines_page(State(st): State<AppState>, u: UiUser) -> ApiResult<H
     Ok(render(&page, "Machines", &u))
 }
 
-pub async fn machine_page(
-    State(st): State<AppState>,
-    u: UiUser,
-    Path(id): Path<String>,
-) -> ApiResult<Html<String>> {
+pub async fn machine_page(State(st): State<AppState>, u: UiUser, Path(id): Path<String>) -> ApiResult<Html<String>> {
     let m = crate::api::fleet::machine_detail_json(&st, &u.0.org_id, &id).await?;
-    let comp: Vec<_> = rows(&st, &u.0.org_id)
-        .await?
-        .into_iter()
-        .filter(|r| r.machine_id == id)
-        .collect();
+    let comp: Vec<_> = rows(&st, &u.0.org_id).await?.into_iter().filter(|r| r.machine_id == id).collect();
     let mut page = Page::new();
     page.table(
         "facts",
-        &[
-            "hostname",
-            "os",
-            "kernel",
-            "arch",
-            "cores",
-            "tags",
-            "last seen",
-            "readiness",
-        ],
+        &["hostname", "os", "kernel", "arch", "cores", "tags", "last seen", "readiness"],
         &[vec![
             s(&m["hostname"]),
             s(&m["os"]),
@@ -126,18 +99,7 @@ pub async fn machine_page(
             ]
         })
         .collect();
-    page.table(
-        "targets",
-        &[
-            "file",
-            "build-id",
-            "applied level",
-            "latest level",
-            "state",
-            "detail",
-        ],
-        &t,
-    );
+    page.table("targets", &["file", "build-id", "applied level", "latest level", "state", "detail"], &t);
     page.h(2, "History");
     let h: Vec<Vec<String>> = m["history"]
         .as_array()
@@ -173,26 +135,11 @@ pub async fn catalog_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Ht
                 h.level.to_string(),
                 esc(&h.classification),
                 esc(&h.cves.join(", ")),
-                format!(
-                    "<code>{}</code>",
-                    esc(&h.artifact_sha256[..16.min(h.artifact_sha256.len())])
-                ),
+                format!("<code>{}</code>", esc(&h.artifact_sha256[..16.min(h.artifact_sha256.len())])),
             ]
         })
         .collect();
-    page.table(
-        "hotpatches",
-        &[
-            "patch",
-            "file",
-            "build-id",
-            "level",
-            "classification",
-            "CVEs",
-            "artifact",
-        ],
-        &h,
-    );
+    page.table("hotpatches", &["patch", "file", "build-id", "level", "classification", "CVEs", "artifact"], &h);
     page.h(2, "Baselines");
     let all = baselines(&st, &u.0.org_id).await?;
     let t = now();
@@ -204,39 +151,19 @@ pub async fn catalog_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Ht
                 esc(&b.name),
                 esc(&b.product),
                 esc(&rfc3339(b.released)),
-                if b.planned {
-                    "planned".into()
-                } else {
-                    format!("unplanned: {}", esc(&b.reason))
-                },
-                cov.map(|c| {
-                    if c.expired {
-                        status("needs-restart") + " " + &esc(&c.advice)
-                    } else {
-                        esc(&c.advice)
-                    }
-                })
-                .unwrap_or_default(),
+                if b.planned { "planned".into() } else { format!("unplanned: {}", esc(&b.reason)) },
+                cov.map(|c| if c.expired { status("needs-restart") + " " + &esc(&c.advice) } else { esc(&c.advice) })
+                    .unwrap_or_default(),
             ]
         })
         .collect();
-    page.table(
-        "baselines",
-        &["baseline", "product", "released", "kind", "coverage"],
-        &b,
-    );
+    page.table("baselines", &["baseline", "product", "released", "kind", "coverage"], &b);
     Ok(render(&page, "Catalog", &u))
 }
 
 fn bar(done: i64, total: i64) -> String {
-    let pct = if total > 0 {
-        (done * 100 / total).clamp(0, 100)
-    } else {
-        0
-    };
-    format!(
-        "<span class=\"bar\" title=\"{pct}%\"><i style=\"width:{pct}%\"></i></span> {done}/{total}"
-    )
+    let pct = if total > 0 { (done * 100 / total).clamp(0, 100) } else { 0 };
+    format!("<span class=\"bar\" title=\"{pct}%\"><i style=\"width:{pct}%\"></i></span> {done}/{total}")
 }
 
 pub async fn deployments_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
@@ -248,10 +175,7 @@ pub async fn deployments_page(State(st): State<AppState>, u: UiUser) -> ApiResul
                 "{}{}{}",
                 bar(p.applied, p.machines),
                 if p.failed > 0 {
-                    format!(
-                        ", <span class=\"s-apply-failed\">{} failed</span>",
-                        p.failed
-                    )
+                    format!(", <span class=\"s-apply-failed\">{} failed</span>", p.failed)
                 } else {
                     String::new()
                 },
@@ -261,17 +185,9 @@ pub async fn deployments_page(State(st): State<AppState>, u: UiUser) -> ApiResul
         table.push(vec![
             esc(&d.name),
             esc(d.kind.as_str()),
-            esc(d
-                .patch_id
-                .as_deref()
-                .or(d.baseline_id.as_deref())
-                .unwrap_or("")),
+            esc(d.patch_id.as_deref().or(d.baseline_id.as_deref()).unwrap_or("")),
             esc(&d.tags.join(", ")),
-            esc(d
-                .window
-                .as_ref()
-                .map(|(n, _)| n.as_str())
-                .unwrap_or("any time")),
+            esc(d.window.as_ref().map(|(n, _)| n.as_str()).unwrap_or("any time")),
             format!("{}% · {}", d.canary_percent, ring(&c)),
             ring(&r),
             format!("{} {}", status(&d.state), esc(&d.state_reason)),
@@ -280,16 +196,7 @@ pub async fn deployments_page(State(st): State<AppState>, u: UiUser) -> ApiResul
     let mut page = Page::new();
     page.table(
         "deployments",
-        &[
-            "name",
-            "kind",
-            "what",
-            "scope tags",
-            "window",
-            "canary ring",
-            "rest",
-            "state",
-        ],
+        &["name", "kind", "what", "scope tags", "window", "canary ring", "rest", "state"],
         &table,
     );
     Ok(render(&page, "Deployments", &u))
@@ -309,12 +216,7 @@ pub async fn compliance_page(State(st): State<AppState>, u: UiUser) -> ApiResult
                 .map(|(h, f, st)| format!("{} ({}) {}", esc(h), esc(f), status(st)))
                 .collect::<Vec<_>>()
                 .join("<br>");
-            vec![
-                esc(&c.cve),
-                c.fixed.to_string(),
-                c.open.to_string(),
-                machines,
-            ]
+            vec![esc(&c.cve), c.fixed.to_string(), c.open.to_string(), machines]
         })
         .collect();
     page.table("cves", &["CVE", "fixed", "open", "machines"], &c);
@@ -332,11 +234,7 @@ pub async fn compliance_page(State(st): State<AppState>, u: UiUser) -> ApiResult
             ]
         })
         .collect();
-    page.table(
-        "compliance",
-        &["machine", "target", "level", "state", "detail"],
-        &r,
-    );
+    page.table("compliance", &["machine", "target", "level", "state", "detail"], &r);
     Ok(render(&page, "Compliance", &u))
 }
 
@@ -346,18 +244,9 @@ pub async fn billing_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Ht
     let entitled = crate::api::checkin::entitled(&st, &u.0.org_id, now()).await?;
     page.table(
         "subscription",
-        &[
-            "subscribed since",
-            "until",
-            "trial until",
-            "price per core per month",
-            "hotpatches",
-        ],
+        &["subscribed since", "until", "trial until", "price per core per month", "hotpatches"],
         &[vec![
-            esc(&sub
-                .active_from
-                .map(rfc3339)
-                .unwrap_or_else(|| "not subscribed".into())),
+            esc(&sub.active_from.map(rfc3339).unwrap_or_else(|| "not subscribed".into())),
             esc(&sub.active_until.map(rfc3339).unwrap_or_default()),
             esc(&sub.trial_until.map(rfc3339).unwrap_or_default()),
             format!("{} USD", format_cents(sub.price_cents_per_core_month)),
@@ -369,10 +258,7 @@ pub async fn billing_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Ht
         ]],
     );
     if u.0.role >= Role::Admin {
-        let month = jiff::Zoned::now()
-            .with_time_zone(jiff::tz::TimeZone::UTC)
-            .strftime("%Y-%m")
-            .to_string();
+        let month = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC).strftime("%Y-%m").to_string();
         let inv = invoice(&st, &u.0.org_id, &month).await?;
         page.h(2, &format!("Invoice {month} (to date)"));
         let lines: Vec<Vec<String>> = inv
@@ -387,12 +273,13 @@ pub async fn billing_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Ht
                 ]
             })
             .collect();
-        page.table(
-            "invoice",
-            &["machine", "billed core-days", "trial core-days", "amount"],
-            &lines,
-        );
-        page.raw(&format!("<p id=\"invoice-total\">Total: <strong>{} USD</strong> for {} core-days ({} days in month)</p>", esc(&inv.amount), inv.core_days, inv.days_in_month));
+        page.table("invoice", &["machine", "billed core-days", "trial core-days", "amount"], &lines);
+        page.raw(&format!(
+            "<p id=\"invoice-total\">Total: <strong>{} USD</strong> for {} core-days ({} days in month)</p>",
+            esc(&inv.amount),
+            inv.core_days,
+            inv.days_in_month
+        ));
     }
     Ok(render(&page, "Billing", &u))
 }
@@ -401,21 +288,9 @@ pub async fn audit_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html
     let entries = crate::api::access::audit_entries(&st, &u.0.org_id, 500).await?;
     let rows: Vec<Vec<String>> = entries
         .iter()
-        .map(|e| {
-            vec![
-                s(&e["at"]),
-                s(&e["actor"]),
-                s(&e["action"]),
-                s(&e["subject"]),
-                s(&e["detail"]),
-            ]
-        })
+        .map(|e| vec![s(&e["at"]), s(&e["actor"]), s(&e["action"]), s(&e["subject"]), s(&e["detail"])])
         .collect();
     let mut page = Page::new();
-    page.table(
-        "audit",
-        &["at", "actor", "action", "subject", "detail"],
-        &rows,
-    );
+    page.table("audit", &["at", "actor", "action", "subject", "detail"], &rows);
     Ok(render(&page, "Audit log", &u))
 }

@@ -48,13 +48,7 @@ pub struct LoginForm {
     token: String,
 }
 
-async fn start_session(
-    st: &AppState,
-    user_id: &str,
-    org_id: &str,
-    actor: &str,
-    next: &str,
-) -> ApiResult<Response> {
+async fn start_session(st: &AppState, user_id: &str, org_id: &str, actor: &str, next: &str) -> ApiResult<Response> {
     let session = new_secret("hps_")?;
     let mut tx = st.db.begin().await?;
     sqlx::query("INSERT INTO ui_sessions (session_hash, user_id, kind, expires) VALUES ($1, $2, 'session', $3)")
@@ -65,14 +59,11 @@ async fn start_session(
         .await?;
     audit::record(&mut tx, org_id, actor, "ui.sign-in", actor, json!({})).await?;
     tx.commit().await?;
-    let cookie = format!(
-        "{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECONDS}"
-    );
+    let cookie = format!("{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECONDS}");
     let mut response = Redirect::to(next).into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&cookie).map_err(|e| ApiError::Internal(e.to_string()))?,
-    );
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|e| ApiError::Internal(e.to_string()))?);
     Ok(response)
 }
 
@@ -88,20 +79,14 @@ pub async fn login_with_token(State(st): State<AppState>, Form(form): Form<Login
         Ok(None) => {
             let mut page = Page::new();
             page.raw("<p class=\"s-apply-failed\">That API token is unknown or revoked.</p><p><a href=\"/ui/login\">Try again</a></p>");
-            return (
-                axum::http::StatusCode::UNAUTHORIZED,
-                Html(page.render("Sign in", None)),
-            )
-                .into_response();
+            return (axum::http::StatusCode::UNAUTHORIZED, Html(page.render("Sign in", None))).into_response();
         }
         Err(e) => return ApiError::Database(e).into_response(),
     };
     let fields: Result<(String, String, String), sqlx::Error> =
         (|| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))();
     match fields {
-        Ok((uid, org, name)) => start_session(&st, &uid, &org, &format!("user:{name}"), "/ui/")
-            .await
-            .into_response(),
+        Ok((uid, org, name)) => start_session(&st, &uid, &org, &format!("user:{name}"), "/ui/").await.into_response(),
         Err(e) => ApiError::Database(e).into_response(),
     }
 }
@@ -114,11 +99,7 @@ pub struct Next {
 /// Only local UI paths, so the link cannot bounce the browser to another site.
 fn safe_next(next: Option<String>) -> String {
     match next {
-        Some(n)
-            if n.starts_with("/ui/") && !n.contains("//") && !n.contains('\\') && n.len() < 200 =>
-        {
-            n
-        }
+        Some(n) if n.starts_with("/ui/") && !n.contains("//") && !n.contains('\\') && n.len() < 200 => n,
         _ => "/ui/".into(),
     }
 }
@@ -138,33 +119,22 @@ pub async fn login_with_link(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| ApiError::Unauthorized("sign-in link unknown, used or expired".into()))?;
-    let consumed =
-        sqlx::query("UPDATE ui_sessions SET used = 1 WHERE session_hash = $1 AND used = 0")
-            .bind(hash_secret(&code))
-            .execute(&mut *tx)
-            .await?;
+    let consumed = sqlx::query("UPDATE ui_sessions SET used = 1 WHERE session_hash = $1 AND used = 0")
+        .bind(hash_secret(&code))
+        .execute(&mut *tx)
+        .await?;
     if consumed.rows_affected() != 1 {
         return Err(ApiError::Unauthorized("sign-in link already used".into()));
     }
     tx.commit().await?;
-    let (uid, org, name): (String, String, String) =
-        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    let (uid, org, name): (String, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
     start_session(&st, &uid, &org, &format!("user:{name}"), &safe_next(q.next)).await
 }
 
-pub async fn logout(
-    State(st): State<AppState>,
-    parts: axum::http::HeaderMap,
-) -> ApiResult<Response> {
-    let cookie = parts
-        .get(header::COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if let Some(session) = cookie
-        .split(';')
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(n, _)| *n == SESSION_COOKIE)
-        .map(|(_, v)| v)
+pub async fn logout(State(st): State<AppState>, parts: axum::http::HeaderMap) -> ApiResult<Response> {
+    let cookie = parts.get(header::COOKIE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if let Some(session) =
+        cookie.split(';').filter_map(|c| c.trim().split_once('=')).find(|(n, _)| *n == SESSION_COOKIE).map(|(_, v)| v)
     {
         sqlx::query("DELETE FROM ui_sessions WHERE session_hash = $1")
             .bind(hash_secret(session))

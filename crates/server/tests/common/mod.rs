@@ -8,9 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use hotpatch_format::{
-    Classification, FunctionPatch, Machine, Manifest, Package, SecretKey, Target, TrustStore,
-};
+use hotpatch_format::{Classification, FunctionPatch, Machine, Manifest, Package, SecretKey, Target, TrustStore};
 use serde_json::Value;
 use sqlx::Connection;
 use tokio::runtime::Runtime;
@@ -57,34 +55,19 @@ pub fn test_key() -> SecretKey {
 impl TestServer {
     pub fn start(backend: &Backend) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let (db_url, pg_cleanup) = match backend {
-            Backend::Sqlite => (
-                format!(
-                    "sqlite://{}?mode=rwc",
-                    dir.path().join("hotpatch.db").display()
-                ),
-                None,
-            ),
+            Backend::Sqlite => (format!("sqlite://{}?mode=rwc", dir.path().join("hotpatch.db").display()), None),
             Backend::Postgres(url) => {
                 let schema = format!("t_{}", random_hex(8));
                 rt.block_on(async {
-                    let mut c = sqlx::PgConnection::connect(url)
-                        .await
-                        .expect("connect to HOTPATCH_TEST_POSTGRES_URL");
+                    let mut c = sqlx::PgConnection::connect(url).await.expect("connect to HOTPATCH_TEST_POSTGRES_URL");
                     sqlx::Executor::execute(&mut c, format!("CREATE SCHEMA {schema}").as_str())
                         .await
                         .expect("create schema");
                 });
                 let sep = if url.contains('?') { '&' } else { '?' };
-                (
-                    format!("{url}{sep}options=-c%20search_path%3D{schema}"),
-                    Some((url.clone(), schema)),
-                )
+                (format!("{url}{sep}options=-c%20search_path%3D{schema}"), Some((url.clone(), schema)))
             }
         };
         let mut server = Self::start_on(rt, &db_url, dir);
@@ -104,11 +87,7 @@ impl TestServer {
 
     /// A second replica over the same database.
     pub fn replica(&self) -> TestServer {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let mut r = Self::start_on(rt, &self.db_url, tempfile::tempdir().expect("tempdir"));
         r.admin = self.admin.clone();
         r
@@ -117,12 +96,8 @@ impl TestServer {
     fn start_on(rt: Runtime, db_url: &str, dir: tempfile::TempDir) -> TestServer {
         let key = test_key();
         let trust = TrustStore::from_keys(vec![key.public()]);
-        let state = rt
-            .block_on(hotpatch_server::open(db_url, trust, 8))
-            .expect("open database");
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
+        let state = rt.block_on(hotpatch_server::open(db_url, trust, 8)).expect("open database");
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
         let app = hotpatch_server::router(state.clone());
@@ -153,21 +128,14 @@ impl TestServer {
     pub fn create_org(&self, org: &str, trial_days: Option<i64>) -> String {
         let trial = trial_days.map(|d| hotpatch_server::util::now() + d * 86_400);
         self.rt()
-            .block_on(hotpatch_server::bootstrap::create_admin(
-                &self.state.db,
-                org,
-                "root",
-                trial,
-            ))
+            .block_on(hotpatch_server::bootstrap::create_admin(&self.state.db, org, "root", trial))
             .expect("create org")
             .token
     }
 
     /// Runs raw SQL against the server's database (test setup of clocks in the past).
     pub fn sql(&self, statement: &str) {
-        self.rt()
-            .block_on(sqlx::query(statement).execute(&self.state.db.pool))
-            .expect("sql");
+        self.rt().block_on(sqlx::query(statement).execute(&self.state.db.pool)).expect("sql");
     }
 }
 
@@ -180,11 +148,7 @@ impl Drop for TestServer {
             rt.block_on(async {
                 self.state.db.pool.close().await;
                 if let Ok(mut c) = sqlx::PgConnection::connect(&url).await {
-                    let _ = sqlx::Executor::execute(
-                        &mut c,
-                        format!("DROP SCHEMA {schema} CASCADE").as_str(),
-                    )
-                    .await;
+                    let _ = sqlx::Executor::execute(&mut c, format!("DROP SCHEMA {schema} CASCADE").as_str()).await;
                 }
             });
         }
@@ -195,12 +159,7 @@ impl Drop for TestServer {
 }
 
 /// One HTTP call; returns the status and the JSON body (Null when empty or not JSON).
-pub fn call(
-    method: &str,
-    url: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> (u16, Value, Option<String>) {
+pub fn call(method: &str, url: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value, Option<String>) {
     let mut req = ureq::request(method, url);
     if let Some(t) = token {
         req = req.set("Authorization", &format!("Bearer {t}"));
@@ -217,11 +176,7 @@ pub fn call(
     let status = response.status();
     let etag = response.header("ETag").map(str::to_string);
     let text = response.into_string().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::Null),
-        etag,
-    )
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null), etag)
 }
 
 impl TestServer {
@@ -230,21 +185,11 @@ impl TestServer {
         (s, v)
     }
     pub fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
-        let (s, v, _) = call(
-            "POST",
-            &format!("{}{path}", self.base),
-            Some(token),
-            Some(&body),
-        );
+        let (s, v, _) = call("POST", &format!("{}{path}", self.base), Some(token), Some(&body));
         (s, v)
     }
     pub fn put(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
-        let (s, v, _) = call(
-            "PUT",
-            &format!("{}{path}", self.base),
-            Some(token),
-            Some(&body),
-        );
+        let (s, v, _) = call("PUT", &format!("{}{path}", self.base), Some(token), Some(&body));
         (s, v)
     }
     pub fn upload(&self, token: &str, bytes: &[u8]) -> (u16, Value) {
@@ -258,41 +203,22 @@ impl TestServer {
             Err(e) => panic!("upload: {e}"),
         };
         let s = r.status();
-        (
-            s,
-            serde_json::from_str(&r.into_string().unwrap_or_default()).unwrap_or(Value::Null),
-        )
+        (s, serde_json::from_str(&r.into_string().unwrap_or_default()).unwrap_or(Value::Null))
     }
 
     /// Creates an enrollment token and enrolls a machine; returns (machine_id, credential).
     pub fn enroll(&self, tags: &[&str], hostname: &str) -> (String, String) {
-        let (s, v) = self.post(
-            "/api/v1/enrollment-tokens",
-            &self.admin,
-            serde_json::json!({ "tags": tags }),
-        );
+        let (s, v) = self.post("/api/v1/enrollment-tokens", &self.admin, serde_json::json!({ "tags": tags }));
         assert_eq!(s, 200, "{v}");
         let token = v["token"].as_str().expect("token").to_string();
-        let (s, v) = self.post(
-            "/api/v1/agent/enroll",
-            "",
-            serde_json::json!({ "token": token, "hostname": hostname }),
-        );
+        let (s, v) = self.post("/api/v1/agent/enroll", "", serde_json::json!({ "token": token, "hostname": hostname }));
         assert_eq!(s, 200, "{v}");
-        (
-            v["machine_id"].as_str().expect("id").into(),
-            v["credential"].as_str().expect("credential").into(),
-        )
+        (v["machine_id"].as_str().expect("id").into(), v["credential"].as_str().expect("credential").into())
     }
 }
 
 /// A check-in body for a machine running `targets` = [(build_id, file_name, applied_level)].
-pub fn checkin_body(
-    hostname: &str,
-    cores: u32,
-    targets: &[(&str, &str, u32)],
-    results: Value,
-) -> Value {
+pub fn checkin_body(hostname: &str, cores: u32, targets: &[(&str, &str, u32)], results: Value) -> Value {
     let targets: Vec<Value> = targets
         .iter()
         .map(|(b, f, l)| {
@@ -315,11 +241,7 @@ pub fn payload() -> &'static [u8] {
         let src: PathBuf = dir.path().join("fix.c");
         let obj = dir.path().join("fix.o");
         std::fs::File::create(&src)
-            .and_then(|mut f| {
-                f.write_all(
-                    b"int checked_len(int n) { return n < 0 ? 0 : (n > 4096 ? 4096 : n); }\n",
-                )
-            })
+            .and_then(|mut f| f.write_all(b"int checked_len(int n) { return n < 0 ? 0 : (n > 4096 ? 4096 : n); }\n"))
             .expect("write source");
         let status = std::process::Command::new("cc")
             .args(["-c", "-O2", "-ffunction-sections", "-o"])
@@ -347,11 +269,7 @@ pub fn package(
         format_version: hotpatch_format::FORMAT_VERSION,
         patch_id: patch_id.into(),
         product: "demo".into(),
-        target: Target {
-            build_id: build_id.into(),
-            file_name: "libdemo.so.1".into(),
-            machine: Machine::X86_64,
-        },
+        target: Target { build_id: build_id.into(), file_name: "libdemo.so.1".into(), machine: Machine::X86_64 },
         level,
         classification: class,
         cves: cves.iter().map(|c| c.to_string()).collect(),
@@ -426,9 +344,5 @@ pub fn dump_dom(url: &str) -> String {
 pub fn view(s: &TestServer, page: &str) -> String {
     let (st, link) = s.post("/api/v1/ui-links", &s.admin, json!({}));
     assert_eq!(st, 200, "{link}");
-    dump_dom(&format!(
-        "{}{}?next={page}",
-        s.base,
-        link["path"].as_str().unwrap_or_default()
-    ))
+    dump_dom(&format!("{}{}?next={page}", s.base, link["path"].as_str().unwrap_or_default()))
 }
