@@ -1,6 +1,7 @@
 //! `hotpatch`: the machine-side command. Publishers use it to make and sign
 //! hotpatches; operators use it to inspect, verify and apply them.
 
+mod demo;
 mod keys;
 mod live;
 mod output;
@@ -35,6 +36,8 @@ enum Command {
     Status(live::StatusArgs),
     /// Restore a process's original code and remove the hotpatch.
     Rollback(live::RollbackArgs),
+    /// Build a sample service, patch it live, show the change, roll back (needs root and gcc).
+    Demo,
     /// Enroll this machine with a control plane, or check in once.
     Agent(hotpatch_agent::cli::AgentArgs),
 }
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Apply(args) => live::apply(args, &out),
         Command::Status(args) => live::status(args, &out),
         Command::Rollback(args) => live::rollback(args, &out),
+        Command::Demo => demo::demo(&out),
         Command::Agent(args) => hotpatch_agent::cli::run(args),
     };
     match result {

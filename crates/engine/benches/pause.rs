@@ -56,7 +56,10 @@ fn main() {
     let opts = hotpatch_engine::ApplyOptions { timeout: Duration::from_secs(10) };
     let rounds = 40;
 
-    println!("{:>7} {:>12} {:>14} {:>16} {:>7} {:>8}", "threads", "floor p50 µs", "apply p50 µs", "rollback p50 µs", "ratio", "retries");
+    println!(
+        "{:>7} {:>12} {:>14} {:>16} {:>7} {:>8}",
+        "threads", "floor p50 µs", "apply p50 µs", "rollback p50 µs", "ratio", "retries"
+    );
     for n in [1, 8, 64] {
         let mut child = Command::new(d.join("bench")).arg(n.to_string()).stdout(Stdio::null()).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(300));
