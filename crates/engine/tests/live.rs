@@ -256,3 +256,49 @@ fn thread_busy_in_the_old_function_is_never_patched_under() {
     assert_eq!(snapshot(proc.pid()), before);
     proc.expect_line("alive", 100);
 }
+
+const FORKS: &str = r#"
+#include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
+int counter = 41;
+static volatile sig_atomic_t want_fork;
+static void on_usr1(int s) { (void)s; want_fork = 1; }
+__attribute__((noinline)) int check(int x) { return x + counter; }
+int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    signal(SIGUSR1, on_usr1);
+    int child = 0;
+    for (;;) {
+        if (want_fork) { want_fork = 0; pid_t p = fork(); if (p == 0) child = 1; else printf("forked %d\n", (int)p); }
+        if (!child) printf("%d\n", check(1));
+        usleep(5000);
+    }
+}
+"#;
+
+#[test]
+fn child_forked_after_the_patch_carries_it() {
+    let dir = Dir::new();
+    dir.write("forks.c", FORKS);
+    dir.write("fix_v2.c", FIX_V2);
+    dir.gcc(&["-O1", "-o", "forks", "forks.c"]);
+    dir.gcc(&["-c", "-fPIC", "-O2", "fix_v2.c"]);
+    let publisher = Publisher::new();
+    let pkg = publisher.package(&dir.path("forks"), &dir.path("fix_v2.o"), &["check=check_v2"], 1);
+    let proc = Proc::spawn(&dir.path("forks"), &[]);
+    proc.expect_line("42", 100);
+    hotpatch_engine::apply(proc.pid(), &pkg, &opts()).expect("apply");
+    proc.expect_line("83", 200);
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(proc.pid(), libc::SIGUSR1) };
+    let child = (0..400)
+        .find_map(|_| proc.drain_one().and_then(|l| l.strip_prefix("forked ").and_then(|p| p.parse::<i32>().ok())))
+        .expect("fixture forked");
+    let status = hotpatch_engine::status(child).expect("status of the child");
+    // Reap the grandchild whatever the assertions say.
+    unsafe { libc::kill(child, libc::SIGKILL) };
+    assert_eq!(status.len(), 1);
+    assert_eq!(status[0].patch_id, pkg.manifest.patch_id);
+    assert!(status[0].active, "the child's sites must hold the jump too");
+}

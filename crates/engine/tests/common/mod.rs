@@ -88,6 +88,11 @@ impl Proc {
         out
     }
 
+    /// The next line, waiting at most a second.
+    pub fn drain_one(&self) -> Option<String> {
+        self.lines.recv_timeout(Duration::from_secs(1)).ok()
+    }
+
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
