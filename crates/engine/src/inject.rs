@@ -51,14 +51,7 @@ impl<'m> Injector<'m> {
         // (pthread_exit from main), borrow any other.
         let tids = crate::procfs::tasks(pid).map_err(|e| EngineError::proc_access(pid, "list threads", e))?;
         let tid = if tids.contains(&pid) { pid } else { *tids.first().ok_or(EngineError::ProcessExited(pid))? };
-        ptrace::seize(tid).map_err(|e| match e.raw_os_error() {
-            Some(libc::EPERM) => match crate::procfs::tracer_of(pid) {
-                Some(t) if t != 0 => EngineError::Traced { pid, tracer: t },
-                _ => EngineError::PermissionDenied { pid, detail: format!("ptrace attach: {e}") },
-            },
-            Some(libc::ESRCH) => EngineError::ProcessExited(pid),
-            _ => EngineError::Ptrace { tid, op: "seize", source: e },
-        })?;
+        ptrace::seize(tid).map_err(|e| crate::threads::attach_error(pid, tid, e))?;
         let mut inj = Injector {
             pid,
             tid,

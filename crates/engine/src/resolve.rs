@@ -60,10 +60,8 @@ fn exports_of(module: &LoadedModule) -> Option<Exports> {
 /// Resolves an IFUNC the way the dynamic linker would for the target, by
 /// asking our own copy of the same library (same build-id, same CPU): the
 /// target's choice of implementation is the one our process made.
-fn resolve_ifunc_locally(name: &str, target_exports: &Exports) -> Option<u64> {
+fn resolve_ifunc_locally(name: &str, target_exports: &Exports, own: &[LoadedModule]) -> Option<u64> {
     let build_id = target_exports.build_id.as_ref()?;
-    let own_maps = crate::procfs::maps(std::process::id() as i32).ok()?;
-    let own = crate::modules::loaded_modules(std::process::id() as i32, &own_maps);
     let ours = own.iter().find(|m| m.build_id.as_ref() == Some(build_id))?;
     let data = std::fs::read(&ours.file).ok()?;
     let our_bias = ours.bias(&TargetElf::parse(&data).ok()?)?;
@@ -92,11 +90,13 @@ pub struct Resolver<'a> {
     target_bias: u64,
     others: &'a [LoadedModule],
     loaded: HashMap<usize, Option<Exports>>,
+    /// The objects our own process maps, read once, for IFUNC resolution.
+    own: Option<Vec<LoadedModule>>,
 }
 
 impl<'a> Resolver<'a> {
     pub fn new(target_symbols: &'a SymbolTable, target_bias: u64, others: &'a [LoadedModule]) -> Resolver<'a> {
-        Resolver { target_symbols, target_bias, others, loaded: HashMap::new() }
+        Resolver { target_symbols, target_bias, others, loaded: HashMap::new(), own: None }
     }
 
     /// The run-time address of `name`, or why it cannot be had.
@@ -116,7 +116,11 @@ impl<'a> Resolver<'a> {
                 if !export.ifunc {
                     return Ok(export.address);
                 }
-                return resolve_ifunc_locally(name, exports).ok_or_else(|| {
+                let own = self.own.get_or_insert_with(|| {
+                    let pid = std::process::id() as i32;
+                    crate::procfs::maps(pid).map(|m| crate::modules::loaded_modules(pid, &m)).unwrap_or_default()
+                });
+                return resolve_ifunc_locally(name, exports, own).ok_or_else(|| {
                     format!(
                         "{name} in {} is an indirect function (IFUNC) that cannot be resolved for this process",
                         self.others[i].path

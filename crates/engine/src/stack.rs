@@ -84,11 +84,10 @@ impl StackChecker {
         }
         if let Some(vdso) = maps.iter().find(|m| m.path == "[vdso]")
             && let Ok(data) = mem.read_vec(vdso.start, vdso.len() as usize)
-            && let Some((info, exec)) = module_info(data)
+            && let Some((info, _)) = module_info(data)
         {
-            // The vDSO is linked at 0 and mapped whole.
-            let bias = vdso.start.wrapping_sub(exec.start & !0xfff).wrapping_add(exec.start & !0xfff);
-            unwinder.add_module(Module::new("[vdso]".into(), vdso.start..vdso.end, bias, info));
+            // The vDSO is linked at 0 and mapped whole: its bias is where it is mapped.
+            unwinder.add_module(Module::new("[vdso]".into(), vdso.start..vdso.end, vdso.start, info));
         }
         StackChecker { unwinder, cache: CacheX86_64::new(), maps: maps.to_vec(), fallback_scans: 0 }
     }

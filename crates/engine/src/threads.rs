@@ -27,7 +27,8 @@ pub struct StoppedProcess {
     resumed: bool,
 }
 
-fn attach_error(pid: i32, tid: i32, err: std::io::Error) -> EngineError {
+/// What a failed `PTRACE_SEIZE` means for the user.
+pub(crate) fn attach_error(pid: i32, tid: i32, err: std::io::Error) -> EngineError {
     match err.raw_os_error() {
         Some(libc::EPERM) => match procfs::tracer_of(pid) {
             Some(tracer) if tracer != 0 => EngineError::Traced { pid, tracer },
