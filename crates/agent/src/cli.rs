@@ -12,7 +12,7 @@ pub struct AgentArgs {
     /// Check in once: report, apply what is assigned, report the results.
     #[arg(long)]
     pub once: bool,
-    /// Where the machine credential and agent state live.
+    /// Where the machine key and agent state live.
     #[arg(long, default_value = "/var/lib/hotpatch")]
     pub state_dir: PathBuf,
     /// Trusted publisher key (.pub) or a directory of them; hotpatches that do not verify are never applied.
@@ -42,7 +42,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             );
         } else {
             println!(
-                "enrolled as machine {} with {}; credential stored in {}",
+                "enrolled as machine {} with {}; machine key stored in {} (it never leaves this machine)",
                 cred.machine_id,
                 cred.server,
                 args.state_dir.display()

@@ -5,6 +5,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use crate::protocol::{Answer, CheckIn, EnrollAnswer, EnrollRequest};
+use crate::state::StateError;
 
 /// Largest artifact the agent downloads; matches the server's upload limit.
 pub const MAX_ARTIFACT: u64 = 64 * 1024 * 1024;
@@ -19,6 +20,31 @@ pub enum ClientError {
     Transport { what: &'static str, message: String },
     #[error("{what}: unreadable answer: {message}")]
     Body { what: &'static str, message: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Signs each request as the enrolled machine, with a fresh sequence number
+/// taken from the state directory.
+pub struct MachineSigner<'a> {
+    pub machine_id: &'a str,
+    pub key: &'a hotpatch_wire::MachineKey,
+    pub state_dir: &'a std::path::Path,
+}
+
+impl MachineSigner<'_> {
+    fn sign(&self, request: ureq::Request, body: &[u8]) -> Result<ureq::Request, ClientError> {
+        let sequence = crate::state::take_sequence(self.state_dir)?;
+        // The server checks the path and query exactly as it receives them.
+        let url = request.url().to_string();
+        let after_scheme = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        let path = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
+        let sig = self.key.sign(request.method(), path, self.machine_id, sequence, body);
+        Ok(request
+            .set(hotpatch_wire::HEADER_MACHINE, &sig.machine_id)
+            .set(hotpatch_wire::HEADER_SEQUENCE, &sig.sequence.to_string())
+            .set(hotpatch_wire::HEADER_SIGNATURE, &sig.signature))
+    }
 }
 
 pub struct Client {
@@ -60,31 +86,31 @@ impl Client {
         }
     }
 
-    pub fn enroll(&self, token: &str, hostname: &str) -> Result<EnrollAnswer, ClientError> {
+    pub fn enroll(&self, token: &str, hostname: &str, public_key: &str) -> Result<EnrollAnswer, ClientError> {
         const WHAT: &str = "enrollment";
         let response = self
             .http
             .post(&format!("{}/api/v1/agent/enroll", self.base))
-            .send_json(EnrollRequest { token, hostname })
+            .send_json(EnrollRequest { token, hostname, public_key })
             .map_err(|e| Self::fail(WHAT, e))?;
         response.into_json().map_err(|e| ClientError::Body { what: WHAT, message: e.to_string() })
     }
 
     pub fn check_in(
         &self,
-        credential: &str,
+        signer: &MachineSigner<'_>,
         body: &CheckIn<'_>,
         etag: Option<&str>,
     ) -> Result<CheckInReply, ClientError> {
         const WHAT: &str = "check-in";
-        let mut request = self
-            .http
-            .post(&format!("{}/api/v1/agent/checkin", self.base))
-            .set("Authorization", &format!("Bearer {credential}"));
+        // The signature covers these exact bytes, so they are made once here.
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Body { what: WHAT, message: e.to_string() })?;
+        let mut request =
+            self.http.post(&format!("{}/api/v1/agent/checkin", self.base)).set("Content-Type", "application/json");
         if let Some(tag) = etag {
             request = request.set("If-None-Match", tag);
         }
-        let response = request.send_json(body).map_err(|e| Self::fail(WHAT, e))?;
+        let response = signer.sign(request, &bytes)?.send_bytes(&bytes).map_err(|e| Self::fail(WHAT, e))?;
         if response.status() == 304 {
             return Ok(CheckInReply::NotModified);
         }
@@ -94,17 +120,13 @@ impl Client {
     }
 
     /// Downloads an artifact; `url` is the server-relative path from the answer.
-    pub fn download(&self, credential: &str, url: &str) -> Result<Vec<u8>, ClientError> {
+    pub fn download(&self, signer: &MachineSigner<'_>, url: &str) -> Result<Vec<u8>, ClientError> {
         const WHAT: &str = "artifact download";
         if !url.starts_with("/api/v1/artifacts/") {
             return Err(ClientError::Body { what: WHAT, message: format!("unexpected artifact URL {url:?}") });
         }
-        let response = self
-            .http
-            .get(&format!("{}{url}", self.base))
-            .set("Authorization", &format!("Bearer {credential}"))
-            .call()
-            .map_err(|e| Self::fail(WHAT, e))?;
+        let response =
+            signer.sign(self.http.get(&format!("{}{url}", self.base)), &[])?.call().map_err(|e| Self::fail(WHAT, e))?;
         let mut bytes = Vec::new();
         response
             .into_reader()

@@ -26,16 +26,19 @@ pub enum AgentError {
     Client(#[from] ClientError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("cannot make a machine key: {0}")]
+    Key(String),
 }
 
-/// Exchanges a one-time enrollment token for a machine credential, stored 0600
-/// in `state_dir`.
+/// Makes this machine's key pair and enrolls its public half with a one-time
+/// enrollment token; the secret key is stored 0600 in `state_dir` and never sent.
 pub fn enroll(server: &str, token: &str, state_dir: &Path) -> Result<Credential, AgentError> {
     let client = Client::new(server)?;
     let hostname = facts::hostname();
-    let answer = client.enroll(token, &hostname)?;
+    let key = hotpatch_wire::MachineKey::generate().map_err(|e| AgentError::Key(e.to_string()))?;
+    let answer = client.enroll(token, &hostname, &key.public().to_hex())?;
     let credential =
-        Credential { server: client.base().to_string(), machine_id: answer.machine_id, credential: answer.credential };
+        Credential { server: client.base().to_string(), machine_id: answer.machine_id, key: key.to_text() };
     state::save_credential(state_dir, &credential)?;
     Ok(credential)
 }

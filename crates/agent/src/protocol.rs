@@ -8,12 +8,12 @@ use serde_json::Value;
 pub struct EnrollRequest<'a> {
     pub token: &'a str,
     pub hostname: &'a str,
+    pub public_key: &'a str,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct EnrollAnswer {
     pub machine_id: String,
-    pub credential: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

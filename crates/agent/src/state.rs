@@ -1,5 +1,6 @@
-//! The agent's state directory: the machine credential (0600, in a 0700
-//! directory), the last answer with its ETag, and results not yet delivered.
+//! The agent's state directory: the machine key (0600, in a 0700 directory),
+//! the last request sequence used, the last answer with its ETag, and results
+//! not yet delivered.
 
 use std::fs;
 use std::io::Write;
@@ -16,15 +17,26 @@ pub enum StateError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is unreadable: {message}")]
     Corrupt { path: PathBuf, message: String },
-    #[error("not enrolled: no credential in {0}; run with --enroll URL TOKEN first")]
+    #[error("not enrolled: no machine key in {0}; run with --enroll URL TOKEN first")]
     NotEnrolled(PathBuf),
 }
 
+/// What enrollment leaves behind: the server, the machine id it gave, and the
+/// machine's secret key (`hotpatch-machine-key-v1 <hex>`), which never leaves
+/// this machine.
 #[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Credential {
     pub server: String,
     pub machine_id: String,
-    pub credential: String,
+    pub key: String,
+}
+
+impl Credential {
+    pub fn machine_key(&self, dir: &Path) -> Result<hotpatch_wire::MachineKey, StateError> {
+        hotpatch_wire::MachineKey::parse(&self.key)
+            .map_err(|e| StateError::Corrupt { path: dir.join(CREDENTIAL), message: e.to_string() })
+    }
 }
 
 // Hand-written so the secret never reaches a log line through `{:?}`.
@@ -40,6 +52,7 @@ impl std::fmt::Debug for Credential {
 const CREDENTIAL: &str = "credential.json";
 const LAST_ANSWER: &str = "last-answer.json";
 const PENDING: &str = "pending-results.json";
+const SEQUENCE: &str = "last-sequence";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     move |source| StateError::Io { path: path.to_path_buf(), source }
@@ -99,4 +112,26 @@ pub fn load_pending(dir: &Path) -> Result<Vec<WorkResult>, StateError> {
 
 pub fn save_pending(dir: &Path, results: &[WorkResult]) -> Result<(), StateError> {
     write_private(dir, PENDING, &to_json(&dir.join(PENDING), &results)?)
+}
+
+/// Takes the next request sequence number and records it before the request
+/// goes out, so a crash after sending can never make the agent reuse a number
+/// (the server would refuse it as a replay).
+pub fn take_sequence(dir: &Path) -> Result<u64, StateError> {
+    let path = dir.join(SEQUENCE);
+    let last = match fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().map_err(|_| StateError::Corrupt {
+            path: path.clone(),
+            message: format!("{:?} is not a number", text.trim()),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(StateError::Io { path, source: e }),
+    };
+    let now_millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let next = hotpatch_wire::next_sequence(last, now_millis);
+    write_private(dir, SEQUENCE, next.to_string().as_bytes())?;
+    Ok(next)
 }

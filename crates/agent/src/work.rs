@@ -10,7 +10,7 @@ use hotpatch_engine::{ApplyOptions, RunningTarget};
 use hotpatch_format::TrustStore;
 use serde::Serialize;
 
-use crate::client::{CheckInReply, Client};
+use crate::client::{CheckInReply, Client, MachineSigner};
 use crate::protocol::{BaselineWork, CheckIn, HotpatchWork, RollbackWork, TargetReport, WorkResult};
 use crate::state::{self, LastAnswer};
 use crate::{AgentError, facts};
@@ -66,6 +66,8 @@ pub fn summarize(running: &[RunningTarget]) -> Vec<TargetReport> {
 
 pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutcome, AgentError> {
     let cred = state::load_credential(state_dir)?;
+    let key = cred.machine_key(state_dir)?;
+    let signer = MachineSigner { machine_id: &cred.machine_id, key: &key, state_dir };
     let client = Client::new(&cred.server)?;
     let facts = facts::collect();
     let running = hotpatch_engine::running_targets();
@@ -73,8 +75,7 @@ pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutc
     let pending = state::load_pending(state_dir)?;
     let last = state::load_last_answer(state_dir)?;
     let etag = if pending.is_empty() { last.as_ref().map(|l| l.etag.as_str()) } else { None };
-    let reply =
-        client.check_in(&cred.credential, &CheckIn { facts: &facts, targets: &targets, results: &pending }, etag)?;
+    let reply = client.check_in(&signer, &CheckIn { facts: &facts, targets: &targets, results: &pending }, etag)?;
     if !pending.is_empty() {
         state::save_pending(state_dir, &[])?;
     }
@@ -89,7 +90,7 @@ pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutc
     };
     let mut results = Vec::new();
     for w in &answer.hotpatches {
-        if let Some(r) = apply_hotpatch(&client, &cred.credential, w, &running, trust) {
+        if let Some(r) = apply_hotpatch(&client, &signer, w, &running, trust) {
             results.push(r);
         }
     }
@@ -115,7 +116,7 @@ pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutc
     state::save_pending(state_dir, &outcome.results)?;
     outcome.targets = summarize(&hotpatch_engine::running_targets());
     let report = CheckIn { facts: &facts, targets: &outcome.targets, results: &outcome.results };
-    match client.check_in(&cred.credential, &report, None) {
+    match client.check_in(&signer, &report, None) {
         Ok(reply) => {
             state::save_pending(state_dir, &[])?;
             if let CheckInReply::Answer { etag: Some(etag), answer } = reply {
@@ -136,13 +137,13 @@ fn result(deployment_id: &str, status: &str, detail: String) -> WorkResult {
 
 fn apply_hotpatch(
     client: &Client,
-    credential: &str,
+    signer: &MachineSigner<'_>,
     w: &HotpatchWork,
     running: &[RunningTarget],
     trust: &TrustStore,
 ) -> Option<WorkResult> {
     let failed = |detail: String| Some(result(&w.deployment_id, "failed", detail));
-    let bytes = match client.download(credential, &w.url) {
+    let bytes = match client.download(signer, &w.url) {
         Ok(b) => b,
         Err(e) => return failed(e.to_string()),
     };

@@ -11,19 +11,35 @@ use hotpatch_engine::{AppliedPatch, RunningTarget};
 fn credential_is_private_and_not_in_debug_output() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state_dir = dir.path().join("state");
-    let c =
-        Credential { server: "http://127.0.0.1:1".into(), machine_id: "m1".into(), credential: "hpm_secret".into() };
+    let key = hotpatch_wire::MachineKey::from_seed([0x5a; 32]);
+    let secret_hex = "5a".repeat(32);
+    let c = Credential { server: "http://127.0.0.1:1".into(), machine_id: "m1".into(), key: key.to_text() };
     state::save_credential(&state_dir, &c).expect("save");
     let mode = std::fs::metadata(state_dir.join("credential.json")).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let dir_mode = std::fs::metadata(&state_dir).expect("stat").permissions().mode() & 0o777;
     assert_eq!(dir_mode, 0o700);
-    assert_eq!(state::load_credential(&state_dir).expect("load").credential, "hpm_secret");
-    assert!(!format!("{c:?}").contains("hpm_secret"));
+    let loaded = state::load_credential(&state_dir).expect("load");
+    assert_eq!(loaded.machine_key(&state_dir).expect("key").public(), key.public());
+    assert!(!format!("{c:?}").contains(&secret_hex));
     let missing = state::load_credential(&dir.path().join("nowhere")).expect_err("not enrolled");
     assert!(missing.to_string().contains("--enroll"), "{missing}");
     std::fs::write(state_dir.join("credential.json"), b"{not json").expect("write");
     assert!(state::load_credential(&state_dir).is_err());
+}
+
+#[test]
+fn request_sequence_rises_and_survives_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = state::take_sequence(dir.path()).expect("first");
+    let second = state::take_sequence(dir.path()).expect("second");
+    assert!(second > first);
+    // A counter far ahead of the clock (a clock that went back) still rises.
+    std::fs::write(dir.path().join("last-sequence"), (first + 10_000_000).to_string()).expect("write");
+    assert_eq!(state::take_sequence(dir.path()).expect("third"), first + 10_000_001);
+    std::fs::write(dir.path().join("last-sequence"), "garbage").expect("write");
+    let e = state::take_sequence(dir.path()).expect_err("corrupt counter");
+    assert!(e.to_string().contains("last-sequence"), "{e}");
 }
 
 fn applied(pid: i32, level: u32, active: bool) -> AppliedPatch {

@@ -1,6 +1,7 @@
 //! Who is calling: a user (API token or web session cookie) with a role in one
-//! organisation, or an enrolled machine (machine credential). Secrets are
-//! compared by their stored hash only.
+//! organisation, or an enrolled machine (a request signed with its machine key,
+//! see `hotpatch-wire`). User secrets are compared by their stored hash only;
+//! for machines the server holds only public keys.
 
 use axum::extract::FromRequestParts;
 use axum::http::header;
@@ -120,7 +121,10 @@ impl FromRequestParts<AppState> for User {
     }
 }
 
-/// An enrolled, not revoked machine, authenticated by its machine credential.
+/// An enrolled, not revoked machine whose request signature verified with the
+/// key it enrolled with. `sequence` is the request's sequence number, above every
+/// one accepted from this machine before; whoever writes on the machine's behalf
+/// claims it with [`claim_sequence`] so a replayed request is refused.
 #[derive(Debug, Clone)]
 pub struct Machine {
     pub id: String,
@@ -129,33 +133,144 @@ pub struct Machine {
     pub state_hash: String,
     pub cores: i64,
     pub last_seen: Option<i64>,
+    pub sequence: i64,
 }
 
+fn header<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    parts.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn is_machine_request(parts: &Parts) -> bool {
+    parts.headers.contains_key(hotpatch_wire::HEADER_MACHINE)
+}
+
+fn replayed(sequence: i64, last: i64) -> ApiError {
+    ApiError::Unauthorized(format!(
+        "replayed or out-of-order machine request: sequence {sequence} is not above the last accepted {last}"
+    ))
+}
+
+/// Checks a machine request's signature over `body` and that its sequence is
+/// above the last accepted one. Changes nothing: see [`claim_sequence`].
+pub async fn verify_machine(parts: &Parts, state: &AppState, body: &[u8]) -> Result<Machine, ApiError> {
+    let signature = hotpatch_wire::RequestSignature::from_headers(
+        header(parts, hotpatch_wire::HEADER_MACHINE),
+        header(parts, hotpatch_wire::HEADER_SEQUENCE),
+        header(parts, hotpatch_wire::HEADER_SIGNATURE),
+    )
+    .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    let row = sqlx::query(
+        "SELECT id, org_id, tags, state_hash, cores, last_seen, revoked_at, public_key, last_sequence FROM machines WHERE id = $1",
+    )
+    .bind(&signature.machine_id)
+    .fetch_optional(&state.db.pool)
+    .await?
+    .ok_or_else(|| ApiError::Unauthorized(format!("machine {} unknown", signature.machine_id)))?;
+    if row.try_get::<Option<i64>, _>(6)?.is_some() {
+        return Err(ApiError::Unauthorized(format!("machine {} is revoked", signature.machine_id)));
+    }
+    let public_key: String = row.try_get(7)?;
+    let public = hotpatch_wire::MachinePublicKey::from_hex(&public_key).map_err(|_| {
+        ApiError::Unauthorized(format!(
+            "machine {} has no enrolled key (enrolled by an earlier version); enroll it again",
+            signature.machine_id
+        ))
+    })?;
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    if let Err(e) = public.verify(parts.method.as_str(), path, &signature, body) {
+        tracing::warn!(machine = %signature.machine_id, error = %e, "machine request refused");
+        return Err(ApiError::Unauthorized(e.to_string()));
+    }
+    // from_headers keeps sequences within i64.
+    let sequence = i64::try_from(signature.sequence).map_err(|_| ApiError::BadRequest("sequence too large".into()))?;
+    let last: i64 = row.try_get(8)?;
+    if sequence <= last {
+        tracing::warn!(machine = %signature.machine_id, sequence, last, "replayed machine request refused");
+        return Err(replayed(sequence, last));
+    }
+    Ok(Machine {
+        id: row.try_get(0)?,
+        org_id: row.try_get(1)?,
+        tags: serde_json::from_str(&row.try_get::<String, _>(2)?)?,
+        state_hash: row.try_get(3)?,
+        cores: row.try_get(4)?,
+        last_seen: row.try_get(5)?,
+        sequence,
+    })
+}
+
+/// Records the machine's sequence as used, inside the caller's transaction. The
+/// conditional UPDATE is what makes two copies of one request, racing on two
+/// replicas, succeed at most once.
+pub async fn claim_sequence(conn: &mut sqlx::AnyConnection, m: &Machine, seen: Option<i64>) -> Result<(), ApiError> {
+    let done = sqlx::query(
+        "UPDATE machines SET last_sequence = $1, last_seen = COALESCE($2, last_seen) WHERE id = $3 AND last_sequence < $1",
+    )
+    .bind(m.sequence)
+    .bind(seen)
+    .bind(&m.id)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        tracing::warn!(machine = %m.id, sequence = m.sequence, "replayed machine request refused");
+        Err(ApiError::Unauthorized(format!(
+            "replayed or out-of-order machine request: sequence {} was already accepted or passed",
+            m.sequence
+        )))
+    }
+}
+
+/// A machine request without a body (downloads): verified and its sequence
+/// claimed at once.
 impl FromRequestParts<AppState> for Machine {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Machine, ApiError> {
-        let token = bearer(parts).ok_or_else(|| {
-            ApiError::Unauthorized("missing machine credential: send 'Authorization: Bearer <credential>'".into())
-        })?;
-        let row = sqlx::query(
-            "SELECT id, org_id, tags, state_hash, cores, last_seen, revoked_at FROM machines WHERE credential_hash = $1",
-        )
-        .bind(hash_secret(token))
-        .fetch_optional(&state.db.pool)
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("machine credential unknown".into()))?;
-        if row.try_get::<Option<i64>, _>(6)?.is_some() {
-            return Err(ApiError::Unauthorized("machine credential revoked".into()));
+        if !is_machine_request(parts) {
+            return Err(ApiError::Unauthorized(format!(
+                "missing machine signature: send the {} headers",
+                hotpatch_wire::HEADER_MACHINE
+            )));
         }
-        Ok(Machine {
-            id: row.try_get(0)?,
-            org_id: row.try_get(1)?,
-            tags: serde_json::from_str(&row.try_get::<String, _>(2)?)?,
-            state_hash: row.try_get(3)?,
-            cores: row.try_get(4)?,
-            last_seen: row.try_get(5)?,
-        })
+        let machine = verify_machine(parts, state, &[]).await?;
+        let mut conn = state.db.pool.acquire().await?;
+        claim_sequence(&mut conn, &machine, None).await?;
+        Ok(machine)
+    }
+}
+
+/// A machine request with a JSON body: the raw body is what the signature
+/// covers, so it is read whole (within the JSON limit), verified, then parsed.
+pub struct SignedJson<T> {
+    pub machine: Machine,
+    pub body: T,
+}
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for SignedJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        if !is_machine_request(&parts) {
+            return Err(ApiError::Unauthorized(format!(
+                "missing machine signature: send the {} headers",
+                hotpatch_wire::HEADER_MACHINE
+            )));
+        }
+        let bytes = axum::body::to_bytes(body, crate::api::JSON_BODY_LIMIT).await.map_err(|e| {
+            ApiError::PayloadTooLarge(format!(
+                "request body unreadable or larger than {} bytes: {e}",
+                crate::api::JSON_BODY_LIMIT
+            ))
+        })?;
+        let machine = verify_machine(&parts, state, &bytes).await?;
+        let body = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::Unprocessable(format!("invalid request body: {e}")),
+            _ => ApiError::BadRequest(format!("malformed JSON: {e}")),
+        })?;
+        Ok(SignedJson { machine, body })
     }
 }
 
@@ -169,7 +284,7 @@ impl FromRequestParts<AppState> for OrgCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<OrgCaller, ApiError> {
-        if bearer(parts).is_some_and(|t| t.starts_with("hpm_")) {
+        if is_machine_request(parts) {
             let machine = Machine::from_request_parts(parts, state).await?;
             Ok(OrgCaller { org_id: machine.org_id })
         } else {

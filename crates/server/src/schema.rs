@@ -8,9 +8,10 @@ use crate::db::{Backend, Db, DbError};
 
 /// Ordered migrations. `{blob}` is replaced by the backend's binary column type.
 /// Times are BIGINT unix seconds; ids are random hex text made by the server.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE orgs (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -196,7 +197,20 @@ CREATE TABLE usage_days (
 );
 CREATE INDEX usage_days_org_day ON usage_days (org_id, day);
 "#,
-)];
+    ),
+    // Machines sign each request with a key made at enrollment (hotpatch-wire);
+    // the server keeps the public half and the last sequence it accepted.
+    // `credential_hash` now holds the SHA-256 of that public key, so one key
+    // enrolls one machine. Machines enrolled before this hold no key and must
+    // enroll again.
+    (
+        2,
+        r#"
+ALTER TABLE machines ADD COLUMN public_key TEXT NOT NULL DEFAULT '';
+ALTER TABLE machines ADD COLUMN last_sequence BIGINT NOT NULL DEFAULT 0;
+"#,
+    ),
+];
 
 pub async fn migrate(db: &Db) -> Result<(), DbError> {
     let mut conn = db.writer.acquire().await?;

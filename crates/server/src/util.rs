@@ -14,7 +14,7 @@ pub fn new_id() -> Result<String, getrandom::Error> {
 }
 
 /// A bearer secret: 256 random bits, with a prefix that says what it is for so a
-/// leaked one can be recognised (`hpu_` user token, `hpe_` enrollment, `hpm_` machine).
+/// leaked one can be recognised (`hpu_` user token, `hpe_` enrollment token).
 pub fn new_secret(prefix: &str) -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 32];
     getrandom::getrandom(&mut bytes)?;

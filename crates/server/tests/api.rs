@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use hotpatch_format::{Classification, SecretKey};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[test]
 fn access_roles_tokens_and_audit() {
@@ -88,25 +88,94 @@ fn enrollment_is_one_time_and_credentials_revocable() {
         let s = TestServer::start(&b);
         let (_, t) = s.post("/api/v1/enrollment-tokens", &s.admin, json!({ "tags": ["web"] }));
         let token = t["token"].as_str().unwrap_or_default();
-        let (st, first) = s.post("/api/v1/agent/enroll", "", json!({ "token": token, "hostname": "web-1" }));
-        assert_eq!(st, 200, "{first}");
-        let (st, again) = s.post("/api/v1/agent/enroll", "", json!({ "token": token, "hostname": "web-2" }));
+        let (mid, cred) = s.enroll_with(token, "web-1").expect("first enrollment");
+        let (st, again) = s.enroll_with(token, "web-2").expect_err("token is one-time");
         assert_eq!(st, 401);
         assert!(again["error"].as_str().unwrap_or("").contains("already used"), "{again}");
-        let (st, _) = s.post("/api/v1/agent/enroll", "", json!({ "token": "hpe_forged", "hostname": "x" }));
-        assert_eq!(st, 401);
-        let cred = first["credential"].as_str().unwrap_or_default();
-        let mid = first["machine_id"].as_str().unwrap_or_default();
+        assert_eq!(s.enroll_with("hpe_forged", "x").expect_err("forged token").0, 401);
+        // A key that is not a valid public key is refused by name.
+        let (_, t2) = s.post("/api/v1/enrollment-tokens", &s.admin, json!({}));
+        let (st, e) =
+            s.post("/api/v1/agent/enroll", "", json!({ "token": t2["token"], "hostname": "x", "public_key": "00" }));
+        assert_eq!(st, 400, "{e}");
+        assert!(e["error"].as_str().unwrap_or("").contains("public_key"), "{e}");
         let body = checkin_body("web-1", 2, &[], json!([]));
-        assert_eq!(s.post("/api/v1/agent/checkin", cred, body.clone()).0, 200);
-        assert_eq!(s.post("/api/v1/agent/checkin", "hpm_forged", body.clone()).0, 401);
+        assert_eq!(s.post("/api/v1/agent/checkin", &cred, body.clone()).0, 200);
         let (_, m) = s.get(&format!("/api/v1/machines/{mid}"), &s.admin);
         assert_eq!(m["tags"], json!(["web"]));
         assert_eq!(m["cores"], json!(2));
         assert_eq!(s.post(&format!("/api/v1/machines/{mid}/revoke"), &s.admin, json!({})).0, 200);
-        let (st, e) = s.post("/api/v1/agent/checkin", cred, body);
+        let (st, e) = s.post("/api/v1/agent/checkin", &cred, body);
         assert_eq!(st, 401);
         assert!(e["error"].as_str().unwrap_or("").contains("revoked"), "{e}");
+    }
+}
+
+/// A captured check-in sent again, a request signed by another key, a body
+/// changed in flight, a bearer token in place of a signature: each is refused
+/// with 401 and changes nothing.
+#[test]
+fn forged_and_replayed_machine_requests_are_refused() {
+    for b in backends() {
+        let s = TestServer::start(&b);
+        let (mid, cred) = s.enroll(&["web"], "web-1");
+        let url = format!("{}/api/v1/agent/checkin", s.base);
+        let body = serde_json::to_vec(&checkin_body("web-1", 2, &[], json!([]))).expect("json");
+        let send = |req: ureq::Request, bytes: &[u8]| -> (u16, Value) {
+            let r = match req.set("Content-Type", "application/json").send_bytes(bytes) {
+                Ok(r) => r,
+                Err(ureq::Error::Status(_, r)) => r,
+                Err(e) => panic!("{e}"),
+            };
+            let st = r.status();
+            (st, serde_json::from_str(&r.into_string().unwrap_or_default()).unwrap_or(Value::Null))
+        };
+        // Capture one signed request: its headers, exactly.
+        let captured = common::sign_request(ureq::post(&url), &cred, &url, &body);
+        let headers: Vec<(String, String)> = captured
+            .header_names()
+            .into_iter()
+            .filter_map(|n| captured.header(&n).map(|v| (n.clone(), v.to_string())))
+            .collect();
+        let replay = || headers.iter().fold(ureq::post(&url), |r, (n, v)| r.set(n, v));
+        assert_eq!(send(replay(), &body).0, 200, "the original is accepted");
+        let (st, e) = send(replay(), &body);
+        assert_eq!(st, 401, "{e}");
+        assert!(e["error"].as_str().unwrap_or("").contains("replayed"), "{e}");
+        // The same headers over a changed body: the signature no longer holds.
+        let changed = serde_json::to_vec(&checkin_body("evil", 64, &[], json!([]))).expect("json");
+        let (st, e) = send(replay(), &changed);
+        assert_eq!(st, 401, "{e}");
+        assert!(e["error"].as_str().unwrap_or("").contains("does not verify"), "{e}");
+        // Someone else's key claiming this machine id.
+        let stranger = common::machine_credential(&mid, &hotpatch_wire::MachineKey::from_seed([5; 32]));
+        let (st, e) = s.post("/api/v1/agent/checkin", &stranger, checkin_body("web-1", 2, &[], json!([])));
+        assert_eq!(st, 401, "{e}");
+        assert!(e["error"].as_str().unwrap_or("").contains("does not verify"), "{e}");
+        // An unknown machine, and a bare bearer token.
+        let ghost = common::machine_credential("ffff", &hotpatch_wire::MachineKey::from_seed([6; 32]));
+        let (st, e) = s.post("/api/v1/agent/checkin", &ghost, checkin_body("x", 2, &[], json!([])));
+        assert!(st == 401 && e["error"].as_str().unwrap_or("").contains("unknown"), "{st} {e}");
+        let (st, e) = s.post("/api/v1/agent/checkin", "hpm_forged", checkin_body("x", 2, &[], json!([])));
+        assert!(st == 401 && e["error"].as_str().unwrap_or("").contains("missing machine signature"), "{st} {e}");
+        // None of the refused requests reached the inventory.
+        let (_, m) = s.get(&format!("/api/v1/machines/{mid}"), &s.admin);
+        assert_eq!((m["hostname"].as_str(), m["cores"].as_i64()), (Some("web-1"), Some(2)), "{m}");
+        // Artifact downloads are signed requests too: a replayed one is refused.
+        s.upload(&s.admin, &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &[]));
+        let (_, list) = s.get("/api/v1/hotpatches", &s.admin);
+        let sha = list["hotpatches"][0]["artifact_sha256"].as_str().unwrap_or_default().to_string();
+        let art = format!("{}/api/v1/artifacts/{sha}", s.base);
+        let get = common::sign_request(ureq::get(&art), &cred, &art, &[]);
+        let names = get.header_names();
+        let hs: Vec<(String, String)> =
+            names.iter().filter_map(|n| get.header(n).map(|v| (n.clone(), v.to_string()))).collect();
+        let again = hs.iter().fold(ureq::get(&art), |r, (n, v)| r.set(n, v));
+        assert_eq!(get.call().map(|r| r.status()).unwrap_or(0), 200);
+        match again.call() {
+            Err(ureq::Error::Status(401, _)) => {}
+            other => panic!("replayed download not refused: {:?}", other.map(|r| r.status())),
+        }
     }
 }
 
@@ -181,10 +250,10 @@ fn check_in_offers_deployed_hotpatches_with_etag() {
         assert_eq!(st, 200);
         assert_eq!(a["hotpatches"], json!([]));
         let etag = etag.expect("etag");
-        let r = ureq::post(&url)
-            .set("Authorization", &format!("Bearer {cred}"))
+        let bytes = serde_json::to_vec(&body).expect("json");
+        let r = common::sign_request(ureq::post(&url), &cred, &url, &bytes)
             .set("If-None-Match", &etag)
-            .send_json(&body)
+            .send_bytes(&bytes)
             .expect("304");
         assert_eq!(r.status(), 304);
         s.upload(&s.admin, &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &["CVE-2027-0001"]));
@@ -363,11 +432,10 @@ fn unentitled_orgs_get_baselines_only_and_invoices_prorate() {
         );
         assert_eq!(st, 200, "{d}");
         let (_, t) = s.post("/api/v1/enrollment-tokens", &poor, json!({}));
-        let (_, e) = s.post("/api/v1/agent/enroll", "", json!({ "token": t["token"], "hostname": "p1" }));
-        let cred = e["credential"].as_str().unwrap_or_default();
+        let (_, cred) = s.enroll_with(t["token"].as_str().unwrap_or_default(), "p1").expect("enroll");
         let url = format!("{}/api/v1/agent/checkin", s.base);
         let body = checkin_body("p1", 8, &[(BUILD_A, "libdemo.so.1", 0)], json!([]));
-        let (_, a, _) = call("POST", &url, Some(cred), Some(&body));
+        let (_, a, _) = call("POST", &url, Some(&cred), Some(&body));
         assert_eq!((a["entitled"].as_bool(), a["hotpatches"].clone()), (Some(false), json!([])), "{a}");
         assert!(a["notes"][0].as_str().unwrap_or("").contains("not entitled"), "{a}");
         // Subscribing entitles the organisation at once.
@@ -377,7 +445,7 @@ fn unentitled_orgs_get_baselines_only_and_invoices_prorate() {
             (200, Some(true), Some("1.50")),
             "{sub}"
         );
-        let (_, a, _) = call("POST", &url, Some(cred), Some(&body));
+        let (_, a, _) = call("POST", &url, Some(&cred), Some(&body));
         assert_eq!(a["hotpatches"][0]["patch_id"], json!("fix-1"));
         // Metering: today 8 cores; invoice = 8 core-days * 150 cents / days in month.
         let month = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC).strftime("%Y-%m").to_string();
@@ -471,10 +539,9 @@ fn replicas_share_one_database() {
     let a = TestServer::start(&pg);
     let b = a.replica();
     let (_, t) = a.post("/api/v1/enrollment-tokens", &a.admin, json!({}));
-    let token = t["token"].clone();
-    let (st, e) = b.post("/api/v1/agent/enroll", "", json!({ "token": token, "hostname": "r1" }));
-    assert_eq!(st, 200, "{e}");
-    assert_eq!(a.post("/api/v1/agent/enroll", "", json!({ "token": token, "hostname": "r2" })).0, 401);
+    let token = t["token"].as_str().unwrap_or_default();
+    let (_, cred) = b.enroll_with(token, "r1").expect("enroll on replica b");
+    assert_eq!(a.enroll_with(token, "r2").expect_err("token used on the other replica").0, 401);
     a.upload(&a.admin, &package(&a.key, "fix-1", BUILD_A, 1, Classification::Security, &[]));
     let (st, _) = b.post(
         "/api/v1/deployments",
@@ -482,8 +549,7 @@ fn replicas_share_one_database() {
         json!({ "name": "d", "kind": "hotpatch", "patch_id": "fix-1", "rings": { "canary_percent": 100 } }),
     );
     assert_eq!(st, 200);
-    let cred = e["credential"].as_str().unwrap_or_default();
     let (_, ans) =
-        a.post("/api/v1/agent/checkin", cred, checkin_body("r1", 2, &[(BUILD_A, "libdemo.so.1", 0)], json!([])));
+        a.post("/api/v1/agent/checkin", &cred, checkin_body("r1", 2, &[(BUILD_A, "libdemo.so.1", 0)], json!([])));
     assert_eq!(ans["hotpatches"][0]["patch_id"], json!("fix-1"));
 }

@@ -11,9 +11,8 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 use super::deploy::{Deployment, Kind, deployments_for, in_canary};
-use super::json::ApiJson;
 use crate::audit;
-use crate::auth::Machine;
+use crate::auth::{Machine, SignedJson, claim_sequence};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::util::{day_of, new_id, now, rfc3339, sha256_hex};
@@ -140,9 +139,8 @@ struct RollbackWork {
 
 pub async fn check_in(
     State(st): State<AppState>,
-    machine: Machine,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<CheckIn>,
+    SignedJson { machine, body }: SignedJson<CheckIn>,
 ) -> ApiResult<Response> {
     validate(&body)?;
     let t = now();
@@ -173,10 +171,11 @@ async fn record(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()
         // wait for the WAL flush; work results (which the agent then forgets) do.
         sqlx::query("SET LOCAL synchronous_commit TO OFF").execute(&mut *tx).await?;
     }
+    claim_sequence(&mut tx, m, Some(t)).await?;
     if state_hash != m.state_hash {
         let f = &c.facts;
         sqlx::query(
-            "UPDATE machines SET hostname = $1, os = $2, kernel = $3, arch = $4, cores = $5, readiness = $6, state_hash = $7, last_seen = $8 WHERE id = $9",
+            "UPDATE machines SET hostname = $1, os = $2, kernel = $3, arch = $4, cores = $5, readiness = $6, state_hash = $7 WHERE id = $8",
         )
         .bind(&f.hostname)
         .bind(&f.os)
@@ -185,7 +184,6 @@ async fn record(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()
         .bind(i64::from(f.cores))
         .bind(if f.readiness.is_null() { "{}".to_string() } else { f.readiness.to_string() })
         .bind(&state_hash)
-        .bind(t)
         .bind(&m.id)
         .execute(&mut *tx)
         .await?;
@@ -209,8 +207,6 @@ async fn record(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()
             .execute(&mut *tx)
             .await?;
         }
-    } else {
-        sqlx::query("UPDATE machines SET last_seen = $1 WHERE id = $2").bind(t).bind(&m.id).execute(&mut *tx).await?;
     }
     // Core-days: the most cores seen on a day counts for that day.
     sqlx::query(

@@ -1,4 +1,4 @@
-//! Enrollment (one-time tokens exchanged for machine credentials) and the
+//! Enrollment (a one-time token and the machine's public key make a machine) and the
 //! machine inventory: list, detail, tags, revocation.
 
 use axum::Json;
@@ -76,15 +76,20 @@ pub async fn create_enrollment_token(
 pub struct Enroll {
     token: String,
     hostname: String,
+    /// The machine's ed25519 public key (64 hex digits); it signs every later request.
+    public_key: String,
 }
 
-/// Exchanges a one-time enrollment token for a machine credential. The token is
+/// Registers a machine's public key in exchange for a one-time enrollment token. The token is
 /// consumed by a conditional UPDATE, so two agents racing with one token cannot
 /// both win, on any number of replicas.
 pub async fn enroll(State(st): State<AppState>, ApiJson(body): ApiJson<Enroll>) -> ApiResult<Json<Value>> {
     if body.hostname.is_empty() || body.hostname.len() > 255 {
         return Err(ApiError::BadRequest("hostname must be 1-255 characters".into()));
     }
+    let public = hotpatch_wire::MachinePublicKey::from_hex(&body.public_key)
+        .map_err(|e| ApiError::BadRequest(format!("public_key: {e}")))?;
+    let key_hash = hash_secret(&public.to_hex());
     let mut tx = st.db.begin().await?;
     let row = sqlx::query(
         "SELECT id, org_id, tags, expires, used_at, revoked_at FROM enrollment_tokens WHERE token_hash = $1",
@@ -106,7 +111,16 @@ pub async fn enroll(State(st): State<AppState>, ApiJson(body): ApiJson<Enroll>) 
         return Err(ApiError::Unauthorized("enrollment token expired".into()));
     }
     let machine_id = new_id()?;
-    let credential = new_secret("hpm_")?;
+    if let Some(other) = sqlx::query("SELECT id FROM machines WHERE credential_hash = $1")
+        .bind(&key_hash)
+        .fetch_optional(&mut *tx)
+        .await?
+    {
+        let other: String = other.try_get(0)?;
+        return Err(ApiError::Conflict(format!(
+            "this machine key is already enrolled as machine {other}; make a new key to enroll again"
+        )));
+    }
     let consumed =
         sqlx::query("UPDATE enrollment_tokens SET used_at = $1, machine_id = $2 WHERE id = $3 AND used_at IS NULL")
             .bind(now())
@@ -118,11 +132,12 @@ pub async fn enroll(State(st): State<AppState>, ApiJson(body): ApiJson<Enroll>) 
         return Err(ApiError::Unauthorized("enrollment token already used".into()));
     }
     sqlx::query(
-        "INSERT INTO machines (id, org_id, credential_hash, hostname, tags, enrolled) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO machines (id, org_id, credential_hash, public_key, hostname, tags, enrolled) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&machine_id)
     .bind(&org_id)
-    .bind(hash_secret(&credential))
+    .bind(&key_hash)
+    .bind(public.to_hex())
     .bind(&body.hostname)
     .bind(&tags)
     .bind(now())
@@ -138,7 +153,7 @@ pub async fn enroll(State(st): State<AppState>, ApiJson(body): ApiJson<Enroll>) 
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(json!({ "machine_id": machine_id, "credential": credential, "org_id": org_id })))
+    Ok(Json(json!({ "machine_id": machine_id, "org_id": org_id })))
 }
 
 pub async fn list_machines(State(st): State<AppState>, user: User) -> ApiResult<Json<Value>> {

@@ -149,6 +149,12 @@ fn call(agent: &ureq::Agent, method: &str, url: &str, token: &str, body: Option<
     }
 }
 
+/// One simulated agent: its machine id and key.
+struct SimMachine {
+    id: String,
+    key: hotpatch_wire::MachineKey,
+}
+
 fn checkin_body(i: usize) -> Value {
     json!({
         "facts": { "hostname": format!("sim-{i:06}"), "os": "Debian GNU/Linux 12 (bookworm)", "kernel": "6.1.0-18-amd64",
@@ -216,7 +222,7 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..args.concurrency.min(16) {
         let (http, base, token, next) = (http.clone(), base.clone(), token.clone(), next.clone());
         let n = args.agents;
-        handles.push(std::thread::spawn(move || -> anyhow::Result<Vec<(usize, String)>> {
+        handles.push(std::thread::spawn(move || -> anyhow::Result<Vec<(usize, SimMachine)>> {
             let mut creds = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -224,23 +230,26 @@ fn main() -> anyhow::Result<()> {
                     return Ok(creds);
                 }
                 let t = call(&http, "POST", &format!("{base}/api/v1/enrollment-tokens"), &token, Some(&json!({})))?;
+                let key = hotpatch_wire::MachineKey::generate()?;
                 let e = call(
                     &http,
                     "POST",
                     &format!("{base}/api/v1/agent/enroll"),
                     "",
-                    Some(&json!({ "token": t["token"], "hostname": format!("sim-{i:06}") })),
+                    Some(&json!({ "token": t["token"], "hostname": format!("sim-{i:06}"), "public_key": key.public().to_hex() })),
                 )?;
-                creds.push((i, e["credential"].as_str().context("credential")?.to_string()));
+                let id = e["machine_id"].as_str().context("machine_id")?.to_string();
+                creds.push((i, SimMachine { id, key }));
             }
         }));
     }
-    let mut creds = vec![String::new(); args.agents];
+    let mut creds: Vec<Option<SimMachine>> = (0..args.agents).map(|_| None).collect();
     for h in handles {
         for (i, c) in h.join().map_err(|_| anyhow::anyhow!("enroll thread panicked"))?? {
-            creds[i] = c;
+            creds[i] = Some(c);
         }
     }
+    let creds: Vec<SimMachine> = creds.into_iter().collect::<Option<_>>().context("an agent was not enrolled")?;
     eprintln!("enrolled in {:.1} s", enroll_start.elapsed().as_secs_f64());
     let creds = Arc::new(creds);
     let bodies: Arc<Vec<String>> = Arc::new((0..args.agents).map(|i| checkin_body(i).to_string()).collect());
@@ -258,14 +267,22 @@ fn main() -> anyhow::Result<()> {
             // Each worker owns the agents i ≡ w (mod concurrency) and remembers their ETags.
             let mine: Vec<usize> = (w..agents).step_by(conc).collect();
             let mut etags: Vec<Option<String>> = vec![None; mine.len()];
+            // Each simulated agent signs with a rising sequence, as a real one does.
+            let mut sequence =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64);
             let mut k = 0usize;
             while !mine.is_empty() && sent.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < deadline {
                 let slot = k % mine.len();
                 let i = mine[slot];
                 k += 1;
+                sequence += 1;
+                let sig =
+                    creds[i].key.sign("POST", "/api/v1/agent/checkin", &creds[i].id, sequence, bodies[i].as_bytes());
                 let mut req = http
                     .post(&format!("{base}/api/v1/agent/checkin"))
-                    .set("Authorization", &format!("Bearer {}", creds[i]))
+                    .set(hotpatch_wire::HEADER_MACHINE, &sig.machine_id)
+                    .set(hotpatch_wire::HEADER_SEQUENCE, &sig.sequence.to_string())
+                    .set(hotpatch_wire::HEADER_SIGNATURE, &sig.signature)
                     .set("Content-Type", "application/json");
                 if let Some(tag) = &etags[slot] {
                     req = req.set("If-None-Match", tag);

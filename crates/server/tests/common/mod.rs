@@ -158,14 +158,50 @@ impl Drop for TestServer {
     }
 }
 
+/// What tests pass as a machine's "token": the machine id and its key seed, so
+/// that `call` can sign the request as the agent does.
+pub fn machine_credential(machine_id: &str, key: &hotpatch_wire::MachineKey) -> String {
+    let seed = key.to_text();
+    let seed = seed.rsplit(' ').next().unwrap_or_default();
+    format!("machine:{machine_id}:{seed}")
+}
+
+/// Sequence numbers for signed test requests: one counter for all machines, so
+/// each machine's numbers rise.
+pub fn next_test_sequence() -> u64 {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let _ = SEQ.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+    SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+}
+
+/// Adds the machine-signature headers to a request for `url` with `body`.
+pub fn sign_request(req: ureq::Request, credential: &str, url: &str, body: &[u8]) -> ureq::Request {
+    let mut fields = credential.splitn(3, ':').skip(1);
+    let (id, seed) = (fields.next().unwrap_or_default(), fields.next().unwrap_or_default());
+    let key = hotpatch_wire::MachineKey::parse(&format!("hotpatch-machine-key-v1 {seed}")).expect("test machine key");
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
+    let sig = key.sign(req.method(), path, id, next_test_sequence(), body);
+    req.set(hotpatch_wire::HEADER_MACHINE, &sig.machine_id)
+        .set(hotpatch_wire::HEADER_SEQUENCE, &sig.sequence.to_string())
+        .set(hotpatch_wire::HEADER_SIGNATURE, &sig.signature)
+}
+
 /// One HTTP call; returns the status and the JSON body (Null when empty or not JSON).
+/// A token made by `machine_credential` signs the request as that machine.
 pub fn call(method: &str, url: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value, Option<String>) {
     let mut req = ureq::request(method, url);
-    if let Some(t) = token {
-        req = req.set("Authorization", &format!("Bearer {t}"));
+    let bytes = body.map(|b| serde_json::to_vec(b).expect("json"));
+    match token {
+        Some(t) if t.starts_with("machine:") => {
+            req = sign_request(req, t, url, bytes.as_deref().unwrap_or_default());
+        }
+        Some(t) => req = req.set("Authorization", &format!("Bearer {t}")),
+        None => {}
     }
-    let res = match body {
-        Some(b) => req.send_json(b),
+    let res = match bytes {
+        Some(b) => req.set("Content-Type", "application/json").send_bytes(&b),
         None => req.call(),
     };
     let response = match res {
@@ -210,10 +246,23 @@ impl TestServer {
     pub fn enroll(&self, tags: &[&str], hostname: &str) -> (String, String) {
         let (s, v) = self.post("/api/v1/enrollment-tokens", &self.admin, serde_json::json!({ "tags": tags }));
         assert_eq!(s, 200, "{v}");
-        let token = v["token"].as_str().expect("token").to_string();
-        let (s, v) = self.post("/api/v1/agent/enroll", "", serde_json::json!({ "token": token, "hostname": hostname }));
-        assert_eq!(s, 200, "{v}");
-        (v["machine_id"].as_str().expect("id").into(), v["credential"].as_str().expect("credential").into())
+        self.enroll_with(v["token"].as_str().expect("token"), hostname).expect("enroll")
+    }
+
+    /// Enrolls a fresh machine key with `token`; Err carries the refusal.
+    pub fn enroll_with(&self, token: &str, hostname: &str) -> Result<(String, String), (u16, Value)> {
+        let key = hotpatch_wire::MachineKey::generate().expect("machine key");
+        let (s, v) = self.post(
+            "/api/v1/agent/enroll",
+            "",
+            serde_json::json!({ "token": token, "hostname": hostname, "public_key": key.public().to_hex() }),
+        );
+        if s != 200 {
+            return Err((s, v));
+        }
+        let id = v["machine_id"].as_str().expect("id").to_string();
+        let cred = machine_credential(&id, &key);
+        Ok((id, cred))
     }
 }
 
