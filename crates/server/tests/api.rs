@@ -553,3 +553,52 @@ fn replicas_share_one_database() {
         a.post("/api/v1/agent/checkin", &cred, checkin_body("r1", 2, &[(BUILD_A, "libdemo.so.1", 0)], json!([])));
     assert_eq!(ans["hotpatches"][0]["patch_id"], json!("fix-1"));
 }
+
+/// Compliance follows the release model (`hotpatch_release::decide`) once the
+/// running build's baseline is registered: a hotpatch is pending, then applied,
+/// and an unplanned baseline asks for a restart. (A fix that is not hotpatchable
+/// never reaches the catalog as a hotpatch: uploads refuse it.)
+#[test]
+fn compliance_follows_the_release_model() {
+    for b in backends() {
+        let s = TestServer::start(&b);
+        let url = format!("{}/api/v1/agent/checkin", s.base);
+        let (_, cred) = s.enroll(&[], "m");
+        let row = |level: u32| {
+            call(
+                "POST",
+                &url,
+                Some(&cred),
+                Some(&checkin_body("m", 2, &[(BUILD_A, "libdemo.so.1", level)], json!([]))),
+            );
+            let (_, c) = s.get("/api/v1/compliance/machines", &s.admin);
+            c["rows"][0].clone()
+        };
+        let (st, e) = s.post(
+            "/api/v1/baselines",
+            &s.admin,
+            json!({ "name": "2020.01", "product": "demo", "released": "2020-01-14T00:00:00Z",
+            "targets": [{ "file_name": "libdemo.so.1", "build_id": BUILD_A }] }),
+        );
+        assert_eq!(st, 200, "{e}");
+        s.upload(&s.admin, &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &["CVE-2027-0001"]));
+        let r = row(0);
+        assert_eq!(r["status"], json!("pending"), "{r}");
+        assert!(r["detail"].as_str().unwrap_or("").contains("fixes CVE-2027-0001 without a restart"), "{r}");
+        let r = row(1);
+        assert_eq!(r["status"], json!("applied"), "{r}");
+        assert!(r["detail"].as_str().unwrap_or("").contains("up to date"), "{r}");
+        // An unplanned baseline ships a new build: restart.
+        let yesterday = hotpatch_server::util::rfc3339(hotpatch_server::util::now() - 86_400);
+        let (st, e) = s.post(
+            "/api/v1/baselines",
+            &s.admin,
+            json!({ "name": "2026.zd1", "product": "demo", "released": yesterday, "planned": false,
+            "reason": "zero-day in the parser", "targets": [{ "file_name": "libdemo.so.1", "build_id": BUILD_B }] }),
+        );
+        assert_eq!(st, 200, "{e}");
+        let r = row(1);
+        assert_eq!(r["status"], json!("needs-restart"), "{r}");
+        assert!(r["detail"].as_str().unwrap_or("").contains("unplanned baseline 2026.zd1"), "{r}");
+    }
+}

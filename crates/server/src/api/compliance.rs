@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::Row;
 
+use hotpatch_release::Offer;
+
 use super::catalog::{baselines, hotpatches};
 use super::deploy::{Kind, deployments};
 use crate::auth::User;
@@ -91,6 +93,7 @@ pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> 
     let catalog = hotpatches(st, org_id).await?;
     let all_baselines = baselines(st, org_id).await?;
     let active = deployments(st, org_id, true).await?;
+    let entitled = crate::api::checkin::entitled(st, org_id, t).await?;
     let deployed: Vec<&str> =
         active.iter().filter(|d| d.kind == Kind::Hotpatch).filter_map(|d| d.patch_id.as_deref()).collect();
 
@@ -143,7 +146,10 @@ pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> 
                 (mid == id && patches.iter().any(|h| h.patch_id == pid && h.level > applied))
                     .then(|| format!("{pid}: {detail}"))
             });
-            let newer_baseline = newer_baseline_for(&all_baselines, &file_name, &build_id, t);
+            let deployed_now = |level: i64| {
+                patches.iter().any(|h| h.level > applied && h.level <= level && deployed.contains(&h.patch_id.as_str()))
+            };
+            let offer = crate::offer::offer_for(&build_id, applied, &all_baselines, &catalog, entitled, t);
             let (status, detail) = if stale {
                 (
                     Status::Unknown,
@@ -153,22 +159,32 @@ pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> 
                 (Status::CheckFailed, e)
             } else if let Some(f) = failure {
                 (Status::ApplyFailed, f)
-            } else if let Some(b) = newer_baseline {
-                (Status::NeedsRestart, format!("baseline {b} is out: install it and restart"))
-            } else if latest > applied {
-                let deployed_now = patches.iter().any(|h| h.level > applied && deployed.contains(&h.patch_id.as_str()));
-                (
-                    Status::Pending,
-                    if deployed_now {
-                        format!("level {latest} deployed, not yet applied")
-                    } else {
-                        format!("level {latest} available, not deployed")
-                    },
-                )
-            } else if latest > 0 {
-                (Status::Applied, format!("hotpatch level {applied}"))
             } else {
-                (Status::NothingToApply, "up to date".to_string())
+                match offer {
+                    // The release model decides whenever the build's baseline is registered.
+                    Some(Ok(Offer::Baseline { reason, .. })) => (Status::NeedsRestart, reason),
+                    Some(Ok(Offer::Hotpatch { level, reason, .. })) => {
+                        let how = if deployed_now(i64::from(level)) { "deployed" } else { "not deployed yet" };
+                        (Status::Pending, format!("{reason} ({how})"))
+                    }
+                    Some(Ok(Offer::UpToDate { reason })) if applied > 0 => (Status::Applied, reason),
+                    Some(Ok(Offer::UpToDate { reason })) => (Status::NothingToApply, reason),
+                    Some(Err(problem)) => {
+                        let (status, detail) = fallback_status(
+                            &all_baselines,
+                            &file_name,
+                            &build_id,
+                            applied,
+                            latest,
+                            t,
+                            deployed_now(latest),
+                        );
+                        (status, format!("{detail} (the release model refused the catalog: {problem})"))
+                    }
+                    None => {
+                        fallback_status(&all_baselines, &file_name, &build_id, applied, latest, t, deployed_now(latest))
+                    }
+                }
             };
             out.push(ComplianceRow {
                 machine_id: id.clone(),
@@ -185,6 +201,30 @@ pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> 
         }
     }
     Ok(out)
+}
+
+/// For a build in no registered baseline the release model has nothing to go
+/// on; the catalog's hotpatches for that build-id and any newer baseline that
+/// ships the same file still tell the state.
+fn fallback_status(
+    all: &[super::catalog::Baseline],
+    file_name: &str,
+    build_id: &str,
+    applied: i64,
+    latest: i64,
+    t: i64,
+    deployed: bool,
+) -> (Status, String) {
+    if let Some(b) = newer_baseline_for(all, file_name, build_id, t) {
+        (Status::NeedsRestart, format!("baseline {b} is out: install it and restart"))
+    } else if latest > applied {
+        let how = if deployed { "deployed, not yet applied" } else { "available, not deployed" };
+        (Status::Pending, format!("level {latest} {how}"))
+    } else if latest > 0 {
+        (Status::Applied, format!("hotpatch level {applied}"))
+    } else {
+        (Status::NothingToApply, "up to date".to_string())
+    }
 }
 
 /// The name of a baseline released by `t` that ships a different build of
