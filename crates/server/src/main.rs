@@ -69,6 +69,21 @@ enum AdminCommand {
         #[arg(long)]
         trial_until: Option<String>,
     },
+    /// Set an organisation's subscription (only the service operator may: no API
+    /// user can entitle their own organisation); prints the result as JSON.
+    Subscription {
+        #[arg(long)]
+        org: String,
+        /// Subscribe from now on (true) or end the subscription now (false).
+        #[arg(long)]
+        active: Option<bool>,
+        /// End of the free trial (RFC 3339), or "none" to end it.
+        #[arg(long)]
+        trial_until: Option<String>,
+        /// Price per core per month in US cents (default 150).
+        #[arg(long)]
+        price_cents: Option<i64>,
+    },
 }
 
 fn load_trust(path: &Path) -> anyhow::Result<TrustStore> {
@@ -113,6 +128,20 @@ async fn main() -> anyhow::Result<()> {
                 bootstrap::create_admin(&state.db, &org, &user, trial).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}", created.token);
             eprintln!("admin {user:?} created in organisation {org:?}; the API token above is shown only once");
+            Ok(())
+        }
+        Some(Command::Admin { command: AdminCommand::Subscription { org, active, trial_until, price_cents } }) => {
+            let change = hotpatch_server::api::billing::SubscriptionChange {
+                active,
+                trial_until: trial_until.map(|t| if t == "none" { None } else { Some(t) }),
+                price_cents_per_core_month: price_cents,
+            };
+            let (sub, entitled) =
+                hotpatch_server::api::billing::change_subscription(&state.db, &org, &change, "operator:command-line")
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let shown = hotpatch_server::api::billing::describe_subscription(&sub, entitled);
+            println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }
         None => run(state, cli.run).await,

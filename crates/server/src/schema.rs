@@ -210,6 +210,22 @@ ALTER TABLE machines ADD COLUMN public_key TEXT NOT NULL DEFAULT '';
 ALTER TABLE machines ADD COLUMN last_sequence BIGINT NOT NULL DEFAULT 0;
 "#,
     ),
+    // Invoices are closed an hour after their month ends and stored as issued
+    // (the whole invoice as JSON), so later price or fleet changes never rewrite
+    // a bill already sent.
+    (
+        4,
+        r#"
+CREATE TABLE invoices (
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    month TEXT NOT NULL,
+    issued BIGINT NOT NULL,
+    amount_cents BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (org_id, month)
+);
+"#,
+    ),
 ];
 
 pub async fn migrate(db: &Db) -> Result<(), DbError> {

@@ -439,12 +439,16 @@ fn unentitled_orgs_get_baselines_only_and_invoices_prorate() {
         assert_eq!((a["entitled"].as_bool(), a["hotpatches"].clone()), (Some(false), json!([])), "{a}");
         assert!(a["notes"][0].as_str().unwrap_or("").contains("not entitled"), "{a}");
         // Subscribing entitles the organisation at once.
-        let (st, sub) = s.put("/api/v1/billing/subscription", &poor, json!({ "active": true }));
-        assert_eq!(
-            (st, sub["entitled_to_hotpatches"].as_bool(), sub["price_per_core_month"].as_str()),
-            (200, Some(true), Some("1.50")),
-            "{sub}"
-        );
+        // An org admin cannot entitle its own organisation; the operator can.
+        let (st, e) = s.put("/api/v1/billing/subscription", &poor, json!({ "active": true }));
+        assert_eq!(st, 403, "{e}");
+        assert!(e["error"].as_str().unwrap_or("").contains("service operator"), "{e}");
+        let change = hotpatch_server::api::billing::SubscriptionChange { active: Some(true), ..Default::default() };
+        let (sub, entitled) = s
+            .rt()
+            .block_on(hotpatch_server::api::billing::change_subscription(&s.state.db, "poor", &change, "operator:test"))
+            .expect("operator subscribes");
+        assert!(entitled && sub.price_cents_per_core_month == 150, "{sub:?}");
         let (_, a, _) = call("POST", &url, Some(&cred), Some(&body));
         assert_eq!(a["hotpatches"][0]["patch_id"], json!("fix-1"));
         // Metering: today 8 cores; invoice = 8 core-days * 150 cents / days in month.
@@ -455,7 +459,13 @@ fn unentitled_orgs_get_baselines_only_and_invoices_prorate() {
         assert_eq!(inv["core_days"], json!(8), "{inv}");
         assert_eq!(inv["amount_cents"], json!((8 * 150 + days / 2) / days), "{inv}");
         // A trial makes the same days free.
-        s.put("/api/v1/billing/subscription", &poor, json!({ "trial_until": "2999-01-01T00:00:00Z" }));
+        let trial = hotpatch_server::api::billing::SubscriptionChange {
+            trial_until: Some(Some("2999-01-01T00:00:00Z".into())),
+            ..Default::default()
+        };
+        s.rt()
+            .block_on(hotpatch_server::api::billing::change_subscription(&s.state.db, "poor", &trial, "operator:test"))
+            .expect("operator sets a trial");
         let (_, inv) = s.get(&format!("/api/v1/billing/invoices/{month}"), &poor);
         assert_eq!(
             (inv["core_days"].as_i64(), inv["trial_core_days"].as_i64(), inv["amount_cents"].as_i64()),
@@ -600,5 +610,63 @@ fn compliance_follows_the_release_model() {
         let r = row(1);
         assert_eq!(r["status"], json!("needs-restart"), "{r}");
         assert!(r["detail"].as_str().unwrap_or("").contains("unplanned baseline 2026.zd1"), "{r}");
+    }
+}
+
+/// A month's invoice is closed after the month ends and stored: a later price
+/// change does not rewrite it, two replicas close it once, and the list shows
+/// closed months and the open one.
+#[test]
+fn closed_invoices_are_stored_as_issued() {
+    for b in backends() {
+        let s = TestServer::start(&b);
+        let (_, who) = s.get("/api/v1/whoami", &s.admin);
+        let org = who["org_id"].as_str().unwrap_or_default().to_string();
+        let (mid, _) = s.enroll(&[], "m");
+        let now = hotpatch_server::util::now();
+        let this_month = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC).date().first_of_month();
+        let last_month = this_month.checked_sub(jiff::Span::new().months(1)).expect("date");
+        let (first, days) =
+            hotpatch_server::api::billing::month_days(&last_month.strftime("%Y-%m").to_string()).expect("month");
+        // The organisation, its subscription and 4 cores on 3 days, all last month.
+        s.sql(&format!("UPDATE orgs SET created = {} WHERE id = '{org}'", first * 86_400));
+        s.sql(&format!(
+            "UPDATE subscriptions SET active_from = {}, active_until = NULL, trial_until = NULL, \
+             price_cents_per_core_month = 150, updated = {now} WHERE org_id = '{org}'",
+            first * 86_400
+        ));
+        for d in 0..3 {
+            s.sql(&format!(
+                "INSERT INTO usage_days (machine_id, org_id, day, cores) VALUES ('{mid}', '{org}', {}, 4)",
+                first + d
+            ));
+        }
+        let month = last_month.strftime("%Y-%m").to_string();
+        let (st, inv) = s.get(&format!("/api/v1/billing/invoices/{month}"), &s.admin);
+        assert_eq!(st, 200, "{inv}");
+        let expected = (12 * 150 + days / 2) / days;
+        assert_eq!((inv["status"].as_str(), inv["amount_cents"].as_i64()), (Some("closed"), Some(expected)), "{inv}");
+        // The operator raises the price; the closed invoice stays as issued.
+        let dearer = hotpatch_server::api::billing::SubscriptionChange {
+            price_cents_per_core_month: Some(300),
+            ..Default::default()
+        };
+        s.rt()
+            .block_on(hotpatch_server::api::billing::change_subscription(&s.state.db, "acme", &dearer, "operator:test"))
+            .expect("price change");
+        let again = s.get(&format!("/api/v1/billing/invoices/{month}"), &s.admin).1;
+        assert_eq!(again, inv, "a closed invoice never changes");
+        let (_, list) = s.get("/api/v1/billing/invoices", &s.admin);
+        let statuses: Vec<&str> = list["invoices"]
+            .as_array()
+            .map(|v| v.iter().filter_map(|i| i["status"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(statuses, ["open", "closed"], "{list}");
+        let (_, audit) = s.get("/api/v1/audit", &s.admin);
+        let closes =
+            audit["entries"].as_array().map_or(0, |v| v.iter().filter(|e| e["action"] == "invoice.close").count());
+        assert_eq!(closes, 1, "{audit}");
+        // Before the organisation existed there is nothing to bill.
+        assert_eq!(s.get("/api/v1/billing/invoices/2001-01", &s.admin).0, 404);
     }
 }

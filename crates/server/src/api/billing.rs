@@ -4,11 +4,9 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use super::json::ApiJson;
 use crate::audit;
 use crate::auth::{Role, User};
 use crate::error::{ApiError, ApiResult};
@@ -37,9 +35,13 @@ impl Subscription {
 }
 
 pub async fn subscription(st: &AppState, org_id: &str) -> ApiResult<Subscription> {
+    subscription_in(&st.db, org_id).await
+}
+
+async fn subscription_in(db: &crate::db::Db, org_id: &str) -> ApiResult<Subscription> {
     let row = sqlx::query("SELECT active_from, active_until, trial_until, price_cents_per_core_month FROM subscriptions WHERE org_id = $1")
         .bind(org_id)
-        .fetch_optional(&st.db.pool)
+        .fetch_optional(&db.pool)
         .await?;
     Ok(match row {
         Some(r) => Subscription {
@@ -79,32 +81,42 @@ pub async fn get_billing(State(st): State<AppState>, user: User) -> ApiResult<Js
     Ok(Json(subscription_json(&s, entitled)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A change of subscription; fields left `None` stay as they are.
+#[derive(Debug, Default)]
 pub struct SubscriptionChange {
     /// true subscribes from now on; false ends the subscription now.
-    active: Option<bool>,
-    /// RFC 3339, or null to end the trial.
-    #[serde(default, with = "double_option")]
-    trial_until: Option<Option<String>>,
-    price_cents_per_core_month: Option<i64>,
+    pub active: Option<bool>,
+    /// `Some(None)` ends the trial; `Some(Some(rfc3339))` sets its end.
+    pub trial_until: Option<Option<String>>,
+    pub price_cents_per_core_month: Option<i64>,
 }
 
-mod double_option {
-    use serde::{Deserialize, Deserializer};
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-        Option::<String>::deserialize(d).map(Some)
-    }
+/// Subscriptions are the service operator's to set, never an organisation's
+/// own: an org admin could otherwise entitle itself to hotpatches for free.
+pub async fn set_subscription(user: User) -> ApiResult<Json<Value>> {
+    Err(ApiError::Forbidden(format!(
+        "subscriptions are set by the service operator, not by organisation {:?}: \
+         run `hotpatch-server admin subscription --org NAME ...` on the server",
+        user.org_id
+    )))
 }
 
-pub async fn set_subscription(
-    State(st): State<AppState>,
-    user: User,
-    ApiJson(c): ApiJson<SubscriptionChange>,
-) -> ApiResult<Json<Value>> {
-    user.require(Role::Admin)?;
+/// Changes an organisation's subscription (the operator's command line); the
+/// change is audited in that organisation's log under `actor`.
+pub async fn change_subscription(
+    db: &crate::db::Db,
+    org_name: &str,
+    c: &SubscriptionChange,
+    actor: &str,
+) -> ApiResult<(Subscription, bool)> {
     let t = now();
-    let mut s = subscription(&st, &user.org_id).await?;
+    let org_id: String = sqlx::query("SELECT id FROM orgs WHERE name = $1")
+        .bind(org_name)
+        .fetch_optional(&db.pool)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no organisation named {org_name:?}")))?
+        .try_get(0)?;
+    let mut s = subscription_in(db, &org_id).await?;
     if let Some(price) = c.price_cents_per_core_month {
         if !(0..=1_000_000).contains(&price) {
             return Err(ApiError::BadRequest("price_cents_per_core_month must be 0-1000000".into()));
@@ -128,13 +140,13 @@ pub async fn set_subscription(
         Some(false) if s.active_from.is_some() && s.active_until.is_none() => s.active_until = Some(t),
         _ => {}
     }
-    let mut tx = st.db.begin().await?;
+    let mut tx = db.begin().await?;
     sqlx::query(
         "INSERT INTO subscriptions (org_id, active_from, active_until, trial_until, price_cents_per_core_month, updated) VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (org_id) DO UPDATE SET active_from = excluded.active_from, active_until = excluded.active_until, \
          trial_until = excluded.trial_until, price_cents_per_core_month = excluded.price_cents_per_core_month, updated = excluded.updated",
     )
-    .bind(&user.org_id)
+    .bind(&org_id)
     .bind(s.active_from)
     .bind(s.active_until)
     .bind(s.trial_until)
@@ -142,13 +154,23 @@ pub async fn set_subscription(
     .bind(t)
     .execute(&mut *tx)
     .await?;
-    audit::record(&mut tx, &user.org_id, &user.actor(), "subscription.change", "subscription", json!({
+    audit::record(&mut tx, &org_id, actor, "subscription.change", "subscription", json!({
         "active": c.active, "trial_until": s.trial_until.map(rfc3339), "price_cents_per_core_month": s.price_cents_per_core_month,
     }))
     .await?;
     tx.commit().await?;
-    let entitled = super::checkin::entitled(&st, &user.org_id, t).await?;
-    Ok(Json(subscription_json(&s, entitled)))
+    let entitled = entitled_at(&s, t);
+    Ok((s, entitled))
+}
+
+/// Whether a subscription or trial entitles to hotpatches at `t`.
+pub fn entitled_at(s: &Subscription, t: i64) -> bool {
+    let active = s.active_from.is_some_and(|f| f <= t) && s.active_until.is_none_or(|u| t < u);
+    active || s.trial_until.is_some_and(|tr| t < tr)
+}
+
+pub fn describe_subscription(s: &Subscription, entitled: bool) -> Value {
+    subscription_json(s, entitled)
 }
 
 /// (first day, number of days) of a "YYYY-MM" month, in days since the epoch.
@@ -164,7 +186,7 @@ pub fn month_days(month: &str) -> ApiResult<(i64, i64)> {
     Ok((day_of(start), i64::from(first.days_in_month())))
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct InvoiceLine {
     pub machine_id: String,
     pub hostname: String,
@@ -173,22 +195,129 @@ pub struct InvoiceLine {
     pub amount_cents: i64,
 }
 
-#[derive(Debug, serde::Serialize)]
+/// An invoice: "open" while its month runs (recomputed at each look), then
+/// "closed": computed once after the month ends, stored, and from then on
+/// returned exactly as issued whatever later changes (price, machines).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Invoice {
     pub month: String,
+    pub status: String,
+    pub issued: Option<String>,
     pub days_in_month: i64,
     pub price_cents_per_core_month: i64,
     pub core_days: i64,
     pub trial_core_days: i64,
     pub amount_cents: i64,
     pub amount: String,
-    pub currency: &'static str,
+    pub currency: String,
     pub lines: Vec<InvoiceLine>,
+}
+
+/// A month closes this long after it ends, so check-ins already under way at
+/// midnight (on any replica) are metered before the invoice is fixed.
+pub const CLOSE_AFTER_SECONDS: i64 = 3600;
+
+/// The invoice of `month`: the stored one once the month is closed (closing it
+/// now if nobody has yet), else the running figures.
+pub async fn invoice(st: &AppState, org_id: &str, month: &str) -> ApiResult<Invoice> {
+    let (first, days) = month_days(month)?;
+    let t = now();
+    let created: i64 =
+        sqlx::query("SELECT created FROM orgs WHERE id = $1").bind(org_id).fetch_one(&st.db.pool).await?.try_get(0)?;
+    let end = (first + days) * 86_400;
+    if end <= created {
+        return Err(ApiError::NotFound(format!("no invoice for {month}: the organisation was created after it")));
+    }
+    if t < end + CLOSE_AFTER_SECONDS {
+        return compute_invoice(st, org_id, month, "open", None).await;
+    }
+    if let Some(stored) = stored_invoice(st, org_id, month).await? {
+        return Ok(stored);
+    }
+    let closed = compute_invoice(st, org_id, month, "closed", Some(rfc3339(t))).await?;
+    let mut tx = st.db.begin().await?;
+    // Two replicas may close the same month at once: the first insert wins and
+    // both return what is stored.
+    let inserted = sqlx::query(
+        "INSERT INTO invoices (org_id, month, issued, amount_cents, body) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (org_id, month) DO NOTHING",
+    )
+    .bind(org_id)
+    .bind(month)
+    .bind(t)
+    .bind(closed.amount_cents)
+    .bind(serde_json::to_string(&closed)?)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 1 {
+        audit::record(
+            &mut tx,
+            org_id,
+            "system",
+            "invoice.close",
+            month,
+            json!({ "amount_cents": closed.amount_cents }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    stored_invoice(st, org_id, month).await?.ok_or_else(|| ApiError::Internal(format!("invoice {month} vanished")))
+}
+
+async fn stored_invoice(st: &AppState, org_id: &str, month: &str) -> ApiResult<Option<Invoice>> {
+    let row = sqlx::query("SELECT body FROM invoices WHERE org_id = $1 AND month = $2")
+        .bind(org_id)
+        .bind(month)
+        .fetch_optional(&st.db.pool)
+        .await?;
+    match row {
+        Some(r) => Ok(Some(serde_json::from_str(&r.try_get::<String, _>(0)?)?)),
+        None => Ok(None),
+    }
+}
+
+/// Every month of the organisation's life: closed invoices (closing any not
+/// yet closed) and the open one of the current month.
+pub async fn invoices(st: &AppState, org_id: &str) -> ApiResult<Vec<Invoice>> {
+    let created: i64 =
+        sqlx::query("SELECT created FROM orgs WHERE id = $1").bind(org_id).fetch_one(&st.db.pool).await?.try_get(0)?;
+    let utc = jiff::tz::TimeZone::UTC;
+    let to_month = |unix: i64| -> ApiResult<jiff::civil::Date> {
+        let ts = jiff::Timestamp::from_second(unix).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(ts.to_zoned(utc.clone()).date().first_of_month())
+    };
+    let (mut month, last) = (to_month(created)?, to_month(now())?);
+    let mut out = Vec::new();
+    while month <= last {
+        out.push(invoice(st, org_id, &month.strftime("%Y-%m").to_string()).await?);
+        month = month.checked_add(jiff::Span::new().months(1)).map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
+    out.reverse();
+    Ok(out)
+}
+
+pub async fn list_invoices(State(st): State<AppState>, user: User) -> ApiResult<Json<Value>> {
+    user.require(Role::Admin)?;
+    let list: Vec<Value> = invoices(&st, &user.org_id)
+        .await?
+        .into_iter()
+        .map(|i| {
+            json!({ "month": i.month, "status": i.status, "issued": i.issued, "amount": i.amount,
+                    "amount_cents": i.amount_cents, "currency": i.currency, "core_days": i.core_days })
+        })
+        .collect();
+    Ok(Json(json!({ "invoices": list })))
 }
 
 /// Billed core-days are the days the subscription was active and the trial
 /// over; each costs price / days-in-month. Rounded to the cent once, on the total.
-pub async fn invoice(st: &AppState, org_id: &str, month: &str) -> ApiResult<Invoice> {
+async fn compute_invoice(
+    st: &AppState,
+    org_id: &str,
+    month: &str,
+    status: &str,
+    issued: Option<String>,
+) -> ApiResult<Invoice> {
     let (first, days) = month_days(month)?;
     let s = subscription(st, org_id).await?;
     let rows = sqlx::query(
@@ -224,13 +353,15 @@ pub async fn invoice(st: &AppState, org_id: &str, month: &str) -> ApiResult<Invo
     let amount_cents = (core_days * price + days / 2) / days;
     Ok(Invoice {
         month: month.to_string(),
+        status: status.to_string(),
+        issued,
         days_in_month: days,
         price_cents_per_core_month: price,
         core_days,
         trial_core_days: lines.iter().map(|l| l.trial_core_days).sum(),
         amount_cents,
         amount: format_cents(amount_cents),
-        currency: "USD",
+        currency: "USD".into(),
         lines,
     })
 }

@@ -292,15 +292,8 @@ async fn halt_if_failing(tx: &mut sqlx::Transaction<'_, sqlx::Any>, org_id: &str
 }
 
 pub async fn entitled(st: &AppState, org_id: &str, t: i64) -> ApiResult<bool> {
-    let row = sqlx::query("SELECT active_from, active_until, trial_until FROM subscriptions WHERE org_id = $1")
-        .bind(org_id)
-        .fetch_optional(&st.db.pool)
-        .await?;
-    let Some(row) = row else { return Ok(false) };
-    let (from, until, trial): (Option<i64>, Option<i64>, Option<i64>) =
-        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-    let active = from.is_some_and(|f| f <= t) && until.is_none_or(|u| t < u);
-    Ok(active || trial.is_some_and(|tr| t < tr))
+    let s = super::billing::subscription(st, org_id).await?;
+    Ok(super::billing::entitled_at(&s, t))
 }
 
 async fn instructions(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<Value> {

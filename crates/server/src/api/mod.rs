@@ -62,6 +62,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/compliance/cves", get(compliance::by_cve))
         .route("/api/v1/billing", get(billing::get_billing))
         .route("/api/v1/billing/subscription", put(billing::set_subscription))
+        .route("/api/v1/billing/invoices", get(billing::list_invoices))
         .route("/api/v1/billing/invoices/{month}", get(billing::get_invoice))
 }
 

@@ -280,6 +280,21 @@ pub async fn billing_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Ht
             inv.core_days,
             inv.days_in_month
         ));
+        page.h(2, "Invoices");
+        let all: Vec<Vec<String>> = crate::api::billing::invoices(&st, &u.0.org_id)
+            .await?
+            .iter()
+            .map(|i| {
+                vec![
+                    esc(&i.month),
+                    esc(&i.status),
+                    esc(i.issued.as_deref().unwrap_or("")),
+                    i.core_days.to_string(),
+                    format!("{} USD", esc(&i.amount)),
+                ]
+            })
+            .collect();
+        page.table("invoices", &["month", "status", "issued", "billed core-days", "amount"], &all);
     }
     Ok(render(&page, "Billing", &u))
 }
