@@ -2,7 +2,8 @@
 //! `hotpatch_release` so that server and agent agree: until the day before the
 //! next baseline of its product is released (plus the calendar's grace when that
 //! successor is planned). When no later baseline is registered yet, the next one
-//! is taken from the release calendar (default: quarterly, second Tuesday).
+//! is taken from the organisation's release calendar (default: quarterly,
+//! second Tuesday).
 
 use hotpatch_release::ReleaseCalendar;
 use hotpatch_release::coverage::coverage_end;
@@ -22,8 +23,7 @@ pub fn date_of(unix: i64) -> Option<Date> {
     Some(ts.to_zoned(TimeZone::UTC).date())
 }
 
-pub fn covered_until(b: &Baseline, all: &[Baseline], now: i64) -> Option<Coverage> {
-    let calendar = ReleaseCalendar::default();
+pub fn covered_until(b: &Baseline, all: &[Baseline], now: i64, calendar: &ReleaseCalendar) -> Option<Coverage> {
     let released = date_of(b.released)?;
     let successor = all.iter().filter(|o| o.product == b.product && o.released > b.released).min_by_key(|o| o.released);
     let (until, next_name) = match successor {
@@ -68,7 +68,7 @@ mod tests {
     fn projected_from_the_calendar_when_no_successor() {
         // The April 2027 baseline comes out on the second Tuesday, 13 April.
         let b = baseline("2027.01", "2027-01-12T00:00:00Z", true);
-        let c = covered_until(&b, std::slice::from_ref(&b), 0).map(|c| (c.date, c.advice));
+        let c = covered_until(&b, std::slice::from_ref(&b), 0, &ReleaseCalendar::default()).map(|c| (c.date, c.advice));
         assert_eq!(
             c,
             Some((
@@ -84,7 +84,7 @@ mod tests {
         let a = baseline("2027.01", "2027-01-12T00:00:00Z", true);
         let z = baseline("2027.03-zero-day", "2027-03-10T00:00:00Z", false);
         let all = [a.clone(), z];
-        let c = covered_until(&a, &all, 0).map(|c| c.date);
+        let c = covered_until(&a, &all, 0, &ReleaseCalendar::default()).map(|c| c.date);
         assert_eq!(c.as_deref(), Some("2027-03-09"));
     }
 
@@ -92,7 +92,7 @@ mod tests {
     fn expired_coverage_says_so() {
         let a = baseline("2027.01", "2027-01-12T00:00:00Z", true);
         let later = crate::util::parse_time("2027-05-01T00:00:00Z").unwrap_or_default();
-        let c = covered_until(&a, std::slice::from_ref(&a), later);
+        let c = covered_until(&a, std::slice::from_ref(&a), later, &ReleaseCalendar::default());
         assert!(c.is_some_and(|c| c.expired && c.advice.starts_with("coverage ended 2027-04-12")));
     }
 }

@@ -10,7 +10,7 @@
 
 use hotpatch_release::{
     BaselineId, BaselineKind, BuildId, CatalogBaseline, CatalogHotpatch, Classification, CveId, Offer, OfferInput,
-    PatchId, ProductCatalog, ProductName, ReleaseCalendar, RunningBaseline, decide,
+    PatchId, ProductCatalog, ProductName, RunningBaseline, decide,
 };
 
 use crate::api::catalog::{Baseline, Hotpatch};
@@ -26,13 +26,14 @@ pub fn offer_for(
     hotpatches: &[Hotpatch],
     entitled: bool,
     now: i64,
+    grace_days: u16,
 ) -> Option<Result<Offer, String>> {
     let running = baselines
         .iter()
         .filter(|b| b.targets.iter().any(|(_, id)| id == build_id))
         .min_by_key(|b| (b.released, b.name.as_str()))?;
     let file_name = running.targets.iter().find(|(_, id)| id == build_id).map(|(f, _)| f.as_str())?;
-    Some(decide_for(running, file_name, build_id, applied_level, baselines, hotpatches, entitled, now))
+    Some(decide_for(running, file_name, build_id, applied_level, baselines, hotpatches, entitled, now, grace_days))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -45,6 +46,7 @@ fn decide_for(
     hotpatches: &[Hotpatch],
     entitled: bool,
     now: i64,
+    grace_days: u16,
 ) -> Result<Offer, String> {
     let today = date_of(now).ok_or("clock out of range")?;
     let product = ProductName::new(running.product.as_str()).map_err(|e| e.to_string())?;
@@ -110,7 +112,7 @@ fn decide_for(
         catalog,
         entitled,
         today,
-        grace_days: ReleaseCalendar::default().grace_days(),
+        grace_days,
     };
     decide(&input).map_err(|e| e.to_string())
 }
@@ -161,22 +163,24 @@ mod tests {
         let july = baseline("2027.07", "2027-07-13T00:00:00Z", &[("libdemo.so.1", A), ("other", "cccc")]);
         let hot = [hotpatch("fix-1", A, 1, "security", "CVE-2027-0001")];
         // August: level 1 is out and applies without a restart.
-        let o = offer_for(A, 0, std::slice::from_ref(&july), &hot, true, at("2027-08-20")).expect("known").expect("ok");
+        let o =
+            offer_for(A, 0, std::slice::from_ref(&july), &hot, true, at("2027-08-20"), 0).expect("known").expect("ok");
         assert!(matches!(o, Offer::Hotpatch { level: 1, .. }), "{o:?}");
         // Applied: up to date.
-        let o = offer_for(A, 1, std::slice::from_ref(&july), &hot, true, at("2027-08-20")).expect("known").expect("ok");
+        let o =
+            offer_for(A, 1, std::slice::from_ref(&july), &hot, true, at("2027-08-20"), 0).expect("known").expect("ok");
         assert!(matches!(o, Offer::UpToDate { .. }), "{o:?}");
         // Not entitled: no hotpatch, and the reason says so.
         let o =
-            offer_for(A, 0, std::slice::from_ref(&july), &hot, false, at("2027-08-20")).expect("known").expect("ok");
+            offer_for(A, 0, std::slice::from_ref(&july), &hot, false, at("2027-08-20"), 0).expect("known").expect("ok");
         assert!(o.reason().contains("not entitled"), "{o:?}");
         // October: the next baseline ships a new build; past the grace, restart.
         let october = baseline("2027.10", "2027-10-12T00:00:00Z", &[("libdemo.so.1", B), ("other", "cccc")]);
         let both = [july.clone(), october];
-        let o = offer_for(A, 1, &both, &hot, true, at("2027-12-01")).expect("known").expect("ok");
+        let o = offer_for(A, 1, &both, &hot, true, at("2027-12-01"), 0).expect("known").expect("ok");
         assert!(matches!(&o, Offer::Baseline { baseline, .. } if baseline.as_str() == "2027.10"), "{o:?}");
         // A file the October baseline did not rebuild counts from July and is current.
-        let o = offer_for("cccc", 0, &both, &hot, true, at("2027-12-01")).expect("known").expect("ok");
+        let o = offer_for("cccc", 0, &both, &hot, true, at("2027-12-01"), 0).expect("known").expect("ok");
         assert!(matches!(o, Offer::UpToDate { .. }), "{o:?}");
     }
 
@@ -184,7 +188,7 @@ mod tests {
     fn a_fix_that_cannot_be_hotpatched_is_never_offered_as_one() {
         let july = baseline("2027.07", "2027-07-13T00:00:00Z", &[("libdemo.so.1", A)]);
         let hot = [hotpatch("fix-1", A, 1, "non-security", "CVE-2027-0009")];
-        let o = offer_for(A, 0, &[july], &hot, true, at("2027-08-20")).expect("known").expect("ok");
+        let o = offer_for(A, 0, &[july], &hot, true, at("2027-08-20"), 0).expect("known").expect("ok");
         assert!(!matches!(o, Offer::Hotpatch { .. }), "{o:?}");
         assert!(o.reason().contains("non-security"), "{o:?}");
     }
@@ -192,12 +196,13 @@ mod tests {
     #[test]
     fn unknown_builds_and_bad_catalogs_are_told_apart() {
         let july = baseline("2027.07", "2027-07-13T00:00:00Z", &[("libdemo.so.1", A)]);
-        assert!(offer_for("ffff", 0, std::slice::from_ref(&july), &[], true, at("2027-08-20")).is_none());
+        assert!(offer_for("ffff", 0, std::slice::from_ref(&july), &[], true, at("2027-08-20"), 0).is_none());
         let twice = [
             hotpatch("fix-1", A, 1, "security", "CVE-2027-0001"),
             hotpatch("fix-1b", A, 1, "security", "CVE-2027-0002"),
         ];
-        let e = offer_for(A, 0, &[july], &twice, true, at("2027-08-20")).expect("known").expect_err("duplicate level");
+        let e =
+            offer_for(A, 0, &[july], &twice, true, at("2027-08-20"), 0).expect("known").expect_err("duplicate level");
         assert!(e.contains("level 1"), "{e}");
     }
 }

@@ -226,6 +226,18 @@ CREATE TABLE invoices (
 );
 "#,
     ),
+    // Each organisation's release cadence (hotpatch_release::CalendarConfig as
+    // JSON); absent means the default quarterly calendar.
+    (
+        5,
+        r#"
+CREATE TABLE calendars (
+    org_id TEXT PRIMARY KEY REFERENCES orgs(id),
+    config TEXT NOT NULL,
+    updated BIGINT NOT NULL
+);
+"#,
+    ),
 ];
 
 pub async fn migrate(db: &Db) -> Result<(), DbError> {

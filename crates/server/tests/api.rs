@@ -670,3 +670,45 @@ fn closed_invoices_are_stored_as_issued() {
         assert_eq!(s.get("/api/v1/billing/invoices/2001-01", &s.admin).0, 404);
     }
 }
+
+/// An organisation sets its own cadence; the calendar and baseline coverage
+/// follow it, and a bad cadence is refused by name.
+#[test]
+fn release_calendar_is_configurable_per_organisation() {
+    for b in backends() {
+        let s = TestServer::start(&b);
+        let (st, e) = s.put(
+            "/api/v1/calendar",
+            &s.admin,
+            json!({ "baseline_months": [3, 9], "patch_day": { "rule": "day-of-month", "day": 5 } }),
+        );
+        assert_eq!(st, 200, "{e}");
+        let (_, cal) = s.get("/api/v1/calendar?year=2027", &s.admin);
+        let kinds: Vec<&str> =
+            cal["months"].as_array().map(|m| m.iter().filter_map(|x| x["kind"].as_str()).collect()).unwrap_or_default();
+        assert_eq!(kinds.iter().filter(|k| **k == "baseline").count(), 2, "{cal}");
+        assert_eq!((kinds[2], kinds[8], kinds[3]), ("baseline", "baseline", "hotpatch"), "{cal}");
+        assert_eq!(cal["months"][2]["release_date"], json!("2027-03-05"), "{cal}");
+        // A baseline released in March is covered until the day before September's.
+        let (st, e) = s.post(
+            "/api/v1/baselines",
+            &s.admin,
+            json!({ "name": "2027.03", "product": "demo", "released": "2027-03-05T00:00:00Z",
+            "targets": [{ "file_name": "libdemo.so.1", "build_id": BUILD_A }] }),
+        );
+        assert_eq!(st, 200, "{e}");
+        let (_, bl) = s.get("/api/v1/baselines", &s.admin);
+        assert_eq!(bl["baselines"][0]["covered_until"], json!("2027-09-04"), "{bl}");
+        // Another organisation keeps the default quarterly calendar.
+        let other = s.create_org("other", Some(30));
+        let (_, cal) = s.get("/api/v1/calendar?year=2027", &other);
+        assert_eq!(cal["months"][3]["kind"], json!("baseline"), "{cal}");
+        // Bad input: a month that does not exist, an unknown field; nothing changes.
+        let (st, e) = s.put("/api/v1/calendar", &s.admin, json!({ "baseline_months": [13] }));
+        assert_eq!(st, 400, "{e}");
+        assert!(e["error"].as_str().unwrap_or("").contains("13"), "{e}");
+        assert_eq!(s.put("/api/v1/calendar", &s.admin, json!({ "baseline_months": [1], "x": 1 })).0, 422);
+        let (_, cal) = s.get("/api/v1/calendar?year=2027", &s.admin);
+        assert_eq!(cal["config"]["baseline_months"], json!([3, 9]), "{cal}");
+    }
+}

@@ -4,15 +4,70 @@
 
 use axum::Json;
 use axum::extract::{Query, State};
-use hotpatch_release::{MonthKind, ReleaseCalendar, YearMonth};
+use hotpatch_release::{CalendarConfig, MonthKind, PatchDay, ReleaseCalendar, YearMonth};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sqlx::Row;
 
 use super::catalog::baselines;
-use crate::auth::User;
+use super::json::ApiJson;
+use crate::audit;
+use crate::auth::{Role, User};
 use crate::coverage::date_of;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
+use crate::util::now;
+
+/// The organisation's planned cadence (the default until an admin sets one).
+/// Unplanned baselines are not part of it: they come from registered baselines.
+pub async fn org_calendar(st: &AppState, org_id: &str) -> ApiResult<ReleaseCalendar> {
+    let row =
+        sqlx::query("SELECT config FROM calendars WHERE org_id = $1").bind(org_id).fetch_optional(&st.db.pool).await?;
+    let Some(row) = row else { return Ok(ReleaseCalendar::default()) };
+    let config: CalendarConfig = serde_json::from_str(&row.try_get::<String, _>(0)?)?;
+    ReleaseCalendar::new(config).map_err(|e| ApiError::Internal(format!("stored calendar is invalid: {e}")))
+}
+
+/// What an admin may set: the cadence, the patch day and the grace.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalendarSettings {
+    baseline_months: Vec<u8>,
+    #[serde(default)]
+    patch_day: PatchDay,
+    #[serde(default)]
+    grace_days: u16,
+}
+
+pub async fn set_calendar(
+    State(st): State<AppState>,
+    user: User,
+    ApiJson(body): ApiJson<CalendarSettings>,
+) -> ApiResult<Json<Value>> {
+    user.require(Role::Admin)?;
+    let config = CalendarConfig {
+        baseline_months: body.baseline_months,
+        unplanned: Vec::new(),
+        patch_day: body.patch_day,
+        grace_days: body.grace_days,
+    };
+    let calendar = ReleaseCalendar::new(config).map_err(|e| ApiError::BadRequest(format!("calendar: {e}")))?;
+    let text = serde_json::to_string(calendar.config())?;
+    let mut tx = st.db.begin().await?;
+    sqlx::query(
+        "INSERT INTO calendars (org_id, config, updated) VALUES ($1, $2, $3) \
+         ON CONFLICT (org_id) DO UPDATE SET config = excluded.config, updated = excluded.updated",
+    )
+    .bind(&user.org_id)
+    .bind(&text)
+    .bind(now())
+    .execute(&mut *tx)
+    .await?;
+    audit::record(&mut tx, &user.org_id, &user.actor(), "calendar.change", "calendar", serde_json::from_str(&text)?)
+        .await?;
+    tx.commit().await?;
+    Ok(Json(json!({ "config": calendar.config() })))
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,7 +81,8 @@ pub async fn get_calendar(State(st): State<AppState>, user: User, Query(q): Quer
         return Err(ApiError::BadRequest(format!("year {year} must be 2000-2200")));
     }
     let registered = baselines(&st, &user.org_id).await?;
-    let mut calendar = ReleaseCalendar::default();
+    let mut calendar = org_calendar(&st, &user.org_id).await?;
+    let config = serde_json::to_value(calendar.config())?;
     for b in registered.iter().filter(|b| !b.planned) {
         let Some(month) = date_of(b.released).and_then(YearMonth::of) else {
             continue;
@@ -54,5 +110,5 @@ pub async fn get_calendar(State(st): State<AppState>, user: User, Query(q): Quer
             "release_date": calendar.release_date(month).to_string(), "baselines": here,
         }));
     }
-    Ok(Json(json!({ "year": year, "months": months })))
+    Ok(Json(json!({ "year": year, "config": config, "months": months })))
 }

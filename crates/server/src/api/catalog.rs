@@ -345,10 +345,11 @@ pub async fn baselines(st: &AppState, org_id: &str) -> ApiResult<Vec<Baseline>> 
 pub async fn list_baselines(State(st): State<AppState>, user: User) -> ApiResult<Json<Value>> {
     let list = baselines(&st, &user.org_id).await?;
     let now = now();
+    let calendar = super::calendar::org_calendar(&st, &user.org_id).await?;
     let json: Vec<Value> = list
         .iter()
         .map(|b| {
-            let covered = crate::coverage::covered_until(b, &list, now);
+            let covered = crate::coverage::covered_until(b, &list, now, &calendar);
             json!({
                 "id": b.id, "name": b.name, "product": b.product, "released": rfc3339(b.released),
                 "planned": b.planned, "reason": b.reason,

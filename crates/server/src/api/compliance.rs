@@ -94,6 +94,7 @@ pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> 
     let all_baselines = baselines(st, org_id).await?;
     let active = deployments(st, org_id, true).await?;
     let entitled = crate::api::checkin::entitled(st, org_id, t).await?;
+    let grace_days = super::calendar::org_calendar(st, org_id).await?.grace_days();
     let deployed: Vec<&str> =
         active.iter().filter(|d| d.kind == Kind::Hotpatch).filter_map(|d| d.patch_id.as_deref()).collect();
 
@@ -149,7 +150,7 @@ pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> 
             let deployed_now = |level: i64| {
                 patches.iter().any(|h| h.level > applied && h.level <= level && deployed.contains(&h.patch_id.as_str()))
             };
-            let offer = crate::offer::offer_for(&build_id, applied, &all_baselines, &catalog, entitled, t);
+            let offer = crate::offer::offer_for(&build_id, applied, &all_baselines, &catalog, entitled, t, grace_days);
             let (status, detail) = if stale {
                 (
                     Status::Unknown,

@@ -50,7 +50,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/v1/artifacts/{sha256}", get(catalog::artifact))
         .route("/api/v1/baselines", get(catalog::list_baselines).post(catalog::create_baseline))
-        .route("/api/v1/calendar", get(calendar::get_calendar))
+        .route("/api/v1/calendar", get(calendar::get_calendar).put(calendar::set_calendar))
         .route("/api/v1/maintenance-windows", get(deploy::list_windows).post(deploy::create_window))
         .route("/api/v1/deployments", get(deploy::list_deployments).post(deploy::create_deployment))
         .route("/api/v1/deployments/{id}", get(deploy::get_deployment))

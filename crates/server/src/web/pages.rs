@@ -143,10 +143,11 @@ pub async fn catalog_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Ht
     page.h(2, "Baselines");
     let all = baselines(&st, &u.0.org_id).await?;
     let t = now();
+    let calendar = crate::api::calendar::org_calendar(&st, &u.0.org_id).await?;
     let b: Vec<Vec<String>> = all
         .iter()
         .map(|b| {
-            let cov = covered_until(b, &all, t);
+            let cov = covered_until(b, &all, t, &calendar);
             vec![
                 esc(&b.name),
                 esc(&b.product),
