@@ -98,6 +98,8 @@ pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> 
     let deployed: Vec<&str> =
         active.iter().filter(|d| d.kind == Kind::Hotpatch).filter_map(|d| d.patch_id.as_deref()).collect();
 
+    let offers =
+        crate::offer::OfferContext { baselines: &all_baselines, hotpatches: &catalog, entitled, now: t, grace_days };
     let mut by_machine: BTreeMap<String, Vec<ReportedTarget>> = BTreeMap::new();
     for r in &targets {
         by_machine.entry(r.try_get(0)?).or_default().push((r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?));
@@ -150,7 +152,7 @@ pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> 
             let deployed_now = |level: i64| {
                 patches.iter().any(|h| h.level > applied && h.level <= level && deployed.contains(&h.patch_id.as_str()))
             };
-            let offer = crate::offer::offer_for(&build_id, applied, &all_baselines, &catalog, entitled, t, grace_days);
+            let offer = offers.offer(&build_id, applied);
             let (status, detail) = if stale {
                 (
                     Status::Unknown,
