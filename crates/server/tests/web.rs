@@ -62,6 +62,7 @@ fn web_ui_pages_render_the_fleet_in_a_browser() {
         let billing = view(&s, "/ui/billing");
         assert!(text_of(&billing, "subscription").contains("1.50 USD"), "{billing}");
         assert!(billing.contains("id=\"invoice-total\""), "{billing}");
+        assert!(text_of(&billing, "invoices").contains("open"), "{billing}");
 
         let audit = view(&s, "/ui/audit");
         let t = text_of(&audit, "audit");
