@@ -13,6 +13,7 @@ pub mod bootstrap;
 pub mod coverage;
 pub mod db;
 pub mod error;
+pub mod query;
 pub mod schema;
 pub mod serve;
 pub mod state;
