@@ -8,9 +8,10 @@ use crate::db::{Backend, Db, DbError};
 
 /// Ordered migrations. `{blob}` is replaced by the backend's binary column type.
 /// Times are BIGINT unix seconds; ids are random hex text made by the server.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE orgs (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -196,7 +197,26 @@ CREATE TABLE usage_days (
 );
 CREATE INDEX usage_days_org_day ON usage_days (org_id, day);
 "#,
-)];
+    ),
+    // Saved queries (see crate::query) and deployments scoped by one. No foreign key
+    // on scope_query_id: a query may be deleted once only cancelled deployments use
+    // it, and those keep the id (their scope then matches nothing, never everything).
+    (
+        3,
+        r#"
+CREATE TABLE saved_queries (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    name TEXT NOT NULL,
+    query TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    UNIQUE (org_id, name)
+);
+ALTER TABLE deployments ADD COLUMN scope_query_id TEXT;
+CREATE INDEX deployments_scope_query ON deployments (scope_query_id);
+"#,
+    ),
+];
 
 pub async fn migrate(db: &Db) -> Result<(), DbError> {
     let mut conn = db.writer.acquire().await?;
