@@ -357,3 +357,28 @@ fn organisations_cannot_see_or_use_each_others_queries() {
         );
     }
 }
+
+#[test]
+fn schema_3_upgrades_a_database_that_already_has_deployments() {
+    for b in backends() {
+        let s = TestServer::start(&b);
+        s.upload(&s.admin, &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &[]));
+        deploy_ok(
+            &s,
+            json!({ "name": "old", "kind": "hotpatch", "patch_id": "fix-1", "scope": { "tags": ["web"] }, "rings": { "canary_percent": 100 } }),
+        );
+        // Back to schema 1, as a server from before saved queries left the database.
+        s.sql("DROP INDEX deployments_scope_query");
+        s.sql("ALTER TABLE deployments DROP COLUMN scope_query_id");
+        s.sql("DROP TABLE saved_queries");
+        s.sql("DELETE FROM schema_migrations WHERE version = 3");
+        // A server starting on it applies migration 3; the old deployment keeps its tags scope.
+        let r = s.replica();
+        let (_, cred) = r.enroll(&["web"], "web-1");
+        assert_eq!(offered(&check_in(&r, &cred, &body(&FLEET[0], FLEET[0].os))), ["fix-1"]);
+        let (_, d) = r.get("/api/v1/deployments", &r.admin);
+        assert_eq!(d["deployments"][0]["scope"], json!({ "tags": ["web"] }), "{d}");
+        assert_eq!(r.post("/api/v1/queries", &r.admin, json!({ "name": "web", "query": "tag:web" })).0, 200);
+        deploy_ok(&r, json!({ "name": "new", "kind": "hotpatch", "patch_id": "fix-1", "scope": { "query": "web" } }));
+    }
+}
