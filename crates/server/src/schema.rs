@@ -210,6 +210,24 @@ ALTER TABLE machines ADD COLUMN public_key TEXT NOT NULL DEFAULT '';
 ALTER TABLE machines ADD COLUMN last_sequence BIGINT NOT NULL DEFAULT 0;
 "#,
     ),
+    // Saved queries (see crate::query) and deployments scoped by one. No foreign key
+    // on scope_query_id: a query may be deleted once only cancelled deployments use
+    // it, and those keep the id (their scope then matches nothing, never everything).
+    (
+        3,
+        r#"
+CREATE TABLE saved_queries (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    name TEXT NOT NULL,
+    query TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    UNIQUE (org_id, name)
+);
+ALTER TABLE deployments ADD COLUMN scope_query_id TEXT;
+CREATE INDEX deployments_scope_query ON deployments (scope_query_id);
+"#,
+    ),
     // Invoices are closed an hour after their month ends and stored as issued
     // (the whole invoice as JSON), so later price or fleet changes never rewrite
     // a bill already sent.

@@ -52,9 +52,19 @@ fn web_ui_pages_render_the_fleet_in_a_browser() {
         let cves = text_of(&compliance, "cves");
         assert!(cves.contains("CVE-2027-1234") && cves.contains("s-fixed") && cves.contains("s-pending"), "{cves}");
 
+        let (st, q) = s.post("/api/v1/queries", &s.admin, json!({ "name": "web-hosts", "query": "hostname:web-*" }));
+        assert_eq!(st, 200, "{q}");
+        let (st, d) = s.post(
+            "/api/v1/deployments",
+            &s.admin,
+            json!({ "name": "by-query", "kind": "hotpatch", "patch_id": "fix-1", "scope": { "query": "web-hosts" } }),
+        );
+        assert_eq!(st, 200, "{d}");
         let deployments = view(&s, "/ui/deployments");
         let t = text_of(&deployments, "deployments");
         assert!(t.contains("roll-fix-1") && t.contains("1/2") && t.contains("s-active"), "{t}");
+        assert!(t.contains("all machines") && t.contains("query web-hosts: <code>hostname:web-*</code>"), "{t}");
+        assert!(text_of(&deployments, "queries").contains("web-hosts"), "{deployments}");
 
         let catalog = view(&s, "/ui/catalog");
         assert!(text_of(&catalog, "hotpatches").contains("CVE-2027-1234"), "{catalog}");

@@ -298,10 +298,12 @@ pub async fn entitled(st: &AppState, org_id: &str, t: i64) -> ApiResult<bool> {
 
 async fn instructions(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<Value> {
     let entitled = entitled(st, &m.org_id, t).await?;
+    let files: Vec<&str> = c.targets.iter().map(|x| x.file_name.as_str()).collect();
+    let facts = super::deploy::reported_facts(&c.facts, &m.tags, &files);
     let active: Vec<Deployment> = deployments_for(st, &m.org_id, true, Some(&m.id))
         .await?
         .into_iter()
-        .filter(|d| d.scope_matches(&m.tags) && t >= d.start_at)
+        .filter(|d| d.scope_matches(&facts) && t >= d.start_at)
         .collect();
     let mut hotpatches = Vec::new();
     let mut baselines = Vec::new();

@@ -1,6 +1,9 @@
 //! Maintenance windows and deployments: what to roll out (a hotpatch, a baseline,
-//! a rollback), to which machines (tags), when (start time, window), in which
+//! a rollback), to which machines (tags, or a saved query), when (start time, window), in which
 //! rings (canary share, soak time, failure threshold), with which reboot policy.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -12,6 +15,7 @@ use super::json::ApiJson;
 use crate::audit;
 use crate::auth::{Role, User};
 use crate::error::{ApiError, ApiResult};
+use crate::query::{self, Facts, Field, Query};
 use crate::state::AppState;
 use crate::util::{new_id, now, parse_time, rfc3339, sha256_hex};
 use crate::windows::{Window, day_name, parse_day, parse_start};
@@ -135,11 +139,13 @@ impl Kind {
     }
 }
 
+/// Which machines a deployment reaches: those carrying all `tags`, or those the
+/// saved query named `query` matches; neither means every machine.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scope {
-    #[serde(default)]
-    tags: Vec<String>,
+    tags: Option<Vec<String>>,
+    query: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -184,7 +190,15 @@ pub async fn create_deployment(
 ) -> ApiResult<Json<Value>> {
     user.require(Role::Operator)?;
     super::access::check_name("deployment", &d.name)?;
-    let tags = d.scope.map(|s| s.tags).unwrap_or_default();
+    let (tags, query_name) = match d.scope {
+        None => (Vec::new(), None),
+        Some(Scope { tags: Some(_), query: Some(_) }) => {
+            return Err(ApiError::BadRequest(
+                "scope takes either tags or query (a saved query's name), not both".into(),
+            ));
+        }
+        Some(Scope { tags, query }) => (tags.unwrap_or_default(), query),
+    };
     super::fleet::check_tags(&tags)?;
     let rings = d.rings.unwrap_or(Rings {
         canary_percent: default_canary(),
@@ -252,11 +266,28 @@ pub async fn create_deployment(
             Some(row.try_get::<String, _>(0)?)
         }
     };
+    let query_id = match &query_name {
+        None => None,
+        Some(name) => {
+            // Shared lock: a concurrent delete of the query waits for this deployment (and then refuses).
+            let sql = format!(
+                "SELECT id FROM saved_queries WHERE org_id = $1 AND name = $2{}",
+                super::queries::lock_clause(st.db.backend, false)
+            );
+            let row = sqlx::query(&sql)
+                .bind(&user.org_id)
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("no saved query {name:?} in this organisation")))?;
+            Some(row.try_get::<String, _>(0)?)
+        }
+    };
     let id = new_id()?;
     sqlx::query(
         "INSERT INTO deployments (id, org_id, name, kind, patch_id, baseline_id, scope_tags, start_at, window_id, canary_percent, \
-         soak_seconds, failure_threshold_percent, reboot_policy, state, created) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'active', $14)",
+         soak_seconds, failure_threshold_percent, reboot_policy, state, created, scope_query_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'active', $14, $15)",
     )
     .bind(&id)
     .bind(&user.org_id)
@@ -272,6 +303,7 @@ pub async fn create_deployment(
     .bind(rings.failure_threshold_percent)
     .bind(&reboot)
     .bind(now())
+    .bind(&query_id)
     .execute(&mut *tx)
     .await?;
     audit::record(
@@ -280,7 +312,8 @@ pub async fn create_deployment(
         &user.actor(),
         "deployment.create",
         &d.name,
-        json!({ "id": id, "kind": d.kind, "patch_id": patch_id, "baseline_id": baseline_id, "tags": tags, "window": d.window,
+        json!({ "id": id, "kind": d.kind, "patch_id": patch_id, "baseline_id": baseline_id, "tags": tags,
+                "query": query_name, "window": d.window,
                 "canary_percent": rings.canary_percent, "soak_seconds": rings.soak_seconds,
                 "failure_threshold_percent": rings.failure_threshold_percent, "reboot_policy": reboot }),
     )
@@ -304,7 +337,10 @@ pub struct Deployment {
     pub kind: Kind,
     pub patch_id: Option<String>,
     pub baseline_id: Option<String>,
+    /// Scope by tags (all must be on the machine); ignored when `query` is set.
     pub tags: Vec<String>,
+    /// Scope by a saved query.
+    pub query: Option<ScopeQuery>,
     pub start_at: i64,
     pub window: Option<(String, Window)>,
     pub canary_percent: i64,
@@ -327,9 +363,39 @@ pub struct HotpatchRef {
     pub artifact_sha256: String,
 }
 
+/// A deployment's saved query, as loaded with the deployment (one JOIN) and parsed once.
+#[derive(Debug, Clone)]
+pub struct ScopeQuery {
+    pub id: String,
+    /// None once the query was deleted (only cancelled deployments can be left so).
+    pub name: Option<String>,
+    pub text: Option<String>,
+    /// None when deleted or unreadable: the deployment then reaches no machine.
+    pub parsed: Option<Arc<Query>>,
+}
+
 impl Deployment {
-    pub fn scope_matches(&self, machine_tags: &[String]) -> bool {
-        self.tags.iter().all(|t| machine_tags.contains(t))
+    /// Whether the machine with these facts is in the deployment's scope.
+    pub fn scope_matches(&self, facts: &Facts<'_>) -> bool {
+        match &self.query {
+            Some(q) => q.parsed.as_ref().is_some_and(|p| p.matches(facts)),
+            None => self.tags.iter().all(|t| facts.tags.contains(t)),
+        }
+    }
+
+    /// Whether deciding the scope needs the machines' target file names.
+    pub fn scope_uses_targets(&self) -> bool {
+        self.query.as_ref().and_then(|q| q.parsed.as_ref()).is_some_and(|p| p.uses(Field::Target))
+    }
+
+    /// The scope in words, for the web UI.
+    pub fn scope_label(&self) -> String {
+        match &self.query {
+            Some(ScopeQuery { name: Some(name), .. }) => format!("query {name}"),
+            Some(ScopeQuery { name: None, .. }) => "query (deleted)".into(),
+            None if self.tags.is_empty() => "all machines".into(),
+            None => format!("tags {}", self.tags.join(", ")),
+        }
     }
 
     /// Whether the ring of this machine has started at `now`.
@@ -341,12 +407,30 @@ impl Deployment {
     }
 }
 
+/// The facts a check-in just reported, in the form scopes are decided on.
+pub fn reported_facts<'a>(
+    reported: &'a super::checkin::Facts,
+    tags: &'a [String],
+    target_files: &'a [&'a str],
+) -> Facts<'a> {
+    Facts {
+        hostname: &reported.hostname,
+        os: &reported.os,
+        kernel: &reported.kernel,
+        arch: &reported.arch,
+        cores: i64::from(reported.cores),
+        tags,
+        targets: target_files,
+    }
+}
+
 pub async fn deployments(st: &AppState, org_id: &str, only_active: bool) -> ApiResult<Vec<Deployment>> {
     deployments_for(st, org_id, only_active, None).await
 }
 
-/// Deployments with their window and catalog entry, and, when `machine_id` is
-/// given, that machine's result for each: everything a check-in needs in one query.
+/// Deployments with their window, catalog entry and saved query (parsed once per
+/// distinct query), and, when `machine_id` is given, that machine's result for
+/// each: everything a check-in needs in one query.
 pub async fn deployments_for(
     st: &AppState,
     org_id: &str,
@@ -356,16 +440,37 @@ pub async fn deployments_for(
     let sql = format!(
         "SELECT d.id, d.name, d.kind, d.patch_id, d.baseline_id, d.scope_tags, d.start_at, d.canary_percent, d.soak_seconds, \
          d.failure_threshold_percent, d.reboot_policy, d.state, d.state_reason, w.name, w.days, w.start_minute, w.duration_minutes, w.time_zone, \
-         h.build_id, h.file_name, h.level, h.artifact_sha256, r.status \
+         h.build_id, h.file_name, h.level, h.artifact_sha256, r.status, d.scope_query_id, q.name, q.query \
          FROM deployments d LEFT JOIN maintenance_windows w ON w.id = d.window_id \
          LEFT JOIN hotpatches h ON h.org_id = d.org_id AND h.patch_id = d.patch_id \
          LEFT JOIN work_results r ON r.deployment_id = d.id AND r.machine_id = $2 \
+         LEFT JOIN saved_queries q ON q.id = d.scope_query_id AND q.org_id = d.org_id \
          WHERE d.org_id = $1 {} ORDER BY d.created DESC, d.id",
         if only_active { "AND d.state = 'active'" } else { "" }
     );
     let rows = sqlx::query(&sql).bind(org_id).bind(machine_id.unwrap_or("")).fetch_all(&st.db.pool).await?;
     let mut out = Vec::with_capacity(rows.len());
+    let mut parsed: HashMap<String, Option<Arc<Query>>> = HashMap::new();
     for r in rows {
+        let query = match r.try_get::<Option<String>, _>(23)? {
+            None => None,
+            Some(id) => {
+                let (name, text): (Option<String>, Option<String>) = (r.try_get(24)?, r.try_get(25)?);
+                let parsed = parsed
+                    .entry(id.clone())
+                    .or_insert_with(|| {
+                        let text = text.as_deref()?;
+                        query::parse(text)
+                            .inspect_err(|e| {
+                                tracing::warn!(query = id, "stored query unreadable, matches nothing: {e}")
+                            })
+                            .ok()
+                            .map(Arc::new)
+                    })
+                    .clone();
+                Some(ScopeQuery { id, name, text, parsed })
+            }
+        };
         let window = match r.try_get::<Option<String>, _>(13)? {
             None => None,
             Some(name) => Some((
@@ -390,6 +495,7 @@ pub async fn deployments_for(
             patch_id: r.try_get(3)?,
             baseline_id: r.try_get(4)?,
             tags: serde_json::from_str(&r.try_get::<String, _>(5)?)?,
+            query,
             start_at: r.try_get(6)?,
             canary_percent: r.try_get(7)?,
             soak_seconds: r.try_get(8)?,
@@ -415,22 +521,17 @@ pub struct RingProgress {
 
 /// Per ring: how many machines are in scope and what they reported.
 pub async fn progress(st: &AppState, org_id: &str, d: &Deployment) -> ApiResult<(RingProgress, RingProgress)> {
-    let machines = sqlx::query("SELECT id, tags FROM machines WHERE org_id = $1 AND revoked_at IS NULL")
-        .bind(org_id)
-        .fetch_all(&st.db.pool)
-        .await?;
+    let machines = super::queries::fleet_facts(st, org_id, d.scope_uses_targets()).await?;
     let results = sqlx::query("SELECT ring, status FROM work_results WHERE deployment_id = $1")
         .bind(&d.id)
         .fetch_all(&st.db.pool)
         .await?;
     let (mut canary, mut rest) = (RingProgress::default(), RingProgress::default());
     for m in machines {
-        let id: String = m.try_get(0)?;
-        let tags: Vec<String> = serde_json::from_str(&m.try_get::<String, _>(1)?)?;
-        if !d.scope_matches(&tags) {
+        if !m.with_facts(|f| d.scope_matches(f)) {
             continue;
         }
-        if in_canary(&d.id, &id, d.canary_percent) {
+        if in_canary(&d.id, &m.id, d.canary_percent) {
             canary.machines += 1;
         } else {
             rest.machines += 1;
@@ -450,9 +551,14 @@ pub async fn progress(st: &AppState, org_id: &str, d: &Deployment) -> ApiResult<
 }
 
 pub fn deployment_json(d: &Deployment, canary: &RingProgress, rest: &RingProgress) -> Value {
+    let scope = match &d.query {
+        // A null name: the saved query was deleted after the deployment was cancelled.
+        Some(q) => json!({ "query": q.name, "query_id": q.id, "query_text": q.text }),
+        None => json!({ "tags": d.tags }),
+    };
     json!({
         "id": d.id, "name": d.name, "kind": d.kind, "patch_id": d.patch_id, "baseline_id": d.baseline_id,
-        "scope": { "tags": d.tags }, "start_at": rfc3339(d.start_at),
+        "scope": scope, "start_at": rfc3339(d.start_at),
         "window": d.window.as_ref().map(|(n, _)| n),
         "rings": { "canary_percent": d.canary_percent, "soak_seconds": d.soak_seconds,
                    "failure_threshold_percent": d.failure_threshold_percent,

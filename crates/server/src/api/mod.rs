@@ -9,6 +9,7 @@ pub mod compliance;
 pub mod deploy;
 pub mod fleet;
 pub mod json;
+pub mod queries;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -56,6 +57,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/deployments/{id}", get(deploy::get_deployment))
         .route("/api/v1/deployments/{id}/cancel", post(deploy::cancel_deployment))
         .route("/api/v1/deployments/{id}/resume", post(deploy::resume_deployment))
+        .route("/api/v1/queries", get(queries::list_queries).post(queries::create_query))
+        .route("/api/v1/queries/{name}", get(queries::get_query).delete(queries::delete_query))
         .route("/api/v1/compliance/overview", get(compliance::get_overview))
         .route("/api/v1/compliance/machines", get(compliance::by_machine))
         .route("/api/v1/compliance/targets", get(compliance::by_target))

@@ -45,6 +45,11 @@ struct Args {
     /// Stop the measured phase after this many seconds even if not all check-ins were sent.
     #[arg(long, default_value_t = 120)]
     max_seconds: u64,
+    /// Scope the spawned server's deployment by a saved query with this text (e.g.
+    /// 'hostname:sim-* and cores>=2 and target:libc.so.*') instead of the whole
+    /// fleet, so every check-in evaluates the query.
+    #[arg(long, requires = "spawn")]
+    scope_query: Option<String>,
 }
 
 struct Spawned {
@@ -205,13 +210,27 @@ fn main() -> anyhow::Result<()> {
         if let Err(e) = r {
             bail!("uploading the demo hotpatch: {e}");
         }
+        let scope = match &args.scope_query {
+            None => json!({}),
+            Some(q) => {
+                call(
+                    &http,
+                    "POST",
+                    &format!("{base}/api/v1/queries"),
+                    &token,
+                    Some(&json!({ "name": "loadgen", "query": q })),
+                )?;
+                json!({ "query": "loadgen" })
+            }
+        };
         call(
             &http,
             "POST",
             &format!("{base}/api/v1/deployments"),
             &token,
             Some(&json!({
-                "name": "loadgen", "kind": "hotpatch", "patch_id": "loadgen-fix-1", "rings": { "canary_percent": 100, "soak_seconds": 0, "failure_threshold_percent": 100 }
+                "name": "loadgen", "kind": "hotpatch", "patch_id": "loadgen-fix-1", "scope": scope,
+                "rings": { "canary_percent": 100, "soak_seconds": 0, "failure_threshold_percent": 100 }
             })),
         )?;
     }

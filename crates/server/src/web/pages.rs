@@ -1,5 +1,5 @@
 //! The pages: fleet overview, machines and their detail, catalog, deployments
-//! with ring progress, compliance by CVE and by machine, billing, audit log.
+//! with ring progress and their scope (tags or saved query), compliance by CVE and by machine, billing, audit log.
 
 use axum::extract::{Path, State};
 use axum::response::Html;
@@ -11,6 +11,7 @@ use crate::api::billing::{format_cents, invoice, subscription};
 use crate::api::catalog::{baselines, hotpatches};
 use crate::api::compliance::{cve_rows, overview, rows};
 use crate::api::deploy::{deployments, progress};
+use crate::api::queries::saved_queries;
 use crate::auth::Role;
 use crate::coverage::covered_until;
 use crate::error::ApiResult;
@@ -187,7 +188,10 @@ pub async fn deployments_page(State(st): State<AppState>, u: UiUser) -> ApiResul
             esc(&d.name),
             esc(d.kind.as_str()),
             esc(d.patch_id.as_deref().or(d.baseline_id.as_deref()).unwrap_or("")),
-            esc(&d.tags.join(", ")),
+            match d.query.as_ref().and_then(|q| q.text.as_deref()) {
+                Some(text) => format!("{}: <code>{}</code>", esc(&d.scope_label()), esc(text)),
+                None => esc(&d.scope_label()),
+            },
             esc(d.window.as_ref().map(|(n, _)| n.as_str()).unwrap_or("any time")),
             format!("{}% · {}", d.canary_percent, ring(&c)),
             ring(&r),
@@ -195,11 +199,14 @@ pub async fn deployments_page(State(st): State<AppState>, u: UiUser) -> ApiResul
         ]);
     }
     let mut page = Page::new();
-    page.table(
-        "deployments",
-        &["name", "kind", "what", "scope tags", "window", "canary ring", "rest", "state"],
-        &table,
-    );
+    page.table("deployments", &["name", "kind", "what", "scope", "window", "canary ring", "rest", "state"], &table);
+    page.h(2, "Saved queries");
+    let q: Vec<Vec<String>> = saved_queries(&st, &u.0.org_id)
+        .await?
+        .iter()
+        .map(|q| vec![esc(&q.name), format!("<code>{}</code>", esc(&q.query)), esc(&q.created)])
+        .collect();
+    page.table("queries", &["name", "query", "created"], &q);
     Ok(render(&page, "Deployments", &u))
 }
 
