@@ -18,6 +18,10 @@ pub struct AgentArgs {
     /// Trusted publisher key (.pub) or a directory of them; hotpatches that do not verify are never applied.
     #[arg(long, default_value = "/etc/hotpatch/trust")]
     pub trust: PathBuf,
+    /// With --enroll: a PEM file of the CA that signed the server's certificate
+    /// (a private CA); remembered for every later check-in.
+    #[arg(long, requires = "enroll")]
+    pub ca_cert: Option<PathBuf>,
     /// Print machine-readable JSON.
     #[arg(long)]
     pub json: bool,
@@ -34,7 +38,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             [url, token] => (url, token),
             _ => anyhow::bail!("--enroll needs URL and TOKEN"),
         };
-        let cred = crate::enroll(url, token, &args.state_dir)?;
+        let cred = crate::enroll(url, token, &args.state_dir, args.ca_cert.as_deref())?;
         if args.json {
             println!(
                 "{}",

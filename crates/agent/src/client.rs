@@ -14,6 +14,8 @@ pub const MAX_ARTIFACT: u64 = 64 * 1024 * 1024;
 pub enum ClientError {
     #[error("server URL {0:?} must start with http:// or https://")]
     BadUrl(String),
+    #[error("CA certificate {path}: {message}")]
+    CaCert { path: String, message: String },
     #[error("{what}: server answered {status}: {message}")]
     Status { what: &'static str, status: u16, message: String },
     #[error("{what}: cannot reach the server: {message}")]
@@ -47,6 +49,28 @@ impl MachineSigner<'_> {
     }
 }
 
+fn private_ca(path: &std::path::Path) -> Result<rustls::ClientConfig, ClientError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let fail = |message: String| ClientError::CaCert { path: path.display().to_string(), message };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| fail(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(fail("no certificate in the PEM file".into()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|e| fail(e.to_string()))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 pub struct Client {
     base: String,
     http: ureq::Agent,
@@ -58,14 +82,19 @@ pub enum CheckInReply {
 }
 
 impl Client {
-    pub fn new(server: &str) -> Result<Client, ClientError> {
+    /// A client for `server`; with `ca_cert` (PEM) the server's certificate must
+    /// chain to those certificates alone, instead of the public web roots.
+    pub fn new(server: &str, ca_cert: Option<&std::path::Path>) -> Result<Client, ClientError> {
         let base = server.trim_end_matches('/');
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ClientError::BadUrl(server.to_string()));
         }
-        let http =
-            ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(10)).timeout(Duration::from_secs(60)).build();
-        Ok(Client { base: base.to_string(), http })
+        let mut builder =
+            ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(10)).timeout(Duration::from_secs(60));
+        if let Some(path) = ca_cert {
+            builder = builder.tls_config(std::sync::Arc::new(private_ca(path)?));
+        }
+        Ok(Client { base: base.to_string(), http: builder.build() })
     }
 
     pub fn base(&self) -> &str {

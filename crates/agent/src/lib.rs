@@ -32,13 +32,17 @@ pub enum AgentError {
 
 /// Makes this machine's key pair and enrolls its public half with a one-time
 /// enrollment token; the secret key is stored 0600 in `state_dir` and never sent.
-pub fn enroll(server: &str, token: &str, state_dir: &Path) -> Result<Credential, AgentError> {
-    let client = Client::new(server)?;
+pub fn enroll(server: &str, token: &str, state_dir: &Path, ca_cert: Option<&Path>) -> Result<Credential, AgentError> {
+    let client = Client::new(server, ca_cert)?;
     let hostname = facts::hostname();
     let key = hotpatch_wire::MachineKey::generate().map_err(|e| AgentError::Key(e.to_string()))?;
     let answer = client.enroll(token, &hostname, &key.public().to_hex())?;
-    let credential =
-        Credential { server: client.base().to_string(), machine_id: answer.machine_id, key: key.to_text() };
+    let credential = Credential {
+        server: client.base().to_string(),
+        machine_id: answer.machine_id,
+        key: key.to_text(),
+        ca_cert: ca_cert.map(Path::to_path_buf),
+    };
     state::save_credential(state_dir, &credential)?;
     Ok(credential)
 }

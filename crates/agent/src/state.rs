@@ -30,6 +30,10 @@ pub struct Credential {
     pub server: String,
     pub machine_id: String,
     pub key: String,
+    /// The private CA (PEM) the server's certificate must chain to, when the
+    /// agent enrolled with `--ca-cert`.
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Credential {

@@ -68,7 +68,7 @@ pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutc
     let cred = state::load_credential(state_dir)?;
     let key = cred.machine_key(state_dir)?;
     let signer = MachineSigner { machine_id: &cred.machine_id, key: &key, state_dir };
-    let client = Client::new(&cred.server)?;
+    let client = Client::new(&cred.server, cred.ca_cert.as_deref())?;
     let facts = facts::collect();
     let running = hotpatch_engine::running_targets();
     let targets = summarize(&running);

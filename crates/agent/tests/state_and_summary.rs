@@ -13,7 +13,8 @@ fn credential_is_private_and_not_in_debug_output() {
     let state_dir = dir.path().join("state");
     let key = hotpatch_wire::MachineKey::from_seed([0x5a; 32]);
     let secret_hex = "5a".repeat(32);
-    let c = Credential { server: "http://127.0.0.1:1".into(), machine_id: "m1".into(), key: key.to_text() };
+    let c =
+        Credential { server: "http://127.0.0.1:1".into(), machine_id: "m1".into(), key: key.to_text(), ca_cert: None };
     state::save_credential(&state_dir, &c).expect("save");
     let mode = std::fs::metadata(state_dir.join("credential.json")).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);

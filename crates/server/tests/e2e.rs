@@ -116,7 +116,7 @@ fn agent_enrolls_receives_a_deployment_patches_a_process_and_compliance_shows_it
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut target, token) = setup(&s, dir.path());
         let state_dir = dir.path().join("agent-state");
-        let cred = hotpatch_agent::enroll(&s.base, &token, &state_dir).expect("enroll");
+        let cred = hotpatch_agent::enroll(&s.base, &token, &state_dir, None).expect("enroll");
         let trust = TrustStore::from_keys(vec![s.key.public()]);
         let outcome = hotpatch_agent::check_in_once(&state_dir, &trust).expect("check in");
         assert_eq!(outcome.results.len(), 1, "{outcome:?}");
@@ -156,7 +156,7 @@ fn agent_never_applies_a_package_its_own_trust_rejects() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut target, token) = setup(&s, dir.path());
         let state_dir = dir.path().join("agent-state");
-        hotpatch_agent::enroll(&s.base, &token, &state_dir).expect("enroll");
+        hotpatch_agent::enroll(&s.base, &token, &state_dir, None).expect("enroll");
         // The server trusts the publisher; this agent trusts someone else.
         let trust = TrustStore::from_keys(vec![SecretKey::from_seed([42u8; 32]).public()]);
         let outcome = hotpatch_agent::check_in_once(&state_dir, &trust).expect("check in");
