@@ -66,10 +66,10 @@ impl ServerProcess {
                     if trimmed.starts_with("hpu_") {
                         server.admin = trimmed.to_string();
                     }
-                    if line.contains("hotpatch-server listening") {
-                        if let Some(rest) = line.split_once("addr=").map(|(_, r)| r) {
-                            server.addr = rest.split_whitespace().next().unwrap_or_default().to_string();
-                        }
+                    if let Some((_, rest)) =
+                        line.split_once("addr=").filter(|_| line.contains("hotpatch-server listening"))
+                    {
+                        server.addr = rest.split_whitespace().next().unwrap_or_default().to_string();
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
