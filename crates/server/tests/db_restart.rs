@@ -5,13 +5,14 @@
 //! the database restarts (`pg_ctl restart -m fast`) and later stays down until
 //! the server has answered that it is unavailable. Asserted:
 //!
-//! - while the database is away every answer is 200 or a 503 with a JSON error
-//!   naming the database, within a bound; never another status, a dropped
-//!   connection or a crash of the server;
+//! - while the database is away every answer is 200 or a 503 with the JSON error
+//!   "database unavailable, try again", within a bound; never another status, a
+//!   dropped connection or a crash of the server;
 //! - the same server process answers 200 again once the database is back;
 //! - a check-in writes its machine row and all its targets or nothing, also when
-//!   it failed: every read shows one complete generation of targets, one that a
-//!   check-in sent and that no later successful check-in replaced.
+//!   it failed: a check-in cut mid-transaction leaves nothing, and every read shows
+//!   one complete generation of targets, one that a check-in sent and that no
+//!   later successful check-in replaced.
 //!
 //! Needs root (to run PostgreSQL as `hotpatchpg`) and PostgreSQL's binaries; it
 //! skips without them, except under scripts/test (HOTPATCH_TEST_POSTGRES_URL set),
@@ -255,7 +256,7 @@ fn request(
             stats.ok.fetch_add(1, Ordering::Relaxed);
             Some(json)
         }
-        503 if json["error"].as_str().is_some_and(|e| e.contains("database")) => {
+        503 if json["error"] == "database unavailable, try again" => {
             stats.unavailable.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut m) = stats.unavailable_messages.lock() {
                 m.insert(json["error"].as_str().unwrap_or_default().to_string());
