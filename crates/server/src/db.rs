@@ -62,9 +62,15 @@ impl Db {
         Ok(db)
     }
 
+    /// Survives a database restart: a pooled connection is pinged before use and
+    /// replaced when it broke, and a request waits at most the acquire timeout for
+    /// one (while the database is down, sqlx retries refused connects until then),
+    /// then fails with a 503 "database unavailable, try again".
     fn pool_options(backend: Backend, max_connections: u32) -> AnyPoolOptions {
-        let mut pool_options =
-            AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(10));
+        let mut pool_options = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(true);
         if backend == Backend::Sqlite {
             // WAL lets readers run beside the single writer; NORMAL sync is safe
             // under WAL (a crash loses at most the last transactions, never consistency).

@@ -31,10 +31,11 @@ use hotpatch_format::TrustStore;
 pub use db::{Backend, Db, DbError};
 pub use state::AppState;
 
-/// Opens the database (running migrations) and builds the shared state.
+/// Opens the database (running migrations) and builds the shared state, with
+/// cookies for plain HTTP; a server that serves TLS sets `secure_cookies`.
 pub async fn open(database_url: &str, trust: TrustStore, max_connections: u32) -> Result<AppState, DbError> {
     let db = Db::connect(database_url, max_connections).await?;
-    Ok(AppState { db, trust: Arc::new(trust) })
+    Ok(AppState { db, trust: Arc::new(trust), secure_cookies: false })
 }
 
 /// The whole HTTP surface: API, OpenAPI document and web UI.

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hotpatch_format::TrustStore;
 use hotpatch_server::{bootstrap, serve};
+use tokio_rustls::TlsAcceptor;
 
 #[derive(Parser)]
 #[command(
@@ -105,6 +106,11 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    // A bad certificate or key stops the start before anything is created or bootstrapped.
+    let tls = match (&cli.command, &cli.run.tls_cert, &cli.run.tls_key) {
+        (None, Some(c), Some(k)) => Some(serve::tls_acceptor(c, k)?),
+        _ => None,
+    };
     let url = match &cli.database {
         Some(u) => u.clone(),
         None => {
@@ -144,11 +150,11 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }
-        None => run(state, cli.run).await,
+        None => run(state, cli.run, tls).await,
     }
 }
 
-async fn run(state: hotpatch_server::AppState, args: RunArgs) -> anyhow::Result<()> {
+async fn run(state: hotpatch_server::AppState, args: RunArgs, tls: Option<TlsAcceptor>) -> anyhow::Result<()> {
     if bootstrap::org_count(&state.db).await.map_err(|e| anyhow::anyhow!("{e}"))? == 0 {
         let trial = hotpatch_server::util::now() + args.trial_days * 86_400;
         let created = bootstrap::create_admin(&state.db, "default", "admin", Some(trial))
@@ -161,16 +167,13 @@ async fn run(state: hotpatch_server::AppState, args: RunArgs) -> anyhow::Result<
         eprintln!("    {}", created.token);
         eprintln!("==============================================================================");
     }
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(c), Some(k)) => Some(serve::tls_acceptor(c, k)?),
-        _ => None,
-    };
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     serve::warn_if_plain_public(addr, tls.is_some());
     tracing::info!(%addr, tls = tls.is_some(), backend = ?state.db.backend, "hotpatch-server listening");
-    let app = hotpatch_server::router(state);
+    // Browsers reach a TLS server over HTTPS only: its session cookie is Secure.
+    let app = hotpatch_server::router(hotpatch_server::AppState { secure_cookies: tls.is_some(), ..state });
     serve::serve(listener, tls, app, shutdown_signal()).await?;
     Ok(())
 }

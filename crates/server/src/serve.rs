@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -20,8 +20,8 @@ pub enum TlsError {
     Cert { path: String, message: String },
     #[error("TLS private key {path}: {message}")]
     Key { path: String, message: String },
-    #[error("TLS configuration: {0}")]
-    Config(#[from] rustls::Error),
+    #[error("TLS certificate {cert} with key {key}: {message}")]
+    Config { cert: String, key: String, message: String },
 }
 
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
@@ -31,12 +31,27 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     if certs.is_empty() {
         return Err(TlsError::Cert { path: cert.display().to_string(), message: "no certificate in PEM file".into() });
     }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| TlsError::Key { path: key.display().to_string(), message: e.to_string() })?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+        path: key.display().to_string(),
+        message: match e {
+            pem::Error::NoItemsFound => "no private key in PEM file".into(),
+            e => e.to_string(),
+        },
+    })?;
+    // rustls checks here that the key belongs to the certificate.
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)?;
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key_der))
+        .map_err(|e| TlsError::Config {
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+            message: match e {
+                rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                    "the private key does not belong to the certificate".into()
+                }
+                e => e.to_string(),
+            },
+        })?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

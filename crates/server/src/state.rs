@@ -11,4 +11,7 @@ use crate::db::Db;
 pub struct AppState {
     pub db: Db,
     pub trust: Arc<TrustStore>,
+    /// Browsers reach this server over HTTPS (it serves TLS itself), so the session
+    /// cookie carries `Secure` and is never sent over plain HTTP.
+    pub secure_cookies: bool,
 }

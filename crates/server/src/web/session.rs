@@ -1,5 +1,6 @@
 //! Signing a browser in and out: a pasted API token or a one-time link becomes a
-//! session cookie (HttpOnly, SameSite=Strict); the session is stored hashed.
+//! session cookie (HttpOnly, SameSite=Strict, and Secure when the server serves
+//! TLS); the session is stored hashed.
 
 use axum::Form;
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -18,6 +19,14 @@ use crate::state::AppState;
 use crate::util::{hash_secret, new_secret, now};
 
 pub const SESSION_SECONDS: i64 = 12 * 3600;
+
+/// The `Set-Cookie` value for the session (an empty value with `Max-Age=0` clears it).
+/// `Secure` keeps a browser from ever sending the cookie over plain HTTP.
+fn session_cookie(value: &str, max_age: i64, secure: bool) -> ApiResult<HeaderValue> {
+    let secure = if secure { "; Secure" } else { "" };
+    let cookie = format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{secure}; Max-Age={max_age}");
+    HeaderValue::from_str(&cookie).map_err(|e| ApiError::Internal(format!("session cookie: {e}")))
+}
 
 /// A signed-in user of the web UI; anyone else is sent to the sign-in page.
 pub struct UiUser(pub User);
@@ -59,11 +68,9 @@ async fn start_session(st: &AppState, user_id: &str, org_id: &str, actor: &str, 
         .await?;
     audit::record(&mut tx, org_id, actor, "ui.sign-in", actor, json!({})).await?;
     tx.commit().await?;
-    let cookie = format!("{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECONDS}");
+    let cookie = session_cookie(&session, SESSION_SECONDS, st.secure_cookies)?;
     let mut response = Redirect::to(next).into_response();
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(|e| ApiError::Internal(e.to_string()))?);
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(response)
 }
 
@@ -142,9 +149,19 @@ pub async fn logout(State(st): State<AppState>, parts: axum::http::HeaderMap) ->
             .await?;
     }
     let mut response = Redirect::to("/ui/login").into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("hp_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
+    response.headers_mut().insert(header::SET_COOKIE, session_cookie("", 0, st.secure_cookies)?);
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_is_secure_only_when_asked() {
+        let plain = session_cookie("hps_x", 60, false).expect("cookie");
+        assert_eq!(plain, "hp_session=hps_x; Path=/; HttpOnly; SameSite=Strict; Max-Age=60");
+        let secure = session_cookie("", 0, true).expect("cookie");
+        assert_eq!(secure, "hp_session=; Path=/; HttpOnly; SameSite=Strict; Secure; Max-Age=0");
+    }
 }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod server_process;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::OnceLock;
