@@ -28,6 +28,11 @@ pub enum DbError {
     Migration { version: i64, source: sqlx::Error },
 }
 
+/// Per-connection bounds on PostgreSQL: a lock wait and a statement each end
+/// within these (answered as 503, see `error::database_unavailable`). Schema
+/// migrations lift them for their own connection (see `schema::migrate`).
+pub const POSTGRES_TIMEOUTS: &str = "SET lock_timeout = '15s'; SET statement_timeout = '60s'";
+
 #[derive(Clone)]
 pub struct Db {
     /// For reads. On PostgreSQL also for writes.
@@ -71,6 +76,16 @@ impl Db {
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .test_before_acquire(true);
+        if backend == Backend::Postgres {
+            // A request stuck behind another transaction's lock must end with a
+            // clear 503, not hold its connection until the client gives up.
+            pool_options = pool_options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute(POSTGRES_TIMEOUTS).await?;
+                    Ok(())
+                })
+            });
+        }
         if backend == Backend::Sqlite {
             // WAL lets readers run beside the single writer; NORMAL sync is safe
             // under WAL (a crash loses at most the last transactions, never consistency).

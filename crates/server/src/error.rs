@@ -98,10 +98,14 @@ pub fn database_unavailable(e: &sqlx::Error) -> bool {
             if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
                 // Class 08 connection exception; too many connections; shutting down,
                 // crashed, starting up; serialization failure, deadlock; a read-only
-                // standby (a failover in progress).
+                // standby (a failover in progress); our lock or statement timeout
+                // (db.rs) ran out behind another transaction.
                 let code = pg.code();
                 code.starts_with("08")
-                    || matches!(code, "53300" | "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "25006")
+                    || matches!(
+                        code,
+                        "53300" | "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "25006" | "55P03" | "57014"
+                    )
             } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
                 // SQLITE_BUSY (5) and SQLITE_LOCKED (6), also as extended codes.
                 db.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6))

@@ -261,12 +261,16 @@ CREATE TABLE calendars (
 pub async fn migrate(db: &Db) -> Result<(), DbError> {
     let mut conn = db.writer.acquire().await?;
     if db.backend == Backend::Postgres {
+        // A replica waits for another's migration as long as it takes, and a
+        // migration over a large table may run long: no request timeouts here.
+        conn.execute("SET lock_timeout = 0; SET statement_timeout = 0").await?;
         // Arbitrary constant naming "hotpatch schema migration".
         conn.execute("SELECT pg_advisory_lock(7243911)").await?;
     }
     let result = run_pending(db, &mut conn).await;
     if db.backend == Backend::Postgres {
         conn.execute("SELECT pg_advisory_unlock(7243911)").await?;
+        conn.execute(crate::db::POSTGRES_TIMEOUTS).await?;
     }
     result
 }
