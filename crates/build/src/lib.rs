@@ -8,5 +8,7 @@
 //! will live here too (the builder issue).
 
 mod pack;
+pub mod regalloc;
 
 pub use pack::{BuildError, PackRequest, Replacement, manifest_for, parse_replacement};
+pub use regalloc::{IpaRa, ipa_ra};

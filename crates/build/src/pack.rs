@@ -28,6 +28,12 @@ pub enum BuildError {
     BadReplacement(String),
     #[error("no --replace given: a hotpatch replaces at least one function")]
     NoReplacements,
+    #[error(
+        "baseline {name} was compiled with gcc's -fipa-ra (unit {unit}: {producer:?}): its callers may keep values in \
+         registers the original functions leave alone, and a replacement may clobber them. Rebuild the baseline with \
+         -fno-ipa-ra, or pass --allow-ipa-ra if every replacement clobbers no more registers than the function it replaces"
+    )]
+    IpaRa { name: String, unit: String, producer: String },
 }
 
 /// One old function and its replacement, as given with `--replace`.
@@ -69,6 +75,9 @@ pub struct PackRequest<'a> {
     pub cves: Vec<String>,
     pub description: String,
     pub created: String,
+    /// Pack even though the baseline's DWARF says it was built with `-fipa-ra`
+    /// (see [`crate::regalloc`]).
+    pub allow_ipa_ra: bool,
 }
 
 /// Builds the manifest for a pack request, checking every replacement against
@@ -83,6 +92,11 @@ pub fn manifest_for(req: &PackRequest<'_>) -> Result<Manifest, BuildError> {
     check_payload(req.payload, machine)?;
     if req.replacements.is_empty() {
         return Err(BuildError::NoReplacements);
+    }
+    if let crate::IpaRa::On { unit, producer } = crate::ipa_ra(req.baseline, req.debug_file)
+        && !req.allow_ipa_ra
+    {
+        return Err(BuildError::IpaRa { name, unit, producer });
     }
     let debug = req.debug_file.and_then(|d| TargetElf::parse(d).ok());
     let symbols = SymbolTable::from_target(&baseline, debug.as_ref());

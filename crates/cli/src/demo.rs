@@ -78,6 +78,7 @@ pub fn demo(out: &Output) -> anyhow::Result<()> {
         cves: vec!["CVE-2026-0001".into()],
         description: "check_password compared only 3 characters".into(),
         created: jiff::Timestamp::now().round(jiff::Unit::Second)?.to_string(),
+        allow_ipa_ra: false,
     })?;
     let bytes = Package::build(manifest, &payload, &key)?;
     let package = hotpatch_format::verify(&bytes, &TrustStore::from_keys([key.public()]))?;

@@ -42,6 +42,10 @@ pub struct PackArgs {
     /// Output package file.
     #[arg(short = 'o', long = "output")]
     output: PathBuf,
+    /// Pack although the baseline was built with gcc's -fipa-ra (its callers may
+    /// rely on registers a replacement clobbers); only when you checked that.
+    #[arg(long)]
+    allow_ipa_ra: bool,
 }
 
 fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
@@ -69,8 +73,19 @@ pub fn pack(args: PackArgs, out: &Output) -> anyhow::Result<()> {
         cves: args.cves,
         description: args.description,
         created: jiff::Timestamp::now().round(jiff::Unit::Second)?.to_string(),
+        allow_ipa_ra: args.allow_ipa_ra,
     };
     let manifest = manifest_for(&request)?;
+    match hotpatch_build::ipa_ra(&baseline, debug_file.as_deref()) {
+        hotpatch_build::IpaRa::Unknown => tracing::warn!(
+            "cannot tell whether the baseline was built with -fno-ipa-ra (no gcc DWARF producer strings); \
+             a baseline built with gcc -O2 and without -fno-ipa-ra is unsafe to hotpatch"
+        ),
+        hotpatch_build::IpaRa::On { unit, .. } => {
+            tracing::warn!(unit, "packing for a baseline built with -fipa-ra (--allow-ipa-ra)")
+        }
+        hotpatch_build::IpaRa::Off { .. } => {}
+    }
     if !manifest.classification.hotpatchable() {
         tracing::warn!(
             classification = %manifest.classification,

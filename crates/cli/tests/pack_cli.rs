@@ -285,6 +285,32 @@ fn pack_refuses_an_unknown_symbol() {
     assert!(!exists(&env.path("out.hpatch")));
 }
 
+/// A baseline whose DWARF says gcc compiled it with -fipa-ra (the -O2 default)
+/// is refused, naming the option and the way out; -fno-ipa-ra packs; so does
+/// --allow-ipa-ra, with a warning; without DWARF the pack goes on with a warning.
+#[test]
+fn pack_refuses_a_baseline_built_with_ipa_ra() {
+    let env = Env::new();
+    env.keygen("publisher");
+    env.tool("gcc", &["-g", "-O2", "-fcf-protection=none", "-o", "base", "base.c"]);
+    let stderr = env.fails(&env.pack_args("check=check_v2", "fix.o", "out.hpatch"));
+    assert!(stderr.contains("-fipa-ra") && stderr.contains("-fno-ipa-ra") && stderr.contains("base.c"), "{stderr}");
+    assert!(!exists(&env.path("out.hpatch")));
+
+    let mut allowed = env.pack_args("check=check_v2", "fix.o", "allowed.hpatch");
+    allowed.push("--allow-ipa-ra");
+    let out = env.ok(&allowed);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-fipa-ra"), "a warning says so");
+
+    env.tool("gcc", &["-g", "-O2", "-fno-ipa-ra", "-fcf-protection=none", "-o", "base", "base.c"]);
+    let out = env.ok(&env.pack_args("check=check_v2", "fix.o", "safe.hpatch"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("ipa-ra"), "no warning when DWARF shows -fno-ipa-ra");
+
+    env.tool("gcc", &["-g0", "-O2", "-fcf-protection=none", "-o", "base", "base.c"]);
+    let out = env.ok(&env.pack_args("check=check_v2", "fix.o", "unknown.hpatch"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot tell"), "without DWARF the user is warned");
+}
+
 #[test]
 fn pack_refuses_a_function_too_small_for_a_jump() {
     let env = Env::new();

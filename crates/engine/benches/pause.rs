@@ -49,6 +49,7 @@ fn main() {
         cves: vec![],
         description: String::new(),
         created: "2026-11-29T00:00:00Z".into(),
+        allow_ipa_ra: false,
     })
     .unwrap();
     let bytes = Package::build(manifest, &obj, &key).unwrap();

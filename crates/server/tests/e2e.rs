@@ -88,6 +88,7 @@ fn build_package(dir: &std::path::Path, key: &SecretKey) -> Vec<u8> {
         cves: vec!["CVE-2027-4242".into()],
         description: "answer is computed safely".into(),
         created: "2027-08-01T00:00:00Z".into(),
+        allow_ipa_ra: false,
     })
     .expect("manifest");
     Package::build(manifest, &payload, key).expect("package")

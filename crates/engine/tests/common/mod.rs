@@ -136,6 +136,7 @@ impl Publisher {
             cves: vec!["CVE-2026-0001".into()],
             description: "test".into(),
             created: "2026-11-29T00:00:00Z".into(),
+            allow_ipa_ra: false,
         })
         .expect("manifest")
     }
