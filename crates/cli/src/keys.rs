@@ -23,12 +23,19 @@ pub fn keygen(args: KeygenArgs, out: &Output) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let secret_path = args.out.join(format!("{}.key", args.name));
     let public_path = args.out.join(format!("{}.pub", args.name));
-    if public_path.exists() {
-        anyhow::bail!("refusing to overwrite existing key file {}", public_path.display());
+    for path in [&secret_path, &public_path] {
+        if path.exists() {
+            anyhow::bail!("refusing to overwrite existing key file {}", path.display());
+        }
     }
     let key = SecretKey::generate()?;
     key.save(&secret_path)?;
-    key.public().save(&public_path)?;
+    // Never leave a secret key without its public half: a retry would then
+    // refuse to overwrite the lone secret.
+    if let Err(e) = key.public().save(&public_path) {
+        let _ = std::fs::remove_file(&secret_path);
+        return Err(e.into());
+    }
     let id = key.public().id_hex();
     if out.json {
         out.print_json(&serde_json::json!({

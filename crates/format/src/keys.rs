@@ -141,8 +141,17 @@ impl PublicKey {
         PublicKey::parse(&text, &path.display().to_string())
     }
 
+    /// Writes the key; refuses to replace a file (a trusted key silently
+    /// swapped would change whose packages verify).
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
-        fs::write(path, self.to_text()).map_err(|source| KeyError::Write { path: path.into(), source })
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                KeyError::Exists(path.into())
+            } else {
+                KeyError::Write { path: path.into(), source }
+            }
+        })?;
+        file.write_all(self.to_text().as_bytes()).map_err(|source| KeyError::Write { path: path.into(), source })
     }
 
     pub(crate) fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {

@@ -548,6 +548,13 @@ fn saving_a_secret_key_never_overwrites() {
     std::fs::write(&other, "keep me").unwrap();
     assert!(matches!(second.save(&other), Err(KeyError::Exists(_))));
     assert_eq!(std::fs::read_to_string(&other).unwrap(), "keep me");
+
+    // A trusted public key is never swapped silently either.
+    let public = dir.path().join("publisher.pub");
+    first.public().save(&public).unwrap();
+    let err = second.public().save(&public).unwrap_err();
+    assert!(matches!(&err, KeyError::Exists(p) if *p == public), "{err:?}");
+    assert_eq!(PublicKey::load(&public).unwrap(), first.public());
 }
 
 #[test]
