@@ -267,8 +267,15 @@ fn keygen_refuses_to_overwrite() {
     let before = std::fs::read(env.path("keys/publisher.key")).unwrap();
     let stderr = env.fails(&["keygen", "--out", "keys"]);
     assert!(stderr.contains("refusing to overwrite"), "{stderr}");
-    assert!(stderr.contains("publisher.pub"), "{stderr}");
+    assert!(stderr.contains("publisher.key"), "{stderr}");
     assert_eq!(std::fs::read(env.path("keys/publisher.key")).unwrap(), before);
+    // A lone public key (its secret moved away) is not overwritten either.
+    std::fs::rename(env.path("keys/publisher.key"), env.path("publisher.key.moved")).unwrap();
+    let pub_before = std::fs::read(env.path("keys/publisher.pub")).unwrap();
+    let stderr = env.fails(&["keygen", "--out", "keys"]);
+    assert!(stderr.contains("publisher.pub"), "{stderr}");
+    assert_eq!(std::fs::read(env.path("keys/publisher.pub")).unwrap(), pub_before);
+    assert!(!env.path("keys/publisher.key").exists(), "no secret key written without its public half");
     let second = env.keygen("other");
     assert_ne!(first, second);
     let stderr = env.fails(&["keygen", "--out", "keys", "--name", "a/b"]);
