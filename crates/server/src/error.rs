@@ -24,7 +24,7 @@ pub enum ApiError {
     Unprocessable(String),
     /// A 503 "try again" when the database is away or busy (see `database_unavailable`),
     /// else a 500; either way the body hides the driver's text, which goes to the log.
-    #[error("{}", if database_unavailable(.0) { "database unavailable, try again" } else { "database error" })]
+    #[error("{}", database_message(.0))]
     Database(#[from] sqlx::Error),
     #[error("internal error: {0}")]
     Internal(String),
@@ -62,6 +62,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Database(e) if database_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Database(e) if unique_violation(e) => StatusCode::CONFLICT,
             ApiError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -76,7 +77,9 @@ impl IntoResponse for ApiError {
             ApiError::Database(cause) if status == StatusCode::SERVICE_UNAVAILABLE => {
                 tracing::warn!(error = %self, %cause, "request failed")
             }
-            ApiError::Database(cause) => tracing::error!(error = %self, %cause, "request failed"),
+            ApiError::Database(cause) if status.is_server_error() => {
+                tracing::error!(error = %self, %cause, "request failed")
+            }
             _ if status.is_server_error() => tracing::error!(error = %self, "request failed"),
             _ => {}
         }
@@ -86,6 +89,22 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+fn database_message(e: &sqlx::Error) -> &'static str {
+    if database_unavailable(e) {
+        "database unavailable, try again"
+    } else if unique_violation(e) {
+        "already exists: another request created it at the same moment"
+    } else {
+        "database error"
+    }
+}
+
+/// A unique index refused a row: two requests created the same thing at once
+/// and this one came second (the checks before the insert saw nothing yet).
+pub fn unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
 
 /// The database cannot be reached or asks the client to come back: the server is
 /// down or restarting, the connection broke, no pooled connection came free within
@@ -150,6 +169,9 @@ mod tests {
             other.execute("PRAGMA busy_timeout = 0").await.expect("pragma");
             let duplicate = other.execute("INSERT INTO t VALUES (1)").await.expect_err("duplicate key");
             assert!(!database_unavailable(&duplicate), "{duplicate}");
+            let raced = ApiError::Database(duplicate);
+            assert_eq!(raced.status(), StatusCode::CONFLICT, "a lost creation race is a 409: {raced}");
+            assert!(raced.to_string().contains("already exists"), "{raced}");
             holder.execute("BEGIN IMMEDIATE").await.expect("begin");
             let locked = other.execute("INSERT INTO t VALUES (2)").await.expect_err("locked");
             assert!(database_unavailable(&locked), "{locked}");

@@ -712,3 +712,25 @@ fn release_calendar_is_configurable_per_organisation() {
         assert_eq!(cal["config"]["baseline_months"], json!([3, 9]), "{cal}");
     }
 }
+
+/// Creating the same name from many clients at once: exactly one wins, every
+/// other gets a 409 (never a 5xx), whichever check stops it.
+#[test]
+fn racing_creates_of_one_name_get_one_success_and_conflicts() {
+    for b in backends() {
+        let s = TestServer::start(&b);
+        let url = format!("{}/api/v1/queries", s.base);
+        let statuses: Vec<u16> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        call("POST", &url, Some(&s.admin), Some(&json!({ "name": "web", "query": "tag:web" }))).0
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("client thread")).collect()
+        });
+        assert_eq!(statuses.iter().filter(|&&st| st == 200).count(), 1, "{statuses:?}");
+        assert!(statuses.iter().all(|&st| st == 200 || st == 409), "{statuses:?}");
+    }
+}

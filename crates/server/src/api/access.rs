@@ -28,6 +28,43 @@ pub fn check_name(what: &str, name: &str) -> ApiResult<()> {
     }
 }
 
+/// Tables whose rows have a name unique within an organisation.
+#[derive(Debug, Clone, Copy)]
+pub enum Named {
+    User,
+    Baseline,
+    MaintenanceWindow,
+    SavedQuery,
+}
+
+impl Named {
+    fn table_and_noun(self) -> (&'static str, &'static str) {
+        match self {
+            Named::User => ("users", "user"),
+            Named::Baseline => ("baselines", "baseline"),
+            Named::MaintenanceWindow => ("maintenance_windows", "maintenance window"),
+            Named::SavedQuery => ("saved_queries", "saved query"),
+        }
+    }
+}
+
+/// Refuses with 409 when the organisation already has a `kind` named `name`.
+/// Two requests racing past this both try to insert; the unique index stops
+/// the second, which `ApiError` also answers with 409.
+pub async fn ensure_name_free(conn: &mut sqlx::AnyConnection, kind: Named, org_id: &str, name: &str) -> ApiResult<()> {
+    let (table, noun) = kind.table_and_noun();
+    // `table` is one of the constants above, never caller input.
+    let taken = sqlx::query(&format!("SELECT id FROM {table} WHERE org_id = $1 AND name = $2"))
+        .bind(org_id)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match taken {
+        Some(_) => Err(ApiError::Conflict(format!("{noun} {name:?} already exists"))),
+        None => Ok(()),
+    }
+}
+
 pub async fn whoami(user: User) -> Json<Value> {
     Json(json!({ "user": user.name, "user_id": user.user_id, "org_id": user.org_id, "role": user.role }))
 }
@@ -48,14 +85,7 @@ pub async fn create_user(
     check_name("user", &body.name)?;
     let role = Role::parse(&body.role)?;
     let mut tx = st.db.begin().await?;
-    let taken = sqlx::query("SELECT id FROM users WHERE org_id = $1 AND name = $2")
-        .bind(&user.org_id)
-        .bind(&body.name)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if taken.is_some() {
-        return Err(ApiError::Conflict(format!("user {:?} already exists", body.name)));
-    }
+    ensure_name_free(&mut tx, Named::User, &user.org_id, &body.name).await?;
     let id = new_id()?;
     sqlx::query("INSERT INTO users (id, org_id, name, role, created) VALUES ($1, $2, $3, $4, $5)")
         .bind(&id)

@@ -249,14 +249,7 @@ pub async fn create_baseline(
         }
     }
     let mut tx = st.db.begin().await?;
-    let taken = sqlx::query("SELECT id FROM baselines WHERE org_id = $1 AND name = $2")
-        .bind(&user.org_id)
-        .bind(&b.name)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if taken.is_some() {
-        return Err(ApiError::Conflict(format!("baseline {:?} already exists", b.name)));
-    }
+    super::access::ensure_name_free(&mut tx, super::access::Named::Baseline, &user.org_id, &b.name).await?;
     let id = new_id()?;
     sqlx::query(
         "INSERT INTO baselines (id, org_id, name, product, released, planned, reason, created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

@@ -57,14 +57,7 @@ pub async fn create_window(
         .map_err(|e| ApiError::BadRequest(format!("time_zone {:?} unknown: {e}", w.time_zone)))?;
     let day_names: Vec<&str> = days.iter().map(|d| day_name(*d)).collect();
     let mut tx = st.db.begin().await?;
-    let taken = sqlx::query("SELECT id FROM maintenance_windows WHERE org_id = $1 AND name = $2")
-        .bind(&user.org_id)
-        .bind(&w.name)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if taken.is_some() {
-        return Err(ApiError::Conflict(format!("maintenance window {:?} already exists", w.name)));
-    }
+    super::access::ensure_name_free(&mut tx, super::access::Named::MaintenanceWindow, &user.org_id, &w.name).await?;
     let id = new_id()?;
     sqlx::query(
         "INSERT INTO maintenance_windows (id, org_id, name, days, start_minute, duration_minutes, time_zone, created) \

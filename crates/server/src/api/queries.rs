@@ -110,14 +110,7 @@ pub async fn create_query(
     super::access::check_name("query", &q.name)?;
     parse_query(&q.query)?;
     let mut tx = st.db.begin().await?;
-    let taken = sqlx::query("SELECT id FROM saved_queries WHERE org_id = $1 AND name = $2")
-        .bind(&user.org_id)
-        .bind(&q.name)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if taken.is_some() {
-        return Err(ApiError::Conflict(format!("saved query {:?} already exists", q.name)));
-    }
+    super::access::ensure_name_free(&mut tx, super::access::Named::SavedQuery, &user.org_id, &q.name).await?;
     let id = new_id()?;
     sqlx::query("INSERT INTO saved_queries (id, org_id, name, query, created) VALUES ($1, $2, $3, $4, $5)")
         .bind(&id)
