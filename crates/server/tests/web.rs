@@ -68,6 +68,8 @@ fn web_ui_pages_render_the_fleet_in_a_browser() {
 
         let catalog = view(&s, "/ui/catalog");
         assert!(text_of(&catalog, "hotpatches").contains("CVE-2027-1234"), "{catalog}");
+        let calendar = text_of(&catalog, "calendar");
+        assert!(calendar.contains("planned baseline (restart)") && calendar.contains("hotpatch month"), "{calendar}");
 
         let billing = view(&s, "/ui/billing");
         assert!(text_of(&billing, "subscription").contains("1.50 USD"), "{billing}");

@@ -77,11 +77,17 @@ pub struct Year {
 
 pub async fn get_calendar(State(st): State<AppState>, user: User, Query(q): Query<Year>) -> ApiResult<Json<Value>> {
     let year = q.year.unwrap_or_else(|| jiff::Zoned::now().year());
+    Ok(Json(calendar_year(&st, &user.org_id, year).await?))
+}
+
+/// The organisation's calendar of one year: its cadence, and each month's kind
+/// with the reason, release date and the baselines registered in it.
+pub async fn calendar_year(st: &AppState, org_id: &str, year: i16) -> ApiResult<Value> {
     if !(2000..=2200).contains(&year) {
         return Err(ApiError::BadRequest(format!("year {year} must be 2000-2200")));
     }
-    let registered = baselines(&st, &user.org_id).await?;
-    let mut calendar = org_calendar(&st, &user.org_id).await?;
+    let registered = baselines(st, org_id).await?;
+    let mut calendar = org_calendar(st, org_id).await?;
     let config = serde_json::to_value(calendar.config())?;
     for b in registered.iter().filter(|b| !b.planned) {
         let Some(month) = date_of(b.released).and_then(YearMonth::of) else {
@@ -110,5 +116,5 @@ pub async fn get_calendar(State(st): State<AppState>, user: User, Query(q): Quer
             "release_date": calendar.release_date(month).to_string(), "baselines": here,
         }));
     }
-    Ok(Json(json!({ "year": year, "config": config, "months": months })))
+    Ok(json!({ "year": year, "config": config, "months": months }))
 }

@@ -160,6 +160,24 @@ pub async fn catalog_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Ht
         })
         .collect();
     page.table("baselines", &["baseline", "product", "released", "kind", "coverage"], &b);
+    let year = jiff::Zoned::now().year();
+    page.h(2, &format!("Release calendar {year}"));
+    let cal = crate::api::calendar::calendar_year(&st, &u.0.org_id, year).await?;
+    let months: Vec<Vec<String>> = cal["months"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|m| {
+                    let names: Vec<&str> = m["baselines"]
+                        .as_array()
+                        .map(|b| b.iter().filter_map(|x| x["name"].as_str()).collect())
+                        .unwrap_or_default();
+                    vec![s(&m["month"]), s(&m["kind"]), s(&m["release_date"]), s(&m["reason"]), esc(&names.join(", "))]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    page.table("calendar", &["month", "kind", "release day", "what it brings", "registered"], &months);
     Ok(render(&page, "Catalog", &u))
 }
 
