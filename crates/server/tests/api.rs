@@ -734,3 +734,30 @@ fn racing_creates_of_one_name_get_one_success_and_conflicts() {
         assert!(statuses.iter().all(|&st| st == 200 || st == 409), "{statuses:?}");
     }
 }
+
+/// Every route the API serves, with each of its methods, is documented in
+/// /openapi.json (read from the router's source, so a new route without docs fails).
+#[test]
+fn openapi_documents_every_route() {
+    let source = include_str!("../src/api/mod.rs");
+    let doc: Value = serde_json::from_str(include_str!("../openapi.json")).expect("openapi.json is JSON");
+    let mut checked = 0;
+    for chunk in source.split(".route(").skip(1) {
+        let Some(path) = chunk.strip_prefix('"').and_then(|c| c.split('"').next()) else { continue };
+        if !path.starts_with("/api/") {
+            continue;
+        }
+        let end = chunk.find("\n        .route(").unwrap_or(chunk.len());
+        for method in ["get", "post", "put", "delete"] {
+            if chunk[..end].contains(&format!("{method}(")) {
+                assert!(
+                    doc["paths"][path][method].is_object(),
+                    "{} {path} is not in openapi.json",
+                    method.to_uppercase()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 30, "only {checked} routes found: has the router's source changed shape?");
+}
