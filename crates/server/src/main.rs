@@ -44,6 +44,10 @@ struct RunArgs {
     /// PEM private key.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Mark the web session cookie Secure even when serving plain HTTP: for a
+    /// server behind a proxy that terminates TLS (on with --tls-cert anyway).
+    #[arg(long)]
+    secure_cookies: bool,
     /// Free trial for organisations created at first start, in days.
     #[arg(long, default_value_t = 30)]
     trial_days: i64,
@@ -173,7 +177,10 @@ async fn run(state: hotpatch_server::AppState, args: RunArgs, tls: Option<TlsAcc
     serve::warn_if_plain_public(addr, tls.is_some());
     tracing::info!(%addr, tls = tls.is_some(), backend = ?state.db.backend, "hotpatch-server listening");
     // Browsers reach a TLS server over HTTPS only: its session cookie is Secure.
-    let app = hotpatch_server::router(hotpatch_server::AppState { secure_cookies: tls.is_some(), ..state });
+    let app = hotpatch_server::router(hotpatch_server::AppState {
+        secure_cookies: tls.is_some() || args.secure_cookies,
+        ..state
+    });
     serve::serve(listener, tls, app, shutdown_signal()).await?;
     Ok(())
 }

@@ -151,6 +151,27 @@ fn plain_http_on_loopback_sets_no_secure_cookie() {
     }
 }
 
+/// Behind a proxy that terminates TLS the server speaks plain HTTP, and
+/// `--secure-cookies` still marks the session cookie Secure.
+#[test]
+fn secure_cookies_flag_marks_cookies_behind_a_tls_proxy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let args: Vec<std::ffi::OsString> = vec![
+        "--data".into(),
+        data.as_os_str().to_owned(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--secure-cookies".into(),
+    ];
+    let server = ServerProcess::start(args);
+    let base = format!("http://{}", server.addr);
+    let r = answer(plain_client().post(&format!("{base}/ui/login")).send_form(&[("token", &server.admin)]))
+        .expect("sign in");
+    let cookie = r.header("Set-Cookie").expect("session cookie").to_string();
+    assert!(cookie.contains("; Secure") && cookie.contains("HttpOnly"), "{cookie}");
+}
+
 #[test]
 fn a_bad_certificate_or_key_stops_the_start_naming_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
