@@ -14,7 +14,6 @@ pub mod coverage;
 pub mod db;
 pub mod error;
 pub mod offer;
-pub mod query;
 pub mod schema;
 pub mod serve;
 pub mod state;

@@ -15,10 +15,10 @@ use super::json::ApiJson;
 use crate::audit;
 use crate::auth::{Role, User};
 use crate::error::{ApiError, ApiResult};
-use crate::query::{self, Facts, Field, Query};
 use crate::state::AppState;
 use crate::util::{new_id, now, parse_time, rfc3339, sha256_hex};
 use crate::windows::{Window, day_name, parse_day, parse_start};
+use hotpatch_query::{self as query, Facts, Field, Query};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

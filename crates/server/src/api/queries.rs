@@ -15,9 +15,9 @@ use crate::audit;
 use crate::auth::{Role, User};
 use crate::db::Backend;
 use crate::error::{ApiError, ApiResult};
-use crate::query::{self, Facts, Field, Query};
 use crate::state::AppState;
 use crate::util::{new_id, now, rfc3339};
+use hotpatch_query::{self as query, Facts, Field, Query};
 
 /// Parses query text from a request: a bad query is the caller's 400, with the position.
 pub fn parse_query(text: &str) -> ApiResult<Query> {
