@@ -90,9 +90,47 @@ fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// How long an error that may stem from the process exiting waits for the
+/// exit to show before it is reported as it is.
+const EXIT_GRACE: Duration = Duration::from_millis(250);
+
+/// A step that failed because the process exited meanwhile (its memory read
+/// as empty, its threads vanished under ptrace, its maps went blank) reports
+/// `ProcessExited`, not whatever that step saw.
+fn exited_meanwhile(pid: i32, err: EngineError) -> EngineError {
+    let may_stem_from_exit = match &err {
+        EngineError::ProcessExited(_) => return err,
+        EngineError::Io { .. }
+        | EngineError::Ptrace { .. }
+        | EngineError::Inject { .. }
+        | EngineError::PermissionDenied { .. }
+        | EngineError::Traced { .. } => true,
+        // Checked once, without waiting: these are ordinary refusals far more often.
+        EngineError::TargetNotMapped { .. } | EngineError::SiteMismatch { .. } | EngineError::BadRegion { .. } => false,
+        _ => return err,
+    };
+    let end = Instant::now() + if may_stem_from_exit { EXIT_GRACE } else { Duration::ZERO };
+    loop {
+        if procfs::process_exiting(pid) {
+            return EngineError::ProcessExited(pid);
+        }
+        if Instant::now() >= end {
+            return err;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Applies `package` to process `pid`. A lower level of the same baseline
 /// already applied is replaced in the same transition.
+///
+/// A process that exits while this runs gives `ProcessExited`, whatever step
+/// noticed it; nothing of the engine stays attached to it.
 pub fn apply(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Result<ApplyReport, EngineError> {
+    apply_inner(pid, package, opts).map_err(|e| exited_meanwhile(pid, e))
+}
+
+fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Result<ApplyReport, EngineError> {
     let started = Instant::now();
     let manifest = &package.manifest;
     if manifest.target.machine != Machine::X86_64 || !cfg!(target_arch = "x86_64") {
@@ -346,6 +384,10 @@ pub fn apply(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Result
 /// Rolls back `patch_id` (or the only hotpatch applied) in process `pid`:
 /// restores the baseline bytes at every site and unmaps the region.
 pub fn rollback(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Result<RollbackReport, EngineError> {
+    rollback_inner(pid, patch_id, opts).map_err(|e| exited_meanwhile(pid, e))
+}
+
+fn rollback_inner(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Result<RollbackReport, EngineError> {
     let started = Instant::now();
     let (maps, mem) = open(pid)?;
     let regions = find_regions(pid, &maps, &mem)?;

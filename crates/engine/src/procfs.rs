@@ -94,6 +94,52 @@ pub fn tracer_of(pid: i32) -> Option<i32> {
     status.lines().find_map(|l| l.strip_prefix("TracerPid:")).and_then(|v| v.trim().parse().ok())
 }
 
+/// One field of `/proc/PID/task/TID/status`, None if the thread is gone.
+fn thread_status_field(pid: i32, tid: i32, name: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned())
+}
+
+/// The pid tracing this one thread, 0 if none.
+pub fn thread_tracer(pid: i32, tid: i32) -> Option<i32> {
+    thread_status_field(pid, tid, "TracerPid:")?.parse().ok()
+}
+
+/// Whether a thread has ended: no longer listed, or a zombie / dead task
+/// still listed for a moment. Such a thread cannot be attached to (`EPERM`).
+pub fn thread_ended(pid: i32, tid: i32) -> bool {
+    match thread_status_field(pid, tid, "State:") {
+        None => true,
+        Some(state) => state.starts_with('Z') || state.starts_with('X'),
+    }
+}
+
+/// Whether the whole process has ended (or is ending: its main thread is gone
+/// and no other thread is left running).
+pub fn process_ended(pid: i32) -> bool {
+    match tasks(pid) {
+        Err(_) => true,
+        Ok(tids) => tids.iter().all(|&tid| thread_ended(pid, tid)),
+    }
+}
+
+/// Whether the process is gone or on its way out: not listed, a zombie, or
+/// its memory already released (`/proc/PID/status` shows no `VmSize`).
+pub fn process_exiting(pid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return true };
+    let state = status.lines().find_map(|l| l.strip_prefix("State:")).map(str::trim).unwrap_or("");
+    state.starts_with('Z')
+        || state.starts_with('X')
+        || !status.lines().any(|l| l.starts_with("VmSize:"))
+        || process_ended(pid)
+}
+
+/// The real parent of a process (`PPid`), whatever traces it.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok())
+}
+
 /// Every process id currently in `/proc`.
 pub fn pids() -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };

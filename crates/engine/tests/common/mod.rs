@@ -101,7 +101,16 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Bounded: a thread left traced by this process (an engine bug) would
+        // keep the killed process from ever being reaped.
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < end {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        eprintln!("process {} could not be reaped: a thread of it is still traced by this test", self.child.id());
     }
 }
 
@@ -210,4 +219,20 @@ pub fn region_count(pid: i32) -> usize {
     std::fs::read_to_string(format!("/proc/{pid}/maps"))
         .map(|m| m.lines().filter(|l| l.contains("/memfd:hotpatch:") && l.contains(" 00000000 ")).count())
         .unwrap_or(0)
+}
+
+/// Every thread of `pid` that still exists: not traced by anyone and not left
+/// in a tracing stop. Threads that exit while we look are skipped.
+pub fn assert_no_thread_traced(pid: i32) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return };
+    for entry in dir.flatten() {
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
+        let field = |name: &str| {
+            status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned()).unwrap_or_default()
+        };
+        let tid = entry.file_name().to_string_lossy().into_owned();
+        assert_eq!(field("TracerPid:"), "0", "thread {tid} of {pid} is still traced");
+        let state = field("State:");
+        assert!(!state.starts_with('t') && !state.starts_with('T'), "thread {tid} of {pid} is left stopped: {state}");
+    }
 }
