@@ -99,15 +99,27 @@ const EXIT_GRACE: Duration = Duration::from_millis(250);
 /// `ProcessExited`, not whatever that step saw.
 fn exited_meanwhile(pid: i32, err: EngineError) -> EngineError {
     let may_stem_from_exit = match &err {
-        EngineError::ProcessExited(_) => return err,
+        // About the package or the engine's own answer, never about the process.
+        EngineError::ProcessExited(_)
+        | EngineError::Busy { .. }
+        | EngineError::LevelNotHigher { .. }
+        | EngineError::UnsupportedMachine(_)
+        | EngineError::Link(_) => return err,
+        // What the process's exit looks like to the step that meets it.
         EngineError::Io { .. }
         | EngineError::Ptrace { .. }
         | EngineError::Inject { .. }
         | EngineError::PermissionDenied { .. }
         | EngineError::Traced { .. } => true,
-        // Checked once, without waiting: these are ordinary refusals far more often.
-        EngineError::TargetNotMapped { .. } | EngineError::SiteMismatch { .. } | EngineError::BadRegion { .. } => false,
-        _ => return err,
+        // Refusals read from the process (its maps went blank, its files
+        // unreadable, its memory empty): checked once, without waiting, as they
+        // are ordinary refusals far more often.
+        EngineError::TargetNotMapped { .. }
+        | EngineError::Symbol(_)
+        | EngineError::SiteMismatch { .. }
+        | EngineError::NoRoom { .. }
+        | EngineError::NotApplied(_)
+        | EngineError::BadRegion { .. } => false,
     };
     let end = Instant::now() + if may_stem_from_exit { EXIT_GRACE } else { Duration::ZERO };
     loop {

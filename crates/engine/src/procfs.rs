@@ -123,15 +123,41 @@ pub fn process_ended(pid: i32) -> bool {
     }
 }
 
-/// Whether the process is gone or on its way out: not listed, a zombie, or
-/// its memory already released (`/proc/PID/status` shows no `VmSize`).
+/// Whether the process is gone or on its way out: not listed, a zombie, its
+/// memory already released (`/proc/PID/status` shows no `VmSize`), or a
+/// `SIGKILL` pending (how `exit_group` and a fatal signal take every thread down).
 pub fn process_exiting(pid: i32) -> bool {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return true };
-    let state = status.lines().find_map(|l| l.strip_prefix("State:")).map(str::trim).unwrap_or("");
-    state.starts_with('Z')
-        || state.starts_with('X')
-        || !status.lines().any(|l| l.starts_with("VmSize:"))
-        || process_ended(pid)
+    let field = |status: &str, name: &str| -> Option<String> {
+        status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned())
+    };
+    let sigkill_pending = |status: &str| {
+        ["SigPnd:", "ShdPnd:"].iter().any(|name| {
+            field(status, name).and_then(|v| u64::from_str_radix(&v, 16).ok()).is_some_and(|mask| mask & (1 << 8) != 0)
+        })
+    };
+    let state = field(&status, "State:").unwrap_or_default();
+    if state.starts_with('Z') || state.starts_with('X') || field(&status, "VmSize:").is_none() {
+        return true;
+    }
+    if sigkill_pending(&status) {
+        return true;
+    }
+    let Ok(tids) = tasks(pid) else { return true };
+    let mut all_ended = true;
+    for tid in tids {
+        match std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) {
+            Err(_) => {}
+            Ok(s) => {
+                if sigkill_pending(&s) {
+                    return true;
+                }
+                let state = field(&s, "State:").unwrap_or_default();
+                all_ended &= state.starts_with('Z') || state.starts_with('X');
+            }
+        }
+    }
+    all_ended
 }
 
 /// The real parent of a process (`PPid`), whatever traces it.
