@@ -78,12 +78,39 @@ fn open(pid: i32) -> Result<(Vec<procfs::Mapping>, ProcessMemory), EngineError> 
     Ok((maps, mem))
 }
 
+/// Environment variable naming more debug roots (`:`-separated), searched in
+/// order before `/usr/lib/debug`, each laid out as `ROOT/.build-id/ab/cdef....debug`.
+pub const DEBUG_DIRS_ENV: &str = "HOTPATCH_DEBUG_DIRS";
+
+/// The debug roots searched for a stripped target's debug file: those of
+/// [`DEBUG_DIRS_ENV`], then `/usr/lib/debug`.
+pub fn debug_roots() -> Vec<std::path::PathBuf> {
+    let extra = std::env::var_os(DEBUG_DIRS_ENV).unwrap_or_default();
+    std::env::split_paths(&extra)
+        .filter(|p| !p.as_os_str().is_empty())
+        .chain(std::iter::once(std::path::PathBuf::from(hotpatch_elf::DEFAULT_DEBUG_ROOT)))
+        .collect()
+}
+
+/// The separate debug file of a target without `.symtab`: the first one found
+/// by build-id under the debug roots whose own build-id is the target's (a
+/// debug file of another build would name wrong addresses).
 fn debug_file(elf: &TargetElf<'_>) -> Option<Vec<u8>> {
     if elf.has_symtab() {
         return None;
     }
-    let path = hotpatch_elf::debug_file_path(elf.build_id().ok()??)?;
-    std::fs::read(path).ok()
+    let build_id = elf.build_id().ok()??;
+    debug_roots().iter().find_map(|root| {
+        let path = hotpatch_elf::debug_file_path_in(root, build_id)?;
+        let data = std::fs::read(&path).ok()?;
+        match TargetElf::parse(&data).ok()?.build_id() {
+            Ok(Some(id)) if id == build_id => Some(data),
+            _ => {
+                tracing::warn!(path = %path.display(), "debug file is of another build; ignored");
+                None
+            }
+        }
+    })
 }
 
 fn now_unix() -> u64 {
