@@ -33,8 +33,15 @@ impl Mapping {
     }
 
     /// The mapped file itself, even if it was deleted or replaced on disk since.
+    /// `/proc/PID/map_files` goes through the main thread; once it has exited
+    /// (pthread_exit) only the path remains, seen from the process's root.
     pub fn map_file(&self, pid: i32) -> PathBuf {
-        PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", self.start, self.end))
+        let main = format!("/proc/{pid}");
+        let dir = proc_dir(pid);
+        if dir == main {
+            return PathBuf::from(format!("{main}/map_files/{:x}-{:x}", self.start, self.end));
+        }
+        PathBuf::from(format!("{dir}/root{}", self.path))
     }
 }
 
@@ -68,8 +75,25 @@ fn parse_maps_line(line: &str) -> Option<Mapping> {
     })
 }
 
+/// Where the process's memory, mappings and descriptors are seen in `/proc`:
+/// `/proc/PID`, or, once the main thread has exited (pthread_exit: a zombie
+/// that no longer holds them), `/proc/PID/task/TID` of a thread still running.
+pub fn proc_dir(pid: i32) -> String {
+    let main = format!("/proc/{pid}");
+    if !thread_ended(pid, pid) {
+        return main;
+    }
+    match tasks(pid) {
+        Ok(tids) => match tids.into_iter().find(|&tid| !thread_ended(pid, tid)) {
+            Some(tid) => format!("/proc/{pid}/task/{tid}"),
+            None => main,
+        },
+        Err(_) => main,
+    }
+}
+
 pub fn maps(pid: i32) -> io::Result<Vec<Mapping>> {
-    Ok(parse_maps(&std::fs::read_to_string(format!("/proc/{pid}/maps"))?))
+    Ok(parse_maps(&std::fs::read_to_string(format!("{}/maps", proc_dir(pid)))?))
 }
 
 /// Thread ids of a process, in the order the kernel lists them.
@@ -123,11 +147,12 @@ pub fn process_ended(pid: i32) -> bool {
     }
 }
 
-/// Whether the process is gone or on its way out: not listed, a zombie, its
-/// memory already released (`/proc/PID/status` shows no `VmSize`), or a
-/// `SIGKILL` pending (how `exit_group` and a fatal signal take every thread down).
+/// Whether the process is gone or on its way out: no thread left running, a
+/// `SIGKILL` pending (how `exit_group` and a fatal signal take every thread
+/// down), or a running thread whose memory is already released (its status
+/// shows no `VmSize`). A main thread that alone has exited (pthread_exit) is
+/// not the process exiting.
 pub fn process_exiting(pid: i32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return true };
     let field = |status: &str, name: &str| -> Option<String> {
         status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned())
     };
@@ -136,28 +161,23 @@ pub fn process_exiting(pid: i32) -> bool {
             field(status, name).and_then(|v| u64::from_str_radix(&v, 16).ok()).is_some_and(|mask| mask & (1 << 8) != 0)
         })
     };
-    let state = field(&status, "State:").unwrap_or_default();
-    if state.starts_with('Z') || state.starts_with('X') || field(&status, "VmSize:").is_none() {
-        return true;
-    }
-    if sigkill_pending(&status) {
-        return true;
-    }
     let Ok(tids) = tasks(pid) else { return true };
-    let mut all_ended = true;
+    let mut any_running = false;
     for tid in tids {
-        match std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) {
-            Err(_) => {}
-            Ok(s) => {
-                if sigkill_pending(&s) {
-                    return true;
-                }
-                let state = field(&s, "State:").unwrap_or_default();
-                all_ended &= state.starts_with('Z') || state.starts_with('X');
-            }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else { continue };
+        if sigkill_pending(&status) {
+            return true;
         }
+        let state = field(&status, "State:").unwrap_or_default();
+        if state.starts_with('Z') || state.starts_with('X') {
+            continue;
+        }
+        if field(&status, "VmSize:").is_none() {
+            return true;
+        }
+        any_running = true;
     }
-    all_ended
+    !any_running
 }
 
 /// The real parent of a process (`PPid`), whatever traces it.
@@ -183,7 +203,7 @@ pub struct ProcessMemory {
 
 impl ProcessMemory {
     pub fn open(pid: i32, write: bool) -> io::Result<ProcessMemory> {
-        let file = std::fs::OpenOptions::new().read(true).write(write).open(format!("/proc/{pid}/mem"))?;
+        let file = std::fs::OpenOptions::new().read(true).write(write).open(format!("{}/mem", proc_dir(pid)))?;
         Ok(ProcessMemory { file })
     }
 

@@ -262,3 +262,46 @@ fn process_that_exits_in_the_middle_of_apply_or_rollback() {
     }
     eprintln!("outcomes: {outcomes:?}");
 }
+
+/// The main thread leaves with pthread_exit: it stays listed as a zombie
+/// while the other threads run on.
+const MAIN_GONE: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+int counter = 41;
+__attribute__((noinline)) int check(int x) { return x + counter; }
+static void *printer(void *a) { for (;;) { printf("%d\n", check(1)); usleep(5000); } return a; }
+static void *caller(void *a) { for (;;) { volatile int v = check(0); (void)v; usleep(100); } return a; }
+int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    pthread_t t;
+    pthread_create(&t, 0, printer, 0);
+    pthread_create(&t, 0, caller, 0);
+    pthread_exit(0);
+}
+"#;
+
+#[test]
+fn process_whose_main_thread_has_exited() {
+    let dir = Dir::new();
+    dir.write("main_gone.c", MAIN_GONE);
+    dir.write("fix_v2.c", FIX_V2);
+    dir.gcc(&["-O1", "-pthread", "-o", "main_gone", "main_gone.c"]);
+    dir.gcc(&["-c", "-fPIC", "-O2", "fix_v2.c"]);
+    let publisher = Publisher::new();
+    let pkg = publisher.package(&dir.path("main_gone"), &dir.path("fix_v2.o"), &["check=check_v2"], 1);
+    let proc = Proc::spawn(&dir.path("main_gone"), &[]);
+    proc.expect_line("42", 100);
+    let pid = proc.pid();
+    let main_state = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/status")).unwrap_or_default();
+    assert!(main_state.lines().any(|l| l.starts_with("State:") && l.contains('Z')), "{main_state}");
+    for _ in 0..2 {
+        let report = hotpatch_engine::apply(pid, &pkg, &opts()).expect("apply");
+        assert_eq!(report.threads, 2, "the zombie main thread is not one to stop");
+        proc.expect_line("83", 200);
+        hotpatch_engine::rollback(pid, None, &opts()).expect("rollback");
+        proc.expect_line("42", 200);
+        assert_no_thread_traced(pid);
+    }
+}
