@@ -294,8 +294,16 @@ fn process_whose_main_thread_has_exited() {
     let proc = Proc::spawn(&dir.path("main_gone"), &[]);
     proc.expect_line("42", 100);
     let pid = proc.pid();
-    let main_state = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/status")).unwrap_or_default();
-    assert!(main_state.lines().any(|l| l.starts_with("State:") && l.contains('Z')), "{main_state}");
+    // The other threads print before the main thread is gone: wait (bounded) for it to be.
+    let main_gone = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/status")).unwrap_or_default();
+        status.lines().any(|l| l.starts_with("State:") && l.contains('Z'))
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !main_gone() {
+        assert!(std::time::Instant::now() < end, "the main thread never exited");
+        std::thread::sleep(Duration::from_millis(2));
+    }
     for _ in 0..2 {
         let report = hotpatch_engine::apply(pid, &pkg, &opts()).expect("apply");
         assert_eq!(report.threads, 2, "the zombie main thread is not one to stop");
