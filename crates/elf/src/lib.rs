@@ -11,4 +11,6 @@ mod symbols;
 mod target;
 
 pub use symbols::{LookupError, Symbol, SymbolKind, SymbolSource, SymbolTable};
-pub use target::{ElfError, LoadSegment, TargetElf, build_id_from_prefix, debug_file_path};
+pub use target::{
+    DEFAULT_DEBUG_ROOT, ElfError, LoadSegment, TargetElf, build_id_from_prefix, debug_file_path, debug_file_path_in,
+};

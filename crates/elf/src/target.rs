@@ -2,7 +2,7 @@
 
 use object::read::elf::{ElfFile64, ProgramHeader};
 use object::{Endianness, Object, ObjectSection};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ElfError {
@@ -130,14 +130,23 @@ impl<'data> TargetElf<'data> {
     }
 }
 
+/// Where distributions install separate debug files.
+pub const DEFAULT_DEBUG_ROOT: &str = "/usr/lib/debug";
+
 /// Where distributions install a separate debug file for a build-id:
 /// `/usr/lib/debug/.build-id/ab/cdef....debug`.
 pub fn debug_file_path(build_id: &[u8]) -> Option<PathBuf> {
+    debug_file_path_in(Path::new(DEFAULT_DEBUG_ROOT), build_id)
+}
+
+/// The debug file for a build-id under the debug root `root`:
+/// `ROOT/.build-id/ab/cdef....debug` (the layout gdb and debuginfod use).
+pub fn debug_file_path_in(root: &Path, build_id: &[u8]) -> Option<PathBuf> {
     let (first, rest) = build_id.split_first()?;
     if rest.is_empty() {
         return None;
     }
-    Some(PathBuf::from(format!("/usr/lib/debug/.build-id/{:02x}/{}.debug", first, hex::encode(rest))))
+    Some(root.join(".build-id").join(format!("{first:02x}")).join(format!("{}.debug", hex::encode(rest))))
 }
 
 /// The GNU build-id from the first bytes of an ELF file, when its program
@@ -160,4 +169,21 @@ pub fn build_id_from_prefix(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_file_paths_follow_the_build_id_layout() {
+        let id = [0xab, 0xcd, 0xef, 0x01];
+        assert_eq!(debug_file_path(&id), Some(PathBuf::from("/usr/lib/debug/.build-id/ab/cdef01.debug")));
+        assert_eq!(
+            debug_file_path_in(Path::new("/tmp/dbg"), &id),
+            Some(PathBuf::from("/tmp/dbg/.build-id/ab/cdef01.debug"))
+        );
+        assert_eq!(debug_file_path(&[0xab]), None);
+        assert_eq!(debug_file_path(&[]), None);
+    }
 }

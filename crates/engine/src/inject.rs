@@ -48,10 +48,24 @@ impl<'m> Injector<'m> {
             detail: "no syscall instruction found in the vDSO or any executable mapping".into(),
         })?;
         // The main thread is the natural choice; if it already exited
-        // (pthread_exit from main), borrow any other.
-        let tids = crate::procfs::tasks(pid).map_err(|e| EngineError::proc_access(pid, "list threads", e))?;
-        let tid = if tids.contains(&pid) { pid } else { *tids.first().ok_or(EngineError::ProcessExited(pid))? };
-        ptrace::seize(tid).map_err(|e| crate::threads::attach_error(pid, tid, e))?;
+        // (pthread_exit from main: a zombie still listed), borrow any other.
+        let mut tids = crate::procfs::tasks(pid).map_err(|e| EngineError::proc_access(pid, "list threads", e))?;
+        tids.sort_by_key(|&t| t != pid);
+        let mut borrowed = None;
+        for tid in tids {
+            match ptrace::seize(tid) {
+                Ok(()) => {
+                    borrowed = Some(tid);
+                    break;
+                }
+                Err(e) => {
+                    if let Some(err) = crate::threads::attach_error(pid, tid, e) {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        let tid = borrowed.ok_or(EngineError::ProcessExited(pid))?;
         let mut inj = Injector {
             pid,
             tid,
@@ -63,7 +77,11 @@ impl<'m> Injector<'m> {
             pending_signals: Vec::new(),
             done: false,
         };
-        ptrace::interrupt(tid).map_err(|e| EngineError::Ptrace { tid, op: "interrupt", source: e })?;
+        if let Err(e) = ptrace::interrupt(tid) {
+            // Only a thread that is gone refuses the interrupt of its tracer.
+            inj.done = true;
+            return Err(EngineError::Ptrace { tid, op: "interrupt", source: e });
+        }
         loop {
             match ptrace::wait(tid).map_err(|e| EngineError::Ptrace { tid, op: "wait", source: e })? {
                 Stop::Exited => {
@@ -159,13 +177,14 @@ impl<'m> Injector<'m> {
         let regs =
             ptrace::set_regs(tid, &self.saved).map_err(|e| EngineError::Ptrace { tid, op: "setregs", source: e });
         let first = self.pending_signals.first().copied().unwrap_or(0);
-        let detach = ptrace::detach(tid, first).map_err(|e| EngineError::Ptrace { tid, op: "detach", source: e });
+        // Detaches, or reaps the thread if the process was killed meanwhile.
+        crate::threads::let_go(self.pid, tid, first);
         // More than one held-back signal: queue the rest again.
         for &sig in self.pending_signals.iter().skip(1) {
             // SAFETY: plain syscall.
             unsafe { libc::syscall(libc::SYS_tgkill, self.pid, tid, sig) };
         }
-        scratch.and(regs).and(detach)
+        scratch.and(regs)
     }
 }
 

@@ -14,6 +14,12 @@
 //!
 //! Invariant: every step before the sites are written changes nothing the
 //! process can observe, and any failure before then undoes what it mapped.
+//!
+//! Symbols of a stripped target come from its separate debug file, found by
+//! build-id as `ROOT/.build-id/ab/cdef....debug` under each debug root: those
+//! named by the environment variable `HOTPATCH_DEBUG_DIRS` (`:`-separated,
+//! searched first), then `/usr/lib/debug`. A debug file whose own build-id is
+//! not the target's is ignored.
 
 pub mod error;
 pub mod inject;
@@ -30,6 +36,8 @@ pub mod threads;
 pub mod transition;
 
 pub use error::EngineError;
-pub use patch::{ApplyOptions, ApplyReport, ReplacedPatch, RollbackReport, apply, rollback};
+pub use patch::{
+    ApplyOptions, ApplyReport, DEBUG_DIRS_ENV, ReplacedPatch, RollbackReport, apply, debug_roots, rollback,
+};
 pub use status::{AppliedPatch, RunningTarget, processes_with_target, running_targets, status, status_all};
 pub use threads::stop_resume_floor;

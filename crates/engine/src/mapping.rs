@@ -57,7 +57,7 @@ fn fill_and_map(
 ) -> Result<(), EngineError> {
     let size = image.bytes.len() as u64;
     // Our own handle on the target's memfd, to fill it without running code there.
-    let path = format!("/proc/{pid}/fd/{fd}");
+    let path = format!("{}/fd/{fd}", crate::procfs::proc_dir(pid));
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -78,21 +78,98 @@ fn open(pid: i32) -> Result<(Vec<procfs::Mapping>, ProcessMemory), EngineError> 
     Ok((maps, mem))
 }
 
+/// Environment variable naming more debug roots (`:`-separated), searched in
+/// order before `/usr/lib/debug`, each laid out as `ROOT/.build-id/ab/cdef....debug`.
+pub const DEBUG_DIRS_ENV: &str = "HOTPATCH_DEBUG_DIRS";
+
+/// The debug roots searched for a stripped target's debug file: those of
+/// [`DEBUG_DIRS_ENV`], then `/usr/lib/debug`.
+pub fn debug_roots() -> Vec<std::path::PathBuf> {
+    let extra = std::env::var_os(DEBUG_DIRS_ENV).unwrap_or_default();
+    std::env::split_paths(&extra)
+        .filter(|p| !p.as_os_str().is_empty())
+        .chain(std::iter::once(std::path::PathBuf::from(hotpatch_elf::DEFAULT_DEBUG_ROOT)))
+        .collect()
+}
+
+/// The separate debug file of a target without `.symtab`: the first one found
+/// by build-id under the debug roots whose own build-id is the target's (a
+/// debug file of another build would name wrong addresses).
 fn debug_file(elf: &TargetElf<'_>) -> Option<Vec<u8>> {
     if elf.has_symtab() {
         return None;
     }
-    let path = hotpatch_elf::debug_file_path(elf.build_id().ok()??)?;
-    std::fs::read(path).ok()
+    let build_id = elf.build_id().ok()??;
+    debug_roots().iter().find_map(|root| {
+        let path = hotpatch_elf::debug_file_path_in(root, build_id)?;
+        let data = std::fs::read(&path).ok()?;
+        match TargetElf::parse(&data).ok()?.build_id() {
+            Ok(Some(id)) if id == build_id => Some(data),
+            _ => {
+                tracing::warn!(path = %path.display(), "debug file is of another build; ignored");
+                None
+            }
+        }
+    })
 }
 
 fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// How long an error that may stem from the process exiting waits for the
+/// exit to show before it is reported as it is.
+const EXIT_GRACE: Duration = Duration::from_millis(250);
+
+/// A step that failed because the process exited meanwhile (its memory read
+/// as empty, its threads vanished under ptrace, its maps went blank) reports
+/// `ProcessExited`, not whatever that step saw.
+fn exited_meanwhile(pid: i32, err: EngineError) -> EngineError {
+    let may_stem_from_exit = match &err {
+        // About the package or the engine's own answer, never about the process.
+        EngineError::ProcessExited(_)
+        | EngineError::Busy { .. }
+        | EngineError::LevelNotHigher { .. }
+        | EngineError::UnsupportedMachine(_)
+        | EngineError::Link(_) => return err,
+        // What the process's exit looks like to the step that meets it.
+        EngineError::Io { .. }
+        | EngineError::Ptrace { .. }
+        | EngineError::Inject { .. }
+        | EngineError::PermissionDenied { .. }
+        | EngineError::Traced { .. } => true,
+        // Refusals read from the process (its maps went blank, its files
+        // unreadable, its memory empty): checked once, without waiting, as they
+        // are ordinary refusals far more often.
+        EngineError::TargetNotMapped { .. }
+        | EngineError::Symbol(_)
+        | EngineError::SiteMismatch { .. }
+        | EngineError::NoRoom { .. }
+        | EngineError::NotApplied(_)
+        | EngineError::BadRegion { .. } => false,
+    };
+    let end = Instant::now() + if may_stem_from_exit { EXIT_GRACE } else { Duration::ZERO };
+    loop {
+        if procfs::process_exiting(pid) {
+            return EngineError::ProcessExited(pid);
+        }
+        if Instant::now() >= end {
+            return err;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Applies `package` to process `pid`. A lower level of the same baseline
 /// already applied is replaced in the same transition.
+///
+/// A process that exits while this runs gives `ProcessExited`, whatever step
+/// noticed it; nothing of the engine stays attached to it.
 pub fn apply(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Result<ApplyReport, EngineError> {
+    apply_inner(pid, package, opts).map_err(|e| exited_meanwhile(pid, e))
+}
+
+fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Result<ApplyReport, EngineError> {
     let started = Instant::now();
     let manifest = &package.manifest;
     if manifest.target.machine != Machine::X86_64 || !cfg!(target_arch = "x86_64") {
@@ -346,6 +423,10 @@ pub fn apply(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Result
 /// Rolls back `patch_id` (or the only hotpatch applied) in process `pid`:
 /// restores the baseline bytes at every site and unmaps the region.
 pub fn rollback(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Result<RollbackReport, EngineError> {
+    rollback_inner(pid, patch_id, opts).map_err(|e| exited_meanwhile(pid, e))
+}
+
+fn rollback_inner(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Result<RollbackReport, EngineError> {
     let started = Instant::now();
     let (maps, mem) = open(pid)?;
     let regions = find_regions(pid, &maps, &mem)?;

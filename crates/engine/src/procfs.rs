@@ -33,8 +33,15 @@ impl Mapping {
     }
 
     /// The mapped file itself, even if it was deleted or replaced on disk since.
+    /// `/proc/PID/map_files` goes through the main thread; once it has exited
+    /// (pthread_exit) only the path remains, seen from the process's root.
     pub fn map_file(&self, pid: i32) -> PathBuf {
-        PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", self.start, self.end))
+        let main = format!("/proc/{pid}");
+        let dir = proc_dir(pid);
+        if dir == main {
+            return PathBuf::from(format!("{main}/map_files/{:x}-{:x}", self.start, self.end));
+        }
+        PathBuf::from(format!("{dir}/root{}", self.path))
     }
 }
 
@@ -68,8 +75,25 @@ fn parse_maps_line(line: &str) -> Option<Mapping> {
     })
 }
 
+/// Where the process's memory, mappings and descriptors are seen in `/proc`:
+/// `/proc/PID`, or, once the main thread has exited (pthread_exit: a zombie
+/// that no longer holds them), `/proc/PID/task/TID` of a thread still running.
+pub fn proc_dir(pid: i32) -> String {
+    let main = format!("/proc/{pid}");
+    if !thread_ended(pid, pid) {
+        return main;
+    }
+    match tasks(pid) {
+        Ok(tids) => match tids.into_iter().find(|&tid| !thread_ended(pid, tid)) {
+            Some(tid) => format!("/proc/{pid}/task/{tid}"),
+            None => main,
+        },
+        Err(_) => main,
+    }
+}
+
 pub fn maps(pid: i32) -> io::Result<Vec<Mapping>> {
-    Ok(parse_maps(&std::fs::read_to_string(format!("/proc/{pid}/maps"))?))
+    Ok(parse_maps(&std::fs::read_to_string(format!("{}/maps", proc_dir(pid)))?))
 }
 
 /// Thread ids of a process, in the order the kernel lists them.
@@ -94,6 +118,74 @@ pub fn tracer_of(pid: i32) -> Option<i32> {
     status.lines().find_map(|l| l.strip_prefix("TracerPid:")).and_then(|v| v.trim().parse().ok())
 }
 
+/// One field of `/proc/PID/task/TID/status`, None if the thread is gone.
+fn thread_status_field(pid: i32, tid: i32, name: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned())
+}
+
+/// The pid tracing this one thread, 0 if none.
+pub fn thread_tracer(pid: i32, tid: i32) -> Option<i32> {
+    thread_status_field(pid, tid, "TracerPid:")?.parse().ok()
+}
+
+/// Whether a thread has ended: no longer listed, or a zombie / dead task
+/// still listed for a moment. Such a thread cannot be attached to (`EPERM`).
+pub fn thread_ended(pid: i32, tid: i32) -> bool {
+    match thread_status_field(pid, tid, "State:") {
+        None => true,
+        Some(state) => state.starts_with('Z') || state.starts_with('X'),
+    }
+}
+
+/// Whether the whole process has ended (or is ending: its main thread is gone
+/// and no other thread is left running).
+pub fn process_ended(pid: i32) -> bool {
+    match tasks(pid) {
+        Err(_) => true,
+        Ok(tids) => tids.iter().all(|&tid| thread_ended(pid, tid)),
+    }
+}
+
+/// Whether the process is gone or on its way out: no thread left running, a
+/// `SIGKILL` pending (how `exit_group` and a fatal signal take every thread
+/// down), or a running thread whose memory is already released (its status
+/// shows no `VmSize`). A main thread that alone has exited (pthread_exit) is
+/// not the process exiting.
+pub fn process_exiting(pid: i32) -> bool {
+    let field = |status: &str, name: &str| -> Option<String> {
+        status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned())
+    };
+    let sigkill_pending = |status: &str| {
+        ["SigPnd:", "ShdPnd:"].iter().any(|name| {
+            field(status, name).and_then(|v| u64::from_str_radix(&v, 16).ok()).is_some_and(|mask| mask & (1 << 8) != 0)
+        })
+    };
+    let Ok(tids) = tasks(pid) else { return true };
+    let mut any_running = false;
+    for tid in tids {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else { continue };
+        if sigkill_pending(&status) {
+            return true;
+        }
+        let state = field(&status, "State:").unwrap_or_default();
+        if state.starts_with('Z') || state.starts_with('X') {
+            continue;
+        }
+        if field(&status, "VmSize:").is_none() {
+            return true;
+        }
+        any_running = true;
+    }
+    !any_running
+}
+
+/// The real parent of a process (`PPid`), whatever traces it.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok())
+}
+
 /// Every process id currently in `/proc`.
 pub fn pids() -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
@@ -111,7 +203,7 @@ pub struct ProcessMemory {
 
 impl ProcessMemory {
     pub fn open(pid: i32, write: bool) -> io::Result<ProcessMemory> {
-        let file = std::fs::OpenOptions::new().read(true).write(write).open(format!("/proc/{pid}/mem"))?;
+        let file = std::fs::OpenOptions::new().read(true).write(write).open(format!("{}/mem", proc_dir(pid)))?;
         Ok(ProcessMemory { file })
     }
 

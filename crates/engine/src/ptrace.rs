@@ -64,37 +64,49 @@ pub enum Stop {
 }
 
 pub fn wait(tid: i32) -> io::Result<Stop> {
+    wait_with(tid, 0).map(|stop| stop.unwrap_or(Stop::Exited))
+}
+
+/// Like [`wait`], without blocking: `None` while the thread has nothing to report.
+pub fn wait_nohang(tid: i32) -> io::Result<Option<Stop>> {
+    wait_with(tid, libc::WNOHANG)
+}
+
+fn wait_with(tid: i32, flags: i32) -> io::Result<Option<Stop>> {
     let mut status = 0;
     loop {
         // SAFETY: waitpid writes one int into `status`.
-        let ret = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        let ret = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | flags) };
+        if ret == 0 {
+            return Ok(None);
+        }
         if ret == -1 {
             let err = io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
             if err.raw_os_error() == Some(libc::ECHILD) {
-                return Ok(Stop::Exited);
+                return Ok(Some(Stop::Exited));
             }
             return Err(err);
         }
         break;
     }
     if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-        return Ok(Stop::Exited);
+        return Ok(Some(Stop::Exited));
     }
     if !libc::WIFSTOPPED(status) {
-        return Ok(Stop::Exited);
+        return Ok(Some(Stop::Exited));
     }
     let sig = libc::WSTOPSIG(status);
     let event = (status >> 16) & 0xff;
-    Ok(if event == libc::PTRACE_EVENT_STOP {
+    Ok(Some(if event == libc::PTRACE_EVENT_STOP {
         Stop::Interrupted
     } else if sig == libc::SIGTRAP {
         Stop::Trap
     } else {
         Stop::Signal(sig)
-    })
+    }))
 }
 
 const ERESTART_RESTARTBLOCK: u64 = (-516i64) as u64;

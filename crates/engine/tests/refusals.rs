@@ -114,3 +114,77 @@ fn rollback_with_nothing_applied() {
     assert!(err.to_string().contains("nope"), "{err}");
     assert_eq!(snapshot(s.proc.pid()), before);
 }
+
+/// Before it says it is ready, fills every free address within ±2 GiB of its
+/// executable with PROT_NONE reservations (no memory, only address space).
+const CROWDED: &str = r#"
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+int counter = 41;
+__attribute__((noinline)) int check(int x) { return x + counter; }
+extern char __executable_start, _end;
+static unsigned long starts[8192], ends[8192];
+int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    printf("starting\n");
+    const unsigned long reach = 1UL << 31, page = 4096;
+    unsigned long lo = (unsigned long)&__executable_start, hi = (unsigned long)&_end;
+    unsigned long from = lo > reach + 0x10000 ? (lo - reach) & ~(page - 1) : 0x10000;
+    unsigned long to = (hi + reach + page - 1) & ~(page - 1);
+    int n = 0;
+    char line[512];
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (!f) { printf("FAIL maps\n"); return 3; }
+    while (n < 8192 && fgets(line, sizeof line, f)) if (sscanf(line, "%lx-%lx", &starts[n], &ends[n]) == 2) n++;
+    fclose(f);
+    unsigned long cursor = from;
+    for (int i = 0; i <= n && cursor < to; i++) {
+        unsigned long s = i < n && starts[i] < to ? starts[i] : to;
+        if (s > cursor) {
+            void *p = mmap((void *)cursor, s - cursor, PROT_NONE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+            if (p != (void *)cursor) { printf("FAIL mmap %lx-%lx\n", cursor, s); return 3; }
+        }
+        if (i < n && ends[i] > cursor) cursor = ends[i];
+    }
+    printf("filled\n");
+    for (;;) { printf("%d\n", check(1)); usleep(5000); }
+}
+"#;
+
+fn no_room(pie: bool) {
+    let dir = Dir::new();
+    dir.write("crowded.c", CROWDED);
+    dir.write("fix_v2.c", FIX_V2);
+    let mut args = vec!["-O1", "-o", "crowded", "crowded.c"];
+    if !pie {
+        args.insert(0, "-no-pie");
+    }
+    dir.gcc(&args);
+    dir.gcc(&["-c", "-fPIC", "-O2", "fix_v2.c"]);
+    let publisher = Publisher::new();
+    let pkg = publisher.package(&dir.path("crowded"), &dir.path("fix_v2.o"), &["check=check_v2"], 1);
+    let proc = Proc::spawn(&dir.path("crowded"), &[]);
+    proc.expect_line("filled", 10);
+    proc.expect_line("42", 10);
+    let before = snapshot(proc.pid());
+    let err = hotpatch_engine::apply(proc.pid(), &pkg, &opts()).expect_err("no room");
+    assert!(matches!(err, EngineError::NoRoom { .. }), "{err:?}");
+    assert!(err.to_string().contains("no room for a") && err.to_string().contains("crowded"), "{err}");
+    assert_eq!(snapshot(proc.pid()), before, "refusal changed the process: {err}");
+    assert_no_thread_traced(proc.pid());
+    proc.expect_line("42", 100);
+}
+
+#[test]
+fn no_room_for_the_region_within_reach_of_a_pie_executable() {
+    no_room(true);
+}
+
+#[test]
+fn no_room_for_the_region_within_reach_of_a_non_pie_executable() {
+    no_room(false);
+}

@@ -39,7 +39,12 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(program: &Path, env: &[(&str, &str)]) -> Proc {
+        Proc::spawn_args(program, &[], env)
+    }
+
+    pub fn spawn_args(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut cmd = Command::new(program);
+        cmd.args(args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);
@@ -101,7 +106,16 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Bounded: a thread left traced by this process (an engine bug) would
+        // keep the killed process from ever being reaped.
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < end {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        eprintln!("process {} could not be reaped: a thread of it is still traced by this test", self.child.id());
     }
 }
 
@@ -210,4 +224,42 @@ pub fn region_count(pid: i32) -> usize {
     std::fs::read_to_string(format!("/proc/{pid}/maps"))
         .map(|m| m.lines().filter(|l| l.contains("/memfd:hotpatch:") && l.contains(" 00000000 ")).count())
         .unwrap_or(0)
+}
+
+/// Every thread of `pid` that still exists: not traced by anyone and not left
+/// in a tracing stop. Threads that exit while we look are skipped; a thread
+/// of a process that is being killed may still show its tracer for a moment,
+/// so offenders get a few seconds to end or be let go (a bound, not a timing).
+pub fn assert_no_thread_traced(pid: i32) {
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let offenders = traced_threads(pid);
+        if offenders.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < end, "threads of {pid} left traced or stopped: {offenders:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Threads of `pid` (not ended) that are traced or in a tracing stop: (tid, tracer, state).
+fn traced_threads(pid: i32) -> Vec<(String, String, String)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    let mut offenders = Vec::new();
+    for entry in dir.flatten() {
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
+        let field = |name: &str| {
+            status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned()).unwrap_or_default()
+        };
+        let state = field("State:");
+        if state.starts_with('Z') || state.starts_with('X') {
+            // Ended: whether it can be reaped is checked by reaping it.
+            continue;
+        }
+        let tracer = field("TracerPid:");
+        if tracer != "0" || state.starts_with('t') || state.starts_with('T') {
+            offenders.push((entry.file_name().to_string_lossy().into_owned(), tracer, state));
+        }
+    }
+    offenders
 }
