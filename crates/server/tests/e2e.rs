@@ -71,7 +71,7 @@ impl Drop for Target {
 }
 
 fn build_package(dir: &std::path::Path, key: &SecretKey) -> Vec<u8> {
-    let baseline_path = gcc(dir, "e2e-demo", TARGET_C, &["-O2", "-g", "-Wl,--build-id"]);
+    let baseline_path = gcc(dir, "e2e-demo", TARGET_C, &["-O2", "-fno-ipa-ra", "-g", "-Wl,--build-id"]);
     let payload_path = gcc(dir, "fix.o", FIX_C, &["-c", "-fPIC", "-O2", "-ffunction-sections", "-fdata-sections"]);
     let baseline = std::fs::read(&baseline_path).expect("baseline");
     let payload = std::fs::read(&payload_path).expect("payload");
