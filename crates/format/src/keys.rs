@@ -86,16 +86,7 @@ impl SecretKey {
 
     /// Writes the key readable by its owner only; refuses to replace a file.
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file =
-            fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|source| {
-                if source.kind() == std::io::ErrorKind::AlreadyExists {
-                    KeyError::Exists(path.into())
-                } else {
-                    KeyError::Write { path: path.into(), source }
-                }
-            })?;
-        file.write_all(self.to_text().as_bytes()).map_err(|source| KeyError::Write { path: path.into(), source })
+        write_new(path, &self.to_text(), 0o600)
     }
 
     pub(crate) fn sign(&self, message: &[u8]) -> [u8; 64] {
@@ -144,14 +135,7 @@ impl PublicKey {
     /// Writes the key; refuses to replace a file (a trusted key silently
     /// swapped would change whose packages verify).
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
-        let mut file = fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::AlreadyExists {
-                KeyError::Exists(path.into())
-            } else {
-                KeyError::Write { path: path.into(), source }
-            }
-        })?;
-        file.write_all(self.to_text().as_bytes()).map_err(|source| KeyError::Write { path: path.into(), source })
+        write_new(path, &self.to_text(), 0o644)
     }
 
     pub(crate) fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
@@ -162,6 +146,20 @@ impl PublicKey {
         // verify_strict rejects malleable and small-order forms that plain verify accepts.
         self.0.verify_strict(&full, &sig).is_ok() && self.0.verify(&full, &sig).is_ok()
     }
+}
+
+/// Creates `path` with `mode` (before umask) and writes `text`; an existing
+/// file of any kind is refused, never replaced.
+fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), KeyError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AlreadyExists {
+            KeyError::Exists(path.into())
+        } else {
+            KeyError::Write { path: path.into(), source }
+        }
+    })?;
+    file.write_all(text.as_bytes()).map_err(|source| KeyError::Write { path: path.into(), source })
 }
 
 fn parse_tagged(text: &str, tag: &str, origin: &str) -> Result<[u8; 32], KeyError> {
