@@ -40,8 +40,12 @@ pub fn summarize(running: &[RunningTarget]) -> Vec<TargetReport> {
     for t in running {
         let file_name =
             Path::new(&t.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| t.path.clone());
-        let applied =
-            t.applied.iter().filter(|a| a.active).max_by_key(|a| a.level).map(|a| (a.patch_id.clone(), a.level));
+        let applied = t
+            .applied
+            .iter()
+            .filter(|a| a.active)
+            .max_by_key(|a| a.record.level)
+            .map(|a| (a.record.patch_id.clone(), a.record.level));
         let entry = by_build.entry(t.build_id.as_str()).or_insert_with(|| (file_name, Vec::new()));
         if !entry.1.iter().any(|(pid, _)| *pid == t.pid) {
             entry.1.push((t.pid, applied));
@@ -164,7 +168,7 @@ fn apply_hotpatch(
     }
     let already: Vec<i32> = running
         .iter()
-        .filter(|t| t.build_id == w.build_id && t.applied.iter().any(|a| a.active && a.level >= w.level))
+        .filter(|t| t.build_id == w.build_id && t.applied.iter().any(|a| a.active && a.record.level >= w.level))
         .map(|t| t.pid)
         .collect();
     let pids: Vec<i32> =

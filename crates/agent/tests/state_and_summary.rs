@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use hotpatch_agent::state::{self, Credential};
 use hotpatch_agent::work::summarize;
-use hotpatch_engine::{AppliedPatch, RunningTarget};
+use hotpatch_engine::{AppliedPatch, PatchRecord, RunningTarget};
 
 #[test]
 fn credential_is_private_and_not_in_debug_output() {
@@ -46,16 +46,18 @@ fn request_sequence_rises_and_survives_restarts() {
 fn applied(pid: i32, level: u32, active: bool) -> AppliedPatch {
     AppliedPatch {
         pid,
-        patch_id: format!("fix-{level}"),
-        level,
-        build_id: "aa".repeat(20),
-        target_file: "libdemo.so.1".into(),
-        classification: "security".into(),
-        cves: vec![],
-        key_id: String::new(),
-        region_start: 0,
-        region_size: 0,
-        applied_at: 0,
+        record: PatchRecord {
+            patch_id: format!("fix-{level}"),
+            level,
+            build_id: "aa".repeat(20),
+            target_file: "libdemo.so.1".into(),
+            classification: "security".into(),
+            cves: vec![],
+            key_id: String::new(),
+            region_start: 0,
+            region_size: 0,
+            applied_at: 0,
+        },
         functions: vec![],
         active,
     }

@@ -86,9 +86,9 @@ pub fn status(args: StatusArgs, out: &Output) -> anyhow::Result<()> {
         .map(|a| {
             vec![
                 a.pid.to_string(),
-                a.patch_id.clone(),
-                a.level.to_string(),
-                a.target_file.clone(),
+                a.record.patch_id.clone(),
+                a.record.level.to_string(),
+                a.record.target_file.clone(),
                 a.functions.join(","),
                 if a.active { out.good("active") } else { out.bad("inactive") },
             ]

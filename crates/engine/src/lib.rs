@@ -39,5 +39,6 @@ pub use error::EngineError;
 pub use patch::{
     ApplyOptions, ApplyReport, DEBUG_DIRS_ENV, ReplacedPatch, RollbackReport, apply, debug_roots, rollback,
 };
+pub use region::PatchRecord;
 pub use status::{AppliedPatch, RunningTarget, processes_with_target, running_targets, status, status_all};
 pub use threads::stop_resume_floor;

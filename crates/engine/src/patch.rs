@@ -8,7 +8,7 @@ use crate::error::EngineError;
 use crate::mapping::{map_region, unmap_region};
 use crate::modules::{LoadedModule, loaded_modules};
 use crate::procfs::{self, ProcessMemory};
-use crate::region::{self, REGION_VERSION, RegionHeader, SiteRecord};
+use crate::region::{self, PatchRecord, REGION_VERSION, RegionHeader, SiteRecord};
 use crate::resolve::Resolver;
 use crate::stack::{BusyRange, StackChecker};
 use crate::status::find_regions;
@@ -196,14 +196,17 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
 
     // What is applied already to this target, and whether this level may replace it.
     let regions = find_regions(pid, &maps, &mem)?;
-    let previous =
-        regions.iter().map(|r| &r.header).filter(|h| h.build_id == manifest.target.build_id).max_by_key(|h| h.level);
+    let previous = regions
+        .iter()
+        .map(|r| &r.header)
+        .filter(|h| h.record.build_id == manifest.target.build_id)
+        .max_by_key(|h| h.record.level);
     if let Some(prev) = previous
-        && prev.level >= manifest.level
+        && prev.record.level >= manifest.level
     {
         return Err(EngineError::LevelNotHigher {
-            patch_id: prev.patch_id.clone(),
-            applied: prev.level,
+            patch_id: prev.record.patch_id.clone(),
+            applied: prev.record.level,
             offered: manifest.level,
         });
     }
@@ -285,16 +288,18 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
     // Lay out and link the payload next to the target.
     let mut header = RegionHeader {
         version: REGION_VERSION,
-        patch_id: manifest.patch_id.clone(),
-        level: manifest.level,
-        build_id: manifest.target.build_id.clone(),
-        target_file: manifest.target.file_name.clone(),
-        classification: manifest.classification.to_string(),
-        cves: manifest.cves.clone(),
-        key_id: package.key_id.clone(),
-        region_start: 0,
-        region_size: 0,
-        applied_at: 0,
+        record: PatchRecord {
+            patch_id: manifest.patch_id.clone(),
+            level: manifest.level,
+            build_id: manifest.target.build_id.clone(),
+            target_file: manifest.target.file_name.clone(),
+            classification: manifest.classification.to_string(),
+            cves: manifest.cves.clone(),
+            key_id: package.key_id.clone(),
+            region_start: 0,
+            region_size: 0,
+            applied_at: 0,
+        },
         sites: sites
             .iter()
             .map(|s| SiteRecord {
@@ -364,9 +369,9 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
             });
         }
     }
-    header.region_start = base;
-    header.region_size = size;
-    header.applied_at = now_unix();
+    header.record.region_start = base;
+    header.record.region_size = size;
+    header.record.applied_at = now_unix();
     let encoded = header.encode();
     if encoded.len() as u64 > header_len || image.bytes.len() < encoded.len() {
         return Err(EngineError::BadRegion { addr: base, problem: "header larger than reserved".into() });
@@ -379,7 +384,7 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
     let mut busy: Vec<BusyRange> =
         sites.iter().map(|s| BusyRange { range: s.address..s.address + s.size, name: s.name.clone() }).collect();
     if let Some(prev) = previous {
-        busy.push(BusyRange { range: prev.range(), name: format!("the replacement code of {}", prev.patch_id) });
+        busy.push(BusyRange { range: prev.range(), name: format!("the replacement code of {}", prev.record.patch_id) });
     }
 
     map_region(pid, &maps, &mem, &image, header_len, &manifest.patch_id)?;
@@ -395,11 +400,11 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
             return Err(e);
         }
     };
-    let replaced = previous.map(|p| ReplacedPatch { patch_id: p.patch_id.clone(), level: p.level });
+    let replaced = previous.map(|p| ReplacedPatch { patch_id: p.record.patch_id.clone(), level: p.record.level });
     if let Some(prev) = previous {
         let maps_now = procfs::maps(pid).unwrap_or_else(|_| maps.clone());
-        if let Err(e) = unmap_region(pid, &maps_now, &mem, prev.region_start, prev.region_size) {
-            tracing::warn!(error = %e, patch = %prev.patch_id, "could not unmap the replaced region");
+        if let Err(e) = unmap_region(pid, &maps_now, &mem, prev.record.region_start, prev.record.region_size) {
+            tracing::warn!(error = %e, patch = %prev.record.patch_id, "could not unmap the replaced region");
         }
     }
     Ok(ApplyReport {
@@ -430,9 +435,9 @@ fn rollback_inner(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Resu
     let started = Instant::now();
     let (maps, mem) = open(pid)?;
     let regions = find_regions(pid, &maps, &mem)?;
-    let applied = || regions.iter().map(|r| r.header.patch_id.clone()).collect::<Vec<_>>().join(", ");
+    let applied = || regions.iter().map(|r| r.header.record.patch_id.clone()).collect::<Vec<_>>().join(", ");
     let header = match patch_id {
-        Some(id) => regions.iter().map(|r| &r.header).find(|h| h.patch_id == id).ok_or_else(|| {
+        Some(id) => regions.iter().map(|r| &r.header).find(|h| h.record.patch_id == id).ok_or_else(|| {
             EngineError::NotApplied(format!(
                 "hotpatch {id} is not applied in process {pid} (applied: {})",
                 if regions.is_empty() { "none".into() } else { applied() }
@@ -463,7 +468,7 @@ fn rollback_inner(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Resu
         // Only ever restore inside an executable mapping of the process.
         if !maps.iter().any(|m| m.exec && m.contains(s.address) && m.contains(s.address + jump.len() as u64 - 1)) {
             return Err(EngineError::BadRegion {
-                addr: header.region_start,
+                addr: header.record.region_start,
                 problem: format!("site 0x{:x} is not in executable memory", s.address),
             });
         }
@@ -471,14 +476,15 @@ fn rollback_inner(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Resu
     }
     let modules = loaded_modules(pid, &maps);
     let mut checker = StackChecker::new(&maps, &modules, &mem);
-    let busy = [BusyRange { range: header.range(), name: format!("the replacement code of {}", header.patch_id) }];
+    let busy =
+        [BusyRange { range: header.range(), name: format!("the replacement code of {}", header.record.patch_id) }];
     let report = transition::run(pid, &mem, &mut checker, &busy, &writes, opts.timeout)?;
     let maps_now = procfs::maps(pid).unwrap_or_else(|_| maps.clone());
-    unmap_region(pid, &maps_now, &mem, header.region_start, header.region_size)?;
+    unmap_region(pid, &maps_now, &mem, header.record.region_start, header.record.region_size)?;
     Ok(RollbackReport {
         pid,
-        patch_id: header.patch_id.clone(),
-        level: header.level,
+        patch_id: header.record.patch_id.clone(),
+        level: header.record.level,
         functions: header.sites.iter().map(|s| s.symbol.clone()).collect(),
         pause_us: report.pause_us,
         threads: report.threads,

@@ -36,9 +36,10 @@ pub struct SiteRecord {
     pub jump: String,
 }
 
+/// What a region records of the hotpatch in it: written into the header, and
+/// reported by `status` as it was read back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RegionHeader {
-    pub version: u32,
+pub struct PatchRecord {
     pub patch_id: String,
     pub level: u32,
     pub build_id: String,
@@ -50,6 +51,15 @@ pub struct RegionHeader {
     pub region_size: u64,
     /// Unix seconds when the region was written.
     pub applied_at: u64,
+}
+
+/// The header at the start of a region (its JSON stays flat: `record`'s
+/// fields sit beside `version` and `sites`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionHeader {
+    pub version: u32,
+    #[serde(flatten)]
+    pub record: PatchRecord,
     pub sites: Vec<SiteRecord>,
 }
 
@@ -95,7 +105,7 @@ impl RegionHeader {
     }
 
     pub fn range(&self) -> std::ops::Range<u64> {
-        self.region_start..self.region_start.saturating_add(self.region_size)
+        self.record.region_start..self.record.region_start.saturating_add(self.record.region_size)
     }
 }
 
@@ -103,9 +113,9 @@ impl RegionHeader {
 /// always enough once the real addresses are known.
 pub fn header_reserve(template: &RegionHeader) -> u64 {
     let mut worst = template.clone();
-    worst.region_start = u64::MAX;
-    worst.region_size = u64::MAX;
-    worst.applied_at = u64::MAX;
+    worst.record.region_start = u64::MAX;
+    worst.record.region_size = u64::MAX;
+    worst.record.applied_at = u64::MAX;
     for s in &mut worst.sites {
         s.address = u64::MAX;
         s.replacement = u64::MAX;
@@ -214,16 +224,18 @@ mod tests {
     fn header_round_trip_and_reserve() {
         let h = RegionHeader {
             version: REGION_VERSION,
-            patch_id: "p".into(),
-            level: 2,
-            build_id: "ab".into(),
-            target_file: "svc".into(),
-            classification: "security".into(),
-            cves: vec![],
-            key_id: "00".into(),
-            region_start: 0x1000,
-            region_size: 0x3000,
-            applied_at: 1,
+            record: PatchRecord {
+                patch_id: "p".into(),
+                level: 2,
+                build_id: "ab".into(),
+                target_file: "svc".into(),
+                classification: "security".into(),
+                cves: vec![],
+                key_id: "00".into(),
+                region_start: 0x1000,
+                region_size: 0x3000,
+                applied_at: 1,
+            },
             sites: vec![SiteRecord {
                 symbol: "f".into(),
                 file: None,

@@ -4,23 +4,16 @@
 use crate::error::EngineError;
 use crate::modules::loaded_modules;
 use crate::procfs::{self, Mapping, ProcessMemory};
-use crate::region::{RegionHeader, is_region_mapping};
+use crate::region::{PatchRecord, RegionHeader, is_region_mapping};
 use serde::Serialize;
 
 /// One hotpatch applied in one process.
 #[derive(Debug, Clone, Serialize)]
 pub struct AppliedPatch {
     pub pid: i32,
-    pub patch_id: String,
-    pub level: u32,
-    pub build_id: String,
-    pub target_file: String,
-    pub classification: String,
-    pub cves: Vec<String>,
-    pub key_id: String,
-    pub region_start: u64,
-    pub region_size: u64,
-    pub applied_at: u64,
+    /// As the region's header records it (flat in JSON).
+    #[serde(flatten)]
+    pub record: PatchRecord,
     pub functions: Vec<String>,
     /// Every site still holds the jump into this region.
     pub active: bool,
@@ -40,7 +33,7 @@ pub(crate) fn find_regions(pid: i32, maps: &[Mapping], mem: &ProcessMemory) -> R
         let bytes = mem.read_vec(m.start, len).map_err(|e| EngineError::proc_access(pid, "read patch region", e))?;
         let header =
             RegionHeader::decode(&bytes).map_err(|problem| EngineError::BadRegion { addr: m.start, problem })?;
-        if header.region_start != m.start {
+        if header.record.region_start != m.start {
             return Err(EngineError::BadRegion { addr: m.start, problem: "header names another address".into() });
         }
         found.push(FoundRegion { header });
@@ -56,16 +49,7 @@ fn describe(pid: i32, mem: &ProcessMemory, r: &FoundRegion) -> AppliedPatch {
     });
     AppliedPatch {
         pid,
-        patch_id: h.patch_id.clone(),
-        level: h.level,
-        build_id: h.build_id.clone(),
-        target_file: h.target_file.clone(),
-        classification: h.classification.clone(),
-        cves: h.cves.clone(),
-        key_id: h.key_id.clone(),
-        region_start: h.region_start,
-        region_size: h.region_size,
-        applied_at: h.applied_at,
+        record: h.record.clone(),
         functions: h.sites.iter().map(|s| s.symbol.clone()).collect(),
         active,
     }
@@ -111,7 +95,7 @@ pub fn running_targets() -> Vec<RunningTarget> {
             out.push(RunningTarget {
                 pid,
                 comm: comm.clone(),
-                applied: applied.iter().filter(|a| a.build_id == build_id).cloned().collect(),
+                applied: applied.iter().filter(|a| a.record.build_id == build_id).cloned().collect(),
                 build_id,
                 path: module.path.clone(),
             });

@@ -25,7 +25,7 @@ fn apply_rollback(pie: bool) {
     let status = hotpatch_engine::status(proc.pid()).unwrap();
     assert_eq!(status.len(), 1);
     assert!(status[0].active);
-    assert_eq!(status[0].level, 1);
+    assert_eq!(status[0].record.level, 1);
     assert_eq!(region_count(proc.pid()), 1);
 
     let back = hotpatch_engine::rollback(proc.pid(), None, &opts()).expect("rollback");
@@ -299,6 +299,6 @@ fn child_forked_after_the_patch_carries_it() {
     // Reap the grandchild whatever the assertions say.
     unsafe { libc::kill(child, libc::SIGKILL) };
     assert_eq!(status.len(), 1);
-    assert_eq!(status[0].patch_id, pkg.manifest.patch_id);
+    assert_eq!(status[0].record.patch_id, pkg.manifest.patch_id);
     assert!(status[0].active, "the child's sites must hold the jump too");
 }
