@@ -144,6 +144,17 @@ fn is_machine_request(parts: &Parts) -> bool {
     parts.headers.contains_key(hotpatch_wire::HEADER_MACHINE)
 }
 
+fn require_machine_request(parts: &Parts) -> Result<(), ApiError> {
+    if is_machine_request(parts) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized(format!(
+            "missing machine signature: send the {} headers",
+            hotpatch_wire::HEADER_MACHINE
+        )))
+    }
+}
+
 fn replayed(sequence: i64, last: i64) -> ApiError {
     ApiError::Unauthorized(format!(
         "replayed or out-of-order machine request: sequence {sequence} is not above the last accepted {last}"
@@ -228,14 +239,10 @@ impl FromRequestParts<AppState> for Machine {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Machine, ApiError> {
-        if !is_machine_request(parts) {
-            return Err(ApiError::Unauthorized(format!(
-                "missing machine signature: send the {} headers",
-                hotpatch_wire::HEADER_MACHINE
-            )));
-        }
+        require_machine_request(parts)?;
         let machine = verify_machine(parts, state, &[]).await?;
-        let mut conn = state.db.pool.acquire().await?;
+        // A write: through the writer pool, which on SQLite queues the writers.
+        let mut conn = state.db.writer.acquire().await?;
         claim_sequence(&mut conn, &machine, None).await?;
         Ok(machine)
     }
@@ -253,12 +260,7 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for Si
 
     async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, ApiError> {
         let (parts, body) = req.into_parts();
-        if !is_machine_request(&parts) {
-            return Err(ApiError::Unauthorized(format!(
-                "missing machine signature: send the {} headers",
-                hotpatch_wire::HEADER_MACHINE
-            )));
-        }
+        require_machine_request(&parts)?;
         let bytes = axum::body::to_bytes(body, crate::api::JSON_BODY_LIMIT).await.map_err(|e| {
             ApiError::PayloadTooLarge(format!(
                 "request body unreadable or larger than {} bytes: {e}",
