@@ -37,15 +37,9 @@ pub struct MachineSigner<'a> {
 impl MachineSigner<'_> {
     fn sign(&self, request: ureq::Request, body: &[u8]) -> Result<ureq::Request, ClientError> {
         let sequence = crate::state::take_sequence(self.state_dir)?;
-        // The server checks the path and query exactly as it receives them.
-        let url = request.url().to_string();
-        let after_scheme = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
-        let path = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
-        let sig = self.key.sign(request.method(), path, self.machine_id, sequence, body);
-        Ok(request
-            .set(hotpatch_wire::HEADER_MACHINE, &sig.machine_id)
-            .set(hotpatch_wire::HEADER_SEQUENCE, &sig.sequence.to_string())
-            .set(hotpatch_wire::HEADER_SIGNATURE, &sig.signature))
+        let path = hotpatch_wire::signed_path(request.url()).to_string();
+        let sig = self.key.sign(request.method(), &path, self.machine_id, sequence, body);
+        Ok(sig.headers().iter().fold(request, |r, (name, value)| r.set(name, value)))
     }
 }
 

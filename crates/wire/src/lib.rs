@@ -13,7 +13,7 @@ mod key;
 mod request;
 
 pub use key::{MachineKey, MachinePublicKey};
-pub use request::{RequestSignature, WireError, next_sequence, signed_message};
+pub use request::{RequestSignature, WireError, next_sequence, signed_message, signed_path};
 
 /// Header naming the machine that signed the request.
 pub const HEADER_MACHINE: &str = "x-hotpatch-machine";

@@ -57,6 +57,24 @@ impl RequestSignature {
     }
 }
 
+impl RequestSignature {
+    /// The three headers that carry this signature, as (name, value).
+    pub fn headers(&self) -> [(&'static str, String); 3] {
+        [
+            (crate::HEADER_MACHINE, self.machine_id.clone()),
+            (crate::HEADER_SEQUENCE, self.sequence.to_string()),
+            (crate::HEADER_SIGNATURE, self.signature.clone()),
+        ]
+    }
+}
+
+/// The part of a request URL that is signed: the path and query as the server
+/// receives them (`http://host:port/api/v1/x?y` gives `/api/v1/x?y`).
+pub fn signed_path(url: &str) -> &str {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    after_scheme.find('/').map_or("/", |i| &after_scheme[i..])
+}
+
 /// The exact bytes signed: context, then method, path, machine id and sequence
 /// each ended by a newline (none of them can hold one), then SHA-256 of the body.
 pub fn signed_message(method: &str, path: &str, machine_id: &str, sequence: u64, body: &[u8]) -> Vec<u8> {
@@ -140,6 +158,15 @@ mod tests {
         }
         let sig = RequestSignature { machine_id: "m1".into(), sequence: 1, signature: "00".into() };
         assert!(matches!(key().public().verify("GET", "/", &sig, b""), Err(WireError::BadHeader(_))));
+    }
+
+    #[test]
+    fn the_signed_path_is_path_and_query() {
+        assert_eq!(signed_path("https://h:8443/api/v1/agent/checkin"), "/api/v1/agent/checkin");
+        assert_eq!(signed_path("http://127.0.0.1:1/api/v1/artifacts/ab?x=1"), "/api/v1/artifacts/ab?x=1");
+        assert_eq!(signed_path("http://host"), "/");
+        let sig = RequestSignature { machine_id: "m".into(), sequence: 9, signature: "ab".into() };
+        assert_eq!(sig.headers()[1], (crate::HEADER_SEQUENCE, "9".to_string()));
     }
 
     #[test]

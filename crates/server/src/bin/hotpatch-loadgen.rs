@@ -297,11 +297,10 @@ fn main() -> anyhow::Result<()> {
                 sequence += 1;
                 let sig =
                     creds[i].key.sign("POST", "/api/v1/agent/checkin", &creds[i].id, sequence, bodies[i].as_bytes());
-                let mut req = http
-                    .post(&format!("{base}/api/v1/agent/checkin"))
-                    .set(hotpatch_wire::HEADER_MACHINE, &sig.machine_id)
-                    .set(hotpatch_wire::HEADER_SEQUENCE, &sig.sequence.to_string())
-                    .set(hotpatch_wire::HEADER_SIGNATURE, &sig.signature)
+                let mut req = sig
+                    .headers()
+                    .iter()
+                    .fold(http.post(&format!("{base}/api/v1/agent/checkin")), |r, (name, value)| r.set(name, value))
                     .set("Content-Type", "application/json");
                 if let Some(tag) = &etags[slot] {
                     req = req.set("If-None-Match", tag);

@@ -182,12 +182,8 @@ pub fn sign_request(req: ureq::Request, credential: &str, url: &str, body: &[u8]
     let mut fields = credential.splitn(3, ':').skip(1);
     let (id, seed) = (fields.next().unwrap_or_default(), fields.next().unwrap_or_default());
     let key = hotpatch_wire::MachineKey::parse(&format!("hotpatch-machine-key-v1 {seed}")).expect("test machine key");
-    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let path = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
-    let sig = key.sign(req.method(), path, id, next_test_sequence(), body);
-    req.set(hotpatch_wire::HEADER_MACHINE, &sig.machine_id)
-        .set(hotpatch_wire::HEADER_SEQUENCE, &sig.sequence.to_string())
-        .set(hotpatch_wire::HEADER_SIGNATURE, &sig.signature)
+    let sig = key.sign(req.method(), hotpatch_wire::signed_path(url), id, next_test_sequence(), body);
+    sig.headers().iter().fold(req, |r, (name, value)| r.set(name, value))
 }
 
 /// One HTTP call; returns the status and the JSON body (Null when empty or not JSON).
