@@ -150,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
                 hotpatch_server::api::billing::change_subscription(&state.db, &org, &change, "operator:command-line")
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let shown = hotpatch_server::api::billing::describe_subscription(&sub, entitled);
+            let shown = hotpatch_server::api::billing::subscription_json(&sub, entitled);
             println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }

@@ -59,7 +59,8 @@ async fn subscription_in(db: &crate::db::Db, org_id: &str) -> ApiResult<Subscrip
     })
 }
 
-fn subscription_json(s: &Subscription, entitled: bool) -> Value {
+/// A subscription as the API and the operator's command line show it.
+pub fn subscription_json(s: &Subscription, entitled: bool) -> Value {
     json!({
         "active_from": s.active_from.map(rfc3339),
         "active_until": s.active_until.map(rfc3339),
@@ -169,10 +170,6 @@ pub fn entitled_at(s: &Subscription, t: i64) -> bool {
     active || s.trial_until.is_some_and(|tr| t < tr)
 }
 
-pub fn describe_subscription(s: &Subscription, entitled: bool) -> Value {
-    subscription_json(s, entitled)
-}
-
 /// (first day, number of days) of a "YYYY-MM" month, in days since the epoch.
 pub fn month_days(month: &str) -> ApiResult<(i64, i64)> {
     let bad = || ApiError::BadRequest(format!("month {month:?} must be YYYY-MM"));
@@ -220,10 +217,17 @@ pub const CLOSE_AFTER_SECONDS: i64 = 3600;
 /// The invoice of `month`: the stored one once the month is closed (closing it
 /// now if nobody has yet), else the running figures.
 pub async fn invoice(st: &AppState, org_id: &str, month: &str) -> ApiResult<Invoice> {
+    invoice_of(st, org_id, month, org_created(st, org_id).await?).await
+}
+
+async fn org_created(st: &AppState, org_id: &str) -> ApiResult<i64> {
+    Ok(sqlx::query("SELECT created FROM orgs WHERE id = $1").bind(org_id).fetch_one(&st.db.pool).await?.try_get(0)?)
+}
+
+/// [`invoice`] for an organisation created at `created` (unix seconds).
+async fn invoice_of(st: &AppState, org_id: &str, month: &str, created: i64) -> ApiResult<Invoice> {
     let (first, days) = month_days(month)?;
     let t = now();
-    let created: i64 =
-        sqlx::query("SELECT created FROM orgs WHERE id = $1").bind(org_id).fetch_one(&st.db.pool).await?.try_get(0)?;
     let end = (first + days) * 86_400;
     if end <= created {
         return Err(ApiError::NotFound(format!("no invoice for {month}: the organisation was created after it")));
@@ -279,8 +283,7 @@ async fn stored_invoice(st: &AppState, org_id: &str, month: &str) -> ApiResult<O
 /// Every month of the organisation's life: closed invoices (closing any not
 /// yet closed) and the open one of the current month.
 pub async fn invoices(st: &AppState, org_id: &str) -> ApiResult<Vec<Invoice>> {
-    let created: i64 =
-        sqlx::query("SELECT created FROM orgs WHERE id = $1").bind(org_id).fetch_one(&st.db.pool).await?.try_get(0)?;
+    let created = org_created(st, org_id).await?;
     let utc = jiff::tz::TimeZone::UTC;
     let to_month = |unix: i64| -> ApiResult<jiff::civil::Date> {
         let ts = jiff::Timestamp::from_second(unix).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -289,7 +292,7 @@ pub async fn invoices(st: &AppState, org_id: &str) -> ApiResult<Vec<Invoice>> {
     let (mut month, last) = (to_month(created)?, to_month(now())?);
     let mut out = Vec::new();
     while month <= last {
-        out.push(invoice(st, org_id, &month.strftime("%Y-%m").to_string()).await?);
+        out.push(invoice_of(st, org_id, &month.strftime("%Y-%m").to_string(), created).await?);
         month = month.checked_add(jiff::Span::new().months(1)).map_err(|e| ApiError::Internal(e.to_string()))?;
     }
     out.reverse();

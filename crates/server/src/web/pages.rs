@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::html::{Page, esc, link, status};
 use super::session::UiUser;
-use crate::api::billing::{format_cents, invoice, subscription};
+use crate::api::billing::{format_cents, invoices, subscription};
 use crate::api::catalog::{baselines, hotpatches};
 use crate::api::compliance::{cve_rows, overview, rows};
 use crate::api::deploy::{deployments, progress};
@@ -285,7 +285,12 @@ pub async fn billing_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Ht
     );
     if u.0.role >= Role::Admin {
         let month = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC).strftime("%Y-%m").to_string();
-        let inv = invoice(&st, &u.0.org_id, &month).await?;
+        // Every month up to this one, newest first: this month's is among them.
+        let invoices = invoices(&st, &u.0.org_id).await?;
+        let inv = invoices
+            .iter()
+            .find(|i| i.month == month)
+            .ok_or_else(|| crate::error::ApiError::Internal(format!("no invoice for the current month {month}")))?;
         page.h(2, &format!("Invoice {month} (to date)"));
         let lines: Vec<Vec<String>> = inv
             .lines
@@ -307,8 +312,7 @@ pub async fn billing_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Ht
             inv.days_in_month
         ));
         page.h(2, "Invoices");
-        let all: Vec<Vec<String>> = crate::api::billing::invoices(&st, &u.0.org_id)
-            .await?
+        let all: Vec<Vec<String>> = invoices
             .iter()
             .map(|i| {
                 vec![
