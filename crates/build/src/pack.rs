@@ -93,10 +93,11 @@ pub fn manifest_for(req: &PackRequest<'_>) -> Result<Manifest, BuildError> {
     if req.replacements.is_empty() {
         return Err(BuildError::NoReplacements);
     }
-    if let crate::IpaRa::On { unit, producer } = crate::ipa_ra(req.baseline, req.debug_file)
+    let ipa_ra = crate::ipa_ra(req.baseline, req.debug_file);
+    if let crate::IpaRa::On { unit, producer } = &ipa_ra
         && !req.allow_ipa_ra
     {
-        return Err(BuildError::IpaRa { name, unit, producer });
+        return Err(BuildError::IpaRa { name, unit: unit.clone(), producer: producer.clone() });
     }
     let debug = req.debug_file.and_then(|d| TargetElf::parse(d).ok());
     let symbols = SymbolTable::from_target(&baseline, debug.as_ref());
@@ -153,6 +154,17 @@ pub fn manifest_for(req: &PackRequest<'_>) -> Result<Manifest, BuildError> {
         signing_key_id: "0".repeat(16),
     };
     manifest.validate()?;
+    // Said only once the pack succeeds, so a refusal's message stands alone.
+    match ipa_ra {
+        crate::IpaRa::On { unit, .. } => {
+            tracing::warn!(unit, "packing for a baseline built with -fipa-ra (--allow-ipa-ra)")
+        }
+        crate::IpaRa::Unknown => tracing::warn!(
+            "cannot tell whether the baseline was built with -fno-ipa-ra (no gcc DWARF producer strings); \
+             a baseline built with gcc -O2 and without -fno-ipa-ra is unsafe to hotpatch"
+        ),
+        crate::IpaRa::Off { .. } => {}
+    }
     Ok(manifest)
 }
 

@@ -58,7 +58,7 @@ pub fn demo(out: &Output) -> anyhow::Result<()> {
     // -fno-ipa-ra: without it gcc may let a caller keep values in registers
     // the old callee happened not to touch, which no replacement can honour.
     // Baselines meant for hotpatching are built this way (as for kernel livepatch).
-    gcc(d, &["-O2", "-fno-ipa-ra", "-o", "service", "service.c"])?;
+    gcc(d, &["-O2", "-fno-ipa-ra", "-g", "-o", "service", "service.c"])?;
     gcc(d, &["-c", "-fPIC", "-O2", "fix.c"])?;
 
     println!("{} signing a hotpatch for the running build (fresh publisher key)", out.bold("2."));

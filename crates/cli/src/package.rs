@@ -76,16 +76,6 @@ pub fn pack(args: PackArgs, out: &Output) -> anyhow::Result<()> {
         allow_ipa_ra: args.allow_ipa_ra,
     };
     let manifest = manifest_for(&request)?;
-    match hotpatch_build::ipa_ra(&baseline, debug_file.as_deref()) {
-        hotpatch_build::IpaRa::Unknown => tracing::warn!(
-            "cannot tell whether the baseline was built with -fno-ipa-ra (no gcc DWARF producer strings); \
-             a baseline built with gcc -O2 and without -fno-ipa-ra is unsafe to hotpatch"
-        ),
-        hotpatch_build::IpaRa::On { unit, .. } => {
-            tracing::warn!(unit, "packing for a baseline built with -fipa-ra (--allow-ipa-ra)")
-        }
-        hotpatch_build::IpaRa::Off { .. } => {}
-    }
     if !manifest.classification.hotpatchable() {
         tracing::warn!(
             classification = %manifest.classification,
