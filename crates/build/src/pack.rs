@@ -134,6 +134,7 @@ pub fn manifest_for(req: &PackRequest<'_>) -> Result<Manifest, BuildError> {
             size: sym.size,
             original_sha256: sha256_hex(bytes),
             replacement: r.new.clone(),
+            address: None,
         });
     }
 
@@ -149,6 +150,7 @@ pub fn manifest_for(req: &PackRequest<'_>) -> Result<Manifest, BuildError> {
         description: req.description.clone(),
         created: req.created.clone(),
         functions,
+        symbols: Vec::new(),
         // Filled in when the package is signed.
         payload_sha256: "0".repeat(64),
         signing_key_id: "0".repeat(16),

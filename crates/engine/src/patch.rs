@@ -113,6 +113,40 @@ fn debug_file(elf: &TargetElf<'_>) -> Option<Vec<u8>> {
     })
 }
 
+/// Where the old function of `f` starts in the baseline: the builder's proven
+/// address when the manifest has one (a stripped baseline needs no symbols;
+/// the bytes are still checked against the manifest's hash), else its symbol.
+fn site_link_address(
+    f: &hotpatch_format::FunctionPatch,
+    symbols: &SymbolTable,
+    elf: &TargetElf<'_>,
+) -> Result<u64, EngineError> {
+    let name = f.display_name();
+    if f.size < hotpatch_format::MIN_SITE_SIZE {
+        return Err(EngineError::SiteMismatch { function: name, problem: "is too small for a jump".into() });
+    }
+    if let Some(address) = f.address {
+        if !elf.is_executable_range(address, f.size) {
+            return Err(EngineError::SiteMismatch {
+                function: name,
+                problem: format!("0x{address:x} (+{} bytes) is not in an executable segment of the target", f.size),
+            });
+        }
+        return Ok(address);
+    }
+    let sym = symbols.lookup(&f.symbol, f.file.as_deref()).map_err(|e| EngineError::Symbol(e.to_string()))?;
+    if sym.kind != SymbolKind::Function {
+        return Err(EngineError::SiteMismatch { function: name, problem: "is not a function in the target".into() });
+    }
+    if sym.size != f.size {
+        return Err(EngineError::SiteMismatch {
+            function: name,
+            problem: format!("is {} bytes in the process's target, the manifest says {}", sym.size, f.size),
+        });
+    }
+    Ok(sym.address)
+}
+
 fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -227,23 +261,8 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
     let mut sites = Vec::new();
     for f in &manifest.functions {
         let name = f.display_name();
-        let sym = symbols.lookup(&f.symbol, f.file.as_deref()).map_err(|e| EngineError::Symbol(e.to_string()))?;
-        if sym.kind != SymbolKind::Function {
-            return Err(EngineError::SiteMismatch {
-                function: name,
-                problem: "is not a function in the target".into(),
-            });
-        }
-        if sym.size != f.size {
-            return Err(EngineError::SiteMismatch {
-                function: name,
-                problem: format!("is {} bytes in the process's target, the manifest says {}", sym.size, f.size),
-            });
-        }
-        if f.size < hotpatch_format::MIN_SITE_SIZE {
-            return Err(EngineError::SiteMismatch { function: name, problem: "is too small for a jump".into() });
-        }
-        let address = bias.wrapping_add(sym.address);
+        let link_address = site_link_address(f, &symbols, &elf)?;
+        let address = bias.wrapping_add(link_address);
         let bytes = mem
             .read_vec(address, f.size as usize)
             .map_err(|e| EngineError::proc_access(pid, &format!("read {name}"), e))?;
@@ -327,6 +346,7 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
         .ok_or_else(|| EngineError::NoRoom { size, target: target.path.clone() })?;
     let others: Vec<LoadedModule> = modules.iter().filter(|m| m.inode != target.inode).cloned().collect();
     let mut resolver = Resolver::new(&symbols, bias, &others);
+    resolver.bind_baseline(manifest.symbols.iter().map(|s| (s.name.clone(), s.address)));
     let mut resolved = BTreeMap::new();
     let mut unresolved = BTreeMap::new();
     for name in plan.undefined_symbols() {

@@ -92,15 +92,26 @@ pub struct Resolver<'a> {
     loaded: HashMap<usize, Option<Exports>>,
     /// The objects our own process maps, read once, for IFUNC resolution.
     own: Option<Vec<LoadedModule>>,
+    /// Names the manifest binds to baseline addresses (link-time), looked up first.
+    baseline: HashMap<String, u64>,
 }
 
 impl<'a> Resolver<'a> {
     pub fn new(target_symbols: &'a SymbolTable, target_bias: u64, others: &'a [LoadedModule]) -> Resolver<'a> {
-        Resolver { target_symbols, target_bias, others, loaded: HashMap::new(), own: None }
+        Resolver { target_symbols, target_bias, others, loaded: HashMap::new(), own: None, baseline: HashMap::new() }
+    }
+
+    /// Binds payload names to link-time addresses in the target, as the
+    /// builder proved them; these win over every other lookup.
+    pub fn bind_baseline(&mut self, symbols: impl IntoIterator<Item = (String, u64)>) {
+        self.baseline.extend(symbols);
     }
 
     /// The run-time address of `name`, or why it cannot be had.
     pub fn resolve(&mut self, name: &str) -> Result<u64, String> {
+        if let Some(address) = self.baseline.get(name) {
+            return Ok(self.target_bias.wrapping_add(*address));
+        }
         match self.target_symbols.lookup(name, None) {
             Ok(sym) if sym.kind == SymbolKind::IndirectFunction => {
                 return Err(format!("{name} is an indirect function (IFUNC) of the target; call it through a pointer"));

@@ -16,7 +16,7 @@ mod payload;
 pub use error::FormatError;
 pub use hotpatch_release::Classification;
 pub use keys::{KEY_ID_LEN, KeyError, PublicKey, SecretKey, TrustStore, key_id_hex};
-pub use manifest::{FunctionPatch, MIN_SITE_SIZE, Machine, Manifest, Target};
+pub use manifest::{BaselineSymbol, FunctionPatch, MIN_SITE_SIZE, Machine, Manifest, Target};
 pub use package::{
     FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_MANIFEST_LEN, MAX_PAYLOAD_LEN, Package, SIGNATURE_BLOCK_LEN,
     VerifiedPackage, verify,

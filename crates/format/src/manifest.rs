@@ -12,6 +12,7 @@ pub const MIN_SITE_SIZE: u64 = 5;
 
 const MAX_FUNCTIONS: usize = 4096;
 const MAX_FUNCTION_SIZE: u64 = 16 << 20;
+const MAX_SYMBOLS: usize = 65536;
 const MAX_CVES: usize = 256;
 const MAX_TEXT: usize = 4096;
 
@@ -81,6 +82,11 @@ pub struct FunctionPatch {
     pub original_sha256: String,
     /// Symbol of the replacement function in the payload.
     pub replacement: String,
+    /// Link-time address of the old function in the baseline (`st_value`), set
+    /// by the builder once its own build was proven to be the baseline's code:
+    /// the engine then needs no symbol table (the baseline may be stripped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<u64>,
 }
 
 impl FunctionPatch {
@@ -91,6 +97,15 @@ impl FunctionPatch {
             None => self.symbol.clone(),
         }
     }
+}
+
+/// A name of the payload bound to an address in the baseline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineSymbol {
+    pub name: String,
+    /// Link-time address in the baseline (before the load bias).
+    pub address: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +125,12 @@ pub struct Manifest {
     /// Creation time, RFC 3339 in UTC.
     pub created: String,
     pub functions: Vec<FunctionPatch>,
+    /// Baseline symbols the payload refers to, by their name in the payload,
+    /// at link-time addresses the builder proved (run-pre match). The engine
+    /// binds these names to them before any other lookup, so a stripped
+    /// baseline needs no symbols and a file-local name is never ambiguous.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub symbols: Vec<BaselineSymbol>,
     pub payload_sha256: String,
     /// Id (hex) of the key that signed the package.
     pub signing_key_id: String,
@@ -230,8 +251,23 @@ impl Manifest {
                 return Err(bad(format!("function {} is listed twice", f.display_name())));
             }
         }
+        self.validate_symbols()?;
         check_hex("payload_sha256", &self.payload_sha256, 32..=32)?;
         check_hex("signing_key_id", &self.signing_key_id, crate::KEY_ID_LEN..=crate::KEY_ID_LEN)?;
+        Ok(())
+    }
+
+    fn validate_symbols(&self) -> Result<(), FormatError> {
+        if self.symbols.len() > MAX_SYMBOLS {
+            return Err(bad(format!("at most {MAX_SYMBOLS} symbols, found {}", self.symbols.len())));
+        }
+        let mut seen = BTreeSet::new();
+        for s in &self.symbols {
+            check_text("symbols[].name", &s.name, 1, 1024)?;
+            if !seen.insert(s.name.as_str()) {
+                return Err(bad(format!("symbol {:?} is listed twice", clip(&s.name))));
+            }
+        }
         Ok(())
     }
 

@@ -33,6 +33,7 @@ fn function() -> impl Strategy<Value = FunctionPatch> {
             size,
             original_sha256: hex::encode(original),
             replacement,
+            address: None,
         })
 }
 
@@ -65,6 +66,7 @@ prop_compose! {
                 .into_iter()
                 .map(|(symbol, f)| FunctionPatch { symbol, ..f })
                 .collect(),
+            symbols: Vec::new(),
             // Filled in by Package::build.
             payload_sha256: String::new(),
             signing_key_id: String::new(),

@@ -108,7 +108,9 @@ impl Fixture {
                 size: self.check_size,
                 original_sha256: sha256_hex(b"original bytes of check"),
                 replacement: "check_v2".into(),
+                address: None,
             }],
+            symbols: Vec::new(),
             payload_sha256: String::new(),
             signing_key_id: String::new(),
         }

@@ -98,7 +98,9 @@ fn spawn(binary: &str, database: Option<&str>) -> anyhow::Result<(Spawned, Strin
             size: 32,
             original_sha256: "00".repeat(32),
             replacement: "checked_len".into(),
+            address: None,
         }],
+        symbols: Vec::new(),
         payload_sha256: String::new(),
         signing_key_id: String::new(),
     };

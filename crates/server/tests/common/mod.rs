@@ -328,7 +328,9 @@ pub fn package(
             size: 32,
             original_sha256: "ab".repeat(32),
             replacement: "checked_len".into(),
+            address: None,
         }],
+        symbols: Vec::new(),
         payload_sha256: String::new(),
         signing_key_id: String::new(),
     };
