@@ -1,14 +1,22 @@
 //! The builder: turns a baseline build and replacement code into a signed,
 //! cumulative hotpatch for that exact baseline build-id.
 //!
-//! Today it packs a hand-written replacement object ([`pack`]): it reads the
-//! baseline to fill in the build-id, each replaced function's size and the hash
-//! of its original bytes, and refuses what could never be applied. Diffing two
-//! object builds function by function to produce the payload automatically
-//! will live here too (the builder issue).
+//! Two ways in: [`build_from_objects`] diffs an original and a fixed build
+//! object by object ([`diff`]), proves the original is the baseline's code
+//! ([`runpre`]), and writes the payload ([`payload`]) and manifest; [`pack`]
+//! takes a hand-written replacement object instead.
 
+pub mod baseline;
+mod builder;
+pub mod diff;
+pub mod explain;
+pub mod objfile;
 mod pack;
+pub mod payload;
 pub mod regalloc;
+pub mod runpre;
 
+pub use builder::{DiffBuildError, DiffBuildOutput, DiffBuildRequest, ObjectPair, build_from_objects};
+pub use objfile::ObjectFile;
 pub use pack::{BuildError, PackRequest, Replacement, manifest_for, parse_replacement};
 pub use regalloc::{IpaRa, ipa_ra};

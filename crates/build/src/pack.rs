@@ -180,7 +180,7 @@ fn payload_functions(payload: &[u8]) -> Result<Vec<String>, BuildError> {
         .collect())
 }
 
-fn default_patch_id(file_name: &str, build_id: &str, level: u32) -> String {
+pub(crate) fn default_patch_id(file_name: &str, build_id: &str, level: u32) -> String {
     let stem: String = file_name
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })

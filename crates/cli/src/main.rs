@@ -1,6 +1,7 @@
 //! `hotpatch`: the machine-side command. Publishers use it to make and sign
 //! hotpatches; operators use it to inspect, verify and apply them.
 
+mod build;
 mod demo;
 mod keys;
 mod live;
@@ -24,6 +25,8 @@ struct Cli {
 enum Command {
     /// Create a publisher key pair (the secret file is created mode 0600).
     Keygen(keys::KeygenArgs),
+    /// Build a signed hotpatch from a source fix (or two object trees), for the baseline as shipped.
+    Build(Box<build::BuildArgs>),
     /// Pack a replacement object into a signed hotpatch for a baseline.
     Pack(package::PackArgs),
     /// Show what a hotpatch package contains (does not check the signature).
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
     let out = output::Output::new(cli.json);
     let result = match cli.command {
         Command::Keygen(args) => keys::keygen(args, &out),
+        Command::Build(args) => build::build(*args, &out),
         Command::Pack(args) => package::pack(args, &out),
         Command::Inspect(args) => package::inspect(args, &out),
         Command::Verify(args) => package::verify(args, &out),

@@ -48,7 +48,7 @@ pub struct PackArgs {
     allow_ipa_ra: bool,
 }
 
-fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
 }
 
@@ -100,7 +100,7 @@ pub fn pack(args: PackArgs, out: &Output) -> anyhow::Result<()> {
 
 /// Writes through a temporary file and a rename, so a crash never leaves a
 /// half-written package under the final name.
-fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp{}",
@@ -112,7 +112,7 @@ fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// The separate debug file of a stripped baseline, when installed.
-fn debug_file_for(baseline: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn debug_file_for(baseline: &[u8]) -> Option<Vec<u8>> {
     let elf = hotpatch_elf::TargetElf::parse(baseline).ok()?;
     if elf.has_symtab() {
         return None;
@@ -153,7 +153,7 @@ pub fn inspect(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_manifest(m: &Manifest, out: &Output) {
+pub(crate) fn print_manifest(m: &Manifest, out: &Output) {
     out.fields(&[
         ("patch id", m.patch_id.clone()),
         ("product", m.product.clone()),

@@ -1,0 +1,161 @@
+//! The shipped file the hotpatch is for, as the builder sees it: its code,
+//! where its symbols are (its own symbol table, its debug file, or the
+//! builder's own link of the original source once that is proven to be the
+//! same code), and which PLT entries and GOT slots stand for which names.
+
+use hotpatch_elf::{LookupError, Symbol, SymbolKind, SymbolTable, TargetElf};
+use object::read::elf::{ElfFile64, Rela, SectionHeader, Sym};
+use object::{Object, ObjectSection};
+use std::collections::HashMap;
+
+/// Where the baseline's symbol addresses come from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "path")]
+pub enum SymbolOrigin {
+    /// The baseline's own `.symtab`.
+    Symtab,
+    /// Its separate debug file (by build-id, or given).
+    DebugFile(String),
+    /// The builder's own link of the original source, whose code at those
+    /// addresses is the baseline's byte for byte.
+    Reference(String),
+    /// Only `.dynsym`: exported names alone.
+    Dynsym,
+}
+
+/// A GOT slot's contents as the dynamic linker will fill them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GotSlot {
+    Named(String),
+    Address(u64),
+}
+
+pub struct Baseline<'a> {
+    pub elf: TargetElf<'a>,
+    pub symbols: SymbolTable,
+    pub origin: SymbolOrigin,
+    /// Names exported in `.dynsym` (left to the engine's name lookup, as the
+    /// dynamic linker would bind them).
+    pub exports: std::collections::BTreeSet<String>,
+    plt: HashMap<u64, String>,
+    got: HashMap<u64, GotSlot>,
+    pub compilers: Vec<String>,
+}
+
+impl<'a> Baseline<'a> {
+    pub fn new(elf: TargetElf<'a>, symbols: SymbolTable, origin: SymbolOrigin) -> Baseline<'a> {
+        let (plt, got) = dynamic_slots(elf.data());
+        let exports = dynamic_exports(&elf);
+        let compilers = comments(elf.data());
+        Baseline { elf, symbols, origin, exports, plt, got, compilers }
+    }
+
+    /// The symbol `name` (a file-local one of `file`).
+    pub fn lookup(&self, name: &str, local: bool, file: Option<&str>) -> Result<&Symbol, LookupError> {
+        if local {
+            // A local's name may be unique without the file; a file that
+            // does not match is then another function of the same name.
+            return match self.symbols.lookup(name, file) {
+                Ok(s) => Ok(s),
+                Err(LookupError::WrongFile { .. }) | Err(LookupError::NotFound(_)) => {
+                    Err(LookupError::NotFound(name.to_owned()))
+                }
+                Err(e) => Err(e),
+            };
+        }
+        let candidates: Vec<&Symbol> = self.symbols.named(name).into_iter().filter(|s| !s.local).collect();
+        candidates.first().copied().ok_or_else(|| LookupError::NotFound(name.to_owned()))
+    }
+
+    /// The name whose PLT entry is at `address`, if it is one.
+    pub fn plt_name(&self, address: u64) -> Option<&str> {
+        self.plt.get(&address).map(String::as_str)
+    }
+
+    pub fn got_slot(&self, address: u64) -> Option<&GotSlot> {
+        self.got.get(&address)
+    }
+
+    pub fn function_bytes(&self, sym: &Symbol) -> Option<&'a [u8]> {
+        self.elf.bytes_at(sym.address, sym.size).filter(|_| self.elf.is_executable_range(sym.address, sym.size))
+    }
+
+    pub fn is_function(sym: &Symbol) -> bool {
+        sym.kind == SymbolKind::Function
+    }
+}
+
+/// Names the file exports (defined in `.dynsym`).
+fn dynamic_exports(elf: &TargetElf<'_>) -> std::collections::BTreeSet<String> {
+    use object::ObjectSymbol;
+    let Ok(file) = object::File::parse(elf.data()) else { return Default::default() };
+    file.dynamic_symbols()
+        .filter(|s| matches!(s.section(), object::SymbolSection::Section(_)))
+        .filter_map(|s| s.name().ok().filter(|n| !n.is_empty()).map(str::to_owned))
+        .collect::<std::collections::BTreeSet<String>>()
+}
+
+/// `.comment` strings: the compilers that built the file (strip usually keeps them).
+pub fn comments(data: &[u8]) -> Vec<String> {
+    let Ok(file) = object::File::parse(data) else { return Vec::new() };
+    let Some(section) = file.section_by_name(".comment") else { return Vec::new() };
+    let bytes = section.data().unwrap_or(&[]);
+    let mut out: Vec<String> =
+        bytes.split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect();
+    out.dedup();
+    out
+}
+
+/// PLT entries and GOT slots by address, from `.rela.plt` and `.rela.dyn`.
+/// The PLT's layout is the linker's convention: `.plt.sec` entries (IBT) in
+/// `.rela.plt` order, or `.plt` entries after its 16-byte header.
+fn dynamic_slots(data: &[u8]) -> (HashMap<u64, String>, HashMap<u64, GotSlot>) {
+    let mut plt = HashMap::new();
+    let mut got = HashMap::new();
+    let Ok(file) = ElfFile64::<object::Endianness>::parse(data) else { return (plt, got) };
+    let endian = file.endian();
+    let Ok(symbols) = file.elf_section_table().symbols(endian, data, object::elf::SHT_DYNSYM) else {
+        return (plt, got);
+    };
+    let name_of = |index: usize| -> Option<String> {
+        let sym = symbols.symbol(object::SymbolIndex(index)).ok()?;
+        let name = sym.name(endian, symbols.strings()).ok()?;
+        (!name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned())
+    };
+    let relas = |section_name: &str| -> Vec<(u64, u32, u32, i64)> {
+        let Some(section) = file.section_by_name(section_name) else { return Vec::new() };
+        let header = section.elf_section_header();
+        let Ok(Some((relas, _))) = header.rela(endian, data) else { return Vec::new() };
+        relas
+            .iter()
+            .map(|r| (r.r_offset(endian), r.r_type(endian, false), r.r_sym(endian, false), r.r_addend(endian)))
+            .collect()
+    };
+    let plt_start = |name: &str, header: u64| file.section_by_name(name).map(|s| s.address() + header);
+    let first_entry = plt_start(".plt.sec", 0).or_else(|| plt_start(".plt", 16));
+    for (i, (slot, r_type, sym, _)) in relas(".rela.plt").into_iter().enumerate() {
+        if r_type != object::elf::R_X86_64_JUMP_SLOT {
+            continue;
+        }
+        if let Some(name) = name_of(sym as usize) {
+            if let Some(first) = first_entry {
+                plt.insert(first + 16 * i as u64, name.clone());
+            }
+            got.insert(slot, GotSlot::Named(name));
+        }
+    }
+    for (slot, r_type, sym, addend) in relas(".rela.dyn") {
+        match r_type {
+            object::elf::R_X86_64_GLOB_DAT | object::elf::R_X86_64_64 => {
+                if let Some(name) = name_of(sym as usize) {
+                    got.insert(slot, GotSlot::Named(name));
+                }
+            }
+            object::elf::R_X86_64_RELATIVE => {
+                got.insert(slot, GotSlot::Address(addend as u64));
+            }
+            _ => {}
+        }
+    }
+    (plt, got)
+}

@@ -1,0 +1,493 @@
+//! From two builds to a hotpatch: diff every object pair, prove the changed
+//! objects are the baseline's code (run-pre), choose what goes into the
+//! patch, refuse what needs a restart, write the payload and the manifest.
+
+use crate::baseline::{Baseline, SymbolOrigin};
+use crate::diff::{ObjectDiff, Verdict, constructor_functions, diff_objects};
+use crate::explain::{Explain, FunctionReport, ObjectReport, Reason};
+use crate::objfile::{ObjectFile, RefKey, SectionClass, SymKind, is_tls, pc_relative};
+use crate::payload::{Binder, Binding, PayloadWriter, Selection, payload_name};
+use crate::runpre::{Mismatch, match_function};
+use hotpatch_elf::{SymbolTable, TargetElf};
+use hotpatch_format::{
+    BaselineSymbol, Classification, FORMAT_VERSION, FunctionPatch, MIN_SITE_SIZE, Machine, Manifest, Target, sha256_hex,
+};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiffBuildError {
+    #[error("baseline {name}: {why}")]
+    Baseline { name: String, why: String },
+    #[error("needs a baseline (restart): {0}")]
+    NeedsBaseline(String),
+    #[error(
+        "the builder's original build is not the baseline's code: {mismatch}.\n  compilers of the builder's build: \
+         {ours}\n  compilers of the baseline: {theirs}"
+    )]
+    NotTheBaseline { mismatch: Mismatch, ours: String, theirs: String },
+    #[error("nothing to patch: {0}")]
+    NothingChanged(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("payload: {0}")]
+    Payload(String),
+    #[error("manifest: {0}")]
+    Manifest(#[from] hotpatch_format::FormatError),
+}
+
+/// An object of the original build and the same object of the fixed build.
+pub struct ObjectPair {
+    pub old: ObjectFile,
+    pub new: ObjectFile,
+}
+
+/// Everything `hotpatch build` decides from; the package is then
+/// `Package::build(manifest, payload, key)`.
+pub struct DiffBuildRequest<'a> {
+    pub baseline: &'a [u8],
+    pub baseline_name: String,
+    pub debug_file: Option<&'a [u8]>,
+    /// Linked files of the builder's original build (path, bytes): one whose
+    /// code is the baseline's stands in for a stripped baseline's symbols.
+    pub references: Vec<(String, Vec<u8>)>,
+    pub pairs: Vec<ObjectPair>,
+    /// Functions the source patches touch (for `--explain`).
+    pub touched: BTreeSet<String>,
+    pub patch_id: Option<String>,
+    pub product: String,
+    pub level: u32,
+    pub classification: Classification,
+    pub cves: Vec<String>,
+    pub description: String,
+    pub created: String,
+}
+
+pub struct DiffBuildOutput {
+    pub manifest: Manifest,
+    pub payload: Vec<u8>,
+    pub explain: Explain,
+}
+
+/// Builds the manifest and payload of a hotpatch from two builds.
+pub fn build_from_objects(req: &DiffBuildRequest<'_>) -> Result<DiffBuildOutput, DiffBuildError> {
+    let name = req.baseline_name.clone();
+    let baseline_err = |why: String| DiffBuildError::Baseline { name: name.clone(), why };
+    let elf = TargetElf::parse(req.baseline).map_err(|e| baseline_err(e.to_string()))?;
+    let build_id = elf.build_id_hex().map_err(|e| baseline_err(e.to_string()))?;
+    let machine = Machine::from_elf(elf.e_machine()).filter(|m| *m == Machine::X86_64).ok_or_else(|| {
+        DiffBuildError::Unsupported(format!("baseline {name}: the builder makes hotpatches for x86_64 only"))
+    })?;
+    let baseline = open_baseline(elf, req)?;
+    let mut explain = Explain::new(&name, &build_id, baseline.origin.clone());
+
+    let diffs: Vec<ObjectDiff> = req.pairs.iter().map(|p| diff_objects(&p.old, &p.new)).collect();
+    let in_baseline = locate_objects(&baseline, req, &diffs, &mut explain)?;
+    if in_baseline.is_empty() {
+        return Err(DiffBuildError::NothingChanged(
+            "no function of the baseline differs between the original and the fixed build".into(),
+        ));
+    }
+    refuse_unpatchable(req, &diffs, &in_baseline)?;
+    let selections = select(req, &diffs, &in_baseline);
+    let mut writer = PayloadWriter::default();
+    let mut functions = Vec::new();
+    for (&i, selection) in &selections {
+        writer.add_sections(i, &req.pairs[i].new, selection);
+    }
+    let mut binder = BaselineBinder { baseline: &baseline };
+    for &i in selections.keys() {
+        writer.add_relocations(i, &req.pairs[i].new, &mut binder).map_err(DiffBuildError::Payload)?;
+        functions.extend(sites(&baseline, req, i, &diffs[i], &selections[&i], &mut explain)?);
+    }
+    report_functions(req, &diffs, &in_baseline, &selections, &mut explain);
+    if functions.is_empty() {
+        return Err(DiffBuildError::NothingChanged("the fix changes no function that the baseline runs".into()));
+    }
+    let (payload, bound) = writer.finish().map_err(DiffBuildError::Payload)?;
+    hotpatch_format::check_payload(&payload, machine)?;
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        patch_id: req.patch_id.clone().unwrap_or_else(|| crate::pack::default_patch_id(&name, &build_id, req.level)),
+        product: req.product.clone(),
+        target: Target { build_id, file_name: name, machine },
+        level: req.level,
+        classification: req.classification,
+        cves: req.cves.clone(),
+        description: req.description.clone(),
+        created: req.created.clone(),
+        functions,
+        symbols: bound.into_iter().map(|(name, address)| BaselineSymbol { name, address }).collect(),
+        payload_sha256: "0".repeat(64),
+        signing_key_id: "0".repeat(16),
+    };
+    manifest.validate()?;
+    Ok(DiffBuildOutput { manifest, payload, explain })
+}
+
+/// The baseline with the best symbols to be had: its own, its debug file's,
+/// or those of the builder's own link of the original source when that link's
+/// code is the baseline's.
+fn open_baseline<'a>(elf: TargetElf<'a>, req: &DiffBuildRequest<'_>) -> Result<Baseline<'a>, DiffBuildError> {
+    if elf.has_symtab() {
+        let symbols = SymbolTable::from_target(&elf, None);
+        return Ok(Baseline::new(elf, symbols, SymbolOrigin::Symtab));
+    }
+    if let Some(debug) = req.debug_file
+        && let Ok(debug_elf) = TargetElf::parse(debug)
+        && debug_elf.build_id().ok().flatten() == elf.build_id().ok().flatten()
+    {
+        let symbols = SymbolTable::from_target(&elf, Some(&debug_elf));
+        return Ok(Baseline::new(elf, symbols, SymbolOrigin::DebugFile("debug file".into())));
+    }
+    let best = req
+        .references
+        .iter()
+        .filter_map(|(path, data)| {
+            let reference = TargetElf::parse(data).ok()?;
+            let score = reference_score(&elf, &reference)?;
+            tracing::debug!(path, score, "reference link of the original build");
+            Some((score, path, SymbolTable::from_target(&reference, None)))
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((score, path, symbols)) if score >= 0.999 => {
+            Ok(Baseline::new(elf, symbols, SymbolOrigin::Reference(path.clone())))
+        }
+        _ => {
+            let symbols = SymbolTable::from_target(&elf, None);
+            Ok(Baseline::new(elf, symbols, SymbolOrigin::Dynsym))
+        }
+    }
+}
+
+/// The share of the reference's functions whose bytes the baseline has at
+/// the same address; `None` when the reference has no symbols to lend.
+fn reference_score(baseline: &TargetElf<'_>, reference: &TargetElf<'_>) -> Option<f64> {
+    if !reference.has_symtab() || reference.e_type() != baseline.e_type() {
+        return None;
+    }
+    let symbols = SymbolTable::from_target(reference, None);
+    let (mut total, mut same) = (0u64, 0u64);
+    for sym in symbols.iter().filter(|s| Baseline::is_function(s) && s.size > 0) {
+        total += 1;
+        let ours = reference.bytes_at(sym.address, sym.size);
+        if ours.is_some() && ours == baseline.bytes_at(sym.address, sym.size) {
+            same += 1;
+        }
+    }
+    (total > 0).then(|| same as f64 / total as f64)
+}
+
+/// Which changed objects are part of the baseline: every one of their
+/// functions the baseline has must match it (run-pre). An object none of
+/// whose functions match is another program's (a test, a static build).
+fn locate_objects(
+    baseline: &Baseline<'_>,
+    req: &DiffBuildRequest<'_>,
+    diffs: &[ObjectDiff],
+    explain: &mut Explain,
+) -> Result<BTreeSet<usize>, DiffBuildError> {
+    let mut found = BTreeSet::new();
+    let mut first_mismatch: Option<(usize, Mismatch)> = None;
+    for (i, pair) in req.pairs.iter().enumerate() {
+        if diffs[i].is_empty() {
+            continue;
+        }
+        let old = &pair.old;
+        let (mut matched, mut mismatched) = (0usize, Vec::new());
+        for (sym, _) in old.functions() {
+            let s = &old.symbols[sym];
+            let Ok(at) = baseline.lookup(&s.name, s.local, old.source_file.as_deref()) else { continue };
+            match match_function(baseline, old, sym, at) {
+                Ok(()) => matched += 1,
+                Err(m) => mismatched.push(m),
+            }
+        }
+        let report = ObjectReport {
+            path: old.path.clone(),
+            in_baseline: matched > 0 && mismatched.is_empty(),
+            matched,
+            mismatch: mismatched.first().map(ToString::to_string),
+        };
+        explain.objects.push(report);
+        if matched > 0 && !mismatched.is_empty() {
+            return Err(not_the_baseline(baseline, old, mismatched.remove(0)));
+        }
+        if matched > 0 {
+            found.insert(i);
+        } else if let Some(m) = mismatched.into_iter().next() {
+            first_mismatch.get_or_insert((i, m));
+        }
+    }
+    if found.is_empty()
+        && let Some((i, m)) = first_mismatch
+    {
+        return Err(not_the_baseline(baseline, &req.pairs[i].old, m));
+    }
+    Ok(found)
+}
+
+fn not_the_baseline(baseline: &Baseline<'_>, old: &ObjectFile, mismatch: Mismatch) -> DiffBuildError {
+    let list = |v: &[String]| if v.is_empty() { "unknown (no .comment)".to_owned() } else { v.join("; ") };
+    let mismatch = Mismatch { function: format!("{} ({})", mismatch.function, old.path), ..mismatch };
+    DiffBuildError::NotTheBaseline { mismatch, ours: list(&old.compilers), theirs: list(&baseline.compilers) }
+}
+
+/// Changes a running process cannot take without a restart.
+fn refuse_unpatchable(
+    req: &DiffBuildRequest<'_>,
+    diffs: &[ObjectDiff],
+    in_baseline: &BTreeSet<usize>,
+) -> Result<(), DiffBuildError> {
+    for &i in in_baseline {
+        let (pair, diff) = (&req.pairs[i], &diffs[i]);
+        if let Some(d) = diff.data.iter().find(|d| d.writable) {
+            return Err(DiffBuildError::NeedsBaseline(format!(
+                "{} in {}: {}; running processes keep the old layout and value (a shadow variable can add state \
+                 instead)",
+                d.name, pair.new.path, d.what
+            )));
+        }
+        if let Some(c) = diff.constructors_changed.first() {
+            return Err(DiffBuildError::NeedsBaseline(format!(
+                "{} in {} changed: constructors run only when a process starts",
+                c, pair.new.path
+            )));
+        }
+        let ctors = constructor_functions(&pair.old);
+        if let Some(f) = diff.functions.iter().find(|f| f.verdict == Verdict::Changed && ctors.contains(&f.name)) {
+            return Err(DiffBuildError::NeedsBaseline(format!(
+                "constructor {} in {} changed: it ran when each process started and will not run again",
+                f.name, pair.new.path
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The sections of each fixed object that go into the payload: every
+/// changed function, whatever it cannot be separated from (a `.cold` part
+/// it jumps into, a new function it calls), and the data they need.
+fn select(
+    req: &DiffBuildRequest<'_>,
+    diffs: &[ObjectDiff],
+    in_baseline: &BTreeSet<usize>,
+) -> BTreeMap<usize, Selection> {
+    let mut out = BTreeMap::new();
+    for &i in in_baseline {
+        let new = &req.pairs[i].new;
+        let diff = &diffs[i];
+        let new_syms: BTreeSet<usize> =
+            diff.functions.iter().filter(|f| f.verdict == Verdict::New).map(|f| f.new_sym).collect();
+        let mut chosen: BTreeSet<usize> =
+            diff.functions.iter().filter(|f| f.verdict == Verdict::Changed).map(|f| f.new_sym).collect();
+        close_over(new, &mut chosen, &new_syms);
+        if chosen.is_empty() {
+            continue;
+        }
+        let mut selection = Selection::default();
+        for &f in &chosen {
+            if let Some(sec) = new.symbols[f].section {
+                selection.sections.insert(sec);
+            }
+        }
+        add_data(new, diff, &mut selection);
+        out.insert(i, selection);
+    }
+    out
+}
+
+/// Adds to `chosen` the new functions it calls and every function it cannot
+/// be split from (a jump into another function's body, either way).
+fn close_over(obj: &ObjectFile, chosen: &mut BTreeSet<usize>, new_functions: &BTreeSet<usize>) {
+    let functions: Vec<usize> = obj.functions().map(|(f, _)| f).collect();
+    loop {
+        let before = chosen.len();
+        for &f in &functions {
+            for (target, entry) in function_refs(obj, f) {
+                let f_in = chosen.contains(&f);
+                let t_in = chosen.contains(&target);
+                if f_in && (new_functions.contains(&target) || !entry) {
+                    chosen.insert(target);
+                }
+                if t_in && !entry {
+                    chosen.insert(f);
+                }
+            }
+        }
+        if chosen.len() == before {
+            return;
+        }
+    }
+}
+
+/// Functions of `obj` that function `f` refers to, and whether at their entry.
+fn function_refs(obj: &ObjectFile, f: usize) -> Vec<(usize, bool)> {
+    let Some(sec) = obj.symbols[f].section else { return Vec::new() };
+    obj.sections[sec]
+        .relocs
+        .iter()
+        .filter_map(|r| {
+            let RefKey::Named { name, offset, .. } = obj.key(sec, r) else { return None };
+            let target = obj.find(&name).filter(|&t| obj.symbols[t].kind == SymKind::Function)?;
+            let bias = if pc_relative(r.r_type) { 4 } else { 0 };
+            Some((target, offset + bias == 0))
+        })
+        .collect()
+}
+
+/// Read-only data the chosen code refers to is copied (it is constant, so a
+/// copy is the same data); data objects the fix adds are new state.
+fn add_data(obj: &ObjectFile, diff: &ObjectDiff, selection: &mut Selection) {
+    let readonly_changed: BTreeSet<&str> = diff.data.iter().filter(|d| !d.writable).map(|d| d.name.as_str()).collect();
+    let mut queue: Vec<usize> = selection.sections.iter().copied().collect();
+    while let Some(sec) = queue.pop() {
+        for r in &obj.sections[sec].relocs {
+            let sym = &obj.symbols[r.symbol];
+            let Some(target) = sym.section else { continue };
+            let class = obj.sections[target].class;
+            let named = obj.key(sec, r);
+            let copy = match (&named, class) {
+                (_, SectionClass::Text | SectionClass::Other | SectionClass::Tls | SectionClass::Constructors) => false,
+                (RefKey::String { .. } | RefKey::Constant { .. } | RefKey::Anonymous { .. }, _) => true,
+                (RefKey::Named { name, .. }, _) => {
+                    readonly_changed.contains(name.as_str()) || diff.is_new_data(obj, name)
+                }
+            };
+            if copy && selection.sections.insert(target) {
+                queue.push(target);
+            }
+        }
+    }
+}
+
+/// The manifest's patch sites of fixed object `i`: each chosen function the
+/// baseline has, at its proven address.
+fn sites(
+    baseline: &Baseline<'_>,
+    req: &DiffBuildRequest<'_>,
+    i: usize,
+    diff: &ObjectDiff,
+    selection: &Selection,
+    explain: &mut Explain,
+) -> Result<Vec<FunctionPatch>, DiffBuildError> {
+    let (old, new) = (&req.pairs[i].old, &req.pairs[i].new);
+    let mut out = Vec::new();
+    for f in &diff.functions {
+        let in_patch = new.symbols[f.new_sym].section.is_some_and(|s| selection.sections.contains(&s));
+        if !in_patch {
+            continue;
+        }
+        refuse_tls(new, f.new_sym)?;
+        let Some(o) = f.old_sym else { continue };
+        let s = &old.symbols[o];
+        if s.name.contains(".cold") {
+            // Entered only by jumps from its parent, which is replaced too.
+            continue;
+        }
+        let Ok(at) = baseline.lookup(&s.name, s.local, old.source_file.as_deref()) else {
+            explain.notes.push(format!("{} ({}) is not in the baseline: nothing to redirect", s.name, old.path));
+            continue;
+        };
+        if at.size < MIN_SITE_SIZE {
+            return Err(DiffBuildError::NeedsBaseline(format!(
+                "{} is {} bytes in the baseline, too short for the {MIN_SITE_SIZE}-byte jump",
+                s.name, at.size
+            )));
+        }
+        let bytes = baseline.function_bytes(at).ok_or_else(|| {
+            DiffBuildError::Unsupported(format!("{} is not in an executable segment of the baseline", s.name))
+        })?;
+        out.push(FunctionPatch {
+            symbol: s.name.clone(),
+            file: if s.local { old.source_file.clone() } else { None },
+            size: at.size,
+            original_sha256: sha256_hex(bytes),
+            replacement: payload_name(i, new, f.new_sym),
+            address: Some(at.address),
+        });
+    }
+    Ok(out)
+}
+
+fn refuse_tls(obj: &ObjectFile, f: usize) -> Result<(), DiffBuildError> {
+    let Some(sec) = obj.symbols[f].section else { return Ok(()) };
+    if obj.sections[sec].relocs.iter().any(|r| is_tls(r.r_type)) {
+        return Err(DiffBuildError::NeedsBaseline(format!(
+            "{} uses thread-local storage, which a patch region cannot reach yet",
+            obj.symbols[f].name
+        )));
+    }
+    Ok(())
+}
+
+fn report_functions(
+    req: &DiffBuildRequest<'_>,
+    diffs: &[ObjectDiff],
+    in_baseline: &BTreeSet<usize>,
+    selections: &BTreeMap<usize, Selection>,
+    explain: &mut Explain,
+) {
+    for &i in in_baseline {
+        let new = &req.pairs[i].new;
+        let changed: BTreeSet<&str> = diffs[i]
+            .functions
+            .iter()
+            .filter(|f| matches!(f.verdict, Verdict::Changed | Verdict::New))
+            .map(|f| f.name.as_str())
+            .collect();
+        for f in &diffs[i].functions {
+            let in_patch = new.symbols[f.new_sym]
+                .section
+                .is_some_and(|s| selections.get(&i).is_some_and(|sel| sel.sections.contains(&s)));
+            if f.verdict == Verdict::Unchanged && !in_patch {
+                continue;
+            }
+            explain.functions.push(FunctionReport {
+                object: new.path.clone(),
+                name: f.name.clone(),
+                verdict: f.verdict.clone(),
+                in_patch,
+                reasons: Reason::explain(f, &req.touched, &changed, in_patch),
+            });
+        }
+    }
+}
+
+/// Binds what the payload refers to outside itself to the baseline.
+struct BaselineBinder<'b, 'a> {
+    baseline: &'b Baseline<'a>,
+}
+
+impl Binder for BaselineBinder<'_, '_> {
+    fn bind(&mut self, obj: &ObjectFile, sym: usize) -> Result<Binding, String> {
+        let s = &obj.symbols[sym];
+        if !s.local && (s.section.is_none() || self.baseline.exports.contains(&s.name)) {
+            // As the dynamic linker binds it in the process: an import, or an
+            // export another object may interpose.
+            if s.section.is_none()
+                && !self.baseline.exports.contains(&s.name)
+                && let Ok(at) = self.baseline.lookup(&s.name, false, None)
+            {
+                return Ok(Binding::Address(at.address));
+            }
+            return Ok(Binding::ByName);
+        }
+        match self.baseline.lookup(&s.name, s.local, obj.source_file.as_deref()) {
+            Ok(at) => Ok(Binding::Address(at.address)),
+            Err(e) => Err(format!(
+                "the patch refers to {} of {}, which cannot be located in the baseline ({e}); give its debug file",
+                s.name, obj.path
+            )),
+        }
+    }
+}
+
+impl ObjectDiff {
+    /// Whether `name` is a data object the fixed build adds (no original).
+    fn is_new_data(&self, obj: &ObjectFile, name: &str) -> bool {
+        obj.find(name).is_some_and(|i| obj.symbols[i].kind == SymKind::Object)
+            && !self.data.iter().any(|d| d.name == name)
+            && self.new_data.contains(name)
+    }
+}

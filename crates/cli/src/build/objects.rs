@@ -1,0 +1,87 @@
+//! Finding the objects of a build tree: relocatable objects, paired by
+//! their path in the two trees, and the linked files (a stripped baseline's
+//! stand-in for symbols once its code is proven the same).
+
+use anyhow::Context;
+use hotpatch_build::{ObjectFile, ObjectPair};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const ET_REL: u16 = 1;
+const ET_EXEC: u16 = 2;
+const ET_DYN: u16 = 3;
+
+/// ELF files of a tree by relative path: relocatable objects, and linked files.
+type ElfFiles = (BTreeMap<String, PathBuf>, Vec<(String, PathBuf)>);
+
+fn elf_files(root: &Path) -> anyhow::Result<ElfFiles> {
+    let mut relocatable = BTreeMap::new();
+    let mut linked = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let path = entry.path();
+            if kind.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if !kind.is_file() {
+                continue;
+            }
+            let Some(e_type) = elf_type(&path) else { continue };
+            let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+            match e_type {
+                ET_REL => {
+                    relocatable.insert(rel, path);
+                }
+                ET_DYN | ET_EXEC => linked.push((rel, path)),
+                _ => {}
+            }
+        }
+    }
+    Ok((relocatable, linked))
+}
+
+/// The ELF type of a file, read from its header alone.
+fn elf_type(path: &Path) -> Option<u16> {
+    use std::io::Read;
+    let mut header = [0u8; 18];
+    std::fs::File::open(path).ok()?.read_exact(&mut header).ok()?;
+    (&header[..4] == b"\x7fELF" && header[4] == 2 && header[5] == 1)
+        .then(|| u16::from_le_bytes([header[16], header[17]]))
+}
+
+/// Every object present in both trees, parsed.
+pub fn pairs(old: &Path, new: &Path) -> anyhow::Result<Vec<ObjectPair>> {
+    let (old_objects, _) = elf_files(old)?;
+    let (new_objects, _) = elf_files(new)?;
+    let mut out = Vec::new();
+    for (rel, old_path) in &old_objects {
+        let Some(new_path) = new_objects.get(rel) else { continue };
+        let old_bytes = std::fs::read(old_path).with_context(|| format!("cannot read {}", old_path.display()))?;
+        let new_bytes = std::fs::read(new_path).with_context(|| format!("cannot read {}", new_path.display()))?;
+        if old_bytes == new_bytes {
+            continue;
+        }
+        out.push(ObjectPair { old: ObjectFile::parse(rel, &old_bytes)?, new: ObjectFile::parse(rel, &new_bytes)? });
+    }
+    if let Some(added) = new_objects.keys().find(|k| !old_objects.contains_key(*k)) {
+        tracing::warn!(object = %added, "an object only the fixed build has is not compared (a new source file)");
+    }
+    if old_objects.is_empty() {
+        anyhow::bail!("no relocatable objects (.o) under {}", old.display());
+    }
+    Ok(out)
+}
+
+/// Linked executables and libraries of the original build, with their bytes.
+pub fn linked_files(root: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let (_, linked) = elf_files(root)?;
+    linked
+        .into_iter()
+        .map(|(rel, path)| Ok((rel, std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?)))
+        .collect()
+}
