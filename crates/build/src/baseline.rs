@@ -40,6 +40,13 @@ pub struct Baseline<'a> {
     plt: HashMap<u64, String>,
     got: HashMap<u64, GotSlot>,
     pub compilers: Vec<String>,
+    /// With symbols lent by a reference link: the addresses of the functions
+    /// whose bytes the baseline has identically there. Only those may be
+    /// bound by address without a run-pre match of their own.
+    pub proven_functions: Option<std::collections::BTreeSet<u64>>,
+    /// For a stripped baseline whose symbols no reference link could lend:
+    /// where the closest reference first differs.
+    pub reference_mismatch: Option<crate::runpre::Mismatch>,
 }
 
 impl<'a> Baseline<'a> {
@@ -47,7 +54,17 @@ impl<'a> Baseline<'a> {
         let (plt, got) = dynamic_slots(elf.data());
         let exports = dynamic_exports(&elf);
         let compilers = comments(elf.data());
-        Baseline { elf, symbols, origin, exports, plt, got, compilers }
+        Baseline {
+            elf,
+            symbols,
+            origin,
+            exports,
+            plt,
+            got,
+            compilers,
+            proven_functions: None,
+            reference_mismatch: None,
+        }
     }
 
     /// The symbol `name` (a file-local one of `file`).

@@ -13,6 +13,7 @@ use hotpatch_format::{
     BaselineSymbol, Classification, FORMAT_VERSION, FunctionPatch, MIN_SITE_SIZE, Machine, Manifest, Target, sha256_hex,
 };
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiffBuildError {
@@ -82,6 +83,14 @@ pub fn build_from_objects(req: &DiffBuildRequest<'_>) -> Result<DiffBuildOutput,
 
     let diffs: Vec<ObjectDiff> = req.pairs.iter().map(|p| diff_objects(&p.old, &p.new)).collect();
     let in_baseline = locate_objects(&baseline, req, &diffs, &mut explain)?;
+    if in_baseline.is_empty()
+        && let Some(mismatch) = baseline.reference_mismatch.clone()
+        && let Some(pair) = req.pairs.first()
+    {
+        // A stripped baseline whose symbols could not be borrowed: the
+        // builder's own link is another program.
+        return Err(not_the_baseline(&baseline, &pair.old, mismatch));
+    }
     if in_baseline.is_empty() {
         return Err(DiffBuildError::NothingChanged(
             "no function of the baseline differs between the original and the fixed build".into(),
@@ -145,37 +154,74 @@ fn open_baseline<'a>(elf: TargetElf<'a>, req: &DiffBuildRequest<'_>) -> Result<B
         .filter_map(|(path, data)| {
             let reference = TargetElf::parse(data).ok()?;
             let score = reference_score(&elf, &reference)?;
-            tracing::debug!(path, score, "reference link of the original build");
+            tracing::debug!(path, score = score.share, "reference link of the original build");
             Some((score, path, SymbolTable::from_target(&reference, None)))
         })
-        .max_by(|a, b| a.0.total_cmp(&b.0));
+        // The link of the same name first (a tree builds many files), then the closest.
+        .max_by(|a, b| {
+            let same = |p: &str| Path::new(p).file_name().is_some_and(|n| n.to_string_lossy() == req.baseline_name);
+            (same(a.1), a.0.share).partial_cmp(&(same(b.1), b.0.share)).unwrap_or(std::cmp::Ordering::Equal)
+        });
     match best {
-        Some((score, path, symbols)) if score >= 0.999 => {
-            Ok(Baseline::new(elf, symbols, SymbolOrigin::Reference(path.clone())))
+        Some((score, path, symbols)) if score.share >= MIN_REFERENCE_SCORE => {
+            let mut baseline = Baseline::new(elf, symbols, SymbolOrigin::Reference(path.clone()));
+            baseline.proven_functions = Some(score.proven);
+            Ok(baseline)
         }
-        _ => {
+        other => {
             let symbols = SymbolTable::from_target(&elf, None);
-            Ok(Baseline::new(elf, symbols, SymbolOrigin::Dynsym))
+            let mut baseline = Baseline::new(elf, symbols, SymbolOrigin::Dynsym);
+            baseline.reference_mismatch = other.and_then(|(score, path, _)| {
+                score.first_difference.map(|m| Mismatch { function: format!("{} ({path})", m.function), ..m })
+            });
+            Ok(baseline)
         }
     }
 }
 
-/// The share of the reference's functions whose bytes the baseline has at
-/// the same address; `None` when the reference has no symbols to lend.
-fn reference_score(baseline: &TargetElf<'_>, reference: &TargetElf<'_>) -> Option<f64> {
+/// The share of a reference link's functions the baseline must hold byte for
+/// byte at the same addresses before the reference's symbols are believed.
+/// Not all: a function that refers to data placed elsewhere differs in a
+/// displacement, and each function used is proven on its own anyway.
+const MIN_REFERENCE_SCORE: f64 = 0.9;
+
+/// How much of a reference link the baseline holds at the same addresses.
+struct ReferenceScore {
+    share: f64,
+    /// Addresses of the functions the baseline has byte for byte.
+    proven: BTreeSet<u64>,
+    first_difference: Option<Mismatch>,
+}
+
+/// `None` when the reference has no symbols to lend.
+fn reference_score(baseline: &TargetElf<'_>, reference: &TargetElf<'_>) -> Option<ReferenceScore> {
     if !reference.has_symtab() || reference.e_type() != baseline.e_type() {
         return None;
     }
     let symbols = SymbolTable::from_target(reference, None);
-    let (mut total, mut same) = (0u64, 0u64);
+    let mut total = 0u64;
+    let mut proven = BTreeSet::new();
+    let mut first_difference = None;
     for sym in symbols.iter().filter(|s| Baseline::is_function(s) && s.size > 0) {
         total += 1;
-        let ours = reference.bytes_at(sym.address, sym.size);
-        if ours.is_some() && ours == baseline.bytes_at(sym.address, sym.size) {
-            same += 1;
+        let ours = reference.bytes_at(sym.address, sym.size).unwrap_or(&[]);
+        let theirs = baseline.bytes_at(sym.address, sym.size).unwrap_or(&[]);
+        if ours == theirs && !ours.is_empty() {
+            proven.insert(sym.address);
+        } else if first_difference.is_none() {
+            let offset = ours.iter().zip(theirs).position(|(a, b)| a != b).unwrap_or(0);
+            first_difference = Some(Mismatch {
+                function: sym.name.clone(),
+                offset: offset as u64,
+                detail: format!(
+                    "the builder's link has 0x{:02x}, the baseline 0x{:02x} at the same address",
+                    ours.get(offset).copied().unwrap_or(0),
+                    theirs.get(offset).copied().unwrap_or(0)
+                ),
+            });
         }
     }
-    (total > 0).then(|| same as f64 / total as f64)
+    (total > 0).then(|| ReferenceScore { share: proven.len() as f64 / total as f64, proven, first_difference })
 }
 
 /// Which changed objects are part of the baseline: every one of their
@@ -229,8 +275,13 @@ fn locate_objects(
 
 fn not_the_baseline(baseline: &Baseline<'_>, old: &ObjectFile, mismatch: Mismatch) -> DiffBuildError {
     let list = |v: &[String]| if v.is_empty() { "unknown (no .comment)".to_owned() } else { v.join("; ") };
-    let mismatch = Mismatch { function: format!("{} ({})", mismatch.function, old.path), ..mismatch };
-    DiffBuildError::NotTheBaseline { mismatch, ours: list(&old.compilers), theirs: list(&baseline.compilers) }
+    let ours = old.compilers.clone();
+    let mismatch = if mismatch.function.contains(" (") {
+        mismatch
+    } else {
+        Mismatch { function: format!("{} ({})", mismatch.function, old.path), ..mismatch }
+    };
+    DiffBuildError::NotTheBaseline { mismatch, ours: list(&ours), theirs: list(&baseline.compilers) }
 }
 
 /// Changes a running process cannot take without a restart.
@@ -336,26 +387,29 @@ fn function_refs(obj: &ObjectFile, f: usize) -> Vec<(usize, bool)> {
         .collect()
 }
 
-/// Read-only data the chosen code refers to is copied (it is constant, so a
-/// copy is the same data); data objects the fix adds are new state.
+/// Read-only data the chosen code refers to is copied whole (it is
+/// constant, so a copy is the same data); data objects the fix adds are new
+/// state, copied one by one. Existing writable data stays the baseline's.
 fn add_data(obj: &ObjectFile, diff: &ObjectDiff, selection: &mut Selection) {
-    let readonly_changed: BTreeSet<&str> = diff.data.iter().filter(|d| !d.writable).map(|d| d.name.as_str()).collect();
     let mut queue: Vec<usize> = selection.sections.iter().copied().collect();
     while let Some(sec) = queue.pop() {
         for r in &obj.sections[sec].relocs {
-            let sym = &obj.symbols[r.symbol];
-            let Some(target) = sym.section else { continue };
-            let class = obj.sections[target].class;
-            let named = obj.key(sec, r);
-            let copy = match (&named, class) {
-                (_, SectionClass::Text | SectionClass::Other | SectionClass::Tls | SectionClass::Constructors) => false,
-                (RefKey::String { .. } | RefKey::Constant { .. } | RefKey::Anonymous { .. }, _) => true,
-                (RefKey::Named { name, .. }, _) => {
-                    readonly_changed.contains(name.as_str()) || diff.is_new_data(obj, name)
+            let Some(target) = obj.symbols[r.symbol].section else { continue };
+            match obj.sections[target].class {
+                SectionClass::ReadOnly | SectionClass::Strings | SectionClass::Constants { .. }
+                    if selection.sections.insert(target) =>
+                {
+                    queue.push(target);
                 }
-            };
-            if copy && selection.sections.insert(target) {
-                queue.push(target);
+                SectionClass::Writable | SectionClass::Bss => {
+                    if let RefKey::Named { name, .. } = obj.key(sec, r)
+                        && diff.new_data.contains(&name)
+                        && let Some(sym) = obj.find(&name)
+                    {
+                        selection.objects.insert(sym);
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -459,6 +513,14 @@ struct BaselineBinder<'b, 'a> {
     baseline: &'b Baseline<'a>,
 }
 
+impl BaselineBinder<'_, '_> {
+    /// A function whose address comes from a reference link not proven for it.
+    fn unproven(&self, at: &hotpatch_elf::Symbol) -> bool {
+        let proven = self.baseline.proven_functions.as_ref();
+        Baseline::is_function(at) && proven.is_some_and(|p| !p.contains(&at.address))
+    }
+}
+
 impl Binder for BaselineBinder<'_, '_> {
     fn bind(&mut self, obj: &ObjectFile, sym: usize) -> Result<Binding, String> {
         let s = &obj.symbols[sym];
@@ -474,20 +536,16 @@ impl Binder for BaselineBinder<'_, '_> {
             return Ok(Binding::ByName);
         }
         match self.baseline.lookup(&s.name, s.local, obj.source_file.as_deref()) {
+            Ok(at) if self.unproven(at) => Err(format!(
+                "the patch calls {} of {}, whose code in the baseline differs from the builder's build at the \
+                 address its symbols give; give the baseline's debug file",
+                s.name, obj.path
+            )),
             Ok(at) => Ok(Binding::Address(at.address)),
             Err(e) => Err(format!(
                 "the patch refers to {} of {}, which cannot be located in the baseline ({e}); give its debug file",
                 s.name, obj.path
             )),
         }
-    }
-}
-
-impl ObjectDiff {
-    /// Whether `name` is a data object the fixed build adds (no original).
-    fn is_new_data(&self, obj: &ObjectFile, name: &str) -> bool {
-        obj.find(name).is_some_and(|i| obj.symbols[i].kind == SymKind::Object)
-            && !self.data.iter().any(|d| d.name == name)
-            && self.new_data.contains(name)
     }
 }

@@ -23,7 +23,7 @@ pub enum ObjectError {
     Lto { path: String, section: String },
     #[error(
         "{path}: section {section} holds {count} functions ({names}); compile with -ffunction-sections \
-         -fdata-sections (the builder's compiler wrapper adds them) so each function can be compared and moved alone"
+         (the builder's compiler wrapper adds it) so each function can be compared and moved alone"
     )]
     NotFunctionSections { path: String, section: String, count: usize, names: String },
 }
@@ -86,6 +86,16 @@ pub struct ObjSymbol {
     pub section: Option<usize>,
     pub value: u64,
     pub size: u64,
+}
+
+impl ObjSymbol {
+    /// A place in a section rather than a program symbol: a section symbol,
+    /// or an assembler label such as `.LC0` (gas keeps those for references
+    /// into mergeable sections).
+    pub fn is_label(&self) -> bool {
+        self.section.is_some()
+            && (self.kind == SymKind::Section || self.name.is_empty() || (self.kind == SymKind::Other && self.local))
+    }
 }
 
 /// A relocatable object of one build.
@@ -341,12 +351,11 @@ impl ObjectFile {
     }
 
     /// What relocation `r` of section `section` refers to.
-    pub fn key(&self, section: usize, r: &Reloc) -> RefKey {
+    pub fn key(&self, _section: usize, r: &Reloc) -> RefKey {
         let sym = &self.symbols[r.symbol];
-        let Some(target) = sym.section.filter(|_| sym.kind == SymKind::Section || sym.name.is_empty()) else {
+        let Some(target) = sym.section.filter(|_| sym.is_label()) else {
             return RefKey::Named { name: sym.name.clone(), local: sym.local, offset: r.addend };
         };
-        let _ = section;
         // A section symbol (as gas makes of references to local labels and
         // file-local objects): find what lives there.
         let bias = if pc_relative(r.r_type) { 4 } else { 0 };

@@ -27,13 +27,18 @@ pub trait Binder {
 /// What goes into the payload from one fixed object.
 #[derive(Debug, Default, Clone)]
 pub struct Selection {
-    /// Sections copied whole (functions in the patch, their data).
+    /// Sections copied whole (functions in the patch, read-only data).
     pub sections: BTreeSet<usize>,
+    /// Data objects (symbol indices) copied alone: state the fix adds, which
+    /// may share a section with the baseline's own variables.
+    pub objects: BTreeSet<usize>,
 }
 
 pub struct PayloadWriter {
     out: write::Object<'static>,
     copied: HashMap<(usize, usize), SectionId>,
+    /// (object, symbol) → the payload section holding that data object alone.
+    copied_objects: HashMap<(usize, usize), SectionId>,
     externs: HashMap<String, SymbolId>,
     /// Payload name → baseline address, for the manifest.
     pub bound: BTreeMap<String, u64>,
@@ -44,6 +49,7 @@ impl Default for PayloadWriter {
         PayloadWriter {
             out: write::Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little),
             copied: HashMap::new(),
+            copied_objects: HashMap::new(),
             externs: HashMap::new(),
             bound: BTreeMap::new(),
         }
@@ -86,34 +92,65 @@ impl PayloadWriter {
             }
             self.copied.insert((index, sec), id);
         }
+        for &sym in &selection.objects {
+            self.add_object(index, obj, sym);
+        }
         for (i, sym) in obj.symbols.iter().enumerate() {
             let Some(sec) = sym.section else { continue };
             let Some(&id) = self.copied.get(&(index, sec)) else { continue };
             if !matches!(sym.kind, SymKind::Function | SymKind::Object) {
                 continue;
             }
-            self.out.add_symbol(write::Symbol {
-                name: payload_name(index, obj, i).into_bytes(),
-                value: sym.value,
-                size: sym.size,
-                kind: if sym.kind == SymKind::Function { object::SymbolKind::Text } else { object::SymbolKind::Data },
-                scope: SymbolScope::Linkage,
-                weak: false,
-                section: write::SymbolSection::Section(id),
-                flags: SymbolFlags::None,
-            });
+            self.define(payload_name(index, obj, i), id, sym.value, sym.size, sym.kind == SymKind::Function);
         }
     }
 
-    /// Writes the relocations of every copied section of object `index`.
+    fn define(&mut self, name: String, section: SectionId, value: u64, size: u64, function: bool) {
+        self.out.add_symbol(write::Symbol {
+            name: name.into_bytes(),
+            value,
+            size,
+            kind: if function { object::SymbolKind::Text } else { object::SymbolKind::Data },
+            scope: SymbolScope::Linkage,
+            weak: false,
+            section: write::SymbolSection::Section(section),
+            flags: SymbolFlags::None,
+        });
+    }
+
+    /// A new data object in a section of its own (offset 0 is its start).
+    fn add_object(&mut self, index: usize, obj: &ObjectFile, sym: usize) {
+        let s = &obj.symbols[sym];
+        let Some(sec) = s.section else { return };
+        let section = &obj.sections[sec];
+        let segment = self.out.segment_name(StandardSegment::Data).to_vec();
+        let bss = section.class == SectionClass::Bss;
+        let (prefix, kind) = if bss { (".bss", SectionKind::UninitializedData) } else { (".data", SectionKind::Data) };
+        let id = self.out.add_section(segment, format!("{prefix}.{}", s.name).into_bytes(), kind);
+        let align = section.align.min(64);
+        if bss {
+            self.out.append_section_bss(id, s.size.max(1), align);
+        } else {
+            let bytes = section.data.get(s.value as usize..(s.value + s.size) as usize).unwrap_or(&[]).to_vec();
+            self.out.set_section_data(id, bytes, align);
+        }
+        self.copied_objects.insert((index, sym), id);
+        self.define(payload_name(index, obj, sym), id, 0, s.size, false);
+    }
+
+    /// Writes the relocations of every copied section and object of object `index`.
     pub fn add_relocations(&mut self, index: usize, obj: &ObjectFile, binder: &mut dyn Binder) -> Result<(), String> {
-        let copied: Vec<(usize, SectionId)> =
-            self.copied.iter().filter(|((i, _), _)| *i == index).map(|((_, s), id)| (*s, *id)).collect();
-        for (sec, id) in copied {
-            for r in &obj.sections[sec].relocs {
+        let mut copied: Vec<(usize, SectionId, u64, u64)> =
+            self.copied.iter().filter(|((i, _), _)| *i == index).map(|((_, s), id)| (*s, *id, 0, u64::MAX)).collect();
+        copied.extend(self.copied_objects.iter().filter(|((i, _), _)| *i == index).filter_map(|((_, sym), id)| {
+            let s = &obj.symbols[*sym];
+            Some((s.section?, *id, s.value, s.value + s.size))
+        }));
+        for (sec, id, start, end) in copied {
+            for r in obj.sections[sec].relocs.iter().filter(|r| r.offset >= start && r.offset < end) {
                 let (symbol, addend) = self.target(index, obj, sec, r, binder)?;
-                let reloc =
-                    Relocation { offset: r.offset, symbol, addend, flags: RelocationFlags::Elf { r_type: r.r_type } };
+                let flags = RelocationFlags::Elf { r_type: r.r_type };
+                let reloc = Relocation { offset: r.offset - start, symbol, addend, flags };
                 self.out.add_relocation(id, reloc).map_err(|e| format!("{}: {e}", obj.sections[sec].name))?;
             }
         }
@@ -135,22 +172,10 @@ impl PayloadWriter {
             let section_symbol = self.out.section_symbol(id);
             return Ok((section_symbol, r.addend.wrapping_add(sym.value as i64)));
         }
-        // Outside the payload: name what is referred to.
-        let (named, addend) = match sym.section {
-            Some(ts) if sym.kind == SymKind::Section || sym.name.is_empty() => {
-                let bias = if pc_relative(r.r_type) { 4 } else { 0 };
-                let at = (sym.value as i64).wrapping_add(r.addend).wrapping_add(bias);
-                let named = u64::try_from(at).ok().and_then(|at| obj.named_at(ts, at)).ok_or_else(|| {
-                    format!(
-                        "{} refers to {}+{} outside any named object, and that data is not in the patch",
-                        obj.sections[sec].name, obj.sections[ts].name, at
-                    )
-                })?;
-                let delta = (sym.value as i64).wrapping_add(r.addend).wrapping_sub(obj.symbols[named].value as i64);
-                (named, delta)
-            }
-            _ => (r.symbol, r.addend),
-        };
+        let (named, addend) = self.named_target(obj, sec, r)?;
+        if let Some(&id) = self.copied_objects.get(&(index, named)) {
+            return Ok((self.out.section_symbol(id), addend));
+        }
         let name = match binder.bind(obj, named)? {
             Binding::Address(address) => {
                 let name = bound_name(obj, named);
@@ -160,6 +185,28 @@ impl PayloadWriter {
             Binding::ByName => obj.symbols[named].name.clone(),
         };
         Ok((self.external(&name), addend))
+    }
+
+    /// The named function or object a relocation reaches, and the addend
+    /// relative to it (gas turns references to file-local objects into
+    /// references to their section).
+    fn named_target(&self, obj: &ObjectFile, sec: usize, r: &crate::objfile::Reloc) -> Result<(usize, i64), String> {
+        let sym = &obj.symbols[r.symbol];
+        match sym.section {
+            Some(ts) if sym.is_label() => {
+                let bias = if pc_relative(r.r_type) { 4 } else { 0 };
+                let at = (sym.value as i64).wrapping_add(r.addend).wrapping_add(bias);
+                let named = u64::try_from(at).ok().and_then(|at| obj.named_at(ts, at)).ok_or_else(|| {
+                    format!(
+                        "{} refers to {}+{} outside any named object, and that data is not in the patch",
+                        obj.sections[sec].name, obj.sections[ts].name, at
+                    )
+                })?;
+                let delta = (sym.value as i64).wrapping_add(r.addend).wrapping_sub(obj.symbols[named].value as i64);
+                Ok((named, delta))
+            }
+            _ => Ok((r.symbol, r.addend)),
+        }
     }
 
     fn external(&mut self, name: &str) -> SymbolId {

@@ -25,7 +25,7 @@ pub struct BuildArgs {
     /// Build command, run by `sh -c` in the tree.
     #[arg(long, default_value = "make")]
     command: String,
-    /// Objects of the original build, made elsewhere with -ffunction-sections -fdata-sections.
+    /// Objects of the original build, made elsewhere with -ffunction-sections.
     #[arg(long, requires = "new_objects")]
     old_objects: Option<PathBuf>,
     /// Objects of the fixed build (same layout as --old-objects).

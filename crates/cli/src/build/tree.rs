@@ -1,6 +1,6 @@
 //! Building the source tree twice, as is and with the fix, through a
-//! compiler wrapper that puts every function and data object in its own
-//! section (so each can be compared and moved alone).
+//! compiler wrapper that puts every function in its own section (so each
+//! can be compared and moved alone).
 //!
 //! Both builds run in the same directory path, one after the other, so that
 //! `__FILE__` strings and debug paths are the same in both and a difference
@@ -39,11 +39,13 @@ fn compiler_names(path: &str) -> Vec<String> {
 }
 
 const WRAPPER: &str = r#"#!/bin/sh
-# Written by `hotpatch build`: the real compiler, with each function and data
-# object in its own section.
+# Written by `hotpatch build`: the real compiler, with each function in its
+# own section. Data keeps the build's own layout (-fdata-sections would move
+# variables, and the builder's link could then no longer stand for the
+# shipped file's symbols).
 self=$(basename "$0")
 real=$(PATH="$HOTPATCH_REAL_PATH" command -v "$self") || { echo "hotpatch build: no $self on PATH" >&2; exit 127; }
-exec "$real" "$@" -ffunction-sections -fdata-sections
+exec "$real" "$@" -ffunction-sections
 "#;
 
 impl Work {

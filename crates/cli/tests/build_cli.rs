@@ -1,0 +1,319 @@
+//! `hotpatch build` end to end: a service built like a distribution builds
+//! it (plain -O2, stripped), a source fix, the hotpatch the builder makes
+//! from them, applied to the running service and rolled back; the behaviour
+//! is what is checked (see tests/fixtures/patches/README.md).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+
+const HOTPATCH: &str = env!("CARGO_BIN_EXE_hotpatch");
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run command")
+}
+
+fn ok(out: Output, what: &str) -> Output {
+    assert!(
+        out.status.success(),
+        "{what} failed\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The service as a distribution ships it: built by plain `make` (with
+/// `cflags`), then stripped, in `DIR/installed`.
+struct Shipped {
+    dir: tempfile::TempDir,
+}
+
+impl Shipped {
+    fn build(cflags: &str) -> Shipped {
+        let dir = tempfile::tempdir().unwrap();
+        let dist = dir.path().join("dist");
+        ok(run(Command::new("cp").arg("-a").arg(fixtures().join("svc")).arg(&dist)), "cp");
+        ok(run(Command::new("make").arg("-s").arg(format!("CFLAGS={cflags}")).current_dir(&dist)), "make");
+        let installed = dir.path().join("installed");
+        std::fs::create_dir(&installed).unwrap();
+        for file in ["svc", "libsvc.so"] {
+            std::fs::copy(dist.join(file), installed.join(file)).unwrap();
+            ok(run(Command::new("strip").arg(installed.join(file))), "strip");
+        }
+        ok(run(Command::new(HOTPATCH).args(["keygen", "--out"]).arg(dir.path().join("keys"))), "keygen");
+        Shipped { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn start(&self) -> Service {
+        let mut child = Command::new(self.path("installed/svc"))
+            .env("LD_LIBRARY_PATH", self.path("installed"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start svc");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut svc = Service { child, stdin, stdout };
+        assert_eq!(svc.ask("ping"), "pong");
+        svc
+    }
+
+    /// `hotpatch build` of fixture patch `name` for `baseline` (a file of `installed/`).
+    fn hotpatch_build(&self, name: &str, baseline: &str) -> Output {
+        run(Command::new(HOTPATCH)
+            .args(["--json", "build", "--source"])
+            .arg(fixtures().join("svc"))
+            .arg("--patch")
+            .arg(fixtures().join(format!("patches/{name}.patch")))
+            .arg("--baseline")
+            .arg(self.path("installed").join(baseline))
+            .args(["--level", "1", "--classification", "security", "--cve", "CVE-2026-0001", "--key"])
+            .arg(self.path("keys/publisher.key"))
+            .arg("-o")
+            .arg(self.path(&format!("{name}.hpatch"))))
+    }
+}
+
+/// The running service; killed when dropped, so no test leaves it behind.
+struct Service {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Service {
+    fn ask(&mut self, query: &str) -> String {
+        writeln!(self.stdin, "{query}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim_end().to_owned()
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// Runs `NAME-LOADED.test`; the first line whose answer differs, if any.
+    fn loaded_test(&mut self, name: &str) -> Result<(), String> {
+        let text = std::fs::read_to_string(fixtures().join(format!("patches/{name}-LOADED.test"))).unwrap();
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let (query, want) = line.split_once(" => ").expect("INPUT => ANSWER");
+            let got = self.ask(query);
+            if got != want {
+                return Err(format!("{query:?} answered {got:?}, the fix answers {want:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).expect("json output")
+}
+
+/// Builds, applies and rolls back fixture `name`; returns the build's JSON.
+fn patch_case(name: &str, baseline: &str) -> serde_json::Value {
+    let shipped = Shipped::build("-O2 -g");
+    let mut svc = shipped.start();
+    assert!(svc.loaded_test(name).is_err(), "{name}: the fix's answers before the fix");
+    let built = ok(shipped.hotpatch_build(name, baseline), "hotpatch build");
+    let report = json(&built);
+    let package = shipped.path(&format!("{name}.hpatch"));
+    let trust = shipped.path("keys/publisher.pub");
+    ok(
+        run(Command::new(HOTPATCH).args(["apply", "--pid", &svc.pid()]).arg(&package).arg("--trust").arg(&trust)),
+        "apply",
+    );
+    if let Err(e) = svc.loaded_test(name) {
+        panic!("{name}: applied, but the behaviour is not fixed: {e}\nbuild: {report:#}");
+    }
+    ok(run(Command::new(HOTPATCH).args(["rollback", "--pid", &svc.pid()])), "rollback");
+    assert!(svc.loaded_test(name).is_err(), "{name}: the fix's answers after the rollback");
+    assert_eq!(svc.ask("ping"), "pong");
+    report
+}
+
+fn in_patch(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["explain"]["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["in_patch"] == true)
+        .map(|f| (f["name"].as_str().unwrap().to_owned(), f["reasons"].to_string()))
+        .collect()
+}
+
+fn sites(report: &serde_json::Value) -> Vec<String> {
+    report["manifest"]["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["symbol"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn bounds_check_fix() {
+    let report = patch_case("bounds", "svc");
+    assert_eq!(sites(&report), ["copy_field"]);
+    // Stripped baseline: every site carries its proven address.
+    assert!(report["manifest"]["functions"][0]["address"].is_u64());
+    assert_eq!(report["explain"]["symbols"]["kind"], "reference");
+}
+
+#[test]
+fn string_constant_fix() {
+    let report = patch_case("string", "svc");
+    assert_eq!(sites(&report), ["greet"]);
+}
+
+#[test]
+fn static_counter_keeps_its_state() {
+    let report = patch_case("counter", "svc");
+    assert_eq!(sites(&report), ["count_calls"]);
+    let bound: Vec<String> = report["manifest"]["symbols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(bound.iter().any(|n| n.starts_with("parse.c:calls")), "counter bound to the baseline's storage: {bound:?}");
+}
+
+#[test]
+fn inlined_helper_patches_its_callers() {
+    let report = patch_case("inlined", "svc");
+    let mut patched = sites(&report);
+    patched.sort();
+    assert_eq!(patched, ["len_a", "len_b"]);
+    let reasons = in_patch(&report);
+    assert!(reasons.iter().all(|(_, why)| why.contains("inlines changed valid_len")), "{reasons:?}");
+}
+
+#[test]
+fn static_function_whose_name_two_files_have() {
+    let report = patch_case("static-twice", "svc");
+    assert!(sites(&report).contains(&"check_b".to_owned()));
+    assert!(!sites(&report).contains(&"check_a".to_owned()), "parse.c's check is another function");
+}
+
+#[test]
+fn fix_that_adds_a_helper() {
+    let report = patch_case("helper", "svc");
+    let reasons = in_patch(&report);
+    assert!(reasons.iter().any(|(n, why)| n == "only_ascii" && why.contains("new")), "{reasons:?}");
+    assert_eq!(sites(&report), ["check_a"], "a new function needs no site");
+}
+
+#[test]
+fn callee_register_use_changes_under_ipa_ra() {
+    let report = patch_case("ipa-ra", "svc");
+    let patched = sites(&report);
+    assert!(patched.contains(&"scale".to_owned()), "{patched:?}");
+    // gcc -O2 let sum_scaled keep values in registers scale left alone; the
+    // fixed scale calls cap(), so sum_scaled's code changed and is patched.
+    let reasons = in_patch(&report);
+    assert!(
+        reasons.iter().any(|(n, why)| n == "sum_scaled" && why.contains("register use")),
+        "the caller relying on -fipa-ra is patched: {reasons:?}"
+    );
+}
+
+#[test]
+fn shared_library_fix() {
+    let report = patch_case("library", "libsvc.so");
+    assert_eq!(sites(&report), ["lib_parse"]);
+}
+
+/// What a failed command said, on either stream (`--json` puts the error on stdout).
+fn said(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn refused(name: &str) {
+    let shipped = Shipped::build("-O2 -g");
+    let mut svc = shipped.start();
+    let out = shipped.hotpatch_build(name, "svc");
+    assert!(!out.status.success(), "{name} was built");
+    let reason = std::fs::read_to_string(fixtures().join(format!("patches/{name}.reason"))).unwrap();
+    let said = said(&out);
+    assert!(said.contains(reason.trim()), "{name}: {said}");
+    assert!(!shipped.path(&format!("{name}.hpatch")).exists(), "no package written");
+    assert_eq!(svc.ask("ping"), "pong");
+}
+
+#[test]
+fn data_layout_change_is_refused() {
+    refused("layout-FAIL");
+}
+
+#[test]
+fn initial_value_change_is_refused() {
+    refused("initial-FAIL");
+}
+
+#[test]
+fn baseline_of_another_toolchain_is_refused() {
+    // Shipped with -O1: the builder's -O2 build is not the same code.
+    let shipped = Shipped::build("-O1 -g");
+    let out = shipped.hotpatch_build("bounds", "svc");
+    assert!(!out.status.success(), "built against a baseline of other flags");
+    let said = said(&out);
+    assert!(said.contains("is not the baseline's code"), "{said}");
+    assert!(said.contains("differs at offset 0x"), "names the first differing offset: {said}");
+    assert!(said.contains("compilers of the baseline: GCC"), "names the compilers: {said}");
+}
+
+#[test]
+fn objects_without_function_sections_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Shipped::build("-O2 -g");
+    for tree in ["old", "new"] {
+        let d = dir.path().join(tree);
+        ok(run(Command::new("cp").arg("-a").arg(fixtures().join("svc")).arg(&d)), "cp");
+        if tree == "new" {
+            ok(
+                run(Command::new("patch")
+                    .args(["-p1", "-s", "-i"])
+                    .arg(fixtures().join("patches/bounds.patch"))
+                    .current_dir(&d)),
+                "patch",
+            );
+        }
+        ok(run(Command::new("make").arg("-s").current_dir(&d)), "make");
+    }
+    let out = run(Command::new(HOTPATCH)
+        .args(["build", "--old-objects"])
+        .arg(dir.path().join("old"))
+        .arg("--new-objects")
+        .arg(dir.path().join("new"))
+        .arg("--baseline")
+        .arg(shipped.path("installed/svc"))
+        .args(["--level", "1", "--classification", "security", "--key"])
+        .arg(shipped.path("keys/publisher.key"))
+        .arg("-o")
+        .arg(dir.path().join("x.hpatch")));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-ffunction-sections"), "{}", s(dir.path()));
+}
