@@ -80,8 +80,20 @@ impl<'a> Baseline<'a> {
                 Err(e) => Err(e),
             };
         }
-        let candidates: Vec<&Symbol> = self.symbols.named(name).into_iter().filter(|s| !s.local).collect();
-        candidates.first().copied().ok_or_else(|| LookupError::NotFound(name.to_owned()))
+        let named = self.symbols.named(name);
+        if let Some(global) = named.iter().find(|s| !s.local) {
+            return Ok(global);
+        }
+        // A hidden global of the object is local once linked (the linker
+        // demotes STV_HIDDEN symbols): one local of that name is it.
+        match named.as_slice() {
+            [one] => Ok(one),
+            [] => Err(LookupError::NotFound(name.to_owned())),
+            many => Err(LookupError::Ambiguous {
+                name: name.to_owned(),
+                candidates: many.iter().filter_map(|s| s.file.clone()).collect::<Vec<_>>().join(", "),
+            }),
+        }
     }
 
     /// The name whose PLT entry is at `address`, if it is one.
@@ -124,8 +136,9 @@ pub fn comments(data: &[u8]) -> Vec<String> {
 }
 
 /// PLT entries and GOT slots by address, from `.rela.plt` and `.rela.dyn`.
-/// The PLT's layout is the linker's convention: `.plt.sec` entries (IBT) in
-/// `.rela.plt` order, or `.plt` entries after its 16-byte header.
+/// Each PLT entry (`.plt`, `.plt.sec`, `.plt.got`) is read for the
+/// `jmp *slot(%rip)` it starts with, so its name is the name of the GOT slot
+/// it jumps through, whatever the entry size or IBT layout.
 fn dynamic_slots(data: &[u8]) -> (HashMap<u64, String>, HashMap<u64, GotSlot>) {
     let mut plt = HashMap::new();
     let mut got = HashMap::new();
@@ -139,40 +152,46 @@ fn dynamic_slots(data: &[u8]) -> (HashMap<u64, String>, HashMap<u64, GotSlot>) {
         let name = sym.name(endian, symbols.strings()).ok()?;
         (!name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned())
     };
-    let relas = |section_name: &str| -> Vec<(u64, u32, u32, i64)> {
-        let Some(section) = file.section_by_name(section_name) else { return Vec::new() };
-        let header = section.elf_section_header();
-        let Ok(Some((relas, _))) = header.rela(endian, data) else { return Vec::new() };
-        relas
-            .iter()
-            .map(|r| (r.r_offset(endian), r.r_type(endian, false), r.r_sym(endian, false), r.r_addend(endian)))
-            .collect()
-    };
-    let plt_start = |name: &str, header: u64| file.section_by_name(name).map(|s| s.address() + header);
-    let first_entry = plt_start(".plt.sec", 0).or_else(|| plt_start(".plt", 16));
-    for (i, (slot, r_type, sym, _)) in relas(".rela.plt").into_iter().enumerate() {
-        if r_type != object::elf::R_X86_64_JUMP_SLOT {
-            continue;
-        }
-        if let Some(name) = name_of(sym as usize) {
-            if let Some(first) = first_entry {
-                plt.insert(first + 16 * i as u64, name.clone());
+    for section in [".rela.plt", ".rela.dyn"] {
+        for (slot, r_type, sym, addend) in relas(&file, data, section) {
+            match r_type {
+                object::elf::R_X86_64_JUMP_SLOT | object::elf::R_X86_64_GLOB_DAT | object::elf::R_X86_64_64 => {
+                    if let Some(name) = name_of(sym as usize) {
+                        got.insert(slot, GotSlot::Named(name));
+                    }
+                }
+                object::elf::R_X86_64_RELATIVE => {
+                    got.insert(slot, GotSlot::Address(addend as u64));
+                }
+                _ => {}
             }
-            got.insert(slot, GotSlot::Named(name));
         }
     }
-    for (slot, r_type, sym, addend) in relas(".rela.dyn") {
-        match r_type {
-            object::elf::R_X86_64_GLOB_DAT | object::elf::R_X86_64_64 => {
-                if let Some(name) = name_of(sym as usize) {
-                    got.insert(slot, GotSlot::Named(name));
-                }
+    for (name, entry) in [(".plt", 16), (".plt.sec", 16), (".plt.got", 8)] {
+        let Some(section) = file.section_by_name(name) else { continue };
+        let Ok(bytes) = section.data() else { continue };
+        let entry =
+            if name == ".plt.got" && section.elf_section_header().sh_entsize(endian) == 16 { 16 } else { entry };
+        for (i, chunk) in bytes.chunks(entry).enumerate() {
+            let at = section.address() + (i * entry) as u64;
+            let Some(jmp) = chunk.windows(2).take(8).position(|w| w == [0xff, 0x25]) else { continue };
+            let Some(disp) = chunk.get(jmp + 2..jmp + 6) else { continue };
+            let disp = i32::from_le_bytes([disp[0], disp[1], disp[2], disp[3]]);
+            let slot = (at + jmp as u64 + 6).wrapping_add(disp as i64 as u64);
+            if let Some(GotSlot::Named(n)) = got.get(&slot) {
+                plt.insert(at, n.clone());
             }
-            object::elf::R_X86_64_RELATIVE => {
-                got.insert(slot, GotSlot::Address(addend as u64));
-            }
-            _ => {}
         }
     }
     (plt, got)
+}
+
+fn relas(file: &ElfFile64<'_, object::Endianness>, data: &[u8], name: &str) -> Vec<(u64, u32, u32, i64)> {
+    let endian = file.endian();
+    let Some(section) = file.section_by_name(name) else { return Vec::new() };
+    let Ok(Some((relas, _))) = section.elf_section_header().rela(endian, data) else { return Vec::new() };
+    relas
+        .iter()
+        .map(|r| (r.r_offset(endian), r.r_type(endian, false), r.r_sym(endian, false), r.r_addend(endian)))
+        .collect()
 }

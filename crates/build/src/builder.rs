@@ -54,6 +54,9 @@ pub struct DiffBuildRequest<'a> {
     pub pairs: Vec<ObjectPair>,
     /// Functions the source patches touch (for `--explain`).
     pub touched: BTreeSet<String>,
+    /// How the patches move each file's lines, by file name: a `__LINE__`
+    /// that moved just so is not a change.
+    pub line_shifts: BTreeMap<String, Vec<(u64, i64)>>,
     pub patch_id: Option<String>,
     pub product: String,
     pub level: u32,
@@ -81,7 +84,14 @@ pub fn build_from_objects(req: &DiffBuildRequest<'_>) -> Result<DiffBuildOutput,
     let baseline = open_baseline(elf, req)?;
     let mut explain = Explain::new(&name, &build_id, baseline.origin.clone());
 
-    let diffs: Vec<ObjectDiff> = req.pairs.iter().map(|p| diff_objects(&p.old, &p.new)).collect();
+    let diffs: Vec<ObjectDiff> = req
+        .pairs
+        .iter()
+        .map(|p| {
+            let file = p.new.source_file.as_deref().map(|f| f.rsplit('/').next().unwrap_or(f));
+            diff_objects(&p.old, &p.new, file.and_then(|f| req.line_shifts.get(f)).map(Vec::as_slice))
+        })
+        .collect();
     let in_baseline = locate_objects(&baseline, req, &diffs, &mut explain)?;
     if in_baseline.is_empty()
         && let Some(mismatch) = baseline.reference_mismatch.clone()
@@ -224,45 +234,64 @@ fn reference_score(baseline: &TargetElf<'_>, reference: &TargetElf<'_>) -> Optio
     (total > 0).then(|| ReferenceScore { share: proven.len() as f64 / total as f64, proven, first_difference })
 }
 
+/// How the functions of one original object compare with the baseline.
+struct ObjectMatch {
+    matched: usize,
+    mismatches: Vec<Mismatch>,
+}
+
+impl ObjectMatch {
+    fn full(&self) -> bool {
+        self.matched > 0 && self.mismatches.is_empty()
+    }
+}
+
+fn match_object(baseline: &Baseline<'_>, old: &ObjectFile) -> ObjectMatch {
+    let mut result = ObjectMatch { matched: 0, mismatches: Vec::new() };
+    for (sym, _) in old.functions() {
+        let s = &old.symbols[sym];
+        let Ok(at) = baseline.lookup(&s.name, s.local, old.source_file.as_deref()) else { continue };
+        match match_function(baseline, old, sym, at) {
+            Ok(()) => result.matched += 1,
+            Err(m) => result.mismatches.push(m),
+        }
+    }
+    result
+}
+
 /// Which changed objects are part of the baseline: every one of their
-/// functions the baseline has must match it (run-pre). An object none of
-/// whose functions match is another program's (a test, a static build).
+/// functions the baseline has must match it (run-pre). A tree often builds a
+/// file more than once (libtool's PIC and static objects, a wide-character
+/// variant): a build of the same source file that matches in full settles
+/// it, and the others are another program's. A file whose builds match only
+/// in part is the baseline's file built differently, and is refused.
 fn locate_objects(
     baseline: &Baseline<'_>,
     req: &DiffBuildRequest<'_>,
     diffs: &[ObjectDiff],
     explain: &mut Explain,
 ) -> Result<BTreeSet<usize>, DiffBuildError> {
+    let changed: Vec<usize> = (0..req.pairs.len()).filter(|&i| !diffs[i].is_empty()).collect();
+    let matches: BTreeMap<usize, ObjectMatch> =
+        changed.iter().map(|&i| (i, match_object(baseline, &req.pairs[i].old))).collect();
+    let source = |i: usize| req.pairs[i].old.source_file.clone().unwrap_or_else(|| req.pairs[i].old.path.clone());
+    let settled: BTreeSet<String> = matches.iter().filter(|(_, m)| m.full()).map(|(&i, _)| source(i)).collect();
     let mut found = BTreeSet::new();
     let mut first_mismatch: Option<(usize, Mismatch)> = None;
-    for (i, pair) in req.pairs.iter().enumerate() {
-        if diffs[i].is_empty() {
-            continue;
-        }
-        let old = &pair.old;
-        let (mut matched, mut mismatched) = (0usize, Vec::new());
-        for (sym, _) in old.functions() {
-            let s = &old.symbols[sym];
-            let Ok(at) = baseline.lookup(&s.name, s.local, old.source_file.as_deref()) else { continue };
-            match match_function(baseline, old, sym, at) {
-                Ok(()) => matched += 1,
-                Err(m) => mismatched.push(m),
-            }
-        }
-        let report = ObjectReport {
+    for (&i, m) in &matches {
+        let old = &req.pairs[i].old;
+        explain.objects.push(ObjectReport {
             path: old.path.clone(),
-            in_baseline: matched > 0 && mismatched.is_empty(),
-            matched,
-            mismatch: mismatched.first().map(ToString::to_string),
-        };
-        explain.objects.push(report);
-        if matched > 0 && !mismatched.is_empty() {
-            return Err(not_the_baseline(baseline, old, mismatched.remove(0)));
-        }
-        if matched > 0 {
+            in_baseline: m.full(),
+            matched: m.matched,
+            mismatch: m.mismatches.first().map(ToString::to_string),
+        });
+        if m.full() {
             found.insert(i);
-        } else if let Some(m) = mismatched.into_iter().next() {
-            first_mismatch.get_or_insert((i, m));
+        } else if m.matched > 0 && !settled.contains(&source(i)) {
+            return Err(not_the_baseline(baseline, old, m.mismatches[0].clone()));
+        } else if let Some(first) = m.mismatches.first() {
+            first_mismatch.get_or_insert((i, first.clone()));
         }
     }
     if found.is_empty()

@@ -8,7 +8,7 @@
 //! assumptions) shows in the caller's code, so the caller is in the patch.
 //! What is left out is code the fixed build would run unchanged.
 
-use crate::objfile::{ObjectFile, RefKey, SectionClass, SymKind, field_width};
+use crate::objfile::{ObjectFile, RefKey, SectionClass, field_width};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A function's code with relocation fields blanked, and what each refers to.
@@ -84,9 +84,6 @@ pub struct DataChange {
 pub struct ObjectDiff {
     pub functions: Vec<FunctionDiff>,
     pub data: Vec<DataChange>,
-    /// Anonymous read-only sections (jump tables, unnamed blobs) whose
-    /// contents differ, by name.
-    pub anonymous_changed: BTreeSet<String>,
     /// Constructor sections that differ.
     pub constructors_changed: Vec<String>,
     /// Data objects the fixed build adds (no original): new state.
@@ -151,7 +148,7 @@ fn rename_refs(c: &mut Canonical, renames: &BTreeMap<String, String>) {
 }
 
 /// Compares `old` and `new`, two builds of the same source file.
-pub fn diff_objects(old: &ObjectFile, new: &ObjectFile) -> ObjectDiff {
+pub fn diff_objects(old: &ObjectFile, new: &ObjectFile, shifts: Option<&LineShifts>) -> ObjectDiff {
     let data_pairs = correlate_data(old, new);
     let renames: BTreeMap<String, String> = data_pairs
         .iter()
@@ -159,7 +156,6 @@ pub fn diff_objects(old: &ObjectFile, new: &ObjectFile) -> ObjectDiff {
         .map(|(n, o)| (new.symbols[*n].name.clone(), old.symbols[*o].name.clone()))
         .collect();
     let data = diff_data(old, new, &data_pairs, &renames);
-    let anonymous_changed = diff_anonymous(old, new, &renames);
     let readonly_changed: BTreeSet<&str> =
         data.iter().filter(|d| !d.writable).filter_map(|d| d.new_sym.map(|s| new.symbols[s].name.as_str())).collect();
     let mut functions = Vec::new();
@@ -174,10 +170,9 @@ pub fn diff_objects(old: &ObjectFile, new: &ObjectFile) -> ObjectDiff {
                 let c_old = canonical(old, o);
                 let touches_changed_data = c_new.refs.iter().any(|(_, _, k)| match k {
                     RefKey::Named { name, .. } => readonly_changed.contains(name.as_str()),
-                    RefKey::Anonymous { section, .. } => anonymous_changed.contains(section),
                     _ => false,
                 });
-                let verdict = if touches_changed_data { Verdict::Changed } else { compare(&c_old, &c_new) };
+                let verdict = if touches_changed_data { Verdict::Changed } else { compare(&c_old, &c_new, shifts) };
                 let (a, r) = ref_delta(&c_old, &c_new);
                 (verdict, a, r)
             }
@@ -198,37 +193,71 @@ pub fn diff_objects(old: &ObjectFile, new: &ObjectFile) -> ObjectDiff {
         .filter(|(n, _)| !data_pairs.contains_key(n))
         .map(|(n, _)| new.symbols[n].name.clone())
         .collect();
-    ObjectDiff { functions, data, anonymous_changed, constructors_changed: diff_constructors(old, new), new_data }
+    ObjectDiff { functions, data, constructors_changed: diff_constructors(old, new), new_data }
 }
 
-fn compare(old: &Canonical, new: &Canonical) -> Verdict {
+/// How a source fix moved the lines of one file: after old line `line`,
+/// every later line is `shift` lines further down (cumulative, in order).
+pub type LineShifts = [(u64, i64)];
+
+fn compare(old: &Canonical, new: &Canonical, shifts: Option<&LineShifts>) -> Verdict {
     if old == new {
         return Verdict::Unchanged;
     }
-    if old.refs == new.refs && old.bytes.len() == new.bytes.len() && only_line_constants(old, new) {
+    if old.refs == new.refs && old.bytes.len() == new.bytes.len() && only_line_constants(old, new, shifts) {
         return Verdict::LineOnly;
     }
     Verdict::Changed
 }
 
 /// Whether every byte that differs is inside the immediate of a
-/// `mov $imm32, %edx` (opcode `ba`) and the function calls `__assert_fail`,
-/// whose third argument is the line: an `assert` that moved because lines
-/// were added above it. Decoding just this one form needs no disassembler.
-fn only_line_constants(old: &Canonical, new: &Canonical) -> bool {
+/// `mov $imm32, %reg` (opcode `b8+r`) whose old value is a line of the file
+/// and whose new value is that line where the fix moved it: `__LINE__`
+/// passed to `__assert_fail` or to a function of the program's own (expat
+/// passes it to its accounting). Without the fix's line shifts (objects built
+/// elsewhere), only `%edx` of a function calling `__assert_fail` qualifies.
+/// Decoding this one form needs no disassembler.
+fn only_line_constants(old: &Canonical, new: &Canonical, shifts: Option<&LineShifts>) -> bool {
     let asserts = old.refs.iter().any(|(_, _, k)| k.name() == Some("__assert_fail"));
-    if !asserts {
+    let differing: Vec<usize> = (0..old.bytes.len()).filter(|&i| old.bytes[i] != new.bytes[i]).collect();
+    if differing.is_empty() {
         return false;
     }
-    let differing: Vec<usize> = (0..old.bytes.len()).filter(|&i| old.bytes[i] != new.bytes[i]).collect();
-    differing.iter().all(|&i| {
-        (1..=4).any(|back| {
-            i >= back && old.bytes[i - back] == 0xba && new.bytes[i - back] == 0xba && {
-                let imm = i - back + 1..i - back + 5;
-                imm.end <= old.bytes.len() && differing.iter().all(|d| !imm.contains(d) || imm.contains(&i))
-            }
-        })
-    })
+    let mut i = 0;
+    while i < differing.len() {
+        let at = differing[i];
+        let Some(opcode) = (1..=4).map(|back| at.wrapping_sub(back)).find(|&o| {
+            o < at && is_mov_imm32(&old.bytes, o) && is_mov_imm32(&new.bytes, o) && old.bytes[o] == new.bytes[o]
+        }) else {
+            return false;
+        };
+        let imm = opcode + 1..opcode + 5;
+        let value = |b: &[u8]| u32::from_le_bytes([b[imm.start], b[imm.start + 1], b[imm.start + 2], b[imm.start + 3]]);
+        let (was, now) = (u64::from(value(&old.bytes)), u64::from(value(&new.bytes)));
+        let plausible = match shifts {
+            Some(shifts) => shift_at(shifts, was).is_some_and(|d| d != 0 && was as i64 + d == now as i64),
+            None => asserts && old.bytes[opcode] == 0xba,
+        };
+        if !plausible {
+            return false;
+        }
+        while i < differing.len() && imm.contains(&differing[i]) {
+            i += 1;
+        }
+    }
+    true
+}
+
+fn is_mov_imm32(bytes: &[u8], at: usize) -> bool {
+    at + 5 <= bytes.len() && (0xb8..=0xbf).contains(&bytes[at])
+}
+
+/// How far the fix moved old line `line`.
+fn shift_at(shifts: &LineShifts, line: u64) -> Option<i64> {
+    if line == 0 {
+        return None;
+    }
+    Some(shifts.iter().take_while(|(after, _)| *after < line).last().map_or(0, |(_, d)| *d))
 }
 
 fn ref_delta(old: &Canonical, new: &Canonical) -> (Vec<String>, Vec<String>) {
@@ -264,42 +293,6 @@ fn diff_data(
         out.push(DataChange { name: sn.name.clone(), writable, new_sym: Some(n), what });
     }
     out
-}
-
-/// Anonymous read-only sections (no named object in them) whose contents or
-/// references differ, by section name.
-fn diff_anonymous(old: &ObjectFile, new: &ObjectFile, renames: &BTreeMap<String, String>) -> BTreeSet<String> {
-    let anonymous = |obj: &ObjectFile| -> BTreeMap<String, Canonical> {
-        obj.sections
-            .iter()
-            .enumerate()
-            .filter(|(i, s)| {
-                s.class == SectionClass::ReadOnly
-                    && !obj.symbols.iter().any(|y| y.section == Some(*i) && y.kind == SymKind::Object)
-            })
-            .map(|(i, s)| {
-                let mut bytes = s.data.clone();
-                let mut refs = Vec::new();
-                for r in &s.relocs {
-                    let w = field_width(r.r_type).unwrap_or(4);
-                    for b in bytes.iter_mut().skip(r.offset as usize).take(w) {
-                        *b = 0;
-                    }
-                    refs.push((r.offset, r.r_type, obj.key(i, r)));
-                }
-                (s.name.clone(), Canonical { bytes, refs })
-            })
-            .collect()
-    };
-    let (o, n) = (anonymous(old), anonymous(new));
-    let mut changed = BTreeSet::new();
-    for (name, mut c) in n {
-        rename_refs(&mut c, renames);
-        if o.get(&name) != Some(&c) {
-            changed.insert(name);
-        }
-    }
-    changed
 }
 
 fn diff_constructors(old: &ObjectFile, new: &ObjectFile) -> Vec<String> {
@@ -344,11 +337,15 @@ mod tests {
         let old = Canonical { bytes: vec![0x55, 0xba, 0x10, 0x00, 0x00, 0x00, 0xe8, 0, 0, 0, 0], refs: refs.clone() };
         let mut new = old.clone();
         new.bytes[2] = 0x12;
-        assert_eq!(compare(&old, &new), Verdict::LineOnly);
+        assert_eq!(compare(&old, &new, None), Verdict::LineOnly);
+        // Known shifts: line 16 moved by 2 lines (a hunk at line 10 added two).
+        assert_eq!(compare(&old, &new, Some(&[(10, 2)])), Verdict::LineOnly);
+        assert_eq!(compare(&old, &new, Some(&[(10, 3)])), Verdict::Changed, "not where the fix moved it");
+        assert_eq!(compare(&old, &new, Some(&[(20, 2)])), Verdict::Changed, "a line above the fix does not move");
         let mut other = old.clone();
         other.bytes[0] = 0x53;
-        assert_eq!(compare(&old, &other), Verdict::Changed);
+        assert_eq!(compare(&old, &other, None), Verdict::Changed);
         let no_assert = Canonical { bytes: new.bytes.clone(), refs: Vec::new() };
-        assert_eq!(compare(&Canonical { refs: Vec::new(), ..old }, &no_assert), Verdict::Changed);
+        assert_eq!(compare(&Canonical { refs: Vec::new(), ..old }, &no_assert, None), Verdict::Changed);
     }
 }

@@ -122,9 +122,11 @@ pub enum RefKey {
     String { content: Vec<u8>, offset: i64 },
     /// A constant of a merged constant section.
     Constant { content: Vec<u8>, offset: i64 },
-    /// Anonymous data (a jump table, an unnamed `.rodata` blob): the section's
-    /// name and the offset into it; its contents are compared separately.
-    Anonymous { section: String, offset: i64 },
+    /// Anonymous data (a jump table, an unnamed `.rodata` blob), known by
+    /// its contents, not by where in the section it is: the run of
+    /// back-to-back relocations that starts there (a jump table's entries)
+    /// with the bytes they cover, or else the next bytes of the section.
+    Anonymous { section: String, content: Vec<u8>, refs: Vec<(u64, u32, RefKey)> },
 }
 
 impl RefKey {
@@ -327,6 +329,13 @@ impl ObjectFile {
         covering
     }
 
+    /// The function a text section holds (with -ffunction-sections, one).
+    pub fn owner_function(&self, section: usize) -> Option<usize> {
+        let mut functions =
+            self.symbols.iter().enumerate().filter(|(_, s)| s.section == Some(section) && s.kind == SymKind::Function);
+        functions.find(|(_, s)| s.value == 0).or_else(|| functions.next()).map(|(i, _)| i)
+    }
+
     /// Functions defined here: (symbol index, section index).
     pub fn functions(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.symbols.iter().enumerate().filter_map(|(i, s)| match (s.kind, s.section) {
@@ -354,7 +363,7 @@ impl ObjectFile {
     pub fn key(&self, _section: usize, r: &Reloc) -> RefKey {
         let sym = &self.symbols[r.symbol];
         let Some(target) = sym.section.filter(|_| sym.is_label()) else {
-            return RefKey::Named { name: sym.name.clone(), local: sym.local, offset: r.addend };
+            return self.named_key(r.symbol, r.addend);
         };
         // A section symbol (as gas makes of references to local labels and
         // file-local objects): find what lives there.
@@ -370,19 +379,90 @@ impl ObjectFile {
                 let (content, offset) = constant_at(&sec.data, at, entry);
                 return RefKey::Constant { content, offset: offset - bias };
             }
+            // One function per text section: the place is in it (a jump
+            // table entry's addend is not a plain offset, so no search).
+            SectionClass::Text => {
+                if let Some(f) = self.owner_function(target) {
+                    let offset = (sym.value as i64).wrapping_add(r.addend).wrapping_sub(self.symbols[f].value as i64);
+                    return RefKey::Named { name: self.symbols[f].name.clone(), local: self.symbols[f].local, offset };
+                }
+            }
             _ => {}
         }
         match u64::try_from(at).ok().and_then(|at| self.named_at(target, at)) {
             Some(named) => {
-                let n = &self.symbols[named];
-                RefKey::Named {
-                    name: n.name.clone(),
-                    local: n.local,
-                    offset: (sym.value as i64).wrapping_add(r.addend).wrapping_sub(n.value as i64),
-                }
+                let offset = (sym.value as i64).wrapping_add(r.addend).wrapping_sub(self.symbols[named].value as i64);
+                self.named_key(named, offset)
             }
-            None => RefKey::Anonymous { section: sec.name.clone(), offset: (sym.value as i64).wrapping_add(r.addend) },
+            // Where the field points (a PC-relative field's -4 undone).
+            None => self.anonymous_key(target, at),
         }
+    }
+}
+
+/// How many bytes of anonymous data without relocations stand for it.
+const ANONYMOUS_BYTES: usize = 64;
+
+impl ObjectFile {
+    fn anonymous_key(&self, section: usize, offset: i64) -> RefKey {
+        let sec = &self.sections[section];
+        let start = u64::try_from(offset).unwrap_or(0);
+        let mut end = start;
+        let mut refs = Vec::new();
+        let mut first_target = None;
+        for r in sec.relocs.iter().filter(|r| r.offset >= start) {
+            // The run ends where the entries stop being back to back, or
+            // start naming another section (the next function's table).
+            let target = self.symbols[r.symbol].section;
+            if r.offset != end || *first_target.get_or_insert(target) != target {
+                break;
+            }
+            // A jump table's entries name places in the function it belongs to.
+            let key = match &self.symbols[r.symbol] {
+                s if s.is_label() => {
+                    let target = s.section.unwrap_or(section);
+                    let at = (s.value as i64).wrapping_add(r.addend);
+                    match u64::try_from(at).ok().and_then(|a| self.named_at(target, a)) {
+                        Some(n) => RefKey::Named {
+                            name: self.symbols[n].name.clone(),
+                            local: self.symbols[n].local,
+                            offset: at - self.symbols[n].value as i64,
+                        },
+                        None => RefKey::Named { name: self.sections[target].name.clone(), local: true, offset: at },
+                    }
+                }
+                s => RefKey::Named { name: s.name.clone(), local: s.local, offset: r.addend },
+            };
+            refs.push((r.offset - start, r.r_type, key));
+            end = r.offset + field_width(r.r_type).unwrap_or(4) as u64;
+        }
+        if refs.is_empty() {
+            end = start + ANONYMOUS_BYTES as u64;
+        }
+        let data_end = (end as usize).min(sec.data.len());
+        let content = sec.data.get(start as usize..data_end).unwrap_or(&[]).to_vec();
+        RefKey::Anonymous { section: sec.name.clone(), content, refs }
+    }
+
+    /// The key of a reference to symbol `sym`. A file-local constant object
+    /// without relocations (`__func__`, `__PRETTY_FUNCTION__.3`, a static
+    /// const table) is known by its contents: gcc numbers such names per
+    /// file, so one added above renumbers all the others.
+    fn named_key(&self, sym: usize, offset: i64) -> RefKey {
+        let s = &self.symbols[sym];
+        if let Some(sec) = s.section
+            && s.local
+            && s.kind == SymKind::Object
+            && matches!(
+                self.sections[sec].class,
+                SectionClass::ReadOnly | SectionClass::Strings | SectionClass::Constants { .. }
+            )
+            && !self.sections[sec].relocs.iter().any(|r| r.offset >= s.value && r.offset < s.value + s.size)
+            && let Some(content) = self.sections[sec].data.get(s.value as usize..(s.value + s.size) as usize)
+        {
+            return RefKey::Constant { content: content.to_vec(), offset };
+        }
+        RefKey::Named { name: s.name.clone(), local: s.local, offset }
     }
 }
 

@@ -193,6 +193,12 @@ impl PayloadWriter {
     fn named_target(&self, obj: &ObjectFile, sec: usize, r: &crate::objfile::Reloc) -> Result<(usize, i64), String> {
         let sym = &obj.symbols[r.symbol];
         match sym.section {
+            Some(ts) if sym.is_label() && obj.sections[ts].class == SectionClass::Text => {
+                let f = obj.owner_function(ts).ok_or_else(|| {
+                    format!("{} refers to {}, which holds no function", obj.sections[sec].name, obj.sections[ts].name)
+                })?;
+                Ok((f, (sym.value as i64).wrapping_add(r.addend).wrapping_sub(obj.symbols[f].value as i64)))
+            }
             Some(ts) if sym.is_label() => {
                 let bias = if pc_relative(r.r_type) { 4 } else { 0 };
                 let at = (sym.value as i64).wrapping_add(r.addend).wrapping_add(bias);

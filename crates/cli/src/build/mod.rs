@@ -79,6 +79,7 @@ pub fn build(args: BuildArgs, out: &Output) -> anyhow::Result<()> {
         Some(path) => Some(read(path, "debug file")?),
         None => crate::package::debug_file_for(&baseline),
     };
+    let line_shifts = touched::line_shifts(&args.patches)?;
     let (old_dir, new_dir, touched, _work) = match (&args.source, &args.old_objects, &args.new_objects) {
         (Some(source), _, _) => {
             let work = tree::Work::new(args.keep_work.as_deref())?;
@@ -101,6 +102,7 @@ pub fn build(args: BuildArgs, out: &Output) -> anyhow::Result<()> {
         references,
         pairs,
         touched,
+        line_shifts,
         patch_id: args.patch_id,
         product: args.product.unwrap_or(baseline_name),
         level: args.level,

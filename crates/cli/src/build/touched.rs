@@ -5,7 +5,7 @@
 //! decided by comparing the compiled code alone.
 
 use anyhow::Context;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Changed lines of the new side of a unified diff, per file (`+++ b/FILE`, `-p1`).
@@ -78,6 +78,79 @@ pub fn functions_in(patches: &[PathBuf], fixed_tree: &Path) -> anyhow::Result<BT
     Ok(names)
 }
 
+/// Per file name (the last path component), where each patch's hunks move
+/// the lines that follow them: `(last old line of the hunk, cumulative shift)`.
+/// Patches apply in order, so a later patch's old lines are the earlier
+/// patch's new ones; the shifts are composed to map baseline lines.
+pub fn line_shifts(patches: &[PathBuf]) -> anyhow::Result<BTreeMap<String, Vec<(u64, i64)>>> {
+    let mut out: BTreeMap<String, Vec<(u64, i64)>> = BTreeMap::new();
+    for patch in patches {
+        let diff = std::fs::read_to_string(patch).with_context(|| format!("cannot read {}", patch.display()))?;
+        for (file, hunks) in hunk_shifts(&diff) {
+            let name = file.rsplit('/').next().unwrap_or(&file).to_owned();
+            let earlier = out.remove(&name).unwrap_or_default();
+            out.insert(name, compose(&earlier, &hunks));
+        }
+    }
+    Ok(out)
+}
+
+/// `(old end line, lines added minus removed)` of each hunk, per file.
+fn hunk_shifts(diff: &str) -> Vec<(String, Vec<(u64, i64)>)> {
+    let mut out: Vec<(String, Vec<(u64, i64)>)> = Vec::new();
+    for text in diff.lines() {
+        if let Some(name) = text.strip_prefix("+++ ") {
+            let name = name.split('\t').next().unwrap_or("").trim();
+            out.push((name.split_once('/').map_or(name, |(_, r)| r).to_owned(), Vec::new()));
+        } else if let Some(hunk) = text.strip_prefix("@@ ")
+            && let Some(last) = out.last_mut()
+        {
+            let range = |sign: char| -> (u64, u64) {
+                let w = hunk.split_whitespace().find(|w| w.starts_with(sign)).unwrap_or("");
+                let mut parts = w[1.min(w.len())..].split(',');
+                let start = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                let len = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+                (start, len)
+            };
+            let ((old_start, old_len), (_, new_len)) = (range('-'), range('+'));
+            last.1.push((old_start + old_len.saturating_sub(1), new_len as i64 - old_len as i64));
+        }
+    }
+    out
+}
+
+/// Composes the shifts of an earlier patch with a later one's hunks (whose
+/// lines are in the earlier patch's numbering), as cumulative shifts of
+/// baseline lines.
+fn compose(earlier: &[(u64, i64)], later: &[(u64, i64)]) -> Vec<(u64, i64)> {
+    let shift_of = |shifts: &[(u64, i64)], line: u64| -> i64 {
+        shifts.iter().take_while(|(after, _)| *after < line).last().map_or(0, |(_, d)| *d)
+    };
+    let mut later_cumulative = Vec::new();
+    let mut sum = 0;
+    for (after, delta) in later {
+        sum += delta;
+        later_cumulative.push((*after, sum));
+    }
+    // Every point where either patch changes the shift, in baseline lines.
+    let mut points: Vec<u64> = earlier.iter().map(|(a, _)| *a).collect();
+    for (after, _) in &later_cumulative {
+        // The baseline line that became `after` in the earlier patch's numbering.
+        let back = (*after as i64 - shift_of(earlier, *after)).max(0) as u64;
+        points.push(back);
+    }
+    points.sort_unstable();
+    points.dedup();
+    points
+        .into_iter()
+        .map(|p| {
+            let first = shift_of(earlier, p + 1);
+            let moved = (p as i64 + 1 + first).max(0) as u64;
+            (p, first + shift_of(&later_cumulative, moved))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +161,19 @@ mod tests {
         let lines: Vec<&str> = src.lines().collect();
         assert_eq!(enclosing_function(&lines, 4).as_deref(), Some("parse"));
         assert_eq!(enclosing_function(&lines, 8), None);
+    }
+
+    #[test]
+    fn line_shifts_accumulate_and_compose() {
+        let diff = "+++ b/x.c\n@@ -3,2 +3,3 @@\n ctx\n+added\n ctx\n@@ -20,3 +21,1 @@\n";
+        let hunks = hunk_shifts(diff);
+        assert_eq!(hunks, vec![("x.c".to_owned(), vec![(4, 1), (22, -2)])]);
+        let single = compose(&[], &hunks[0].1);
+        assert_eq!(single, vec![(4, 1), (22, -1)]);
+        // A second patch adding 2 lines after (its) line 10 = baseline line 9.
+        let both = compose(&single, &[(10, 2)]);
+        let shift = |l: u64| both.iter().take_while(|(a, _)| *a < l).last().map_or(0, |(_, d)| *d);
+        assert_eq!((shift(3), shift(5), shift(10), shift(30)), (0, 1, 3, 1));
     }
 
     #[test]
