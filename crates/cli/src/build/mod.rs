@@ -79,15 +79,14 @@ pub fn build(args: BuildArgs, out: &Output) -> anyhow::Result<()> {
         Some(path) => Some(read(path, "debug file")?),
         None => crate::package::debug_file_for(&baseline),
     };
-    let line_shifts = touched::line_shifts(&args.patches)?;
-    let (old_dir, new_dir, touched, _work) = match (&args.source, &args.old_objects, &args.new_objects) {
+    let (old_dir, new_dir, diffs, _work) = match (&args.source, &args.old_objects, &args.new_objects) {
         (Some(source), _, _) => {
             let work = tree::Work::new(args.keep_work.as_deref())?;
             let (old, new) = work.build_both(source, &args.patches, &args.command, args.jobs)?;
-            let touched = touched::functions_in(&args.patches, &new)?;
-            (old, new, touched, Some(work))
+            let diffs = touched::source_diffs(&args.patches, Some((&old, &new)))?;
+            (old, new, diffs, Some(work))
         }
-        (None, Some(old), Some(new)) => (old.clone(), new.clone(), Default::default(), None),
+        (None, Some(old), Some(new)) => (old.clone(), new.clone(), touched::source_diffs(&args.patches, None)?, None),
         _ => anyhow::bail!("give --source DIR with --patch FIX.diff, or --old-objects DIR with --new-objects DIR"),
     };
     progress(out, "comparing the builds and matching the baseline");
@@ -101,8 +100,8 @@ pub fn build(args: BuildArgs, out: &Output) -> anyhow::Result<()> {
         debug_file: debug_file.as_deref(),
         references,
         pairs,
-        touched,
-        line_shifts,
+        touched: touched::functions_in(&diffs, &new_dir),
+        line_shifts: touched::line_shifts(&diffs),
         patch_id: args.patch_id,
         product: args.product.unwrap_or(baseline_name),
         level: args.level,

@@ -65,34 +65,60 @@ fn enclosing_function(lines: &[&str], at: usize) -> Option<String> {
     None
 }
 
-pub fn functions_in(patches: &[PathBuf], fixed_tree: &Path) -> anyhow::Result<BTreeSet<String>> {
+/// The source diffs to read: the patches as written, or (when both trees
+/// are at hand) what they changed, measured with `diff` so that line numbers
+/// are the tree's own (a Debian patch often applies at an offset).
+pub fn source_diffs(patches: &[PathBuf], trees: Option<(&Path, &Path)>) -> anyhow::Result<Vec<String>> {
+    let texts: Vec<String> = patches
+        .iter()
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display())))
+        .collect::<Result<_, _>>()?;
+    let Some((old, new)) = trees else { return Ok(texts) };
+    let files: BTreeSet<String> = texts.iter().flat_map(|t| changed_lines(t).into_iter().map(|(f, _)| f)).collect();
+    let mut measured = String::new();
+    for file in files {
+        let out = std::process::Command::new("diff")
+            .args(["-U0", "--"])
+            .arg(old.join(&file))
+            .arg(new.join(&file))
+            .output()
+            .context("cannot run diff (Debian's diffutils)")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        measured.push_str(&format!("+++ b/{file}\n"));
+        for line in text.lines().filter(|l| !l.starts_with("--- ") && !l.starts_with("+++ ")) {
+            measured.push_str(line);
+            measured.push('\n');
+        }
+    }
+    Ok(vec![measured])
+}
+
+pub fn functions_in(diffs: &[String], fixed_tree: &Path) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for patch in patches {
-        let diff = std::fs::read_to_string(patch).with_context(|| format!("cannot read {}", patch.display()))?;
-        for (file, lines) in changed_lines(&diff) {
+    for diff in diffs {
+        for (file, lines) in changed_lines(diff) {
             let Ok(source) = std::fs::read_to_string(fixed_tree.join(&file)) else { continue };
             let text: Vec<&str> = source.lines().collect();
             names.extend(lines.iter().filter_map(|&l| enclosing_function(&text, l)));
         }
     }
-    Ok(names)
+    names
 }
 
 /// Per file name (the last path component), where each patch's hunks move
 /// the lines that follow them: `(last old line of the hunk, cumulative shift)`.
 /// Patches apply in order, so a later patch's old lines are the earlier
 /// patch's new ones; the shifts are composed to map baseline lines.
-pub fn line_shifts(patches: &[PathBuf]) -> anyhow::Result<BTreeMap<String, Vec<(u64, i64)>>> {
+pub fn line_shifts(diffs: &[String]) -> BTreeMap<String, Vec<(u64, i64)>> {
     let mut out: BTreeMap<String, Vec<(u64, i64)>> = BTreeMap::new();
-    for patch in patches {
-        let diff = std::fs::read_to_string(patch).with_context(|| format!("cannot read {}", patch.display()))?;
-        for (file, hunks) in hunk_shifts(&diff) {
+    for diff in diffs {
+        for (file, hunks) in hunk_shifts(diff) {
             let name = file.rsplit('/').next().unwrap_or(&file).to_owned();
             let earlier = out.remove(&name).unwrap_or_default();
             out.insert(name, compose(&earlier, &hunks));
         }
     }
-    Ok(out)
+    out
 }
 
 /// `(old end line, lines added minus removed)` of each hunk, per file.
