@@ -411,7 +411,7 @@ fn function_refs(obj: &ObjectFile, f: usize) -> Vec<(usize, bool)> {
             let RefKey::Named { name, offset, .. } = obj.key(sec, r) else { return None };
             let target = obj.find(&name).filter(|&t| obj.symbols[t].kind == SymKind::Function)?;
             let bias = if pc_relative(r.r_type) { 4 } else { 0 };
-            Some((target, offset + bias == 0))
+            Some((target, offset.wrapping_add(bias) == 0))
         })
         .collect()
 }

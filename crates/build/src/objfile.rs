@@ -28,6 +28,13 @@ pub enum ObjectError {
     NotFunctionSections { path: String, section: String, count: usize, names: String },
 }
 
+/// Larger alignments than a page are refused (the payload linker places
+/// sections within pages).
+const MAX_ALIGN: u64 = 4096;
+
+/// No section of a compiled object comes near this (1 TiB).
+const MAX_SECTION_SIZE: u64 = 1 << 40;
+
 /// What a section holds, as far as the differ cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SectionClass {
@@ -253,15 +260,12 @@ impl ObjectFile {
                 SectionClass::Bss | SectionClass::Other => Vec::new(),
                 _ => section.data().map_err(|e| bad(format!("section {name}: {e}")))?.to_vec(),
             };
+            let align = section.align().max(1);
+            if !align.is_power_of_two() || align > MAX_ALIGN {
+                return Err(bad(format!("section {name}: alignment {align} is not a power of two up to {MAX_ALIGN}")));
+            }
             index_of.insert(section.index().0, sections.len());
-            sections.push(Section {
-                name,
-                class,
-                data,
-                size: section.size(),
-                align: section.align().max(1),
-                relocs: Vec::new(),
-            });
+            sections.push(Section { name, class, data, size: section.size(), align, relocs: Vec::new() });
         }
         let (symbols, source_file, sym_index) = read_symbols(&file, &index_of);
         for section in file.sections() {
@@ -282,8 +286,30 @@ impl ObjectFile {
             sections[ours].relocs.sort_by_key(|r| r.offset);
         }
         let obj = ObjectFile { path: path.to_owned(), source_file, compilers, sections, symbols };
+        obj.check_bounds().map_err(bad)?;
         obj.check_function_sections()?;
         Ok(obj)
+    }
+
+    /// Every symbol and relocation inside its section, so that no offset
+    /// arithmetic later can leave it (or overflow).
+    fn check_bounds(&self) -> Result<(), String> {
+        for section in &self.sections {
+            if section.size > MAX_SECTION_SIZE {
+                return Err(format!("section {} is {} bytes", section.name, section.size));
+            }
+            if let Some(r) = section.relocs.iter().find(|r| r.offset >= section.size) {
+                return Err(format!("section {}: relocation at 0x{:x} past its end", section.name, r.offset));
+            }
+        }
+        for sym in &self.symbols {
+            let Some(sec) = sym.section else { continue };
+            let size = self.sections[sec].size;
+            if sym.value > size || sym.size > size - sym.value {
+                return Err(format!("symbol {} lies outside its section {}", sym.name, self.sections[sec].name));
+            }
+        }
+        Ok(())
     }
 
     /// Functions of one text section cannot be told apart once assembled:
