@@ -79,6 +79,7 @@ pub fn build(args: BuildArgs, out: &Output) -> anyhow::Result<()> {
         Some(path) => Some(read(path, "debug file")?),
         None => crate::package::debug_file_for(&baseline),
     };
+    let started = std::time::Instant::now();
     let (old_dir, new_dir, diffs, _work) = match (&args.source, &args.old_objects, &args.new_objects) {
         (Some(source), _, _) => {
             let work = tree::Work::new(args.keep_work.as_deref())?;
@@ -89,6 +90,8 @@ pub fn build(args: BuildArgs, out: &Output) -> anyhow::Result<()> {
         (None, Some(old), Some(new)) => (old.clone(), new.clone(), touched::source_diffs(&args.patches, None)?, None),
         _ => anyhow::bail!("give --source DIR with --patch FIX.diff, or --old-objects DIR with --new-objects DIR"),
     };
+    let builds_ms = started.elapsed().as_millis() as u64;
+    let compare_started = std::time::Instant::now();
     progress(out, "comparing the builds and matching the baseline");
     let pairs = objects::pairs(&old_dir, &new_dir)?;
     let references = objects::linked_files(&old_dir)?;
@@ -111,6 +114,9 @@ pub fn build(args: BuildArgs, out: &Output) -> anyhow::Result<()> {
         created: jiff::Timestamp::now().round(jiff::Unit::Second)?.to_string(),
     };
     let built = build_from_objects(&request)?;
+    // The builder's own cost: reading, diffing, matching and linking, without
+    // the two builds (which are the user's build cost).
+    let compare_ms = compare_started.elapsed().as_millis() as u64;
     let bytes = Package::build(built.manifest, &built.payload, &key)?;
     write_new(&args.output, &bytes)?;
     let package = Package::parse(&bytes).context("the package just built does not parse")?;
@@ -120,9 +126,17 @@ pub fn build(args: BuildArgs, out: &Output) -> anyhow::Result<()> {
             "bytes": bytes.len(),
             "manifest": package.manifest,
             "explain": built.explain,
+            "timings": { "builds_ms": builds_ms, "compare_ms": compare_ms },
         }));
     }
-    println!("{} {} ({} bytes)", out.good("built"), args.output.display(), bytes.len());
+    println!(
+        "{} {} ({} bytes; builds {:.1} s, compare and link {:.2} s)",
+        out.good("built"),
+        args.output.display(),
+        bytes.len(),
+        builds_ms as f64 / 1000.0,
+        compare_ms as f64 / 1000.0
+    );
     print_manifest(&package.manifest, out);
     if args.explain {
         print_explain(&built.explain, out);
