@@ -10,6 +10,7 @@ pub mod baseline;
 mod builder;
 pub mod diff;
 pub mod explain;
+pub mod inlined;
 pub mod objfile;
 mod pack;
 pub mod payload;
@@ -18,5 +19,5 @@ pub mod runpre;
 
 pub use builder::{DiffBuildError, DiffBuildOutput, DiffBuildRequest, ObjectPair, build_from_objects};
 pub use objfile::ObjectFile;
-pub use pack::{BuildError, PackRequest, Replacement, manifest_for, parse_replacement};
+pub use pack::{BuildError, PackRequest, Replacement, check_undefined, manifest_for, parse_replacement};
 pub use regalloc::{IpaRa, ipa_ra};

@@ -29,6 +29,13 @@ pub enum BuildError {
     #[error("no --replace given: a hotpatch replaces at least one function")]
     NoReplacements,
     #[error(
+        "{symbol} was also inlined by gcc into {callers}, which would keep running the old code: replace those \
+         too, or let `hotpatch build` find every such caller from the source fix"
+    )]
+    InlinedInto { symbol: String, callers: String },
+    #[error("the payload refers to {name}, which neither the baseline nor the libraries it needs ({libraries}) define")]
+    Unresolved { name: String, libraries: String },
+    #[error(
         "baseline {name} was compiled with gcc's -fipa-ra (unit {unit}: {producer:?}): its callers may keep values in \
          registers the original functions leave alone, and a replacement may clobber them. Rebuild the baseline with \
          -fno-ipa-ra, or pass --allow-ipa-ra if every replacement clobbers no more registers than the function it replaces"
@@ -102,6 +109,7 @@ pub fn manifest_for(req: &PackRequest<'_>) -> Result<Manifest, BuildError> {
     let debug = req.debug_file.and_then(|d| TargetElf::parse(d).ok());
     let symbols = SymbolTable::from_target(&baseline, debug.as_ref());
     let payload_functions = payload_functions(req.payload)?;
+    refuse_inlined(req)?;
 
     let mut functions = Vec::new();
     for r in &req.replacements {
@@ -168,6 +176,48 @@ pub fn manifest_for(req: &PackRequest<'_>) -> Result<Manifest, BuildError> {
         crate::IpaRa::Off { .. } => {}
     }
     Ok(manifest)
+}
+
+/// A replaced function that DWARF shows inlined into callers that are not
+/// replaced too: those inlined copies would go on running the old code.
+fn refuse_inlined(req: &PackRequest<'_>) -> Result<(), BuildError> {
+    let dwarf = req.debug_file.unwrap_or(req.baseline);
+    let inlined = crate::inlined::inlined_into(dwarf);
+    let replaced: std::collections::BTreeSet<&str> = req.replacements.iter().map(|r| r.old.as_str()).collect();
+    for r in &req.replacements {
+        let Some(callers) = inlined.get(&r.old) else { continue };
+        let left: Vec<&str> = callers.iter().map(String::as_str).filter(|c| !replaced.contains(c)).collect();
+        if !left.is_empty() {
+            return Err(BuildError::InlinedInto { symbol: r.old.clone(), callers: left.join(", ") });
+        }
+    }
+    Ok(())
+}
+
+/// Every name the payload leaves undefined must be defined by the baseline
+/// or exported by one of the libraries it needs (`exports`, with their names
+/// for the message), or the engine would refuse the package on every machine.
+pub fn check_undefined(
+    req: &PackRequest<'_>,
+    exports: &std::collections::BTreeSet<String>,
+    libraries: &[String],
+) -> Result<(), BuildError> {
+    let baseline = TargetElf::parse(req.baseline)
+        .map_err(|source| BuildError::Baseline { name: req.baseline_name.clone(), source })?;
+    let debug = req.debug_file.and_then(|d| TargetElf::parse(d).ok());
+    let symbols = SymbolTable::from_target(&baseline, debug.as_ref());
+    let file = object::File::parse(req.payload)
+        .map_err(|e| BuildError::Payload(hotpatch_format::FormatError::Payload(e.to_string())))?;
+    for sym in file.symbols().filter(|s| s.is_undefined() && !s.is_weak()) {
+        let Ok(name) = sym.name() else { continue };
+        if name.is_empty() || name == "_GLOBAL_OFFSET_TABLE_" || exports.contains(name) {
+            continue;
+        }
+        if symbols.lookup(name, None).is_err() && symbols.named(name).is_empty() {
+            return Err(BuildError::Unresolved { name: name.to_owned(), libraries: libraries.join(", ") });
+        }
+    }
+    Ok(())
 }
 
 fn payload_functions(payload: &[u8]) -> Result<Vec<String>, BuildError> {

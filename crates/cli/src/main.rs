@@ -4,6 +4,7 @@
 mod build;
 mod demo;
 mod keys;
+mod libraries;
 mod live;
 mod output;
 mod package;

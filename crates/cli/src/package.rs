@@ -46,6 +46,10 @@ pub struct PackArgs {
     /// rely on registers a replacement clobbers); only when you checked that.
     #[arg(long)]
     allow_ipa_ra: bool,
+    /// Separate debug file of a stripped baseline (default: by build-id under
+    /// $HOTPATCH_DEBUG_DIRS and /usr/lib/debug).
+    #[arg(long)]
+    debug_file: Option<PathBuf>,
 }
 
 pub(crate) fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
@@ -59,7 +63,10 @@ pub fn pack(args: PackArgs, out: &Output) -> anyhow::Result<()> {
     let replacements = args.replace.iter().map(|s| parse_replacement(s)).collect::<Result<Vec<_>, _>>()?;
     let baseline_name =
         args.baseline.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "target".into());
-    let debug_file = debug_file_for(&baseline);
+    let debug_file = match &args.debug_file {
+        Some(path) => Some(read(path, "debug file")?),
+        None => debug_file_for(&baseline),
+    };
     let request = PackRequest {
         baseline: &baseline,
         baseline_name: baseline_name.clone(),
@@ -76,6 +83,9 @@ pub fn pack(args: PackArgs, out: &Output) -> anyhow::Result<()> {
         allow_ipa_ra: args.allow_ipa_ra,
     };
     let manifest = manifest_for(&request)?;
+    if let Some((exports, libraries)) = crate::libraries::needed_exports(&baseline, &args.baseline) {
+        hotpatch_build::check_undefined(&request, &exports, &libraries)?;
+    }
     if !manifest.classification.hotpatchable() {
         tracing::warn!(
             classification = %manifest.classification,
@@ -111,14 +121,20 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
-/// The separate debug file of a stripped baseline, when installed.
+/// The separate debug file of a stripped baseline: by build-id under the
+/// engine's debug roots (`$HOTPATCH_DEBUG_DIRS`, then `/usr/lib/debug`), and
+/// only one whose own build-id is the baseline's.
 pub(crate) fn debug_file_for(baseline: &[u8]) -> Option<Vec<u8>> {
     let elf = hotpatch_elf::TargetElf::parse(baseline).ok()?;
     if elf.has_symtab() {
         return None;
     }
-    let path = hotpatch_elf::debug_file_path(elf.build_id().ok()??)?;
-    std::fs::read(path).ok()
+    let build_id = elf.build_id().ok()??;
+    hotpatch_engine::debug_roots().iter().find_map(|root| {
+        let data = std::fs::read(hotpatch_elf::debug_file_path_in(root, build_id)?).ok()?;
+        let same = hotpatch_elf::TargetElf::parse(&data).ok()?.build_id().ok()?? == build_id;
+        same.then_some(data)
+    })
 }
 
 #[derive(Args)]
