@@ -90,11 +90,26 @@ pub fn status(args: StatusArgs, out: &Output) -> anyhow::Result<()> {
                 a.record.level.to_string(),
                 a.record.target_file.clone(),
                 a.functions.join(","),
-                if a.active { out.good("active") } else { out.bad("inactive") },
+                match (a.active, a.record.retired) {
+                    (_, Some(r)) => match r.replaced_by_level {
+                        Some(level) => format!("retired (replaced by level {level})"),
+                        None => "retired (rolled back)".to_owned(),
+                    },
+                    (true, None) => out.good("active"),
+                    (false, None) => out.bad("inactive"),
+                },
             ]
         })
         .collect();
     out.table(&["PID", "PATCH", "LEVEL", "TARGET", "FUNCTIONS", "STATE"], &rows);
+    let retired = hotpatch_engine::retired_total(&applied);
+    if retired.regions > 0 {
+        println!(
+            "{} retired regions ({} KiB) stay mapped until their processes exit: a suspended stack may still return into them",
+            retired.regions,
+            retired.bytes / 1024
+        );
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //! - [`modules`]: the ELF objects a process maps, by build-id, with their load bias.
 //! - [`resolve`]: names the payload references, to addresses in the process.
 //! - [`region`]: the patch region's self-describing header and its placement within ±2 GiB.
+//! - [`retire`]: regions replaced or rolled back stay mapped, marked retired, under a cap.
 //! - [`inject`] / [`mapping`]: syscalls run in a borrowed thread to map and unmap a region.
 //! - [`threads`] / [`ptrace`]: stopping and resuming every thread; the pause is measured here.
 //! - [`stack`]: the stack check (eh_frame unwinding, raw-stack fallback).
@@ -30,6 +31,7 @@ pub mod procfs;
 pub mod ptrace;
 pub mod region;
 pub mod resolve;
+pub mod retire;
 pub mod stack;
 pub mod status;
 pub mod threads;
@@ -39,6 +41,9 @@ pub use error::EngineError;
 pub use patch::{
     ApplyOptions, ApplyReport, DEBUG_DIRS_ENV, ReplacedPatch, RollbackReport, apply, debug_roots, rollback,
 };
-pub use region::PatchRecord;
-pub use status::{AppliedPatch, RunningTarget, processes_with_target, running_targets, status, status_all};
+pub use region::{PatchRecord, Retirement};
+pub use retire::{MAX_RETIRED_BYTES, MAX_RETIRED_REGIONS, RetiredTotal};
+pub use status::{
+    AppliedPatch, RunningTarget, processes_with_target, retired_total, running_targets, status, status_all,
+};
 pub use threads::stop_resume_floor;

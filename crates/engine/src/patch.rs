@@ -8,10 +8,11 @@ use crate::error::EngineError;
 use crate::mapping::{map_region, unmap_region};
 use crate::modules::{LoadedModule, loaded_modules};
 use crate::procfs::{self, ProcessMemory};
-use crate::region::{self, PatchRecord, REGION_VERSION, RegionHeader, SiteRecord};
+use crate::region::{self, PatchRecord, REGION_VERSION, RegionHeader, Retirement, SiteRecord};
 use crate::resolve::Resolver;
+use crate::retire;
 use crate::stack::{BusyRange, StackChecker};
-use crate::status::find_regions;
+use crate::status::{FoundRegion, find_regions};
 use crate::transition::{self, SiteWrite};
 use hotpatch_elf::{SymbolKind, SymbolTable, TargetElf};
 use hotpatch_format::{Machine, VerifiedPackage, sha256_hex};
@@ -36,6 +37,8 @@ impl Default for ApplyOptions {
 pub struct ReplacedPatch {
     pub patch_id: String,
     pub level: u32,
+    /// Start of its region, now retired (still mapped).
+    pub retired_region: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -64,6 +67,8 @@ pub struct RollbackReport {
     pub pid: i32,
     pub patch_id: String,
     pub level: u32,
+    /// Start of its region, now retired (still mapped).
+    pub retired_region: u64,
     pub functions: Vec<String>,
     pub pause_us: u64,
     pub threads: usize,
@@ -130,6 +135,7 @@ fn exited_meanwhile(pid: i32, err: EngineError) -> EngineError {
         EngineError::ProcessExited(_)
         | EngineError::Busy { .. }
         | EngineError::LevelNotHigher { .. }
+        | EngineError::RetiredCap { .. }
         | EngineError::UnsupportedMachine(_)
         | EngineError::Link(_) => return err,
         // What the process's exit looks like to the step that meets it.
@@ -199,7 +205,7 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
     let previous = regions
         .iter()
         .map(|r| &r.header)
-        .filter(|h| h.record.build_id == manifest.target.build_id)
+        .filter(|h| h.record.build_id == manifest.target.build_id && h.record.retired.is_none())
         .max_by_key(|h| h.record.level);
     if let Some(prev) = previous
         && prev.record.level >= manifest.level
@@ -209,6 +215,9 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
             applied: prev.record.level,
             offered: manifest.level,
         });
+    }
+    if let Some(prev) = previous {
+        retire::check_cap(pid, &regions, prev)?;
     }
     let previous_sites: BTreeMap<u64, &SiteRecord> =
         previous.map(|p| p.sites.iter().map(|s| (s.address, s)).collect()).unwrap_or_default();
@@ -299,6 +308,7 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
             region_start: 0,
             region_size: 0,
             applied_at: 0,
+            retired: None,
         },
         sites: sites
             .iter()
@@ -372,6 +382,11 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
     header.record.region_start = base;
     header.record.region_size = size;
     header.record.applied_at = now_unix();
+    // The replaced level is retired in the same stop, after its sites switch.
+    if let Some(prev) = previous {
+        let retirement = Retirement { at: header.record.applied_at, replaced_by_level: Some(manifest.level) };
+        writes.push(retire::mark(pid, &maps, &mem, prev, retirement)?);
+    }
     let encoded = header.encode();
     if encoded.len() as u64 > header_len || image.bytes.len() < encoded.len() {
         return Err(EngineError::BadRegion { addr: base, problem: "header larger than reserved".into() });
@@ -400,13 +415,13 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
             return Err(e);
         }
     };
-    let replaced = previous.map(|p| ReplacedPatch { patch_id: p.record.patch_id.clone(), level: p.record.level });
-    if let Some(prev) = previous {
-        let maps_now = procfs::maps(pid).unwrap_or_else(|_| maps.clone());
-        if let Err(e) = unmap_region(pid, &maps_now, &mem, prev.record.region_start, prev.record.region_size) {
-            tracing::warn!(error = %e, patch = %prev.record.patch_id, "could not unmap the replaced region");
-        }
-    }
+    // The replaced level's region stays mapped (retired): a stack the check
+    // cannot see may still return into it.
+    let replaced = previous.map(|p| ReplacedPatch {
+        patch_id: p.record.patch_id.clone(),
+        level: p.record.level,
+        retired_region: p.record.region_start,
+    });
     Ok(ApplyReport {
         pid,
         patch_id: manifest.patch_id.clone(),
@@ -426,34 +441,47 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
 }
 
 /// Rolls back `patch_id` (or the only hotpatch applied) in process `pid`:
-/// restores the baseline bytes at every site and unmaps the region.
+/// restores the baseline bytes at every site and retires the region (it stays
+/// mapped, marked retired in its header).
 pub fn rollback(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Result<RollbackReport, EngineError> {
     rollback_inner(pid, patch_id, opts).map_err(|e| exited_meanwhile(pid, e))
+}
+
+/// The region `rollback` is asked for: the one named, or the only one
+/// applied. Retired regions are no longer applied.
+fn rollback_choice<'r>(
+    pid: i32,
+    regions: &'r [FoundRegion],
+    patch_id: Option<&str>,
+) -> Result<&'r RegionHeader, EngineError> {
+    let live: Vec<&RegionHeader> = regions.iter().map(|r| &r.header).filter(|h| h.record.retired.is_none()).collect();
+    let applied = || live.iter().map(|h| h.record.patch_id.clone()).collect::<Vec<_>>().join(", ");
+    match patch_id {
+        Some(id) => live.iter().copied().find(|h| h.record.patch_id == id).ok_or_else(|| {
+            let retired = regions.iter().any(|r| r.header.record.patch_id == id);
+            EngineError::NotApplied(format!(
+                "hotpatch {id} is not applied in process {pid}{} (applied: {})",
+                if retired { " (its region is retired: rolled back or replaced already)" } else { "" },
+                if live.is_empty() { "none".into() } else { applied() }
+            ))
+        }),
+        None => match live.as_slice() {
+            [] => Err(EngineError::NotApplied(format!("no hotpatch is applied in process {pid}"))),
+            [one] => Ok(one),
+            _ => Err(EngineError::NotApplied(format!(
+                "several hotpatches are applied in process {pid} ({}); name the one to roll back",
+                applied()
+            ))),
+        },
+    }
 }
 
 fn rollback_inner(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Result<RollbackReport, EngineError> {
     let started = Instant::now();
     let (maps, mem) = open(pid)?;
     let regions = find_regions(pid, &maps, &mem)?;
-    let applied = || regions.iter().map(|r| r.header.record.patch_id.clone()).collect::<Vec<_>>().join(", ");
-    let header = match patch_id {
-        Some(id) => regions.iter().map(|r| &r.header).find(|h| h.record.patch_id == id).ok_or_else(|| {
-            EngineError::NotApplied(format!(
-                "hotpatch {id} is not applied in process {pid} (applied: {})",
-                if regions.is_empty() { "none".into() } else { applied() }
-            ))
-        })?,
-        None => match regions.as_slice() {
-            [] => return Err(EngineError::NotApplied(format!("no hotpatch is applied in process {pid}"))),
-            [one] => &one.header,
-            _ => {
-                return Err(EngineError::NotApplied(format!(
-                    "several hotpatches are applied in process {pid} ({}); name the one to roll back",
-                    applied()
-                )));
-            }
-        },
-    };
+    let header = rollback_choice(pid, &regions, patch_id)?;
+    retire::check_cap(pid, &regions, header)?;
     let mut writes = Vec::new();
     for s in &header.sites {
         let jump = hex::decode(&s.jump).unwrap_or_default();
@@ -474,17 +502,20 @@ fn rollback_inner(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Resu
         }
         writes.push(SiteWrite { address: s.address, old: jump, new: hex::decode(&s.original).unwrap_or_default() });
     }
+    writes.push(retire::mark(pid, &maps, &mem, header, Retirement { at: now_unix(), replaced_by_level: None })?);
+    transition::prepare(&mem, &writes)?;
     let modules = loaded_modules(pid, &maps);
     let mut checker = StackChecker::new(&maps, &modules, &mem);
     let busy =
         [BusyRange { range: header.range(), name: format!("the replacement code of {}", header.record.patch_id) }];
     let report = transition::run(pid, &mem, &mut checker, &busy, &writes, opts.timeout)?;
-    let maps_now = procfs::maps(pid).unwrap_or_else(|_| maps.clone());
-    unmap_region(pid, &maps_now, &mem, header.record.region_start, header.record.region_size)?;
+    // The region stays mapped (retired): a stack the check cannot see may
+    // still return into it.
     Ok(RollbackReport {
         pid,
         patch_id: header.record.patch_id.clone(),
         level: header.record.level,
+        retired_region: header.record.region_start,
         functions: header.sites.iter().map(|s| s.symbol.clone()).collect(),
         pause_us: report.pause_us,
         threads: report.threads,
