@@ -5,6 +5,7 @@
 //! - [`procfs`]: threads, mappings and memory of a process.
 //! - [`modules`]: the ELF objects a process maps, by build-id, with their load bias.
 //! - [`resolve`]: names the payload references, to addresses in the process.
+//! - [`scope`]: the process's lookup order (its `link_map` chain), as ld.so binds.
 //! - [`region`]: the patch region's self-describing header and its placement within ±2 GiB.
 //! - [`retire`]: regions replaced or rolled back stay mapped, marked retired, under a cap.
 //! - [`inject`] / [`mapping`]: syscalls run in a borrowed thread to map and unmap a region.
@@ -32,6 +33,7 @@ pub mod ptrace;
 pub mod region;
 pub mod resolve;
 pub mod retire;
+pub mod scope;
 pub mod stack;
 pub mod status;
 pub mod threads;

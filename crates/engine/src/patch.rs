@@ -11,6 +11,7 @@ use crate::procfs::{self, ProcessMemory};
 use crate::region::{self, PatchRecord, REGION_VERSION, RegionHeader, Retirement, SiteRecord};
 use crate::resolve::Resolver;
 use crate::retire;
+use crate::scope;
 use crate::stack::{BusyRange, StackChecker};
 use crate::status::{FoundRegion, find_regions};
 use crate::transition::{self, SiteWrite};
@@ -335,7 +336,7 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
     let size = plan.region_size();
     let base = region::place(&maps, target.start, target.end, size)
         .ok_or_else(|| EngineError::NoRoom { size, target: target.path.clone() })?;
-    let others: Vec<LoadedModule> = modules.iter().filter(|m| m.inode != target.inode).cloned().collect();
+    let others = scope::lookup_scope(pid, &mem, &modules, target.inode);
     let mut resolver = Resolver::new(&symbols, bias, &others);
     let mut resolved = BTreeMap::new();
     let mut unresolved = BTreeMap::new();

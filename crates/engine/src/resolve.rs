@@ -1,6 +1,7 @@
 //! Resolving the names a payload references to addresses in the target
 //! process: first the target itself (all its symbols, local ones included),
-//! then what other loaded objects export (libc and friends).
+//! then what other loaded objects export (libc and friends), searched in the
+//! order the caller gives: the process's lookup scope ([`crate::scope`]).
 
 use crate::modules::LoadedModule;
 use hotpatch_elf::{SymbolKind, SymbolTable, TargetElf};
@@ -42,6 +43,10 @@ fn exports_of(module: &LoadedModule) -> Option<Exports> {
         }
         let Ok(name) = sym.name() else { continue };
         let raw = sym.elf_symbol();
+        // ld.so never binds another object's reference to a hidden or internal symbol.
+        if matches!(raw.st_visibility(), object::elf::STV_HIDDEN | object::elf::STV_INTERNAL) {
+            continue;
+        }
         let export = Export {
             address: bias.wrapping_add(raw.st_value(endian)),
             ifunc: raw.st_type() == object::elf::STT_GNU_IFUNC,
