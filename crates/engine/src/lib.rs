@@ -6,6 +6,7 @@
 //! - [`modules`]: the ELF objects a process maps, by build-id, with their load bias.
 //! - [`resolve`]: names the payload references, to addresses in the process.
 //! - [`scope`]: the process's lookup order (its `link_map` chain), as ld.so binds.
+//! - [`tls`]: module ids and offsets of the process's thread-local variables.
 //! - [`region`]: the patch region's self-describing header and its placement within ±2 GiB.
 //! - [`retire`]: regions replaced or rolled back stay mapped, marked retired, under a cap.
 //! - [`inject`] / [`mapping`]: syscalls run in a borrowed thread to map and unmap a region.
@@ -37,6 +38,7 @@ pub mod scope;
 pub mod stack;
 pub mod status;
 pub mod threads;
+pub mod tls;
 pub mod transition;
 
 pub use error::EngineError;

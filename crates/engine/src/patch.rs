@@ -14,6 +14,7 @@ use crate::retire;
 use crate::scope;
 use crate::stack::{BusyRange, StackChecker};
 use crate::status::{FoundRegion, find_regions};
+use crate::tls::TlsResolver;
 use crate::transition::{self, SiteWrite};
 use hotpatch_elf::{SymbolKind, SymbolTable, TargetElf};
 use hotpatch_format::{Machine, VerifiedPackage, sha256_hex};
@@ -350,13 +351,17 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
             }
         }
     }
-    let mut image = plan.link(base, &mut |name| resolved.get(name).copied()).map_err(|e| match &e {
-        hotpatch_link::LinkError::UndefinedSymbol(name) => match unresolved.get(name) {
-            Some(why) => EngineError::Symbol(why.clone()),
-            None => EngineError::Link(e),
-        },
-        _ => EngineError::Link(e),
-    })?;
+    let target_files: Vec<&[u8]> = std::iter::once(data.as_slice()).chain(debug.as_deref()).collect();
+    let mut tls = TlsResolver::new(&mem, target, target_files, &others, scope::main_phdr(pid));
+    let mut image = plan
+        .link_with_tls(base, &mut |name| resolved.get(name).copied(), &mut |name| tls.resolve(name))
+        .map_err(|e| match &e {
+            hotpatch_link::LinkError::UndefinedSymbol(name) => match unresolved.get(name) {
+                Some(why) => EngineError::Symbol(why.clone()),
+                None => EngineError::Link(e),
+            },
+            _ => EngineError::Link(e),
+        })?;
 
     let mut writes = Vec::new();
     for (site, record) in sites.iter().zip(header.sites.iter_mut()) {

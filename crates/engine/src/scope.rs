@@ -125,6 +125,13 @@ pub fn in_lookup_order(modules: &[LoadedModule], chain: &[LinkMapEntry]) -> Vec<
     order.into_iter().map(|i| modules[i].clone()).collect()
 }
 
+/// The process's auxv `AT_PHDR`: where the executable's program headers are
+/// mapped, which tells the executable apart from the libraries.
+pub fn main_phdr(pid: i32) -> Option<u64> {
+    let auxv = std::fs::read(format!("{}/auxv", crate::procfs::proc_dir(pid))).ok()?;
+    auxv_value(&auxv, AT_PHDR)
+}
+
 /// The `link_map` chain of process `pid`, empty if it cannot be read.
 pub fn process_chain(pid: i32, mem: &ProcessMemory) -> Vec<LinkMapEntry> {
     let auxv = match std::fs::read(format!("{}/auxv", crate::procfs::proc_dir(pid))) {

@@ -17,7 +17,8 @@ use std::collections::BTreeMap;
 /// Where a thread-local variable of the process lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TlsSymbol {
-    /// The module id (`dtv` index) of the object defining it.
+    /// The module id (`dtv` index) of the object defining it; 0 if not
+    /// known (general and local dynamic access are then refused).
     pub module_id: u64,
     /// Its offset within that module's TLS block.
     pub offset: u64,
@@ -54,6 +55,15 @@ pub(crate) fn resolve_all(
                     "{} needs its offset from the thread pointer, but its module is not in static TLS \
                      (or that offset cannot be read from the process); build the payload with \
                      -ftls-model=global-dynamic",
+                    r.kind.name()
+                ),
+            });
+        }
+        if matches!(r.kind, RelocKind::TlsGd | RelocKind::TlsLd) && tls.module_id == 0 {
+            return Err(LinkError::TlsSymbol {
+                symbol: name.to_string(),
+                reason: format!(
+                    "{} needs its module id, which is not known; build the payload with -ftls-model=initial-exec",
                     r.kind.name()
                 ),
             });

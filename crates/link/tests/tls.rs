@@ -99,6 +99,16 @@ fn exec_models_need_static_tls() {
 }
 
 #[test]
+fn dynamic_models_need_the_module_id() {
+    let static_only = TlsSymbol { module_id: 0, ..VAR };
+    match link(&plan("global-dynamic", SRC), static_only).unwrap_err() {
+        LinkError::TlsSymbol { reason, .. } => assert!(reason.contains("-ftls-model=initial-exec"), "{reason}"),
+        other => panic!("expected TlsSymbol, got {other:?}"),
+    }
+    assert!(link(&plan("initial-exec", SRC), static_only).is_ok());
+}
+
+#[test]
 fn local_dynamic_across_modules_is_refused() {
     let src = "extern __thread int hp_tls; extern __thread int hp_other; int get(void) { return hp_tls + hp_other; }";
     let plan = plan("local-dynamic", src);
