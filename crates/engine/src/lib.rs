@@ -12,6 +12,7 @@
 //! - [`inject`] / [`mapping`]: syscalls run in a borrowed thread to map and unmap a region.
 //! - [`threads`] / [`ptrace`]: stopping and resuming every thread; the pause is measured here.
 //! - [`stack`]: the stack check (eh_frame unwinding, raw-stack fallback).
+//! - [`memscan`]: the opt-in scan of writable memory for user-level stacks (`--scan-memory`).
 //! - [`transition`]: stop, check, switch sites, resume; retry while busy.
 //! - [`patch`]: apply and rollback, end to end. [`status`]: what is applied, read from the process.
 //!
@@ -27,6 +28,7 @@
 pub mod error;
 pub mod inject;
 pub mod mapping;
+pub mod memscan;
 pub mod modules;
 pub mod patch;
 pub mod procfs;
@@ -42,6 +44,7 @@ pub mod tls;
 pub mod transition;
 
 pub use error::EngineError;
+pub use memscan::{MAX_SCAN_BYTES, ScanReport};
 pub use patch::{
     ApplyOptions, ApplyReport, DEBUG_DIRS_ENV, ReplacedPatch, RollbackReport, apply, debug_roots, rollback,
 };

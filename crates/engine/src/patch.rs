@@ -6,6 +6,7 @@
 
 use crate::error::EngineError;
 use crate::mapping::{map_region, unmap_region};
+use crate::memscan::{MemoryScanner, ScanReport};
 use crate::modules::{LoadedModule, loaded_modules};
 use crate::procfs::{self, ProcessMemory};
 use crate::region::{self, PatchRecord, REGION_VERSION, RegionHeader, Retirement, SiteRecord};
@@ -27,11 +28,14 @@ use std::time::{Duration, Instant};
 pub struct ApplyOptions {
     /// How long to keep retrying while a thread is busy in a function being replaced.
     pub timeout: Duration,
+    /// Also scan the process's writable memory for return addresses into
+    /// busy code (user-level stacks: coroutines, fibers), inside the pause.
+    pub scan_memory: bool,
 }
 
 impl Default for ApplyOptions {
     fn default() -> Self {
-        ApplyOptions { timeout: Duration::from_secs(10) }
+        ApplyOptions { timeout: Duration::from_secs(10), scan_memory: false }
     }
 }
 
@@ -60,6 +64,8 @@ pub struct ApplyReport {
     pub threads: usize,
     pub retries: u32,
     pub fallback_scans: u32,
+    /// The memory scan of the attempt that switched (`scan_memory` only).
+    pub memory_scan: Option<ScanReport>,
     /// Wall time of the whole apply, preparation included.
     pub total_ms: u64,
 }
@@ -76,6 +82,8 @@ pub struct RollbackReport {
     pub threads: usize,
     pub retries: u32,
     pub fallback_scans: u32,
+    /// The memory scan of the attempt that switched (`scan_memory` only).
+    pub memory_scan: Option<ScanReport>,
     pub total_ms: u64,
 }
 
@@ -138,6 +146,7 @@ fn exited_meanwhile(pid: i32, err: EngineError) -> EngineError {
         | EngineError::Busy { .. }
         | EngineError::LevelNotHigher { .. }
         | EngineError::RetiredCap { .. }
+        | EngineError::ScanTooLarge { .. }
         | EngineError::UnsupportedMachine(_)
         | EngineError::Link(_) => return err,
         // What the process's exit looks like to the step that meets it.
@@ -407,6 +416,9 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
     if let Some(prev) = previous {
         busy.push(BusyRange { range: prev.range(), name: format!("the replacement code of {}", prev.record.patch_id) });
     }
+    if opts.scan_memory {
+        checker.memory = Some(MemoryScanner::prepare(pid, &maps, &mem, &busy)?);
+    }
 
     map_region(pid, &maps, &mem, &image, header_len, &manifest.patch_id)?;
     let outcome = transition::prepare(&mem, &writes)
@@ -442,6 +454,7 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
         threads: report.threads,
         retries: report.retries,
         fallback_scans: report.fallback_scans,
+        memory_scan: checker.memory.as_ref().map(|s| s.last),
         total_ms: started.elapsed().as_millis() as u64,
     })
 }
@@ -514,6 +527,9 @@ fn rollback_inner(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Resu
     let mut checker = StackChecker::new(&maps, &modules, &mem);
     let busy =
         [BusyRange { range: header.range(), name: format!("the replacement code of {}", header.record.patch_id) }];
+    if opts.scan_memory {
+        checker.memory = Some(MemoryScanner::prepare(pid, &maps, &mem, &busy)?);
+    }
     let report = transition::run(pid, &mem, &mut checker, &busy, &writes, opts.timeout)?;
     // The region stays mapped (retired): a stack the check cannot see may
     // still return into it.
@@ -527,6 +543,7 @@ fn rollback_inner(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Resu
         threads: report.threads,
         retries: report.retries,
         fallback_scans: report.fallback_scans,
+        memory_scan: checker.memory.as_ref().map(|s| s.last),
         total_ms: started.elapsed().as_millis() as u64,
     })
 }

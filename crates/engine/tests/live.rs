@@ -7,7 +7,7 @@ use hotpatch_engine::{ApplyOptions, EngineError};
 use std::time::Duration;
 
 fn opts() -> ApplyOptions {
-    ApplyOptions { timeout: Duration::from_secs(10) }
+    ApplyOptions { timeout: Duration::from_secs(10), ..Default::default() }
 }
 
 fn apply_rollback(pie: bool) {
@@ -257,7 +257,7 @@ fn thread_busy_in_the_old_function_is_never_patched_under() {
     let proc = Proc::spawn(&dir.path("busy"), &[]);
     proc.expect_line("alive", 100);
     let before = snapshot(proc.pid());
-    let short = ApplyOptions { timeout: Duration::from_millis(300) };
+    let short = ApplyOptions { timeout: Duration::from_millis(300), ..Default::default() };
     match hotpatch_engine::apply(proc.pid(), &pkg, &short) {
         Err(EngineError::Busy { function, attempts, .. }) => {
             assert_eq!(function, "check");

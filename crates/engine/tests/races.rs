@@ -9,7 +9,7 @@ use hotpatch_engine::{ApplyOptions, EngineError};
 use std::time::Duration;
 
 fn opts() -> ApplyOptions {
-    ApplyOptions { timeout: Duration::from_secs(10) }
+    ApplyOptions { timeout: Duration::from_secs(10), ..Default::default() }
 }
 
 /// Two threads create short-lived detached threads as fast as they can; each

@@ -7,7 +7,7 @@ use hotpatch_engine::{ApplyOptions, EngineError};
 use std::time::Duration;
 
 fn opts() -> ApplyOptions {
-    ApplyOptions { timeout: Duration::from_secs(5) }
+    ApplyOptions { timeout: Duration::from_secs(5), ..Default::default() }
 }
 
 struct Setup {

@@ -9,7 +9,7 @@ use hotpatch_engine::{ApplyOptions, EngineError, MAX_RETIRED_REGIONS};
 use std::time::Duration;
 
 fn opts() -> ApplyOptions {
-    ApplyOptions { timeout: Duration::from_secs(10) }
+    ApplyOptions { timeout: Duration::from_secs(10), ..Default::default() }
 }
 
 /// A coroutine runs `check` in a loop on its own stack; `check` yields to the
@@ -188,4 +188,59 @@ fn retired_regions_are_capped_with_a_clear_refusal() {
     assert_eq!(snapshot(pid), before, "a refusal changed the process");
     assert_eq!(live_region_count(pid), 1);
     proc.expect_line("83", 200);
+}
+
+fn scanning(timeout: Duration) -> ApplyOptions {
+    ApplyOptions { timeout, scan_memory: true }
+}
+
+#[test]
+fn scan_memory_sees_a_coroutine_inside_the_code_being_replaced() {
+    let co = Coroutine::build();
+    let mut proc = co.spawn();
+    let l1 = co.level(1);
+    let before = snapshot(proc.pid());
+    // The coroutine is suspended inside the baseline `check`: busy for the whole timeout.
+    match hotpatch_engine::apply(proc.pid(), &l1, &scanning(Duration::from_millis(300))) {
+        Err(EngineError::Busy { function, .. }) => {
+            assert!(function.starts_with("check") && function.contains("--scan-memory"), "{function}")
+        }
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    assert_eq!(snapshot(proc.pid()), before, "a busy refusal changed the process");
+    assert_eq!(region_count(proc.pid()), 0);
+
+    // Without the scan the coroutine is invisible (the default, documented).
+    hotpatch_engine::apply(proc.pid(), &l1, &opts()).expect("apply without the scan");
+    step(&mut proc, "42");
+    match hotpatch_engine::rollback(proc.pid(), None, &scanning(Duration::from_millis(300))) {
+        Err(EngineError::Busy { function, .. }) => assert!(function.contains("replacement code"), "{function}"),
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    assert_eq!(live_region_count(proc.pid()), 1, "still applied");
+    step(&mut proc, "84");
+    assert!(proc.alive());
+}
+
+#[test]
+fn scan_memory_without_user_level_stacks_applies_and_reports_its_cost() {
+    let dir = Dir::new();
+    let (svc, v2, _) = build_svc(&dir, true);
+    let pkg = Publisher::new().package(&svc, &v2, &["check=check_v2"], 1);
+    let proc = Proc::spawn(&svc, &[]);
+    proc.expect_line("42", 100);
+    let report = hotpatch_engine::apply(proc.pid(), &pkg, &scanning(Duration::from_secs(10))).expect("apply");
+    proc.expect_line("83", 200);
+    let scan = report.memory_scan.expect("scan reported");
+    assert!(scan.bytes > 0 && scan.mappings > 0, "{scan:?}");
+    eprintln!(
+        "memory scan: {} KiB in {} mappings, {} µs; pause {} µs",
+        scan.bytes / 1024,
+        scan.mappings,
+        scan.micros,
+        report.pause_us
+    );
+    let back = hotpatch_engine::rollback(proc.pid(), None, &scanning(Duration::from_secs(10))).expect("rollback");
+    assert!(back.memory_scan.is_some());
+    proc.expect_line("42", 200);
 }

@@ -8,7 +8,7 @@ use hotpatch_engine::{ApplyOptions, procfs};
 use std::time::Duration;
 
 fn opts() -> ApplyOptions {
-    ApplyOptions { timeout: Duration::from_secs(10) }
+    ApplyOptions { timeout: Duration::from_secs(10), ..Default::default() }
 }
 
 /// Interposes libc's `sleep`: never sleeps, answers 7000 + its argument.

@@ -8,7 +8,7 @@ use hotpatch_engine::{ApplyOptions, EngineError};
 use std::time::Duration;
 
 fn opts() -> ApplyOptions {
-    ApplyOptions { timeout: Duration::from_secs(10) }
+    ApplyOptions { timeout: Duration::from_secs(10), ..Default::default() }
 }
 
 /// Two threads with different values in the same TLS variables; each
