@@ -107,14 +107,15 @@ impl MemoryScanner {
         }
         let mut report = ScanReport { bytes: 0, mappings: targets.len(), micros: 0 };
         let mut hit = None;
+        let mut buf = vec![0u8; CHUNK as usize];
         'maps: for m in targets {
             let mut at = m.start;
             while at < m.end {
                 let len = CHUNK.min(m.end - at);
                 // A page that cannot be read (gone meanwhile) holds nothing to find.
-                if let Ok(chunk) = mem.read_vec(at, len as usize) {
+                if mem.read(at, &mut buf[..len as usize]).is_ok() {
                     report.bytes += len;
-                    if let Some(found) = self.in_chunk(at, &chunk) {
+                    if let Some(found) = self.in_chunk(at, &buf[..len as usize]) {
                         hit = Some(found);
                         break 'maps;
                     }

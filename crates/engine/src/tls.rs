@@ -6,6 +6,8 @@
 //! - The executable: glibc gives it module id 1 and places its block first
 //!   below the thread pointer, at `roundup(memsz - firstbyte, align) +
 //!   firstbyte` (`_dl_determine_tlsoffset`, x86_64's TLS_TCB_AT_TP layout).
+//!   Only trusted in a process that maps glibc's dynamic linker (`ld-linux*`):
+//!   musl and static executables lay TLS out otherwise, and are refused.
 //! - A shared library: the dynamic linker wrote its module id into its own
 //!   GOT (`R_X86_64_DTPMOD64` relocations of its own variables) and, if it
 //!   uses initial-exec access itself, the offsets from the thread pointer
@@ -86,6 +88,12 @@ impl<'a> TlsResolver<'a> {
         let segment = tls_segment(&data).ok_or("it has no TLS segment")?;
         let is_main = self.main_phdr.is_some_and(|a| module.mappings.iter().any(|m| m.contains(a)));
         if is_main {
+            // The layout below is glibc's dynamic linker's; musl's or a static
+            // executable's differ, and a wrong offset would corrupt memory.
+            let glibc = self.others.iter().any(|m| m.file_name().starts_with("ld-linux"));
+            if !glibc {
+                return Err("the process does not run glibc's dynamic linker (ld-linux), whose TLS layout is the only one known".into());
+            }
             return Ok(ModuleTls { module_id: 1, block_tp: Some(-(executable_tls_offset(segment) as i64)) });
         }
         let elf = hotpatch_elf::TargetElf::parse(&data).map_err(|e| e.to_string())?;
