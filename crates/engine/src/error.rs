@@ -46,6 +46,10 @@ pub enum EngineError {
         "--scan-memory would read {bytes} bytes of process {pid}'s writable memory while it is stopped, more than the limit of {limit}; not applied"
     )]
     ScanTooLarge { pid: i32, bytes: u64, limit: u64 },
+    #[error(
+        "process {pid} declares its user-level stacks (hotpatch_user_stacks), but {problem}; refusing, as they cannot be checked"
+    )]
+    UserStacks { pid: i32, problem: String },
     #[error("patch region at 0x{addr:x} is malformed: {problem}")]
     BadRegion { addr: u64, problem: String },
 }

@@ -14,8 +14,26 @@
 //! process with more than [`MAX_SCAN_BYTES`] is refused before anything is
 //! stopped (the scan runs inside the pause, so it is the pause's cost).
 //! Shared mappings are not read.
+//!
+//! A process can instead declare where its user-level stacks are, and then
+//! they are checked by default, at the cost of those ranges only: it defines
+//! (exported, or in the executable's `.symtab`) the object
+//!
+//! ```c
+//! struct hotpatch_user_stacks {
+//!     uint32_t magic;   /* 0x53555048, "HPUS" */
+//!     uint32_t count;   /* entries of ranges in use, at most 65536 */
+//!     struct { uintptr_t start, end; } *ranges;
+//! } hotpatch_user_stacks;
+//! ```
+//!
+//! where each `[start, end)` is a stack not running on any thread right now
+//! (`start` may be the saved stack pointer of a suspended context, so only
+//! its used part is read). It is read while the process is stopped; a
+//! declaration that cannot be read or makes no sense refuses the transition.
 
 use crate::error::EngineError;
+use crate::modules::LoadedModule;
 use crate::procfs::{Mapping, ProcessMemory};
 use crate::stack::BusyRange;
 use std::ops::Range;
@@ -50,9 +68,24 @@ struct BusyCode {
     name: String,
 }
 
+/// The name of the object by which a process declares its user-level stacks.
+pub const USER_STACKS_SYMBOL: &str = "hotpatch_user_stacks";
+const USER_STACKS_MAGIC: u32 = 0x5355_5048;
+const MAX_DECLARED_STACKS: u64 = 65536;
+
+/// What a scan reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Every private writable mapping but the thread stacks (`--scan-memory`).
+    Writable,
+    /// The stacks declared in `hotpatch_user_stacks`, at this address.
+    Declared(u64),
+}
+
 pub struct MemoryScanner {
     code: Vec<BusyCode>,
     limit: u64,
+    scope: Scope,
     pub last: ScanReport,
 }
 
@@ -67,6 +100,14 @@ fn writable_bytes(maps: &[Mapping]) -> u64 {
 }
 
 impl MemoryScanner {
+    /// How a hit was found, for the busy message.
+    pub fn source(&self) -> &'static str {
+        match self.scope {
+            Scope::Writable => "in writable memory: a user-level stack, found by --scan-memory",
+            Scope::Declared(_) => "in a user-level stack the process declares (hotpatch_user_stacks)",
+        }
+    }
+
     /// Reads the busy code and refuses a process with more writable memory
     /// than [`MAX_SCAN_BYTES`], before anything is stopped.
     pub fn prepare(
@@ -79,6 +120,10 @@ impl MemoryScanner {
         if bytes > MAX_SCAN_BYTES {
             return Err(EngineError::ScanTooLarge { pid, bytes, limit: MAX_SCAN_BYTES });
         }
+        Ok(MemoryScanner::with_scope(mem, busy, Scope::Writable))
+    }
+
+    fn with_scope(mem: &ProcessMemory, busy: &[BusyRange], scope: Scope) -> MemoryScanner {
         let code = busy
             .iter()
             .map(|b| BusyCode {
@@ -87,7 +132,26 @@ impl MemoryScanner {
                 name: b.name.clone(),
             })
             .collect();
-        Ok(MemoryScanner { code, limit: MAX_SCAN_BYTES, last: ScanReport::default() })
+        MemoryScanner { code, limit: MAX_SCAN_BYTES, scope, last: ScanReport::default() }
+    }
+
+    /// The scanner a transition needs: all writable memory when asked to
+    /// (`scan_memory`), else the stacks the process declares, if it does.
+    pub fn for_process(
+        pid: i32,
+        maps: &[Mapping],
+        modules: &[LoadedModule],
+        mem: &ProcessMemory,
+        busy: &[BusyRange],
+        scan_memory: bool,
+    ) -> Result<Option<MemoryScanner>, EngineError> {
+        if scan_memory {
+            return MemoryScanner::prepare(pid, maps, mem, busy).map(Some);
+        }
+        Ok(declared_stacks_at(modules).map(|addr| {
+            tracing::debug!(addr = format_args!("0x{addr:x}"), "the process declares its user-level stacks");
+            MemoryScanner::with_scope(mem, busy, Scope::Declared(addr))
+        }))
     }
 
     /// Scans the stopped process's writable memory, thread stacks (the
@@ -99,33 +163,61 @@ impl MemoryScanner {
         stack_pointers: &[u64],
     ) -> Result<Option<ScanHit>, EngineError> {
         let started = Instant::now();
-        let maps = crate::procfs::maps(pid).map_err(|e| EngineError::proc_access(pid, "read maps", e))?;
-        let targets: Vec<&Mapping> = maps.iter().filter(|m| scannable(m, stack_pointers)).collect();
-        let total: u64 = targets.iter().map(|m| m.len()).sum();
+        let targets = match self.scope {
+            Scope::Writable => {
+                let maps = crate::procfs::maps(pid).map_err(|e| EngineError::proc_access(pid, "read maps", e))?;
+                maps.iter().filter(|m| scannable(m, stack_pointers)).map(|m| m.start..m.end).collect()
+            }
+            Scope::Declared(addr) => declared_ranges(mem, addr)
+                .map_err(|problem| EngineError::UserStacks { pid, problem: problem.to_string() })?,
+        };
+        let total: u64 = targets.iter().map(|r| r.end - r.start).sum();
         if total > self.limit {
             return Err(EngineError::ScanTooLarge { pid, bytes: total, limit: self.limit });
         }
         let mut report = ScanReport { bytes: 0, mappings: targets.len(), micros: 0 };
-        let mut hit = None;
+        let hit = self.scan_ranges(mem, &targets, &mut report);
+        report.micros = started.elapsed().as_micros() as u64;
+        self.last = report;
+        match (hit, self.scope) {
+            // A declared stack is part of the process's promise: unreadable is refused.
+            (Err(at), Scope::Declared(_)) => Err(EngineError::UserStacks {
+                pid,
+                problem: format!("the declared stack memory at 0x{at:x} cannot be read"),
+            }),
+            (Err(_), Scope::Writable) => Ok(None),
+            (Ok(hit), _) => Ok(hit),
+        }
+    }
+
+    /// Reads `ranges` in chunks; `Err` with the address of a chunk that could
+    /// not be read (after scanning the rest; in writable memory a page may
+    /// be gone meanwhile, holding nothing to find).
+    fn scan_ranges(
+        &self,
+        mem: &ProcessMemory,
+        ranges: &[Range<u64>],
+        report: &mut ScanReport,
+    ) -> Result<Option<ScanHit>, u64> {
         let mut buf = vec![0u8; CHUNK as usize];
-        'maps: for m in targets {
-            let mut at = m.start;
-            while at < m.end {
-                let len = CHUNK.min(m.end - at);
-                // A page that cannot be read (gone meanwhile) holds nothing to find.
-                if mem.read(at, &mut buf[..len as usize]).is_ok() {
-                    report.bytes += len;
-                    if let Some(found) = self.in_chunk(at, &buf[..len as usize]) {
-                        hit = Some(found);
-                        break 'maps;
+        let mut unreadable = None;
+        for r in ranges {
+            let mut at = r.start & !7;
+            while at < r.end {
+                let len = CHUNK.min(r.end - at);
+                match mem.read(at, &mut buf[..len as usize]) {
+                    Ok(()) => {
+                        report.bytes += len;
+                        if let Some(found) = self.in_chunk(at, &buf[..len as usize]) {
+                            return Ok(Some(found));
+                        }
                     }
+                    Err(_) => unreadable = unreadable.or(Some(at)),
                 }
                 at += len;
             }
         }
-        report.micros = started.elapsed().as_micros() as u64;
-        self.last = report;
-        Ok(hit)
+        unreadable.map_or(Ok(None), Err)
     }
 
     fn in_chunk(&self, base: u64, chunk: &[u8]) -> Option<ScanHit> {
@@ -142,6 +234,48 @@ impl MemoryScanner {
         }
         None
     }
+}
+
+/// The run-time address of `hotpatch_user_stacks`, if an object of the
+/// process defines it (exported, or in the executable's `.symtab`).
+fn declared_stacks_at(modules: &[LoadedModule]) -> Option<u64> {
+    use object::Object;
+    modules.iter().find_map(|m| {
+        let data = std::fs::read(&m.file).ok()?;
+        let file = object::read::elf::ElfFile64::<object::Endianness>::parse(data.as_slice()).ok()?;
+        let value = defined_in(file.dynamic_symbol_table()).or_else(|| defined_in(file.symbol_table()))?;
+        let bias = m.bias(&hotpatch_elf::TargetElf::parse(&data).ok()?)?;
+        Some(bias.wrapping_add(value))
+    })
+}
+
+fn defined_in<'d, T: object::ObjectSymbolTable<'d>>(table: Option<T>) -> Option<u64> {
+    use object::ObjectSymbol;
+    table?.symbols().find(|s| s.name() == Ok(USER_STACKS_SYMBOL) && !s.is_undefined()).map(|s| s.address())
+}
+
+/// The stacks a process declares, read (while it is stopped) from its
+/// `hotpatch_user_stacks` at `addr`.
+fn declared_ranges(mem: &ProcessMemory, addr: u64) -> Result<Vec<Range<u64>>, &'static str> {
+    let head = mem.read_vec(addr, 16).map_err(|_| "hotpatch_user_stacks cannot be read")?;
+    let word = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+    let magic = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    let count = u64::from(u32::from_le_bytes([head[4], head[5], head[6], head[7]]));
+    if magic != USER_STACKS_MAGIC {
+        return Err("hotpatch_user_stacks has the wrong magic number (want 0x53555048)");
+    }
+    if count > MAX_DECLARED_STACKS {
+        return Err("hotpatch_user_stacks declares more than 65536 stacks");
+    }
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let table = mem.read_vec(word(&head, 8), (count * 16) as usize).map_err(|_| "its ranges cannot be read")?;
+    let ranges: Vec<Range<u64>> = table.chunks_exact(16).map(|e| word(e, 0)..word(e, 8)).collect();
+    if ranges.iter().any(|r| r.start >= r.end) {
+        return Err("a declared stack range is empty or reversed");
+    }
+    Ok(ranges)
 }
 
 /// Whether `v` can be a return address into `code`: past its entry (a
@@ -188,6 +322,7 @@ mod tests {
         let scanner = MemoryScanner {
             code: vec![code(&[0x55, 0xe8, 0, 0, 0, 0, 0xc3])],
             limit: MAX_SCAN_BYTES,
+            scope: Scope::Writable,
             last: ScanReport::default(),
         };
         let mut chunk = vec![0u8; 64];

@@ -64,7 +64,8 @@ pub struct ApplyReport {
     pub threads: usize,
     pub retries: u32,
     pub fallback_scans: u32,
-    /// The memory scan of the attempt that switched (`scan_memory` only).
+    /// The memory scan of the attempt that switched (`scan_memory`, or the
+    /// user-level stacks the process declares).
     pub memory_scan: Option<ScanReport>,
     /// Wall time of the whole apply, preparation included.
     pub total_ms: u64,
@@ -82,7 +83,8 @@ pub struct RollbackReport {
     pub threads: usize,
     pub retries: u32,
     pub fallback_scans: u32,
-    /// The memory scan of the attempt that switched (`scan_memory` only).
+    /// The memory scan of the attempt that switched (`scan_memory`, or the
+    /// user-level stacks the process declares).
     pub memory_scan: Option<ScanReport>,
     pub total_ms: u64,
 }
@@ -163,6 +165,7 @@ fn exited_meanwhile(pid: i32, err: EngineError) -> EngineError {
         | EngineError::SiteMismatch { .. }
         | EngineError::NoRoom { .. }
         | EngineError::NotApplied(_)
+        | EngineError::UserStacks { .. }
         | EngineError::BadRegion { .. } => false,
     };
     let end = Instant::now() + if may_stem_from_exit { EXIT_GRACE } else { Duration::ZERO };
@@ -416,9 +419,7 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
     if let Some(prev) = previous {
         busy.push(BusyRange { range: prev.range(), name: format!("the replacement code of {}", prev.record.patch_id) });
     }
-    if opts.scan_memory {
-        checker.memory = Some(MemoryScanner::prepare(pid, &maps, &mem, &busy)?);
-    }
+    checker.memory = MemoryScanner::for_process(pid, &maps, &modules, &mem, &busy, opts.scan_memory)?;
 
     map_region(pid, &maps, &mem, &image, header_len, &manifest.patch_id)?;
     let outcome = transition::prepare(&mem, &writes)
@@ -527,9 +528,7 @@ fn rollback_inner(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Resu
     let mut checker = StackChecker::new(&maps, &modules, &mem);
     let busy =
         [BusyRange { range: header.range(), name: format!("the replacement code of {}", header.record.patch_id) }];
-    if opts.scan_memory {
-        checker.memory = Some(MemoryScanner::prepare(pid, &maps, &mem, &busy)?);
-    }
+    checker.memory = MemoryScanner::for_process(pid, &maps, &modules, &mem, &busy, opts.scan_memory)?;
     let report = transition::run(pid, &mem, &mut checker, &busy, &writes, opts.timeout)?;
     // The region stays mapped (retired): a stack the check cannot see may
     // still return into it.

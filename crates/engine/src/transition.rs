@@ -90,8 +90,9 @@ pub fn run(
     }
 }
 
-/// With `--scan-memory`: a return address into busy code anywhere in the
-/// stopped process's writable memory (a coroutine's or fiber's stack).
+/// A return address into busy code on a user-level stack (a coroutine's or
+/// fiber's): anywhere in writable memory with `--scan-memory`, else in the
+/// stacks the process declares, if it does.
 fn in_user_level_stack(
     pid: i32,
     mem: &ProcessMemory,
@@ -101,15 +102,8 @@ fn in_user_level_stack(
     let Some(scanner) = checker.memory.as_mut() else { return Ok(None) };
     let sps: Vec<u64> = stopped.threads.iter().map(|t| t.regs.rsp).collect();
     let hit = scanner.find(pid, mem, &sps)?;
-    Ok(hit.map(|h| {
-        (
-            pid,
-            format!(
-                "{} (a return address at 0x{:x} in writable memory: a user-level stack, found by --scan-memory)",
-                h.name, h.at
-            ),
-        )
-    }))
+    let source = scanner.source();
+    Ok(hit.map(|h| (pid, format!("{} (a return address at 0x{:x} {source})", h.name, h.at))))
 }
 
 /// Writes every site; if one fails, puts back those already written so the

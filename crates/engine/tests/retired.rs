@@ -21,7 +21,18 @@ fn opts() -> ApplyOptions {
 /// check (thread stacks only) lets every transition through.
 const COROUTINE: &str = r#"
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <ucontext.h>
+#ifdef DECLARE_STACKS
+/* How a process tells the engine where its user-level stacks are. HP_DECLARE
+   chooses what it declares: "stack" (the coroutine's), "empty", "bad". */
+#include <stdint.h>
+struct hp_range { uintptr_t start, end; };
+static struct hp_range hp_ranges[1];
+static char spare[4096];
+struct { uint32_t magic, count; struct hp_range *ranges; } hotpatch_user_stacks;
+#endif
 int counter = 41;
 static ucontext_t main_ctx, co_ctx;
 static char co_stack[256 * 1024];
@@ -36,6 +47,15 @@ int main(void) {
     co_ctx.uc_stack.ss_size = sizeof co_stack;
     co_ctx.uc_link = 0;
     makecontext(&co_ctx, co, 0);
+#ifdef DECLARE_STACKS
+    const char *mode = getenv("HP_DECLARE");
+    char *stack = strcmp(mode, "stack") == 0 ? co_stack : spare;
+    hp_ranges[0].start = (uintptr_t)stack;
+    hp_ranges[0].end = (uintptr_t)stack + (stack == co_stack ? sizeof co_stack : sizeof spare);
+    hotpatch_user_stacks.ranges = hp_ranges;
+    hotpatch_user_stacks.count = 1;
+    hotpatch_user_stacks.magic = strcmp(mode, "bad") == 0 ? 0xdead : 0x53555048;
+#endif
     swapcontext(&main_ctx, &co_ctx);
     printf("ready\n");
     char line[64];
@@ -69,6 +89,7 @@ impl Coroutine {
         dir.write("co_v2.c", CO_V2);
         dir.write("co_v3.c", CO_V3);
         dir.gcc(&["-O1", "-fno-ipa-ra", "-o", "co", "co.c"]);
+        dir.gcc(&["-O1", "-fno-ipa-ra", "-DDECLARE_STACKS", "-o", "co_declared", "co.c"]);
         dir.gcc(&["-c", "-fPIC", "-O2", "-ffunction-sections", "co_v2.c"]);
         dir.gcc(&["-c", "-fPIC", "-O2", "-ffunction-sections", "co_v3.c"]);
         Coroutine { dir, publisher: Publisher::new() }
@@ -84,6 +105,19 @@ impl Coroutine {
         let proc = Proc::spawn_driven(&self.dir.path("co"), &[]);
         proc.expect_line("ready", 1);
         proc
+    }
+
+    /// The same, built to declare `hotpatch_user_stacks` as `mode` says.
+    fn spawn_declaring(&self, mode: &str) -> Proc {
+        let proc = Proc::spawn_driven(&self.dir.path("co_declared"), &[("HP_DECLARE", mode)]);
+        proc.expect_line("ready", 1);
+        proc
+    }
+
+    /// A package for the declaring build (another build-id).
+    fn declared_level(&self, level: u32) -> hotpatch_format::VerifiedPackage {
+        let (obj, spec) = if level == 1 { ("co_v2.o", "check=check_v2") } else { ("co_v3.o", "check=check_v3") };
+        self.publisher.package(&self.dir.path("co_declared"), &self.dir.path(obj), &[spec], level)
     }
 }
 
@@ -243,4 +277,46 @@ fn scan_memory_without_user_level_stacks_applies_and_reports_its_cost() {
     let back = hotpatch_engine::rollback(proc.pid(), None, &scanning(Duration::from_secs(10))).expect("rollback");
     assert!(back.memory_scan.is_some());
     proc.expect_line("42", 200);
+}
+
+#[test]
+fn declared_user_level_stacks_are_checked_by_default() {
+    let co = Coroutine::build();
+    let mut proc = co.spawn_declaring("stack");
+    let l1 = co.declared_level(1);
+    let before = snapshot(proc.pid());
+    // No --scan-memory: the declared coroutine stack is enough to see it inside check.
+    match hotpatch_engine::apply(proc.pid(), &l1, &ApplyOptions { timeout: Duration::from_millis(300), ..opts() }) {
+        Err(EngineError::Busy { function, .. }) => {
+            assert!(function.starts_with("check") && function.contains("declares"), "{function}")
+        }
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    assert_eq!(snapshot(proc.pid()), before, "a busy refusal changed the process");
+    step(&mut proc, "42");
+    assert!(proc.alive());
+}
+
+#[test]
+fn a_declared_stack_elsewhere_costs_only_its_size() {
+    let co = Coroutine::build();
+    let mut proc = co.spawn_declaring("empty");
+    let report = hotpatch_engine::apply(proc.pid(), &co.declared_level(1), &opts()).expect("apply");
+    let scan = report.memory_scan.expect("the declared stack was scanned");
+    assert_eq!((scan.bytes, scan.mappings), (4096, 1));
+    step(&mut proc, "42");
+    step(&mut proc, "84");
+}
+
+#[test]
+fn a_malformed_declaration_refuses_the_transition() {
+    let co = Coroutine::build();
+    let proc = co.spawn_declaring("bad");
+    let before = snapshot(proc.pid());
+    match hotpatch_engine::apply(proc.pid(), &co.declared_level(1), &opts()) {
+        Err(e @ EngineError::UserStacks { .. }) => assert!(e.to_string().contains("magic"), "{e}"),
+        other => panic!("expected UserStacks, got {other:?}"),
+    }
+    assert_eq!(snapshot(proc.pid()), before, "a refusal changed the process");
+    assert_eq!(region_count(proc.pid()), 0);
 }
