@@ -128,6 +128,28 @@ impl LinkPlan {
         }
         self.write_tls_got(&mut image, &tls)?;
 
+        let stubs_used = self.relocate(&mut image, &addresses, &tls)?;
+        tracing::debug!(base = format_args!("0x{base:x}"), stubs_used, "payload linked");
+
+        Ok(LinkedImage {
+            base,
+            bytes: image.bytes,
+            segments: self.layout.segments.clone(),
+            symbols: self.exported(&addresses),
+            eh_frame: self.layout.eh_frame.map(|(start, end)| base.wrapping_add(start)..base.wrapping_add(end)),
+        })
+    }
+
+    /// Applies every relocation of every loaded section; returns how many
+    /// call stubs were needed.
+    fn relocate(
+        &self,
+        image: &mut Image,
+        addresses: &[u64],
+        tls: &BTreeMap<usize, TlsSymbol>,
+    ) -> Result<usize, LinkError> {
+        let base = image.base;
+        let addr = |i: usize| addresses.get(i).copied().unwrap_or(0);
         let mut stubs_used = BTreeSet::new();
         for (si, section) in self.input.sections.iter().enumerate() {
             let section_offset = self.layout.sections.get(si).copied().unwrap_or(0);
@@ -137,7 +159,7 @@ impl LinkPlan {
                 let symbol = self.input.symbols.get(r.symbol).map_or("#0", |s| s.name.as_str());
                 let mut s = addr(r.symbol);
                 if r.kind.is_tls() {
-                    s = self.tls_value(r.kind, r.symbol, base, &tls)?;
+                    s = self.tls_value(r.kind, r.symbol, base, tls)?;
                 }
                 match r.kind {
                     RelocKind::GotPcRel(_) => {
@@ -179,15 +201,7 @@ impl LinkPlan {
                 image.write(offset, bytes.get(..n).unwrap_or(&[]), &section.name)?;
             }
         }
-        tracing::debug!(base = format_args!("0x{base:x}"), stubs_used = stubs_used.len(), "payload linked");
-
-        Ok(LinkedImage {
-            base,
-            bytes: image.bytes,
-            segments: self.layout.segments.clone(),
-            symbols: self.exported(&addresses),
-            eh_frame: self.layout.eh_frame.map(|(start, end)| base.wrapping_add(start)..base.wrapping_add(end)),
-        })
+        Ok(stubs_used.len())
     }
 
     /// The GOT entries of thread-local variables: offsets from the thread
