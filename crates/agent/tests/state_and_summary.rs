@@ -57,6 +57,7 @@ fn applied(pid: i32, level: u32, active: bool) -> AppliedPatch {
             region_start: 0,
             region_size: 0,
             applied_at: 0,
+            retired: None,
         },
         functions: vec![],
         active,

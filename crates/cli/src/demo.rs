@@ -99,7 +99,7 @@ pub fn demo(out: &Output) -> anyhow::Result<()> {
     show(3)?;
 
     println!("{} applying the hotpatch to the running process (no restart)", out.bold("4."));
-    let opts = hotpatch_engine::ApplyOptions { timeout: Duration::from_secs(10) };
+    let opts = hotpatch_engine::ApplyOptions { timeout: Duration::from_secs(10), ..Default::default() };
     let report = hotpatch_engine::apply(pid, &package, &opts)?;
     println!(
         "   {} {} in {} µs of pause ({} thread), region at 0x{:x}",

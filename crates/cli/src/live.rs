@@ -24,6 +24,22 @@ pub struct ApplyArgs {
     /// Seconds to keep retrying while a thread is inside a function being replaced.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
+    /// Also scan the process's writable memory for return addresses into the
+    /// code being replaced (coroutine and fiber stacks), inside the pause.
+    #[arg(long)]
+    scan_memory: bool,
+}
+
+/// One line on what `--scan-memory` read and how long it took (in the pause).
+fn scan_field(scan: Option<hotpatch_engine::ScanReport>) -> Vec<(&'static str, String)> {
+    scan.map(|s| {
+        (
+            "memory scan",
+            format!("{} KiB in {} mappings, {} µs (inside the pause)", s.bytes / 1024, s.mappings, s.micros),
+        )
+    })
+    .into_iter()
+    .collect()
 }
 
 fn timeout(secs: f64) -> anyhow::Result<Duration> {
@@ -36,7 +52,7 @@ pub fn apply(args: ApplyArgs, out: &Output) -> anyhow::Result<()> {
         .with_context(|| format!("cannot load trusted keys from {}", args.trust.display()))?;
     let package = hotpatch_format::verify(&bytes, &trust)
         .with_context(|| format!("{} failed verification; nothing was changed", args.file.display()))?;
-    let opts = ApplyOptions { timeout: timeout(args.timeout)? };
+    let opts = ApplyOptions { timeout: timeout(args.timeout)?, scan_memory: args.scan_memory };
     let report = hotpatch_engine::apply(args.pid, &package, &opts)
         .with_context(|| format!("hotpatch {} not applied to process {}", package.manifest.patch_id, args.pid))?;
     if out.json {
@@ -59,6 +75,7 @@ pub fn apply(args: ApplyArgs, out: &Output) -> anyhow::Result<()> {
         ("region", format!("0x{:x} ({} bytes)", report.region_start, report.region_size)),
         ("total", format!("{} ms", report.total_ms)),
     ]);
+    out.fields(&scan_field(report.memory_scan));
     Ok(())
 }
 
@@ -90,11 +107,26 @@ pub fn status(args: StatusArgs, out: &Output) -> anyhow::Result<()> {
                 a.record.level.to_string(),
                 a.record.target_file.clone(),
                 a.functions.join(","),
-                if a.active { out.good("active") } else { out.bad("inactive") },
+                match (a.active, a.record.retired) {
+                    (_, Some(r)) => match r.replaced_by_level {
+                        Some(level) => format!("retired (replaced by level {level})"),
+                        None => "retired (rolled back)".to_owned(),
+                    },
+                    (true, None) => out.good("active"),
+                    (false, None) => out.bad("inactive"),
+                },
             ]
         })
         .collect();
     out.table(&["PID", "PATCH", "LEVEL", "TARGET", "FUNCTIONS", "STATE"], &rows);
+    let retired = hotpatch_engine::retired_total(&applied);
+    if retired.regions > 0 {
+        println!(
+            "{} retired regions ({} KiB) stay mapped until their processes exit: a suspended stack may still return into them",
+            retired.regions,
+            retired.bytes / 1024
+        );
+    }
     Ok(())
 }
 
@@ -107,10 +139,13 @@ pub struct RollbackArgs {
     patch_id: Option<String>,
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
+    /// Also scan writable memory for user-level stacks (see `apply --scan-memory`).
+    #[arg(long)]
+    scan_memory: bool,
 }
 
 pub fn rollback(args: RollbackArgs, out: &Output) -> anyhow::Result<()> {
-    let opts = ApplyOptions { timeout: timeout(args.timeout)? };
+    let opts = ApplyOptions { timeout: timeout(args.timeout)?, scan_memory: args.scan_memory };
     let report = hotpatch_engine::rollback(args.pid, args.patch_id.as_deref(), &opts)
         .with_context(|| format!("rollback in process {} failed; nothing was changed", args.pid))?;
     if out.json {
@@ -121,5 +156,6 @@ pub fn rollback(args: RollbackArgs, out: &Output) -> anyhow::Result<()> {
         ("functions", report.functions.join(", ")),
         ("pause", format!("{} µs across {} threads ({} retries)", report.pause_us, report.threads, report.retries)),
     ]);
+    out.fields(&scan_field(report.memory_scan));
     Ok(())
 }

@@ -97,5 +97,13 @@ fn apply_status_rollback_and_permission_denied() {
 
     let back = json(&run(&["--json", "rollback", "--pid", &pid]));
     assert_eq!(back["patch_id"], applied["patch_id"]);
-    assert_eq!(json(&run(&["--json", "status", "--pid", &pid])), serde_json::json!([]));
+    // The rolled-back region stays mapped, retired: status shows it as such.
+    let after = json(&run(&["--json", "status", "--pid", &pid]));
+    assert_eq!(after.as_array().map(Vec::len), Some(1), "{after}");
+    assert_eq!(after[0]["active"], false);
+    assert_eq!(after[0]["region_start"], back["retired_region"]);
+    assert!(after[0]["retired"]["at"].as_u64().is_some(), "{after}");
+    let table = run(&["status", "--pid", &pid]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("retired (rolled back)") && text.contains("1 retired regions"), "{text}");
 }

@@ -38,6 +38,18 @@ pub enum EngineError {
     LevelNotHigher { patch_id: String, applied: u32, offered: u32 },
     #[error("{0}")]
     NotApplied(String),
+    #[error(
+        "process {pid} keeps {regions} retired patch regions of {target} ({bytes} bytes); retiring one more would pass the cap of {max_regions} regions or {max_bytes} bytes: restart the process to reclaim them"
+    )]
+    RetiredCap { pid: i32, target: String, regions: usize, bytes: u64, max_regions: usize, max_bytes: u64 },
+    #[error(
+        "--scan-memory would read {bytes} bytes of process {pid}'s writable memory while it is stopped, more than the limit of {limit}; not applied"
+    )]
+    ScanTooLarge { pid: i32, bytes: u64, limit: u64 },
+    #[error(
+        "process {pid} declares its user-level stacks (hotpatch_user_stacks), but {problem}; refusing, as they cannot be checked"
+    )]
+    UserStacks { pid: i32, problem: String },
     #[error("patch region at 0x{addr:x} is malformed: {problem}")]
     BadRegion { addr: u64, problem: String },
 }

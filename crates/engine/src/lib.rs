@@ -5,10 +5,14 @@
 //! - [`procfs`]: threads, mappings and memory of a process.
 //! - [`modules`]: the ELF objects a process maps, by build-id, with their load bias.
 //! - [`resolve`]: names the payload references, to addresses in the process.
+//! - [`scope`]: the process's lookup order (its `link_map` chain), as ld.so binds.
+//! - [`tls`]: module ids and offsets of the process's thread-local variables.
 //! - [`region`]: the patch region's self-describing header and its placement within ±2 GiB.
+//! - [`retire`]: regions replaced or rolled back stay mapped, marked retired, under a cap.
 //! - [`inject`] / [`mapping`]: syscalls run in a borrowed thread to map and unmap a region.
 //! - [`threads`] / [`ptrace`]: stopping and resuming every thread; the pause is measured here.
 //! - [`stack`]: the stack check (eh_frame unwinding, raw-stack fallback).
+//! - [`memscan`]: the opt-in scan of writable memory for user-level stacks (`--scan-memory`).
 //! - [`transition`]: stop, check, switch sites, resume; retry while busy.
 //! - [`patch`]: apply and rollback, end to end. [`status`]: what is applied, read from the process.
 //!
@@ -24,21 +28,29 @@
 pub mod error;
 pub mod inject;
 pub mod mapping;
+pub mod memscan;
 pub mod modules;
 pub mod patch;
 pub mod procfs;
 pub mod ptrace;
 pub mod region;
 pub mod resolve;
+pub mod retire;
+pub mod scope;
 pub mod stack;
 pub mod status;
 pub mod threads;
+pub mod tls;
 pub mod transition;
 
 pub use error::EngineError;
+pub use memscan::{MAX_SCAN_BYTES, ScanReport};
 pub use patch::{
     ApplyOptions, ApplyReport, DEBUG_DIRS_ENV, ReplacedPatch, RollbackReport, apply, debug_roots, rollback,
 };
-pub use region::PatchRecord;
-pub use status::{AppliedPatch, RunningTarget, processes_with_target, running_targets, status, status_all};
+pub use region::{PatchRecord, Retirement};
+pub use retire::{MAX_RETIRED_BYTES, MAX_RETIRED_REGIONS, RetiredTotal};
+pub use status::{
+    AppliedPatch, RunningTarget, processes_with_target, retired_total, running_targets, status, status_all,
+};
 pub use threads::stop_resume_floor;

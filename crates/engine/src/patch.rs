@@ -6,12 +6,16 @@
 
 use crate::error::EngineError;
 use crate::mapping::{map_region, unmap_region};
+use crate::memscan::{MemoryScanner, ScanReport};
 use crate::modules::{LoadedModule, loaded_modules};
 use crate::procfs::{self, ProcessMemory};
-use crate::region::{self, PatchRecord, REGION_VERSION, RegionHeader, SiteRecord};
+use crate::region::{self, PatchRecord, REGION_VERSION, RegionHeader, Retirement, SiteRecord};
 use crate::resolve::Resolver;
+use crate::retire;
+use crate::scope;
 use crate::stack::{BusyRange, StackChecker};
-use crate::status::find_regions;
+use crate::status::{FoundRegion, find_regions};
+use crate::tls::TlsResolver;
 use crate::transition::{self, SiteWrite};
 use hotpatch_elf::{SymbolKind, SymbolTable, TargetElf};
 use hotpatch_format::{Machine, VerifiedPackage, sha256_hex};
@@ -24,11 +28,14 @@ use std::time::{Duration, Instant};
 pub struct ApplyOptions {
     /// How long to keep retrying while a thread is busy in a function being replaced.
     pub timeout: Duration,
+    /// Also scan the process's writable memory for return addresses into
+    /// busy code (user-level stacks: coroutines, fibers), inside the pause.
+    pub scan_memory: bool,
 }
 
 impl Default for ApplyOptions {
     fn default() -> Self {
-        ApplyOptions { timeout: Duration::from_secs(10) }
+        ApplyOptions { timeout: Duration::from_secs(10), scan_memory: false }
     }
 }
 
@@ -36,6 +43,8 @@ impl Default for ApplyOptions {
 pub struct ReplacedPatch {
     pub patch_id: String,
     pub level: u32,
+    /// Start of its region, now retired (still mapped).
+    pub retired_region: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,6 +64,9 @@ pub struct ApplyReport {
     pub threads: usize,
     pub retries: u32,
     pub fallback_scans: u32,
+    /// The memory scan of the attempt that switched (`scan_memory`, or the
+    /// user-level stacks the process declares).
+    pub memory_scan: Option<ScanReport>,
     /// Wall time of the whole apply, preparation included.
     pub total_ms: u64,
 }
@@ -64,11 +76,16 @@ pub struct RollbackReport {
     pub pid: i32,
     pub patch_id: String,
     pub level: u32,
+    /// Start of its region, now retired (still mapped).
+    pub retired_region: u64,
     pub functions: Vec<String>,
     pub pause_us: u64,
     pub threads: usize,
     pub retries: u32,
     pub fallback_scans: u32,
+    /// The memory scan of the attempt that switched (`scan_memory`, or the
+    /// user-level stacks the process declares).
+    pub memory_scan: Option<ScanReport>,
     pub total_ms: u64,
 }
 
@@ -164,6 +181,8 @@ fn exited_meanwhile(pid: i32, err: EngineError) -> EngineError {
         EngineError::ProcessExited(_)
         | EngineError::Busy { .. }
         | EngineError::LevelNotHigher { .. }
+        | EngineError::RetiredCap { .. }
+        | EngineError::ScanTooLarge { .. }
         | EngineError::UnsupportedMachine(_)
         | EngineError::Link(_) => return err,
         // What the process's exit looks like to the step that meets it.
@@ -180,6 +199,7 @@ fn exited_meanwhile(pid: i32, err: EngineError) -> EngineError {
         | EngineError::SiteMismatch { .. }
         | EngineError::NoRoom { .. }
         | EngineError::NotApplied(_)
+        | EngineError::UserStacks { .. }
         | EngineError::BadRegion { .. } => false,
     };
     let end = Instant::now() + if may_stem_from_exit { EXIT_GRACE } else { Duration::ZERO };
@@ -233,7 +253,7 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
     let previous = regions
         .iter()
         .map(|r| &r.header)
-        .filter(|h| h.record.build_id == manifest.target.build_id)
+        .filter(|h| h.record.build_id == manifest.target.build_id && h.record.retired.is_none())
         .max_by_key(|h| h.record.level);
     if let Some(prev) = previous
         && prev.record.level >= manifest.level
@@ -243,6 +263,9 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
             applied: prev.record.level,
             offered: manifest.level,
         });
+    }
+    if let Some(prev) = previous {
+        retire::check_cap(pid, &regions, prev)?;
     }
     let previous_sites: BTreeMap<u64, &SiteRecord> =
         previous.map(|p| p.sites.iter().map(|s| (s.address, s)).collect()).unwrap_or_default();
@@ -318,6 +341,7 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
             region_start: 0,
             region_size: 0,
             applied_at: 0,
+            retired: None,
         },
         sites: sites
             .iter()
@@ -344,7 +368,7 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
     let size = plan.region_size();
     let base = region::place(&maps, target.start, target.end, size)
         .ok_or_else(|| EngineError::NoRoom { size, target: target.path.clone() })?;
-    let others: Vec<LoadedModule> = modules.iter().filter(|m| m.inode != target.inode).cloned().collect();
+    let others = scope::lookup_scope(pid, &mem, &modules, target.inode);
     let mut resolver = Resolver::new(&symbols, bias, &others);
     resolver.bind_baseline(manifest.symbols.iter().map(|s| (s.name.clone(), s.address)));
     let mut resolved = BTreeMap::new();
@@ -359,13 +383,17 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
             }
         }
     }
-    let mut image = plan.link(base, &mut |name| resolved.get(name).copied()).map_err(|e| match &e {
-        hotpatch_link::LinkError::UndefinedSymbol(name) => match unresolved.get(name) {
-            Some(why) => EngineError::Symbol(why.clone()),
-            None => EngineError::Link(e),
-        },
-        _ => EngineError::Link(e),
-    })?;
+    let target_files: Vec<&[u8]> = std::iter::once(data.as_slice()).chain(debug.as_deref()).collect();
+    let mut tls = TlsResolver::new(&mem, target, target_files, &others, scope::main_phdr(pid));
+    let mut image = plan
+        .link_with_tls(base, &mut |name| resolved.get(name).copied(), &mut |name| tls.resolve(name))
+        .map_err(|e| match &e {
+            hotpatch_link::LinkError::UndefinedSymbol(name) => match unresolved.get(name) {
+                Some(why) => EngineError::Symbol(why.clone()),
+                None => EngineError::Link(e),
+            },
+            _ => EngineError::Link(e),
+        })?;
 
     let mut writes = Vec::new();
     for (site, record) in sites.iter().zip(header.sites.iter_mut()) {
@@ -392,6 +420,11 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
     header.record.region_start = base;
     header.record.region_size = size;
     header.record.applied_at = now_unix();
+    // The replaced level is retired in the same stop, after its sites switch.
+    if let Some(prev) = previous {
+        let retirement = Retirement { at: header.record.applied_at, replaced_by_level: Some(manifest.level) };
+        writes.push(retire::mark(pid, &maps, &mem, prev, retirement)?);
+    }
     let encoded = header.encode();
     if encoded.len() as u64 > header_len || image.bytes.len() < encoded.len() {
         return Err(EngineError::BadRegion { addr: base, problem: "header larger than reserved".into() });
@@ -406,6 +439,7 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
     if let Some(prev) = previous {
         busy.push(BusyRange { range: prev.range(), name: format!("the replacement code of {}", prev.record.patch_id) });
     }
+    checker.memory = MemoryScanner::for_process(pid, &maps, &modules, &mem, &busy, opts.scan_memory)?;
 
     map_region(pid, &maps, &mem, &image, header_len, &manifest.patch_id)?;
     let outcome = transition::prepare(&mem, &writes)
@@ -420,13 +454,13 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
             return Err(e);
         }
     };
-    let replaced = previous.map(|p| ReplacedPatch { patch_id: p.record.patch_id.clone(), level: p.record.level });
-    if let Some(prev) = previous {
-        let maps_now = procfs::maps(pid).unwrap_or_else(|_| maps.clone());
-        if let Err(e) = unmap_region(pid, &maps_now, &mem, prev.record.region_start, prev.record.region_size) {
-            tracing::warn!(error = %e, patch = %prev.record.patch_id, "could not unmap the replaced region");
-        }
-    }
+    // The replaced level's region stays mapped (retired): a stack the check
+    // cannot see may still return into it.
+    let replaced = previous.map(|p| ReplacedPatch {
+        patch_id: p.record.patch_id.clone(),
+        level: p.record.level,
+        retired_region: p.record.region_start,
+    });
     Ok(ApplyReport {
         pid,
         patch_id: manifest.patch_id.clone(),
@@ -441,39 +475,53 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
         threads: report.threads,
         retries: report.retries,
         fallback_scans: report.fallback_scans,
+        memory_scan: checker.memory.as_ref().map(|s| s.last),
         total_ms: started.elapsed().as_millis() as u64,
     })
 }
 
 /// Rolls back `patch_id` (or the only hotpatch applied) in process `pid`:
-/// restores the baseline bytes at every site and unmaps the region.
+/// restores the baseline bytes at every site and retires the region (it stays
+/// mapped, marked retired in its header).
 pub fn rollback(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Result<RollbackReport, EngineError> {
     rollback_inner(pid, patch_id, opts).map_err(|e| exited_meanwhile(pid, e))
+}
+
+/// The region `rollback` is asked for: the one named, or the only one
+/// applied. Retired regions are no longer applied.
+fn rollback_choice<'r>(
+    pid: i32,
+    regions: &'r [FoundRegion],
+    patch_id: Option<&str>,
+) -> Result<&'r RegionHeader, EngineError> {
+    let live: Vec<&RegionHeader> = regions.iter().map(|r| &r.header).filter(|h| h.record.retired.is_none()).collect();
+    let applied = || live.iter().map(|h| h.record.patch_id.clone()).collect::<Vec<_>>().join(", ");
+    match patch_id {
+        Some(id) => live.iter().copied().find(|h| h.record.patch_id == id).ok_or_else(|| {
+            let retired = regions.iter().any(|r| r.header.record.patch_id == id);
+            EngineError::NotApplied(format!(
+                "hotpatch {id} is not applied in process {pid}{} (applied: {})",
+                if retired { " (its region is retired: rolled back or replaced already)" } else { "" },
+                if live.is_empty() { "none".into() } else { applied() }
+            ))
+        }),
+        None => match live.as_slice() {
+            [] => Err(EngineError::NotApplied(format!("no hotpatch is applied in process {pid}"))),
+            [one] => Ok(one),
+            _ => Err(EngineError::NotApplied(format!(
+                "several hotpatches are applied in process {pid} ({}); name the one to roll back",
+                applied()
+            ))),
+        },
+    }
 }
 
 fn rollback_inner(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Result<RollbackReport, EngineError> {
     let started = Instant::now();
     let (maps, mem) = open(pid)?;
     let regions = find_regions(pid, &maps, &mem)?;
-    let applied = || regions.iter().map(|r| r.header.record.patch_id.clone()).collect::<Vec<_>>().join(", ");
-    let header = match patch_id {
-        Some(id) => regions.iter().map(|r| &r.header).find(|h| h.record.patch_id == id).ok_or_else(|| {
-            EngineError::NotApplied(format!(
-                "hotpatch {id} is not applied in process {pid} (applied: {})",
-                if regions.is_empty() { "none".into() } else { applied() }
-            ))
-        })?,
-        None => match regions.as_slice() {
-            [] => return Err(EngineError::NotApplied(format!("no hotpatch is applied in process {pid}"))),
-            [one] => &one.header,
-            _ => {
-                return Err(EngineError::NotApplied(format!(
-                    "several hotpatches are applied in process {pid} ({}); name the one to roll back",
-                    applied()
-                )));
-            }
-        },
-    };
+    let header = rollback_choice(pid, &regions, patch_id)?;
+    retire::check_cap(pid, &regions, header)?;
     let mut writes = Vec::new();
     for s in &header.sites {
         let jump = hex::decode(&s.jump).unwrap_or_default();
@@ -494,22 +542,27 @@ fn rollback_inner(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Resu
         }
         writes.push(SiteWrite { address: s.address, old: jump, new: hex::decode(&s.original).unwrap_or_default() });
     }
+    writes.push(retire::mark(pid, &maps, &mem, header, Retirement { at: now_unix(), replaced_by_level: None })?);
+    transition::prepare(&mem, &writes)?;
     let modules = loaded_modules(pid, &maps);
     let mut checker = StackChecker::new(&maps, &modules, &mem);
     let busy =
         [BusyRange { range: header.range(), name: format!("the replacement code of {}", header.record.patch_id) }];
+    checker.memory = MemoryScanner::for_process(pid, &maps, &modules, &mem, &busy, opts.scan_memory)?;
     let report = transition::run(pid, &mem, &mut checker, &busy, &writes, opts.timeout)?;
-    let maps_now = procfs::maps(pid).unwrap_or_else(|_| maps.clone());
-    unmap_region(pid, &maps_now, &mem, header.record.region_start, header.record.region_size)?;
+    // The region stays mapped (retired): a stack the check cannot see may
+    // still return into it.
     Ok(RollbackReport {
         pid,
         patch_id: header.record.patch_id.clone(),
         level: header.record.level,
+        retired_region: header.record.region_start,
         functions: header.sites.iter().map(|s| s.symbol.clone()).collect(),
         pause_us: report.pause_us,
         threads: report.threads,
         retries: report.retries,
         fallback_scans: report.fallback_scans,
+        memory_scan: checker.memory.as_ref().map(|s| s.last),
         total_ms: started.elapsed().as_millis() as u64,
     })
 }

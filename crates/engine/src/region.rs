@@ -51,6 +51,20 @@ pub struct PatchRecord {
     pub region_size: u64,
     /// Unix seconds when the region was written.
     pub applied_at: u64,
+    /// Set once the region is retired: its sites no longer lead to it, but its
+    /// code stays mapped, as a suspended stack may still return into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired: Option<Retirement>,
+}
+
+/// When and why a region was retired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retirement {
+    /// Unix seconds of the transition that retired it.
+    pub at: u64,
+    /// The level that replaced it; `None`: it was rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by_level: Option<u32>,
 }
 
 /// The header at the start of a region (its JSON stays flat: `record`'s
@@ -116,6 +130,8 @@ pub fn header_reserve(template: &RegionHeader) -> u64 {
     worst.record.region_start = u64::MAX;
     worst.record.region_size = u64::MAX;
     worst.record.applied_at = u64::MAX;
+    // Room for the retirement mark, written later into the same header pages.
+    worst.record.retired = Some(Retirement { at: u64::MAX, replaced_by_level: Some(u32::MAX) });
     for s in &mut worst.sites {
         s.address = u64::MAX;
         s.replacement = u64::MAX;
@@ -235,6 +251,7 @@ mod tests {
                 region_start: 0x1000,
                 region_size: 0x3000,
                 applied_at: 1,
+                retired: None,
             },
             sites: vec![SiteRecord {
                 symbol: "f".into(),
@@ -251,5 +268,12 @@ mod tests {
         assert!(header_reserve(&h) >= bytes.len() as u64);
         assert!(RegionHeader::decode(&bytes[..bytes.len() - 1]).is_err());
         assert!(RegionHeader::decode(b"HPREGION\xff\xff\xff\xff").is_err());
+
+        // The retirement mark fits in the space reserved when it was applied.
+        let mut retired = h.clone();
+        retired.record.applied_at = u64::MAX;
+        retired.record.retired = Some(Retirement { at: u64::MAX, replaced_by_level: Some(u32::MAX) });
+        assert!(retired.encode().len() as u64 <= header_reserve(&h));
+        assert_eq!(RegionHeader::decode(&retired.encode()).unwrap(), retired);
     }
 }

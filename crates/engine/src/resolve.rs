@@ -1,6 +1,7 @@
 //! Resolving the names a payload references to addresses in the target
 //! process: first the target itself (all its symbols, local ones included),
-//! then what other loaded objects export (libc and friends).
+//! then what other loaded objects export (libc and friends), searched in the
+//! order the caller gives: the process's lookup scope ([`crate::scope`]).
 
 use crate::modules::LoadedModule;
 use hotpatch_elf::{SymbolKind, SymbolTable, TargetElf};
@@ -42,6 +43,10 @@ fn exports_of(module: &LoadedModule) -> Option<Exports> {
         }
         let Ok(name) = sym.name() else { continue };
         let raw = sym.elf_symbol();
+        // ld.so never binds another object's reference to a hidden or internal symbol.
+        if matches!(raw.st_visibility(), object::elf::STV_HIDDEN | object::elf::STV_INTERNAL) {
+            continue;
+        }
         let export = Export {
             address: bias.wrapping_add(raw.st_value(endian)),
             ifunc: raw.st_type() == object::elf::STT_GNU_IFUNC,
@@ -59,30 +64,50 @@ fn exports_of(module: &LoadedModule) -> Option<Exports> {
 
 /// Resolves an IFUNC the way the dynamic linker would for the target, by
 /// asking our own copy of the same library (same build-id, same CPU): the
-/// target's choice of implementation is the one our process made.
-fn resolve_ifunc_locally(name: &str, target_exports: &Exports, own: &[LoadedModule]) -> Option<u64> {
-    let build_id = target_exports.build_id.as_ref()?;
-    let ours = own.iter().find(|m| m.build_id.as_ref() == Some(build_id))?;
-    let data = std::fs::read(&ours.file).ok()?;
-    let our_bias = ours.bias(&TargetElf::parse(&data).ok()?)?;
-    let path = std::ffi::CString::new(ours.path.as_str()).ok()?;
-    let cname = std::ffi::CString::new(name).ok()?;
+/// target's choice of implementation is the one our process made. Says why
+/// when it cannot.
+fn resolve_ifunc_locally(name: &str, target_exports: &Exports, own: &[LoadedModule]) -> Result<u64, String> {
+    let build_id = target_exports.build_id.as_ref().ok_or("the library has no build-id")?;
+    let ours = own
+        .iter()
+        .find(|m| m.build_id.as_ref() == Some(build_id))
+        .ok_or_else(|| format!("this process has no copy of the library with build-id {}", hex::encode(build_id)))?;
+    let data = std::fs::read(&ours.file).map_err(|e| format!("read our copy {}: {e}", ours.path))?;
+    let elf = TargetElf::parse(&data).map_err(|e| format!("our copy {}: {e}", ours.path))?;
+    let our_bias = ours.bias(&elf).ok_or_else(|| format!("cannot tell where our copy {} is loaded", ours.path))?;
+    let path = std::ffi::CString::new(ours.path.as_str()).map_err(|_| "path with a NUL byte")?;
+    let cname = std::ffi::CString::new(name).map_err(|_| "name with a NUL byte")?;
     // SAFETY: RTLD_NOLOAD only looks up an already loaded object; dlsym reads
-    // its symbol table. Neither runs code of the object.
+    // its symbol table (and runs the IFUNC's resolver, in our process, as a
+    // call would). dlerror's message is copied before anything else runs.
     let addr = unsafe {
         let handle = libc::dlopen(path.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY);
         if handle.is_null() {
-            return None;
+            let why = libc::dlerror();
+            let why = if why.is_null() { "not loaded".into() } else { std::ffi::CStr::from_ptr(why).to_string_lossy() };
+            return Err(format!("dlopen of our copy {} failed: {why}", ours.path));
         }
         let addr = libc::dlsym(handle, cname.as_ptr());
         libc::dlclose(handle);
         addr as u64
     };
-    if addr == 0 {
-        return None;
+    let offset = addr.checked_sub(our_bias).filter(|_| addr != 0).ok_or("dlsym found nothing in our copy")?;
+    Ok(target_exports.bias.wrapping_add(offset))
+}
+
+/// The objects our own process maps, for IFUNC resolution. Read again (a
+/// few times) while the wanted build-id is missing: this process may be
+/// mapping and unmapping (threads starting) while its maps are read.
+fn own_modules(want: Option<&Vec<u8>>) -> Vec<LoadedModule> {
+    let pid = std::process::id() as i32;
+    let mut modules = Vec::new();
+    for _ in 0..3 {
+        modules = crate::procfs::maps(pid).map(|m| crate::modules::loaded_modules(pid, &m)).unwrap_or_default();
+        if want.is_none_or(|id| modules.iter().any(|m| m.build_id.as_ref() == Some(id))) {
+            break;
+        }
     }
-    let offset = addr.checked_sub(our_bias)?;
-    Some(target_exports.bias.wrapping_add(offset))
+    modules
 }
 
 pub struct Resolver<'a> {
@@ -127,13 +152,10 @@ impl<'a> Resolver<'a> {
                 if !export.ifunc {
                     return Ok(export.address);
                 }
-                let own = self.own.get_or_insert_with(|| {
-                    let pid = std::process::id() as i32;
-                    crate::procfs::maps(pid).map(|m| crate::modules::loaded_modules(pid, &m)).unwrap_or_default()
-                });
-                return resolve_ifunc_locally(name, exports, own).ok_or_else(|| {
+                let own = self.own.get_or_insert_with(|| own_modules(exports.build_id.as_ref()));
+                return resolve_ifunc_locally(name, exports, own).map_err(|why| {
                     format!(
-                        "{name} in {} is an indirect function (IFUNC) that cannot be resolved for this process",
+                        "{name} in {} is an indirect function (IFUNC) that cannot be resolved for this process: {why}",
                         self.others[i].path
                     )
                 });

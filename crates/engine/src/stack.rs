@@ -59,6 +59,8 @@ pub struct StackChecker {
     trampolines: BTreeSet<u64>,
     /// Whether the last check had to fall back to the raw stack scan.
     pub fallback_scans: u32,
+    /// The opt-in scan of writable memory for user-level stacks.
+    pub memory: Option<crate::memscan::MemoryScanner>,
 }
 
 /// The registers a signal interrupted, read from the `ucontext` at `uc`.
@@ -154,7 +156,15 @@ impl StackChecker {
             // The vDSO is linked at 0 and mapped whole: its bias is where it is mapped.
             add("[vdso]".into(), vdso.start..vdso.end, vdso.start, data);
         }
-        StackChecker { unwinder, cache: CacheX86_64::new(), maps: maps.to_vec(), code, trampolines, fallback_scans: 0 }
+        StackChecker {
+            unwinder,
+            cache: CacheX86_64::new(),
+            maps: maps.to_vec(),
+            code,
+            trampolines,
+            fallback_scans: 0,
+            memory: None,
+        }
     }
 
     /// The sigreturn trampoline `rip` is in, if any (a thread stopped on its way back from a handler).
@@ -338,6 +348,7 @@ mod tests {
             code: Vec::new(),
             trampolines: trampolines.iter().copied().collect(),
             fallback_scans: 0,
+            memory: None,
         };
         let maps = vec![mapping_of(&alt), mapping_of(&interrupted)];
         let (sp, end) = (maps[0].start, maps[0].end);

@@ -15,7 +15,8 @@ pub struct AppliedPatch {
     #[serde(flatten)]
     pub record: PatchRecord,
     pub functions: Vec<String>,
-    /// Every site still holds the jump into this region.
+    /// Not retired, and every site still holds the jump into this region.
+    /// A retired region (`record.retired`) stays mapped but is not applied.
     pub active: bool,
 }
 
@@ -43,10 +44,11 @@ pub(crate) fn find_regions(pid: i32, maps: &[Mapping], mem: &ProcessMemory) -> R
 
 fn describe(pid: i32, mem: &ProcessMemory, r: &FoundRegion) -> AppliedPatch {
     let h = &r.header;
-    let active = h.sites.iter().all(|s| {
-        let jump = hex::decode(&s.jump).unwrap_or_default();
-        mem.read_vec(s.address, jump.len()).is_ok_and(|now| now == jump)
-    });
+    let active = h.record.retired.is_none()
+        && h.sites.iter().all(|s| {
+            let jump = hex::decode(&s.jump).unwrap_or_default();
+            mem.read_vec(s.address, jump.len()).is_ok_and(|now| now == jump)
+        });
     AppliedPatch {
         pid,
         record: h.record.clone(),
@@ -55,7 +57,8 @@ fn describe(pid: i32, mem: &ProcessMemory, r: &FoundRegion) -> AppliedPatch {
     }
 }
 
-/// Every hotpatch applied in process `pid`.
+/// Every hotpatch region in process `pid`: applied ones and retired ones
+/// (`record.retired` set, `active` false).
 pub fn status(pid: i32) -> Result<Vec<AppliedPatch>, EngineError> {
     let maps = procfs::maps(pid).map_err(|e| EngineError::proc_access(pid, "read maps", e))?;
     if !maps.iter().any(is_region_mapping) {
@@ -63,6 +66,14 @@ pub fn status(pid: i32) -> Result<Vec<AppliedPatch>, EngineError> {
     }
     let mem = ProcessMemory::open(pid, false).map_err(|e| EngineError::proc_access(pid, "open memory", e))?;
     Ok(find_regions(pid, &maps, &mem)?.iter().map(|r| describe(pid, &mem, r)).collect())
+}
+
+/// Retired regions among `patches` (of any target): how many, how large.
+pub fn retired_total(patches: &[AppliedPatch]) -> crate::retire::RetiredTotal {
+    patches.iter().filter(|p| p.record.retired.is_some()).fold(Default::default(), |t, p| crate::retire::RetiredTotal {
+        regions: t.regions + 1,
+        bytes: t.bytes.saturating_add(p.record.region_size),
+    })
 }
 
 /// Every hotpatch applied in every process this user can read.

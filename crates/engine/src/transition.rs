@@ -53,7 +53,11 @@ pub fn run(
     let mut retries = 0u32;
     loop {
         let stopped = StoppedProcess::stop(pid)?;
-        let holder = stopped.threads.iter().find_map(|t| checker.busy_in(mem, &t.regs, busy).map(|name| (t.tid, name)));
+        let mut holder =
+            stopped.threads.iter().find_map(|t| checker.busy_in(mem, &t.regs, busy).map(|name| (t.tid, name)));
+        if holder.is_none() {
+            holder = in_user_level_stack(pid, mem, checker, &stopped)?;
+        }
         match holder {
             None => {
                 let threads = stopped.threads.len();
@@ -84,6 +88,22 @@ pub fn run(
             }
         }
     }
+}
+
+/// A return address into busy code on a user-level stack (a coroutine's or
+/// fiber's): anywhere in writable memory with `--scan-memory`, else in the
+/// stacks the process declares, if it does.
+fn in_user_level_stack(
+    pid: i32,
+    mem: &ProcessMemory,
+    checker: &mut StackChecker,
+    stopped: &StoppedProcess,
+) -> Result<Option<(i32, String)>, EngineError> {
+    let Some(scanner) = checker.memory.as_mut() else { return Ok(None) };
+    let sps: Vec<u64> = stopped.threads.iter().map(|t| t.regs.rsp).collect();
+    let hit = scanner.find(pid, mem, &sps)?;
+    let source = scanner.source();
+    Ok(hit.map(|h| (pid, format!("{} (a return address at 0x{:x} {source})", h.name, h.at))))
 }
 
 /// Writes every site; if one fails, puts back those already written so the

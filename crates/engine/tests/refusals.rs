@@ -7,7 +7,7 @@ use hotpatch_engine::{ApplyOptions, EngineError};
 use std::time::Duration;
 
 fn opts() -> ApplyOptions {
-    ApplyOptions { timeout: Duration::from_secs(5) }
+    ApplyOptions { timeout: Duration::from_secs(5), ..Default::default() }
 }
 
 struct Setup {
@@ -78,10 +78,12 @@ fn payload_symbol_nobody_defines() {
 fn unsupported_relocation() {
     let s = setup();
     s.dir.write("tls.c", "extern __thread int tls_counter;\nint check_v2(int x) { return x + tls_counter; }\n");
-    s.dir.gcc(&["-c", "-fPIC", "-O2", "tls.c"]);
+    // TLS descriptors: a relocation kind the linker refuses, with the reason.
+    s.dir.gcc(&["-c", "-fPIC", "-O2", "-mtls-dialect=gnu2", "tls.c"]);
     let pkg = s.publisher.package(&s.svc, &s.dir.path("tls.o"), &["check=check_v2"], 1);
     let err = refused(&s, &pkg);
     assert!(matches!(err, EngineError::Link(_)), "{err}");
+    assert!(err.to_string().contains("TLSDESC"), "{err}");
 }
 
 #[test]

@@ -100,7 +100,7 @@ fn start(f: &Fixture, args: &[&str]) -> Proc {
 fn refused_as_busy(f: &Fixture, args: &[&str]) {
     let proc = start(f, args);
     let before = snapshot(proc.pid());
-    let short = ApplyOptions { timeout: Duration::from_millis(300) };
+    let short = ApplyOptions { timeout: Duration::from_millis(300), ..Default::default() };
     match hotpatch_engine::apply(proc.pid(), &f.pkg, &short) {
         Err(EngineError::Busy { function, .. }) => assert_eq!(function, "check", "{args:?}"),
         other => panic!("{args:?}: expected Busy in check, got {other:?}"),

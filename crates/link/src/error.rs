@@ -29,6 +29,9 @@ pub enum LinkError {
     /// A relocation that is malformed (bad place, bad symbol index, ...).
     #[error("bad relocation in section {section} at offset 0x{offset:x}: {reason}")]
     BadRelocation { section: String, offset: u64, reason: String },
+    /// A thread-local variable that cannot be linked as the payload accesses it.
+    #[error("thread-local symbol {symbol}: {reason}")]
+    TlsSymbol { symbol: String, reason: String },
     /// A non-weak undefined symbol the resolver does not know.
     #[error("undefined symbol {0}: not provided by the target process")]
     UndefinedSymbol(String),

@@ -393,7 +393,10 @@ fn read_relocations(
             let sym = rela.r_sym(endian, false) as usize;
             let bad = |reason: String| LinkError::BadRelocation { section: section.name.clone(), offset, reason };
             let kind = RelocKind::from_elf(r_type).ok_or_else(|| LinkError::UnsupportedRelocation {
-                kind: format!("{r_type} ({})", reloc::type_name(r_type)),
+                kind: match reloc::refusal_reason(r_type) {
+                    Some(why) => format!("{r_type} ({}: {why})", reloc::type_name(r_type)),
+                    None => format!("{r_type} ({})", reloc::type_name(r_type)),
+                },
                 section: section.name.clone(),
                 offset,
             })?;
@@ -412,6 +415,15 @@ fn read_relocations(
                 )));
             }
             let symbol = symbols.get(sym).ok_or_else(|| bad(format!("symbol index {sym} is out of range")))?;
+            // The payload cannot define thread-local variables (its TLS
+            // sections are refused), so a TLS relocation names one of the process's.
+            if kind.is_tls() && !matches!(symbol.def, Def::Undefined { .. }) {
+                return Err(bad(format!(
+                    "{} refers to {}, which is not a thread-local variable of the target process",
+                    kind.name(),
+                    symbol.name
+                )));
+            }
             if let Def::Dropped { section: where_ } = &symbol.def {
                 return Err(bad(format!(
                     "refers to {}, defined in section {where_}, which is not loaded",

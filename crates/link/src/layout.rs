@@ -30,6 +30,14 @@ pub(crate) struct Layout {
     pub stubs: BTreeMap<usize, u64>,
     /// Symbol index -> offset of its GOT entry.
     pub got: BTreeMap<usize, u64>,
+    /// Thread-local symbol index -> offset of its GOT entry holding its
+    /// offset from the thread pointer (`R_X86_64_GOTTPOFF`).
+    pub got_tpoff: BTreeMap<usize, u64>,
+    /// Thread-local symbol index -> offset of its `tls_index` pair
+    /// {module id, offset} for `__tls_get_addr` (`R_X86_64_TLSGD`).
+    pub tls_gd: BTreeMap<usize, u64>,
+    /// Thread-local symbol index -> offset of its pair {module id, 0} (`R_X86_64_TLSLD`).
+    pub tls_ld: BTreeMap<usize, u64>,
     /// Symbol index -> offset of its common block.
     pub common: BTreeMap<usize, u64>,
     /// Offsets of the unwind tables, `[start, end)`, if any; a 4-byte zero
@@ -74,6 +82,7 @@ pub(crate) fn plan(input: &Input, header_reserve: u64) -> Result<Layout, LinkErr
     let mut cur = Cursor(round_up(header_reserve, PAGE)?);
 
     let (stub_syms, got_syms) = referenced(input);
+    let tls = tls_referenced(input);
 
     // Text: code, then stubs.
     let start = cur.0;
@@ -96,6 +105,7 @@ pub(crate) fn plan(input: &Input, header_reserve: u64) -> Result<Layout, LinkErr
             got.insert(s, cur.take(GOT_ENTRY)?);
         }
     }
+    let (got_tpoff, tls_gd, tls_ld) = place_tls(&tls, &mut cur)?;
     close(start, &mut cur, Prot::Read, &mut segments)?;
 
     // Read-write: data, then bss, then common symbols.
@@ -109,7 +119,50 @@ pub(crate) fn plan(input: &Input, header_reserve: u64) -> Result<Layout, LinkErr
     }
     close(start, &mut cur, Prot::ReadWrite, &mut segments)?;
 
-    Ok(Layout { sections, stubs, got, common, eh_frame, segments, size: cur.0 })
+    Ok(Layout { sections, stubs, got, got_tpoff, tls_gd, tls_ld, common, eh_frame, segments, size: cur.0 })
+}
+
+/// Thread-local symbols by the GOT slot kind they need.
+#[derive(Default)]
+struct TlsRefs {
+    tpoff: std::collections::BTreeSet<usize>,
+    gd: std::collections::BTreeSet<usize>,
+    ld: std::collections::BTreeSet<usize>,
+}
+
+fn tls_referenced(input: &Input) -> TlsRefs {
+    let mut refs = TlsRefs::default();
+    for r in input.sections.iter().flat_map(|s| s.relocs.iter()) {
+        match r.kind {
+            RelocKind::GotTpOff => refs.tpoff.insert(r.symbol),
+            RelocKind::TlsGd => refs.gd.insert(r.symbol),
+            RelocKind::TlsLd => refs.ld.insert(r.symbol),
+            _ => false,
+        };
+    }
+    refs
+}
+
+type TlsSlots = (BTreeMap<usize, u64>, BTreeMap<usize, u64>, BTreeMap<usize, u64>);
+
+/// GOT entries for thread-local access, after the ordinary GOT: 8 bytes per
+/// initial-exec symbol, a 16-byte `tls_index` pair per dynamic-model one.
+fn place_tls(tls: &TlsRefs, cur: &mut Cursor) -> Result<TlsSlots, LinkError> {
+    let mut tpoff = BTreeMap::new();
+    let (mut gd, mut ld) = (BTreeMap::new(), BTreeMap::new());
+    if !tls.tpoff.is_empty() {
+        cur.align(GOT_ENTRY)?;
+        for &s in &tls.tpoff {
+            tpoff.insert(s, cur.take(GOT_ENTRY)?);
+        }
+    }
+    for (set, slots) in [(&tls.gd, &mut gd), (&tls.ld, &mut ld)] {
+        for &s in set {
+            cur.align(2 * GOT_ENTRY)?;
+            slots.insert(s, cur.take(2 * GOT_ENTRY)?);
+        }
+    }
+    Ok((tpoff, gd, ld))
 }
 
 /// Symbols that need a stub slot (calls to targets outside the region) and

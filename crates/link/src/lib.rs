@@ -27,7 +27,7 @@
 //!       +-------------------------------+  Read
 //!       | .rodata.*, .data.rel.ro.*     |
 //!       | .eh_frame + 4-byte terminator |
-//!       | GOT                           |
+//!       | GOT, TLS GOT entries and pairs |
 //!       +-------------------------------+  ReadWrite
 //!       | .data.*                       |
 //!       | .bss.*, COMMON symbols        |
@@ -59,13 +59,25 @@
 //! # What is refused, what is dropped
 //!
 //! Refused with an error: anything but 64-bit little-endian x86_64 `ET_REL`;
-//! thread-local sections and TLS relocations (a running process cannot grow
-//! its TLS block); `.init_array`, `.fini_array`, `.ctors`, `.dtors`, `.init`,
+//! thread-local sections (a running process cannot grow its TLS blocks; the
+//! process's own TLS variables can be used, see [`TlsSymbol`]); TLS
+//! descriptors (`-mtls-dialect=gnu2`); `.init_array`, `.fini_array`, `.ctors`, `.dtors`, `.init`,
 //! `.fini` (the process has started, so constructors would never run);
 //! IFUNC definitions; relocation types other than `R_X86_64_64`, `PC64`,
-//! `PC32`, `PLT32`, `GOTPCREL`, `GOTPCRELX`, `REX_GOTPCRELX`, `32`, `32S`
-//! and `NONE`; section alignments above a page; regions over
-//! [`MAX_REGION_SIZE`].
+//! `PC32`, `PLT32`, `GOTPCREL`, `GOTPCRELX`, `REX_GOTPCRELX`, `32`, `32S`,
+//! the TLS ones (`GOTTPOFF`, `TPOFF32`, `TPOFF64`, `TLSGD`, `TLSLD`,
+//! `DTPOFF32`, `DTPOFF64`) and `NONE`; initial- or local-exec access to a
+//! variable whose module is not in static TLS; section alignments above a
+//! page; regions over [`MAX_REGION_SIZE`].
+//!
+//! # Thread-local variables
+//!
+//! TLS relocations name variables of the process; [`LinkPlan::link_with_tls`]
+//! asks for each one's [`TlsSymbol`]. Initial exec gets a read-only GOT entry
+//! holding the offset from the thread pointer; general and local dynamic get
+//! a 16-byte `tls_index` pair {module id, offset} (offset 0 for local
+//! dynamic) that the code hands to the process's own `__tls_get_addr`, so a
+//! library in dynamic TLS works too. Code sequences are never rewritten.
 //!
 //! Not loaded: sections without `SHF_ALLOC` (debug info, `.comment`,
 //! `.note.GNU-stack`, ...) and notes (`.note.gnu.property`). A relocation
@@ -88,8 +100,10 @@ mod input;
 mod layout;
 mod plan;
 mod reloc;
+mod tls;
 
 pub use error::LinkError;
 pub use image::{LinkedImage, Prot, Segment};
 pub use layout::{MAX_REGION_SIZE, PAGE};
 pub use plan::LinkPlan;
+pub use tls::TlsSymbol;

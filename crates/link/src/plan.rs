@@ -5,6 +5,7 @@ use crate::image::{LinkedImage, Prot};
 use crate::input::{self, Def, Input};
 use crate::layout::{self, Layout, PAGE, STUB_CODE};
 use crate::reloc::{self, Overflow, RelocKind};
+use crate::tls::{self, TlsSymbol};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Parsed and checked payload; computing sizes before an address is chosen.
@@ -46,17 +47,32 @@ impl LinkPlan {
         self.layout.segments.clone()
     }
 
-    /// Names of undefined symbols the payload's relocations refer to,
-    /// sorted, each once.
+    /// Names of undefined symbols the payload's relocations refer to by
+    /// address (thread-local ones are in [`LinkPlan::tls_symbols`]), sorted,
+    /// each once.
     pub fn undefined_symbols(&self) -> Vec<String> {
         let mut names = BTreeSet::new();
-        for r in self.input.sections.iter().flat_map(|s| s.relocs.iter()) {
+        for r in self.input.sections.iter().flat_map(|s| s.relocs.iter()).filter(|r| !r.kind.is_tls()) {
             if let Some(sym) = self.input.symbols.get(r.symbol) {
                 if matches!(sym.def, Def::Undefined { .. }) {
                     names.insert(sym.name.clone());
                 }
             }
         }
+        names.into_iter().collect()
+    }
+
+    /// Names of the thread-local variables of the process the payload's TLS
+    /// relocations refer to, sorted, each once.
+    pub fn tls_symbols(&self) -> Vec<String> {
+        let names: BTreeSet<String> = self
+            .input
+            .sections
+            .iter()
+            .flat_map(|s| s.relocs.iter())
+            .filter(|r| r.kind.is_tls())
+            .filter_map(|r| self.input.symbols.get(r.symbol).map(|s| s.name.clone()))
+            .collect();
         names.into_iter().collect()
     }
 
@@ -75,8 +91,20 @@ impl LinkPlan {
 
     /// Links the payload to run at `base` (page aligned). `resolve` gives the
     /// address of an undefined symbol in the target process; it is asked once
-    /// per name. A weak undefined symbol it does not know becomes 0.
+    /// per name. A weak undefined symbol it does not know becomes 0. A payload
+    /// using thread-local variables needs [`LinkPlan::link_with_tls`].
     pub fn link(&self, base: u64, resolve: &mut dyn FnMut(&str) -> Option<u64>) -> Result<LinkedImage, LinkError> {
+        self.link_with_tls(base, resolve, &mut |_| Err("no thread-local variables are known to this link".into()))
+    }
+
+    /// [`LinkPlan::link`], with `resolve_tls` telling where each thread-local
+    /// variable of the process the payload uses lives (asked once per name).
+    pub fn link_with_tls(
+        &self,
+        base: u64,
+        resolve: &mut dyn FnMut(&str) -> Option<u64>,
+        resolve_tls: &mut dyn FnMut(&str) -> Result<TlsSymbol, String>,
+    ) -> Result<LinkedImage, LinkError> {
         if base % PAGE != 0 {
             return Err(LinkError::BadBase { base, reason: format!("not aligned to the {PAGE}-byte page") });
         }
@@ -93,11 +121,35 @@ impl LinkPlan {
 
         let addresses = self.symbol_addresses(base, resolve)?;
         let addr = |i: usize| addresses.get(i).copied().unwrap_or(0);
+        let tls = tls::resolve_all(&self.input, resolve_tls)?;
 
         for (&sym, &offset) in &self.layout.got {
             image.write(offset, &addr(sym).to_le_bytes(), "GOT entry")?;
         }
+        self.write_tls_got(&mut image, &tls)?;
 
+        let stubs_used = self.relocate(&mut image, &addresses, &tls)?;
+        tracing::debug!(base = format_args!("0x{base:x}"), stubs_used, "payload linked");
+
+        Ok(LinkedImage {
+            base,
+            bytes: image.bytes,
+            segments: self.layout.segments.clone(),
+            symbols: self.exported(&addresses),
+            eh_frame: self.layout.eh_frame.map(|(start, end)| base.wrapping_add(start)..base.wrapping_add(end)),
+        })
+    }
+
+    /// Applies every relocation of every loaded section; returns how many
+    /// call stubs were needed.
+    fn relocate(
+        &self,
+        image: &mut Image,
+        addresses: &[u64],
+        tls: &BTreeMap<usize, TlsSymbol>,
+    ) -> Result<usize, LinkError> {
+        let base = image.base;
+        let addr = |i: usize| addresses.get(i).copied().unwrap_or(0);
         let mut stubs_used = BTreeSet::new();
         for (si, section) in self.input.sections.iter().enumerate() {
             let section_offset = self.layout.sections.get(si).copied().unwrap_or(0);
@@ -106,6 +158,9 @@ impl LinkPlan {
                 let place = base.wrapping_add(offset);
                 let symbol = self.input.symbols.get(r.symbol).map_or("#0", |s| s.name.as_str());
                 let mut s = addr(r.symbol);
+                if r.kind.is_tls() {
+                    s = self.tls_value(r.kind, r.symbol, base, tls)?;
+                }
                 match r.kind {
                     RelocKind::GotPcRel(_) => {
                         let entry =
@@ -146,15 +201,50 @@ impl LinkPlan {
                 image.write(offset, bytes.get(..n).unwrap_or(&[]), &section.name)?;
             }
         }
-        tracing::debug!(base = format_args!("0x{base:x}"), stubs_used = stubs_used.len(), "payload linked");
+        Ok(stubs_used.len())
+    }
 
-        Ok(LinkedImage {
-            base,
-            bytes: image.bytes,
-            segments: self.layout.segments.clone(),
-            symbols: self.exported(&addresses),
-            eh_frame: self.layout.eh_frame.map(|(start, end)| base.wrapping_add(start)..base.wrapping_add(end)),
-        })
+    /// The GOT entries of thread-local variables: offsets from the thread
+    /// pointer, and `tls_index` pairs for `__tls_get_addr`.
+    fn write_tls_got(&self, image: &mut Image, tls: &BTreeMap<usize, TlsSymbol>) -> Result<(), LinkError> {
+        let get = |sym: &usize| tls.get(sym).ok_or_else(|| internal("TLS symbol not resolved"));
+        for (sym, &offset) in &self.layout.got_tpoff {
+            let tp = get(sym)?.tp_offset.ok_or_else(|| internal("TLS offset missing"))?;
+            image.write(offset, &tp.to_le_bytes(), "TLS GOT entry")?;
+        }
+        for (slots, local) in [(&self.layout.tls_gd, false), (&self.layout.tls_ld, true)] {
+            for (sym, &offset) in slots {
+                let t = get(sym)?;
+                let mut pair = [0u8; 16];
+                pair[..8].copy_from_slice(&t.module_id.to_le_bytes());
+                pair[8..].copy_from_slice(&(if local { 0 } else { t.offset }).to_le_bytes());
+                image.write(offset, &pair, "TLS index pair")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The `S` of a TLS relocation: its GOT slot's address, or the offset itself.
+    fn tls_value(
+        &self,
+        kind: RelocKind,
+        sym: usize,
+        base: u64,
+        tls: &BTreeMap<usize, TlsSymbol>,
+    ) -> Result<u64, LinkError> {
+        let slot = |map: &BTreeMap<usize, u64>| {
+            map.get(&sym).map(|&o| base.wrapping_add(o)).ok_or_else(|| internal("TLS GOT slot missing"))
+        };
+        let t = tls.get(&sym).ok_or_else(|| internal("TLS symbol not resolved"))?;
+        match kind {
+            RelocKind::GotTpOff => slot(&self.layout.got_tpoff),
+            RelocKind::TlsGd => slot(&self.layout.tls_gd),
+            RelocKind::TlsLd => slot(&self.layout.tls_ld),
+            RelocKind::TpOff32 | RelocKind::TpOff64 => {
+                t.tp_offset.map(|v| v as u64).ok_or_else(|| internal("TLS offset missing"))
+            }
+            _ => Ok(t.offset),
+        }
     }
 
     fn copy_sections(&self, image: &mut Image) -> Result<(), LinkError> {
@@ -177,7 +267,8 @@ impl LinkPlan {
     /// ones are resolved here, each name once.
     fn symbol_addresses(&self, base: u64, resolve: &mut dyn FnMut(&str) -> Option<u64>) -> Result<Vec<u64>, LinkError> {
         let mut referenced = vec![false; self.input.symbols.len()];
-        for r in self.input.sections.iter().flat_map(|s| s.relocs.iter()) {
+        // Thread-local variables are not resolved to addresses.
+        for r in self.input.sections.iter().flat_map(|s| s.relocs.iter()).filter(|r| !r.kind.is_tls()) {
             if let Some(slot) = referenced.get_mut(r.symbol) {
                 *slot = true;
             }

@@ -22,6 +22,22 @@ pub(crate) enum RelocKind {
     Abs32,
     /// `R_X86_64_32S`: S + A, signed 32 bits.
     Abs32S,
+    /// `R_X86_64_GOTTPOFF` (initial exec): GOT entry holding the variable's
+    /// offset from the thread pointer, + A - P.
+    GotTpOff,
+    /// `R_X86_64_TPOFF32` (local exec): offset from the thread pointer + A, signed 32 bits.
+    TpOff32,
+    /// `R_X86_64_TPOFF64`: offset from the thread pointer + A, 8 bytes.
+    TpOff64,
+    /// `R_X86_64_TLSGD` (general dynamic): GOT pair {module id, offset} + A - P,
+    /// handed to `__tls_get_addr`.
+    TlsGd,
+    /// `R_X86_64_TLSLD` (local dynamic): GOT pair {module id, 0} + A - P.
+    TlsLd,
+    /// `R_X86_64_DTPOFF32`: offset in the module's TLS block + A, signed 32 bits.
+    DtpOff32,
+    /// `R_X86_64_DTPOFF64`: offset in the module's TLS block + A, 8 bytes.
+    DtpOff64,
 }
 
 impl RelocKind {
@@ -38,16 +54,47 @@ impl RelocKind {
             }
             elf::R_X86_64_32 => RelocKind::Abs32,
             elf::R_X86_64_32S => RelocKind::Abs32S,
+            elf::R_X86_64_GOTTPOFF => RelocKind::GotTpOff,
+            elf::R_X86_64_TPOFF32 => RelocKind::TpOff32,
+            elf::R_X86_64_TPOFF64 => RelocKind::TpOff64,
+            elf::R_X86_64_TLSGD => RelocKind::TlsGd,
+            elf::R_X86_64_TLSLD => RelocKind::TlsLd,
+            elf::R_X86_64_DTPOFF32 => RelocKind::DtpOff32,
+            elf::R_X86_64_DTPOFF64 => RelocKind::DtpOff64,
             _ => return None,
         })
+    }
+
+    /// Whether the relocation refers to a thread-local variable (its symbol
+    /// is resolved to a module id and offsets, not to an address).
+    pub(crate) fn is_tls(self) -> bool {
+        matches!(
+            self,
+            RelocKind::GotTpOff
+                | RelocKind::TpOff32
+                | RelocKind::TpOff64
+                | RelocKind::TlsGd
+                | RelocKind::TlsLd
+                | RelocKind::DtpOff32
+                | RelocKind::DtpOff64
+        )
     }
 
     /// Bytes written at the place.
     pub(crate) fn width(self) -> u64 {
         match self {
             RelocKind::None => 0,
-            RelocKind::Abs64 | RelocKind::Pc64 => 8,
-            RelocKind::Pc32 | RelocKind::Plt32 | RelocKind::GotPcRel(_) | RelocKind::Abs32 | RelocKind::Abs32S => 4,
+            RelocKind::Abs64 | RelocKind::Pc64 | RelocKind::TpOff64 | RelocKind::DtpOff64 => 8,
+            RelocKind::Pc32
+            | RelocKind::Plt32
+            | RelocKind::GotPcRel(_)
+            | RelocKind::Abs32
+            | RelocKind::Abs32S
+            | RelocKind::GotTpOff
+            | RelocKind::TpOff32
+            | RelocKind::TlsGd
+            | RelocKind::TlsLd
+            | RelocKind::DtpOff32 => 4,
         }
     }
 
@@ -61,6 +108,13 @@ impl RelocKind {
             RelocKind::GotPcRel(t) => type_name(t),
             RelocKind::Abs32 => "R_X86_64_32",
             RelocKind::Abs32S => "R_X86_64_32S",
+            RelocKind::GotTpOff => "R_X86_64_GOTTPOFF",
+            RelocKind::TpOff32 => "R_X86_64_TPOFF32",
+            RelocKind::TpOff64 => "R_X86_64_TPOFF64",
+            RelocKind::TlsGd => "R_X86_64_TLSGD",
+            RelocKind::TlsLd => "R_X86_64_TLSLD",
+            RelocKind::DtpOff32 => "R_X86_64_DTPOFF32",
+            RelocKind::DtpOff64 => "R_X86_64_DTPOFF64",
         }
     }
 }
@@ -115,13 +169,36 @@ pub(crate) fn type_name(r_type: u32) -> &'static str {
     usize::try_from(r_type).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or("unknown")
 }
 
+/// Why a relocation type is not implemented, where there is more to say
+/// than its name.
+pub(crate) fn refusal_reason(r_type: u32) -> Option<&'static str> {
+    match r_type {
+        elf::R_X86_64_GOTPC32_TLSDESC | elf::R_X86_64_TLSDESC_CALL | elf::R_X86_64_TLSDESC => {
+            Some("TLS descriptors (-mtls-dialect=gnu2) are not supported; build the payload with -mtls-dialect=gnu")
+        }
+        elf::R_X86_64_DTPMOD64 => Some("a module id in data cannot be linked into a patch region"),
+        _ => None,
+    }
+}
+
 /// What a relocation evaluates to, before it is checked against its field.
+/// For the TLS offsets (`TPOFF*`, `DTPOFF*`) `s` is the offset, taken as a
+/// signed 64-bit value (offsets from the thread pointer are negative).
 pub(crate) fn value(kind: RelocKind, s: u64, a: i64, p: u64) -> i128 {
-    let (s, a, p) = (i128::from(s), i128::from(a), i128::from(p));
+    let (a, p) = (i128::from(a), i128::from(p));
+    let signed = i128::from(s as i64);
+    let s = i128::from(s);
     match kind {
         RelocKind::None => 0,
         RelocKind::Abs64 | RelocKind::Abs32 | RelocKind::Abs32S => s + a,
-        RelocKind::Pc64 | RelocKind::Pc32 | RelocKind::Plt32 | RelocKind::GotPcRel(_) => s + a - p,
+        RelocKind::Pc64
+        | RelocKind::Pc32
+        | RelocKind::Plt32
+        | RelocKind::GotPcRel(_)
+        | RelocKind::GotTpOff
+        | RelocKind::TlsGd
+        | RelocKind::TlsLd => s + a - p,
+        RelocKind::TpOff32 | RelocKind::TpOff64 | RelocKind::DtpOff32 | RelocKind::DtpOff64 => signed + a,
     }
 }
 
@@ -139,8 +216,15 @@ pub(crate) fn encode(kind: RelocKind, v: i128) -> Result<([u8; 8], usize), Overf
     match kind {
         RelocKind::None => Ok(([0; 8], 0)),
         // 64-bit fields wrap, as they do in every linker: S + A is taken mod 2^64.
-        RelocKind::Abs64 | RelocKind::Pc64 => Ok(((v as u64).to_le_bytes(), 8)),
-        RelocKind::Pc32 | RelocKind::Plt32 | RelocKind::GotPcRel(_) => {
+        RelocKind::Abs64 | RelocKind::Pc64 | RelocKind::TpOff64 | RelocKind::DtpOff64 => {
+            Ok(((v as u64).to_le_bytes(), 8))
+        }
+        RelocKind::Pc32
+        | RelocKind::Plt32
+        | RelocKind::GotPcRel(_)
+        | RelocKind::GotTpOff
+        | RelocKind::TlsGd
+        | RelocKind::TlsLd => {
             let d = i32::try_from(v).map_err(|_| Overflow::Displacement)?;
             Ok((widen(d.to_le_bytes()), 4))
         }
@@ -148,7 +232,7 @@ pub(crate) fn encode(kind: RelocKind, v: i128) -> Result<([u8; 8], usize), Overf
             let d = u32::try_from(v).map_err(|_| Overflow::Value("unsigned 32-bit"))?;
             Ok((widen(d.to_le_bytes()), 4))
         }
-        RelocKind::Abs32S => {
+        RelocKind::Abs32S | RelocKind::TpOff32 | RelocKind::DtpOff32 => {
             let d = i32::try_from(v).map_err(|_| Overflow::Value("signed 32-bit"))?;
             Ok((widen(d.to_le_bytes()), 4))
         }
@@ -187,6 +271,19 @@ mod tests {
         assert!(encode(RelocKind::Abs32S, 0xffff_ffff).is_err());
         assert!(encode(RelocKind::Abs32S, -1).is_ok());
         assert!(encode(RelocKind::Abs32, -1).is_err());
+    }
+
+    #[test]
+    fn thread_pointer_offsets_are_signed() {
+        let k = RelocKind::TpOff32;
+        let (b, n) = encode(k, value(k, (-16i64) as u64, 4, 0)).unwrap();
+        assert_eq!((i32::from_le_bytes([b[0], b[1], b[2], b[3]]), n), (-12, 4));
+        assert!(encode(k, value(k, (-(1i64 << 40)) as u64, 0, 0)).is_err());
+        let k = RelocKind::TpOff64;
+        let (b, _) = encode(k, value(k, (-16i64) as u64, 0, 0)).unwrap();
+        assert_eq!(i64::from_le_bytes(b), -16);
+        assert!(RelocKind::from_elf(elf::R_X86_64_GOTTPOFF).is_some_and(RelocKind::is_tls));
+        assert!(refusal_reason(elf::R_X86_64_TLSDESC_CALL).is_some_and(|r| r.contains("gnu2")));
     }
 
     #[test]

@@ -117,16 +117,29 @@ fn thread_local_definition_is_refused() {
 }
 
 #[test]
-fn thread_local_reference_is_an_unsupported_relocation() {
-    let e = plan_err(&compile("extern __thread int hp_tls; int get(void) { return hp_tls; }", PIC));
+fn thread_local_reference_needs_a_tls_resolver() {
+    let plan = LinkPlan::new(&compile("extern __thread int hp_tls; int get(void) { return hp_tls; }", PIC), 0)
+        .expect("TLS references are planned");
+    assert_eq!(plan.tls_symbols(), vec!["hp_tls".to_string()]);
+    assert!(!plan.undefined_symbols().contains(&"hp_tls".to_string()), "not resolved as an address");
+    match plan.link(BASE, &mut |_| Some(BASE + 0x10_0000)).unwrap_err() {
+        LinkError::TlsSymbol { symbol, .. } => assert_eq!(symbol, "hp_tls"),
+        other => panic!("expected TlsSymbol, got {other:?}"),
+    }
+}
+
+#[test]
+fn tls_descriptors_are_refused_with_the_reason() {
+    let mut flags = PIC.to_vec();
+    flags.push("-mtls-dialect=gnu2");
+    let e = plan_err(&compile("extern __thread int hp_tls; int get(void) { return hp_tls; }", &flags));
     match &e {
         LinkError::UnsupportedRelocation { kind, section, .. } => {
-            assert!(kind.contains("TLS"), "{kind}");
+            assert!(kind.contains("TLSDESC") && kind.contains("-mtls-dialect=gnu"), "{kind}");
             assert_eq!(section, ".text.get");
         }
         other => panic!("expected UnsupportedRelocation, got {other:?}"),
     }
-    assert!(e.to_string().contains(".text.get"));
 }
 
 #[test]

@@ -43,9 +43,25 @@ impl Proc {
     }
 
     pub fn spawn_args(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        Proc::spawn_with(program, args, env, Stdio::inherit())
+    }
+
+    /// A fixture driven through its stdin: see [`Proc::send`].
+    pub fn spawn_driven(program: &Path, env: &[(&str, &str)]) -> Proc {
+        Proc::spawn_with(program, &[], env, Stdio::piped())
+    }
+
+    /// Writes one line to the fixture's stdin (spawned with [`Proc::spawn_driven`]).
+    pub fn send(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("fixture spawned with spawn_driven");
+        writeln!(stdin, "{line}").and_then(|()| stdin.flush()).expect("write to fixture");
+    }
+
+    fn spawn_with(program: &Path, args: &[&str], env: &[(&str, &str)], stdin: Stdio) -> Proc {
         let mut cmd = Command::new(program);
         cmd.args(args);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -168,13 +184,15 @@ impl Publisher {
 }
 
 /// Everything of a process a refused patch must leave as it was: its
-/// mappings and the bytes of every executable mapping.
+/// mappings and the bytes of every executable mapping of a file.
 pub fn snapshot(pid: i32) -> (String, Vec<Vec<u8>>) {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
     let mem = hotpatch_engine::procfs::ProcessMemory::open(pid, false).expect("mem");
     let text = hotpatch_engine::procfs::parse_maps(&maps)
         .iter()
-        .filter(|m| m.exec && m.path.starts_with('/'))
+        // Patch regions are named /memfd:hotpatch:...; their bytes are ours,
+        // and whether one appeared shows in the maps.
+        .filter(|m| m.exec && m.path.starts_with('/') && !m.path.starts_with("/memfd:"))
         .map(|m| mem.read_vec(m.start, m.len() as usize).expect("read text"))
         .collect();
     (maps, text)
@@ -224,6 +242,21 @@ pub fn region_count(pid: i32) -> usize {
     std::fs::read_to_string(format!("/proc/{pid}/maps"))
         .map(|m| m.lines().filter(|l| l.contains("/memfd:hotpatch:") && l.contains(" 00000000 ")).count())
         .unwrap_or(0)
+}
+
+/// Patch regions of `pid` that are applied (not retired).
+pub fn live_region_count(pid: i32) -> usize {
+    hotpatch_engine::status(pid).expect("status").iter().filter(|a| a.record.retired.is_none()).count()
+}
+
+/// Patch regions of `pid` that are retired (still mapped, no longer applied).
+pub fn retired_region_count(pid: i32) -> usize {
+    hotpatch_engine::status(pid).expect("status").iter().filter(|a| a.record.retired.is_some()).count()
+}
+
+/// `/proc/PID/maps` without patch regions (retired ones stay mapped).
+pub fn maps_without_regions(maps: &str) -> String {
+    maps.lines().filter(|l| !l.contains("/memfd:hotpatch:")).map(|l| format!("{l}\n")).collect()
 }
 
 /// Every thread of `pid` that still exists: not traced by anyone and not left
