@@ -73,17 +73,24 @@ impl Shipped {
 
     /// `hotpatch build` of fixture patch `name` for `baseline` (a file of `installed/`).
     fn hotpatch_build(&self, name: &str, baseline: &str) -> Output {
-        run(Command::new(HOTPATCH)
-            .args(["--json", "build", "--source"])
-            .arg(fixtures().join("svc"))
-            .arg("--patch")
-            .arg(fixtures().join(format!("patches/{name}.patch")))
+        self.hotpatch_build_level(&[name], 1, baseline, name)
+    }
+
+    /// A cumulative level: every patch of `names`, in order, into `OUT.hpatch`.
+    fn hotpatch_build_level(&self, names: &[&str], level: u32, baseline: &str, out: &str) -> Output {
+        let mut cmd = Command::new(HOTPATCH);
+        cmd.args(["--json", "build", "--source"]).arg(fixtures().join("svc"));
+        for name in names {
+            cmd.arg("--patch").arg(fixtures().join(format!("patches/{name}.patch")));
+        }
+        run(cmd
             .arg("--baseline")
             .arg(self.path("installed").join(baseline))
-            .args(["--level", "1", "--classification", "security", "--cve", "CVE-2026-0001", "--key"])
+            .args(["--level", &level.to_string(), "--classification", "security", "--cve", "CVE-2026-0001"])
+            .arg("--key")
             .arg(self.path("keys/publisher.key"))
             .arg("-o")
-            .arg(self.path(&format!("{name}.hpatch"))))
+            .arg(self.path(&format!("{out}.hpatch"))))
     }
 }
 
@@ -152,6 +159,26 @@ fn patch_case(name: &str, baseline: &str) -> serde_json::Value {
     assert!(svc.loaded_test(name).is_err(), "{name}: the fix's answers after the rollback");
     assert_eq!(svc.ask("ping"), "pong");
     report
+}
+
+#[test]
+fn cumulative_levels_replace_each_other() {
+    let shipped = Shipped::build("-O2 -g");
+    let mut svc = shipped.start();
+    ok(shipped.hotpatch_build_level(&["bounds"], 1, "svc", "level1"), "build level 1");
+    ok(shipped.hotpatch_build_level(&["bounds", "string"], 2, "svc", "level2"), "build level 2");
+    let trust = shipped.path("keys/publisher.pub");
+    for level in ["level1", "level2"] {
+        let package = shipped.path(&format!("{level}.hpatch"));
+        ok(
+            run(Command::new(HOTPATCH).args(["apply", "--pid", &svc.pid()]).arg(&package).arg("--trust").arg(&trust)),
+            "apply",
+        );
+        assert_eq!(svc.loaded_test("bounds"), Ok(()), "{level} carries the bounds fix");
+    }
+    assert_eq!(svc.loaded_test("string"), Ok(()), "level 2 adds the string fix");
+    ok(run(Command::new(HOTPATCH).args(["rollback", "--pid", &svc.pid()])), "rollback");
+    assert!(svc.loaded_test("bounds").is_err() && svc.loaded_test("string").is_err(), "back to the baseline");
 }
 
 fn in_patch(report: &serde_json::Value) -> Vec<(String, String)> {
