@@ -86,39 +86,65 @@ fn session_cookie(parts: &Parts) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
+/// An API caller: a bearer token, or the web session cookie for reads only. A
+/// browser sends the cookie with every request to this server, also with one
+/// that a page of another site makes it send (cross-site request forgery), so
+/// through the API the cookie may read (the UI links to CSV exports) but never
+/// change anything: changes need a bearer token, which such a page cannot have.
 impl FromRequestParts<AppState> for User {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<User, ApiError> {
-        let row = if let Some(token) = bearer(parts) {
-            sqlx::query(
-                "SELECT u.id, u.org_id, u.name, u.role FROM api_tokens t JOIN users u ON u.id = t.user_id \
-                 WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
-            )
-            .bind(hash_secret(token))
-            .fetch_optional(&state.db.pool)
-            .await?
-            .ok_or_else(|| ApiError::Unauthorized("API token unknown or revoked".into()))?
-        } else if let Some(session) = session_cookie(parts) {
-            sqlx::query(
-                "SELECT u.id, u.org_id, u.name, u.role FROM ui_sessions s JOIN users u ON u.id = s.user_id \
-                 WHERE s.session_hash = $1 AND s.kind = 'session' AND s.expires > $2",
-            )
-            .bind(hash_secret(session))
-            .bind(now())
-            .fetch_optional(&state.db.pool)
-            .await?
-            .ok_or_else(|| ApiError::Unauthorized("session expired; sign in again".into()))?
-        } else {
-            return Err(ApiError::Unauthorized("missing credentials: send 'Authorization: Bearer <API token>'".into()));
-        };
-        Ok(User {
-            user_id: row.try_get(0)?,
-            org_id: row.try_get(1)?,
-            name: row.try_get(2)?,
-            role: Role::parse(&row.try_get::<String, _>(3)?)?,
-        })
+        let session = if parts.method.is_safe() { Sessions::Accept } else { Sessions::Refuse };
+        authenticate(parts, state, session).await
     }
+}
+
+/// Whether a web session cookie may stand for the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sessions {
+    Accept,
+    Refuse,
+}
+
+/// The user behind the request's bearer token or (when `sessions` accepts it) web
+/// session cookie. The web UI accepts sessions for its forms, which the
+/// cross-origin check (`origin`) and the forms' own tokens protect.
+pub async fn authenticate(parts: &Parts, state: &AppState, sessions: Sessions) -> Result<User, ApiError> {
+    let row = if let Some(token) = bearer(parts) {
+        sqlx::query(
+            "SELECT u.id, u.org_id, u.name, u.role FROM api_tokens t JOIN users u ON u.id = t.user_id \
+             WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
+        )
+        .bind(hash_secret(token))
+        .fetch_optional(&state.db.pool)
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("API token unknown or revoked".into()))?
+    } else if let Some(session) = session_cookie(parts) {
+        if sessions == Sessions::Refuse {
+            return Err(ApiError::Unauthorized(
+                "the web session cookie only reads through the API; changes need 'Authorization: Bearer <API token>'"
+                    .into(),
+            ));
+        }
+        sqlx::query(
+            "SELECT u.id, u.org_id, u.name, u.role FROM ui_sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.session_hash = $1 AND s.kind = 'session' AND s.expires > $2",
+        )
+        .bind(hash_secret(session))
+        .bind(now())
+        .fetch_optional(&state.db.pool)
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("session expired; sign in again".into()))?
+    } else {
+        return Err(ApiError::Unauthorized("missing credentials: send 'Authorization: Bearer <API token>'".into()));
+    };
+    Ok(User {
+        user_id: row.try_get(0)?,
+        org_id: row.try_get(1)?,
+        name: row.try_get(2)?,
+        role: Role::parse(&row.try_get::<String, _>(3)?)?,
+    })
 }
 
 /// An enrolled, not revoked machine whose request signature verified with the

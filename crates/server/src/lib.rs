@@ -14,6 +14,7 @@ pub mod coverage;
 pub mod db;
 pub mod error;
 pub mod offer;
+pub mod origin;
 pub mod schema;
 pub mod serve;
 pub mod state;
@@ -42,6 +43,7 @@ pub fn router(state: AppState) -> Router {
     api::routes()
         .merge(web::routes())
         .fallback(api::not_found)
+        .layer(axum::middleware::from_fn(origin::refuse_cross_origin))
         .layer(DefaultBodyLimit::max(api::JSON_BODY_LIMIT))
         .with_state(state)
 }

@@ -13,7 +13,7 @@ use sqlx::Row;
 
 use super::html::Page;
 use crate::audit;
-use crate::auth::{SESSION_COOKIE, User};
+use crate::auth::{SESSION_COOKIE, Sessions, User, authenticate};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::util::{hash_secret, new_secret, now};
@@ -35,7 +35,7 @@ impl FromRequestParts<AppState> for UiUser {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<UiUser, Response> {
-        match User::from_request_parts(parts, state).await {
+        match authenticate(parts, state, Sessions::Accept).await {
             Ok(u) => Ok(UiUser(u)),
             Err(ApiError::Unauthorized(_)) => Err(Redirect::to("/ui/login").into_response()),
             Err(e) => Err(e.into_response()),

@@ -1,0 +1,195 @@
+//! What an attacker can do with the parts the control plane does not fully trust:
+//! a page of another origin in the user's browser, a stolen or revoked credential,
+//! idle sockets, a machine's claims, hostile strings. Real server on loopback, real
+//! database, real browser where a browser's behaviour is the point.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+use hotpatch_format::Classification;
+use serde_json::json;
+
+/// A tiny HTTP server on another loopback port: the attacker's site. It serves
+/// `page` at `/` and tells the test each path it was asked for; it ends when the
+/// test asks for `/quit`.
+fn attacker_site(page: String) -> (String, mpsc::Receiver<String>, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind attacker site");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (tx, rx) = mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+            let mut request_line = String::new();
+            let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            // Drain the headers so the browser sees a well-behaved server.
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let body = if path == "/" { page.as_str() } else { "<html><body>ok</body></html>" };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tx.send(path.clone());
+            if path == "/quit" {
+                break;
+            }
+        }
+    });
+    (base, rx, handle)
+}
+
+/// The page of another origin (another port of the same host, so the same
+/// "site": a SameSite=Strict cookie goes along). It signs the browser in to
+/// the control plane through an image request to a one-time link (standing in
+/// for the user having signed in earlier), then posts a form that cancels a
+/// deployment; the browser then shows the server's answer.
+fn csrf_page(server: &str, link: &str, deployment: &str) -> String {
+    format!(
+        r#"<html><body>
+<form id="f" method="post" action="{server}/api/v1/deployments/{deployment}/cancel"></form>
+<script>
+var img = new Image();
+img.onerror = img.onload = function () {{ document.getElementById('f').submit(); }};
+img.src = '{server}{link}';
+</script>
+</body></html>"#
+    )
+}
+
+fn deployment_state(s: &TestServer, id: &str) -> String {
+    let (st, d) = s.get(&format!("/api/v1/deployments/{id}"), &s.admin);
+    assert_eq!(st, 200, "{d}");
+    d["state"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_form_on_another_origin_cannot_cancel_a_deployment_in_a_browser() {
+    for b in backends() {
+        let s = TestServer::start(&b);
+        assert_eq!(s.upload(&s.admin, &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &[])).0, 200);
+        let (st, d) =
+            s.post("/api/v1/deployments", &s.admin, json!({ "name": "roll", "kind": "hotpatch", "patch_id": "fix-1" }));
+        assert_eq!(st, 200, "{d}");
+        let id = d["id"].as_str().unwrap_or_default().to_string();
+        let (st, link) = s.post("/api/v1/ui-links", &s.admin, json!({}));
+        assert_eq!(st, 200, "{link}");
+        let link = link["path"].as_str().unwrap_or_default().to_string();
+        let (site, seen, handle) = attacker_site(csrf_page(&s.base, &link, &id));
+        let dom = dump_dom(&format!("{site}/"));
+        let _ = TcpStream::connect(site.trim_start_matches("http://"))
+            .and_then(|mut c| c.write_all(b"GET /quit HTTP/1.1\r\n\r\n"));
+        handle.join().expect("attacker site");
+        let paths: Vec<String> = seen.try_iter().collect();
+        assert_eq!(paths.first().map(String::as_str), Some("/"), "{paths:?}");
+        // The page ran to its end: the browser signed in and shows the server's answer to the post.
+        assert!(dom.contains("\"error\"") || dom.contains("\"state\""), "the post was not answered: {dom}");
+        let (_, audit) = s.get("/api/v1/audit", &s.admin);
+        assert!(audit.to_string().contains("ui.sign-in"), "the browser never signed in: {audit}");
+        assert_eq!(deployment_state(&s, &id), "active", "a cross-origin form cancelled the deployment");
+    }
+}
+
+/// Sends `request` (a whole HTTP/1.1 request) to the server and returns the status
+/// and the raw response.
+fn raw(s: &TestServer, request: &str) -> (u16, String) {
+    let mut c = TcpStream::connect(s.base.trim_start_matches("http://")).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    c.write_all(request.as_bytes()).expect("send");
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    let status = out.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, out)
+}
+
+fn host(s: &TestServer) -> &str {
+    s.base.trim_start_matches("http://")
+}
+
+/// Signs in through a one-time link and returns the session cookie's value.
+fn session_cookie(s: &TestServer, token: &str) -> String {
+    let (st, link) = s.post("/api/v1/ui-links", token, json!({}));
+    assert_eq!(st, 200, "{link}");
+    let path = link["path"].as_str().unwrap_or_default();
+    let (st, response) = raw(s, &format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", host(s)));
+    assert_eq!(st, 303, "{response}");
+    response
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: hp_session="))
+        .and_then(|v| v.split(';').next())
+        .expect("session cookie")
+        .to_string()
+}
+
+#[test]
+fn the_api_changes_nothing_for_a_session_cookie_and_ui_posts_must_be_same_origin() {
+    for b in backends() {
+        let s = TestServer::start(&b);
+        s.upload(&s.admin, &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &[]));
+        let (_, d) =
+            s.post("/api/v1/deployments", &s.admin, json!({ "name": "roll", "kind": "hotpatch", "patch_id": "fix-1" }));
+        let id = d["id"].as_str().unwrap_or_default().to_string();
+        let cookie = session_cookie(&s, &s.admin);
+        let h = host(&s);
+        // The cookie still reads (the UI links to CSV exports under /api)...
+        let (st, out) = raw(
+            &s,
+            &format!(
+                "GET /api/v1/deployments HTTP/1.1\r\nHost: {h}\r\nCookie: hp_session={cookie}\r\nConnection: close\r\n\r\n"
+            ),
+        );
+        assert_eq!(st, 200, "{out}");
+        // ...but changes nothing, even from a client that sends no Origin at all.
+        let (st, out) = raw(
+            &s,
+            &format!(
+                "POST /api/v1/deployments/{id}/cancel HTTP/1.1\r\nHost: {h}\r\nCookie: hp_session={cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        );
+        assert_eq!(st, 401, "{out}");
+        assert!(out.contains("Bearer"), "{out}");
+        assert_eq!(deployment_state(&s, &id), "active");
+        // Cross-origin posts to the UI are refused, by Sec-Fetch-Site or by Origin.
+        let token = &s.admin;
+        let form = format!("token={token}");
+        for extra in [
+            "Sec-Fetch-Site: same-site\r\n".to_string(),
+            "Origin: http://127.0.0.1:1\r\n".to_string(),
+            "Origin: null\r\n".into(),
+        ] {
+            let (st, out) = raw(
+                &s,
+                &format!(
+                    "POST /ui/login HTTP/1.1\r\nHost: {h}\r\n{extra}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+                    form.len()
+                ),
+            );
+            assert_eq!(st, 403, "{extra}: {out}");
+            assert!(!out.contains("set-cookie"), "{out}");
+        }
+        // The same post from the server's own origin signs in.
+        for extra in [format!("Origin: http://{h}\r\n"), "Sec-Fetch-Site: same-origin\r\n".into(), String::new()] {
+            let (st, out) = raw(
+                &s,
+                &format!(
+                    "POST /ui/login HTTP/1.1\r\nHost: {h}\r\n{extra}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+                    form.len()
+                ),
+            );
+            assert_eq!(st, 303, "{extra}: {out}");
+            assert!(out.contains("set-cookie: hp_session="), "{out}");
+        }
+    }
+}
