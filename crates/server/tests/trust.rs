@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use hotpatch_format::Classification;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// A tiny HTTP server on another loopback port: the attacker's site. It serves
 /// `page` at `/` and tells the test each path it was asked for; it ends when the
@@ -190,6 +190,159 @@ fn the_api_changes_nothing_for_a_session_cookie_and_ui_posts_must_be_same_origin
             );
             assert_eq!(st, 303, "{extra}: {out}");
             assert!(out.contains("set-cookie: hp_session="), "{out}");
+        }
+    }
+}
+
+fn with_cookie(s: &TestServer, method: &str, path: &str, cookie: &str) -> u16 {
+    let h = host(s);
+    raw(
+        s,
+        &format!("{method} {path} HTTP/1.1\r\nHost: {h}\r\nCookie: hp_session={cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .0
+}
+
+/// Signs in by pasting `token` into the sign-in form; returns the session cookie.
+fn pasted_session(s: &TestServer, token: &str) -> String {
+    let form = format!("token={token}");
+    let (st, out) = raw(
+        s,
+        &format!(
+            "POST /ui/login HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            host(s),
+            form.len()
+        ),
+    );
+    assert_eq!(st, 303, "{out}");
+    out.lines()
+        .find_map(|l| l.strip_prefix("set-cookie: hp_session="))
+        .and_then(|v| v.split(';').next())
+        .expect("session cookie")
+        .to_string()
+}
+
+fn delete(s: &TestServer, path: &str, token: &str) -> (u16, Value) {
+    let (st, v, _) = call("DELETE", &format!("{}{path}", s.base), Some(token), None);
+    (st, v)
+}
+
+fn audit_actions(s: &TestServer) -> Vec<String> {
+    let (_, a) = s.get("/api/v1/audit", &s.admin);
+    a["entries"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|e| e["action"].as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn revoking_a_token_ends_the_web_sessions_made_from_it() {
+    for b in backends() {
+        let s = TestServer::start(&b);
+        let (st, t) = s.post("/api/v1/tokens", &s.admin, json!({ "label": "laptop" }));
+        assert_eq!(st, 200, "{t}");
+        let (token, token_id) = (t["token"].as_str().unwrap_or_default(), t["id"].as_str().unwrap_or_default());
+        let by_link = session_cookie(&s, token);
+        let by_paste = pasted_session(&s, token);
+        let other = session_cookie(&s, &s.admin);
+        for c in [&by_link, &by_paste, &other] {
+            assert_eq!(with_cookie(&s, "GET", "/api/v1/whoami", c), 200);
+        }
+        let (st, list) = s.get("/api/v1/sessions", &s.admin);
+        assert_eq!(st, 200, "{list}");
+        let from_token = list["sessions"].as_array().map(|v| v.iter().filter(|x| x["token_id"] == token_id).count());
+        assert_eq!(from_token, Some(2), "{list}");
+        let (st, r) = delete(&s, &format!("/api/v1/tokens/{token_id}"), &s.admin);
+        assert_eq!((st, r["sessions_ended"].as_u64()), (200, Some(2)), "{r}");
+        for c in [&by_link, &by_paste] {
+            assert_eq!(with_cookie(&s, "GET", "/api/v1/whoami", c), 401);
+            assert_eq!(with_cookie(&s, "GET", "/ui/", c), 303, "the UI sends an ended session to sign in");
+        }
+        // Other sessions live on; one can be listed and ended by itself.
+        assert_eq!(with_cookie(&s, "GET", "/api/v1/whoami", &other), 200);
+        let (_, list) = s.get("/api/v1/sessions", &s.admin);
+        let sessions = list["sessions"].as_array().cloned().unwrap_or_default();
+        assert_eq!(sessions.len(), 1, "{list}");
+        let id = sessions[0]["id"].as_str().unwrap_or_default();
+        assert_eq!(delete(&s, &format!("/api/v1/sessions/{id}"), &s.admin).0, 200);
+        assert_eq!(with_cookie(&s, "GET", "/api/v1/whoami", &other), 401);
+        // A revoked token no longer makes sign-in links or sessions.
+        assert_eq!(s.post("/api/v1/ui-links", token, json!({})).0, 401);
+        let actions = audit_actions(&s);
+        for want in ["token.revoke", "session.revoke", "ui.sign-in"] {
+            assert!(actions.iter().any(|a| a == want), "{want} missing from {actions:?}");
+        }
+    }
+}
+
+#[test]
+fn tokens_expire_and_never_outlive_the_credential_that_made_them() {
+    for b in backends() {
+        let s = TestServer::start(&b);
+        let (st, t) = s.post("/api/v1/tokens", &s.admin, json!({ "label": "ci", "expires_in_seconds": 3600 }));
+        assert_eq!(st, 200, "{t}");
+        let short = t["token"].as_str().unwrap_or_default().to_string();
+        let limit = t["expires"].as_str().unwrap_or_default().to_string();
+        assert!(!limit.is_empty(), "{t}");
+        // A token made by an expiring one ends with it at the latest.
+        let (st, child) = s.post("/api/v1/tokens", &short, json!({ "label": "child" }));
+        assert_eq!((st, child["expires"].as_str()), (200, Some(limit.as_str())), "{child}");
+        let (st, e) = s.post("/api/v1/tokens", &short, json!({ "label": "longer", "expires_in_seconds": 7200 }));
+        assert_eq!(st, 400, "{e}");
+        assert!(e["error"].as_str().unwrap_or_default().contains("outlive"), "{e}");
+        for bad in [0, -5, 10_000 * 86_400] {
+            let (st, e) = s.post("/api/v1/tokens", &s.admin, json!({ "label": "x", "expires_in_seconds": bad }));
+            assert_eq!(st, 400, "{bad}: {e}");
+        }
+        // Once its time is up the token and the sessions made from it stop working.
+        let cookie = session_cookie(&s, &short);
+        assert_eq!(with_cookie(&s, "GET", "/api/v1/whoami", &cookie), 200);
+        let id = t["id"].as_str().unwrap_or_default();
+        s.sql(&format!("UPDATE api_tokens SET expires = 1000 WHERE id = '{id}'"));
+        assert_eq!(s.get("/api/v1/whoami", &short).0, 401);
+        assert_eq!(with_cookie(&s, "GET", "/api/v1/whoami", &cookie), 401);
+        let (_, list) = s.get("/api/v1/tokens", &s.admin);
+        let listed = list["tokens"].as_array().and_then(|v| v.iter().find(|x| x["id"] == id).cloned());
+        assert_eq!(listed.map(|x| x["active"].clone()), Some(json!(false)), "{list}");
+    }
+}
+
+#[test]
+fn admins_list_demote_and_remove_users() {
+    for b in backends() {
+        let s = TestServer::start(&b);
+        assert_eq!(s.post("/api/v1/users", &s.admin, json!({ "name": "vera", "role": "operator" })).0, 200);
+        let (_, t) = s.post("/api/v1/tokens", &s.admin, json!({ "label": "vera", "user": "vera" }));
+        let vera = t["token"].as_str().unwrap_or_default().to_string();
+        assert_eq!(s.post("/api/v1/enrollment-tokens", &vera, json!({})).0, 200);
+        // Only admins manage users, and the last admin stays.
+        assert_eq!(s.put("/api/v1/users/vera", &vera, json!({ "role": "admin" })).0, 403);
+        let (st, e) = s.put("/api/v1/users/root", &s.admin, json!({ "role": "viewer" }));
+        assert_eq!(st, 409, "{e}");
+        assert_eq!(delete(&s, "/api/v1/users/root", &s.admin).0, 409);
+        assert_eq!(s.put("/api/v1/users/nobody", &s.admin, json!({ "role": "viewer" })).0, 404);
+        // Demoted: the next request has the new role.
+        let (st, r) = s.put("/api/v1/users/vera", &s.admin, json!({ "role": "viewer" }));
+        assert_eq!((st, r["role"].as_str()), (200, Some("viewer")), "{r}");
+        assert_eq!(s.post("/api/v1/enrollment-tokens", &vera, json!({})).0, 403);
+        // A non-admin sees only their own tokens and sessions.
+        let (_, mine) = s.get("/api/v1/tokens", &vera);
+        assert_eq!(mine["tokens"].as_array().map(Vec::len), Some(1), "{mine}");
+        let (_, all) = s.get("/api/v1/tokens", &s.admin);
+        assert_eq!(all["tokens"].as_array().map(Vec::len), Some(2), "{all}");
+        // Removed: tokens and sessions end at once, the name stays taken.
+        let cookie = session_cookie(&s, &vera);
+        let (st, r) = delete(&s, "/api/v1/users/vera", &s.admin);
+        assert_eq!((st, r["tokens_revoked"].as_u64(), r["sessions_ended"].as_u64()), (200, Some(1), Some(1)), "{r}");
+        assert_eq!(s.get("/api/v1/whoami", &vera).0, 401);
+        assert_eq!(with_cookie(&s, "GET", "/api/v1/whoami", &cookie), 401);
+        let (_, users) = s.get("/api/v1/users", &s.admin);
+        let v = users["users"].as_array().and_then(|u| u.iter().find(|x| x["name"] == "vera").cloned());
+        assert!(v.is_some_and(|v| v["removed"].is_string()), "{users}");
+        assert_eq!(s.post("/api/v1/tokens", &s.admin, json!({ "label": "x", "user": "vera" })).0, 404);
+        let actions = audit_actions(&s);
+        for want in ["user.role", "user.remove"] {
+            assert!(actions.iter().any(|a| a == want), "{want} missing from {actions:?}");
         }
     }
 }
