@@ -13,6 +13,7 @@ pub mod bootstrap;
 pub mod coverage;
 pub mod db;
 pub mod error;
+pub mod limits;
 pub mod offer;
 pub mod origin;
 pub mod schema;

@@ -51,6 +51,17 @@ struct RunArgs {
     /// Free trial for organisations created at first start, in days.
     #[arg(long, default_value_t = 30)]
     trial_days: i64,
+    /// Seconds a connection may take to send a request's head, also while it idles
+    /// between requests (keep-alive); then it is closed.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_timeout: u64,
+    /// Seconds a request body may pause between reads before the request fails.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    body_timeout: u64,
+    /// Most connections open at once; default: what the open-file limit (ulimit -n)
+    /// leaves after the database's share. Beyond it new connections wait to be accepted.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -154,11 +165,24 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }
-        None => run(state, cli.run, tls).await,
+        None => {
+            let mut limits = serve::Limits::for_process(cli.db_connections);
+            limits.header_timeout = std::time::Duration::from_secs(cli.run.header_timeout);
+            limits.body_timeout = std::time::Duration::from_secs(cli.run.body_timeout);
+            if let Some(n) = cli.run.max_connections {
+                limits.max_connections = usize::try_from(n)?;
+            }
+            run(state, cli.run, tls, limits).await
+        }
     }
 }
 
-async fn run(state: hotpatch_server::AppState, args: RunArgs, tls: Option<TlsAcceptor>) -> anyhow::Result<()> {
+async fn run(
+    state: hotpatch_server::AppState,
+    args: RunArgs,
+    tls: Option<TlsAcceptor>,
+    limits: serve::Limits,
+) -> anyhow::Result<()> {
     if bootstrap::org_count(&state.db).await.map_err(|e| anyhow::anyhow!("{e}"))? == 0 {
         let trial = hotpatch_server::util::now() + args.trial_days * 86_400;
         let created = bootstrap::create_admin(&state.db, "default", "admin", Some(trial))
@@ -181,7 +205,7 @@ async fn run(state: hotpatch_server::AppState, args: RunArgs, tls: Option<TlsAcc
         secure_cookies: tls.is_some() || args.secure_cookies,
         ..state
     });
-    serve::serve(listener, tls, app, shutdown_signal()).await?;
+    serve::serve_with(listener, tls, app, shutdown_signal(), limits).await?;
     Ok(())
 }
 

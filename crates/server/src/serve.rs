@@ -1,4 +1,5 @@
-//! Serving the router over plain HTTP or TLS (rustls, ring provider).
+//! Serving the router over plain HTTP or TLS (rustls, ring provider), with the
+//! connection limits of `limits`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -7,12 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
+
+pub use crate::limits::Limits;
+use crate::limits::TimeoutBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -66,74 +71,111 @@ pub fn warn_if_plain_public(addr: SocketAddr, tls: bool) {
     }
 }
 
-/// A listener whose connections have finished the TLS handshake. Handshakes run
-/// in their own tasks so one slow client cannot hold up the others.
-pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    addr: SocketAddr,
-}
-
-impl TlsListener {
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> io::Result<TlsListener> {
-        let addr = listener.local_addr()?;
-        let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let acceptor = acceptor.clone();
-                let sender = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = sender.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-                if tx.is_closed() {
-                    break;
-                }
-            }
-        });
-        Ok(TlsListener { rx, addr })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.addr)
-    }
-}
-
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves, with the limits of this process (see `limits`).
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    match tls {
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
-        Some(acceptor) => {
-            axum::serve(TlsListener::new(listener, acceptor)?, app).with_graceful_shutdown(shutdown).await
+    serve_with(listener, tls, app, shutdown, Limits::for_process(16)).await
+}
+
+/// Serves until `shutdown` resolves, then finishes the requests in flight.
+/// Connections are served by our own loop rather than `axum::serve`, which has
+/// neither timeouts nor a cap: idle sockets would hold descriptors forever, and
+/// once the open-file limit is reached no one else gets in.
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: Limits,
+) -> io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // hyper starts this timer whenever it waits for a request's head: on a new
+    // connection and between requests of a kept-alive one, so it is the idle timeout too.
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    tracing::info!(max_connections = limits.max_connections, header_timeout = ?limits.header_timeout, "connection limits");
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot.map_err(io::Error::other)?,
+            () = &mut shutdown => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            accepted = accept(&listener, &slots, limits.max_connections) => accepted,
+            () = &mut shutdown => break,
+        };
+        let conn = Conn { http: http.clone(), app: app.clone(), body_timeout: limits.body_timeout };
+        let tls = tls.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            conn.run(tcp, peer, tls, watcher).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// The next connection. A failed accept (out of descriptors after all, or the
+/// client gave up in the queue) is logged and retried after a pause, never fatal.
+async fn accept(listener: &TcpListener, slots: &Semaphore, cap: usize) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                if slots.available_permits() == 0 {
+                    tracing::warn!(cap, "connection cap reached: new connections wait until one closes");
+                }
+                return (tcp, peer);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// What serving one connection needs.
+struct Conn {
+    http: hyper::server::conn::http1::Builder,
+    app: Router,
+    body_timeout: Duration,
+}
+
+impl Conn {
+    async fn run(self, tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, watcher: Watcher) {
+        let _ = tcp.set_nodelay(true);
+        match tls {
+            None => self.serve(tcp, peer, watcher).await,
+            // The handshake has its own deadline: a client that never finishes it
+            // holds its slot no longer than one that never sends a request.
+            Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => self.serve(stream, peer, watcher).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            },
+        }
+    }
+
+    async fn serve<S>(self, stream: S, peer: SocketAddr, watcher: Watcher)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn { http, app, body_timeout } = self;
+        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let req = req.map(|body| axum::body::Body::new(TimeoutBody::new(body, body_timeout)));
+            tower_service::Service::call(&mut app.clone(), req)
+        });
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        if let Err(e) = watcher.watch(connection).await {
+            // Timeouts and clients that go away mid-request end up here; not the server's fault.
+            tracing::debug!(%peer, error = %e, "connection ended");
         }
     }
 }

@@ -346,3 +346,87 @@ fn admins_list_demote_and_remove_users() {
         }
     }
 }
+
+mod slow_clients {
+    use super::common::server_process::ServerProcess;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// The real binary with short timeouts, under an open-file limit of `nofile`.
+    fn server(dir: &tempfile::TempDir, nofile: u32) -> ServerProcess {
+        let data = dir.path().display().to_string();
+        let args = ["--data", &data, "--listen", "127.0.0.1:0", "--header-timeout", "2", "--body-timeout", "2"];
+        ServerProcess::start_with_open_files(nofile, args)
+    }
+
+    fn connect(addr: &str) -> TcpStream {
+        let c = TcpStream::connect(addr).expect("connect");
+        // A watchdog for a server that never answers, not a measure of speed.
+        c.set_read_timeout(Some(Duration::from_secs(90))).expect("read timeout");
+        c
+    }
+
+    /// Reads one response (whose body is `Content-Length` long) from `c`; the status.
+    fn read_response(c: &mut TcpStream) -> u16 {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            match c.read(&mut byte) {
+                Ok(1) => buf.push(byte[0]),
+                other => panic!("response cut short ({other:?}): {}", String::from_utf8_lossy(&buf)),
+            }
+        }
+        let head = String::from_utf8_lossy(&buf).to_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        c.read_exact(&mut body).expect("body");
+        head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+
+    #[test]
+    fn more_idle_sockets_than_the_open_file_limit_do_not_lock_others_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = server(&dir, 256);
+        // More idle connections than the server has descriptors: none sends a byte.
+        let idle: Vec<TcpStream> = (0..300).map(|_| connect(&s.addr)).collect();
+        let mut c = connect(&s.addr);
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+        assert_eq!(read_response(&mut c), 200, "{}", s.log_text());
+        drop(idle);
+        assert!(s.log_text().contains("connection cap reached"), "{}", s.log_text());
+    }
+
+    #[test]
+    fn idle_keep_alive_and_stalled_bodies_are_closed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = server(&dir, 1024);
+        // Kept alive after an answer, then idle: the server closes it.
+        let mut c = connect(&s.addr);
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+        assert_eq!(read_response(&mut c), 200);
+        let mut rest = Vec::new();
+        let closed = c.read_to_end(&mut rest);
+        assert!(matches!(closed, Ok(0)), "an idle kept-alive connection stayed open: {closed:?}");
+        // A body that stops halfway: the request fails with a 4xx, the connection closes.
+        let mut c = connect(&s.addr);
+        let head = format!(
+            "POST /api/v1/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"label\":",
+            s.admin
+        );
+        c.write_all(head.as_bytes()).expect("send");
+        let status = read_response(&mut c);
+        assert!((400..500).contains(&status), "{status}");
+        // A head that never ends: closed without an answer (or with a 408).
+        let mut c = connect(&s.addr);
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").expect("send");
+        let mut out = Vec::new();
+        let ended = c.read_to_end(&mut out);
+        assert!(ended.is_ok(), "{ended:?}");
+        assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&out));
+    }
+}
