@@ -430,3 +430,49 @@ mod slow_clients {
         assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&out));
     }
 }
+
+#[test]
+fn a_machine_reports_only_on_deployments_that_reach_it_and_cores_are_bounded() {
+    for b in backends() {
+        let s = TestServer::start(&b);
+        s.upload(&s.admin, &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &[]));
+        let (st, d) = s.post(
+            "/api/v1/deployments",
+            &s.admin,
+            json!({ "name": "web", "kind": "hotpatch", "patch_id": "fix-1", "scope": { "tags": ["web"] },
+                    "rings": { "canary_percent": 100, "failure_threshold_percent": 10 } }),
+        );
+        assert_eq!(st, 200, "{d}");
+        let id = d["id"].as_str().unwrap_or_default();
+        let (_, web) = s.enroll(&["web"], "web-1");
+        let (_, db) = s.enroll(&["db"], "db-1");
+        let failed = json!([{ "deployment_id": id, "status": "failed", "detail": "forged" }]);
+        // The database machine is not in the rollout: its "failure" is refused and halts nothing.
+        let (st, e) = s.post(
+            "/api/v1/agent/checkin",
+            &db,
+            checkin_body("db-1", 4, &[(BUILD_A, "libdemo.so.1", 0)], failed.clone()),
+        );
+        assert_eq!(st, 403, "{e}");
+        assert!(e["error"].as_str().unwrap_or_default().contains("does not reach"), "{e}");
+        assert_eq!(deployment_state(&s, id), "active");
+        let (_, m) = s.get("/api/v1/compliance/machines", &s.admin);
+        assert!(!m.to_string().contains("apply-failed"), "{m}");
+        // Its own machine's failure counts.
+        let (st, e) =
+            s.post("/api/v1/agent/checkin", &web, checkin_body("web-1", 4, &[(BUILD_A, "libdemo.so.1", 0)], failed));
+        assert_eq!(st, 200, "{e}");
+        assert_eq!(deployment_state(&s, id), "halted");
+
+        // Cores: bounded, and a jump is flagged for the operator.
+        let big = |n| checkin_body("web-1", n, &[(BUILD_A, "libdemo.so.1", 0)], json!([]));
+        let (st, e) = s.post("/api/v1/agent/checkin", &web, big(65_536));
+        assert_eq!(st, 400, "{e}");
+        assert!(e["error"].as_str().unwrap_or_default().contains("4096"), "{e}");
+        assert_eq!(s.post("/api/v1/agent/checkin", &web, big(4096)).0, 200);
+        let (_, bill) = s.get("/api/v1/billing", &s.admin);
+        assert!(!bill.to_string().contains("65536"), "{bill}");
+        let actions = audit_actions(&s);
+        assert!(actions.iter().any(|a| a == "machine.cores-jump"), "{actions:?}");
+    }
+}
