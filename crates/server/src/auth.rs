@@ -334,13 +334,10 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for Si
     async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, ApiError> {
         let (parts, body) = req.into_parts();
         require_machine_request(&parts)?;
-        let bytes = axum::body::to_bytes(body, crate::api::JSON_BODY_LIMIT).await.map_err(|e| {
-            ApiError::PayloadTooLarge(format!(
-                "request body unreadable or larger than {} bytes: {e}",
-                crate::api::JSON_BODY_LIMIT
-            ))
-        })?;
+        let bytes =
+            axum::body::to_bytes(body, crate::api::JSON_BODY_LIMIT).await.map_err(crate::api::json::body_error)?;
         let machine = verify_machine(&parts, state, &bytes).await?;
+        crate::api::json::refuse_nul(&bytes)?;
         let body = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
             serde_json::error::Category::Data => ApiError::Unprocessable(format!("invalid request body: {e}")),
             _ => ApiError::BadRequest(format!("malformed JSON: {e}")),

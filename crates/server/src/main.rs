@@ -102,6 +102,26 @@ enum AdminCommand {
     },
 }
 
+/// The data directory is made 0700: it holds the database. An existing one is
+/// left as it is (it may be shared, like /tmp), with a warning when others can
+/// enter it; the database file itself is 0600 either way (see `db`).
+fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating data directory {}", dir.display()))?;
+    }
+    let mode =
+        std::fs::metadata(dir).with_context(|| format!("data directory {}", dir.display()))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), mode = format!("{:o}", mode & 0o777), "data directory open to other users; 0700 is advised");
+    }
+    Ok(())
+}
+
 fn load_trust(path: &Path) -> anyhow::Result<TrustStore> {
     if !path.exists() {
         tracing::warn!(path = %path.display(), "no trusted publisher keys: hotpatch uploads will be refused");
@@ -129,8 +149,7 @@ async fn main() -> anyhow::Result<()> {
     let url = match &cli.database {
         Some(u) => u.clone(),
         None => {
-            std::fs::create_dir_all(&cli.data)
-                .with_context(|| format!("creating data directory {}", cli.data.display()))?;
+            create_data_dir(&cli.data)?;
             format!("sqlite://{}?mode=rwc", cli.data.join("hotpatch.db").display())
         }
     };
