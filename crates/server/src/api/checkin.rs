@@ -145,13 +145,18 @@ struct RollbackWork {
 pub async fn check_in(
     State(st): State<AppState>,
     headers: HeaderMap,
-    SignedJson { machine, body }: SignedJson<CheckIn>,
+    SignedJson { machine, mut body }: SignedJson<CheckIn>,
 ) -> ApiResult<Response> {
     validate(&body)?;
     let t = now();
-    check_results_are_its_own(&st, &machine, &body, t).await?;
+    let ignored = drop_foreign_results(&st, &machine, &mut body, t).await?;
     record(&st, &machine, &body, t).await?;
-    let answer = instructions(&st, &machine, &body, t).await?;
+    let mut answer = instructions(&st, &machine, &body, t).await?;
+    if let Some(notes) = answer["notes"].as_array_mut() {
+        notes.extend(ignored.iter().map(|id| {
+            Value::from(format!("result for deployment {id} ignored: that deployment does not reach this machine"))
+        }));
+    }
     let text = answer.to_string();
     let etag = format!("\"{}\"", &sha256_hex(text.as_bytes())[..32]);
     let unchanged = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v == etag);
@@ -170,26 +175,33 @@ pub async fn check_in(
 /// A machine reports results only for deployments that reach it: in its scope
 /// (by the facts just reported) with its ring started, or that it reported on
 /// before. Anything else would let one machine halt (or pass) another group's
-/// rollout. Unknown deployments are left to `record` (404).
-async fn check_results_are_its_own(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()> {
+/// rollout, so such results are dropped (and named in the answer's notes) while
+/// the rest of the check-in counts: refusing it whole would leave an agent whose
+/// scope changed since it applied (retagged, rebooted into another kernel)
+/// resending the result, refused, forever. Unknown deployments are left to
+/// `record` (404). Returns the dropped results' deployments.
+async fn drop_foreign_results(st: &AppState, m: &Machine, c: &mut CheckIn, t: i64) -> ApiResult<Vec<String>> {
     if c.results.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
+    let all = deployments_for(st, &m.org_id, false, Some(&m.id)).await?;
     let files: Vec<&str> = c.targets.iter().map(|x| x.file_name.as_str()).collect();
     let facts = super::deploy::reported_facts(&c.facts, &m.tags, &files);
-    let all = deployments_for(st, &m.org_id, false, Some(&m.id)).await?;
-    for r in &c.results {
-        let Some(d) = all.iter().find(|d| d.id == r.deployment_id) else { continue };
-        let reaches = d.scope_matches(&facts) && d.ring_started(&m.id, t);
-        if !reaches && d.machine_result.is_none() {
-            tracing::warn!(machine = %m.id, deployment = %d.id, "result for a deployment that does not reach the machine refused");
-            return Err(ApiError::Forbidden(format!(
-                "deployment {:?} does not reach machine {}: it reports only on its own work",
-                d.id, m.id
-            )));
-        }
+    let foreign: Vec<String> = c
+        .results
+        .iter()
+        .filter(|r| {
+            all.iter()
+                .find(|d| d.id == r.deployment_id)
+                .is_some_and(|d| d.machine_result.is_none() && !(d.scope_matches(&facts) && d.ring_started(&m.id, t)))
+        })
+        .map(|r| r.deployment_id.clone())
+        .collect();
+    if !foreign.is_empty() {
+        tracing::warn!(machine = %m.id, deployments = ?foreign, "results for deployments that do not reach the machine ignored");
+        c.results.retain(|r| !foreign.contains(&r.deployment_id));
     }
-    Ok(())
+    Ok(foreign)
 }
 
 /// Flags (audit log, warning) a core count far above the machine's last one:
