@@ -369,6 +369,11 @@ mod slow_clients {
 
     /// Reads one response (whose body is `Content-Length` long) from `c`; the status.
     fn read_response(c: &mut TcpStream) -> u16 {
+        read_answer(c).0
+    }
+
+    /// Reads one response from `c`: the status and the body.
+    fn read_answer(c: &mut TcpStream) -> (u16, String) {
         let mut buf = Vec::new();
         let mut byte = [0u8; 1];
         while !buf.ends_with(b"\r\n\r\n") {
@@ -385,7 +390,8 @@ mod slow_clients {
             .unwrap_or(0);
         let mut body = vec![0u8; length];
         c.read_exact(&mut body).expect("body");
-        head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, String::from_utf8_lossy(&body).into_owned())
     }
 
     #[test]
@@ -419,7 +425,19 @@ mod slow_clients {
             s.admin
         );
         c.write_all(head.as_bytes()).expect("send");
-        assert_eq!(read_response(&mut c), 400);
+        let (status, body) = read_answer(&mut c);
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("nothing received"), "{body}");
+        // The same for a package upload, whose body is read raw.
+        let mut c = connect(&s.addr);
+        let head = format!(
+            "POST /api/v1/hotpatches HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\nHPATCH",
+            s.admin
+        );
+        c.write_all(head.as_bytes()).expect("send");
+        let (status, body) = read_answer(&mut c);
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("\"error\"") && body.contains("nothing received"), "{body}");
         // A head that never ends: closed without an answer (or with a 408).
         let mut c = connect(&s.addr);
         c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").expect("send");

@@ -41,6 +41,22 @@ pub fn body_error(e: axum::Error) -> ApiError {
     ))
 }
 
+/// A raw body (package upload) that could not be read whole, as a JSON 4xx: too
+/// large (413), or stalled or cut short (400), rather than axum's plain text.
+pub fn bytes_rejection(r: axum::extract::rejection::BytesRejection) -> ApiError {
+    if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::PayloadTooLarge(format!("request body too large: {}", r.body_text()));
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&r);
+    while let Some(c) = cause {
+        if let Some(stalled) = c.downcast_ref::<crate::limits::BodyTimedOut>() {
+            return ApiError::BadRequest(stalled.to_string());
+        }
+        cause = c.source();
+    }
+    ApiError::BadRequest(r.body_text())
+}
+
 /// Refuses JSON text holding a NUL character (`\u0000`, or a raw NUL byte, which
 /// is not JSON anyway): PostgreSQL cannot store one in text, SQLite would, so
 /// both refuse it alike, before anything is written.
