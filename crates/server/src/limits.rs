@@ -5,9 +5,14 @@
 //! at most `max_connections` are open at once, a number that stays below the
 //! process's open-file limit, so `accept` never fails for lack of descriptors.
 //! Beyond the cap new connections wait in the kernel's listen queue until a
-//! slot frees (idle ones free theirs within `header_timeout`).
+//! slot frees (idle ones free theirs within `header_timeout`). One address may
+//! hold at most `max_per_address` of them; a connection beyond that is answered
+//! 503 at once and closed, so one client cannot fill the server for all others.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -20,6 +25,7 @@ pub struct Limits {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub max_connections: usize,
+    pub max_per_address: usize,
 }
 
 /// Descriptors kept out of the connection cap: the database pool (and SQLite's
@@ -35,6 +41,45 @@ impl Limits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_connections: connection_cap(nofile, db_connections),
+            max_per_address: connection_cap(nofile, db_connections) / 2,
+        }
+    }
+}
+
+/// Open connections per client address; a [`AddressSlot`] is one of them.
+#[derive(Debug, Default, Clone)]
+pub struct PerAddress {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerAddress {
+    /// A slot for one more connection from `ip`, or None when it already has `max`.
+    pub fn take(&self, ip: IpAddr, max: usize) -> Option<AddressSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot { open: Arc::clone(&self.open), ip })
+    }
+}
+
+/// One open connection of an address; dropping it frees the place.
+#[derive(Debug)]
+pub struct AddressSlot {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
         }
     }
 }
@@ -110,5 +155,17 @@ mod tests {
         assert_eq!(connection_cap(50, 16), 16);
         assert_eq!(connection_cap(u64::MAX, 16), 65_536);
         assert!(open_file_limit().is_some_and(|n| n > 0), "this process has an open-file limit in /proc");
+    }
+
+    #[test]
+    fn an_address_holds_at_most_its_share_and_gets_places_back() {
+        let per = PerAddress::default();
+        let (a, b): (IpAddr, IpAddr) = ([127, 0, 0, 2].into(), [127, 0, 0, 3].into());
+        let first = per.take(a, 2).expect("first");
+        let _second = per.take(a, 2).expect("second");
+        assert!(per.take(a, 2).is_none(), "a third from the same address");
+        assert!(per.take(b, 2).is_some(), "another address is not held back");
+        drop(first);
+        assert!(per.take(a, 2).is_some(), "a closed connection frees its place");
     }
 }

@@ -62,6 +62,11 @@ struct RunArgs {
     /// leaves after the database's share. Beyond it new connections wait to be accepted.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_connections: Option<u64>,
+    /// Most connections one client address may hold; default half of
+    /// --max-connections. Beyond it a connection is answered 503 and closed. Behind
+    /// a reverse proxy (every connection from its address) set it to --max-connections.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections_per_address: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -190,6 +195,10 @@ async fn main() -> anyhow::Result<()> {
             limits.body_timeout = std::time::Duration::from_secs(cli.run.body_timeout);
             if let Some(n) = cli.run.max_connections {
                 limits.max_connections = usize::try_from(n)?;
+                limits.max_per_address = limits.max_connections.div_ceil(2);
+            }
+            if let Some(n) = cli.run.max_connections_per_address {
+                limits.max_per_address = usize::try_from(n)?;
             }
             run(state, cli.run, tls, limits).await
         }

@@ -12,12 +12,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 pub use crate::limits::Limits;
-use crate::limits::TimeoutBody;
+use crate::limits::{PerAddress, TimeoutBody};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -93,12 +94,18 @@ pub async fn serve_with(
     limits: Limits,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = PerAddress::default();
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     // hyper starts this timer whenever it waits for a request's head: on a new
     // connection and between requests of a kept-alive one, so it is the idle timeout too.
     http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
-    tracing::info!(max_connections = limits.max_connections, header_timeout = ?limits.header_timeout, "connection limits");
+    tracing::info!(
+        max_connections = limits.max_connections,
+        max_per_address = limits.max_per_address,
+        header_timeout = ?limits.header_timeout,
+        "connection limits"
+    );
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -109,12 +116,16 @@ pub async fn serve_with(
             accepted = accept(&listener, &slots, limits.max_connections) => accepted,
             () = &mut shutdown => break,
         };
+        let Some(address_slot) = per_address.take(peer.ip(), limits.max_per_address) else {
+            tokio::spawn(refuse_busy_address(tcp, peer, tls.is_some(), slot));
+            continue;
+        };
         let conn = Conn { http: http.clone(), app: app.clone(), body_timeout: limits.body_timeout };
         let tls = tls.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             conn.run(tcp, peer, tls, watcher).await;
-            drop(slot);
+            drop((slot, address_slot));
         });
     }
     drop(listener);
@@ -139,6 +150,23 @@ async fn accept(listener: &TcpListener, slots: &Semaphore, cap: usize) -> (TcpSt
             }
         }
     }
+}
+
+/// A connection from an address that already holds its share: a plain HTTP
+/// client is told so (503, JSON like every refusal) and the connection closed;
+/// a TLS one is closed (an answer would need a handshake first).
+async fn refuse_busy_address(mut tcp: TcpStream, peer: SocketAddr, tls: bool, slot: OwnedSemaphorePermit) {
+    tracing::warn!(%peer, "too many connections from one address: refused");
+    if !tls {
+        let body = r#"{"error":"too many connections from this address; try again later"}"#;
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 5\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        // Bounded: a client that does not read must not hold this task.
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(response.as_bytes())).await;
+    }
+    drop((tcp, slot));
 }
 
 /// What serving one connection needs.

@@ -353,11 +353,62 @@ mod slow_clients {
     use std::net::TcpStream;
     use std::time::Duration;
 
-    /// The real binary with short timeouts, under an open-file limit of `nofile`.
+    /// The real binary with short timeouts, under an open-file limit of `nofile`,
+    /// with no cap per address (every test client is on 127.0.0.1).
     fn server(dir: &tempfile::TempDir, nofile: u32) -> ServerProcess {
         let data = dir.path().display().to_string();
-        let args = ["--data", &data, "--listen", "127.0.0.1:0", "--header-timeout", "2", "--body-timeout", "2"];
+        let args = [
+            "--data",
+            &data,
+            "--listen",
+            "127.0.0.1:0",
+            "--header-timeout",
+            "2",
+            "--body-timeout",
+            "2",
+            "--max-connections-per-address",
+            "100000",
+        ];
         ServerProcess::start_with_open_files(nofile, args)
+    }
+
+    /// A connection to `addr` from the loopback address `from` (e.g. 127.0.0.2).
+    fn connect_from(from: [u8; 4], addr: &str) -> TcpStream {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        let local = std::net::SocketAddr::from((from, 0));
+        socket.bind(&local.into()).expect("bind the client to another loopback address");
+        let target: std::net::SocketAddr = addr.parse().expect("server address");
+        socket.connect(&target.into()).expect("connect");
+        let c: TcpStream = socket.into();
+        c.set_read_timeout(Some(Duration::from_secs(90))).expect("read timeout");
+        c
+    }
+
+    #[test]
+    fn one_address_cannot_take_every_connection() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().display().to_string();
+        // Idle connections are not timed out during this test: only the cap per address helps.
+        let args = ["--data", &data, "--listen", "127.0.0.1:0", "--header-timeout", "3600"];
+        let s = ServerProcess::start(args.iter().copied().chain([
+            "--max-connections",
+            "30",
+            "--max-connections-per-address",
+            "20",
+        ]));
+        let held: Vec<TcpStream> = (0..20).map(|_| connect_from([127, 0, 0, 2], &s.addr)).collect();
+        // Beyond its share the address is told so at once.
+        let mut refused: Vec<TcpStream> = (0..20).map(|_| connect_from([127, 0, 0, 2], &s.addr)).collect();
+        for c in &mut refused {
+            let (status, body) = read_answer(c);
+            assert_eq!(status, 503, "{body}");
+            assert!(body.contains("too many connections from this address"), "{body}");
+        }
+        // Everyone else still gets in.
+        let mut c = connect(&s.addr);
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+        assert_eq!(read_response(&mut c), 200, "{}", s.log_text());
+        drop(held);
     }
 
     fn connect(addr: &str) -> TcpStream {
