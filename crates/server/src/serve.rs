@@ -5,6 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -133,19 +134,33 @@ pub async fn serve_with(
     Ok(())
 }
 
+static CAP_WARNED: AtomicI64 = AtomicI64::new(0);
+static ACCEPT_WARNED: AtomicI64 = AtomicI64::new(0);
+static ADDRESS_WARNED: AtomicI64 = AtomicI64::new(0);
+
+/// True at most once every 10 s per `last`: a flood of connections must not
+/// become a flood of log lines.
+fn once_in_a_while(last: &AtomicI64) -> bool {
+    let now = crate::util::now();
+    let before = last.load(Ordering::Relaxed);
+    now - before >= 10 && last.compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+}
+
 /// The next connection. A failed accept (out of descriptors after all, or the
 /// client gave up in the queue) is logged and retried after a pause, never fatal.
 async fn accept(listener: &TcpListener, slots: &Semaphore, cap: usize) -> (TcpStream, SocketAddr) {
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
-                if slots.available_permits() == 0 {
+                if slots.available_permits() == 0 && once_in_a_while(&CAP_WARNED) {
                     tracing::warn!(cap, "connection cap reached: new connections wait until one closes");
                 }
                 return (tcp, peer);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                if once_in_a_while(&ACCEPT_WARNED) {
+                    tracing::warn!(error = %e, "accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -156,7 +171,9 @@ async fn accept(listener: &TcpListener, slots: &Semaphore, cap: usize) -> (TcpSt
 /// client is told so (503, JSON like every refusal) and the connection closed;
 /// a TLS one is closed (an answer would need a handshake first).
 async fn refuse_busy_address(mut tcp: TcpStream, peer: SocketAddr, tls: bool, slot: OwnedSemaphorePermit) {
-    tracing::warn!(%peer, "too many connections from one address: refused");
+    if once_in_a_while(&ADDRESS_WARNED) {
+        tracing::warn!(%peer, "too many connections from one address: refused (logged at most every 10 s)");
+    }
     if !tls {
         let body = r#"{"error":"too many connections from this address; try again later"}"#;
         let response = format!(
