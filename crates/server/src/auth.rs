@@ -48,6 +48,33 @@ pub struct User {
     pub org_id: String,
     pub name: String,
     pub role: Role,
+    pub credential: Credential,
+}
+
+/// What the user signed in with. Every web session comes from an API token (pasted,
+/// or the one that made its sign-in link) and ends with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    Token { id: String, expires: Option<i64> },
+    Session { id: String, token_id: String, expires: i64 },
+}
+
+impl Credential {
+    /// The API token behind the credential.
+    pub fn token_id(&self) -> &str {
+        match self {
+            Credential::Token { id, .. } | Credential::Session { token_id: id, .. } => id,
+        }
+    }
+
+    /// When the credential ends (None: when revoked). Nothing made with it may
+    /// outlive it, or a short-lived credential could mint a lasting one.
+    pub fn expires(&self) -> Option<i64> {
+        match self {
+            Credential::Token { expires, .. } => *expires,
+            Credential::Session { expires, .. } => Some(*expires),
+        }
+    }
 }
 
 impl User {
@@ -86,39 +113,85 @@ fn session_cookie(parts: &Parts) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
+/// An API caller: a bearer token, or the web session cookie for reads only. A
+/// browser sends the cookie with every request to this server, also with one
+/// that a page of another site makes it send (cross-site request forgery), so
+/// through the API the cookie may read (the UI links to CSV exports) but never
+/// change anything: changes need a bearer token, which such a page cannot have.
 impl FromRequestParts<AppState> for User {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<User, ApiError> {
-        let row = if let Some(token) = bearer(parts) {
-            sqlx::query(
-                "SELECT u.id, u.org_id, u.name, u.role FROM api_tokens t JOIN users u ON u.id = t.user_id \
-                 WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
-            )
-            .bind(hash_secret(token))
-            .fetch_optional(&state.db.pool)
-            .await?
-            .ok_or_else(|| ApiError::Unauthorized("API token unknown or revoked".into()))?
-        } else if let Some(session) = session_cookie(parts) {
-            sqlx::query(
-                "SELECT u.id, u.org_id, u.name, u.role FROM ui_sessions s JOIN users u ON u.id = s.user_id \
-                 WHERE s.session_hash = $1 AND s.kind = 'session' AND s.expires > $2",
-            )
-            .bind(hash_secret(session))
-            .bind(now())
-            .fetch_optional(&state.db.pool)
-            .await?
-            .ok_or_else(|| ApiError::Unauthorized("session expired; sign in again".into()))?
-        } else {
-            return Err(ApiError::Unauthorized("missing credentials: send 'Authorization: Bearer <API token>'".into()));
-        };
-        Ok(User {
-            user_id: row.try_get(0)?,
-            org_id: row.try_get(1)?,
-            name: row.try_get(2)?,
-            role: Role::parse(&row.try_get::<String, _>(3)?)?,
-        })
+        let session = if parts.method.is_safe() { Sessions::Accept } else { Sessions::Refuse };
+        authenticate(parts, state, session).await
     }
+}
+
+/// Whether a web session cookie may stand for the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sessions {
+    Accept,
+    Refuse,
+}
+
+/// The user behind the request's bearer token or (when `sessions` accepts it) web
+/// session cookie. The web UI accepts sessions for its forms, which the
+/// cross-origin check (`origin`) and the forms' own tokens protect.
+pub async fn authenticate(parts: &Parts, state: &AppState, sessions: Sessions) -> Result<User, ApiError> {
+    if let Some(token) = bearer(parts) {
+        return token_user(state, token)
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("API token unknown, expired or revoked".into()));
+    }
+    let Some(session) = session_cookie(parts) else {
+        return Err(ApiError::Unauthorized("missing credentials: send 'Authorization: Bearer <API token>'".into()));
+    };
+    if sessions == Sessions::Refuse {
+        return Err(ApiError::Unauthorized(
+            "the web session cookie only reads through the API; changes need 'Authorization: Bearer <API token>'"
+                .into(),
+        ));
+    }
+    // The session lives only while its user and the token it came from do.
+    let row = sqlx::query(
+        "SELECT u.id, u.org_id, u.name, u.role, s.id, s.token_id, s.expires FROM ui_sessions s \
+         JOIN users u ON u.id = s.user_id JOIN api_tokens t ON t.id = s.token_id \
+         WHERE s.session_hash = $1 AND s.kind = 'session' AND s.expires > $2 AND u.removed_at IS NULL \
+         AND t.revoked_at IS NULL AND (t.expires IS NULL OR t.expires > $2)",
+    )
+    .bind(hash_secret(session))
+    .bind(now())
+    .fetch_optional(&state.db.pool)
+    .await?
+    .ok_or_else(|| ApiError::Unauthorized("session ended; sign in again".into()))?;
+    let credential = Credential::Session { id: row.try_get(4)?, token_id: row.try_get(5)?, expires: row.try_get(6)? };
+    user_from_row(&row, credential)
+}
+
+/// The user of a live API token (not revoked, not expired, user not removed).
+pub async fn token_user(state: &AppState, token: &str) -> Result<Option<User>, ApiError> {
+    let row = sqlx::query(
+        "SELECT u.id, u.org_id, u.name, u.role, t.id, t.expires FROM api_tokens t JOIN users u ON u.id = t.user_id \
+         WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND (t.expires IS NULL OR t.expires > $2) \
+         AND u.removed_at IS NULL",
+    )
+    .bind(hash_secret(token))
+    .bind(now())
+    .fetch_optional(&state.db.pool)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let credential = Credential::Token { id: row.try_get(4)?, expires: row.try_get(5)? };
+    user_from_row(&row, credential).map(Some)
+}
+
+fn user_from_row(row: &sqlx::any::AnyRow, credential: Credential) -> Result<User, ApiError> {
+    Ok(User {
+        user_id: row.try_get(0)?,
+        org_id: row.try_get(1)?,
+        name: row.try_get(2)?,
+        role: Role::parse(&row.try_get::<String, _>(3)?)?,
+        credential,
+    })
 }
 
 /// An enrolled, not revoked machine whose request signature verified with the
@@ -261,13 +334,10 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for Si
     async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, ApiError> {
         let (parts, body) = req.into_parts();
         require_machine_request(&parts)?;
-        let bytes = axum::body::to_bytes(body, crate::api::JSON_BODY_LIMIT).await.map_err(|e| {
-            ApiError::PayloadTooLarge(format!(
-                "request body unreadable or larger than {} bytes: {e}",
-                crate::api::JSON_BODY_LIMIT
-            ))
-        })?;
+        let bytes =
+            axum::body::to_bytes(body, crate::api::JSON_BODY_LIMIT).await.map_err(crate::api::json::body_error)?;
         let machine = verify_machine(&parts, state, &bytes).await?;
+        crate::api::json::refuse_nul(&bytes)?;
         let body = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
             serde_json::error::Category::Data => ApiError::Unprocessable(format!("invalid request body: {e}")),
             _ => ApiError::BadRequest(format!("malformed JSON: {e}")),

@@ -7,6 +7,8 @@
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -24,6 +26,8 @@ pub enum DbError {
     UnknownScheme(String),
     #[error("database: {0}")]
     Sql(#[from] sqlx::Error),
+    #[error("database files: {0}")]
+    Files(std::io::Error),
     #[error("schema migration {version} failed: {source}")]
     Migration { version: i64, source: sqlx::Error },
 }
@@ -56,6 +60,9 @@ impl Db {
         } else {
             return Err(DbError::UnknownScheme(url.to_string()));
         };
+        if backend == Backend::Sqlite {
+            private_sqlite_files(url).map_err(DbError::Files)?;
+        }
         let options = AnyConnectOptions::from_str(url)?;
         let pool = Self::pool_options(backend, max_connections).connect_with(options.clone()).await?;
         let writer = match backend {
@@ -115,4 +122,40 @@ impl Db {
             Backend::Postgres => "BYTEA",
         }
     }
+}
+
+/// The file of a `sqlite://PATH?...` URL (None for an in-memory database).
+fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| PathBuf::from(path))
+}
+
+/// The database holds the fleet's inventory, audit log and hashed credentials:
+/// its file is made 0600 before SQLite opens it (SQLite gives its -wal and -shm
+/// files the database file's mode), and a file an earlier version made readable
+/// to others is narrowed, with a warning.
+fn private_sqlite_files(url: &str) -> std::io::Result<()> {
+    let Some(path) = sqlite_path(url) else { return Ok(()) };
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(std::io::Error::new(e.kind(), format!("creating {}: {e}", path.display()))),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        narrow_to_owner(&file)?;
+    }
+    Ok(())
+}
+
+fn narrow_to_owner(file: &Path) -> std::io::Result<()> {
+    let Ok(meta) = std::fs::metadata(file) else { return Ok(()) };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(file = %file.display(), mode = format!("{mode:o}"), "database file readable by others: narrowing to 0600");
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("chmod 0600 {}: {e}", file.display())))?;
+    }
+    Ok(())
 }

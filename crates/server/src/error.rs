@@ -63,6 +63,7 @@ impl ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Database(e) if database_unavailable(e) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(e) if unique_violation(e) => StatusCode::CONFLICT,
+            ApiError::Database(e) if nul_in_text(e) => StatusCode::BAD_REQUEST,
             ApiError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -95,6 +96,8 @@ fn database_message(e: &sqlx::Error) -> &'static str {
         "database unavailable, try again"
     } else if unique_violation(e) {
         "already exists: another request created it at the same moment"
+    } else if nul_in_text(e) {
+        "text must not contain NUL characters (\\u0000)"
     } else {
         "database error"
     }
@@ -104,6 +107,14 @@ fn database_message(e: &sqlx::Error) -> &'static str {
 /// and this one came second (the checks before the insert saw nothing yet).
 pub fn unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+/// PostgreSQL refused text holding a NUL character (SQLSTATE 22021). Requests are
+/// checked for NUL before they get here (`api::json`, `refuse_nul_in_uri`); this
+/// keeps any other way in (a signed package's manifest) a 400 instead of a 500.
+pub fn nul_in_text(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some_and(|pg| pg.code() == "22021"))
 }
 
 /// The database cannot be reached or asks the client to come back: the server is

@@ -13,7 +13,9 @@ pub mod bootstrap;
 pub mod coverage;
 pub mod db;
 pub mod error;
+pub mod limits;
 pub mod offer;
+pub mod origin;
 pub mod schema;
 pub mod serve;
 pub mod state;
@@ -42,6 +44,21 @@ pub fn router(state: AppState) -> Router {
     api::routes()
         .merge(web::routes())
         .fallback(api::not_found)
+        .layer(axum::middleware::from_fn(origin::refuse_cross_origin))
+        .layer(axum::middleware::from_fn(refuse_nul_in_uri))
         .layer(DefaultBodyLimit::max(api::JSON_BODY_LIMIT))
         .with_state(state)
+}
+
+/// A NUL character (`%00`) in the path or query: path parameters and query values
+/// reach the database as text, which PostgreSQL refuses with an error (SQLite
+/// would store it); both refuse it here alike, with a 400.
+async fn refuse_nul_in_uri(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let uri = req.uri();
+    let has_nul = |s: &str| s.as_bytes().windows(3).any(|w| w.eq_ignore_ascii_case(b"%00"));
+    if has_nul(uri.path()) || uri.query().is_some_and(has_nul) {
+        return api::json::nul_refused().into_response();
+    }
+    next.run(req).await
 }

@@ -51,6 +51,22 @@ struct RunArgs {
     /// Free trial for organisations created at first start, in days.
     #[arg(long, default_value_t = 30)]
     trial_days: i64,
+    /// Seconds a connection may take to send a request's head, also while it idles
+    /// between requests (keep-alive); then it is closed.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_timeout: u64,
+    /// Seconds a request body may pause between reads before the request fails.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    body_timeout: u64,
+    /// Most connections open at once; default: what the open-file limit (ulimit -n)
+    /// leaves after the database's share. Beyond it new connections wait to be accepted.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: Option<u64>,
+    /// Most connections one client address may hold; default half of
+    /// --max-connections. Beyond it a connection is answered 503 and closed. Behind
+    /// a reverse proxy (every connection from its address) set it to --max-connections.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections_per_address: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -91,6 +107,26 @@ enum AdminCommand {
     },
 }
 
+/// The data directory is made 0700: it holds the database. An existing one is
+/// left as it is (it may be shared, like /tmp), with a warning when others can
+/// enter it; the database file itself is 0600 either way (see `db`).
+fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating data directory {}", dir.display()))?;
+    }
+    let mode =
+        std::fs::metadata(dir).with_context(|| format!("data directory {}", dir.display()))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), mode = format!("{:o}", mode & 0o777), "data directory open to other users; 0700 is advised");
+    }
+    Ok(())
+}
+
 fn load_trust(path: &Path) -> anyhow::Result<TrustStore> {
     if !path.exists() {
         tracing::warn!(path = %path.display(), "no trusted publisher keys: hotpatch uploads will be refused");
@@ -118,8 +154,7 @@ async fn main() -> anyhow::Result<()> {
     let url = match &cli.database {
         Some(u) => u.clone(),
         None => {
-            std::fs::create_dir_all(&cli.data)
-                .with_context(|| format!("creating data directory {}", cli.data.display()))?;
+            create_data_dir(&cli.data)?;
             format!("sqlite://{}?mode=rwc", cli.data.join("hotpatch.db").display())
         }
     };
@@ -154,11 +189,28 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }
-        None => run(state, cli.run, tls).await,
+        None => {
+            let mut limits = serve::Limits::for_process(cli.db_connections);
+            limits.header_timeout = std::time::Duration::from_secs(cli.run.header_timeout);
+            limits.body_timeout = std::time::Duration::from_secs(cli.run.body_timeout);
+            if let Some(n) = cli.run.max_connections {
+                limits.max_connections = usize::try_from(n)?;
+                limits.max_per_address = limits.max_connections.div_ceil(2);
+            }
+            if let Some(n) = cli.run.max_connections_per_address {
+                limits.max_per_address = usize::try_from(n)?;
+            }
+            run(state, cli.run, tls, limits).await
+        }
     }
 }
 
-async fn run(state: hotpatch_server::AppState, args: RunArgs, tls: Option<TlsAcceptor>) -> anyhow::Result<()> {
+async fn run(
+    state: hotpatch_server::AppState,
+    args: RunArgs,
+    tls: Option<TlsAcceptor>,
+    limits: serve::Limits,
+) -> anyhow::Result<()> {
     if bootstrap::org_count(&state.db).await.map_err(|e| anyhow::anyhow!("{e}"))? == 0 {
         let trial = hotpatch_server::util::now() + args.trial_days * 86_400;
         let created = bootstrap::create_admin(&state.db, "default", "admin", Some(trial))
@@ -181,7 +233,7 @@ async fn run(state: hotpatch_server::AppState, args: RunArgs, tls: Option<TlsAcc
         secure_cookies: tls.is_some() || args.secure_cookies,
         ..state
     });
-    serve::serve(listener, tls, app, shutdown_signal()).await?;
+    serve::serve_with(listener, tls, app, shutdown_signal(), limits).await?;
     Ok(())
 }
 

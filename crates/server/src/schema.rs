@@ -256,6 +256,23 @@ CREATE TABLE calendars (
 );
 "#,
     ),
+    // Credentials end together: a web session (and a sign-in link) remembers the
+    // API token it was made from and lives only while that token does; tokens may
+    // expire; a removed user keeps its rows (audit, names) but can no longer sign
+    // in. Sessions made before this know no token, so they end here (sign in again).
+    (
+        6,
+        r#"
+ALTER TABLE api_tokens ADD COLUMN expires BIGINT;
+ALTER TABLE users ADD COLUMN removed_at BIGINT;
+DELETE FROM ui_sessions;
+ALTER TABLE ui_sessions ADD COLUMN id TEXT NOT NULL DEFAULT '';
+ALTER TABLE ui_sessions ADD COLUMN token_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE ui_sessions ADD COLUMN created BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX ui_sessions_token ON ui_sessions (token_id);
+CREATE INDEX ui_sessions_user ON ui_sessions (user_id)
+"#,
+    ),
 ];
 
 pub async fn migrate(db: &Db) -> Result<(), DbError> {

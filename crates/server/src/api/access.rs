@@ -1,4 +1,5 @@
-//! Users, roles, API tokens, web sign-in links and the audit log of one organisation.
+//! Users and roles and the audit log of one organisation (API tokens, web
+//! sessions and sign-in links: `tokens`).
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -11,7 +12,7 @@ use crate::audit;
 use crate::auth::{Role, User};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::util::{hash_secret, new_id, new_secret, now, rfc3339};
+use crate::util::{new_id, now, rfc3339};
 
 /// Names of organisations, users, windows...: short, printable, no surprises in
 /// URLs, CSV or HTML.
@@ -101,7 +102,7 @@ pub async fn create_user(
 }
 
 pub async fn list_users(State(st): State<AppState>, user: User) -> ApiResult<Json<Value>> {
-    let rows = sqlx::query("SELECT id, name, role, created FROM users WHERE org_id = $1 ORDER BY name")
+    let rows = sqlx::query("SELECT id, name, role, created, removed_at FROM users WHERE org_id = $1 ORDER BY name")
         .bind(&user.org_id)
         .fetch_all(&st.db.pool)
         .await?;
@@ -110,6 +111,7 @@ pub async fn list_users(State(st): State<AppState>, user: User) -> ApiResult<Jso
         users.push(json!({
             "id": r.try_get::<String, _>(0)?, "name": r.try_get::<String, _>(1)?,
             "role": r.try_get::<String, _>(2)?, "created": rfc3339(r.try_get(3)?),
+            "removed": r.try_get::<Option<i64>, _>(4)?.map(rfc3339),
         }));
     }
     Ok(Json(json!({ "users": users })))
@@ -117,91 +119,74 @@ pub async fn list_users(State(st): State<AppState>, user: User) -> ApiResult<Jso
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NewToken {
-    label: String,
-    /// Admins may issue a token for another user of their organisation.
-    user: Option<String>,
+pub struct RoleChange {
+    role: String,
 }
 
-pub async fn create_token(
+/// The id and role of user `name`, refusing when the change would leave the
+/// organisation without an admin (nobody could then manage users or tokens).
+async fn user_for_change(
+    tx: &mut sqlx::AnyConnection,
+    org_id: &str,
+    name: &str,
+    new_role: Option<Role>,
+) -> ApiResult<(String, Role)> {
+    let id = super::tokens::active_user_id(&mut *tx, org_id, name).await?;
+    let row = sqlx::query("SELECT role FROM users WHERE id = $1").bind(&id).fetch_one(&mut *tx).await?;
+    let role = Role::parse(&row.try_get::<String, _>(0)?)?;
+    if role == Role::Admin && new_role != Some(Role::Admin) {
+        let others = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM users WHERE org_id = $1 AND role = 'admin' AND removed_at IS NULL AND id <> $2",
+        )
+        .bind(org_id)
+        .bind(&id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get::<i64, _>(0)?;
+        if others == 0 {
+            return Err(ApiError::Conflict(format!("{name:?} is the organisation's last admin")));
+        }
+    }
+    Ok((id, role))
+}
+
+/// Changes a user's role (demotes or promotes); effective at the user's next request.
+pub async fn set_user_role(
     State(st): State<AppState>,
     user: User,
-    ApiJson(body): ApiJson<NewToken>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<RoleChange>,
 ) -> ApiResult<Json<Value>> {
-    if body.label.is_empty() || body.label.len() > 100 {
-        return Err(ApiError::BadRequest("label must be 1-100 characters".into()));
-    }
+    user.require(Role::Admin)?;
+    let role = Role::parse(&body.role)?;
     let mut tx = st.db.begin().await?;
-    let owner_id = match &body.user {
-        None => user.user_id.clone(),
-        Some(name) => {
-            user.require(Role::Admin)?;
-            let row = sqlx::query("SELECT id FROM users WHERE org_id = $1 AND name = $2")
-                .bind(&user.org_id)
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| ApiError::NotFound(format!("no user {name:?} in this organisation")))?;
-            row.try_get::<String, _>(0)?
-        }
-    };
-    let id = new_id()?;
-    let token = new_secret("hpu_")?;
-    sqlx::query("INSERT INTO api_tokens (id, user_id, token_hash, label, created) VALUES ($1, $2, $3, $4, $5)")
+    let (id, from) = user_for_change(&mut tx, &user.org_id, &name, Some(role)).await?;
+    sqlx::query("UPDATE users SET role = $1 WHERE id = $2").bind(role.as_str()).bind(&id).execute(&mut *tx).await?;
+    audit::record(&mut tx, &user.org_id, &user.actor(), "user.role", &name, json!({ "from": from, "to": role }))
+        .await?;
+    tx.commit().await?;
+    Ok(Json(json!({ "id": id, "name": name, "role": role })))
+}
+
+/// Removes a user: their tokens are revoked and their web sessions ended at once.
+/// The row stays (as removed) so the audit log and old names still resolve.
+pub async fn remove_user(State(st): State<AppState>, user: User, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    user.require(Role::Admin)?;
+    let t = now();
+    let mut tx = st.db.begin().await?;
+    let (id, _) = user_for_change(&mut tx, &user.org_id, &name, None).await?;
+    sqlx::query("UPDATE users SET removed_at = $1 WHERE id = $2").bind(t).bind(&id).execute(&mut *tx).await?;
+    let tokens = sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL")
+        .bind(t)
         .bind(&id)
-        .bind(&owner_id)
-        .bind(hash_secret(&token))
-        .bind(&body.label)
-        .bind(now())
         .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &mut tx,
-        &user.org_id,
-        &user.actor(),
-        "token.create",
-        &id,
-        json!({ "label": body.label, "user_id": owner_id }),
-    )
-    .await?;
+        .await?
+        .rows_affected();
+    let sessions = super::tokens::end_sessions(&mut tx, super::tokens::SessionsOf::User(&id)).await?;
+    let detail = json!({ "tokens_revoked": tokens, "sessions_ended": sessions });
+    audit::record(&mut tx, &user.org_id, &user.actor(), "user.remove", &name, detail.clone()).await?;
     tx.commit().await?;
-    Ok(Json(json!({ "id": id, "token": token, "note": "shown once; stored only as a hash" })))
-}
-
-pub async fn revoke_token(State(st): State<AppState>, user: User, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let mut tx = st.db.begin().await?;
-    let row = sqlx::query(
-        "SELECT t.user_id FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = $1 AND u.org_id = $2 AND t.revoked_at IS NULL",
-    )
-    .bind(&id)
-    .bind(&user.org_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(|| ApiError::NotFound(format!("no active token {id:?} in this organisation")))?;
-    let owner: String = row.try_get(0)?;
-    if owner != user.user_id {
-        user.require(Role::Admin)?;
-    }
-    sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2").bind(now()).bind(&id).execute(&mut *tx).await?;
-    audit::record(&mut tx, &user.org_id, &user.actor(), "token.revoke", &id, json!({})).await?;
-    tx.commit().await?;
-    Ok(Json(json!({ "revoked": id })))
-}
-
-/// A one-time link that signs a browser in (the web UI has no JavaScript, so
-/// this is how an API user opens it). Valid for five minutes.
-pub async fn create_login_link(State(st): State<AppState>, user: User) -> ApiResult<Json<Value>> {
-    let code = new_secret("hpl_")?;
-    let mut tx = st.db.begin().await?;
-    sqlx::query("INSERT INTO ui_sessions (session_hash, user_id, kind, expires) VALUES ($1, $2, 'link', $3)")
-        .bind(hash_secret(&code))
-        .bind(&user.user_id)
-        .bind(now() + 300)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(&mut tx, &user.org_id, &user.actor(), "ui.login-link", &user.name, json!({})).await?;
-    tx.commit().await?;
-    Ok(Json(json!({ "path": format!("/ui/login/{code}"), "expires_in_seconds": 300 })))
+    Ok(Json(json!({ "removed": name, "tokens_revoked": tokens, "sessions_ended": sessions })))
 }
 
 #[derive(Deserialize)]

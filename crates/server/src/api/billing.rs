@@ -174,7 +174,8 @@ pub fn entitled_at(s: &Subscription, t: i64) -> bool {
 pub fn month_days(month: &str) -> ApiResult<(i64, i64)> {
     let bad = || ApiError::BadRequest(format!("month {month:?} must be YYYY-MM"));
     let (y, m) = month.split_once('-').ok_or_else(bad)?;
-    if y.len() != 4 || m.len() != 2 {
+    // Digits only: "2026-+9" parses as September but is another key for a stored invoice.
+    if y.len() != 4 || m.len() != 2 || !y.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
     let (y, m): (i16, i8) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
@@ -389,5 +390,8 @@ mod tests {
         assert_eq!(first, day_of(crate::util::parse_time("2027-02-01T00:00:00Z").unwrap_or(0)));
         assert!(month_days("2027-13").is_err());
         assert!(month_days("27-01").is_err());
+        for odd in ["2026-+9", "+026-09", "2026- 9", "2026-٠٩"] {
+            assert!(month_days(odd).is_err(), "{odd}");
+        }
     }
 }

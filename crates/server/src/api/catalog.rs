@@ -4,6 +4,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -18,8 +19,13 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::util::{new_id, now, parse_time, rfc3339, sha256_hex};
 
-pub async fn upload_hotpatch(State(st): State<AppState>, user: User, body: Bytes) -> ApiResult<Json<Value>> {
+pub async fn upload_hotpatch(
+    State(st): State<AppState>,
+    user: User,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
     user.require(Role::Operator)?;
+    let body = body.map_err(super::json::bytes_rejection)?;
     let verified = hotpatch_format::verify(&body, &st.trust)
         .map_err(|e| ApiError::Unprocessable(format!("package rejected: {e}")))?;
     let m = &verified.manifest;

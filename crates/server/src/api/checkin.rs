@@ -18,6 +18,11 @@ use crate::state::AppState;
 use crate::util::{day_of, new_id, now, rfc3339, sha256_hex};
 
 pub const INTERVAL_SECONDS: i64 = 300;
+/// Cores are billed as reported, so a report is a claim: bounded (the largest
+/// single systems have a few thousand), and a jump by more than
+/// `CORE_JUMP_FACTOR` from the last report is flagged in the audit log.
+pub const MAX_CORES: u32 = 4096;
+pub const CORE_JUMP_FACTOR: i64 = 4;
 pub const JITTER_SECONDS: i64 = 60;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -78,8 +83,8 @@ fn validate(c: &CheckIn) -> ApiResult<()> {
     if f.os.len() > 255 || f.kernel.len() > 255 || f.arch.len() > 32 {
         return bad("facts.os and facts.kernel must be at most 255 characters, facts.arch 32".into());
     }
-    if f.cores == 0 || f.cores > 65_536 {
-        return bad(format!("facts.cores {} must be between 1 and 65536", f.cores));
+    if f.cores == 0 || f.cores > MAX_CORES {
+        return bad(format!("facts.cores {} must be between 1 and {MAX_CORES}", f.cores));
     }
     if !(f.readiness.is_null() || f.readiness.is_object()) || f.readiness.to_string().len() > 16_384 {
         return bad("facts.readiness must be a JSON object of at most 16 KiB".into());
@@ -140,12 +145,18 @@ struct RollbackWork {
 pub async fn check_in(
     State(st): State<AppState>,
     headers: HeaderMap,
-    SignedJson { machine, body }: SignedJson<CheckIn>,
+    SignedJson { machine, mut body }: SignedJson<CheckIn>,
 ) -> ApiResult<Response> {
     validate(&body)?;
     let t = now();
+    let ignored = drop_foreign_results(&st, &machine, &mut body, t).await?;
     record(&st, &machine, &body, t).await?;
-    let answer = instructions(&st, &machine, &body, t).await?;
+    let mut answer = instructions(&st, &machine, &body, t).await?;
+    if let Some(notes) = answer["notes"].as_array_mut() {
+        notes.extend(ignored.iter().map(|id| {
+            Value::from(format!("result for deployment {id} ignored: that deployment does not reach this machine"))
+        }));
+    }
     let text = answer.to_string();
     let etag = format!("\"{}\"", &sha256_hex(text.as_bytes())[..32]);
     let unchanged = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v == etag);
@@ -161,6 +172,51 @@ pub async fn check_in(
         .into_response())
 }
 
+/// A machine reports results only for deployments that reach it: in its scope
+/// (by the facts just reported) with its ring started, or that it reported on
+/// before. Anything else would let one machine halt (or pass) another group's
+/// rollout, so such results are dropped (and named in the answer's notes) while
+/// the rest of the check-in counts: refusing it whole would leave an agent whose
+/// scope changed since it applied (retagged, rebooted into another kernel)
+/// resending the result, refused, forever. Unknown deployments are left to
+/// `record` (404). Returns the dropped results' deployments.
+async fn drop_foreign_results(st: &AppState, m: &Machine, c: &mut CheckIn, t: i64) -> ApiResult<Vec<String>> {
+    if c.results.is_empty() {
+        return Ok(Vec::new());
+    }
+    let all = deployments_for(st, &m.org_id, false, Some(&m.id)).await?;
+    let files: Vec<&str> = c.targets.iter().map(|x| x.file_name.as_str()).collect();
+    let facts = super::deploy::reported_facts(&c.facts, &m.tags, &files);
+    let foreign: Vec<String> = c
+        .results
+        .iter()
+        .filter(|r| {
+            all.iter()
+                .find(|d| d.id == r.deployment_id)
+                .is_some_and(|d| d.machine_result.is_none() && !(d.scope_matches(&facts) && d.ring_started(&m.id, t)))
+        })
+        .map(|r| r.deployment_id.clone())
+        .collect();
+    if !foreign.is_empty() {
+        tracing::warn!(machine = %m.id, deployments = ?foreign, "results for deployments that do not reach the machine ignored");
+        c.results.retain(|r| !foreign.contains(&r.deployment_id));
+    }
+    Ok(foreign)
+}
+
+/// Flags (audit log, warning) a core count far above the machine's last one:
+/// billing follows reports, so a sudden jump is for an operator to see.
+async fn flag_core_jump(tx: &mut sqlx::Transaction<'_, sqlx::Any>, m: &Machine, cores: u32) -> ApiResult<()> {
+    let cores = i64::from(cores);
+    if m.cores > 0 && cores > CORE_JUMP_FACTOR * m.cores {
+        tracing::warn!(machine = %m.id, from = m.cores, to = cores, "reported cores jumped");
+        let actor = format!("machine:{}", m.id);
+        audit::record(tx, &m.org_id, &actor, "machine.cores-jump", &m.id, json!({ "from": m.cores, "to": cores }))
+            .await?;
+    }
+    Ok(())
+}
+
 /// Writes what the machine reported, in one transaction: facts and targets only
 /// when they changed (hash compare), work results, last-seen and the day's metering.
 async fn record(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()> {
@@ -174,6 +230,7 @@ async fn record(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()
     claim_sequence(&mut tx, m, Some(t)).await?;
     if state_hash != m.state_hash {
         let f = &c.facts;
+        flag_core_jump(&mut tx, m, f.cores).await?;
         sqlx::query(
             "UPDATE machines SET hostname = $1, os = $2, kernel = $3, arch = $4, cores = $5, readiness = $6, state_hash = $7 WHERE id = $8",
         )
@@ -219,12 +276,27 @@ async fn record(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()
     .bind(i64::from(c.facts.cores))
     .execute(&mut *tx)
     .await?;
+    let touched = record_results(&mut tx, m, c, t).await?;
+    for id in touched {
+        halt_if_failing(&mut tx, &m.org_id, &id).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The work results of a check-in; returns the deployments they touched.
+async fn record_results(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    m: &Machine,
+    c: &CheckIn,
+    t: i64,
+) -> ApiResult<Vec<String>> {
     let mut touched = Vec::new();
     for r in &c.results {
         let d = sqlx::query("SELECT canary_percent FROM deployments WHERE id = $1 AND org_id = $2")
             .bind(&r.deployment_id)
             .bind(&m.org_id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("result for unknown deployment {:?}", r.deployment_id)))?;
         let ring = if in_canary(&r.deployment_id, &m.id, d.try_get(0)?) { "canary" } else { "rest" };
@@ -238,7 +310,7 @@ async fn record(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()
         .bind(&r.status)
         .bind(&r.detail)
         .bind(t)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         sqlx::query(
             "INSERT INTO work_history (id, org_id, machine_id, deployment_id, status, detail, at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -250,15 +322,11 @@ async fn record(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()
         .bind(&r.status)
         .bind(&r.detail)
         .bind(t)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         touched.push(r.deployment_id.clone());
     }
-    for id in touched {
-        halt_if_failing(&mut tx, &m.org_id, &id).await?;
-    }
-    tx.commit().await?;
-    Ok(())
+    Ok(touched)
 }
 
 /// Halts a deployment whose failure share passed its threshold. The conditional

@@ -255,9 +255,14 @@ fn wants_csv(f: &Format) -> ApiResult<bool> {
     }
 }
 
+/// What a spreadsheet may take for the start of a formula: the OWASP list (tab
+/// and CR included, which some strip before looking) and the fullwidth forms
+/// that some spreadsheets read as their ASCII twins.
+const FORMULA_STARTS: [char; 10] = ['=', '+', '-', '@', '\t', '\r', '＝', '＋', '－', '＠'];
+
 /// Quotes a CSV field, and defuses cells a spreadsheet would run as a formula.
 pub fn csv_field(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@']) { format!("'{s}") } else { s.to_string() };
+    let s = if s.starts_with(FORMULA_STARTS) { format!("'{s}") } else { s.to_string() };
     if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s }
 }
 
@@ -411,4 +416,20 @@ pub fn overview(rows: &[ComplianceRow]) -> Overview {
 
 pub async fn get_overview(State(st): State<AppState>, user: User) -> ApiResult<Json<Overview>> {
     Ok(Json(overview(&rows(&st, &user.org_id).await?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_that_a_spreadsheet_would_run_are_defused() {
+        for cell in ["=1+1", "+1", "-1", "@SUM(A1)", "\t=1", "\r=1", "＝1+1", "＋1", "－1", "＠x"] {
+            let out = csv_field(cell);
+            assert!(out.trim_start_matches('"').starts_with('\''), "{cell:?} -> {out:?}");
+        }
+        assert_eq!(csv_field("web-1"), "web-1");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("\r=1"), "\"'\r=1\"");
+    }
 }

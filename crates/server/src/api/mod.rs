@@ -10,6 +10,7 @@ pub mod deploy;
 pub mod fleet;
 pub mod json;
 pub mod queries;
+pub mod tokens;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -32,9 +33,12 @@ pub fn routes() -> Router<AppState> {
         .route("/healthz", get(health))
         .route("/api/v1/whoami", get(access::whoami))
         .route("/api/v1/users", get(access::list_users).post(access::create_user))
-        .route("/api/v1/tokens", post(access::create_token))
-        .route("/api/v1/tokens/{id}", delete(access::revoke_token))
-        .route("/api/v1/ui-links", post(access::create_login_link))
+        .route("/api/v1/users/{name}", put(access::set_user_role).delete(access::remove_user))
+        .route("/api/v1/tokens", get(tokens::list_tokens).post(tokens::create_token))
+        .route("/api/v1/tokens/{id}", delete(tokens::revoke_token))
+        .route("/api/v1/sessions", get(tokens::list_sessions))
+        .route("/api/v1/sessions/{id}", delete(tokens::revoke_session))
+        .route("/api/v1/ui-links", post(tokens::create_login_link))
         .route("/api/v1/audit", get(access::list_audit))
         .route("/api/v1/enrollment-tokens", post(fleet::create_enrollment_token))
         .route("/api/v1/agent/enroll", post(fleet::enroll))

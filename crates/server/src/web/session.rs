@@ -13,10 +13,10 @@ use sqlx::Row;
 
 use super::html::Page;
 use crate::audit;
-use crate::auth::{SESSION_COOKIE, User};
+use crate::auth::{Credential, Role, SESSION_COOKIE, Sessions, User, authenticate, token_user};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::util::{hash_secret, new_secret, now};
+use crate::util::{hash_secret, new_id, new_secret, now};
 
 pub const SESSION_SECONDS: i64 = 12 * 3600;
 
@@ -35,7 +35,7 @@ impl FromRequestParts<AppState> for UiUser {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<UiUser, Response> {
-        match User::from_request_parts(parts, state).await {
+        match authenticate(parts, state, Sessions::Accept).await {
             Ok(u) => Ok(UiUser(u)),
             Err(ApiError::Unauthorized(_)) => Err(Redirect::to("/ui/login").into_response()),
             Err(e) => Err(e.into_response()),
@@ -57,44 +57,51 @@ pub struct LoginForm {
     token: String,
 }
 
-async fn start_session(st: &AppState, user_id: &str, org_id: &str, actor: &str, next: &str) -> ApiResult<Response> {
+/// Starts a web session for `user`, made from (and ending with) the API token
+/// `user.credential` names: 12 hours, or less when that token expires sooner.
+async fn start_session(st: &AppState, user: &User, next: &str) -> ApiResult<Response> {
     let session = new_secret("hps_")?;
+    let t = now();
+    let expires = user.credential.expires().map_or(t + SESSION_SECONDS, |e| e.min(t + SESSION_SECONDS));
     let mut tx = st.db.begin().await?;
-    sqlx::query("INSERT INTO ui_sessions (session_hash, user_id, kind, expires) VALUES ($1, $2, 'session', $3)")
-        .bind(hash_secret(&session))
-        .bind(user_id)
-        .bind(now() + SESSION_SECONDS)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(&mut tx, org_id, actor, "ui.sign-in", actor, json!({})).await?;
+    sqlx::query(
+        "INSERT INTO ui_sessions (session_hash, user_id, kind, expires, id, token_id, created) \
+         VALUES ($1, $2, 'session', $3, $4, $5, $6)",
+    )
+    .bind(hash_secret(&session))
+    .bind(&user.user_id)
+    .bind(expires)
+    .bind(new_id()?)
+    .bind(user.credential.token_id())
+    .bind(t)
+    .execute(&mut *tx)
+    .await?;
+    let actor = user.actor();
+    audit::record(
+        &mut tx,
+        &user.org_id,
+        &actor,
+        "ui.sign-in",
+        &actor,
+        json!({ "token_id": user.credential.token_id() }),
+    )
+    .await?;
     tx.commit().await?;
-    let cookie = session_cookie(&session, SESSION_SECONDS, st.secure_cookies)?;
+    let cookie = session_cookie(&session, expires - t, st.secure_cookies)?;
     let mut response = Redirect::to(next).into_response();
     response.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(response)
 }
 
 pub async fn login_with_token(State(st): State<AppState>, Form(form): Form<LoginForm>) -> Response {
-    let row = sqlx::query(
-        "SELECT u.id, u.org_id, u.name FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
-    )
-    .bind(hash_secret(form.token.trim()))
-    .fetch_optional(&st.db.pool)
-    .await;
-    let row = match row {
-        Ok(Some(r)) => r,
+    match token_user(&st, form.token.trim()).await {
+        Ok(Some(user)) => start_session(&st, &user, "/ui/").await.into_response(),
         Ok(None) => {
             let mut page = Page::new();
-            page.raw("<p class=\"s-apply-failed\">That API token is unknown or revoked.</p><p><a href=\"/ui/login\">Try again</a></p>");
-            return (axum::http::StatusCode::UNAUTHORIZED, Html(page.render("Sign in", None))).into_response();
+            page.raw("<p class=\"s-apply-failed\">That API token is unknown, expired or revoked.</p><p><a href=\"/ui/login\">Try again</a></p>");
+            (axum::http::StatusCode::UNAUTHORIZED, Html(page.render("Sign in", None))).into_response()
         }
-        Err(e) => return ApiError::Database(e).into_response(),
-    };
-    let fields: Result<(String, String, String), sqlx::Error> =
-        (|| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))();
-    match fields {
-        Ok((uid, org, name)) => start_session(&st, &uid, &org, &format!("user:{name}"), "/ui/").await.into_response(),
-        Err(e) => ApiError::Database(e).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -103,10 +110,19 @@ pub struct Next {
     next: Option<String>,
 }
 
-/// Only local UI paths, so the link cannot bounce the browser to another site.
+/// Only local UI paths, so the link cannot bounce the browser to another site;
+/// printable ASCII only, so the path is a valid `Location` header.
 fn safe_next(next: Option<String>) -> String {
     match next {
-        Some(n) if n.starts_with("/ui/") && !n.contains("//") && !n.contains('\\') && n.len() < 200 => n,
+        Some(n)
+            if n.starts_with("/ui/")
+                && !n.contains("//")
+                && !n.contains('\\')
+                && n.len() < 200
+                && n.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            n
+        }
         _ => "/ui/".into(),
     }
 }
@@ -116,13 +132,19 @@ pub async fn login_with_link(
     Path(code): Path<String>,
     Query(q): Query<Next>,
 ) -> ApiResult<Response> {
+    // Checked before the link is spent, so a bad `next` never wastes it.
+    let next = safe_next(q.next);
+    let t = now();
     let mut tx = st.db.begin().await?;
+    // The link works only while its user and the token that made it do.
     let row = sqlx::query(
-        "SELECT s.user_id, u.org_id, u.name FROM ui_sessions s JOIN users u ON u.id = s.user_id \
-         WHERE s.session_hash = $1 AND s.kind = 'link' AND s.used = 0 AND s.expires > $2",
+        "SELECT u.id, u.org_id, u.name, u.role, t.id, t.expires FROM ui_sessions s JOIN users u ON u.id = s.user_id \
+         JOIN api_tokens t ON t.id = s.token_id \
+         WHERE s.session_hash = $1 AND s.kind = 'link' AND s.used = 0 AND s.expires > $2 AND u.removed_at IS NULL \
+         AND t.revoked_at IS NULL AND (t.expires IS NULL OR t.expires > $2)",
     )
     .bind(hash_secret(&code))
-    .bind(now())
+    .bind(t)
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| ApiError::Unauthorized("sign-in link unknown, used or expired".into()))?;
@@ -134,8 +156,14 @@ pub async fn login_with_link(
         return Err(ApiError::Unauthorized("sign-in link already used".into()));
     }
     tx.commit().await?;
-    let (uid, org, name): (String, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-    start_session(&st, &uid, &org, &format!("user:{name}"), &safe_next(q.next)).await
+    let user = User {
+        user_id: row.try_get(0)?,
+        org_id: row.try_get(1)?,
+        name: row.try_get(2)?,
+        role: Role::parse(&row.try_get::<String, _>(3)?)?,
+        credential: Credential::Token { id: row.try_get(4)?, expires: row.try_get(5)? },
+    };
+    start_session(&st, &user, &next).await
 }
 
 pub async fn logout(State(st): State<AppState>, parts: axum::http::HeaderMap) -> ApiResult<Response> {

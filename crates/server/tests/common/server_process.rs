@@ -43,7 +43,23 @@ impl ServerProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut child = server_command(args).stderr(Stdio::piped()).spawn().expect("start hotpatch-server");
+        Self::start_command(server_command(args))
+    }
+
+    /// As `start`, with at most `nofile` open files (`prlimit`, util-linux).
+    pub fn start_with_open_files<I, S>(nofile: u32, args: I) -> ServerProcess
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}")).arg(SERVER_BIN).args(args);
+        cmd.env("RUST_LOG", "warn,hotpatch_server=info").stdin(Stdio::null()).stdout(Stdio::null());
+        Self::start_command(cmd)
+    }
+
+    fn start_command(mut command: Command) -> ServerProcess {
+        let mut child = command.stderr(Stdio::piped()).spawn().expect("start hotpatch-server");
         let stderr = child.stderr.take().expect("server stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel::<String>();
