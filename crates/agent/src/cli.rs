@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
-
 #[derive(clap::Args, Debug, Clone)]
 pub struct AgentArgs {
     /// Enroll with the control plane at URL using a one-time enrollment TOKEN.
@@ -13,10 +11,10 @@ pub struct AgentArgs {
     #[arg(long)]
     pub once: bool,
     /// Where the machine key and agent state live.
-    #[arg(long, default_value = "/var/lib/hotpatch")]
+    #[arg(long, default_value = crate::trust::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// Trusted publisher key (.pub) or a directory of them; hotpatches that do not verify are never applied.
-    #[arg(long, default_value = "/etc/hotpatch/trust")]
+    #[arg(long, default_value = crate::trust::DEFAULT_TRUST_DIR)]
     pub trust: PathBuf,
     /// With --enroll: a PEM file of the CA that signed the server's certificate
     /// (a private CA); remembered for every later check-in.
@@ -33,6 +31,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             "nothing to do: give --enroll URL TOKEN and/or --once (the long-running daemon is not part of this release)"
         );
     }
+    crate::trust::prepare_state_dir(&args.state_dir)?;
     if let Some(v) = &args.enroll {
         let (url, token) = match v.as_slice() {
             [url, token] => (url, token),
@@ -54,8 +53,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     }
     if args.once {
-        let trust = crate::load_trust(&args.trust)
-            .with_context(|| format!("loading trusted keys from {}", args.trust.display()))?;
+        let trust = crate::load_trust(&args.trust)?;
         let outcome = crate::check_in_once(&args.state_dir, &trust)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&outcome)?);

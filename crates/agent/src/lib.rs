@@ -10,11 +10,10 @@ pub mod client;
 pub mod facts;
 pub mod protocol;
 pub mod state;
+pub mod trust;
 pub mod work;
 
 use std::path::Path;
-
-use hotpatch_format::TrustStore;
 
 pub use client::{Client, ClientError};
 pub use state::{Credential, StateError};
@@ -47,8 +46,4 @@ pub fn enroll(server: &str, token: &str, state_dir: &Path, ca_cert: Option<&Path
     Ok(credential)
 }
 
-/// Loads the agent's trusted publisher keys; a missing path means "trust nothing",
-/// so assigned hotpatches fail verification instead of being applied.
-pub fn load_trust(path: &Path) -> Result<TrustStore, hotpatch_format::KeyError> {
-    if path.exists() { TrustStore::load(path) } else { Ok(TrustStore::from_keys(Vec::new())) }
-}
+pub use trust::load_trust;

@@ -4,12 +4,11 @@ use crate::output::Output;
 use anyhow::Context;
 use clap::Args;
 use hotpatch_engine::{AppliedPatch, ApplyOptions};
-use hotpatch_format::TrustStore;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Where machines keep the publisher keys they trust by default.
-pub const DEFAULT_TRUST: &str = "/etc/hotpatch/trusted-keys";
+/// Where machines keep the publisher keys they trust: the agent's directory.
+pub const DEFAULT_TRUST: &str = hotpatch_agent::trust::DEFAULT_TRUST_DIR;
 
 #[derive(Args)]
 pub struct ApplyArgs {
@@ -32,8 +31,7 @@ fn timeout(secs: f64) -> anyhow::Result<Duration> {
 
 pub fn apply(args: ApplyArgs, out: &Output) -> anyhow::Result<()> {
     let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read package {}", args.file.display()))?;
-    let trust = TrustStore::load(&args.trust)
-        .with_context(|| format!("cannot load trusted keys from {}", args.trust.display()))?;
+    let trust = hotpatch_agent::load_trust(&args.trust)?;
     let package = hotpatch_format::verify(&bytes, &trust)
         .with_context(|| format!("{} failed verification; nothing was changed", args.file.display()))?;
     let opts = ApplyOptions { timeout: timeout(args.timeout)? };
