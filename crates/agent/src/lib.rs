@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod facts;
 pub mod protocol;
+pub mod readiness;
 pub mod state;
 pub mod trust;
 pub mod work;

@@ -79,7 +79,13 @@ pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutc
     let pending = state::load_pending(state_dir)?;
     let last = state::load_last_answer(state_dir)?;
     let etag = if pending.is_empty() { last.as_ref().map(|l| l.etag.as_str()) } else { None };
-    let reply = client.check_in(&signer, &CheckIn { facts: &facts, targets: &targets, results: &pending }, etag)?;
+    let reply = client.check_in(&signer, &CheckIn { facts: &facts, targets: &targets, results: &pending }, etag);
+    // Readiness reports the last check-in; failing to record it must not fail the check-in.
+    let tried = state::LastCheckIn::now(reply.as_ref().err().map(|e| e.to_string()));
+    if let Err(e) = state::save_last_checkin(state_dir, &tried) {
+        tracing::warn!(error = %e, "cannot record the check-in time");
+    }
+    let reply = reply?;
     if !pending.is_empty() {
         state::save_pending(state_dir, &[])?;
     }

@@ -4,6 +4,7 @@
 mod demo;
 mod keys;
 mod live;
+mod machine;
 mod output;
 mod package;
 
@@ -40,6 +41,8 @@ enum Command {
     Demo,
     /// Enroll this machine with a control plane, or check in once.
     Agent(hotpatch_agent::cli::AgentArgs),
+    /// Check the machine's prerequisites for hotpatching (exit 1 when not ready).
+    Readiness(machine::ReadinessArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Rollback(args) => live::rollback(args, &out),
         Command::Demo => demo::demo(&out),
         Command::Agent(args) => hotpatch_agent::cli::run(args),
+        Command::Readiness(args) => machine::readiness(args, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
