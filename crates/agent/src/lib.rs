@@ -10,6 +10,7 @@ pub mod client;
 pub mod facts;
 pub mod protocol;
 pub mod readiness;
+pub mod scan;
 pub mod state;
 pub mod trust;
 pub mod work;

@@ -76,28 +76,7 @@ pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutc
     let facts = facts::collect();
     let running = hotpatch_engine::running_targets();
     let targets = summarize(&running);
-    let pending = state::load_pending(state_dir)?;
-    let last = state::load_last_answer(state_dir)?;
-    let etag = if pending.is_empty() { last.as_ref().map(|l| l.etag.as_str()) } else { None };
-    let reply = client.check_in(&signer, &CheckIn { facts: &facts, targets: &targets, results: &pending }, etag);
-    // Readiness reports the last check-in; failing to record it must not fail the check-in.
-    let tried = state::LastCheckIn::now(reply.as_ref().err().map(|e| e.to_string()));
-    if let Err(e) = state::save_last_checkin(state_dir, &tried) {
-        tracing::warn!(error = %e, "cannot record the check-in time");
-    }
-    let reply = reply?;
-    if !pending.is_empty() {
-        state::save_pending(state_dir, &[])?;
-    }
-    let (answer, not_modified) = match reply {
-        CheckInReply::Answer { etag, answer } => {
-            if let Some(etag) = etag {
-                state::save_last_answer(state_dir, &LastAnswer { etag, answer: answer.clone() })?;
-            }
-            (answer, false)
-        }
-        CheckInReply::NotModified => (last.map(|l| l.answer).unwrap_or_default(), true),
-    };
+    let (answer, not_modified) = exchange(state_dir, &client, &signer, &facts, &targets)?;
     let mut results = Vec::new();
     for w in &answer.hotpatches {
         if let Some(r) = apply_hotpatch(&client, &signer, w, &running, trust) {
@@ -139,6 +118,52 @@ pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutc
         }
     }
     Ok(outcome)
+}
+
+/// The first half of a check-in: report what runs here with any undelivered
+/// results, and get the answer (the saved one when the server says nothing changed).
+fn exchange(
+    state_dir: &Path,
+    client: &Client,
+    signer: &MachineSigner<'_>,
+    facts: &crate::protocol::Facts,
+    targets: &[TargetReport],
+) -> Result<(crate::protocol::Answer, bool), AgentError> {
+    let pending = state::load_pending(state_dir)?;
+    let last = state::load_last_answer(state_dir)?;
+    let etag = if pending.is_empty() { last.as_ref().map(|l| l.etag.as_str()) } else { None };
+    let reply = client.check_in(signer, &CheckIn { facts, targets, results: &pending }, etag);
+    // Readiness reports the last check-in; failing to record it must not fail the check-in.
+    let tried = state::LastCheckIn::now(reply.as_ref().err().map(|e| e.to_string()));
+    if let Err(e) = state::save_last_checkin(state_dir, &tried) {
+        tracing::warn!(error = %e, "cannot record the check-in time");
+    }
+    let reply = reply?;
+    if !pending.is_empty() {
+        state::save_pending(state_dir, &[])?;
+    }
+    let (answer, not_modified) = match reply {
+        CheckInReply::Answer { etag, answer } => {
+            if let Some(etag) = etag {
+                state::save_last_answer(state_dir, &LastAnswer { etag, answer: answer.clone() })?;
+            }
+            (answer, false)
+        }
+        CheckInReply::NotModified => (last.map(|l| l.answer).unwrap_or_default(), true),
+    };
+    Ok((answer, not_modified))
+}
+
+/// Checks in without acting on the answer: what the control plane assigns to
+/// this machine now (for `scan`). Returns the server's address and the answer.
+pub fn fetch_answer(state_dir: &Path) -> Result<(String, crate::protocol::Answer), AgentError> {
+    let cred = state::load_credential(state_dir)?;
+    let key = cred.machine_key(state_dir)?;
+    let signer = MachineSigner { machine_id: &cred.machine_id, key: &key, state_dir };
+    let client = Client::new(&cred.server, cred.ca_cert.as_deref())?;
+    let running = hotpatch_engine::running_targets();
+    let (answer, _) = exchange(state_dir, &client, &signer, &facts::collect(), &summarize(&running))?;
+    Ok((cred.server.clone(), answer))
 }
 
 fn result(deployment_id: &str, status: &str, detail: String) -> WorkResult {

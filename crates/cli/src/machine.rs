@@ -70,3 +70,92 @@ fn print_readiness(report: &readiness::Readiness, out: &Output) {
         println!("kernel livepatch {}: enabled {}, in transition {}", l.name, flag(l.enabled), flag(l.transition));
     }
 }
+
+#[derive(Args)]
+pub struct ScanArgs {
+    /// A directory of signed .hpatch packages to scan against (default: the
+    /// control plane this machine is enrolled with).
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// Trusted publisher keys: packages of the catalog must verify against them.
+    #[arg(long, default_value = DEFAULT_TRUST_DIR)]
+    trust: PathBuf,
+    /// The agent's state directory (enrollment).
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+}
+
+pub fn scan(args: ScanArgs, out: &Output) -> anyhow::Result<()> {
+    use hotpatch_agent::scan::{self, DirCatalog, Source};
+    let report = match &args.catalog {
+        Some(dir) => {
+            let trust = hotpatch_agent::load_trust(&args.trust)?;
+            let catalog = DirCatalog::load(dir, &trust)?;
+            scan::scan(&Source::Dir(&catalog))
+        }
+        None => {
+            if hotpatch_agent::state::load_credential(&args.state_dir).is_err() {
+                anyhow::bail!(
+                    "no catalog: give --catalog DIR (signed .hpatch packages), or enroll this machine \
+                     (hotpatch agent --enroll URL TOKEN; state in {})",
+                    args.state_dir.display()
+                );
+            }
+            hotpatch_agent::trust::check_safe(&args.state_dir, "state directory")?;
+            let (base, answer) = hotpatch_agent::work::fetch_answer(&args.state_dir)?;
+            scan::scan(&Source::Server { base, answer: &answer })
+        }
+    };
+    if out.json {
+        return out.print_json(&report);
+    }
+    print_scan(&report, out);
+    Ok(())
+}
+
+fn print_scan(report: &hotpatch_agent::scan::ScanReport, out: &Output) {
+    use hotpatch_agent::scan::Status;
+    println!("catalog: {}", report.catalog);
+    let rows: Vec<Vec<String>> = report
+        .targets
+        .iter()
+        .map(|t| {
+            let status = t.verdict.status.describe(t.verdict.level);
+            let status = match t.verdict.status {
+                Status::UpToDate => out.good(&status),
+                Status::HotpatchAvailable | Status::RestartRequired => out.bad(&status),
+                Status::NotInCatalog => status,
+            };
+            let pids: Vec<String> = t.processes.iter().map(|p| p.to_string()).collect();
+            vec![
+                t.path.clone(),
+                t.build_id.chars().take(12).collect(),
+                t.applied_level.map_or("-".into(), |l| l.to_string()),
+                status,
+                pids.join(", "),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no running target is in the catalog");
+    } else {
+        out.table(&["TARGET", "BUILD-ID", "LEVEL", "STATUS", "PROCESSES"], &rows);
+        for t in &report.targets {
+            println!("  {}: {}", t.path, t.verdict.reason);
+        }
+    }
+    println!("{} other running targets: nothing in the catalog, nothing applied", report.other_targets);
+    let stale: Vec<_> = report.restart_required().collect();
+    if !stale.is_empty() {
+        println!("{}", out.bold("restart required (code replaced or deleted on disk since the process started):"));
+    }
+    for p in stale {
+        for f in &p.stale {
+            println!("  {}: {} {}", p.process, f.path, f.change);
+        }
+    }
+    println!("kernel: {}", report.kernel.reason);
+    for problem in &report.problems {
+        println!("note: {problem}");
+    }
+}

@@ -43,6 +43,9 @@ enum Command {
     Agent(hotpatch_agent::cli::AgentArgs),
     /// Check the machine's prerequisites for hotpatching (exit 1 when not ready).
     Readiness(machine::ReadinessArgs),
+    /// Every running process and its targets against a catalog: up to date,
+    /// hotpatch available (no restart) or restart required, with the reason.
+    Scan(machine::ScanArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Demo => demo::demo(&out),
         Command::Agent(args) => hotpatch_agent::cli::run(args),
         Command::Readiness(args) => machine::readiness(args, &out),
+        Command::Scan(args) => machine::scan(args, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
