@@ -7,9 +7,14 @@
 
 pub mod cli;
 pub mod client;
+pub mod config;
+pub mod daemon;
 pub mod facts;
+pub mod fleet;
+pub mod journal;
 pub mod protocol;
 pub mod readiness;
+pub mod repair;
 pub mod scan;
 pub mod state;
 pub mod trust;

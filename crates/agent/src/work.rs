@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use hotpatch_engine::{ApplyOptions, RunningTarget};
-use hotpatch_format::TrustStore;
+use hotpatch_format::{TrustStore, VerifiedPackage};
+
+use crate::fleet::ProcessResult;
 use serde::Serialize;
 
 use crate::client::{CheckInReply, Client, MachineSigner};
@@ -79,7 +81,7 @@ pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutc
     let (answer, not_modified) = exchange(state_dir, &client, &signer, &facts, &targets)?;
     let mut results = Vec::new();
     for w in &answer.hotpatches {
-        if let Some(r) = apply_hotpatch(&client, &signer, w, &running, trust) {
+        if let Some(r) = apply_hotpatch(&client, &signer, w, state_dir, trust) {
             results.push(r);
         }
     }
@@ -122,7 +124,7 @@ pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutc
 
 /// The first half of a check-in: report what runs here with any undelivered
 /// results, and get the answer (the saved one when the server says nothing changed).
-fn exchange(
+pub(crate) fn exchange(
     state_dir: &Path,
     client: &Client,
     signer: &MachineSigner<'_>,
@@ -166,70 +168,90 @@ pub fn fetch_answer(state_dir: &Path) -> Result<(String, crate::protocol::Answer
     Ok((cred.server.clone(), answer))
 }
 
-fn result(deployment_id: &str, status: &str, detail: String) -> WorkResult {
+pub(crate) fn result(deployment_id: &str, status: &str, detail: String) -> WorkResult {
     WorkResult { deployment_id: deployment_id.to_string(), status: status.to_string(), detail }
+}
+
+/// Downloads an assigned hotpatch and verifies it against this machine's own
+/// trust, whatever the server said; the reason in words when it is refused.
+pub(crate) fn fetch_package(
+    client: &Client,
+    signer: &MachineSigner<'_>,
+    w: &HotpatchWork,
+    trust: &TrustStore,
+) -> Result<VerifiedPackage, String> {
+    let bytes = client.download(signer, &w.url).map_err(|e| e.to_string())?;
+    let got = hotpatch_format::sha256_hex(&bytes);
+    if got != w.artifact_sha256 {
+        return Err(format!("artifact hash {got} is not the assigned {}", w.artifact_sha256));
+    }
+    let package =
+        hotpatch_format::verify(&bytes, trust).map_err(|e| format!("verification failed, not applied: {e}"))?;
+    let m = &package.manifest;
+    if m.patch_id != w.patch_id || m.target.build_id != w.build_id || m.level != w.level {
+        return Err(format!(
+            "package is {} level {} for {}, not the assigned {} level {} for {}",
+            m.patch_id, m.level, m.target.build_id, w.patch_id, w.level, w.build_id
+        ));
+    }
+    Ok(package)
+}
+
+/// Truncates a result's detail to what the server accepts.
+pub(crate) fn clip(mut detail: String) -> String {
+    const MAX: usize = 3900;
+    if detail.len() > MAX {
+        let mut end = MAX;
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+        detail.push_str(" …");
+    }
+    detail
 }
 
 fn apply_hotpatch(
     client: &Client,
     signer: &MachineSigner<'_>,
     w: &HotpatchWork,
-    running: &[RunningTarget],
+    state_dir: &Path,
     trust: &TrustStore,
 ) -> Option<WorkResult> {
-    let failed = |detail: String| Some(result(&w.deployment_id, "failed", detail));
-    let bytes = match client.download(signer, &w.url) {
-        Ok(b) => b,
-        Err(e) => return failed(e.to_string()),
-    };
-    let got = hotpatch_format::sha256_hex(&bytes);
-    if got != w.artifact_sha256 {
-        return failed(format!("artifact hash {got} is not the assigned {}", w.artifact_sha256));
-    }
-    let package = match hotpatch_format::verify(&bytes, trust) {
+    let failed = |detail: String| Some(result(&w.deployment_id, "failed", clip(detail)));
+    let package = match fetch_package(client, signer, w, trust) {
         Ok(p) => p,
-        Err(e) => return failed(format!("verification failed, not applied: {e}")),
+        Err(e) => return failed(e),
     };
-    let m = &package.manifest;
-    if m.patch_id != w.patch_id || m.target.build_id != w.build_id || m.level != w.level {
-        return failed(format!(
-            "package is {} level {} for {}, not the assigned {} level {} for {}",
-            m.patch_id, m.level, m.target.build_id, w.patch_id, w.level, w.build_id
-        ));
-    }
-    let already: Vec<i32> = running
-        .iter()
-        .filter(|t| t.build_id == w.build_id && t.applied.iter().any(|a| a.active && a.record.level >= w.level))
-        .map(|t| t.pid)
-        .collect();
-    let pids: Vec<i32> =
-        hotpatch_engine::processes_with_target(&w.build_id).into_iter().filter(|p| !already.contains(p)).collect();
-    if pids.is_empty() {
+    let mut journal = match crate::journal::Journal::open(state_dir) {
+        Ok(j) => j,
+        Err(e) => return failed(format!("not applied: {e}")),
+    };
+    let results: Vec<ProcessResult> =
+        crate::fleet::apply_everywhere(&package, &ApplyOptions::default(), Some(&mut journal))
+            .into_iter()
+            .filter(|r| !r.gone)
+            .collect();
+    if results.is_empty() {
         // The processes exited since the scan; the next check-in reports what runs now.
         return None;
     }
-    let opts = ApplyOptions::default();
-    let mut done = Vec::new();
-    let mut errors = Vec::new();
-    for pid in pids {
-        match hotpatch_engine::apply(pid, &package, &opts) {
-            Ok(r) => done.push(format!("pid {pid} ({} functions, pause {} us)", r.functions.len(), r.pause_us)),
-            Err(e) => errors.push(format!("pid {pid}: {e}")),
-        }
-    }
+    let done: Vec<String> = results.iter().filter(|r| r.ok).map(|r| format!("pid {} ({})", r.pid, r.detail)).collect();
+    let errors: Vec<String> =
+        results.iter().filter(|r| !r.ok).map(|r| format!("pid {}: {}", r.pid, r.detail)).collect();
     tracing::info!(patch = %w.patch_id, applied = done.len(), failed = errors.len(), "hotpatch applied");
     if errors.is_empty() {
         Some(result(
             &w.deployment_id,
             "applied",
-            format!("{} level {} applied to {}", w.patch_id, w.level, done.join(", ")),
+            clip(format!("{} level {} applied to {}", w.patch_id, w.level, done.join(", "))),
         ))
     } else {
         failed(format!("applied to {} process(es), failed on {}", done.len(), errors.join("; ")))
     }
 }
 
-fn roll_back(w: &RollbackWork) -> Option<WorkResult> {
+pub(crate) fn roll_back(w: &RollbackWork) -> Option<WorkResult> {
     let pids = hotpatch_engine::processes_with_target(&w.build_id);
     if pids.is_empty() {
         return None;

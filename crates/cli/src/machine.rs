@@ -159,3 +159,45 @@ fn print_scan(report: &hotpatch_agent::scan::ScanReport, out: &Output) {
         println!("note: {problem}");
     }
 }
+
+#[derive(Args)]
+pub struct RepairArgs {
+    /// The agent's state directory (its journal).
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Seconds to keep retrying while a thread is inside code being switched or unmapped.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+}
+
+/// Completes half-switched patches, unmaps regions nothing leads to, and
+/// closes the journal's open intents; exits 1 if something could not be repaired.
+pub fn repair(args: RepairArgs, out: &Output) -> anyhow::Result<()> {
+    let timeout = std::time::Duration::try_from_secs_f64(args.timeout)
+        .map_err(|_| anyhow::anyhow!("--timeout must be a non-negative number of seconds"))?;
+    if args.state_dir.exists() {
+        hotpatch_agent::trust::check_safe(&args.state_dir, "state directory")?;
+    }
+    let report = hotpatch_agent::repair::repair(&args.state_dir, timeout);
+    if out.json {
+        out.print_json(&report)?;
+    } else {
+        if report.regions.is_empty() && report.intents.is_empty() && report.errors.is_empty() {
+            println!("nothing to repair: every process is fully patched or untouched");
+        }
+        for r in &report.regions {
+            println!("{} {} level {} in {} ({}): {}", r.action, r.patch_id, r.level, r.pid, r.comm, r.detail);
+        }
+        for i in &report.intents {
+            println!("journal: {} of {} in {}: {}", i.op, i.patch_id, i.pid, i.finding);
+        }
+        for e in &report.errors {
+            println!("{}: {e}", out.bad("error"));
+        }
+    }
+    let failed = report.regions.iter().any(|r| r.action == "failed") || !report.errors.is_empty();
+    if failed {
+        anyhow::bail!("some processes could not be repaired (see above)");
+    }
+    Ok(())
+}

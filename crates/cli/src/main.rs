@@ -39,13 +39,15 @@ enum Command {
     Rollback(live::RollbackArgs),
     /// Build a sample service, patch it live, show the change, roll back (needs root and gcc).
     Demo,
-    /// Enroll this machine with a control plane, or check in once.
+    /// Run the agent daemon (no flags), enroll with a control plane, or check in once.
     Agent(hotpatch_agent::cli::AgentArgs),
     /// Check the machine's prerequisites for hotpatching (exit 1 when not ready).
     Readiness(machine::ReadinessArgs),
     /// Every running process and its targets against a catalog: up to date,
     /// hotpatch available (no restart) or restart required, with the reason.
     Scan(machine::ScanArgs),
+    /// Finish or undo what an interrupted apply left, from the processes and the journal.
+    Repair(machine::RepairArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => hotpatch_agent::cli::run(args),
         Command::Readiness(args) => machine::readiness(args, &out),
         Command::Scan(args) => machine::scan(args, &out),
+        Command::Repair(args) => machine::repair(args, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -128,7 +128,12 @@ const PATIENCE: Duration = Duration::from_secs(60);
 impl Svc {
     /// Starts `exe` and waits for its first value (the loader is done then).
     pub fn start(exe: &Path) -> Svc {
-        let mut child = Command::new(exe).stdout(Stdio::piped()).spawn().expect("start service");
+        Svc::start_command(Command::new(exe))
+    }
+
+    /// Starts a command whose output is the service's (e.g. the service under a tracer).
+    pub fn start_command(mut command: Command) -> Svc {
+        let mut child = command.stdout(Stdio::piped()).spawn().expect("start service");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -164,6 +169,59 @@ impl Svc {
 }
 
 impl Drop for Svc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a root-only configuration file for the agent.
+pub fn write_config(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write config");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+}
+
+/// The agent daemon; stopped with SIGKILL and reaped if a test fails before stopping it.
+pub struct Agent {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    pub fn start(config: &Path, log: &Path) -> Agent {
+        let err = std::fs::File::create(log).expect("log file");
+        let child = Command::new(HOTPATCH)
+            .args(["agent", "--config", &s(config)])
+            .env("HOTPATCH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("start agent");
+        Agent { child, log: log.to_path_buf() }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    /// Waits (bounded) for the agent to exit and returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        for _ in 0..600 {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the agent did not stop within a minute; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

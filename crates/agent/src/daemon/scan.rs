@@ -1,0 +1,76 @@
+//! The daemon's rescan: new processes (and those due for a retry) are looked
+//! at and given every job whose target they map, one process at a time.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use hotpatch_engine::ApplyOptions;
+use hotpatch_engine::procfs;
+
+use super::{Daemon, FULL_RESCAN, signals};
+use crate::journal::start_time;
+
+/// Build-ids of the targets a process maps.
+fn build_ids_of(pid: i32) -> BTreeSet<String> {
+    let Ok(maps) = procfs::maps(pid) else { return BTreeSet::new() };
+    hotpatch_engine::modules::loaded_modules(pid, &maps).iter().map(|m| m.build_id_hex()).collect()
+}
+
+impl Daemon {
+    pub(super) fn rescan(&mut self, full: bool) {
+        if full {
+            self.seen.clear();
+            self.next_full_rescan = Instant::now() + FULL_RESCAN;
+        }
+        if self.jobs.is_empty() {
+            return;
+        }
+        let me = std::process::id() as i32;
+        for pid in procfs::pids() {
+            // SIGTERM: the transition in progress has finished; start no other.
+            if signals::stop_requested() {
+                break;
+            }
+            let Some(start) = start_time(pid).filter(|_| pid != me) else { continue };
+            let key = (pid, start);
+            let new = self.seen.insert(key);
+            let max = self.config.max_attempts;
+            let retry_due = self.jobs.values().any(|j| j.procs.contains_key(&key) && j.due(&key, max));
+            if new || retry_due {
+                self.visit(key);
+            }
+        }
+        self.collect_results();
+    }
+
+    /// Applies each due job whose target this process maps.
+    fn visit(&mut self, key: (i32, u64)) {
+        let (pid, _) = key;
+        let builds = build_ids_of(pid);
+        let opts = ApplyOptions { timeout: self.config.apply_timeout() };
+        let (max, retry_max) =
+            (self.config.max_attempts, std::time::Duration::from_secs(self.config.retry_max_seconds));
+        for job in self.jobs.values_mut() {
+            if !builds.contains(job.build_id()) || !job.due(&key, max) {
+                continue;
+            }
+            if crate::fleet::applied_level(pid, job.build_id()) >= job.level() && !job.procs.contains_key(&key) {
+                continue;
+            }
+            let result = crate::fleet::apply_one(pid, &job.package, &opts, Some(&mut self.journal));
+            if result.ok {
+                tracing::info!(pid, comm = %result.comm, patch = %job.package.manifest.patch_id, detail = %result.detail, "hotpatch applied");
+            }
+            job.record(key, result, retry_max);
+        }
+    }
+
+    /// Forgets processes that are gone and queues results that changed.
+    fn collect_results(&mut self) {
+        let max = self.config.max_attempts;
+        for job in self.jobs.values_mut() {
+            job.procs.retain(|(pid, start), _| start_time(*pid) == Some(*start));
+            self.outbox.extend(job.new_results(max));
+        }
+    }
+}

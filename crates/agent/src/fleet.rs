@@ -1,0 +1,122 @@
+//! A hotpatch applied to every process that maps its target, each process on
+//! its own: one that fails (busy past the timeout, exited, traced by a
+//! debugger) does not stop the others, and says why and whether trying again
+//! may help. Each process's transition is journaled (intent, then outcome).
+
+use hotpatch_engine::{ApplyOptions, EngineError};
+use hotpatch_format::VerifiedPackage;
+use serde::Serialize;
+
+use crate::journal::Journal;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ProcessResult {
+    pub pid: i32,
+    pub comm: String,
+    pub ok: bool,
+    /// A failure that may pass (busy, traced, a transient error): try again later.
+    pub retry: bool,
+    /// The process exited or exec'd another program meanwhile: nothing to do for it.
+    pub gone: bool,
+    pub detail: String,
+}
+
+/// Whether an engine failure may go away by itself.
+pub fn retryable(e: &EngineError) -> bool {
+    matches!(
+        e,
+        EngineError::Busy { .. }
+            | EngineError::Traced { .. }
+            | EngineError::Ptrace { .. }
+            | EngineError::Io { .. }
+            | EngineError::Inject { .. }
+    )
+}
+
+/// The highest active level of `build_id` applied in `pid` (0: none).
+pub fn applied_level(pid: i32, build_id: &str) -> u32 {
+    hotpatch_engine::status(pid)
+        .unwrap_or_default()
+        .iter()
+        .filter(|a| a.active && a.record.build_id == build_id)
+        .map(|a| a.record.level)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Processes that map the target of `build_id` below `level`.
+pub fn pids_needing(build_id: &str, level: u32) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    hotpatch_engine::processes_with_target(build_id)
+        .into_iter()
+        .filter(|&pid| pid != me && applied_level(pid, build_id) < level)
+        .collect()
+}
+
+/// Applies `package` to one process, journaling the intent before and the outcome after.
+pub fn apply_one(
+    pid: i32,
+    package: &VerifiedPackage,
+    opts: &ApplyOptions,
+    journal: Option<&mut Journal>,
+) -> ProcessResult {
+    let m = &package.manifest;
+    let comm = hotpatch_engine::procfs::comm(pid);
+    let mut journal = journal;
+    let id = match journal.as_deref_mut().map(|j| j.intent("apply", pid, &m.patch_id, m.level, &m.target.build_id)) {
+        Some(Err(e)) => {
+            // Without the intent on disk a crash could not be repaired: do not touch the process.
+            return ProcessResult {
+                pid,
+                comm,
+                ok: false,
+                retry: true,
+                gone: false,
+                detail: format!("not applied: {e}"),
+            };
+        }
+        Some(Ok(id)) => Some(id),
+        None => None,
+    };
+    let result = match hotpatch_engine::apply(pid, package, opts) {
+        Ok(r) => ProcessResult {
+            pid,
+            comm,
+            ok: true,
+            retry: false,
+            gone: false,
+            detail: format!("level {} applied ({} functions, pause {} µs)", r.level, r.functions.len(), r.pause_us),
+        },
+        Err(EngineError::LevelNotHigher { applied, .. }) if applied >= m.level => ProcessResult {
+            pid,
+            comm,
+            ok: true,
+            retry: false,
+            gone: false,
+            detail: format!("level {applied} already applied"),
+        },
+        Err(e) => {
+            let gone = matches!(e, EngineError::ProcessExited(_) | EngineError::TargetNotMapped { .. });
+            ProcessResult { pid, comm, ok: false, retry: retryable(&e), gone, detail: e.to_string() }
+        }
+    };
+    if let (Some(j), Some(id)) = (journal, id)
+        && let Err(e) = j.outcome(id, result.ok, &result.detail)
+    {
+        tracing::warn!(error = %e, pid, "cannot journal the outcome; repair will read it from the process");
+    }
+    result
+}
+
+/// Applies `package` to every process that maps its target below its level.
+pub fn apply_everywhere(
+    package: &VerifiedPackage,
+    opts: &ApplyOptions,
+    mut journal: Option<&mut Journal>,
+) -> Vec<ProcessResult> {
+    let m = &package.manifest;
+    pids_needing(&m.target.build_id, m.level)
+        .into_iter()
+        .map(|pid| apply_one(pid, package, opts, journal.as_deref_mut()))
+        .collect()
+}
