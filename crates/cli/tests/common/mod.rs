@@ -193,6 +193,7 @@ impl Agent {
         let child = Command::new(HOTPATCH)
             .args(["agent", "--config", &s(config)])
             .env("HOTPATCH_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(err)
             .spawn()
