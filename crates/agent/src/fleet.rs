@@ -78,7 +78,10 @@ pub fn apply_one(
         Some(Ok(id)) => Some(id),
         None => None,
     };
-    let result = match hotpatch_engine::apply(pid, package, opts) {
+    let lock = crate::lock::shared();
+    let applied = hotpatch_engine::apply(pid, package, opts);
+    drop(lock);
+    let result = match applied {
         Ok(r) => ProcessResult {
             pid,
             comm,

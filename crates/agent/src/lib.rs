@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod facts;
 pub mod fleet;
 pub mod journal;
+pub mod lock;
 pub mod protocol;
 pub mod readiness;
 pub mod repair;

@@ -84,14 +84,41 @@ fn read_regions(maps: &[Mapping], mem: &ProcessMemory) -> Result<Vec<Found>, Str
     Ok(out)
 }
 
-/// Repairs every process, then closes the journal's open intents.
-pub fn repair(state_dir: &std::path::Path, timeout: Duration) -> RepairReport {
+/// What to repair and how patiently.
+#[derive(Debug, Clone)]
+pub struct RepairOptions {
+    /// Only these processes (default: every process).
+    pub pids: Option<Vec<i32>>,
+    /// Regions written less than this long ago are left alone: an apply that
+    /// does not take the machine lock (a program using the engine directly)
+    /// may still be about to switch them.
+    pub min_age: Duration,
+    /// How long a stack check may wait for a thread to leave the code.
+    pub timeout: Duration,
+}
+
+impl Default for RepairOptions {
+    fn default() -> RepairOptions {
+        RepairOptions { pids: None, min_age: Duration::from_secs(60), timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Repairs every process (or those named), then closes the journal's open intents.
+pub fn repair(state_dir: &std::path::Path, opts: &RepairOptions) -> RepairReport {
     let mut report = RepairReport::default();
+    let _lock = match crate::lock::exclusive() {
+        Ok(l) => l,
+        Err(e) => {
+            report.errors.push(format!("cannot take the machine lock {}: {e}", crate::lock::LOCK_PATH));
+            return report;
+        }
+    };
     let me = std::process::id() as i32;
-    for pid in procfs::pids().into_iter().filter(|&p| p != me) {
+    let pids = opts.pids.clone().unwrap_or_else(procfs::pids);
+    for pid in pids.into_iter().filter(|&p| p != me) {
         let Ok(maps) = procfs::maps(pid) else { continue };
         if maps.iter().any(is_region_mapping) {
-            repair_process(pid, timeout, &mut report);
+            repair_process(pid, opts, &mut report);
         }
     }
     if let Err(e) = close_intents(state_dir, &mut report) {
@@ -100,7 +127,10 @@ pub fn repair(state_dir: &std::path::Path, timeout: Duration) -> RepairReport {
     report
 }
 
-fn repair_process(pid: i32, timeout: Duration, report: &mut RepairReport) {
+fn repair_process(pid: i32, opts: &RepairOptions, report: &mut RepairReport) {
+    let timeout = opts.timeout;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let settled = |f: &Found| now.saturating_sub(f.header.record.applied_at) >= opts.min_age.as_secs();
     let comm = procfs::comm(pid);
     let entry = |h: &RegionHeader, action: &str, detail: String| RegionRepair {
         pid,
@@ -116,7 +146,7 @@ fn repair_process(pid: i32, timeout: Duration, report: &mut RepairReport) {
             Ok(v) => v,
             Err(e) => return report.errors.push(format!("process {pid} ({comm}): {e}")),
         };
-        for f in &found {
+        for f in found.iter().filter(|f| settled(f)) {
             let n = f.switched.iter().filter(|&&s| s).count();
             let outcome = match pass {
                 "complete" if n > 0 && n < f.switched.len() => {

@@ -11,10 +11,14 @@ use std::time::Duration;
 pub const DEFAULT_TRUST: &str = hotpatch_agent::trust::DEFAULT_TRUST_DIR;
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["pid", "all"])))]
 pub struct ApplyArgs {
     /// Process to patch.
     #[arg(long)]
-    pid: i32,
+    pid: Option<i32>,
+    /// Every process that maps the hotpatch's target (below its level), each on its own.
+    #[arg(long)]
+    all: bool,
     /// The hotpatch package.
     file: PathBuf,
     /// Trusted publisher key (.pub) or directory of them.
@@ -23,6 +27,24 @@ pub struct ApplyArgs {
     /// Seconds to keep retrying while a thread is inside a function being replaced.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
+    /// Where the journal of intents and outcomes is kept (read by `hotpatch repair`).
+    #[arg(long, default_value = hotpatch_agent::trust::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+}
+
+/// The journal, when the state directory can hold one. Without it apply still
+/// works: repair reads what is applied from the processes themselves.
+fn journal(state_dir: &std::path::Path) -> Option<hotpatch_agent::journal::Journal> {
+    let opened = hotpatch_agent::trust::prepare_state_dir(state_dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| Ok(hotpatch_agent::journal::Journal::open(state_dir)?));
+    match opened {
+        Ok(j) => Some(j),
+        Err(e) => {
+            tracing::warn!(error = %e, "no journal for this apply");
+            None
+        }
+    }
 }
 
 fn timeout(secs: f64) -> anyhow::Result<Duration> {
@@ -35,8 +57,21 @@ pub fn apply(args: ApplyArgs, out: &Output) -> anyhow::Result<()> {
     let package = hotpatch_format::verify(&bytes, &trust)
         .with_context(|| format!("{} failed verification; nothing was changed", args.file.display()))?;
     let opts = ApplyOptions { timeout: timeout(args.timeout)? };
-    let report = hotpatch_engine::apply(args.pid, &package, &opts)
-        .with_context(|| format!("hotpatch {} not applied to process {}", package.manifest.patch_id, args.pid))?;
+    let mut journal = journal(&args.state_dir);
+    let Some(pid) = args.pid else {
+        return apply_all(&package, &opts, journal.as_mut(), out);
+    };
+    let m = &package.manifest;
+    let id = journal.as_mut().and_then(|j| j.intent("apply", pid, &m.patch_id, m.level, &m.target.build_id).ok());
+    let lock = hotpatch_agent::lock::shared();
+    let applied = hotpatch_engine::apply(pid, &package, &opts);
+    drop(lock);
+    if let (Some(j), Some(id)) = (journal.as_mut(), id) {
+        let detail = applied.as_ref().map_or_else(|e| e.to_string(), |_| "applied".to_string());
+        let _ = j.outcome(id, applied.is_ok(), &detail);
+    }
+    let report =
+        applied.with_context(|| format!("hotpatch {} not applied to process {pid}", package.manifest.patch_id))?;
     if out.json {
         return out.print_json(&report);
     }
@@ -57,6 +92,36 @@ pub fn apply(args: ApplyArgs, out: &Output) -> anyhow::Result<()> {
         ("region", format!("0x{:x} ({} bytes)", report.region_start, report.region_size)),
         ("total", format!("{} ms", report.total_ms)),
     ]);
+    Ok(())
+}
+
+/// `apply --all`: each process on its own; fails if any process failed.
+fn apply_all(
+    package: &hotpatch_format::VerifiedPackage,
+    opts: &ApplyOptions,
+    journal: Option<&mut hotpatch_agent::journal::Journal>,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let results: Vec<_> =
+        hotpatch_agent::fleet::apply_everywhere(package, opts, journal).into_iter().filter(|r| !r.gone).collect();
+    let failed = results.iter().filter(|r| !r.ok).count();
+    if out.json {
+        out.print_json(&results)?;
+    } else if results.is_empty() {
+        println!("no running process needs {} level {}", package.manifest.patch_id, package.manifest.level);
+    } else {
+        let rows: Vec<Vec<String>> = results
+            .iter()
+            .map(|r| {
+                let state = if r.ok { out.good("applied") } else { out.bad("failed") };
+                vec![r.pid.to_string(), r.comm.clone(), state, r.detail.clone()]
+            })
+            .collect();
+        out.table(&["PID", "COMMAND", "RESULT", "DETAIL"], &rows);
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} process(es) not patched (the others were)", results.len());
+    }
     Ok(())
 }
 

@@ -168,6 +168,13 @@ pub struct RepairArgs {
     /// Seconds to keep retrying while a thread is inside code being switched or unmapped.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
+    /// Only this process (repeatable; default: every process).
+    #[arg(long)]
+    pid: Vec<i32>,
+    /// Leave alone regions written less than this many seconds ago (an apply
+    /// by a program that does not take the machine lock may be in progress).
+    #[arg(long, default_value_t = 60)]
+    min_age: u64,
 }
 
 /// Completes half-switched patches, unmaps regions nothing leads to, and
@@ -178,7 +185,12 @@ pub fn repair(args: RepairArgs, out: &Output) -> anyhow::Result<()> {
     if args.state_dir.exists() {
         hotpatch_agent::trust::check_safe(&args.state_dir, "state directory")?;
     }
-    let report = hotpatch_agent::repair::repair(&args.state_dir, timeout);
+    let opts = hotpatch_agent::repair::RepairOptions {
+        pids: (!args.pid.is_empty()).then(|| args.pid.clone()),
+        min_age: std::time::Duration::from_secs(args.min_age),
+        timeout,
+    };
+    let report = hotpatch_agent::repair::repair(&args.state_dir, &opts);
     if out.json {
         out.print_json(&report)?;
     } else {

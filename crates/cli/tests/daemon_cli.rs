@@ -50,7 +50,12 @@ fn the_daemon_patches_every_process_also_later_ones_reloads_on_sighup_and_stops_
     let intents = journal.lines().filter(|l| l.starts_with("{\"intent\"")).count();
     let outcomes = journal.lines().filter(|l| l.starts_with("{\"outcome\"")).count();
     assert_eq!((intents, outcomes), (8, 8), "{journal}");
-    let repaired = json(&run(&["--json", "repair", "--state-dir", &s(&f.path("state"))]));
+    let mut args = vec!["--json".to_string(), "repair".into(), "--state-dir".into(), s(&f.path("state"))];
+    args.extend(["--min-age".into(), "0".into()]);
+    for svc in early.iter().chain([&late]) {
+        args.extend(["--pid".into(), svc.pid().to_string()]);
+    }
+    let repaired = json(&run(&args.iter().map(String::as_str).collect::<Vec<_>>()));
     assert_eq!(repaired["regions"], serde_json::json!([]), "{repaired}");
 }
 

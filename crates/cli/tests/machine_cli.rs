@@ -69,7 +69,8 @@ fn apply_uses_the_trust_directory_and_names_it_when_missing() {
     let missing = tmp.path().join("trusted-keys");
     let pkg = tmp.path().join("x.hpatch");
     std::fs::write(&pkg, b"not a package").expect("write");
-    let out = run(&["apply", "--pid", "1", &s(&pkg), "--trust", &s(&missing)]);
+    let state = s(&tmp.path().join("state"));
+    let out = run(&["apply", "--pid", "1", &s(&pkg), "--trust", &s(&missing), "--state-dir", &state]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains(&format!("trust directory {} does not exist", s(&missing))), "{err}");

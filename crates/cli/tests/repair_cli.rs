@@ -43,7 +43,8 @@ fn apply(f: &Fixture, svc: &Svc, level: u32) {
     if !pkg.exists() {
         f.pack(&f.path("svc"), level, &pkg);
     }
-    json(&run(&["--json", "apply", "--pid", &svc.pid().to_string(), &s(&pkg), "--trust", &f.trust()]));
+    let (pid, state) = (svc.pid().to_string(), s(&f.path("state")));
+    json(&run(&["--json", "apply", "--pid", &pid, &s(&pkg), "--trust", &f.trust(), "--state-dir", &state]));
 }
 
 #[test]
@@ -62,7 +63,10 @@ fn repair_unmaps_an_unswitched_region_and_completes_a_half_switch() {
     unswitch(half.pid(), "scale");
     assert!(half.wait_for("43043"), "check switched, scale not");
 
-    let report = json(&run(&["--json", "repair", "--state-dir", &s(&state)]));
+    // Only this test's processes: other tests (and other programs) may be mid-apply.
+    let (a, b) = (lone.pid().to_string(), half.pid().to_string());
+    let scope = ["--min-age", "0", "--pid", &a, "--pid", &b];
+    let report = json(&run(&[&["--json", "repair", "--state-dir", &s(&state)][..], &scope].concat()));
     let action = |pid: i32| {
         report["regions"].as_array().and_then(|r| r.iter().find(|r| r["pid"] == pid)).map(|r| r["action"].clone())
     };
@@ -73,7 +77,7 @@ fn repair_unmaps_an_unswitched_region_and_completes_a_half_switch() {
     // Both keep running, and the repaired one can be patched again.
     apply(&f, &lone, 1);
     assert!(lone.wait_for(LEVEL1));
-    let again = json(&run(&["--json", "repair", "--state-dir", &s(&state)]));
+    let again = json(&run(&[&["--json", "repair", "--state-dir", &s(&state)][..], &scope].concat()));
     assert_eq!(again["regions"], serde_json::json!([]), "{again}");
 }
 
@@ -97,7 +101,9 @@ fn repair_closes_open_journal_intents_from_what_the_processes_show() {
     drop(j);
     gone.wait().expect("reap");
 
-    let report = json(&run(&["--json", "repair", "--state-dir", &s(&state)]));
+    let (p1, p2) = (svc.pid().to_string(), untouched.pid().to_string());
+    let args = ["--json", "repair", "--state-dir", &s(&state), "--min-age", "0", "--pid", &p1, "--pid", &p2];
+    let report = json(&run(&args));
     let finding = |id: u64| {
         report["intents"].as_array().and_then(|i| i.iter().find(|i| i["id"] == id)).map(|i| i["finding"].to_string())
     };

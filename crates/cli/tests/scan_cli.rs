@@ -30,7 +30,18 @@ fn scan_offers_by_applied_level_and_names_processes_that_need_a_restart() {
     let patched = Svc::start(&f.path("svc"));
     let unpatched = Svc::start(&f.path("svc"));
     let pkg = s(&catalog.join("svc-1.hpatch"));
-    json(&run(&["--json", "apply", "--pid", &patched.pid().to_string(), &pkg, "--trust", &f.trust()]));
+    let state = s(&f.path("state"));
+    json(&run(&[
+        "--json",
+        "apply",
+        "--pid",
+        &patched.pid().to_string(),
+        &pkg,
+        "--trust",
+        &f.trust(),
+        "--state-dir",
+        &state,
+    ]));
     assert!(patched.wait_for(LEVEL1));
 
     // A copy whose file is then replaced by another build, and one whose file is deleted.
@@ -76,4 +87,25 @@ fn scan_offers_by_applied_level_and_names_processes_that_need_a_restart() {
     let out = run(&["scan", "--state-dir", &s(&f.path("no-state"))]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--catalog DIR"));
+}
+
+#[test]
+fn apply_all_patches_every_process_of_the_target_each_on_its_own() {
+    let f = Fixture::new();
+    let pkg = f.path("svc-1.hpatch");
+    f.pack(&f.path("svc"), 1, &pkg);
+    let procs: Vec<Svc> = (0..4).map(|_| Svc::start(&f.path("svc"))).collect();
+    let state = s(&f.path("state"));
+    let results = json(&run(&["--json", "apply", "--all", &s(&pkg), "--trust", &f.trust(), "--state-dir", &state]));
+    for svc in &procs {
+        let r =
+            results.as_array().and_then(|r| r.iter().find(|r| r["pid"] == svc.pid())).expect("a result per process");
+        assert_eq!(r["ok"], true, "{results}");
+        assert!(svc.wait_for(LEVEL1));
+    }
+    // Nothing left to do: already at the level.
+    let again = json(&run(&["--json", "apply", "--all", &s(&pkg), "--trust", &f.trust(), "--state-dir", &state]));
+    assert_eq!(again, serde_json::json!([]));
+    let out = run(&["apply", &s(&pkg), "--trust", &f.trust()]);
+    assert!(!out.status.success(), "--pid or --all is required");
 }
