@@ -5,24 +5,34 @@ use std::path::PathBuf;
 
 use clap::Args;
 use hotpatch_agent::readiness::{self, State};
-use hotpatch_agent::trust::{DEFAULT_STATE_DIR, DEFAULT_TRUST_DIR};
+use hotpatch_agent::trust::{DEFAULT_CONFIG, DEFAULT_STATE_DIR, DEFAULT_TRUST_DIR};
 
 use crate::output::Output;
 
 #[derive(Args)]
 pub struct ReadinessArgs {
-    /// The trust directory to check.
-    #[arg(long, default_value = DEFAULT_TRUST_DIR)]
-    trust: PathBuf,
-    /// The agent's state directory to check.
-    #[arg(long, default_value = DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
+    /// The trust directory to check [default: the configuration's, else /etc/hotpatch/trusted-keys].
+    #[arg(long)]
+    trust: Option<PathBuf>,
+    /// The agent's state directory to check [default: the configuration's, else /var/lib/hotpatch].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// The agent's configuration (its required_readiness is the policy)
+    /// [default: /etc/hotpatch/agent.toml, if present].
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 /// Prints every check; exits 1 (after printing) when a required one failed.
 pub fn readiness(args: ReadinessArgs, out: &Output) -> anyhow::Result<()> {
-    let paths = readiness::Paths { trust_dir: &args.trust, state_dir: &args.state_dir };
-    let report = readiness::assess(&paths, &readiness::Policy::default());
+    let config = match &args.config {
+        Some(path) => hotpatch_agent::config::Config::load(path, true)?,
+        None => hotpatch_agent::config::Config::load(std::path::Path::new(DEFAULT_CONFIG), false)?,
+    };
+    let trust_dir = args.trust.unwrap_or_else(|| config.trust_dir.clone());
+    let state_dir = args.state_dir.unwrap_or_else(|| config.state_dir.clone());
+    let paths = readiness::Paths { trust_dir: &trust_dir, state_dir: &state_dir };
+    let report = readiness::assess(&paths, &config.readiness_policy());
     if out.json {
         out.print_json(&report)?;
     } else {

@@ -79,3 +79,11 @@ fn a_malformed_or_unsafe_configuration_is_refused_naming_it() {
     let err = String::from_utf8_lossy(&run(&["agent", "--config", &s(&missing)]).stderr).into_owned();
     assert!(err.contains("nowhere.toml"), "{err}");
 }
+
+#[test]
+fn the_shipped_example_configuration_parses() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/dist/agent.toml");
+    let text = std::fs::read_to_string(&path).expect("example config");
+    let config = hotpatch_agent::config::Config::parse(&path, &text).expect("parses");
+    assert_eq!(config, hotpatch_agent::config::Config::default());
+}

@@ -61,6 +61,18 @@ fn readiness_reports_each_prerequisite_and_exits_by_the_verdict() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("not ready"), "{text}");
     assert!(text.contains(&s(&missing)) && text.contains("FAILED"), "{text}");
+
+    // Policy from the configuration: trust made advisory, the machine counts as ready.
+    let cfg = tmp.path().join("agent.toml");
+    std::fs::write(&cfg, "required_readiness = [\"architecture\", \"privileges\"]\n").expect("write");
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = run(&["readiness", "--json", "--config", &s(&cfg), "--trust", &s(&missing), "--state-dir", &s(&state)]);
+    let report = json(&out);
+    assert!(out.status.success(), "{report}");
+    assert_eq!(
+        (check(&report, "trust")["state"].as_str(), check(&report, "trust")["required"].as_bool()),
+        (Some("failed"), Some(false))
+    );
 }
 
 #[test]
