@@ -53,7 +53,7 @@ fn paint(state: State, out: &Output) -> String {
     }
 }
 
-fn print_readiness(report: &readiness::Readiness, out: &Output) {
+pub(crate) fn print_readiness(report: &readiness::Readiness, out: &Output) {
     let verdict = if report.ready { out.good("ready") } else { out.bad("not ready") };
     println!("{} for hotpatching", verdict);
     let rows: Vec<Vec<String>> = report
@@ -123,7 +123,7 @@ pub fn scan(args: ScanArgs, out: &Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_scan(report: &hotpatch_agent::scan::ScanReport, out: &Output) {
+pub(crate) fn print_scan(report: &hotpatch_agent::scan::ScanReport, out: &Output) {
     use hotpatch_agent::scan::Status;
     println!("catalog: {}", report.catalog);
     let rows: Vec<Vec<String>> = report

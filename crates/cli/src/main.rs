@@ -1,6 +1,7 @@
 //! `hotpatch`: the machine-side command. Publishers use it to make and sign
 //! hotpatches; operators use it to inspect, verify and apply them.
 
+mod console;
 mod demo;
 mod keys;
 mod live;
@@ -48,6 +49,9 @@ enum Command {
     Scan(machine::ScanArgs),
     /// Finish or undo what an interrupted apply left, from the processes and the journal.
     Repair(machine::RepairArgs),
+    /// A numbered menu for an operator at the machine: status, readiness, scan,
+    /// apply, roll back, enrollment, settings.
+    Console(console::ConsoleArgs),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         Command::Readiness(args) => machine::readiness(args, &out),
         Command::Scan(args) => machine::scan(args, &out),
         Command::Repair(args) => machine::repair(args, &out),
+        Command::Console(args) => console::console(args, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
