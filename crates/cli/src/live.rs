@@ -142,8 +142,37 @@ pub fn status(args: StatusArgs, out: &Output) -> anyhow::Result<()> {
     }
     if applied.is_empty() {
         println!("no hotpatch applied{}", args.pid.map(|p| format!(" in process {p}")).unwrap_or_default());
-        return Ok(());
+    } else {
+        status_table(&applied, out);
     }
+    if args.pid.is_none() {
+        machine_summary();
+    }
+    Ok(())
+}
+
+/// What `status` without `--pid` adds for the whole machine: the last
+/// check-in and the kernel's own livepatch modules.
+fn machine_summary() {
+    let state_dir = std::path::Path::new(hotpatch_agent::trust::DEFAULT_STATE_DIR);
+    match hotpatch_agent::state::load_last_checkin(state_dir) {
+        Ok(Some(last)) => match &last.error {
+            None => println!("last check-in: {} (ok)", last.at_text()),
+            Some(e) => println!("last check-in: {} failed: {e}", last.at_text()),
+        },
+        _ => println!("last check-in: none"),
+    }
+    let modules = hotpatch_agent::readiness::kernel_livepatches(std::path::Path::new("/sys/kernel/livepatch"));
+    if modules.is_empty() {
+        println!("kernel livepatch modules: none");
+    }
+    for m in modules {
+        let on = |v: Option<bool>| v.map_or("unknown", |b| if b { "yes" } else { "no" });
+        println!("kernel livepatch {}: enabled {}, in transition {}", m.name, on(m.enabled), on(m.transition));
+    }
+}
+
+fn status_table(applied: &[AppliedPatch], out: &Output) {
     let rows: Vec<Vec<String>> = applied
         .iter()
         .map(|a| {
@@ -158,7 +187,6 @@ pub fn status(args: StatusArgs, out: &Output) -> anyhow::Result<()> {
         })
         .collect();
     out.table(&["PID", "PATCH", "LEVEL", "TARGET", "FUNCTIONS", "STATE"], &rows);
-    Ok(())
 }
 
 #[derive(Args)]

@@ -111,6 +111,14 @@ fn the_daemon_takes_assigned_work_from_the_server_and_reports_every_process() {
     for svc in &procs {
         assert!(detail.contains(&svc.pid().to_string()), "{detail}");
     }
+    // A scan without --catalog asks the control plane: the assigned level is applied everywhere.
+    let scanned = json(&run(&["--json", "scan", "--state-dir", &s(&state)]));
+    assert!(scanned["catalog"].as_str().is_some_and(|c| c.contains(&base)), "{scanned}");
+    let ours: Vec<&Value> = scanned["targets"]
+        .as_array()
+        .map(|t| t.iter().filter(|t| t["build_id"] == manifest["target"]["build_id"]).collect())
+        .unwrap_or_default();
+    assert!(!ours.is_empty() && ours.iter().all(|t| t["status"] == "up-to-date"), "{scanned}");
     // It keeps checking in on the server's interval, and readiness sees the last check-in.
     assert!(checkins.recv_timeout(Duration::from_secs(60)).is_ok(), "no further check-in");
     let ready = run(&["--json", "readiness", "--trust", &f.trust(), "--state-dir", &s(&state)]);

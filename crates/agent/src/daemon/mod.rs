@@ -88,6 +88,7 @@ impl Daemon {
         let repaired = crate::repair::repair(&config.state_dir, &opts);
         tracing::info!(fixed = repaired.fixed(), "journal and processes repaired at start");
         let journal = Journal::open(&config.state_dir)?;
+        warn_unready(&config);
         let now = Instant::now();
         Ok(Daemon {
             config_path: config_path.to_path_buf(),
@@ -188,6 +189,20 @@ impl Daemon {
                 Err(e) => tracing::warn!(problem = %e, "catalog package left out"),
             }
         }
+    }
+}
+
+/// Says at start what will keep the agent from working: a required readiness
+/// check that fails, or nothing to take work from.
+fn warn_unready(config: &Config) {
+    let paths = crate::readiness::Paths { trust_dir: &config.trust_dir, state_dir: &config.state_dir };
+    let readiness = crate::readiness::assess(&paths, &config.readiness_policy());
+    for c in readiness.checks.iter().filter(|c| c.required && c.state == crate::readiness::State::Failed) {
+        tracing::error!(check = c.name, detail = %c.detail, "required readiness check failed");
+    }
+    let enrolled = crate::state::load_credential(&config.state_dir).is_ok();
+    if !enrolled && config.catalog_dir.is_none() {
+        tracing::warn!("not enrolled and no catalog_dir configured: nothing will be applied");
     }
 }
 
