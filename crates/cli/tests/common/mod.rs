@@ -132,7 +132,12 @@ impl Svc {
     }
 
     /// Starts a command whose output is the service's (e.g. the service under a tracer).
-    pub fn start_command(mut command: Command) -> Svc {
+    pub fn start_command(command: Command) -> Svc {
+        Svc::start_command_first(command, UNPATCHED)
+    }
+
+    /// Starts a command and waits for its first value, which must be `first`.
+    pub fn start_command_first(mut command: Command, first: &str) -> Svc {
         let mut child = command.stdout(Stdio::piped()).spawn().expect("start service");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = std::sync::mpsc::channel();
@@ -144,7 +149,7 @@ impl Svc {
             }
         });
         let svc = Svc { child, lines };
-        assert_eq!(svc.next().as_deref(), Some(UNPATCHED));
+        assert_eq!(svc.next().as_deref(), Some(first));
         svc
     }
 
