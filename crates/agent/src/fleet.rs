@@ -123,3 +123,24 @@ pub fn apply_everywhere(
         .map(|pid| apply_one(pid, package, opts, journal.as_deref_mut()))
         .collect()
 }
+
+/// Rolls `patch_id` back in one process under the machine lock, journaling
+/// the intent before and the outcome after (`build_id` as far as known).
+pub fn rollback_one(
+    pid: i32,
+    patch_id: &str,
+    build_id: &str,
+    opts: &ApplyOptions,
+    journal: Option<&mut Journal>,
+) -> Result<hotpatch_engine::RollbackReport, EngineError> {
+    let mut journal = journal;
+    let id = journal.as_deref_mut().and_then(|j| j.intent("rollback", pid, patch_id, 0, build_id).ok());
+    let lock = crate::lock::shared();
+    let result = hotpatch_engine::rollback(pid, Some(patch_id), opts);
+    drop(lock);
+    if let (Some(j), Some(id)) = (journal, id) {
+        let detail = result.as_ref().map_or_else(|e| e.to_string(), |_| "rolled back".to_string());
+        let _ = j.outcome(id, result.is_ok(), &detail);
+    }
+    result
+}

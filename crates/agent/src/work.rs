@@ -86,7 +86,8 @@ pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutc
         }
     }
     for w in &answer.rollbacks {
-        if let Some(r) = roll_back(w) {
+        let mut journal = crate::journal::Journal::open(state_dir).ok();
+        if let Some(r) = roll_back(w, journal.as_mut()) {
             results.push(r);
         }
     }
@@ -251,7 +252,7 @@ fn apply_hotpatch(
     }
 }
 
-pub(crate) fn roll_back(w: &RollbackWork) -> Option<WorkResult> {
+pub(crate) fn roll_back(w: &RollbackWork, mut journal: Option<&mut crate::journal::Journal>) -> Option<WorkResult> {
     let pids = hotpatch_engine::processes_with_target(&w.build_id);
     if pids.is_empty() {
         return None;
@@ -260,7 +261,7 @@ pub(crate) fn roll_back(w: &RollbackWork) -> Option<WorkResult> {
     let mut errors = Vec::new();
     let mut done = 0;
     for pid in pids {
-        match hotpatch_engine::rollback(pid, Some(&w.patch_id), &opts) {
+        match crate::fleet::rollback_one(pid, &w.patch_id, &w.build_id, &opts, journal.as_deref_mut()) {
             Ok(_) => done += 1,
             Err(hotpatch_engine::EngineError::NotApplied(_)) => {}
             Err(e) => errors.push(format!("pid {pid}: {e}")),

@@ -202,8 +202,10 @@ pub struct RollbackArgs {
 
 pub fn rollback(args: RollbackArgs, out: &Output) -> anyhow::Result<()> {
     let opts = ApplyOptions { timeout: timeout(args.timeout)? };
-    let report = hotpatch_engine::rollback(args.pid, args.patch_id.as_deref(), &opts)
-        .with_context(|| format!("rollback in process {} failed; nothing was changed", args.pid))?;
+    let lock = hotpatch_agent::lock::shared();
+    let rolled = hotpatch_engine::rollback(args.pid, args.patch_id.as_deref(), &opts);
+    drop(lock);
+    let report = rolled.with_context(|| format!("rollback in process {} failed; nothing was changed", args.pid))?;
     if out.json {
         return out.print_json(&report);
     }

@@ -9,6 +9,7 @@ use common::*;
 
 const LIB_C: &str = r#"
 int base = 7;
+__attribute__((used)) static const char fixture_tag[] = FIXTURE_TAG;
 __attribute__((noinline)) int libcheck(int x) { return x * 10 + base; }
 "#;
 
@@ -37,7 +38,7 @@ fn a_library_hotpatch_reaches_all_twenty_processes_that_map_it() {
     std::fs::write(f.path("lib.c"), LIB_C).expect("write");
     std::fs::write(f.path("app.c"), APP_C).expect("write");
     std::fs::write(f.path("libfix.c"), FIX_C).expect("write");
-    gcc(d, &["-O1", "-fno-ipa-ra", "-fPIC", "-shared", "-o", "libdemo.so", "lib.c"]);
+    gcc(d, &["-O1", "-fno-ipa-ra", "-fPIC", "-shared", &f.tag(), "-o", "libdemo.so", "lib.c"]);
     gcc(d, &["-O1", "-o", "app", "app.c", "-L.", "-ldemo", "-Wl,-rpath,$ORIGIN"]);
     gcc(d, &["-c", "-fPIC", "-O2", "libfix.c"]);
     let catalog = f.path("catalog");

@@ -49,7 +49,7 @@ fn scan_offers_by_applied_level_and_names_processes_that_need_a_restart() {
     std::fs::copy(f.path("svc"), f.path("svc-deleted")).expect("copy");
     let replaced = Svc::start(&f.path("svc-replaced"));
     let deleted = Svc::start(&f.path("svc-deleted"));
-    gcc(f.dir.path(), &["-O2", "-o", "svc-new", "svc.c"]);
+    gcc(f.dir.path(), &["-O2", &f.tag(), "-o", "svc-new", "svc.c"]);
     std::fs::rename(f.path("svc-new"), f.path("svc-replaced")).expect("replace");
     std::fs::remove_file(f.path("svc-deleted")).expect("delete");
 

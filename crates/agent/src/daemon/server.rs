@@ -68,7 +68,7 @@ impl Daemon {
         }
         for w in &answer.rollbacks {
             self.jobs.remove(&w.patch_id);
-            if let Some(r) = work::roll_back(w) {
+            if let Some(r) = work::roll_back(w, Some(&mut self.journal)) {
                 self.outbox.push(r);
             }
         }

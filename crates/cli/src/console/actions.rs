@@ -65,11 +65,9 @@ impl Console<'_> {
             return Ok(());
         };
         let opts = ApplyOptions { timeout: self.config.apply_timeout() };
+        let mut journal = hotpatch_agent::journal::Journal::open(&self.config.state_dir).ok();
         for &pid in pids {
-            let lock = hotpatch_agent::lock::shared();
-            let result = hotpatch_engine::rollback(pid, Some(patch), &opts);
-            drop(lock);
-            match result {
+            match hotpatch_agent::fleet::rollback_one(pid, patch, "", &opts, journal.as_mut()) {
                 Ok(r) => println!("  {} {patch} in {pid} (pause {} µs)", self.out.good("rolled back"), r.pause_us),
                 Err(e) => println!("  {} {pid}: {e}", self.out.bad("failed")),
             }

@@ -19,6 +19,8 @@ pub const SVC_C: &str = r#"
 #include <stdio.h>
 #include <unistd.h>
 int counter = 41;
+/* Makes each fixture's build-id its own: tests running side by side must not patch each other's processes. */
+__attribute__((used)) static const char fixture_tag[] = FIXTURE_TAG;
 __attribute__((noinline)) int check(int x) { return x + counter; }
 __attribute__((noinline)) int scale(int x) { return x * 2 + counter; }
 int main(int argc, char **argv) {
@@ -78,7 +80,7 @@ impl Fixture {
         std::fs::set_permissions(f.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
         std::fs::write(f.path("svc.c"), SVC_C).expect("write");
         std::fs::write(f.path("fix.c"), FIX_C).expect("write");
-        gcc(f.dir.path(), &["-O1", "-fno-ipa-ra", "-o", "svc", "svc.c"]);
+        gcc(f.dir.path(), &["-O1", "-fno-ipa-ra", &f.tag(), "-o", "svc", "svc.c"]);
         gcc(f.dir.path(), &["-c", "-fPIC", "-O2", "fix.c"]);
         assert!(run(&["keygen", "--out", &s(&f.path("keys"))]).status.success());
         let trust = f.path("trusted-keys");
@@ -86,6 +88,11 @@ impl Fixture {
         std::fs::set_permissions(&trust, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         std::fs::copy(f.path("keys/publisher.pub"), trust.join("publisher.pub")).expect("copy");
         f
+    }
+
+    /// `-DFIXTURE_TAG="<this fixture's directory>"`, for sources that embed it.
+    pub fn tag(&self) -> String {
+        format!("-DFIXTURE_TAG={:?}", s(self.dir.path()))
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
