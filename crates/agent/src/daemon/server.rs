@@ -53,8 +53,17 @@ impl Daemon {
             pending.append(&mut self.outbox);
             state::save_pending(&dir, &pending)?;
         }
+        let started = Instant::now();
         let running = hotpatch_engine::running_targets();
-        let (answer, _) = work::exchange(&dir, &client, &signer, &facts::collect(), &work::summarize(&running))?;
+        let facts = facts::collect();
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "facts and targets collected");
+        let (answer, _) = work::exchange(&dir, &client, &signer, &facts, &work::summarize(&running))?;
+        tracing::info!(
+            hotpatches = answer.hotpatches.len(),
+            rollbacks = answer.rollbacks.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "checked in"
+        );
         for w in &answer.hotpatches {
             if let Some(job) = self.jobs.get_mut(&w.patch_id) {
                 // Re-offered (a process lags) or offered by a second deployment: the same work.

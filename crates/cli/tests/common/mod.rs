@@ -202,9 +202,10 @@ pub struct Agent {
 impl Agent {
     pub fn start(config: &Path, log: &Path) -> Agent {
         let err = std::fs::File::create(log).expect("log file");
+        // TEST_AGENT_LOG=debug shows more in the log a failing test prints.
         let child = Command::new(HOTPATCH)
             .args(["agent", "--config", &s(config)])
-            .env("HOTPATCH_LOG", "info")
+            .env("HOTPATCH_LOG", std::env::var("TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(err)
