@@ -87,3 +87,33 @@ fn the_shipped_example_configuration_parses() {
     let config = hotpatch_agent::config::Config::parse(&path, &text).expect("parses");
     assert_eq!(config, hotpatch_agent::config::Config::default());
 }
+
+#[test]
+fn a_process_started_later_is_found_through_process_events_between_rescans() {
+    let f = Fixture::new();
+    let catalog = f.path("catalog");
+    std::fs::create_dir(&catalog).expect("mkdir");
+    f.pack(&f.path("svc"), 1, &catalog.join("svc-1.hpatch"));
+    let path = f.path("agent.toml");
+    // Rescans ten minutes apart: only an exec event can find the new process in time.
+    let text = format!(
+        "state_dir = {:?}\ntrust_dir = {:?}\ncatalog_dir = {:?}\nrescan_seconds = 600\n",
+        s(&f.path("state")),
+        f.trust(),
+        s(&catalog)
+    );
+    write_config(&path, &text);
+    let agent = Agent::start_logging(&path, &f.path("agent.log"), "hotpatch_agent=debug");
+    // Started once the agent has looked at every process and listens for events.
+    for _ in 0..600 {
+        if agent.log_text().contains("every process looked at") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(agent.log_text().contains("listening to process events"), "{}", agent.log_text());
+    let late = Svc::start(&f.path("svc"));
+    assert!(late.wait_for(LEVEL1), "not patched through its exec event; log:\n{}", agent.log_text());
+    let log = agent.log_text();
+    assert!(log.contains(&format!("process exec'd; looking at it pid={}", late.pid())), "{log}");
+}

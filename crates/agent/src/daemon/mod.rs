@@ -4,6 +4,7 @@
 //! processes started later by a periodic rescan, and reporting per-process
 //! results. SIGHUP reloads the configuration. The journal is repaired at start.
 
+mod events;
 mod jobs;
 mod scan;
 mod server;
@@ -24,6 +25,9 @@ use jobs::{Job, ProcessKey};
 const TICK: Duration = Duration::from_millis(100);
 /// Every process is looked at again this often (one that exec'd keeps its pid).
 const FULL_RESCAN: Duration = Duration::from_secs(30);
+/// An exec'd process is looked at this long after the event, once its
+/// dynamic loader has mapped its libraries (a retry covers a slower one).
+const LOADER_SETTLE: Duration = Duration::from_millis(100);
 /// The local catalog directory is re-read this often.
 const CATALOG_RELOAD: Duration = Duration::from_secs(60);
 
@@ -71,6 +75,9 @@ pub struct Daemon {
     /// Processes looked at since the last full rescan.
     seen: HashSet<ProcessKey>,
     outbox: Vec<WorkResult>,
+    /// Exec events from the kernel, and the processes they named, due for a look.
+    events: Option<std::sync::mpsc::Receiver<i32>>,
+    soon: Vec<(Instant, i32)>,
     next_check_in: Instant,
     next_rescan: Instant,
     next_full_rescan: Instant,
@@ -100,6 +107,8 @@ impl Daemon {
             jobs: BTreeMap::new(),
             seen: HashSet::new(),
             outbox: Vec::new(),
+            events: None,
+            soon: Vec::new(),
             next_check_in: now,
             next_rescan: now,
             next_full_rescan: now + FULL_RESCAN,
@@ -110,6 +119,7 @@ impl Daemon {
     /// Runs until SIGTERM or SIGINT; the transition in progress is finished first.
     pub fn run(mut self) -> Result<(), DaemonError> {
         signals::install_all().map_err(DaemonError::Signals)?;
+        self.events = events::listen();
         tracing::info!(config = %self.config_path.display(), "agent started");
         while !signals::stop_requested() {
             if signals::take_reload() {
@@ -127,6 +137,7 @@ impl Daemon {
                 self.rescan(now >= self.next_full_rescan);
                 self.next_rescan = Instant::now() + self.config.rescan();
             }
+            self.look_at_new_processes();
             if !self.outbox.is_empty() && self.next_check_in > Instant::now() + Duration::from_secs(2) {
                 // Results go to the server soon, not at the next regular check-in.
                 self.next_check_in = Instant::now() + Duration::from_secs(1);

@@ -26,6 +26,7 @@ impl Daemon {
             return;
         }
         let me = std::process::id() as i32;
+        let first = self.seen.is_empty() && !full;
         for pid in procfs::pids() {
             // SIGTERM: the transition in progress has finished; start no other.
             if signals::stop_requested() {
@@ -41,6 +42,39 @@ impl Daemon {
             }
         }
         self.collect_results();
+        if first {
+            tracing::info!(processes = self.seen.len(), "every process looked at");
+        }
+    }
+
+    /// Processes named by exec events, once the loader had its moment.
+    pub(super) fn look_at_new_processes(&mut self) {
+        let now = Instant::now();
+        if let Some(rx) = &self.events {
+            self.soon.extend(rx.try_iter().map(|pid| (now + super::LOADER_SETTLE, pid)));
+        }
+        if self.jobs.is_empty() {
+            self.soon.clear();
+            return;
+        }
+        let (due, later): (Vec<_>, Vec<_>) = self.soon.drain(..).partition(|(at, _)| *at <= now);
+        self.soon = later;
+        let mut looked = false;
+        for (_, pid) in due {
+            let Some(start) = start_time(pid) else { continue };
+            // An exec keeps pid and start time but runs a new program: forget
+            // what was tried on the old one and look again.
+            self.seen.insert((pid, start));
+            for job in self.jobs.values_mut() {
+                job.procs.remove(&(pid, start));
+            }
+            tracing::debug!(pid, "process exec'd; looking at it");
+            self.visit((pid, start));
+            looked = true;
+        }
+        if looked {
+            self.collect_results();
+        }
     }
 
     /// Applies each due job whose target this process maps.

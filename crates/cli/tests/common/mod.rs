@@ -201,11 +201,17 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(config: &Path, log: &Path) -> Agent {
+        let level = std::env::var("TEST_AGENT_LOG").unwrap_or_else(|_| "info".into());
+        Agent::start_logging(config, log, &level)
+    }
+
+    /// Starts the agent with `HOTPATCH_LOG=level`.
+    pub fn start_logging(config: &Path, log: &Path, level: &str) -> Agent {
         let err = std::fs::File::create(log).expect("log file");
         // TEST_AGENT_LOG=debug shows more in the log a failing test prints.
         let child = Command::new(HOTPATCH)
             .args(["agent", "--config", &s(config)])
-            .env("HOTPATCH_LOG", std::env::var("TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()))
+            .env("HOTPATCH_LOG", level)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(err)
