@@ -113,3 +113,27 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_overrides_and_refusals() {
+        let p = Path::new("/etc/hotpatch/agent.toml");
+        assert_eq!(Config::parse(p, "").expect("empty"), Config::default());
+        let c = Config::parse(p, "rescan_seconds = 0.5\ncatalog_dir = \"/srv/c\"\nmax_attempts = 3\n").expect("parse");
+        assert_eq!(
+            (c.rescan(), c.catalog_dir.as_deref(), c.max_attempts),
+            (Duration::from_millis(500), Some(Path::new("/srv/c")), 3)
+        );
+        for bad in
+            ["rescan_seconds = 0", "rescan_seconds = -1", "max_attempts = 0", "unknown = 1", "state_dir = 3", "[x"]
+        {
+            let e = Config::parse(p, bad).expect_err(bad).to_string();
+            assert!(e.contains("/etc/hotpatch/agent.toml"), "{bad}: {e}");
+        }
+        let policy = Config::parse(p, "required_readiness = [\"architecture\"]").expect("parse").readiness_policy();
+        assert_eq!(policy.required, ["architecture"]);
+    }
+}

@@ -18,6 +18,8 @@ pub mod readiness;
 pub mod repair;
 pub mod scan;
 pub mod state;
+#[cfg(test)]
+mod test_support;
 pub mod trust;
 pub mod work;
 

@@ -129,3 +129,60 @@ impl Job {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(pid: i32, ok: bool, retry: bool, gone: bool) -> ProcessResult {
+        ProcessResult {
+            pid,
+            comm: "svc".into(),
+            ok,
+            retry,
+            gone,
+            detail: if ok { "applied".into() } else { "busy".into() },
+        }
+    }
+
+    fn job() -> Job {
+        let mut j = Job::new(crate::test_support::package("aa", 1));
+        j.deployments.insert("d1".into());
+        j.deployments.insert("d2".into());
+        j
+    }
+
+    #[test]
+    fn applied_once_any_process_runs_it_naming_the_ones_still_retried() {
+        let mut j = job();
+        let max = Duration::from_secs(1);
+        j.record((1, 10), result(1, true, false, false), max);
+        j.record((2, 20), result(2, false, true, false), max);
+        let r = j.new_results(8);
+        assert_eq!(r.len(), 2, "one result per deployment");
+        assert_eq!(r[0].status, "applied");
+        assert!(
+            r[0].detail.contains("1 of 2") && r[0].detail.contains("pid 2 (svc): busy [retrying"),
+            "{}",
+            r[0].detail
+        );
+        assert!(j.new_results(8).is_empty(), "reported once");
+        assert!(!j.due(&(2, 20), 8), "backing off");
+        assert!(!j.due(&(1, 10), 8), "done");
+        assert!(j.due(&(3, 30), 8), "a new process");
+    }
+
+    #[test]
+    fn failed_only_when_every_process_gave_up_and_gone_ones_do_not_count() {
+        let mut j = job();
+        let max = Duration::from_secs(1);
+        j.record((1, 10), result(1, false, true, false), max);
+        j.record((3, 30), result(3, false, false, true), max);
+        assert!(j.new_results(2).is_empty(), "still retrying: nothing to report");
+        j.record((1, 10), result(1, false, true, false), max);
+        let r = j.new_results(2);
+        assert_eq!(r.iter().map(|r| r.status.as_str()).collect::<Vec<_>>(), ["failed", "failed"]);
+        assert!(r[0].detail.contains("gave up after 2 attempt(s)"), "{}", r[0].detail);
+        assert!(!r[0].detail.contains("pid 3"), "the process that exited is not a failure");
+    }
+}

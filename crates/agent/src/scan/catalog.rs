@@ -154,3 +154,60 @@ pub fn offer(
     };
     hotpatch_release::decide(&input).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::manifest;
+    use hotpatch_format::Classification;
+
+    const B: &str = "ab12cd34ab12cd34ab12cd34ab12cd34ab12cd34";
+
+    fn entry(level: u32, c: Classification) -> Entry {
+        Entry { file: format!("/c/l{level}.hpatch").into(), manifest: manifest(B, level, c) }
+    }
+
+    fn today() -> jiff::civil::Date {
+        jiff::civil::date(2026, 12, 2)
+    }
+
+    #[test]
+    fn the_highest_level_is_offered_with_the_cves_of_every_level_it_brings() {
+        let (e1, e2) = (entry(1, Classification::Security), entry(2, Classification::Critical));
+        let offer = offer(B, None, &[&e1, &e2], today()).expect("offer");
+        assert!(matches!(&offer, Offer::Hotpatch { level: 2, cves, .. } if cves.len() == 2), "{offer:?}");
+        let offer = offer_at(1, &[&e1, &e2]);
+        assert!(matches!(offer, Offer::Hotpatch { level: 2, .. }));
+        assert!(matches!(offer_at(2, &[&e1, &e2]), Offer::UpToDate { .. }));
+        assert!(matches!(offer_at(5, &[&e1, &e2]), Offer::UpToDate { .. }), "a level above the catalog's");
+    }
+
+    fn offer_at(applied: u32, entries: &[&Entry]) -> Offer {
+        offer(B, Some(applied), entries, today()).expect("offer")
+    }
+
+    #[test]
+    fn a_level_that_cannot_ship_as_a_hotpatch_blocks_the_levels_above_it() {
+        let (e1, e2) = (entry(1, Classification::NonSecurity), entry(2, Classification::Security));
+        let offer = offer(B, None, &[&e1, &e2], today()).expect("offer");
+        assert!(
+            matches!(&offer, Offer::UpToDate { reason } if reason.contains("cannot ship as a hotpatch")),
+            "{offer:?}"
+        );
+    }
+
+    #[test]
+    fn clashing_packages_are_left_out_and_named() {
+        let mut c = DirCatalog::default();
+        c.add("/c/a.hpatch".into(), manifest(B, 1, Classification::Security));
+        c.add("/c/b.hpatch".into(), manifest(B, 1, Classification::Security));
+        let mut other = manifest(B, 2, Classification::Security);
+        other.product = "another".into();
+        c.add("/c/c.hpatch".into(), other);
+        c.add("/c/d.hpatch".into(), manifest(B, 3, Classification::Security));
+        assert_eq!(c.entries.len(), 2);
+        assert_eq!(c.problems.len(), 2, "{:?}", c.problems);
+        assert!(c.problems[0].contains("/c/b.hpatch") && c.problems[0].contains("/c/a.hpatch"));
+        assert_eq!(c.latest().get(B).map(|e| e.manifest.level), Some(3));
+    }
+}

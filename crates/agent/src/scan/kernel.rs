@@ -46,3 +46,15 @@ pub fn scan() -> KernelScan {
     };
     KernelScan { running, newest_installed: Some(newest), reboot_required, reason }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_kernel_is_ordered_by_its_numbers() {
+        let installed = ["6.1.0-9-amd64", "6.1.0-18-amd64", "5.10.0-30-amd64"].map(String::from);
+        assert_eq!(newest(&installed).as_deref(), Some("6.1.0-18-amd64"));
+        assert_eq!(newest(&[]), None);
+    }
+}
