@@ -18,6 +18,9 @@ pub struct ProcessResult {
     pub retry: bool,
     /// The process exited or exec'd another program meanwhile: nothing to do for it.
     pub gone: bool,
+    /// First thread stopped to last resumed, when a transition switched it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_us: Option<u64>,
     pub detail: String,
 }
 
@@ -44,12 +47,59 @@ pub fn applied_level(pid: i32, build_id: &str) -> u32 {
         .unwrap_or(0)
 }
 
+/// Build-ids of mapped files, read once per file however many processes map
+/// it: most processes share their libraries, so a machine-wide look costs
+/// about one read per distinct file instead of one per mapping.
+#[derive(Debug, Default)]
+pub struct BuildIds {
+    by_file: std::collections::HashMap<(u64, String), Option<String>>,
+}
+
+impl BuildIds {
+    /// Build-ids (hex) of the ELF objects `pid` maps.
+    pub fn of(&mut self, pid: i32) -> std::collections::BTreeSet<String> {
+        let Ok(maps) = hotpatch_engine::procfs::maps(pid) else { return Default::default() };
+        let mut out = std::collections::BTreeSet::new();
+        for m in maps.iter().filter(|m| m.inode != 0 && m.offset == 0 && m.path.starts_with('/')) {
+            let key = (m.inode, m.path.clone());
+            let id = match self.by_file.get(&key) {
+                Some(id) => id.clone(),
+                None => {
+                    let id = build_id_of_file(&m.map_file(pid));
+                    self.by_file.insert(key, id.clone());
+                    id
+                }
+            };
+            out.extend(id);
+        }
+        out
+    }
+}
+
+/// The GNU build-id of an ELF file, from its first 64 KiB (where the note is
+/// in practice), else from the whole file, as the engine reads it.
+fn build_id_of_file(path: &std::path::Path) -> Option<String> {
+    use std::io::Read;
+    let mut prefix = Vec::new();
+    std::fs::File::open(path).ok()?.take(64 * 1024).read_to_end(&mut prefix).ok()?;
+    if !prefix.starts_with(b"\x7fELF") {
+        return None;
+    }
+    if let Some(id) = hotpatch_elf::build_id_from_prefix(&prefix) {
+        return Some(hex::encode(id));
+    }
+    let data = std::fs::read(path).ok()?;
+    let elf = hotpatch_elf::TargetElf::parse(&data).ok()?;
+    elf.build_id().ok()?.map(hex::encode)
+}
+
 /// Processes that map the target of `build_id` below `level`.
 pub fn pids_needing(build_id: &str, level: u32) -> Vec<i32> {
     let me = std::process::id() as i32;
-    hotpatch_engine::processes_with_target(build_id)
+    let mut ids = BuildIds::default();
+    hotpatch_engine::procfs::pids()
         .into_iter()
-        .filter(|&pid| pid != me && applied_level(pid, build_id) < level)
+        .filter(|&pid| pid != me && ids.of(pid).contains(build_id) && applied_level(pid, build_id) < level)
         .collect()
 }
 
@@ -72,6 +122,7 @@ pub fn apply_one(
                 ok: false,
                 retry: true,
                 gone: false,
+                pause_us: None,
                 detail: format!("not applied: {e}"),
             };
         }
@@ -88,6 +139,7 @@ pub fn apply_one(
             ok: true,
             retry: false,
             gone: false,
+            pause_us: Some(r.pause_us),
             detail: format!("level {} applied ({} functions, pause {} µs)", r.level, r.functions.len(), r.pause_us),
         },
         Err(EngineError::LevelNotHigher { applied, .. }) if applied >= m.level => ProcessResult {
@@ -96,11 +148,12 @@ pub fn apply_one(
             ok: true,
             retry: false,
             gone: false,
+            pause_us: None,
             detail: format!("level {applied} already applied"),
         },
         Err(e) => {
             let gone = matches!(e, EngineError::ProcessExited(_) | EngineError::TargetNotMapped { .. });
-            ProcessResult { pid, comm, ok: false, retry: retryable(&e), gone, detail: e.to_string() }
+            ProcessResult { pid, comm, ok: false, retry: retryable(&e), gone, pause_us: None, detail: e.to_string() }
         }
     };
     if let (Some(j), Some(id)) = (journal, id)

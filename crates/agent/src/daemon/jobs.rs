@@ -141,6 +141,7 @@ mod tests {
             ok,
             retry,
             gone,
+            pause_us: None,
             detail: if ok { "applied".into() } else { "busy".into() },
         }
     }

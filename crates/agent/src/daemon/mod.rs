@@ -74,6 +74,7 @@ pub struct Daemon {
     jobs: BTreeMap<String, Job>,
     /// Processes looked at since the last full rescan.
     seen: HashSet<ProcessKey>,
+    build_ids: crate::fleet::BuildIds,
     outbox: Vec<WorkResult>,
     /// Exec events from the kernel, and the processes they named, due for a look.
     events: Option<std::sync::mpsc::Receiver<i32>>,
@@ -106,6 +107,7 @@ impl Daemon {
             journal,
             jobs: BTreeMap::new(),
             seen: HashSet::new(),
+            build_ids: crate::fleet::BuildIds::default(),
             outbox: Vec::new(),
             events: None,
             soon: Vec::new(),

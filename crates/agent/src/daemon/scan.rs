@@ -1,7 +1,6 @@
 //! The daemon's rescan: new processes (and those due for a retry) are looked
 //! at and given every job whose target they map, one process at a time.
 
-use std::collections::BTreeSet;
 use std::time::Instant;
 
 use hotpatch_engine::ApplyOptions;
@@ -10,16 +9,12 @@ use hotpatch_engine::procfs;
 use super::{Daemon, FULL_RESCAN, signals};
 use crate::journal::start_time;
 
-/// Build-ids of the targets a process maps.
-fn build_ids_of(pid: i32) -> BTreeSet<String> {
-    let Ok(maps) = procfs::maps(pid) else { return BTreeSet::new() };
-    hotpatch_engine::modules::loaded_modules(pid, &maps).iter().map(|m| m.build_id_hex()).collect()
-}
-
 impl Daemon {
     pub(super) fn rescan(&mut self, full: bool) {
         if full {
             self.seen.clear();
+            // A file rewritten in place keeps its inode: read build-ids afresh now and then.
+            self.build_ids = crate::fleet::BuildIds::default();
             self.next_full_rescan = Instant::now() + FULL_RESCAN;
         }
         if self.jobs.is_empty() {
@@ -80,7 +75,7 @@ impl Daemon {
     /// Applies each due job whose target this process maps.
     fn visit(&mut self, key: (i32, u64)) {
         let (pid, _) = key;
-        let builds = build_ids_of(pid);
+        let builds = self.build_ids.of(pid);
         let opts = ApplyOptions { timeout: self.config.apply_timeout() };
         let (max, retry_max) =
             (self.config.max_attempts, std::time::Duration::from_secs(self.config.retry_max_seconds));
