@@ -41,6 +41,17 @@ fn the_daemon_patches_every_process_also_later_ones_reloads_on_sighup_and_stops_
         assert!(svc.wait_for(LEVEL2), "process {} not at level 2; log:\n{}", svc.pid(), agent.log_text());
     }
 
+    // A broken configuration on SIGHUP is refused; the running one stays.
+    write_config(&cfg, "rescan_seconds = \"often\"\n");
+    agent.signal(libc::SIGHUP);
+    for _ in 0..600 {
+        if agent.log_text().contains("configuration not reloaded") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(agent.log_text().contains("configuration not reloaded"), "{}", agent.log_text());
+
     agent.signal(libc::SIGTERM);
     assert_eq!(agent.wait_exit(), Some(0), "log:\n{}", agent.log_text());
     let log = agent.log_text();

@@ -159,6 +159,17 @@ impl Daemon {
             .and_then(|c| Ok((crate::trust::load_trust(&c.trust_dir)?, c)));
         match loaded {
             Ok((trust, config)) => {
+                if config.state_dir != self.config.state_dir {
+                    match crate::trust::prepare_state_dir(&config.state_dir)
+                        .map_err(DaemonError::from)
+                        .and_then(|()| Ok(Journal::open(&config.state_dir)?))
+                    {
+                        Ok(j) => self.journal = j,
+                        Err(e) => {
+                            return tracing::error!(error = %e, "configuration not reloaded: new state_dir unusable");
+                        }
+                    }
+                }
                 tracing::info!(config = %self.config_path.display(), "configuration reloaded");
                 self.trust = trust;
                 self.config = config;
