@@ -44,8 +44,7 @@ enum Command {
     Agent(hotpatch_agent::cli::AgentArgs),
     /// Check the machine's prerequisites for hotpatching (exit 1 when not ready).
     Readiness(machine::ReadinessArgs),
-    /// Every running process and its targets against a catalog: up to date,
-    /// hotpatch available (no restart) or restart required, with the reason.
+    /// Running processes against a catalog: up to date, hotpatch available, or restart required.
     Scan(machine::ScanArgs),
     /// Finish or undo what an interrupted apply left, from the processes and the journal.
     Repair(machine::RepairArgs),
