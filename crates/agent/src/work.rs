@@ -241,15 +241,22 @@ fn apply_hotpatch(
     let errors: Vec<String> =
         results.iter().filter(|r| !r.ok).map(|r| format!("pid {}: {}", r.pid, r.detail)).collect();
     tracing::info!(patch = %w.patch_id, applied = done.len(), failed = errors.len(), "hotpatch applied");
+    let head = format!("{} level {}", w.patch_id, w.level);
     if errors.is_empty() {
-        Some(result(
-            &w.deployment_id,
-            "applied",
-            clip(format!("{} level {} applied to {}", w.patch_id, w.level, done.join(", "))),
-        ))
-    } else {
-        failed(format!("applied to {} process(es), failed on {}", done.len(), errors.join("; ")))
+        return Some(result(&w.deployment_id, "applied", clip(format!("{head} applied to {}", done.join(", ")))));
     }
+    if !done.is_empty() {
+        // One process failing does not fail the others; the target still reports
+        // its lowest level, so the server offers the work again for the rest.
+        let detail = format!("{head} applied to {}; not yet in {}", done.join(", "), errors.join("; "));
+        return Some(result(&w.deployment_id, "applied", clip(detail)));
+    }
+    if results.iter().all(|r| r.retry) {
+        // Every failure may pass (busy, traced): no verdict yet; the next check-in tries again.
+        tracing::warn!(patch = %w.patch_id, reasons = %errors.join("; "), "not applied yet; retried at the next check-in");
+        return None;
+    }
+    failed(format!("{head} applied to no process: {}", errors.join("; ")))
 }
 
 pub(crate) fn roll_back(w: &RollbackWork, mut journal: Option<&mut crate::journal::Journal>) -> Option<WorkResult> {

@@ -73,14 +73,14 @@ fn result_for(checkins: &Receiver<Value>, deployment: &str) -> Option<Value> {
     None
 }
 
-#[test]
-fn the_daemon_takes_assigned_work_from_the_server_and_reports_every_process() {
-    let f = Fixture::new();
+/// A stand-in control plane assigning `svc-1.hpatch` (level 1 for the fixture's
+/// service) as deployment d-1; its address, the check-ins it receives, and the manifest.
+fn control_plane(f: &Fixture) -> (String, Receiver<Value>, Value) {
     let pkg = f.path("svc-1.hpatch");
     f.pack(&f.path("svc"), 1, &pkg);
     let bytes = std::fs::read(&pkg).expect("package");
     let inspect = json(&run(&["--json", "inspect", &s(&pkg)]));
-    let manifest = if inspect["manifest"].is_object() { &inspect["manifest"] } else { &inspect };
+    let manifest = if inspect["manifest"].is_object() { inspect["manifest"].clone() } else { inspect };
     let sha = sha256_hex(&bytes);
     let answer = json!({
         "interval_seconds": 1, "jitter_seconds": 1, "entitled": true,
@@ -93,7 +93,13 @@ fn the_daemon_takes_assigned_work_from_the_server_and_reports_every_process() {
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let (tx, checkins) = std::sync::mpsc::channel();
     std::thread::spawn(move || serve(listener, answer, bytes, tx));
+    (base, checkins, manifest)
+}
 
+#[test]
+fn the_daemon_takes_assigned_work_from_the_server_and_reports_every_process() {
+    let f = Fixture::new();
+    let (base, checkins, manifest) = control_plane(&f);
     let state = f.path("state");
     let enrolled = run(&["agent", "--enroll", &base, "token", "--state-dir", &s(&state)]);
     assert!(enrolled.status.success(), "{}", String::from_utf8_lossy(&enrolled.stderr));
@@ -125,4 +131,22 @@ fn the_daemon_takes_assigned_work_from_the_server_and_reports_every_process() {
     let ready: Value = serde_json::from_slice(&ready.stdout).expect("json");
     let server = ready["checks"].as_array().and_then(|c| c.iter().find(|c| c["name"] == "server")).cloned();
     assert_eq!(server.map(|c| c["state"].clone()), Some(json!("ok")), "{ready}");
+}
+
+#[test]
+fn one_check_in_applies_to_every_process_and_reports_them() {
+    let f = Fixture::new();
+    let (base, _checkins, _) = control_plane(&f);
+    let state = s(&f.path("state"));
+    assert!(run(&["agent", "--enroll", &base, "token", "--state-dir", &state]).status.success());
+    let procs: Vec<Svc> = (0..2).map(|_| Svc::start(&f.path("svc"))).collect();
+    let outcome = json(&run(&["--json", "agent", "--once", "--state-dir", &state, "--trust", &f.trust()]));
+    assert_eq!(outcome["results"][0]["status"], "applied", "{outcome}");
+    for p in &procs {
+        assert!(
+            outcome["results"][0]["detail"].as_str().unwrap_or_default().contains(&p.pid().to_string()),
+            "{outcome}"
+        );
+        assert!(p.wait_for(LEVEL1));
+    }
 }
