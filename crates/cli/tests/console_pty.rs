@@ -114,6 +114,15 @@ fn an_operator_applies_and_rolls_back_through_the_console() {
     pty.expect("Seconds: ");
     pty.type_line("120");
     pty.expect("saved");
+    // Enrollment with a control plane (a stand-in on loopback).
+    let (base, _checkins, _) = common::control_plane::control_plane(&f);
+    pty.type_line("6");
+    pty.expect("not enrolled");
+    pty.expect("Server URL");
+    pty.type_line(&base);
+    pty.expect("Enrollment token: ");
+    pty.type_line("token");
+    pty.expect("enrolled as machine m-test");
     pty.type_line("9");
     pty.expect("no entry \"9\"");
     pty.type_line("0");

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod control_plane;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
