@@ -55,7 +55,13 @@ pub struct Journal {
     path: PathBuf,
     file: File,
     next_id: u64,
+    /// Events appended since the journal was last compacted.
+    appended: usize,
 }
+
+/// A long-running agent compacts its journal (keeping the open intents) after
+/// this many events, so the file does not grow without end.
+const COMPACT_AFTER: usize = 4096;
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -107,6 +113,19 @@ pub fn open_intents(state_dir: &Path) -> Result<Vec<Intent>, JournalError> {
         .collect())
 }
 
+/// True for an empty file too.
+fn ends_with_newline(path: &Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    if f.metadata()?.len() == 0 {
+        return Ok(true);
+    }
+    f.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
+}
+
 impl Journal {
     pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
         let path = state_dir.join(JOURNAL);
@@ -119,10 +138,15 @@ impl Journal {
             })
             .max()
             .map_or(1, |m| m + 1);
-        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(io)?;
+        let mut file = OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(io)?;
+        // A crash mid-line leaves a torn last line: end it, so the next event
+        // starts a line of its own instead of being glued to the fragment.
+        if !ends_with_newline(&path).map_err(io)? {
+            file.write_all(b"\n").and_then(|()| file.sync_data()).map_err(io)?;
+        }
         // The file's own name must survive a crash too.
         File::open(state_dir).and_then(|d| d.sync_all()).map_err(io)?;
-        Ok(Journal { path, file, next_id })
+        Ok(Journal { path, file, next_id, appended: 0 })
     }
 
     fn append(&mut self, event: &Event) -> Result<(), JournalError> {
@@ -160,7 +184,14 @@ impl Journal {
     }
 
     pub fn outcome(&mut self, id: u64, ok: bool, detail: &str) -> Result<(), JournalError> {
-        self.append(&Event::Outcome(Outcome { id, ok, detail: detail.to_string() }))
+        self.append(&Event::Outcome(Outcome { id, ok, detail: detail.to_string() }))?;
+        self.appended += 2;
+        if self.appended >= COMPACT_AFTER
+            && let Some(dir) = self.path.parent().map(Path::to_path_buf)
+        {
+            self.compact(&dir)?;
+        }
+        Ok(())
     }
 
     /// Rewrites the journal with only the open intents (after a repair closed
@@ -179,6 +210,34 @@ impl Journal {
         std::fs::rename(&tmp, &self.path).map_err(io)?;
         File::open(state_dir).and_then(|d| d.sync_all()).map_err(io)?;
         self.file = OpenOptions::new().append(true).open(&self.path).map_err(io)?;
+        self.appended = 0;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intents_outcomes_torn_lines_and_compaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(dir.path()).expect("open");
+        let a = j.intent("apply", 1, "p", 1, "aa").expect("intent");
+        let b = j.intent("apply", 2, "p", 1, "aa").expect("intent");
+        j.outcome(a, true, "applied").expect("outcome");
+        // A crash in the middle of a line leaves half of it.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(JOURNAL))
+            .expect("open")
+            .write_all(b"{\"outcome\":{\"id\":")
+            .expect("write");
+        let open = open_intents(dir.path()).expect("read");
+        assert_eq!(open.iter().map(|i| i.id).collect::<Vec<_>>(), [b]);
+        let mut j = Journal::open(dir.path()).expect("reopen");
+        assert!(j.intent("apply", 3, "p", 1, "aa").expect("intent") > b, "ids keep rising");
+        j.compact(dir.path()).expect("compact");
+        assert_eq!(read_events(dir.path()).expect("read").len(), 2, "only the open intents stay");
     }
 }
