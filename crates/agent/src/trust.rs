@@ -109,3 +109,13 @@ pub fn prepare_state_dir(path: &Path) -> Result<(), TrustError> {
     }
     check_safe(path, "state directory")
 }
+
+/// Every debug root the engine would read symbols from (`HOTPATCH_DEBUG_DIRS`,
+/// then `/usr/lib/debug`) that exists must be root's alone: a debug file names
+/// the addresses where jumps are written.
+pub fn check_debug_roots() -> Result<(), TrustError> {
+    for root in hotpatch_engine::debug_roots().into_iter().filter(|r| r.exists()) {
+        check_safe(&root, "debug root")?;
+    }
+    Ok(())
+}

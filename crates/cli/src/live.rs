@@ -54,6 +54,7 @@ fn timeout(secs: f64) -> anyhow::Result<Duration> {
 pub fn apply(args: ApplyArgs, out: &Output) -> anyhow::Result<()> {
     let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read package {}", args.file.display()))?;
     let trust = hotpatch_agent::load_trust(&args.trust)?;
+    hotpatch_agent::trust::check_debug_roots()?;
     let package = hotpatch_format::verify(&bytes, &trust)
         .with_context(|| format!("{} failed verification; nothing was changed", args.file.display()))?;
     let opts = ApplyOptions { timeout: timeout(args.timeout)? };

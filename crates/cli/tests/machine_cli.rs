@@ -91,3 +91,31 @@ fn apply_uses_the_trust_directory_and_names_it_when_missing() {
     let help = String::from_utf8_lossy(&run(&["agent", "--help"]).stdout).into_owned();
     assert!(help.contains("/etc/hotpatch/trusted-keys"), "{help}");
 }
+
+#[test]
+fn a_debug_root_others_can_write_is_refused_naming_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let trust = trust_dir(tmp.path());
+    let debug = tmp.path().join("debug");
+    std::fs::create_dir(&debug).expect("mkdir");
+    std::fs::set_permissions(&debug, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let pkg = tmp.path().join("x.hpatch");
+    std::fs::write(&pkg, b"not a package").expect("write");
+    let state = s(&tmp.path().join("state"));
+    let out = Command::new(HOTPATCH)
+        .args(["apply", "--pid", "1", &s(&pkg), "--trust", &s(&trust), "--state-dir", &state])
+        .env("HOTPATCH_DEBUG_DIRS", &debug)
+        .output()
+        .expect("apply");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("debug root {} is writable by everyone", s(&debug))), "{err}");
+    let out = Command::new(HOTPATCH)
+        .args(["readiness", "--json", "--trust", &s(&trust), "--state-dir", &state])
+        .env("HOTPATCH_DEBUG_DIRS", &debug)
+        .output()
+        .expect("readiness");
+    let report = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert_eq!(check(&report, "debug-roots")["state"], "failed", "{report}");
+}

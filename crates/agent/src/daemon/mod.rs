@@ -92,6 +92,7 @@ impl Daemon {
         let config = overrides.load(config_path, config_required)?;
         crate::trust::prepare_state_dir(&config.state_dir)?;
         let trust = crate::trust::load_trust(&config.trust_dir)?;
+        crate::trust::check_debug_roots()?;
         let opts = crate::repair::RepairOptions { timeout: config.apply_timeout(), ..Default::default() };
         let repaired = crate::repair::repair(&config.state_dir, &opts);
         tracing::info!(fixed = repaired.fixed(), "journal and processes repaired at start");

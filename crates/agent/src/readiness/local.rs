@@ -54,3 +54,22 @@ pub fn server(dir: &Path) -> Check {
         Err(e) => check("server", State::Warning, format!("{enrolled}; {e}"), why),
     }
 }
+
+/// Debug roots give the addresses of a stripped target's functions: a root
+/// another user could write into could steer where jumps are written.
+pub fn debug_roots() -> Check {
+    let why = "symbols of stripped targets come from debug files found under these directories";
+    let roots: Vec<std::path::PathBuf> = hotpatch_engine::debug_roots().into_iter().filter(|r| r.exists()).collect();
+    if roots.is_empty() {
+        return check("debug-roots", State::Ok, "no debug root present (targets need their own .symtab)", why);
+    }
+    let unsafe_roots: Vec<String> =
+        roots.iter().filter_map(|r| crate::trust::check_safe(r, "debug root").err().map(|e| e.to_string())).collect();
+    if unsafe_roots.is_empty() {
+        let list: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        check("debug-roots", State::Ok, list.join(", "), why)
+    } else {
+        check("debug-roots", State::Failed, unsafe_roots.join("; "), why)
+            .fix("make each debug root root-owned and not group/world-writable, or leave it out of HOTPATCH_DEBUG_DIRS")
+    }
+}

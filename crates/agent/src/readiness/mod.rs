@@ -70,7 +70,17 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Policy {
-        let names = ["architecture", "kernel", "privileges", "ptrace-scope", "proc", "proc-mem", "memfd", "trust"];
+        let names = [
+            "architecture",
+            "kernel",
+            "privileges",
+            "ptrace-scope",
+            "proc",
+            "proc-mem",
+            "memfd",
+            "trust",
+            "debug-roots",
+        ];
         Policy { required: names.iter().map(|s| s.to_string()).collect() }
     }
 }
@@ -105,6 +115,7 @@ pub fn assess(paths: &Paths<'_>, policy: &Policy) -> Readiness {
     checks.push(local::trust(paths.trust_dir));
     checks.push(local::state_dir(paths.state_dir));
     checks.push(local::server(paths.state_dir));
+    checks.push(local::debug_roots());
     for c in &mut checks {
         c.required = policy.required.iter().any(|r| r == c.name);
     }

@@ -28,6 +28,7 @@ impl Console<'_> {
             return Ok(());
         }
         let trust = hotpatch_agent::load_trust(&self.config.trust_dir)?;
+        hotpatch_agent::trust::check_debug_roots()?;
         hotpatch_agent::trust::prepare_state_dir(&self.config.state_dir)?;
         let mut journal = hotpatch_agent::journal::Journal::open(&self.config.state_dir)?;
         let opts = ApplyOptions { timeout: self.config.apply_timeout() };
