@@ -27,8 +27,38 @@ pub struct CheckInOutcome {
     /// Whether the results reached the server; if not they go with the next check-in.
     pub results_reported: bool,
     pub baselines_due: Vec<BaselineWork>,
+    /// For each baseline due, the processes that must restart to run it ("pid (comm)").
+    #[serde(default)]
+    pub restart: Vec<RestartDue>,
     pub notes: Vec<String>,
     pub entitled: bool,
+}
+
+/// A baseline the server says to install, and the running processes that map
+/// one of its files: they run the old code until they restart.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestartDue {
+    pub baseline: String,
+    pub processes: Vec<String>,
+}
+
+/// Names the processes that map a file of each baseline due.
+pub fn restarts_due(baselines: &[BaselineWork], running: &[RunningTarget]) -> Vec<RestartDue> {
+    baselines
+        .iter()
+        .map(|b| {
+            let mut processes: Vec<String> = running
+                .iter()
+                .filter(|t| {
+                    let name = t.path.strip_suffix(" (deleted)").unwrap_or(&t.path);
+                    b.file_names.iter().any(|f| name.rsplit('/').next() == Some(f.as_str()))
+                })
+                .map(|t| format!("{} ({})", t.pid, t.comm))
+                .collect();
+            processes.dedup();
+            RestartDue { baseline: b.baseline.clone(), processes }
+        })
+        .collect()
 }
 
 /// A process and the hotpatch (id, level) active in it for one target.
@@ -97,6 +127,7 @@ pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutc
         targets,
         results_reported: results.is_empty(),
         results,
+        restart: restarts_due(&answer.baselines, &running),
         baselines_due: answer.baselines.clone(),
         notes: answer.notes.clone(),
         entitled: answer.entitled,
@@ -292,9 +323,10 @@ pub fn describe(o: &CheckInOutcome) -> String {
     for r in &o.results {
         out.push_str(&format!("  {} {}: {}\n", r.status, r.deployment_id, r.detail));
     }
-    for b in &o.baselines_due {
+    for (b, r) in o.baselines_due.iter().zip(&o.restart) {
+        let who = if r.processes.is_empty() { String::new() } else { format!(": restart {}", r.processes.join(", ")) };
         out.push_str(&format!(
-            "  baseline due: {} ({}){}\n",
+            "  baseline due: {} ({}){}{who}\n",
             b.baseline,
             b.reason,
             if b.restart { ", restart required" } else { "" }

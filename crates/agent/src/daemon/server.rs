@@ -75,6 +75,9 @@ impl Daemon {
                 Err(e) => self.outbox.push(work::result(&w.deployment_id, "failed", work::clip(e))),
             }
         }
+        for r in work::restarts_due(&answer.baselines, &running) {
+            tracing::warn!(baseline = %r.baseline, processes = %r.processes.join(", "), "baseline due: restart required");
+        }
         for w in &answer.rollbacks {
             self.jobs.remove(&w.patch_id);
             if let Some(r) = work::roll_back(w, Some(&mut self.journal)) {
