@@ -1,8 +1,9 @@
 //! `hotpatch agent ...`: the arguments and the entry point the CLI crate calls.
+//! Without `--enroll` or `--once` the agent runs as a daemon until stopped.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use crate::trust::{DEFAULT_CONFIG, DEFAULT_STATE_DIR, DEFAULT_TRUST_DIR};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct AgentArgs {
@@ -12,12 +13,18 @@ pub struct AgentArgs {
     /// Check in once: report, apply what is assigned, report the results.
     #[arg(long)]
     pub once: bool,
-    /// Where the machine key and agent state live.
-    #[arg(long, default_value = "/var/lib/hotpatch")]
-    pub state_dir: PathBuf,
-    /// Trusted publisher key (.pub) or a directory of them; hotpatches that do not verify are never applied.
-    #[arg(long, default_value = "/etc/hotpatch/trust")]
-    pub trust: PathBuf,
+    /// The daemon's configuration [default: /etc/hotpatch/agent.toml, if present].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where the machine key and agent state live [default: /var/lib/hotpatch,
+    /// or the configuration's state_dir].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Trusted publisher key (.pub) or a directory of them; hotpatches that do not
+    /// verify are never applied [default: /etc/hotpatch/trusted-keys, or the
+    /// configuration's trust_dir].
+    #[arg(long)]
+    pub trust: Option<PathBuf>,
     /// With --enroll: a PEM file of the CA that signed the server's certificate
     /// (a private CA); remembered for every later check-in.
     #[arg(long, requires = "enroll")]
@@ -29,34 +36,22 @@ pub struct AgentArgs {
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     if args.enroll.is_none() && !args.once {
-        anyhow::bail!(
-            "nothing to do: give --enroll URL TOKEN and/or --once (the long-running daemon is not part of this release)"
-        );
-    }
-    if let Some(v) = &args.enroll {
-        let (url, token) = match v.as_slice() {
-            [url, token] => (url, token),
-            _ => anyhow::bail!("--enroll needs URL and TOKEN"),
+        let overrides = crate::daemon::Overrides { state_dir: args.state_dir.clone(), trust_dir: args.trust.clone() };
+        let (path, required) = match &args.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
         };
-        let cred = crate::enroll(url, token, &args.state_dir, args.ca_cert.as_deref())?;
-        if args.json {
-            println!(
-                "{}",
-                serde_json::json!({ "enrolled": true, "machine_id": cred.machine_id, "server": cred.server })
-            );
-        } else {
-            println!(
-                "enrolled as machine {} with {}; machine key stored in {} (it never leaves this machine)",
-                cred.machine_id,
-                cred.server,
-                args.state_dir.display()
-            );
-        }
+        return Ok(crate::daemon::run(&path, required, overrides)?);
+    }
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+    crate::trust::prepare_state_dir(&state_dir)?;
+    if let Some(v) = &args.enroll {
+        enroll(v, &state_dir, &args)?;
     }
     if args.once {
-        let trust = crate::load_trust(&args.trust)
-            .with_context(|| format!("loading trusted keys from {}", args.trust.display()))?;
-        let outcome = crate::check_in_once(&args.state_dir, &trust)?;
+        let trust_dir = args.trust.clone().unwrap_or_else(|| DEFAULT_TRUST_DIR.into());
+        let trust = crate::load_trust(&trust_dir)?;
+        let outcome = crate::check_in_once(&state_dir, &trust)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&outcome)?);
         } else {
@@ -65,6 +60,25 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         if outcome.results.iter().any(|r| r.status == "failed") {
             anyhow::bail!("some assigned work failed (reported to the server)");
         }
+    }
+    Ok(())
+}
+
+fn enroll(v: &[String], state_dir: &Path, args: &AgentArgs) -> anyhow::Result<()> {
+    let (url, token) = match v {
+        [url, token] => (url, token),
+        _ => anyhow::bail!("--enroll needs URL and TOKEN"),
+    };
+    let cred = crate::enroll(url, token, state_dir, args.ca_cert.as_deref())?;
+    if args.json {
+        println!("{}", serde_json::json!({ "enrolled": true, "machine_id": cred.machine_id, "server": cred.server }));
+    } else {
+        println!(
+            "enrolled as machine {} with {}; machine key stored in {} (it never leaves this machine)",
+            cred.machine_id,
+            cred.server,
+            state_dir.display()
+        );
     }
     Ok(())
 }

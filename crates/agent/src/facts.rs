@@ -55,23 +55,27 @@ pub fn cores() -> u32 {
     }
 }
 
-/// What the engine needs: root (ptrace and /proc/PID/mem), a Yama ptrace scope that
-/// lets root attach, and a supported architecture. Firmware facts that this
-/// machine does not expose are reported as "not available", never as failures.
+/// The machine prerequisites as the server stores them: the summary fields it
+/// has always had, and each machine check's state by name. Firmware facts that
+/// this machine does not expose are "not available", never failures.
 pub fn readiness() -> Value {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let yama = read_trimmed("/proc/sys/kernel/yama/ptrace_scope");
-    let ptrace_ok = yama.as_deref().is_none_or(|v| v != "3");
-    let arch = arch();
-    let arch_ok = arch == "x86_64";
-    let secure_boot = if std::path::Path::new("/sys/firmware/efi").exists() { "present" } else { "not available" };
+    let checks = crate::readiness::machine_checks();
+    let state = |name: &str| checks.iter().find(|c| c.name == name).map(|c| c.state);
+    let ok = |name: &str| state(name) == Some(crate::readiness::State::Ok);
+    let required = crate::readiness::Policy::default().required;
+    let ready = checks
+        .iter()
+        .filter(|c| required.iter().any(|r| r == c.name))
+        .all(|c| matches!(c.state, crate::readiness::State::Ok | crate::readiness::State::Warning));
+    let by_name: serde_json::Map<String, Value> =
+        checks.iter().map(|c| (c.name.to_string(), json!(c.state.as_str()))).collect();
     json!({
-        "ready": root && ptrace_ok && arch_ok,
-        "root": root,
-        "ptrace_scope": yama.unwrap_or_else(|| "not available".into()),
-        "arch_supported": arch_ok,
-        "efi": secure_boot,
+        "ready": ready,
+        "root": ok("privileges"),
+        "ptrace_scope": read_trimmed("/proc/sys/kernel/yama/ptrace_scope").unwrap_or_else(|| "not available".into()),
+        "arch_supported": ok("architecture"),
+        "efi": if ok("uefi") { "present" } else { "not available" },
+        "checks": by_name,
     })
 }
 

@@ -7,14 +7,23 @@
 
 pub mod cli;
 pub mod client;
+pub mod config;
+pub mod daemon;
 pub mod facts;
+pub mod fleet;
+pub mod journal;
+pub mod lock;
 pub mod protocol;
+pub mod readiness;
+pub mod repair;
+pub mod scan;
 pub mod state;
+#[cfg(test)]
+mod test_support;
+pub mod trust;
 pub mod work;
 
 use std::path::Path;
-
-use hotpatch_format::TrustStore;
 
 pub use client::{Client, ClientError};
 pub use state::{Credential, StateError};
@@ -47,8 +56,4 @@ pub fn enroll(server: &str, token: &str, state_dir: &Path, ca_cert: Option<&Path
     Ok(credential)
 }
 
-/// Loads the agent's trusted publisher keys; a missing path means "trust nothing",
-/// so assigned hotpatches fail verification instead of being applied.
-pub fn load_trust(path: &Path) -> Result<TrustStore, hotpatch_format::KeyError> {
-    if path.exists() { TrustStore::load(path) } else { Ok(TrustStore::from_keys(Vec::new())) }
-}
+pub use trust::load_trust;

@@ -139,3 +139,33 @@ pub fn take_sequence(dir: &Path) -> Result<u64, StateError> {
     write_private(dir, SEQUENCE, next.to_string().as_bytes())?;
     Ok(next)
 }
+
+const LAST_CHECKIN: &str = "last-checkin.json";
+
+/// When the agent last tried to check in, and why it failed if it did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LastCheckIn {
+    /// Unix seconds.
+    pub at: u64,
+    pub error: Option<String>,
+}
+
+impl LastCheckIn {
+    pub fn now(error: Option<String>) -> LastCheckIn {
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        LastCheckIn { at, error }
+    }
+
+    /// RFC 3339 in UTC, for people.
+    pub fn at_text(&self) -> String {
+        jiff::Timestamp::from_second(self.at as i64).map(|t| t.to_string()).unwrap_or_else(|_| self.at.to_string())
+    }
+}
+
+pub fn save_last_checkin(dir: &Path, last: &LastCheckIn) -> Result<(), StateError> {
+    write_private(dir, LAST_CHECKIN, &to_json(&dir.join(LAST_CHECKIN), last)?)
+}
+
+pub fn load_last_checkin(dir: &Path) -> Result<Option<LastCheckIn>, StateError> {
+    read_json(&dir.join(LAST_CHECKIN))
+}

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use hotpatch_engine::{ApplyOptions, RunningTarget};
-use hotpatch_format::TrustStore;
+use hotpatch_format::{TrustStore, VerifiedPackage};
+
+use crate::fleet::ProcessResult;
 use serde::Serialize;
 
 use crate::client::{CheckInReply, Client, MachineSigner};
@@ -25,8 +27,38 @@ pub struct CheckInOutcome {
     /// Whether the results reached the server; if not they go with the next check-in.
     pub results_reported: bool,
     pub baselines_due: Vec<BaselineWork>,
+    /// For each baseline due, the processes that must restart to run it ("pid (comm)").
+    #[serde(default)]
+    pub restart: Vec<RestartDue>,
     pub notes: Vec<String>,
     pub entitled: bool,
+}
+
+/// A baseline the server says to install, and the running processes that map
+/// one of its files: they run the old code until they restart.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestartDue {
+    pub baseline: String,
+    pub processes: Vec<String>,
+}
+
+/// Names the processes that map a file of each baseline due.
+pub fn restarts_due(baselines: &[BaselineWork], running: &[RunningTarget]) -> Vec<RestartDue> {
+    baselines
+        .iter()
+        .map(|b| {
+            let mut processes: Vec<String> = running
+                .iter()
+                .filter(|t| {
+                    let name = t.path.strip_suffix(" (deleted)").unwrap_or(&t.path);
+                    b.file_names.iter().any(|f| name.rsplit('/').next() == Some(f.as_str()))
+                })
+                .map(|t| format!("{} ({})", t.pid, t.comm))
+                .collect();
+            processes.dedup();
+            RestartDue { baseline: b.baseline.clone(), processes }
+        })
+        .collect()
 }
 
 /// A process and the hotpatch (id, level) active in it for one target.
@@ -76,30 +108,16 @@ pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutc
     let facts = facts::collect();
     let running = hotpatch_engine::running_targets();
     let targets = summarize(&running);
-    let pending = state::load_pending(state_dir)?;
-    let last = state::load_last_answer(state_dir)?;
-    let etag = if pending.is_empty() { last.as_ref().map(|l| l.etag.as_str()) } else { None };
-    let reply = client.check_in(&signer, &CheckIn { facts: &facts, targets: &targets, results: &pending }, etag)?;
-    if !pending.is_empty() {
-        state::save_pending(state_dir, &[])?;
-    }
-    let (answer, not_modified) = match reply {
-        CheckInReply::Answer { etag, answer } => {
-            if let Some(etag) = etag {
-                state::save_last_answer(state_dir, &LastAnswer { etag, answer: answer.clone() })?;
-            }
-            (answer, false)
-        }
-        CheckInReply::NotModified => (last.map(|l| l.answer).unwrap_or_default(), true),
-    };
+    let (answer, not_modified) = exchange(state_dir, &client, &signer, &facts, &targets)?;
     let mut results = Vec::new();
     for w in &answer.hotpatches {
-        if let Some(r) = apply_hotpatch(&client, &signer, w, &running, trust) {
+        if let Some(r) = apply_hotpatch(&client, &signer, w, state_dir, trust) {
             results.push(r);
         }
     }
     for w in &answer.rollbacks {
-        if let Some(r) = roll_back(w) {
+        let mut journal = crate::journal::Journal::open(state_dir).ok();
+        if let Some(r) = roll_back(w, journal.as_mut()) {
             results.push(r);
         }
     }
@@ -109,6 +127,7 @@ pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutc
         targets,
         results_reported: results.is_empty(),
         results,
+        restart: restarts_due(&answer.baselines, &running),
         baselines_due: answer.baselines.clone(),
         notes: answer.notes.clone(),
         entitled: answer.entitled,
@@ -135,70 +154,143 @@ pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutc
     Ok(outcome)
 }
 
-fn result(deployment_id: &str, status: &str, detail: String) -> WorkResult {
+/// The first half of a check-in: report what runs here with any undelivered
+/// results, and get the answer (the saved one when the server says nothing changed).
+pub(crate) fn exchange(
+    state_dir: &Path,
+    client: &Client,
+    signer: &MachineSigner<'_>,
+    facts: &crate::protocol::Facts,
+    targets: &[TargetReport],
+) -> Result<(crate::protocol::Answer, bool), AgentError> {
+    let pending = state::load_pending(state_dir)?;
+    let last = state::load_last_answer(state_dir)?;
+    let etag = if pending.is_empty() { last.as_ref().map(|l| l.etag.as_str()) } else { None };
+    let reply = client.check_in(signer, &CheckIn { facts, targets, results: &pending }, etag);
+    // Readiness reports the last check-in; failing to record it must not fail the check-in.
+    let tried = state::LastCheckIn::now(reply.as_ref().err().map(|e| e.to_string()));
+    if let Err(e) = state::save_last_checkin(state_dir, &tried) {
+        tracing::warn!(error = %e, "cannot record the check-in time");
+    }
+    let reply = reply?;
+    if !pending.is_empty() {
+        state::save_pending(state_dir, &[])?;
+    }
+    let (answer, not_modified) = match reply {
+        CheckInReply::Answer { etag, answer } => {
+            if let Some(etag) = etag {
+                state::save_last_answer(state_dir, &LastAnswer { etag, answer: answer.clone() })?;
+            }
+            (answer, false)
+        }
+        CheckInReply::NotModified => (last.map(|l| l.answer).unwrap_or_default(), true),
+    };
+    Ok((answer, not_modified))
+}
+
+/// Checks in without acting on the answer: what the control plane assigns to
+/// this machine now (for `scan`). Returns the server's address and the answer.
+pub fn fetch_answer(state_dir: &Path) -> Result<(String, crate::protocol::Answer), AgentError> {
+    let cred = state::load_credential(state_dir)?;
+    let key = cred.machine_key(state_dir)?;
+    let signer = MachineSigner { machine_id: &cred.machine_id, key: &key, state_dir };
+    let client = Client::new(&cred.server, cred.ca_cert.as_deref())?;
+    let running = hotpatch_engine::running_targets();
+    let (answer, _) = exchange(state_dir, &client, &signer, &facts::collect(), &summarize(&running))?;
+    Ok((cred.server.clone(), answer))
+}
+
+pub(crate) fn result(deployment_id: &str, status: &str, detail: String) -> WorkResult {
     WorkResult { deployment_id: deployment_id.to_string(), status: status.to_string(), detail }
+}
+
+/// Downloads an assigned hotpatch and verifies it against this machine's own
+/// trust, whatever the server said; the reason in words when it is refused.
+pub(crate) fn fetch_package(
+    client: &Client,
+    signer: &MachineSigner<'_>,
+    w: &HotpatchWork,
+    trust: &TrustStore,
+) -> Result<VerifiedPackage, String> {
+    let bytes = client.download(signer, &w.url).map_err(|e| e.to_string())?;
+    let got = hotpatch_format::sha256_hex(&bytes);
+    if got != w.artifact_sha256 {
+        return Err(format!("artifact hash {got} is not the assigned {}", w.artifact_sha256));
+    }
+    let package =
+        hotpatch_format::verify(&bytes, trust).map_err(|e| format!("verification failed, not applied: {e}"))?;
+    let m = &package.manifest;
+    if m.patch_id != w.patch_id || m.target.build_id != w.build_id || m.level != w.level {
+        return Err(format!(
+            "package is {} level {} for {}, not the assigned {} level {} for {}",
+            m.patch_id, m.level, m.target.build_id, w.patch_id, w.level, w.build_id
+        ));
+    }
+    Ok(package)
+}
+
+/// Truncates a result's detail to what the server accepts.
+pub(crate) fn clip(mut detail: String) -> String {
+    const MAX: usize = 3900;
+    if detail.len() > MAX {
+        let mut end = MAX;
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+        detail.push_str(" …");
+    }
+    detail
 }
 
 fn apply_hotpatch(
     client: &Client,
     signer: &MachineSigner<'_>,
     w: &HotpatchWork,
-    running: &[RunningTarget],
+    state_dir: &Path,
     trust: &TrustStore,
 ) -> Option<WorkResult> {
-    let failed = |detail: String| Some(result(&w.deployment_id, "failed", detail));
-    let bytes = match client.download(signer, &w.url) {
-        Ok(b) => b,
-        Err(e) => return failed(e.to_string()),
-    };
-    let got = hotpatch_format::sha256_hex(&bytes);
-    if got != w.artifact_sha256 {
-        return failed(format!("artifact hash {got} is not the assigned {}", w.artifact_sha256));
-    }
-    let package = match hotpatch_format::verify(&bytes, trust) {
+    let failed = |detail: String| Some(result(&w.deployment_id, "failed", clip(detail)));
+    let package = match fetch_package(client, signer, w, trust) {
         Ok(p) => p,
-        Err(e) => return failed(format!("verification failed, not applied: {e}")),
+        Err(e) => return failed(e),
     };
-    let m = &package.manifest;
-    if m.patch_id != w.patch_id || m.target.build_id != w.build_id || m.level != w.level {
-        return failed(format!(
-            "package is {} level {} for {}, not the assigned {} level {} for {}",
-            m.patch_id, m.level, m.target.build_id, w.patch_id, w.level, w.build_id
-        ));
-    }
-    let already: Vec<i32> = running
-        .iter()
-        .filter(|t| t.build_id == w.build_id && t.applied.iter().any(|a| a.active && a.record.level >= w.level))
-        .map(|t| t.pid)
-        .collect();
-    let pids: Vec<i32> =
-        hotpatch_engine::processes_with_target(&w.build_id).into_iter().filter(|p| !already.contains(p)).collect();
-    if pids.is_empty() {
+    let mut journal = match crate::journal::Journal::open(state_dir) {
+        Ok(j) => j,
+        Err(e) => return failed(format!("not applied: {e}")),
+    };
+    let results: Vec<ProcessResult> =
+        crate::fleet::apply_everywhere(&package, &ApplyOptions::default(), Some(&mut journal))
+            .into_iter()
+            .filter(|r| !r.gone)
+            .collect();
+    if results.is_empty() {
         // The processes exited since the scan; the next check-in reports what runs now.
         return None;
     }
-    let opts = ApplyOptions::default();
-    let mut done = Vec::new();
-    let mut errors = Vec::new();
-    for pid in pids {
-        match hotpatch_engine::apply(pid, &package, &opts) {
-            Ok(r) => done.push(format!("pid {pid} ({} functions, pause {} us)", r.functions.len(), r.pause_us)),
-            Err(e) => errors.push(format!("pid {pid}: {e}")),
-        }
-    }
+    let done: Vec<String> = results.iter().filter(|r| r.ok).map(|r| format!("pid {} ({})", r.pid, r.detail)).collect();
+    let errors: Vec<String> =
+        results.iter().filter(|r| !r.ok).map(|r| format!("pid {}: {}", r.pid, r.detail)).collect();
     tracing::info!(patch = %w.patch_id, applied = done.len(), failed = errors.len(), "hotpatch applied");
+    let head = format!("{} level {}", w.patch_id, w.level);
     if errors.is_empty() {
-        Some(result(
-            &w.deployment_id,
-            "applied",
-            format!("{} level {} applied to {}", w.patch_id, w.level, done.join(", ")),
-        ))
-    } else {
-        failed(format!("applied to {} process(es), failed on {}", done.len(), errors.join("; ")))
+        return Some(result(&w.deployment_id, "applied", clip(format!("{head} applied to {}", done.join(", ")))));
     }
+    if !done.is_empty() {
+        // One process failing does not fail the others; the target still reports
+        // its lowest level, so the server offers the work again for the rest.
+        let detail = format!("{head} applied to {}; not yet in {}", done.join(", "), errors.join("; "));
+        return Some(result(&w.deployment_id, "applied", clip(detail)));
+    }
+    if results.iter().all(|r| r.retry) {
+        // Every failure may pass (busy, traced): no verdict yet; the next check-in tries again.
+        tracing::warn!(patch = %w.patch_id, reasons = %errors.join("; "), "not applied yet; retried at the next check-in");
+        return None;
+    }
+    failed(format!("{head} applied to no process: {}", errors.join("; ")))
 }
 
-fn roll_back(w: &RollbackWork) -> Option<WorkResult> {
+pub(crate) fn roll_back(w: &RollbackWork, mut journal: Option<&mut crate::journal::Journal>) -> Option<WorkResult> {
     let pids = hotpatch_engine::processes_with_target(&w.build_id);
     if pids.is_empty() {
         return None;
@@ -207,7 +299,7 @@ fn roll_back(w: &RollbackWork) -> Option<WorkResult> {
     let mut errors = Vec::new();
     let mut done = 0;
     for pid in pids {
-        match hotpatch_engine::rollback(pid, Some(&w.patch_id), &opts) {
+        match crate::fleet::rollback_one(pid, &w.patch_id, &w.build_id, &opts, journal.as_deref_mut()) {
             Ok(_) => done += 1,
             Err(hotpatch_engine::EngineError::NotApplied(_)) => {}
             Err(e) => errors.push(format!("pid {pid}: {e}")),
@@ -231,9 +323,10 @@ pub fn describe(o: &CheckInOutcome) -> String {
     for r in &o.results {
         out.push_str(&format!("  {} {}: {}\n", r.status, r.deployment_id, r.detail));
     }
-    for b in &o.baselines_due {
+    for (b, r) in o.baselines_due.iter().zip(&o.restart) {
+        let who = if r.processes.is_empty() { String::new() } else { format!(": restart {}", r.processes.join(", ")) };
         out.push_str(&format!(
-            "  baseline due: {} ({}){}\n",
+            "  baseline due: {} ({}){}{who}\n",
             b.baseline,
             b.reason,
             if b.restart { ", restart required" } else { "" }

@@ -90,3 +90,24 @@ fn a_target_counts_as_patched_to_its_least_patched_process() {
     more.push(running(4, "/usr/lib/libdemo.so.1", &a, vec![]));
     assert_eq!(summarize(&more).iter().find(|t| t.build_id == a).map(|t| t.applied_level), Some(0));
 }
+
+#[test]
+fn a_baseline_due_names_the_processes_that_must_restart() {
+    let b = hotpatch_agent::protocol::BaselineWork {
+        deployment_id: "d".into(),
+        baseline: "2027.01".into(),
+        file_names: vec!["libdemo.so.1".into()],
+        restart: true,
+        reboot_policy: "never".into(),
+        reason: "new baseline".into(),
+        window: None,
+    };
+    let a = "aa".repeat(20);
+    let list = vec![
+        running(10, "/usr/lib/libdemo.so.1", &a, vec![]),
+        running(11, "/usr/lib/libdemo.so.1 (deleted)", &a, vec![]),
+        running(12, "/usr/lib/libother.so", &a, vec![]),
+    ];
+    let due = hotpatch_agent::work::restarts_due(&[b], &list);
+    assert_eq!(due[0].processes, ["10 (demo)", "11 (demo)"]);
+}

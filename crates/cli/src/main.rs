@@ -2,10 +2,12 @@
 //! hotpatches; operators use it to inspect, verify and apply them.
 
 mod build;
+mod console;
 mod demo;
 mod keys;
 mod libraries;
 mod live;
+mod machine;
 mod output;
 mod package;
 
@@ -42,8 +44,17 @@ enum Command {
     Rollback(live::RollbackArgs),
     /// Build a sample service, patch it live, show the change, roll back (needs root and gcc).
     Demo,
-    /// Enroll this machine with a control plane, or check in once.
+    /// Run the agent daemon (no flags), enroll with a control plane, or check in once.
     Agent(hotpatch_agent::cli::AgentArgs),
+    /// Check the machine's prerequisites for hotpatching (exit 1 when not ready).
+    Readiness(machine::ReadinessArgs),
+    /// Running processes against a catalog: up to date, hotpatch available, or restart required.
+    Scan(machine::ScanArgs),
+    /// Finish or undo what an interrupted apply left, from the processes and the journal.
+    Repair(machine::RepairArgs),
+    /// A numbered menu for an operator at the machine: status, readiness, scan,
+    /// apply, roll back, enrollment, settings.
+    Console(console::ConsoleArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +81,10 @@ fn main() -> ExitCode {
         Command::Rollback(args) => live::rollback(args, &out),
         Command::Demo => demo::demo(&out),
         Command::Agent(args) => hotpatch_agent::cli::run(args),
+        Command::Readiness(args) => machine::readiness(args, &out),
+        Command::Scan(args) => machine::scan(args, &out),
+        Command::Repair(args) => machine::repair(args, &out),
+        Command::Console(args) => console::console(args, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -83,11 +83,16 @@ fn apply_status_rollback_and_permission_denied() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap(), maps_before);
 
-    let applied = json(&run(&["--json", "apply", "--pid", &pid, &s(&pkg), "--trust", &trust]));
+    let state = s(&d.join("state"));
+    let applied = json(&run(&["--json", "apply", "--pid", &pid, &s(&pkg), "--trust", &trust, "--state-dir", &state]));
     assert_eq!(applied["level"], 1);
     assert_eq!(applied["threads"], 1);
     assert!(applied["pause_us"].as_u64().is_some());
     assert_eq!(applied["functions"][0], "check");
+    // The apply was journaled: its intent and its outcome.
+    let journal = std::fs::read_to_string(d.join("state/journal.jsonl")).expect("journal");
+    assert!(journal.lines().next().is_some_and(|l| l.starts_with("{\"intent\"")), "{journal}");
+    assert!(journal.lines().nth(1).is_some_and(|l| l.contains("\"ok\":true")), "{journal}");
 
     let status = json(&run(&["--json", "status", "--pid", &pid]));
     assert_eq!(status[0]["patch_id"], applied["patch_id"]);

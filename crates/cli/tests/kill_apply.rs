@@ -1,0 +1,68 @@
+//! `hotpatch apply` killed with SIGKILL at spread points of a two-site
+//! transition, then `hotpatch repair`: the process lives on, fully patched or
+//! untouched, with no patch region left behind that nothing leads to.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+// Ignored until the engine's syscall injection survives its tracer's death:
+// about one run in twenty, a kill that lands while a thread is borrowed for an
+// injected mmap/mprotect leaves that thread with the injected registers, and
+// the target dies of SIGSEGV in the vDSO (`cargo test -- --ignored` shows it).
+// Everything the agent side can do (journal, repair) passes in the other runs.
+#[test]
+#[ignore = "engine: SIGKILL of the tracer during syscall injection can crash the target"]
+fn apply_killed_at_any_step_leaves_the_process_whole_after_repair() {
+    let f = Fixture::new();
+    let pkg = f.path("svc-2.hpatch");
+    f.pack(&f.path("svc"), 2, &pkg);
+    let mut svc = Svc::start(&f.path("svc"));
+    let (pid, state) = (svc.pid().to_string(), s(&f.path("state")));
+    // How long a whole apply takes here, so the kills spread over all of it.
+    let started = std::time::Instant::now();
+    json(&run(&["--json", "apply", "--pid", &pid, &s(&pkg), "--trust", &f.trust(), "--state-dir", &state]));
+    let whole = started.elapsed();
+    assert!(svc.wait_for(LEVEL2));
+    json(&run(&["--json", "rollback", "--pid", &pid]));
+    let (mut patched, mut repaired_regions) = (0, 0);
+    const TRIALS: u32 = 40;
+    for trial in 0..TRIALS {
+        let mut apply = Command::new(HOTPATCH)
+            .args(["apply", "--pid", &pid, &s(&pkg), "--trust", &f.trust(), "--state-dir", &state])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("apply");
+        // Spread the kill over start-up, mapping, the transition and after.
+        let delay = whole * 3 * (trial + 1) / (2 * TRIALS) + Duration::from_micros(200);
+        std::thread::sleep(delay);
+        let _ = apply.kill();
+        let _ = apply.wait();
+        if let Ok(Some(end)) = svc.child.try_wait() {
+            panic!("trial {trial}: the target ended ({end}) when apply was killed {delay:?} after its start");
+        }
+        let repaired = json(&run(&["--json", "repair", "--state-dir", &state, "--min-age", "0", "--pid", &pid]));
+        assert_eq!(repaired["errors"], serde_json::json!([]), "trial {trial}: {repaired}");
+        repaired_regions += repaired["regions"].as_array().map_or(0, Vec::len);
+        let status = json(&run(&["--json", "status", "--pid", &pid]));
+        let regions = status.as_array().expect("list");
+        assert!(regions.len() <= 1 && regions.iter().all(|r| r["active"] == true), "trial {trial}: {status}");
+        if regions.len() == 1 {
+            patched += 1;
+            json(&run(&["--json", "rollback", "--pid", &pid]));
+        }
+    }
+    // Where the kills landed varies with the machine's load; said for the record.
+    eprintln!(
+        "{TRIALS} trials over {whole:?}: {patched} ended patched, {repaired_regions} region(s) repaired, the rest untouched"
+    );
+    // Still alive, running its own code, and patchable.
+    json(&run(&["--json", "apply", "--pid", &pid, &s(&pkg), "--trust", &f.trust(), "--state-dir", &state]));
+    assert!(svc.wait_for(LEVEL2), "the process no longer runs or cannot be patched");
+    let journal = hotpatch_agent::journal::open_intents(&f.path("state")).expect("journal");
+    assert!(journal.is_empty(), "repair closed every intent: {journal:?}");
+}
