@@ -146,7 +146,9 @@ fn repair_process(pid: i32, opts: &RepairOptions, report: &mut RepairReport) {
             Ok(v) => v,
             Err(e) => return report.errors.push(format!("process {pid} ({comm}): {e}")),
         };
-        for f in found.iter().filter(|f| settled(f)) {
+        // A retired region (replaced or rolled back) stays mapped on purpose:
+        // a suspended stack may still return into it.
+        for f in found.iter().filter(|f| settled(f) && f.header.record.retired.is_none()) {
             let n = f.switched.iter().filter(|&&s| s).count();
             let outcome = match pass {
                 "complete" if n > 0 && n < f.switched.len() => {
