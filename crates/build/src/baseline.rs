@@ -47,7 +47,15 @@ pub struct Baseline<'a> {
     /// For a stripped baseline whose symbols no reference link could lend:
     /// where the closest reference first differs.
     pub reference_mismatch: Option<crate::runpre::Mismatch>,
+    /// Symbols the table lacks whose address a run-pre match proved: the
+    /// baseline's code that matched reaches them there (as Ksplice's run-pre
+    /// matching locates local symbols). Keyed by name and, for a file-local
+    /// one, its file.
+    learned: std::cell::RefCell<std::collections::BTreeMap<(String, Option<String>), Symbol>>,
 }
+
+/// A symbol learned from one function's match, kept only if the whole function matches.
+pub type Learned = Vec<((String, Option<String>), Symbol)>;
 
 impl<'a> Baseline<'a> {
     pub fn new(elf: TargetElf<'a>, symbols: SymbolTable, origin: SymbolOrigin) -> Baseline<'a> {
@@ -64,11 +72,41 @@ impl<'a> Baseline<'a> {
             compilers,
             proven_functions: None,
             reference_mismatch: None,
+            learned: Default::default(),
         }
     }
 
-    /// The symbol `name` (a file-local one of `file`).
-    pub fn lookup(&self, name: &str, local: bool, file: Option<&str>) -> Result<&Symbol, LookupError> {
+    /// The symbol `name` (a file-local one of `file`): from the symbol
+    /// table, else as a run-pre match located it.
+    pub fn lookup(&self, name: &str, local: bool, file: Option<&str>) -> Result<Symbol, LookupError> {
+        match self.lookup_table(name, local, file) {
+            Err(LookupError::NotFound(_)) => {
+                let key = (name.to_owned(), if local { file.map(str::to_owned) } else { None });
+                self.learned.borrow().get(&key).cloned().ok_or_else(|| LookupError::NotFound(name.to_owned()))
+            }
+            found => found.cloned(),
+        }
+    }
+
+    /// Whether `address` was located by a run-pre match (so it is proven).
+    pub fn is_learned(&self, address: u64) -> bool {
+        self.learned.borrow().values().any(|s| s.address == address)
+    }
+
+    /// How many symbols run-pre matches have located so far.
+    pub fn learned_count(&self) -> usize {
+        self.learned.borrow().len()
+    }
+
+    /// Keeps what one function's successful match located.
+    pub fn learn(&self, learned: Learned) {
+        let mut map = self.learned.borrow_mut();
+        for (key, sym) in learned {
+            map.entry(key).or_insert(sym);
+        }
+    }
+
+    fn lookup_table(&self, name: &str, local: bool, file: Option<&str>) -> Result<&Symbol, LookupError> {
         if local {
             // A local's name may be unique without the file; a file that
             // does not match is then another function of the same name.

@@ -251,7 +251,7 @@ fn match_object(baseline: &Baseline<'_>, old: &ObjectFile) -> ObjectMatch {
     for (sym, _) in old.functions() {
         let s = &old.symbols[sym];
         let Ok(at) = baseline.lookup(&s.name, s.local, old.source_file.as_deref()) else { continue };
-        match match_function(baseline, old, sym, at) {
+        match match_function(baseline, old, sym, &at) {
             Ok(()) => result.matched += 1,
             Err(m) => result.mismatches.push(m),
         }
@@ -272,8 +272,17 @@ fn locate_objects(
     explain: &mut Explain,
 ) -> Result<BTreeSet<usize>, DiffBuildError> {
     let changed: Vec<usize> = (0..req.pairs.len()).filter(|&i| !diffs[i].is_empty()).collect();
-    let matches: BTreeMap<usize, ObjectMatch> =
-        changed.iter().map(|&i| (i, match_object(baseline, &req.pairs[i].old))).collect();
+    // Each round may locate symbols (run-pre) that let more functions be
+    // matched in the next; a few rounds reach the fixed point.
+    let mut matches: BTreeMap<usize, ObjectMatch> = BTreeMap::new();
+    for _ in 0..4 {
+        let before = baseline.learned_count();
+        matches = changed.iter().map(|&i| (i, match_object(baseline, &req.pairs[i].old))).collect();
+        if baseline.learned_count() == before {
+            break;
+        }
+    }
+
     let source = |i: usize| req.pairs[i].old.source_file.clone().unwrap_or_else(|| req.pairs[i].old.path.clone());
     let settled: BTreeSet<String> = matches.iter().filter(|(_, m)| m.full()).map(|(&i, _)| source(i)).collect();
     let mut found = BTreeSet::new();
@@ -478,7 +487,7 @@ fn sites(
                 s.name, at.size
             )));
         }
-        let bytes = baseline.function_bytes(at).ok_or_else(|| {
+        let bytes = baseline.function_bytes(&at).ok_or_else(|| {
             DiffBuildError::Unsupported(format!("{} is not in an executable segment of the baseline", s.name))
         })?;
         out.push(FunctionPatch {
@@ -546,7 +555,9 @@ impl BaselineBinder<'_, '_> {
     /// A function whose address comes from a reference link not proven for it.
     fn unproven(&self, at: &hotpatch_elf::Symbol) -> bool {
         let proven = self.baseline.proven_functions.as_ref();
-        Baseline::is_function(at) && proven.is_some_and(|p| !p.contains(&at.address))
+        Baseline::is_function(at)
+            && proven.is_some_and(|p| !p.contains(&at.address))
+            && !self.baseline.is_learned(at.address)
     }
 }
 
@@ -565,7 +576,7 @@ impl Binder for BaselineBinder<'_, '_> {
             return Ok(Binding::ByName);
         }
         match self.baseline.lookup(&s.name, s.local, obj.source_file.as_deref()) {
-            Ok(at) if self.unproven(at) => Err(format!(
+            Ok(at) if self.unproven(&at) => Err(format!(
                 "the patch calls {} of {}, whose code in the baseline differs from the builder's build at the \
                  address its symbols give; give the baseline's debug file",
                 s.name, obj.path

@@ -10,7 +10,7 @@
 //! rewrite an instruction (`mov foo@GOTPCREL` → `lea foo`) are accepted only
 //! in the exact form the linker produces.
 
-use crate::baseline::{Baseline, GotSlot};
+use crate::baseline::{Baseline, GotSlot, Learned};
 use crate::objfile::{ObjectFile, RefKey, field_width, is_tls, pc_relative};
 use hotpatch_elf::Symbol;
 
@@ -36,13 +36,15 @@ pub fn match_function(baseline: &Baseline<'_>, obj: &ObjectFile, sym: usize, at:
     let Some(section_index) = s.section else { return Err(fail(0, "not defined in the object".into())) };
     let section = &obj.sections[section_index];
     let size = if s.size > 0 { s.size } else { section.size };
-    if size != at.size {
+    // A located symbol's size is the object's (the table had none).
+    if size != at.size && at.size != 0 {
         return Err(fail(0, format!("{} bytes in the builder's build, {} in the baseline", size, at.size)));
     }
     let ours =
         section.data.get(s.value as usize..(s.value + size) as usize).ok_or_else(|| fail(0, "truncated".into()))?;
     let theirs = baseline.function_bytes(at).ok_or_else(|| fail(0, "not in an executable segment".into()))?;
     let mut covered = vec![false; ours.len()];
+    let mut learned = Learned::new();
     for r in section.relocs.iter().filter(|r| r.offset >= s.value && r.offset < s.value + size) {
         let offset = r.offset - s.value;
         let width = field_width(r.r_type).ok_or_else(|| fail(offset, format!("relocation type {}", r.r_type)))?;
@@ -60,8 +62,8 @@ pub fn match_function(baseline: &Baseline<'_>, obj: &ObjectFile, sym: usize, at:
         }
         let key = obj.key(section_index, r);
         let place = at.address + offset;
-        check_relocation(baseline, obj, r.r_type, &key, place, &theirs[field.clone()], ours, theirs, offset as usize)
-            .map_err(|d| fail(offset, d))?;
+        let at_field = Field { r_type: r.r_type, place, bytes: &theirs[field.clone()], offset: offset as usize };
+        check_relocation(baseline, obj, &key, &at_field, ours, theirs, &mut learned).map_err(|d| fail(offset, d))?;
         if relaxed(r.r_type, ours, theirs, offset as usize) {
             covered[offset as usize - 2] = true;
             covered[offset as usize - 1] = true;
@@ -73,7 +75,18 @@ pub fn match_function(baseline: &Baseline<'_>, obj: &ObjectFile, sym: usize, at:
             format!("byte 0x{:02x} in the builder's build, 0x{:02x} in the baseline", ours[i], theirs[i]),
         ));
     }
+    baseline.learn(learned);
     Ok(())
+}
+
+/// One relocation field as the baseline has it.
+struct Field<'a> {
+    r_type: u32,
+    /// Its link-time address in the baseline.
+    place: u64,
+    bytes: &'a [u8],
+    /// Its offset in the function.
+    offset: usize,
 }
 
 /// A TLS access's opcode bytes around the field may be rewritten (GD → IE →
@@ -105,23 +118,21 @@ fn read_field(bytes: &[u8]) -> i64 {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn check_relocation(
     baseline: &Baseline<'_>,
     obj: &ObjectFile,
-    r_type: u32,
     key: &RefKey,
-    place: u64,
-    field: &[u8],
+    field: &Field<'_>,
     ours: &[u8],
     theirs: &[u8],
-    offset: usize,
+    learned: &mut Learned,
 ) -> Result<(), String> {
     use object::elf::*;
-    if field.is_empty() {
+    let (r_type, place, offset) = (field.r_type, field.place, field.offset);
+    if field.bytes.is_empty() {
         return Ok(());
     }
-    let value = read_field(field);
+    let value = read_field(field.bytes);
     // What the field reaches: S + A for every type the builder checks.
     let reached = if pc_relative(r_type) { (place as i64).wrapping_add(value) as u64 } else { value as u64 };
     let got_indirect = matches!(r_type, R_X86_64_GOTPCREL | R_X86_64_GOTPCRELX | R_X86_64_REX_GOTPCRELX)
@@ -131,7 +142,7 @@ fn check_relocation(
             if got_indirect {
                 return check_got(baseline, name, *local, obj, reached.wrapping_sub(*delta as u64));
             }
-            check_named(baseline, obj, name, *local, *delta, reached)
+            check_named(baseline, obj, Target { name, local: *local, delta: *delta, reached }, learned)
         }
         RefKey::String { content, offset: delta } | RefKey::Constant { content, offset: delta } => {
             let start = reached.wrapping_sub(*delta as u64);
@@ -156,29 +167,56 @@ fn check_relocation(
     }
 }
 
-fn check_named(
-    baseline: &Baseline<'_>,
-    obj: &ObjectFile,
-    name: &str,
+/// A named symbol a relocation field reaches.
+struct Target<'a> {
+    name: &'a str,
     local: bool,
+    /// The offset from the symbol's start the reference carries.
     delta: i64,
     reached: u64,
-) -> Result<(), String> {
-    let target = reached.wrapping_sub(delta as u64);
-    match baseline.lookup(name, local, obj.source_file.as_deref()) {
-        Ok(sym) if sym.address == target => return Ok(()),
-        Ok(sym) if baseline.plt_name(target) != Some(name) => {
-            return Err(format!(
-                "refers to {name} (0x{:x} in the baseline), the baseline's code reaches 0x{target:x}",
-                sym.address
-            ));
+}
+
+fn check_named(baseline: &Baseline<'_>, obj: &ObjectFile, t: Target<'_>, learned: &mut Learned) -> Result<(), String> {
+    let (name, target) = (t.name, t.reached.wrapping_sub(t.delta as u64));
+    let file = if t.local { obj.source_file.clone() } else { None };
+    let key = (name.to_owned(), file.clone());
+    let known = baseline
+        .lookup(name, t.local, obj.source_file.as_deref())
+        .ok()
+        .or_else(|| learned.iter().find(|(k, _)| *k == key).map(|(_, s)| s.clone()));
+    match (known, baseline.plt_name(target)) {
+        (Some(sym), _) if sym.address == target => Ok(()),
+        (_, Some(n)) if n == name => Ok(()),
+        (Some(sym), _) => Err(format!(
+            "refers to {name} (0x{:x} in the baseline), the baseline's code reaches 0x{target:x}",
+            sym.address
+        )),
+        (None, Some(n)) => Err(format!("calls {name}, the baseline calls {n} through its PLT")),
+        // Absent from the table (a stripped file's static or hidden symbol),
+        // reached directly inside the baseline (an import would go through
+        // the PLT or GOT): the baseline's code says where it is. Kept if the
+        // whole function matches, and every later reference must agree.
+        (None, None) if baseline.elf.bytes_at(target, 1).is_some() => {
+            let function = baseline.elf.is_executable_range(target, 1);
+            learned.push((key, learned_symbol(obj, name, file, target, function)));
+            Ok(())
         }
-        _ => {}
+        (None, None) => {
+            Err(format!("refers to {name}, which the baseline neither defines nor imports at 0x{target:x}"))
+        }
     }
-    match baseline.plt_name(target) {
-        Some(n) if n == name => Ok(()),
-        Some(n) => Err(format!("calls {name}, the baseline calls {n} through its PLT")),
-        None => Err(format!("refers to {name}, which the baseline neither defines nor imports at 0x{target:x}")),
+}
+
+fn learned_symbol(obj: &ObjectFile, name: &str, file: Option<String>, address: u64, function: bool) -> Symbol {
+    let s = obj.find(name).map(|i| &obj.symbols[i]);
+    Symbol {
+        name: name.to_owned(),
+        file,
+        address,
+        size: s.map_or(0, |s| s.size),
+        kind: if function { hotpatch_elf::SymbolKind::Function } else { hotpatch_elf::SymbolKind::Object },
+        local: s.is_some_and(|s| s.local),
+        source: hotpatch_elf::SymbolSource::Symtab,
     }
 }
 

@@ -39,10 +39,16 @@ struct Shipped {
 
 impl Shipped {
     fn build(cflags: &str) -> Shipped {
+        Shipped::build_with(cflags, &[])
+    }
+
+    fn build_with(cflags: &str, make_args: &[&str]) -> Shipped {
         let dir = tempfile::tempdir().unwrap();
         let dist = dir.path().join("dist");
         ok(run(Command::new("cp").arg("-a").arg(fixtures().join("svc")).arg(&dist)), "cp");
-        ok(run(Command::new("make").arg("-s").arg(format!("CFLAGS={cflags}")).current_dir(&dist)), "make");
+        let mut make = Command::new("make");
+        make.arg("-s").arg(format!("CFLAGS={cflags}")).args(make_args).current_dir(&dist);
+        ok(run(&mut make), "make");
         let installed = dir.path().join("installed");
         std::fs::create_dir(&installed).unwrap();
         for file in ["svc", "libsvc.so"] {
@@ -276,6 +282,26 @@ fn shared_library_fix() {
 /// What a failed command said, on either stream (`--json` puts the error on stdout).
 fn said(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn stripped_baseline_linked_unlike_the_builder_is_located_by_run_pre() {
+    // Shipped with another page size: every address moves, so the builder's
+    // own link cannot lend its symbols; the static helper is found where the
+    // exported lib_parse, matched byte for byte, calls it.
+    let shipped = Shipped::build_with("-O2 -g", &["LDFLAGS=-Wl,-z,max-page-size=0x10000"]);
+    let mut svc = shipped.start();
+    assert!(svc.loaded_test("library-static").is_err());
+    let report = json(&ok(shipped.hotpatch_build("library-static", "libsvc.so"), "hotpatch build"));
+    assert_eq!(report["explain"]["symbols"]["kind"], "dynsym", "{report:#}");
+    assert_eq!(sites(&report), ["digit"]);
+    let package = shipped.path("library-static.hpatch");
+    let trust = shipped.path("keys/publisher.pub");
+    ok(
+        run(Command::new(HOTPATCH).args(["apply", "--pid", &svc.pid()]).arg(&package).arg("--trust").arg(&trust)),
+        "apply",
+    );
+    assert_eq!(svc.loaded_test("library-static"), Ok(()));
 }
 
 fn refused(name: &str) {
