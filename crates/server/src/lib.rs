@@ -17,6 +17,7 @@ pub mod offer;
 pub mod schema;
 pub mod serve;
 pub mod state;
+pub mod trust;
 pub mod util;
 pub mod web;
 pub mod windows;

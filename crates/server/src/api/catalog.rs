@@ -20,7 +20,9 @@ use crate::util::{new_id, now, parse_time, rfc3339, sha256_hex};
 
 pub async fn upload_hotpatch(State(st): State<AppState>, user: User, body: Bytes) -> ApiResult<Json<Value>> {
     user.require(Role::Operator)?;
-    let verified = hotpatch_format::verify(&body, &st.trust)
+    // The server's keys and the organisation's, as they are now (no restart needed).
+    let trust = crate::trust::store_for(&st, &user.org_id).await?;
+    let verified = hotpatch_format::verify(&body, &trust)
         .map_err(|e| ApiError::Unprocessable(format!("package rejected: {e}")))?;
     let m = &verified.manifest;
     if !m.hotpatchable() {
