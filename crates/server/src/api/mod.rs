@@ -57,6 +57,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/deployments/{id}", get(deploy::get_deployment))
         .route("/api/v1/deployments/{id}/cancel", post(deploy::cancel_deployment))
         .route("/api/v1/deployments/{id}/resume", post(deploy::resume_deployment))
+        .route("/api/v1/deployments/{id}/pause", post(deploy::pause_deployment))
         .route("/api/v1/queries", get(queries::list_queries).post(queries::create_query))
         .route("/api/v1/queries/{name}", get(queries::get_query).delete(queries::delete_query))
         .route("/api/v1/compliance/overview", get(compliance::get_overview))
