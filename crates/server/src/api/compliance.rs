@@ -28,6 +28,9 @@ pub const STALE_SECONDS: i64 = 3 * crate::api::checkin::INTERVAL_SECONDS + 600;
 #[serde(rename_all = "kebab-case")]
 pub enum Status {
     NothingToApply,
+    /// A running build the catalog knows nothing of (no hotpatch, no registered
+    /// baseline): nobody can say it is up to date.
+    NotCovered,
     Applied,
     Unknown,
     Pending,
@@ -40,6 +43,7 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Status::NothingToApply => "nothing-to-apply",
+            Status::NotCovered => "not-covered",
             Status::Applied => "applied",
             Status::Unknown => "unknown",
             Status::Pending => "pending",
@@ -69,20 +73,39 @@ type ReportedTarget = (String, String, i64, Option<String>);
 
 /// Computes the compliance of every (machine, target) of an organisation.
 pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> {
+    rows_for(st, org_id, None).await
+}
+
+/// `AND m.id IN ($2, $3, ...)` for the machines in `only`.
+fn only_clause(only: Option<&[String]>) -> String {
+    match only {
+        None => String::new(),
+        Some(ids) => {
+            let list: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+            format!(" AND m.id IN ({})", list.join(", "))
+        }
+    }
+}
+
+/// The compliance rows of the machines in `only` (all of the organisation's
+/// when None), so a page of a machine list computes just its own rows.
+pub async fn rows_for(st: &AppState, org_id: &str, only: Option<&[String]>) -> ApiResult<Vec<ComplianceRow>> {
+    if only.is_some_and(|ids| ids.is_empty()) {
+        return Ok(Vec::new());
+    }
     let t = now();
-    let machines = sqlx::query(
-        "SELECT id, hostname, last_seen FROM machines WHERE org_id = $1 AND revoked_at IS NULL ORDER BY hostname, id",
-    )
-    .bind(org_id)
-    .fetch_all(&st.db.pool)
-    .await?;
-    let targets = sqlx::query(
+    let ids = only.unwrap_or_default();
+    let sql = format!(
+        "SELECT m.id, m.hostname, m.last_seen FROM machines m WHERE m.org_id = $1 AND m.revoked_at IS NULL{} ORDER BY m.hostname, m.id",
+        only_clause(only)
+    );
+    let machines = ids.iter().fold(sqlx::query(&sql).bind(org_id), |q, id| q.bind(id)).fetch_all(&st.db.pool).await?;
+    let sql = format!(
         "SELECT t.machine_id, t.build_id, t.file_name, t.applied_level, t.error FROM machine_targets t JOIN machines m ON m.id = t.machine_id \
-         WHERE m.org_id = $1 ORDER BY t.file_name, t.build_id",
-    )
-    .bind(org_id)
-    .fetch_all(&st.db.pool)
-    .await?;
+         WHERE m.org_id = $1{} ORDER BY t.file_name, t.build_id",
+        only_clause(only)
+    );
+    let targets = ids.iter().fold(sqlx::query(&sql).bind(org_id), |q, id| q.bind(id)).fetch_all(&st.db.pool).await?;
     let failures = sqlx::query(
         "SELECT r.machine_id, d.patch_id, r.detail FROM work_results r JOIN deployments d ON d.id = r.deployment_id \
          WHERE d.org_id = $1 AND r.status = 'failed' AND d.kind = 'hotpatch'",
@@ -223,10 +246,18 @@ fn fallback_status(
     } else if latest > applied {
         let how = if deployed { "deployed, not yet applied" } else { "available, not deployed" };
         (Status::Pending, format!("level {latest} {how}"))
-    } else if latest > 0 {
+    } else if latest > 0 && applied == latest {
         (Status::Applied, format!("hotpatch level {applied}"))
+    } else if applied > 0 {
+        (
+            Status::NotCovered,
+            format!("level {applied} applied, but this catalog has no hotpatch at that level for this build"),
+        )
     } else {
-        (Status::NothingToApply, "up to date".to_string())
+        (
+            Status::NotCovered,
+            "no catalog entry for this build: not covered by hotpatches or a registered baseline".to_string(),
+        )
     }
 }
 
@@ -398,8 +429,8 @@ pub fn overview(rows: &[ComplianceRow]) -> Overview {
     let mut o = Overview { machines: worst.len() as i64, ..Overview::default() };
     for (status, hot) in worst.values() {
         match status {
-            Status::NothingToApply | Status::Applied if *hot => o.hotpatched += 1,
-            Status::NothingToApply | Status::Applied => o.up_to_date += 1,
+            Status::NothingToApply | Status::NotCovered | Status::Applied if *hot => o.hotpatched += 1,
+            Status::NothingToApply | Status::NotCovered | Status::Applied => o.up_to_date += 1,
             Status::Pending => o.pending += 1,
             Status::NeedsRestart => o.restart_pending += 1,
             Status::CheckFailed | Status::ApplyFailed => o.failing += 1,
