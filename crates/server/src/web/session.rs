@@ -28,15 +28,29 @@ fn session_cookie(value: &str, max_age: i64, secure: bool) -> ApiResult<HeaderVa
     HeaderValue::from_str(&cookie).map_err(|e| ApiError::Internal(format!("session cookie: {e}")))
 }
 
-/// A signed-in user of the web UI; anyone else is sent to the sign-in page.
-pub struct UiUser(pub User);
+/// A signed-in user of the web UI and the token its forms must carry (see
+/// `web::csrf`; empty without a session cookie, so such a caller cannot post);
+/// anyone else is sent to the sign-in page.
+pub struct UiUser(pub User, pub String);
+
+impl UiUser {
+    /// Whether the user may change things (operators and admins see forms).
+    pub fn acts(&self) -> bool {
+        self.0.role >= crate::auth::Role::Operator
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.0.role >= crate::auth::Role::Admin
+    }
+}
 
 impl FromRequestParts<AppState> for UiUser {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<UiUser, Response> {
+        let csrf = super::csrf::session_secret(&parts.headers).map(super::csrf::token_for).unwrap_or_default();
         match User::from_request_parts(parts, state).await {
-            Ok(u) => Ok(UiUser(u)),
+            Ok(u) => Ok(UiUser(u, csrf)),
             Err(ApiError::Unauthorized(_)) => Err(Redirect::to("/ui/login").into_response()),
             Err(e) => Err(e.into_response()),
         }
