@@ -8,7 +8,6 @@ mod common;
 
 use std::io::{Read, Write};
 
-use common::browser::Browser;
 use common::*;
 use hotpatch_format::{Classification, SecretKey};
 use serde_json::json;

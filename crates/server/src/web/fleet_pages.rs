@@ -309,7 +309,7 @@ async fn listing(st: &AppState, org_id: &str, q: &ListQuery, entitled: bool) -> 
         .collect();
     if q.sort == "state" {
         // Stable: within one state the SQL order (hostname) stays.
-        all.sort_by(|a, b| b.1.worst.cmp(&a.1.worst));
+        all.sort_by_key(|m| std::cmp::Reverse(m.1.worst));
     }
     let total = all.len() as i64;
     let shown = all.into_iter().skip((page - 1).saturating_mul(PER_PAGE)).take(PER_PAGE).collect();

@@ -84,7 +84,7 @@ fn operator_forms(u: &UiUser, id: &str, m: &Value) -> String {
 pub async fn machine_page(State(st): State<AppState>, u: UiUser, Path(id): Path<String>) -> ApiResult<Html<String>> {
     let m = crate::api::fleet::machine_detail_json(&st, &u.0.org_id, &id).await?;
     let mut comp = rows_for(&st, &u.0.org_id, Some(std::slice::from_ref(&id))).await?;
-    comp.sort_by(|a, b| b.status.cmp(&a.status));
+    comp.sort_by_key(|r| std::cmp::Reverse(r.status));
     let processes = |build: &str| {
         m["targets"].as_array().and_then(|t| t.iter().find(|x| x["build_id"] == build)).map(|x| text(&x["processes"]))
     };

@@ -205,7 +205,7 @@ pub async fn compliance_page(State(st): State<AppState>, u: UiUser) -> ApiResult
     page.h(2, "By machine and target");
     let mut all = rows(&st, &u.0.org_id).await?;
     // Rows that need action first; within a state, the hostname order stays.
-    all.sort_by(|a, b| b.status.cmp(&a.status));
+    all.sort_by_key(|r| std::cmp::Reverse(r.status));
     let r: Vec<Vec<String>> = all
         .iter()
         .map(|r| {
