@@ -155,3 +155,43 @@ pub async fn revoke(st: &AppState, user: &User, key_id: &str) -> ApiResult<()> {
     tx.commit().await?;
     Ok(())
 }
+
+/// The HTTP API over the functions above: `GET|POST /api/v1/trusted-keys`,
+/// `DELETE /api/v1/trusted-keys/{key_id}`.
+pub mod api {
+    use axum::Json;
+    use axum::extract::{Path, State};
+    use serde::Deserialize;
+    use serde_json::{Value, json};
+
+    use crate::api::json::ApiJson;
+    use crate::auth::User;
+    use crate::error::ApiResult;
+    use crate::state::AppState;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct NewKey {
+        label: String,
+        /// The public key as `hotpatch keygen` writes it (`hotpatch-public-key-v1 <hex>`).
+        public_key: String,
+    }
+
+    pub async fn list_keys(State(st): State<AppState>, user: User) -> ApiResult<Json<Value>> {
+        Ok(Json(json!({ "keys": super::list(&st, &user.org_id).await? })))
+    }
+
+    pub async fn add_key(
+        State(st): State<AppState>,
+        user: User,
+        ApiJson(k): ApiJson<NewKey>,
+    ) -> ApiResult<Json<Value>> {
+        let key_id = super::add(&st, &user, &k.label, &k.public_key).await?;
+        Ok(Json(json!({ "key_id": key_id, "label": k.label.trim() })))
+    }
+
+    pub async fn revoke_key(State(st): State<AppState>, user: User, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+        super::revoke(&st, &user, &id).await?;
+        Ok(Json(json!({ "revoked": id })))
+    }
+}
