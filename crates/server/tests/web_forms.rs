@@ -176,7 +176,7 @@ fn machines_are_tagged_and_revoked_and_keys_trusted_from_the_ui() {
         b.goto(&format!("{}/ui/machines/{id}", s.base));
         b.fill("machine-tags", "tags", "prod, team:db");
         b.press("machine-tags", "Save tags");
-        assert!(b.text("facts").contains("prod") && b.text("facts").contains("team:db"), "{}", b.html());
+        assert!(b.text("facts").contains("prod, team:db"), "{}", b.html());
         b.fill("machine-tags", "tags", "bad tag!");
         b.press("machine-tags", "Save tags");
         assert_eq!(b.status(), 400);

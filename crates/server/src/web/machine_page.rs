@@ -20,6 +20,7 @@ fn text(v: &Value) -> String {
         Value::Null => String::new(),
         Value::Bool(true) => "yes".into(),
         Value::Bool(false) => "no".into(),
+        Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(", "),
         other => other.to_string(),
     }
 }

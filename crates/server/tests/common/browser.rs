@@ -186,6 +186,17 @@ impl Browser {
         self.page("DOM.setFileInputFiles", json!({ "nodeId": node["nodeId"], "files": [path.display().to_string()] }));
     }
 
+    /// A PNG of the page as shown (for a person to look at; no test asserts on pixels).
+    pub fn screenshot(&mut self, path: &std::path::Path) {
+        self.page(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": 1280, "height": 1400, "deviceScaleFactor": 1, "mobile": false }),
+        );
+        let shot = self.page("Page.captureScreenshot", json!({ "format": "png", "captureBeyondViewport": true }));
+        let data = shot["data"].as_str().unwrap_or_default();
+        std::fs::write(path, base64_decode(data)).expect("write screenshot");
+    }
+
     /// Whether the page has an element with this id.
     pub fn has(&mut self, id: &str) -> bool {
         self.eval(&format!("document.getElementById({}) !== null", json!(id))) == json!(true)
@@ -205,4 +216,26 @@ impl Drop for Browser {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for v in text.bytes().filter_map(value) {
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
 }
