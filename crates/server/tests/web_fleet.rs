@@ -197,8 +197,11 @@ fn the_deployment_page_says_why_nothing_happens_yet() {
     assert!(b.text("why").contains("No machine is in this deployment's scope"), "{}", b.text("why"));
     // The list keeps the state and the reason in their own cells.
     b.goto(&format!("{}/ui/deployments", s.base));
-    let cells =
-        b.eval("[...document.querySelectorAll('#deployments tbody tr:first-child td')].map(t => t.textContent)");
+    let cells = b.eval(
+        "[...[...document.querySelectorAll('#deployments tbody tr')].find(r => r.cells[0].textContent === 'nobody').cells]\
+         .map(t => t.textContent)",
+    );
     let cells: Vec<String> = serde_json::from_value(cells).unwrap_or_default();
     assert_eq!(cells.get(7).map(String::as_str), Some("active"), "{cells:?}");
+    assert!(cells.get(8).is_some_and(|c| c.starts_with("No machine is in")), "{cells:?}");
 }

@@ -8,6 +8,7 @@ mod common;
 
 use std::io::{Read, Write};
 
+use common::browser::Browser;
 use common::*;
 use hotpatch_format::{Classification, SecretKey};
 use serde_json::json;
@@ -219,6 +220,9 @@ fn viewers_see_no_forms_and_cannot_post() {
     let did = d["id"].as_str().unwrap_or_default().to_string();
     let viewer = s.user_token("vera", "viewer");
     let mut b = s.browser_as(&viewer);
+    b.goto(&format!("{}/ui/deployments/new?patch=fix-1", s.base));
+    assert_eq!(b.status(), 403, "{}", b.html());
+    assert!(b.text("error").contains("operator"), "{}", b.html());
     for page in
         ["/ui/catalog", "/ui/machines", &format!("/ui/machines/{id}"), &format!("/ui/deployments/{did}"), "/ui/keys"]
     {
@@ -293,4 +297,18 @@ fn forged_posts_are_refused() {
     assert_eq!(b.status(), 403, "{}", b.html());
     assert!(b.text("error").contains("refused"), "{}", b.html());
     assert!(!has_audit(&s, "enrollment-token.create"), "no token was made: {:?}", audit_actions(&s));
+
+    // Signing a victim's browser in as the attacker (login CSRF) is refused too.
+    let attacker_token = s.user_token("mallory", "viewer");
+    let login = foreign_site(format!(
+        "<!DOCTYPE html><form id=\"login\" method=\"post\" action=\"{}/ui/login\">\
+         <input name=\"token\" value=\"{attacker_token}\"><button type=\"submit\">Go</button></form>",
+        s.base
+    ));
+    let mut victim = Browser::start();
+    victim.goto(&login);
+    victim.press("login", "Go");
+    assert_eq!(victim.status(), 403, "{}", victim.html());
+    victim.goto(&format!("{}/ui/", s.base));
+    assert!(victim.html().contains("<h1>Sign in</h1>"), "not signed in: {}", victim.html());
 }

@@ -43,8 +43,9 @@ pub struct DeployFields {
     pub reboot_policy: String,
 }
 
+/// The catalog entry a new deployment starts from.
 #[derive(Deserialize)]
-pub struct From {
+pub struct Source {
     patch: Option<String>,
     baseline: Option<String>,
 }
@@ -101,7 +102,7 @@ async fn deploy_form(st: &AppState, u: &UiUser, f: &DeployFields) -> ApiResult<S
         .finish())
 }
 
-fn defaults(from: From) -> DeployFields {
+fn defaults(from: Source) -> DeployFields {
     let (patch_id, baseline) = (from.patch.unwrap_or_default(), from.baseline.unwrap_or_default());
     let subject = if baseline.is_empty() { &patch_id } else { &baseline };
     DeployFields {
@@ -121,11 +122,20 @@ fn render(u: &UiUser, page: &Page) -> Html<String> {
     Html(page.render("New deployment", Some((&u.0.name, u.0.role.as_str()))))
 }
 
-pub async fn new_page(State(st): State<AppState>, u: UiUser, Query(from): Query<From>) -> ApiResult<Response> {
-    u.0.require(crate::auth::Role::Operator)?;
-    let mut page = Page::new();
-    page.raw(&deploy_form(&st, &u, &defaults(from)).await?);
-    Ok(render(&u, &page).into_response())
+pub async fn new_page(State(st): State<AppState>, u: UiUser, Query(from): Query<Source>) -> Response {
+    let result = async {
+        u.0.require(crate::auth::Role::Operator)?;
+        deploy_form(&st, &u, &defaults(from)).await
+    }
+    .await;
+    match result {
+        Ok(form) => {
+            let mut page = Page::new();
+            page.raw(&form);
+            render(&u, &page).into_response()
+        }
+        Err(e) => failed(&u, "New deployment", &e, ""),
+    }
 }
 
 fn body(f: &DeployFields) -> ApiResult<deploy::NewDeployment> {

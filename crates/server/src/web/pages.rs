@@ -136,6 +136,8 @@ fn bar(done: i64, total: i64) -> String {
 
 pub async fn deployments_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
     let mut table = Vec::new();
+    let t = now();
+    let entitled = crate::api::checkin::entitled(&st, &u.0.org_id, t).await?;
     for d in deployments(&st, &u.0.org_id, false).await? {
         let (c, r) = progress(&st, &u.0.org_id, &d).await?;
         let ring = |p: &crate::api::deploy::RingProgress| {
@@ -162,7 +164,7 @@ pub async fn deployments_page(State(st): State<AppState>, u: UiUser) -> ApiResul
             format!("{}% · {}", d.canary_percent, ring(&c)),
             ring(&r),
             status(&d.state),
-            esc(&d.state_reason),
+            esc(&super::deployment_page::explain(&d, &c, &r, t, entitled)),
         ]);
     }
     let mut page = Page::new();

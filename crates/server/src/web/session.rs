@@ -88,7 +88,18 @@ async fn start_session(st: &AppState, user_id: &str, org_id: &str, actor: &str, 
     Ok(response)
 }
 
-pub async fn login_with_token(State(st): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+pub async fn login_with_token(
+    State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    // A sign-in posted from another site would sign this browser in as the
+    // attacker (login CSRF); there is no session yet, so the origin decides.
+    if let Err(e) = super::csrf::check_origin(&headers) {
+        let mut page = Page::new();
+        page.raw(&super::html::notice("error", &e.to_string()));
+        return (e.status(), Html(page.render("Sign in", None))).into_response();
+    }
     let row = sqlx::query(
         "SELECT u.id, u.org_id, u.name FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
     )

@@ -96,7 +96,10 @@ impl Browser {
         }
         let mut bytes = serde_json::to_vec(&msg).expect("json");
         bytes.push(0);
-        self.commands.write_all(&bytes).expect("write to chromium");
+        if let Err(e) = self.commands.write_all(&bytes) {
+            let exit = self.child.try_wait();
+            panic!("chromium went away before {method} ({e}); its exit: {exit:?}");
+        }
         let deadline = Instant::now() + WATCHDOG;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
