@@ -25,7 +25,7 @@ fn report(s: &TestServer, cred: &str, host: &str, targets: Vec<Value>) {
     assert_eq!(st, 200, "{v}");
 }
 
-/// Seven machines: each state alone, one with three kinds of work at once, one never seen.
+/// Eight machines: each state alone, one with three kinds of work at once, one never seen.
 fn seed(s: &TestServer) {
     s.upload(&s.admin, &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &["CVE-2027-1111"]));
     for (name, released, planned, build) in
@@ -58,6 +58,25 @@ fn seed(s: &TestServer) {
     report(s, &c, "m-uncovered", vec![target(BUILD_E, "libunknown.so", 0, None)]);
     let (_, c) = s.enroll(&[], "m-ok");
     report(s, &c, "m-ok", vec![target(BUILD_A, "libdemo.so.1", 1, None)]);
+    // A machine whose apply failed: failed, and no longer "pending" for that level.
+    let (st, d) = s.post(
+        "/api/v1/deployments",
+        &s.admin,
+        json!({ "name": "roll-1", "kind": "hotpatch", "patch_id": "fix-1",
+                "rings": { "canary_percent": 100, "failure_threshold_percent": 100 } }),
+    );
+    assert_eq!(st, 200, "{d}");
+    let (_, c) = s.enroll(&[], "m-applyfail");
+    report(s, &c, "m-applyfail", vec![a0()]);
+    let mut body = checkin_body(
+        "m-applyfail",
+        2,
+        &[],
+        json!([{ "deployment_id": d["id"], "status": "failed", "detail": "busy" }]),
+    );
+    body["targets"] = json!([a0()]);
+    let (st, v) = s.post("/api/v1/agent/checkin", &c, body);
+    assert_eq!(st, 200, "{v}");
     s.enroll(&[], "m-silent");
 }
 
@@ -80,10 +99,13 @@ fn the_overview_counts_every_kind_of_work_and_links_to_those_machines() {
         seed(&s);
         let mut b = s.browser_as(&s.admin);
         let expected: [(&str, &[&str]); 9] = [
-            ("machines", &["m-failed", "m-multi", "m-ok", "m-pending", "m-restart", "m-silent", "m-uncovered"]),
+            (
+                "machines",
+                &["m-applyfail", "m-failed", "m-multi", "m-ok", "m-pending", "m-restart", "m-silent", "m-uncovered"],
+            ),
             ("pending", &["m-multi", "m-pending"]),
             ("restart-required", &["m-multi", "m-restart"]),
-            ("failed", &["m-failed", "m-multi"]),
+            ("failed", &["m-applyfail", "m-failed", "m-multi"]),
             ("silent", &["m-silent"]),
             ("unknown", &["m-silent"]),
             ("not-covered", &["m-uncovered"]),
@@ -105,7 +127,7 @@ fn the_overview_counts_every_kind_of_work_and_links_to_those_machines() {
         for (query, hosts) in [
             ("tag=web", &["m-multi", "m-pending"][..]),
             ("target=libold.so.1", &["m-multi", "m-restart"]),
-            ("cve=CVE-2027-1111", &["m-multi", "m-pending"]),
+            ("cve=CVE-2027-1111", &["m-applyfail", "m-multi", "m-pending"]),
             ("tag=web&state=needs-restart", &["m-multi"]),
             ("tag=nosuch", &[]),
         ] {
@@ -114,7 +136,7 @@ fn the_overview_counts_every_kind_of_work_and_links_to_those_machines() {
         }
         b.goto(&format!("{}/ui/machines?sort=state", s.base));
         let order = listed(&mut b);
-        assert_eq!(order[..2], ["m-failed", "m-multi"], "failures first: {order:?}");
+        assert_eq!(order[..3], ["m-applyfail", "m-failed", "m-multi"], "failures first: {order:?}");
         assert_eq!(order.last().map(String::as_str), Some("m-uncovered"), "{order:?}");
 
         // The per-machine page lists every kind of work of a machine.

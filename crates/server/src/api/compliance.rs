@@ -71,6 +71,72 @@ pub struct ComplianceRow {
 /// (build-id, file name, applied level, check error) of one reported target.
 type ReportedTarget = (String, String, i64, Option<String>);
 
+/// What decides the state of a running build beyond the machine's own report
+/// (seen lately, no check error, no failed deployment): the catalog, the
+/// baselines, what is deployed, entitlement and the calendar. Loaded once per
+/// request; the overview and the machine list ask it once per distinct build.
+pub struct Judge {
+    pub catalog: Vec<super::catalog::Hotpatch>,
+    baselines: Vec<super::catalog::Baseline>,
+    deployed: Vec<String>,
+    entitled: bool,
+    t: i64,
+    grace_days: u16,
+}
+
+impl Judge {
+    pub async fn load(st: &AppState, org_id: &str, t: i64) -> ApiResult<Judge> {
+        let deployed = deployments(st, org_id, true)
+            .await?
+            .into_iter()
+            .filter(|d| d.kind == Kind::Hotpatch)
+            .filter_map(|d| d.patch_id)
+            .collect();
+        Ok(Judge {
+            catalog: hotpatches(st, org_id).await?,
+            baselines: baselines(st, org_id).await?,
+            deployed,
+            entitled: crate::api::checkin::entitled(st, org_id, t).await?,
+            t,
+            grace_days: super::calendar::org_calendar(st, org_id).await?.grace_days(),
+        })
+    }
+
+    /// The state of `build_id` of `file_name` at `applied` level on a machine
+    /// seen lately whose agent could inspect it and that failed no deployment of it.
+    pub fn status(&self, build_id: &str, file_name: &str, applied: i64) -> (Status, String) {
+        let patches: Vec<_> = self.catalog.iter().filter(|h| h.build_id == build_id).collect();
+        let latest = patches.iter().map(|h| h.level).max().unwrap_or(0);
+        let deployed_now = |level: i64| {
+            patches.iter().any(|h| h.level > applied && h.level <= level && self.deployed.contains(&h.patch_id))
+        };
+        let offers = crate::offer::OfferContext {
+            baselines: &self.baselines,
+            hotpatches: &self.catalog,
+            entitled: self.entitled,
+            now: self.t,
+            grace_days: self.grace_days,
+        };
+        let fallback =
+            || fallback_status(&self.baselines, file_name, build_id, applied, latest, self.t, deployed_now(latest));
+        match offers.offer(build_id, applied) {
+            // The release model decides whenever the build's baseline is registered.
+            Some(Ok(Offer::Baseline { reason, .. })) => (Status::NeedsRestart, reason),
+            Some(Ok(Offer::Hotpatch { level, reason, .. })) => {
+                let how = if deployed_now(i64::from(level)) { "deployed" } else { "not deployed yet" };
+                (Status::Pending, format!("{reason} ({how})"))
+            }
+            Some(Ok(Offer::UpToDate { reason })) if applied > 0 => (Status::Applied, reason),
+            Some(Ok(Offer::UpToDate { reason })) => (Status::NothingToApply, reason),
+            Some(Err(problem)) => {
+                let (status, detail) = fallback();
+                (status, format!("{detail} (the release model refused the catalog: {problem})"))
+            }
+            None => fallback(),
+        }
+    }
+}
+
 /// Computes the compliance of every (machine, target) of an organisation.
 pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> {
     rows_for(st, org_id, None).await
@@ -113,16 +179,8 @@ pub async fn rows_for(st: &AppState, org_id: &str, only: Option<&[String]>) -> A
     .bind(org_id)
     .fetch_all(&st.db.pool)
     .await?;
-    let catalog = hotpatches(st, org_id).await?;
-    let all_baselines = baselines(st, org_id).await?;
-    let active = deployments(st, org_id, true).await?;
-    let entitled = crate::api::checkin::entitled(st, org_id, t).await?;
-    let grace_days = super::calendar::org_calendar(st, org_id).await?.grace_days();
-    let deployed: Vec<&str> =
-        active.iter().filter(|d| d.kind == Kind::Hotpatch).filter_map(|d| d.patch_id.as_deref()).collect();
-
-    let offers =
-        crate::offer::OfferContext { baselines: &all_baselines, hotpatches: &catalog, entitled, now: t, grace_days };
+    let judge = Judge::load(st, org_id, t).await?;
+    let catalog = &judge.catalog;
     let mut by_machine: BTreeMap<String, Vec<ReportedTarget>> = BTreeMap::new();
     for r in &targets {
         by_machine.entry(r.try_get(0)?).or_default().push((r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?));
@@ -172,10 +230,6 @@ pub async fn rows_for(st: &AppState, org_id: &str, only: Option<&[String]>) -> A
                 (mid == id && patches.iter().any(|h| h.patch_id == pid && h.level > applied))
                     .then(|| format!("{pid}: {detail}"))
             });
-            let deployed_now = |level: i64| {
-                patches.iter().any(|h| h.level > applied && h.level <= level && deployed.contains(&h.patch_id.as_str()))
-            };
-            let offer = offers.offer(&build_id, applied);
             let (status, detail) = if stale {
                 (
                     Status::Unknown,
@@ -186,31 +240,7 @@ pub async fn rows_for(st: &AppState, org_id: &str, only: Option<&[String]>) -> A
             } else if let Some(f) = failure {
                 (Status::ApplyFailed, f)
             } else {
-                match offer {
-                    // The release model decides whenever the build's baseline is registered.
-                    Some(Ok(Offer::Baseline { reason, .. })) => (Status::NeedsRestart, reason),
-                    Some(Ok(Offer::Hotpatch { level, reason, .. })) => {
-                        let how = if deployed_now(i64::from(level)) { "deployed" } else { "not deployed yet" };
-                        (Status::Pending, format!("{reason} ({how})"))
-                    }
-                    Some(Ok(Offer::UpToDate { reason })) if applied > 0 => (Status::Applied, reason),
-                    Some(Ok(Offer::UpToDate { reason })) => (Status::NothingToApply, reason),
-                    Some(Err(problem)) => {
-                        let (status, detail) = fallback_status(
-                            &all_baselines,
-                            &file_name,
-                            &build_id,
-                            applied,
-                            latest,
-                            t,
-                            deployed_now(latest),
-                        );
-                        (status, format!("{detail} (the release model refused the catalog: {problem})"))
-                    }
-                    None => {
-                        fallback_status(&all_baselines, &file_name, &build_id, applied, latest, t, deployed_now(latest))
-                    }
-                }
+                judge.status(&build_id, &file_name, applied)
             };
             out.push(ComplianceRow {
                 machine_id: id.clone(),

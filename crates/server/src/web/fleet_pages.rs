@@ -16,7 +16,8 @@ use sqlx::Row;
 
 use super::html::{Page, esc, link, status};
 use super::session::UiUser;
-use crate::api::compliance::{ComplianceRow, Status, rows, rows_for};
+use super::work_sql::{Binds, KeySets, condition};
+use crate::api::compliance::{ComplianceRow, Judge, Status, rows, rows_for};
 use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::util::now;
@@ -94,37 +95,6 @@ pub fn work_of(rows: &[ComplianceRow]) -> BTreeMap<String, Work> {
     out
 }
 
-/// The overview's counts: one per kind of work.
-#[derive(Debug, Default)]
-pub struct Counts {
-    pub machines: usize,
-    pub pending: usize,
-    pub restart: usize,
-    pub failed: usize,
-    pub silent: i64,
-    pub unentitled: usize,
-    pub not_covered: usize,
-    pub unknown: usize,
-    pub hotpatched: usize,
-    pub up_to_date: usize,
-}
-
-pub fn count(work: &BTreeMap<String, Work>, silent: i64, entitled: bool) -> Counts {
-    let n = |f: fn(&Work) -> bool| work.values().filter(|w| f(w)).count();
-    Counts {
-        machines: work.len(),
-        pending: n(|w| w.pending),
-        restart: n(|w| w.restart),
-        failed: n(|w| w.failed),
-        silent,
-        unentitled: if entitled { 0 } else { work.len() },
-        not_covered: n(|w| w.not_covered),
-        unknown: n(|w| w.unknown),
-        hotpatched: n(|w| w.hotpatched),
-        up_to_date: n(Work::up_to_date),
-    }
-}
-
 async fn silent_count(st: &AppState, org_id: &str) -> ApiResult<i64> {
     let row = sqlx::query(
         "SELECT CAST(COUNT(*) AS BIGINT) FROM machines WHERE org_id = $1 AND revoked_at IS NULL \
@@ -139,25 +109,27 @@ async fn silent_count(st: &AppState, org_id: &str) -> ApiResult<i64> {
 
 pub async fn overview_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
     let org = &u.0.org_id;
-    let entitled = crate::api::checkin::entitled(&st, org, now()).await?;
-    let c = count(&work_of(&rows(&st, org).await?), silent_count(&st, org).await?, entitled);
+    let (machines, counts) = super::work_sql::counts(&st, org, now()).await?;
+    let n = |state: &str| {
+        super::work_sql::COUNTED.iter().position(|s| *s == state).and_then(|i| counts.get(i).copied()).unwrap_or(0)
+    };
     let mut page = Page::new();
     page.p("Each count is of machines; one machine may need several kinds of work and then counts in each.");
     page.raw("<div class=\"cards\" id=\"overview\">");
-    for (id, label, n, query) in [
-        ("machines", "machines", c.machines as i64, ""),
-        ("pending", "hotpatch pending", c.pending as i64, "state=pending"),
-        ("restart-required", "restart required", c.restart as i64, "state=needs-restart"),
-        ("failed", "failed", c.failed as i64, "state=failed"),
-        ("silent", "not checked in for 24 h", c.silent, "seen=24h"),
-        ("unentitled", "unentitled", c.unentitled as i64, "state=unentitled"),
-        ("not-covered", "not covered", c.not_covered as i64, "state=not-covered"),
-        ("unknown", "state unknown", c.unknown as i64, "state=unknown"),
-        ("hotpatched", "hotpatched", c.hotpatched as i64, "state=hotpatched"),
-        ("up-to-date", "up to date", c.up_to_date as i64, "state=up-to-date"),
+    for (id, label, count, query) in [
+        ("machines", "machines", machines, ""),
+        ("pending", "hotpatch pending", n("pending"), "state=pending"),
+        ("restart-required", "restart required", n("needs-restart"), "state=needs-restart"),
+        ("failed", "failed", n("failed"), "state=failed"),
+        ("silent", "not checked in for 24 h", silent_count(&st, org).await?, "seen=24h"),
+        ("unentitled", "unentitled", n("unentitled"), "state=unentitled"),
+        ("not-covered", "not covered", n("not-covered"), "state=not-covered"),
+        ("unknown", "state unknown", n("unknown"), "state=unknown"),
+        ("hotpatched", "hotpatched", n("hotpatched"), "state=hotpatched"),
+        ("up-to-date", "up to date", n("up-to-date"), "state=up-to-date"),
     ] {
         page.raw(&format!(
-            "<div class=\"card\" id=\"card-{id}\"><a href=\"/ui/machines?{query}\"><div class=\"n\">{n}</div>{}</a></div>",
+            "<div class=\"card\" id=\"card-{id}\"><a href=\"/ui/machines?{query}\"><div class=\"n\">{count}</div>{}</a></div>",
             esc(label)
         ));
     }
@@ -183,8 +155,10 @@ pub struct ListQuery {
 }
 
 impl ListQuery {
-    fn needs_states(&self) -> bool {
-        !self.state.is_empty() || self.sort == "state"
+    /// Only this order needs every matching machine's state in memory; the
+    /// filters, state included, are SQL.
+    fn sorts_by_state(&self) -> bool {
+        self.sort == "state"
     }
 
     fn url(&self, page: usize) -> String {
@@ -217,26 +191,21 @@ fn json_member_pattern(value: &str) -> String {
     format!("%\"{escaped}\"%")
 }
 
-/// The WHERE clause for the filters that SQL decides, and its text binds ($2...).
-fn sql_filters(q: &ListQuery, t: i64) -> (String, Vec<String>) {
+/// The WHERE clause for the filters that SQL decides (all but `state`), its binds after `$1`.
+fn sql_filters(q: &ListQuery, t: i64, b: &mut Binds) -> String {
     let mut sql = String::from("m.org_id = $1 AND m.revoked_at IS NULL");
-    let mut binds = Vec::new();
-    let next = |v: String, binds: &mut Vec<String>| {
-        binds.push(v);
-        format!("${}", binds.len() + 1)
-    };
     if !q.tag.is_empty() {
-        let p = next(json_member_pattern(q.tag.trim()), &mut binds);
+        let p = b.text(&json_member_pattern(q.tag.trim()));
         sql.push_str(&format!(" AND m.tags LIKE {p} ESCAPE '\\'"));
     }
     if !q.target.is_empty() {
-        let p = next(q.target.trim().to_string(), &mut binds);
+        let p = b.text(q.target.trim());
         sql.push_str(&format!(
             " AND EXISTS (SELECT 1 FROM machine_targets t WHERE t.machine_id = m.id AND t.file_name = {p})"
         ));
     }
     if !q.cve.is_empty() {
-        let p = next(json_member_pattern(q.cve.trim()), &mut binds);
+        let p = b.text(&json_member_pattern(q.cve.trim()));
         sql.push_str(&format!(
             " AND EXISTS (SELECT 1 FROM machine_targets t JOIN hotpatches h ON h.org_id = m.org_id AND h.build_id = t.build_id \
              WHERE t.machine_id = m.id AND t.applied_level < h.level AND h.cves LIKE {p} ESCAPE '\\')"
@@ -246,11 +215,26 @@ fn sql_filters(q: &ListQuery, t: i64) -> (String, Vec<String>) {
         // A number we computed, not caller text.
         sql.push_str(&format!(" AND (m.last_seen IS NULL OR m.last_seen < {})", t - SILENT_SECONDS));
     }
-    (sql, binds)
+    sql
 }
 
-async fn candidates(st: &AppState, org_id: &str, q: &ListQuery, page: Option<usize>) -> ApiResult<(Vec<Listed>, i64)> {
-    let (filter, binds) = sql_filters(q, now());
+async fn candidates(
+    st: &AppState,
+    org_id: &str,
+    q: &ListQuery,
+    page: Option<usize>,
+    entitled: bool,
+) -> ApiResult<(Vec<Listed>, i64)> {
+    let t = now();
+    let mut b = Binds::default();
+    let mut filter = sql_filters(q, t, &mut b);
+    if !q.state.is_empty() {
+        let judge = Judge::load(st, org_id, t).await?;
+        let sets = KeySets::load(st, org_id, &judge).await?;
+        if let Some(c) = condition(&q.state, &sets, t, entitled, &mut b) {
+            filter = format!("{filter} AND {c}");
+        }
+    }
     let order = if q.sort == "last-seen" { "COALESCE(m.last_seen, 0), m.id" } else { "m.hostname, m.id" };
     let limit = match page {
         Some(p) => format!(" LIMIT {PER_PAGE} OFFSET {}", p.saturating_sub(1).saturating_mul(PER_PAGE)),
@@ -258,7 +242,7 @@ async fn candidates(st: &AppState, org_id: &str, q: &ListQuery, page: Option<usi
     };
     let sql =
         format!("SELECT m.id, m.hostname, m.tags, m.last_seen FROM machines m WHERE {filter} ORDER BY {order}{limit}");
-    let rows = binds.iter().fold(sqlx::query(&sql).bind(org_id), |s, b| s.bind(b)).fetch_all(&st.db.pool).await?;
+    let rows = b.apply(sqlx::query(&sql).bind(org_id)).fetch_all(&st.db.pool).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         out.push(Listed {
@@ -270,8 +254,7 @@ async fn candidates(st: &AppState, org_id: &str, q: &ListQuery, page: Option<usi
     }
     let total = if page.is_some() {
         let sql = format!("SELECT CAST(COUNT(*) AS BIGINT) FROM machines m WHERE {filter}");
-        let row = binds.iter().fold(sqlx::query(&sql).bind(org_id), |s, b| s.bind(b)).fetch_one(&st.db.pool).await?;
-        row.try_get(0)?
+        b.apply(sqlx::query(&sql).bind(org_id)).fetch_one(&st.db.pool).await?.try_get(0)?
     } else {
         out.len() as i64
     };
@@ -281,36 +264,28 @@ async fn candidates(st: &AppState, org_id: &str, q: &ListQuery, page: Option<usi
 /// The page of machines to show, their work, and how many match in all.
 async fn listing(st: &AppState, org_id: &str, q: &ListQuery, entitled: bool) -> ApiResult<(Vec<(Listed, Work)>, i64)> {
     let page = q.page.unwrap_or(1).max(1);
-    if !q.needs_states() {
-        let (list, total) = candidates(st, org_id, q, Some(page)).await?;
-        let ids: Vec<String> = list.iter().map(|m| m.id.clone()).collect();
-        let work = work_of(&rows_for(st, org_id, Some(&ids)).await?);
-        let shown = list
-            .into_iter()
+    let with_work = |list: Vec<Listed>, work: &BTreeMap<String, Work>| -> Vec<(Listed, Work)> {
+        list.into_iter()
             .map(|m| {
                 let w = work.get(&m.id).cloned().unwrap_or_default();
                 (m, w)
             })
-            .collect();
-        return Ok((shown, total));
+            .collect()
+    };
+    if !q.sorts_by_state() {
+        let (list, total) = candidates(st, org_id, q, Some(page), entitled).await?;
+        let ids: Vec<String> = list.iter().map(|m| m.id.clone()).collect();
+        let work = work_of(&rows_for(st, org_id, Some(&ids)).await?);
+        return Ok((with_work(list, &work), total));
     }
-    let (list, _) = candidates(st, org_id, q, None).await?;
+    // Needs action first: every matching machine's state, computed here.
+    let (list, _) = candidates(st, org_id, q, None, entitled).await?;
     let keep: HashSet<&str> = list.iter().map(|m| m.id.as_str()).collect();
     let rows: Vec<ComplianceRow> =
         rows(st, org_id).await?.into_iter().filter(|r| keep.contains(r.machine_id.as_str())).collect();
-    let work = work_of(&rows);
-    let mut all: Vec<(Listed, Work)> = list
-        .into_iter()
-        .map(|m| {
-            let w = work.get(&m.id).cloned().unwrap_or_default();
-            (m, w)
-        })
-        .filter(|(_, w)| w.matches(&q.state, entitled))
-        .collect();
-    if q.sort == "state" {
-        // Stable: within one state the SQL order (hostname) stays.
-        all.sort_by_key(|m| std::cmp::Reverse(m.1.worst));
-    }
+    let mut all = with_work(list, &work_of(&rows));
+    // Stable: within one state the SQL order (hostname) stays.
+    all.sort_by_key(|m| std::cmp::Reverse(m.1.worst));
     let total = all.len() as i64;
     let shown = all.into_iter().skip((page - 1).saturating_mul(PER_PAGE)).take(PER_PAGE).collect();
     Ok((shown, total))
@@ -420,10 +395,11 @@ mod tests {
             row("b", Status::Applied, 1),
             row("c", Status::NotCovered, 0),
         ];
-        let c = count(&work_of(&rows), 0, true);
-        assert_eq!((c.machines, c.restart, c.failed, c.pending), (3, 1, 1, 1));
-        assert_eq!((c.hotpatched, c.not_covered, c.up_to_date, c.unentitled), (1, 1, 1, 0));
-        assert_eq!(count(&work_of(&rows), 0, false).unentitled, 3);
+        let work = work_of(&rows);
+        let n = |state: &str| work.values().filter(|w| w.matches(state, true)).count();
+        assert_eq!((work.len(), n("needs-restart"), n("failed"), n("pending")), (3, 1, 1, 1));
+        assert_eq!((n("hotpatched"), n("not-covered"), n("up-to-date"), n("unentitled")), (1, 1, 1, 0));
+        assert!(work.values().all(|w| w.matches("unentitled", false)));
         assert_eq!(work_of(&rows)["a"].words(), ["failed", "restart required", "hotpatch pending"]);
     }
 
@@ -431,8 +407,9 @@ mod tests {
     fn like_patterns_match_whole_json_strings() {
         assert_eq!(json_member_pattern("team_db"), "%\"team\\_db\"%");
         let q = ListQuery { tag: "x".into(), seen: "24h".into(), ..Default::default() };
-        let (sql, binds) = sql_filters(&q, 100_000);
+        let mut b = Binds::default();
+        let sql = sql_filters(&q, 100_000, &mut b);
         assert!(sql.contains("m.tags LIKE $2") && sql.contains("m.last_seen < 13600"), "{sql}");
-        assert_eq!(binds, ["%\"x\"%"]);
+        assert_eq!(b.0, [super::super::work_sql::Bind::Text("%\"x\"%".into())]);
     }
 }

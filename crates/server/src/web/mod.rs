@@ -17,6 +17,7 @@ pub mod keys;
 pub mod machine_page;
 pub mod pages;
 pub mod session;
+pub mod work_sql;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
