@@ -400,8 +400,13 @@ pub struct CveRow {
 }
 
 pub async fn cve_rows(st: &AppState, org_id: &str) -> ApiResult<Vec<CveRow>> {
+    Ok(cves_of(&rows(st, org_id).await?))
+}
+
+/// The CVE view of compliance rows already computed.
+pub fn cves_of(rows: &[ComplianceRow]) -> Vec<CveRow> {
     let mut cves: BTreeMap<String, CveRow> = BTreeMap::new();
-    for r in rows(st, org_id).await? {
+    for r in rows {
         for (c, fixed) in r.cves_fixed.iter().map(|c| (c, true)).chain(r.cves_open.iter().map(|c| (c, false))) {
             let e =
                 cves.entry(c.clone()).or_insert_with(|| CveRow { cve: c.clone(), fixed: 0, open: 0, machines: vec![] });
@@ -414,7 +419,7 @@ pub async fn cve_rows(st: &AppState, org_id: &str) -> ApiResult<Vec<CveRow>> {
             e.machines.push((r.hostname.clone(), r.file_name.clone(), state));
         }
     }
-    Ok(cves.into_values().collect())
+    cves.into_values().collect()
 }
 
 pub async fn by_cve(State(st): State<AppState>, user: User, Query(f): Query<Format>) -> ApiResult<Response> {

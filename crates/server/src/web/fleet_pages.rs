@@ -1,11 +1,10 @@
 //! The overview (what needs doing, one count per kind of work, a machine may
 //! count in several) and the machine list (filter, sort, page).
 //!
-//! The list pages in SQL when no filter needs a machine's computed state
-//! (hostname order or last-seen order, with filters by tag, target, open CVE
-//! and last check-in), and then computes the states of that page's machines
-//! only. A state filter or the "needs action first" order computes the state
-//! of every machine matching the other filters.
+//! The counts and every filter, state included, are SQL (see `work_sql`); the
+//! list pages in SQL (hostname or last-seen order) and then computes the
+//! states of that page's machines only. The "needs action first" order computes
+//! the state of every machine matching the filters, in memory.
 
 use std::collections::{BTreeMap, HashSet};
 

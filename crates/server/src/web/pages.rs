@@ -9,7 +9,7 @@ use super::html::{Page, esc, link, status};
 use super::session::UiUser;
 use crate::api::billing::{format_cents, invoices, subscription};
 use crate::api::catalog::{baselines, hotpatches};
-use crate::api::compliance::{cve_rows, rows};
+use crate::api::compliance::{cves_of, rows};
 use crate::api::deploy::{deployments, progress};
 use crate::api::queries::saved_queries;
 use crate::auth::Role;
@@ -186,30 +186,47 @@ pub async fn deployments_page(State(st): State<AppState>, u: UiUser) -> ApiResul
     Ok(render(&page, "Deployments", &u))
 }
 
+/// Rows shown on the compliance page; the CSV export has them all.
+const COMPLIANCE_ROWS_SHOWN: usize = 1000;
+/// Machines listed under each CVE.
+const CVE_MACHINES_SHOWN: usize = 50;
+
+fn cve_table(all: &[crate::api::compliance::ComplianceRow]) -> Vec<Vec<String>> {
+    cves_of(all)
+        .iter()
+        .map(|c| {
+            let mut machines: Vec<String> = c
+                .machines
+                .iter()
+                .take(CVE_MACHINES_SHOWN)
+                .map(|(h, f, st)| format!("{} ({}) {}", esc(h), esc(f), status(st)))
+                .collect();
+            if c.machines.len() > CVE_MACHINES_SHOWN {
+                machines.push(format!("and {} more", c.machines.len() - CVE_MACHINES_SHOWN));
+            }
+            vec![esc(&c.cve), c.fixed.to_string(), c.open.to_string(), machines.join("<br>")]
+        })
+        .collect()
+}
+
 pub async fn compliance_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
     let mut page = Page::new();
     page.raw("<p>Export: <a href=\"/api/v1/compliance/machines?format=csv\">machines CSV</a> · <a href=\"/api/v1/compliance/cves?format=csv\">CVEs CSV</a> · <a href=\"/api/v1/compliance/targets?format=csv\">targets CSV</a></p>");
-    page.h(2, "By CVE");
-    let c: Vec<Vec<String>> = cve_rows(&st, &u.0.org_id)
-        .await?
-        .iter()
-        .map(|c| {
-            let machines = c
-                .machines
-                .iter()
-                .map(|(h, f, st)| format!("{} ({}) {}", esc(h), esc(f), status(st)))
-                .collect::<Vec<_>>()
-                .join("<br>");
-            vec![esc(&c.cve), c.fixed.to_string(), c.open.to_string(), machines]
-        })
-        .collect();
-    page.table("cves", &["CVE", "fixed", "open", "machines"], &c);
-    page.h(2, "By machine and target");
     let mut all = rows(&st, &u.0.org_id).await?;
+    page.h(2, "By CVE");
+    page.table("cves", &["CVE", "fixed", "open", "machines"], &cve_table(&all));
+    page.h(2, "By machine and target");
     // Rows that need action first; within a state, the hostname order stays.
     all.sort_by_key(|r| std::cmp::Reverse(r.status));
+    if all.len() > COMPLIANCE_ROWS_SHOWN {
+        page.p(&format!(
+            "Showing the {COMPLIANCE_ROWS_SHOWN} rows that need action most of {}; the machines CSV has them all.",
+            all.len()
+        ));
+    }
     let r: Vec<Vec<String>> = all
         .iter()
+        .take(COMPLIANCE_ROWS_SHOWN)
         .map(|r| {
             vec![
                 link(&format!("/ui/machines/{}", r.machine_id), &r.hostname),

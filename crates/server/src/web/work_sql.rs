@@ -151,20 +151,48 @@ pub fn condition(state: &str, sets: &KeySets, t: i64, entitled: bool, b: &mut Bi
 pub const COUNTED: [&str; 8] =
     ["pending", "needs-restart", "failed", "unknown", "not-covered", "hotpatched", "up-to-date", "unentitled"];
 
+/// Each machine's kinds of work as 0/1 columns, in one pass over the targets
+/// (a machine with no target still gets its row, through the LEFT JOIN).
+fn flags_per_machine(sets: &KeySets, t: i64, b: &mut Binds) -> String {
+    let ok = format!("t.machine_id IS NOT NULL AND t.error IS NULL AND NOT {FAILED_DEPLOYMENT}");
+    let flag = |cond: String| format!("MAX(CASE WHEN {cond} THEN 1 ELSE 0 END)");
+    format!(
+        "SELECT CASE WHEN {} THEN 1 ELSE 0 END AS stale, {} AS failed, {} AS pending, {} AS restart, \
+         {} AS uncovered, {} AS hot \
+         FROM machines m LEFT JOIN machine_targets t ON t.machine_id = m.id \
+         WHERE m.org_id = $1 AND m.revoked_at IS NULL GROUP BY m.id, m.last_seen",
+        stale(t),
+        flag(format!("t.machine_id IS NOT NULL AND (t.error IS NOT NULL OR {FAILED_DEPLOYMENT})")),
+        flag(format!("{ok} AND {}", key_in(&sets.pending, b))),
+        flag(format!("{ok} AND {}", key_in(&sets.restart, b))),
+        flag(format!("{ok} AND {}", key_in(&sets.not_covered, b))),
+        flag("t.applied_level > 0".into()),
+    )
+}
+
 /// How many machines of the organisation are in each of [`COUNTED`], and in all.
+/// Same rules as [`condition`] (the tests check both against one fleet).
 pub async fn counts(st: &AppState, org_id: &str, t: i64) -> ApiResult<(i64, Vec<i64>)> {
     let judge = Judge::load(st, org_id, t).await?;
     let sets = KeySets::load(st, org_id, &judge).await?;
     let entitled = crate::api::checkin::entitled(st, org_id, t).await?;
     let mut b = Binds::default();
-    let sums: Vec<String> = COUNTED
-        .iter()
-        .filter_map(|s| condition(s, &sets, t, entitled, &mut b))
-        .map(|c| format!("CAST(COALESCE(SUM(CASE WHEN {c} THEN 1 ELSE 0 END), 0) AS BIGINT)"))
-        .collect();
+    let fresh = |col: &str| format!("CASE WHEN stale = 0 AND {col} = 1 THEN 1 ELSE 0 END");
+    let sums = [
+        fresh("pending"),
+        fresh("restart"),
+        fresh("failed"),
+        "stale".to_string(),
+        fresh("uncovered"),
+        "hot".to_string(),
+        "CASE WHEN stale = 0 AND failed = 0 AND pending = 0 AND restart = 0 AND uncovered = 0 THEN 1 ELSE 0 END".into(),
+        (if entitled { "0" } else { "1" }).to_string(),
+    ];
+    let sums: Vec<String> = sums.iter().map(|e| format!("CAST(COALESCE(SUM({e}), 0) AS BIGINT)")).collect();
     let sql = format!(
-        "SELECT CAST(COUNT(*) AS BIGINT), {} FROM machines m WHERE m.org_id = $1 AND m.revoked_at IS NULL",
-        sums.join(", ")
+        "SELECT CAST(COUNT(*) AS BIGINT), {} FROM ({}) x",
+        sums.join(", "),
+        flags_per_machine(&sets, t, &mut b)
     );
     let row = b.apply(sqlx::query(&sql).bind(org_id)).fetch_one(&st.db.pool).await?;
     let mut out = Vec::with_capacity(COUNTED.len());
