@@ -1,12 +1,11 @@
 //! The overview (what needs doing, one count per kind of work, a machine may
 //! count in several) and the machine list (filter, sort, page).
 //!
-//! The counts and every filter, state included, are SQL (see `work_sql`); the
-//! list pages in SQL (hostname or last-seen order) and then computes the
-//! states of that page's machines only. The "needs action first" order computes
-//! the state of every machine matching the filters, in memory.
+//! The counts, every filter (state included) and every order ("needs action
+//! first" included) are SQL (see `work_sql`); the list pages in SQL and then
+//! computes the states of that page's machines only, for their words.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use axum::extract::{Query, State};
 use axum::response::Html;
@@ -15,8 +14,8 @@ use sqlx::Row;
 
 use super::html::{Page, esc, link, status};
 use super::session::UiUser;
-use super::work_sql::{Binds, KeySets, condition};
-use crate::api::compliance::{ComplianceRow, Judge, Status, rows, rows_for};
+use super::work_sql::{ACTION_RANK, Binds, KeySets, condition, flags_per_machine};
+use crate::api::compliance::{ComplianceRow, Judge, Status, rows_for};
 use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::util::now;
@@ -154,12 +153,6 @@ pub struct ListQuery {
 }
 
 impl ListQuery {
-    /// Only this order needs every matching machine's state in memory; the
-    /// filters, state included, are SQL.
-    fn sorts_by_state(&self) -> bool {
-        self.sort == "state"
-    }
-
     fn url(&self, page: usize) -> String {
         let pairs = [
             ("state", self.state.as_str()),
@@ -227,20 +220,28 @@ async fn candidates(
     let t = now();
     let mut b = Binds::default();
     let mut filter = sql_filters(q, t, &mut b);
-    if !q.state.is_empty() {
+    let mut from = String::from("machines m");
+    if !q.state.is_empty() || q.sort == "state" {
         let judge = Judge::load(st, org_id, t).await?;
         let sets = KeySets::load(st, org_id, &judge).await?;
         if let Some(c) = condition(&q.state, &sets, t, entitled, &mut b) {
             filter = format!("{filter} AND {c}");
         }
+        if q.sort == "state" {
+            from = format!("machines m JOIN ({}) f ON f.id = m.id", flags_per_machine(&sets, t, &mut b));
+        }
     }
-    let order = if q.sort == "last-seen" { "COALESCE(m.last_seen, 0), m.id" } else { "m.hostname, m.id" };
+    let order = match q.sort.as_str() {
+        "last-seen" => "COALESCE(m.last_seen, 0), m.id".to_string(),
+        "state" => format!("{ACTION_RANK} DESC, m.hostname, m.id"),
+        _ => "m.hostname, m.id".to_string(),
+    };
     let limit = match page {
         Some(p) => format!(" LIMIT {PER_PAGE} OFFSET {}", p.saturating_sub(1).saturating_mul(PER_PAGE)),
         None => String::new(),
     };
     let sql =
-        format!("SELECT m.id, m.hostname, m.tags, m.last_seen FROM machines m WHERE {filter} ORDER BY {order}{limit}");
+        format!("SELECT m.id, m.hostname, m.tags, m.last_seen FROM {from} WHERE {filter} ORDER BY {order}{limit}");
     let rows = b.apply(sqlx::query(&sql).bind(org_id)).fetch_all(&st.db.pool).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
@@ -252,7 +253,7 @@ async fn candidates(
         });
     }
     let total = if page.is_some() {
-        let sql = format!("SELECT CAST(COUNT(*) AS BIGINT) FROM machines m WHERE {filter}");
+        let sql = format!("SELECT CAST(COUNT(*) AS BIGINT) FROM {from} WHERE {filter}");
         b.apply(sqlx::query(&sql).bind(org_id)).fetch_one(&st.db.pool).await?.try_get(0)?
     } else {
         out.len() as i64
@@ -263,30 +264,16 @@ async fn candidates(
 /// The page of machines to show, their work, and how many match in all.
 async fn listing(st: &AppState, org_id: &str, q: &ListQuery, entitled: bool) -> ApiResult<(Vec<(Listed, Work)>, i64)> {
     let page = q.page.unwrap_or(1).max(1);
-    let with_work = |list: Vec<Listed>, work: &BTreeMap<String, Work>| -> Vec<(Listed, Work)> {
-        list.into_iter()
-            .map(|m| {
-                let w = work.get(&m.id).cloned().unwrap_or_default();
-                (m, w)
-            })
-            .collect()
-    };
-    if !q.sorts_by_state() {
-        let (list, total) = candidates(st, org_id, q, Some(page), entitled).await?;
-        let ids: Vec<String> = list.iter().map(|m| m.id.clone()).collect();
-        let work = work_of(&rows_for(st, org_id, Some(&ids)).await?);
-        return Ok((with_work(list, &work), total));
-    }
-    // Needs action first: every matching machine's state, computed here.
-    let (list, _) = candidates(st, org_id, q, None, entitled).await?;
-    let keep: HashSet<&str> = list.iter().map(|m| m.id.as_str()).collect();
-    let rows: Vec<ComplianceRow> =
-        rows(st, org_id).await?.into_iter().filter(|r| keep.contains(r.machine_id.as_str())).collect();
-    let mut all = with_work(list, &work_of(&rows));
-    // Stable: within one state the SQL order (hostname) stays.
-    all.sort_by_key(|m| std::cmp::Reverse(m.1.worst));
-    let total = all.len() as i64;
-    let shown = all.into_iter().skip((page - 1).saturating_mul(PER_PAGE)).take(PER_PAGE).collect();
+    let (list, total) = candidates(st, org_id, q, Some(page), entitled).await?;
+    let ids: Vec<String> = list.iter().map(|m| m.id.clone()).collect();
+    let work = work_of(&rows_for(st, org_id, Some(&ids)).await?);
+    let shown = list
+        .into_iter()
+        .map(|m| {
+            let w = work.get(&m.id).cloned().unwrap_or_default();
+            (m, w)
+        })
+        .collect();
     Ok((shown, total))
 }
 

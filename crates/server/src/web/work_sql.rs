@@ -153,11 +153,11 @@ pub const COUNTED: [&str; 8] =
 
 /// Each machine's kinds of work as 0/1 columns, in one pass over the targets
 /// (a machine with no target still gets its row, through the LEFT JOIN).
-fn flags_per_machine(sets: &KeySets, t: i64, b: &mut Binds) -> String {
+pub fn flags_per_machine(sets: &KeySets, t: i64, b: &mut Binds) -> String {
     let ok = format!("t.machine_id IS NOT NULL AND t.error IS NULL AND NOT {FAILED_DEPLOYMENT}");
     let flag = |cond: String| format!("MAX(CASE WHEN {cond} THEN 1 ELSE 0 END)");
     format!(
-        "SELECT CASE WHEN {} THEN 1 ELSE 0 END AS stale, {} AS failed, {} AS pending, {} AS restart, \
+        "SELECT m.id AS id, CASE WHEN {} THEN 1 ELSE 0 END AS stale, {} AS failed, {} AS pending, {} AS restart, \
          {} AS uncovered, {} AS hot \
          FROM machines m LEFT JOIN machine_targets t ON t.machine_id = m.id \
          WHERE m.org_id = $1 AND m.revoked_at IS NULL GROUP BY m.id, m.last_seen",
@@ -169,6 +169,11 @@ fn flags_per_machine(sets: &KeySets, t: i64, b: &mut Binds) -> String {
         flag("t.applied_level > 0".into()),
     )
 }
+
+/// "Needs action first" over the columns of [`flags_per_machine`] (as `f`):
+/// the order of `compliance::Status` from the worst, a failure of either kind first.
+pub const ACTION_RANK: &str = "CASE WHEN f.stale = 1 THEN 3 WHEN f.failed = 1 THEN 6 WHEN f.restart = 1 THEN 5 \
+     WHEN f.pending = 1 THEN 4 WHEN f.hot = 1 THEN 2 WHEN f.uncovered = 1 THEN 1 ELSE 0 END";
 
 /// How many machines of the organisation are in each of [`COUNTED`], and in all.
 /// Same rules as [`condition`] (the tests check both against one fleet).
