@@ -130,6 +130,8 @@ fn the_overview_counts_every_kind_of_work_and_links_to_those_machines() {
             ("cve=CVE-2027-1111", &["m-applyfail", "m-multi", "m-pending"]),
             ("tag=web&state=needs-restart", &["m-multi"]),
             ("tag=nosuch", &[]),
+            ("tag=web&sort=state", &["m-multi", "m-pending"]),
+            ("cve=CVE-2027-1111&state=pending&sort=state", &["m-multi", "m-pending"]),
         ] {
             b.goto(&format!("{}/ui/machines?{query}", s.base));
             assert_eq!(listed(&mut b), hosts, "{query}");

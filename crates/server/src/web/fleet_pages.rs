@@ -221,6 +221,7 @@ async fn candidates(
     let mut b = Binds::default();
     let mut filter = sql_filters(q, t, &mut b);
     let mut from = String::from("machines m");
+    let mut count_binds = None;
     if !q.state.is_empty() || q.sort == "state" {
         let judge = Judge::load(st, org_id, t).await?;
         let sets = KeySets::load(st, org_id, &judge).await?;
@@ -228,6 +229,8 @@ async fn candidates(
             filter = format!("{filter} AND {c}");
         }
         if q.sort == "state" {
+            // The count below binds only the filter's values, which come first.
+            count_binds = Some(b.clone());
             from = format!("machines m JOIN ({}) f ON f.id = m.id", flags_per_machine(&sets, t, &mut b));
         }
     }
@@ -253,8 +256,15 @@ async fn candidates(
         });
     }
     let total = if page.is_some() {
-        let sql = format!("SELECT CAST(COUNT(*) AS BIGINT) FROM {from} WHERE {filter}");
-        b.apply(sqlx::query(&sql).bind(org_id)).fetch_one(&st.db.pool).await?.try_get(0)?
+        // Every machine has its row of flags: the join changes the order, not the count.
+        let sql = format!("SELECT CAST(COUNT(*) AS BIGINT) FROM machines m WHERE {filter}");
+        count_binds
+            .as_ref()
+            .unwrap_or(&b)
+            .apply(sqlx::query(&sql).bind(org_id))
+            .fetch_one(&st.db.pool)
+            .await?
+            .try_get(0)?
     } else {
         out.len() as i64
     };

@@ -23,7 +23,7 @@ pub enum Bind {
 }
 
 /// The SQL being built: its binds follow `$1` (the organisation).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Binds(pub Vec<Bind>);
 
 impl Binds {
