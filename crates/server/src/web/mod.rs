@@ -15,6 +15,7 @@ pub mod form;
 pub mod html;
 pub mod keys;
 pub mod machine_page;
+pub mod overview;
 pub mod pages;
 pub mod session;
 pub mod work_sql;
@@ -29,7 +30,7 @@ use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     let ui = Router::new()
-        .route("/ui/", get(fleet_pages::overview_page))
+        .route("/ui/", get(overview::overview_page))
         .route("/ui/machines", get(fleet_pages::machines_page))
         .route("/ui/machines/{id}", get(machine_page::machine_page))
         .route("/ui/catalog", get(pages::catalog_page))
