@@ -223,9 +223,14 @@ fn viewers_see_no_forms_and_cannot_post() {
     b.goto(&format!("{}/ui/deployments/new?patch=fix-1", s.base));
     assert_eq!(b.status(), 403, "{}", b.html());
     assert!(b.text("error").contains("operator"), "{}", b.html());
-    for page in
-        ["/ui/catalog", "/ui/machines", &format!("/ui/machines/{id}"), &format!("/ui/deployments/{did}"), "/ui/keys"]
-    {
+    for page in [
+        "/ui/catalog",
+        "/ui/machines",
+        &format!("/ui/machines/{id}"),
+        &format!("/ui/deployments/{did}"),
+        "/ui/keys",
+        "/ui/deployments",
+    ] {
         b.goto(&format!("{}{page}", s.base));
         assert_eq!(b.status(), 200, "{page}");
         let forms = b.eval("document.querySelectorAll('form[method=post]').length");
@@ -311,4 +316,42 @@ fn forged_posts_are_refused() {
     assert_eq!(victim.status(), 403, "{}", victim.html());
     victim.goto(&format!("{}/ui/", s.base));
     assert!(victim.html().contains("<h1>Sign in</h1>"), "not signed in: {}", victim.html());
+}
+
+#[test]
+fn windows_and_saved_queries_are_made_in_the_ui_and_offered_to_deployments() {
+    for backend in backends() {
+        let s = TestServer::start(&backend);
+        s.upload(&s.admin, &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &[]));
+        let mut b = s.browser_as(&s.admin);
+        b.goto(&format!("{}/ui/deployments", s.base));
+        b.fill("new-window", "name", "tuesday-night");
+        b.fill("new-window", "days", "tue");
+        b.fill("new-window", "start", "22:00");
+        b.fill("new-window", "minutes", "120");
+        b.fill("new-window", "time_zone", "Mars/Olympus");
+        b.press("new-window", "Create window");
+        assert_eq!(b.status(), 400);
+        assert!(b.text("error").contains("time_zone"), "{}", b.html());
+        b.fill("new-window", "time_zone", "Europe/Berlin");
+        b.press("new-window", "Create window");
+        assert!(b.text("windows").contains("tuesday-night") && b.text("windows").contains("Europe/Berlin"));
+        b.fill("new-query", "name", "webs");
+        b.fill("new-query", "query", "hostname:web-* and");
+        b.press("new-query", "Save query");
+        assert_eq!(b.status(), 400);
+        assert!(b.text("error").contains("query:"), "{}", b.html());
+        b.fill("new-query", "query", "hostname:web-*");
+        b.press("new-query", "Save query");
+        assert!(b.text("queries").contains("hostname:web-*"), "{}", b.html());
+        assert!(has_audit(&s, "window.create") && has_audit(&s, "query.create"), "{:?}", audit_actions(&s));
+
+        b.goto(&format!("{}/ui/deployments/new?patch=fix-1", s.base));
+        b.fill("new-deployment", "window", "tuesday-night");
+        b.fill("new-deployment", "query", "webs");
+        b.press("new-deployment", "Create deployment");
+        assert_eq!(b.status(), 200, "{}", b.html());
+        let summary = b.text("summary");
+        assert!(summary.contains("query webs") && summary.contains("tuesday-night"), "{summary}");
+    }
 }

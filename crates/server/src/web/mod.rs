@@ -17,6 +17,7 @@ pub mod keys;
 pub mod machine_page;
 pub mod overview;
 pub mod pages;
+pub mod schedule_forms;
 pub mod session;
 pub mod work_sql;
 
@@ -47,6 +48,8 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/enrollment-tokens", post(fleet_forms::create_enrollment_token))
         .route("/ui/machines/{id}/tags", post(fleet_forms::set_tags))
         .route("/ui/machines/{id}/revoke", post(fleet_forms::revoke))
+        .route("/ui/maintenance-windows", post(schedule_forms::create_window))
+        .route("/ui/queries", post(schedule_forms::create_query))
         .route("/ui/keys", get(keys::keys_page).post(keys::add))
         .route("/ui/keys/{id}/revoke", post(keys::revoke))
         .route("/ui/compliance", get(pages::compliance_page))

@@ -183,6 +183,16 @@ pub async fn deployments_page(State(st): State<AppState>, u: UiUser) -> ApiResul
         .map(|q| vec![esc(&q.name), format!("<code>{}</code>", esc(&q.query)), esc(&q.created)])
         .collect();
     page.table("queries", &["name", "query", "created"], &q);
+    page.h(2, "Maintenance windows");
+    page.table(
+        "windows",
+        &["name", "days", "start", "duration", "time zone", "now", "next"],
+        &super::schedule_forms::window_rows(&st, &u).await?,
+    );
+    if u.acts() {
+        page.raw(&super::schedule_forms::query_form(&u, &Default::default()));
+        page.raw(&super::schedule_forms::window_form(&u, &Default::default()));
+    }
     Ok(render(&page, "Deployments", &u))
 }
 
