@@ -88,6 +88,14 @@ impl Browser {
     }
 
     fn send(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        let answer = self.try_send(session, method, params);
+        assert!(answer["error"].is_null(), "{method}: {}", answer["error"]);
+        answer["result"].clone()
+    }
+
+    /// The whole answer, an error included (a page that is navigating away
+    /// answers "execution context destroyed").
+    fn try_send(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({ "id": id, "method": method, "params": params });
@@ -104,10 +112,7 @@ impl Browser {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.answers.recv_timeout(left) {
-                Ok(v) if v["id"] == json!(id) => {
-                    assert!(v["error"].is_null(), "{method}: {}", v["error"]);
-                    return v["result"].clone();
-                }
+                Ok(v) if v["id"] == json!(id) => return v,
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => panic!("chromium did not answer {method}"),
                 Err(RecvTimeoutError::Disconnected) => panic!("chromium went away during {method}"),
@@ -134,10 +139,30 @@ impl Browser {
         self.eval("window.__before_navigation = true");
         action(self);
         let deadline = Instant::now() + WATCHDOG;
-        while self.eval("window.__before_navigation !== true && document.readyState === 'complete'") != json!(true) {
+        let loaded = json!({ "type": "boolean", "value": true });
+        let session = self.session.clone();
+        let check = json!({ "expression": "window.__before_navigation !== true && document.readyState === 'complete'",
+                             "returnByValue": true });
+        // Asked while the old page goes away, the question may fail: that is "not yet".
+        while self.try_send(Some(&session), "Runtime.evaluate", check.clone())["result"]["result"] != loaded {
             assert!(Instant::now() < deadline, "the page did not load");
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// Runs `js` (which navigates: a form submitted by script) and waits for the new page.
+    pub fn run_and_wait(&mut self, js: &str) {
+        let js = js.to_string();
+        self.and_wait(|b| {
+            b.eval(&js);
+        });
+    }
+
+    /// The value of the cookie `name` for `url`, HttpOnly ones included (the
+    /// DevTools see them; the page's scripts would not).
+    pub fn cookie(&mut self, url: &str, name: &str) -> Option<String> {
+        let r = self.page("Network.getCookies", json!({ "urls": [url] }));
+        r["cookies"].as_array()?.iter().find(|c| c["name"] == json!(name))?["value"].as_str().map(str::to_string)
     }
 
     pub fn goto(&mut self, url: &str) {
