@@ -58,7 +58,7 @@ pub async fn create_enrollment_token(
         .raw(&format!("<p>Token: <code id=\"enrollment-token\">{}</code></p>", esc(token)))
         .raw(&format!(
             "<p>Valid until {} for one machine, which gets the tags {}. On the machine, as root:</p>\
-             <pre>hotpatch agent --enroll {scheme}://{}/ {}</pre><p><a href=\"/ui/machines\">Back to machines</a></p>",
+             <pre>hotpatch agent --enroll {scheme}://{} {}</pre><p><a href=\"/ui/machines\">Back to machines</a></p>",
             esc(v["expires"].as_str().unwrap_or_default()),
             esc(&words(&f.tags).join(", ")),
             esc(host),
