@@ -273,6 +273,27 @@ CREATE INDEX ui_sessions_token ON ui_sessions (token_id);
 CREATE INDEX ui_sessions_user ON ui_sessions (user_id)
 "#,
     ),
+    // Publisher keys an organisation trusts beyond the server's --trust files
+    // (added and revoked in the UI or API, effective at once on every replica),
+    // and indexes for the machine list's filters and sort orders.
+    (
+        7,
+        r#"
+CREATE TABLE trusted_keys (
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    key_id TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    label TEXT NOT NULL,
+    added BIGINT NOT NULL,
+    added_by TEXT NOT NULL,
+    revoked_at BIGINT,
+    PRIMARY KEY (org_id, key_id)
+);
+CREATE INDEX machines_org_hostname ON machines (org_id, hostname, id);
+CREATE INDEX machines_org_last_seen ON machines (org_id, last_seen, id);
+CREATE INDEX machine_targets_file ON machine_targets (file_name, machine_id);
+"#,
+    ),
 ];
 
 pub async fn migrate(db: &Db) -> Result<(), DbError> {

@@ -761,3 +761,59 @@ fn openapi_documents_every_route() {
     }
     assert!(checked > 30, "only {checked} routes found: has the router's source changed shape?");
 }
+
+#[test]
+fn trusted_keys_are_managed_per_organisation_without_a_restart() {
+    for b in backends() {
+        let s = TestServer::start(&b);
+        let publisher = SecretKey::from_seed([11u8; 32]);
+        let key_id = publisher.public().id_hex();
+        let signed = |patch: &str, level| package(&publisher, patch, BUILD_B, level, Classification::Security, &[]);
+        let operator = s.user_token("olga", "operator");
+        let body = json!({ "label": "vendor", "public_key": publisher.public().to_text() });
+        assert_eq!(s.post("/api/v1/trusted-keys", &operator, body.clone()).0, 403, "admins only");
+        assert_eq!(s.upload(&s.admin, &signed("v-1", 1)).0, 422);
+        let (st, k) = s.post("/api/v1/trusted-keys", &s.admin, body.clone());
+        assert_eq!((st, k["key_id"].as_str()), (200, Some(key_id.as_str())), "{k}");
+        assert_eq!(s.post("/api/v1/trusted-keys", &s.admin, body.clone()).0, 409, "already trusted");
+        let (st, e) = s.post("/api/v1/trusted-keys", &s.admin, json!({ "label": "x", "public_key": "nonsense" }));
+        assert_eq!(st, 400, "{e}");
+        assert_eq!(s.upload(&s.admin, &signed("v-1", 1)).0, 200, "trusted at once");
+        let (_, list) = s.get("/api/v1/trusted-keys", &operator);
+        let sources: Vec<&str> = list["keys"]
+            .as_array()
+            .map(|k| k.iter().filter_map(|x| x["source"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(sources, ["server", "organisation"], "{list}");
+        // Another organisation does not trust it.
+        let other = s.create_org("other", Some(30));
+        assert_eq!(s.upload(&other, &signed("v-1", 1)).0, 422);
+        let server_key = s.key.public().id_hex();
+        let del = |id: &str| call("DELETE", &format!("{}/api/v1/trusted-keys/{id}", s.base), Some(&s.admin), None).0;
+        assert_eq!(del(&server_key), 409, "the server's own key changes only in its files");
+        assert_eq!(del(&key_id), 200);
+        assert_eq!(del(&key_id), 404);
+        assert_eq!(s.upload(&s.admin, &signed("v-2", 2)).0, 422, "revoked at once");
+        // Trusting it again is a new decision.
+        assert_eq!(s.post("/api/v1/trusted-keys", &s.admin, body).0, 200);
+    }
+}
+
+#[test]
+fn a_deployment_pauses_and_resumes_through_the_api() {
+    for b in backends() {
+        let s = TestServer::start(&b);
+        s.upload(&s.admin, &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &[]));
+        let (_, d) =
+            s.post("/api/v1/deployments", &s.admin, json!({ "name": "d", "kind": "hotpatch", "patch_id": "fix-1" }));
+        let id = d["id"].as_str().unwrap_or_default().to_string();
+        let act = |a: &str| s.post(&format!("/api/v1/deployments/{id}/{a}"), &s.admin, json!({})).0;
+        assert_eq!(act("resume"), 409, "an active deployment does not resume");
+        assert_eq!(act("pause"), 200);
+        assert_eq!(act("pause"), 409);
+        assert_eq!(s.get(&format!("/api/v1/deployments/{id}"), &s.admin).1["state"], json!("paused"));
+        assert_eq!(act("resume"), 200);
+        assert_eq!(act("cancel"), 200);
+        assert_eq!(act("resume"), 409, "cancelled is final");
+    }
+}

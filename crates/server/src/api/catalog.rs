@@ -26,7 +26,9 @@ pub async fn upload_hotpatch(
 ) -> ApiResult<Json<Value>> {
     user.require(Role::Operator)?;
     let body = body.map_err(super::json::bytes_rejection)?;
-    let verified = hotpatch_format::verify(&body, &st.trust)
+    // The server's keys and the organisation's, as they are now (no restart needed).
+    let trust = crate::trust::store_for(&st, &user.org_id).await?;
+    let verified = hotpatch_format::verify(&body, &trust)
         .map_err(|e| ApiError::Unprocessable(format!("package rejected: {e}")))?;
     let m = &verified.manifest;
     if !m.hotpatchable() {

@@ -28,6 +28,9 @@ pub const STALE_SECONDS: i64 = 3 * crate::api::checkin::INTERVAL_SECONDS + 600;
 #[serde(rename_all = "kebab-case")]
 pub enum Status {
     NothingToApply,
+    /// A running build the catalog knows nothing of (no hotpatch, no registered
+    /// baseline): nobody can say it is up to date.
+    NotCovered,
     Applied,
     Unknown,
     Pending,
@@ -40,6 +43,7 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Status::NothingToApply => "nothing-to-apply",
+            Status::NotCovered => "not-covered",
             Status::Applied => "applied",
             Status::Unknown => "unknown",
             Status::Pending => "pending",
@@ -67,22 +71,107 @@ pub struct ComplianceRow {
 /// (build-id, file name, applied level, check error) of one reported target.
 type ReportedTarget = (String, String, i64, Option<String>);
 
+/// What decides the state of a running build beyond the machine's own report
+/// (seen lately, no check error, no failed deployment): the catalog, the
+/// baselines, what is deployed, entitlement and the calendar. Loaded once per
+/// request; the overview and the machine list ask it once per distinct build.
+pub struct Judge {
+    pub catalog: Vec<super::catalog::Hotpatch>,
+    baselines: Vec<super::catalog::Baseline>,
+    deployed: Vec<String>,
+    entitled: bool,
+    t: i64,
+    grace_days: u16,
+}
+
+impl Judge {
+    pub async fn load(st: &AppState, org_id: &str, t: i64) -> ApiResult<Judge> {
+        let deployed = deployments(st, org_id, true)
+            .await?
+            .into_iter()
+            .filter(|d| d.kind == Kind::Hotpatch)
+            .filter_map(|d| d.patch_id)
+            .collect();
+        Ok(Judge {
+            catalog: hotpatches(st, org_id).await?,
+            baselines: baselines(st, org_id).await?,
+            deployed,
+            entitled: crate::api::checkin::entitled(st, org_id, t).await?,
+            t,
+            grace_days: super::calendar::org_calendar(st, org_id).await?.grace_days(),
+        })
+    }
+
+    /// The state of `build_id` of `file_name` at `applied` level on a machine
+    /// seen lately whose agent could inspect it and that failed no deployment of it.
+    pub fn status(&self, build_id: &str, file_name: &str, applied: i64) -> (Status, String) {
+        let patches: Vec<_> = self.catalog.iter().filter(|h| h.build_id == build_id).collect();
+        let latest = patches.iter().map(|h| h.level).max().unwrap_or(0);
+        let deployed_now = |level: i64| {
+            patches.iter().any(|h| h.level > applied && h.level <= level && self.deployed.contains(&h.patch_id))
+        };
+        let offers = crate::offer::OfferContext {
+            baselines: &self.baselines,
+            hotpatches: &self.catalog,
+            entitled: self.entitled,
+            now: self.t,
+            grace_days: self.grace_days,
+        };
+        let fallback =
+            || fallback_status(&self.baselines, file_name, build_id, applied, latest, self.t, deployed_now(latest));
+        match offers.offer(build_id, applied) {
+            // The release model decides whenever the build's baseline is registered.
+            Some(Ok(Offer::Baseline { reason, .. })) => (Status::NeedsRestart, reason),
+            Some(Ok(Offer::Hotpatch { level, reason, .. })) => {
+                let how = if deployed_now(i64::from(level)) { "deployed" } else { "not deployed yet" };
+                (Status::Pending, format!("{reason} ({how})"))
+            }
+            Some(Ok(Offer::UpToDate { reason })) if applied > 0 => (Status::Applied, reason),
+            Some(Ok(Offer::UpToDate { reason })) => (Status::NothingToApply, reason),
+            Some(Err(problem)) => {
+                let (status, detail) = fallback();
+                (status, format!("{detail} (the release model refused the catalog: {problem})"))
+            }
+            None => fallback(),
+        }
+    }
+}
+
 /// Computes the compliance of every (machine, target) of an organisation.
 pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> {
+    rows_for(st, org_id, None).await
+}
+
+/// `AND m.id IN ($2, $3, ...)` for the machines in `only`.
+fn only_clause(only: Option<&[String]>) -> String {
+    match only {
+        None => String::new(),
+        Some(ids) => {
+            let list: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+            format!(" AND m.id IN ({})", list.join(", "))
+        }
+    }
+}
+
+/// The compliance rows of the machines in `only` (all of the organisation's
+/// when None), so a page of a machine list computes just its own rows.
+pub async fn rows_for(st: &AppState, org_id: &str, only: Option<&[String]>) -> ApiResult<Vec<ComplianceRow>> {
+    if only.is_some_and(|ids| ids.is_empty()) {
+        return Ok(Vec::new());
+    }
     let t = now();
-    let machines = sqlx::query(
-        "SELECT id, hostname, last_seen FROM machines WHERE org_id = $1 AND revoked_at IS NULL ORDER BY hostname, id",
-    )
-    .bind(org_id)
-    .fetch_all(&st.db.pool)
-    .await?;
-    let targets = sqlx::query(
+    let ids = only.unwrap_or_default();
+    let sql = format!(
+        "SELECT m.id, m.hostname, m.last_seen FROM machines m WHERE m.org_id = $1 AND m.revoked_at IS NULL{} ORDER BY m.hostname, m.id",
+        only_clause(only)
+    );
+    let machines = ids.iter().fold(sqlx::query(&sql).bind(org_id), |q, id| q.bind(id)).fetch_all(&st.db.pool).await?;
+    let sql = format!(
         "SELECT t.machine_id, t.build_id, t.file_name, t.applied_level, t.error FROM machine_targets t JOIN machines m ON m.id = t.machine_id \
-         WHERE m.org_id = $1 ORDER BY t.file_name, t.build_id",
-    )
-    .bind(org_id)
-    .fetch_all(&st.db.pool)
-    .await?;
+         WHERE m.org_id = $1{} ORDER BY t.file_name, t.build_id",
+        only_clause(only)
+    );
+    let targets = ids.iter().fold(sqlx::query(&sql).bind(org_id), |q, id| q.bind(id)).fetch_all(&st.db.pool).await?;
     let failures = sqlx::query(
         "SELECT r.machine_id, d.patch_id, r.detail FROM work_results r JOIN deployments d ON d.id = r.deployment_id \
          WHERE d.org_id = $1 AND r.status = 'failed' AND d.kind = 'hotpatch'",
@@ -90,16 +179,8 @@ pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> 
     .bind(org_id)
     .fetch_all(&st.db.pool)
     .await?;
-    let catalog = hotpatches(st, org_id).await?;
-    let all_baselines = baselines(st, org_id).await?;
-    let active = deployments(st, org_id, true).await?;
-    let entitled = crate::api::checkin::entitled(st, org_id, t).await?;
-    let grace_days = super::calendar::org_calendar(st, org_id).await?.grace_days();
-    let deployed: Vec<&str> =
-        active.iter().filter(|d| d.kind == Kind::Hotpatch).filter_map(|d| d.patch_id.as_deref()).collect();
-
-    let offers =
-        crate::offer::OfferContext { baselines: &all_baselines, hotpatches: &catalog, entitled, now: t, grace_days };
+    let judge = Judge::load(st, org_id, t).await?;
+    let catalog = &judge.catalog;
     let mut by_machine: BTreeMap<String, Vec<ReportedTarget>> = BTreeMap::new();
     for r in &targets {
         by_machine.entry(r.try_get(0)?).or_default().push((r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?));
@@ -149,10 +230,6 @@ pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> 
                 (mid == id && patches.iter().any(|h| h.patch_id == pid && h.level > applied))
                     .then(|| format!("{pid}: {detail}"))
             });
-            let deployed_now = |level: i64| {
-                patches.iter().any(|h| h.level > applied && h.level <= level && deployed.contains(&h.patch_id.as_str()))
-            };
-            let offer = offers.offer(&build_id, applied);
             let (status, detail) = if stale {
                 (
                     Status::Unknown,
@@ -163,31 +240,7 @@ pub async fn rows(st: &AppState, org_id: &str) -> ApiResult<Vec<ComplianceRow>> 
             } else if let Some(f) = failure {
                 (Status::ApplyFailed, f)
             } else {
-                match offer {
-                    // The release model decides whenever the build's baseline is registered.
-                    Some(Ok(Offer::Baseline { reason, .. })) => (Status::NeedsRestart, reason),
-                    Some(Ok(Offer::Hotpatch { level, reason, .. })) => {
-                        let how = if deployed_now(i64::from(level)) { "deployed" } else { "not deployed yet" };
-                        (Status::Pending, format!("{reason} ({how})"))
-                    }
-                    Some(Ok(Offer::UpToDate { reason })) if applied > 0 => (Status::Applied, reason),
-                    Some(Ok(Offer::UpToDate { reason })) => (Status::NothingToApply, reason),
-                    Some(Err(problem)) => {
-                        let (status, detail) = fallback_status(
-                            &all_baselines,
-                            &file_name,
-                            &build_id,
-                            applied,
-                            latest,
-                            t,
-                            deployed_now(latest),
-                        );
-                        (status, format!("{detail} (the release model refused the catalog: {problem})"))
-                    }
-                    None => {
-                        fallback_status(&all_baselines, &file_name, &build_id, applied, latest, t, deployed_now(latest))
-                    }
-                }
+                judge.status(&build_id, &file_name, applied)
             };
             out.push(ComplianceRow {
                 machine_id: id.clone(),
@@ -223,10 +276,18 @@ fn fallback_status(
     } else if latest > applied {
         let how = if deployed { "deployed, not yet applied" } else { "available, not deployed" };
         (Status::Pending, format!("level {latest} {how}"))
-    } else if latest > 0 {
+    } else if latest > 0 && applied == latest {
         (Status::Applied, format!("hotpatch level {applied}"))
+    } else if applied > 0 {
+        (
+            Status::NotCovered,
+            format!("level {applied} applied, but this catalog has no hotpatch at that level for this build"),
+        )
     } else {
-        (Status::NothingToApply, "up to date".to_string())
+        (
+            Status::NotCovered,
+            "no catalog entry for this build: not covered by hotpatches or a registered baseline".to_string(),
+        )
     }
 }
 
@@ -344,8 +405,13 @@ pub struct CveRow {
 }
 
 pub async fn cve_rows(st: &AppState, org_id: &str) -> ApiResult<Vec<CveRow>> {
+    Ok(cves_of(&rows(st, org_id).await?))
+}
+
+/// The CVE view of compliance rows already computed.
+pub fn cves_of(rows: &[ComplianceRow]) -> Vec<CveRow> {
     let mut cves: BTreeMap<String, CveRow> = BTreeMap::new();
-    for r in rows(st, org_id).await? {
+    for r in rows {
         for (c, fixed) in r.cves_fixed.iter().map(|c| (c, true)).chain(r.cves_open.iter().map(|c| (c, false))) {
             let e =
                 cves.entry(c.clone()).or_insert_with(|| CveRow { cve: c.clone(), fixed: 0, open: 0, machines: vec![] });
@@ -358,7 +424,7 @@ pub async fn cve_rows(st: &AppState, org_id: &str) -> ApiResult<Vec<CveRow>> {
             e.machines.push((r.hostname.clone(), r.file_name.clone(), state));
         }
     }
-    Ok(cves.into_values().collect())
+    cves.into_values().collect()
 }
 
 pub async fn by_cve(State(st): State<AppState>, user: User, Query(f): Query<Format>) -> ApiResult<Response> {
@@ -403,8 +469,8 @@ pub fn overview(rows: &[ComplianceRow]) -> Overview {
     let mut o = Overview { machines: worst.len() as i64, ..Overview::default() };
     for (status, hot) in worst.values() {
         match status {
-            Status::NothingToApply | Status::Applied if *hot => o.hotpatched += 1,
-            Status::NothingToApply | Status::Applied => o.up_to_date += 1,
+            Status::NothingToApply | Status::NotCovered | Status::Applied if *hot => o.hotpatched += 1,
+            Status::NothingToApply | Status::NotCovered | Status::Applied => o.up_to_date += 1,
             Status::Pending => o.pending += 1,
             Status::NeedsRestart => o.restart_pending += 1,
             Status::CheckFailed | Status::ApplyFailed => o.failing += 1,

@@ -608,8 +608,26 @@ async fn set_state(
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    audit::record(&mut tx, &user.org_id, &user.actor(), &format!("deployment.{action}"), id, json!({ "from": state }))
-        .await?;
+    // A machine that failed is not offered the deployment again until an operator
+    // decides so; resuming is that decision. The failures stay in work_history.
+    let reoffered = if action == "resume" {
+        sqlx::query("DELETE FROM work_results WHERE deployment_id = $1 AND status = 'failed'")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+    } else {
+        0
+    };
+    audit::record(
+        &mut tx,
+        &user.org_id,
+        &user.actor(),
+        &format!("deployment.{action}"),
+        id,
+        json!({ "from": state, "reoffered_to_failed_machines": reoffered }),
+    )
+    .await?;
     tx.commit().await?;
     Ok(Json(json!({ "id": id, "state": to })))
 }
@@ -619,7 +637,7 @@ pub async fn cancel_deployment(
     user: User,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    set_state(&st, &user, &id, &["active", "halted"], "cancelled", "cancel").await
+    set_state(&st, &user, &id, &["active", "halted", "paused"], "cancelled", "cancel").await
 }
 
 pub async fn resume_deployment(
@@ -627,5 +645,15 @@ pub async fn resume_deployment(
     user: User,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    set_state(&st, &user, &id, &["halted"], "active", "resume").await
+    set_state(&st, &user, &id, &["halted", "paused"], "active", "resume").await
+}
+
+/// Stops offering the deployment's work until it is resumed; work already
+/// handed out finishes and its results are still recorded.
+pub async fn pause_deployment(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_state(&st, &user, &id, &["active"], "paused", "pause").await
 }

@@ -54,6 +54,8 @@ pub fn routes() -> Router<AppState> {
                 .layer(DefaultBodyLimit::max(PACKAGE_BODY_LIMIT)),
         )
         .route("/api/v1/artifacts/{sha256}", get(catalog::artifact))
+        .route("/api/v1/trusted-keys", get(crate::trust::api::list_keys).post(crate::trust::api::add_key))
+        .route("/api/v1/trusted-keys/{key_id}", delete(crate::trust::api::revoke_key))
         .route("/api/v1/baselines", get(catalog::list_baselines).post(catalog::create_baseline))
         .route("/api/v1/calendar", get(calendar::get_calendar).put(calendar::set_calendar))
         .route("/api/v1/maintenance-windows", get(deploy::list_windows).post(deploy::create_window))
@@ -61,6 +63,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/deployments/{id}", get(deploy::get_deployment))
         .route("/api/v1/deployments/{id}/cancel", post(deploy::cancel_deployment))
         .route("/api/v1/deployments/{id}/resume", post(deploy::resume_deployment))
+        .route("/api/v1/deployments/{id}/pause", post(deploy::pause_deployment))
         .route("/api/v1/queries", get(queries::list_queries).post(queries::create_query))
         .route("/api/v1/queries/{name}", get(queries::get_query).delete(queries::delete_query))
         .route("/api/v1/compliance/overview", get(compliance::get_overview))

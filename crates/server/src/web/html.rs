@@ -26,7 +26,11 @@ th,td{border:1px solid #d5d9e0;padding:.3em .6em;text-align:left;font-size:.92em
 .cards{display:flex;gap:1em;flex-wrap:wrap}.card{border:1px solid #d5d9e0;border-radius:6px;padding:.8em 1.2em;min-width:9em}\
 .card .n{font-size:2em;font-weight:600}.s-applied,.s-fixed,.s-nothing-to-apply{color:#176c2c}\
 .s-pending,.s-unknown{color:#8a6100}.s-needs-restart{color:#9a3c00}.s-apply-failed,.s-check-failed,.s-halted{color:#b00020;font-weight:600}\
-code{font-size:.85em}.bar{background:#e4e7ec;width:12em;height:.8em;display:inline-block}.bar i{background:#2f7d4a;height:100%;display:block}";
+code{font-size:.85em}form.act{border:1px solid #d5d9e0;border-radius:6px;padding:.6em 1em;margin:.5em 0 1.2em;max-width:52em}\
+form.act label{display:block;margin:.35em 0}form.inline{display:inline;margin-right:.4em}\
+.error{background:#fde8eb;border:1px solid #b00020;color:#b00020;padding:.5em 1em;border-radius:4px}\
+.notice{background:#e6f4ea;border:1px solid #176c2c;padding:.5em 1em;border-radius:4px}.why{font-style:italic}\
+.card a{color:inherit;text-decoration:none}.s-not-covered{color:#5b6270}.s-paused,.s-cancelled{color:#5b6270}.bar{background:#e4e7ec;width:12em;height:.8em;display:inline-block}.bar i{background:#2f7d4a;height:100%;display:block}";
 
 pub struct Page {
     body: String,
@@ -78,7 +82,7 @@ impl Page {
             Some((user, role)) => format!(
                 "<a href=\"/ui/\">Overview</a><a href=\"/ui/machines\">Machines</a><a href=\"/ui/catalog\">Catalog</a>\
                  <a href=\"/ui/deployments\">Deployments</a><a href=\"/ui/compliance\">Compliance</a>\
-                 <a href=\"/ui/billing\">Billing</a><a href=\"/ui/audit\">Audit log</a>\
+                 <a href=\"/ui/keys\">Keys</a><a href=\"/ui/billing\">Billing</a><a href=\"/ui/audit\">Audit log</a>\
                  <span class=\"who\">{} ({}) · <a href=\"/ui/logout\">sign out</a></span>",
                 esc(user),
                 esc(role)
@@ -105,6 +109,107 @@ impl Default for Page {
 /// A status word with its colour class.
 pub fn status(word: &str) -> String {
     format!("<span class=\"s-{0}\">{0}</span>", esc(word))
+}
+
+/// A message box above a form: what went wrong (`error`) or what was done (`notice`).
+pub fn notice(class: &str, text: &str) -> String {
+    format!("<p class=\"{0}\" id=\"{0}\" role=\"status\">{1}</p>", esc(class), esc(text))
+}
+
+/// A form that posts to the server, always with the session's CSRF token.
+pub struct Form {
+    html: String,
+}
+
+impl Form {
+    pub fn new(id: &str, action: &str, csrf: &str) -> Form {
+        Form::build(id, action, csrf, "application/x-www-form-urlencoded", "act")
+    }
+
+    /// A form with file fields.
+    pub fn multipart(id: &str, action: &str, csrf: &str) -> Form {
+        Form::build(id, action, csrf, "multipart/form-data", "act")
+    }
+
+    /// A single button (pause, revoke...) shown inline.
+    pub fn button(id: &str, action: &str, csrf: &str, label: &str) -> String {
+        Form::build(id, action, csrf, "application/x-www-form-urlencoded", "inline").submit(label).finish()
+    }
+
+    fn build(id: &str, action: &str, csrf: &str, enctype: &str, class: &str) -> Form {
+        Form {
+            html: format!(
+                "<form class=\"{class}\" id=\"{}\" method=\"post\" action=\"{}\" enctype=\"{enctype}\">\
+                 <input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                esc(id),
+                esc(action),
+                super::csrf::FIELD,
+                esc(csrf)
+            ),
+        }
+    }
+
+    pub fn legend(mut self, text: &str) -> Self {
+        let _ = write!(self.html, "<strong>{}</strong>", esc(text));
+        self
+    }
+
+    /// A one-line input; `kind` is the HTML input type (text, number, password, datetime-local).
+    pub fn input(mut self, kind: &str, name: &str, label: &str, value: &str, hint: &str) -> Self {
+        let _ = write!(
+            self.html,
+            "<label>{} <input type=\"{}\" name=\"{}\" value=\"{}\" size=\"40\"> <small>{}</small></label>",
+            esc(label),
+            esc(kind),
+            esc(name),
+            esc(value),
+            esc(hint)
+        );
+        self
+    }
+
+    pub fn textarea(mut self, name: &str, label: &str, value: &str, hint: &str) -> Self {
+        let _ = write!(
+            self.html,
+            "<label>{} <small>{}</small><br><textarea name=\"{}\" rows=\"4\" cols=\"70\">{}</textarea></label>",
+            esc(label),
+            esc(hint),
+            esc(name),
+            esc(value)
+        );
+        self
+    }
+
+    pub fn file(mut self, name: &str, label: &str) -> Self {
+        let _ = write!(self.html, "<label>{} <input type=\"file\" name=\"{}\"></label>", esc(label), esc(name));
+        self
+    }
+
+    /// A choice among `(value, label)` options, `selected` preselected.
+    pub fn select(mut self, name: &str, label: &str, options: &[(String, String)], selected: &str) -> Self {
+        let _ = write!(self.html, "<label>{} <select name=\"{}\">", esc(label), esc(name));
+        for (value, text) in options {
+            let sel = if value == selected { " selected" } else { "" };
+            let _ = write!(self.html, "<option value=\"{}\"{sel}>{}</option>", esc(value), esc(text));
+        }
+        self.html.push_str("</select></label>");
+        self
+    }
+
+    pub fn raw(mut self, html: &str) -> Self {
+        self.html.push_str(html);
+        self
+    }
+
+    pub fn submit(mut self, label: &str) -> Self {
+        let _ = write!(self.html, "<button type=\"submit\">{}</button>", esc(label));
+        self
+    }
+
+    pub fn finish(mut self) -> String {
+        self.html.push_str("</form>");
+        self.html
+    }
 }
 
 pub fn link(href: &str, text: &str) -> String {

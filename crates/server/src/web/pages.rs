@@ -1,7 +1,7 @@
 //! The pages: fleet overview, machines and their detail, catalog, deployments
 //! with ring progress and their scope (tags or saved query), compliance by CVE and by machine, billing, audit log.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Html;
 use serde_json::Value;
 
@@ -9,7 +9,7 @@ use super::html::{Page, esc, link, status};
 use super::session::UiUser;
 use crate::api::billing::{format_cents, invoices, subscription};
 use crate::api::catalog::{baselines, hotpatches};
-use crate::api::compliance::{cve_rows, overview, rows};
+use crate::api::compliance::{cves_of, rows};
 use crate::api::deploy::{deployments, progress};
 use crate::api::queries::saved_queries;
 use crate::auth::Role;
@@ -30,100 +30,35 @@ fn s(v: &Value) -> String {
     })
 }
 
-pub async fn overview_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
-    let o = overview(&rows(&st, &u.0.org_id).await?);
+#[derive(serde::Deserialize)]
+pub struct Done {
+    done: Option<String>,
+    subject: Option<String>,
+}
+
+/// What a form just did, said above the page it returned to.
+fn done_notice(d: &Done) -> Option<String> {
+    let subject = d.subject.as_deref().unwrap_or("");
+    let text = match d.done.as_deref()? {
+        "uploaded" => format!("Hotpatch {subject} uploaded."),
+        "baseline" => format!("Baseline {subject} registered."),
+        _ => return None,
+    };
+    Some(super::html::notice("notice", &text))
+}
+
+pub async fn catalog_page(
+    State(st): State<AppState>,
+    u: UiUser,
+    axum::extract::Query(done): axum::extract::Query<Done>,
+) -> ApiResult<Html<String>> {
     let mut page = Page::new();
-    page.raw("<div class=\"cards\" id=\"overview\">");
-    for (id, label, n) in [
-        ("machines", "machines", o.machines),
-        ("up-to-date", "up to date", o.up_to_date),
-        ("hotpatched", "hotpatched", o.hotpatched),
-        ("pending", "pending", o.pending),
-        ("restart-pending", "restart pending", o.restart_pending),
-        ("failing", "failing", o.failing),
-        ("unknown", "unknown", o.unknown),
-    ] {
-        page.raw(&format!("<div class=\"card\" id=\"card-{id}\"><div class=\"n\">{n}</div>{}</div>", esc(label)));
+    if let Some(n) = done_notice(&done) {
+        page.raw(&n);
     }
-    page.raw("</div>");
-    Ok(render(&page, "Fleet overview", &u))
-}
-
-pub async fn machines_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
-    let rows = rows(&st, &u.0.org_id).await?;
-    let mut worst: std::collections::BTreeMap<(String, String), crate::api::compliance::Status> = Default::default();
-    for r in &rows {
-        let e = worst.entry((r.hostname.clone(), r.machine_id.clone())).or_insert(r.status);
-        *e = (*e).max(r.status);
+    if u.acts() {
+        page.raw(&super::catalog_forms::upload_form(&u));
     }
-    let table: Vec<Vec<String>> = worst
-        .iter()
-        .map(|((host, id), st)| {
-            vec![link(&format!("/ui/machines/{id}"), host), status(st.as_str()), format!("<code>{}</code>", esc(id))]
-        })
-        .collect();
-    let mut page = Page::new();
-    page.table("machines", &["hostname", "state", "id"], &table);
-    Ok(render(&page, "Machines", &u))
-}
-
-pub async fn machine_page(State(st): State<AppState>, u: UiUser, Path(id): Path<String>) -> ApiResult<Html<String>> {
-    let m = crate::api::fleet::machine_detail_json(&st, &u.0.org_id, &id).await?;
-    let comp: Vec<_> = rows(&st, &u.0.org_id).await?.into_iter().filter(|r| r.machine_id == id).collect();
-    let mut page = Page::new();
-    page.table(
-        "facts",
-        &["hostname", "os", "kernel", "arch", "cores", "tags", "last seen", "readiness"],
-        &[vec![
-            s(&m["hostname"]),
-            s(&m["os"]),
-            s(&m["kernel"]),
-            s(&m["arch"]),
-            s(&m["cores"]),
-            s(&m["tags"]),
-            s(&m["last_seen"]),
-            s(&m["readiness"]),
-        ]],
-    );
-    page.h(2, "Targets");
-    let t: Vec<Vec<String>> = comp
-        .iter()
-        .filter(|r| !r.build_id.is_empty())
-        .map(|r| {
-            vec![
-                esc(&r.file_name),
-                format!("<code>{}</code>", esc(&r.build_id)),
-                r.applied_level.to_string(),
-                r.latest_level.to_string(),
-                status(r.status.as_str()),
-                esc(&r.detail),
-            ]
-        })
-        .collect();
-    page.table("targets", &["file", "build-id", "applied level", "latest level", "state", "detail"], &t);
-    page.h(2, "History");
-    let h: Vec<Vec<String>> = m["history"]
-        .as_array()
-        .map(|v| {
-            v.iter()
-                .map(|e| {
-                    vec![
-                        s(&e["at"]),
-                        s(&e["deployment_id"]),
-                        status(e["status"].as_str().unwrap_or("")),
-                        s(&e["detail"]),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    page.table("history", &["at", "deployment", "result", "detail"], &h);
-    let title = format!("Machine {}", m["hostname"].as_str().unwrap_or(""));
-    Ok(render(&page, &title, &u))
-}
-
-pub async fn catalog_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
-    let mut page = Page::new();
     page.h(2, "Hotpatches");
     let h: Vec<Vec<String>> = hotpatches(&st, &u.0.org_id)
         .await?
@@ -136,11 +71,12 @@ pub async fn catalog_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Ht
                 h.level.to_string(),
                 esc(&h.classification),
                 esc(&h.cves.join(", ")),
-                format!("<code>{}</code>", esc(&h.artifact_sha256[..16.min(h.artifact_sha256.len())])),
+                format!("<code>{}</code>", esc(h.artifact_sha256.get(..16).unwrap_or(&h.artifact_sha256))),
+                deploy_link(&u, "patch", &h.patch_id),
             ]
         })
         .collect();
-    page.table("hotpatches", &["patch", "file", "build-id", "level", "classification", "CVEs", "artifact"], &h);
+    page.table("hotpatches", &["patch", "file", "build-id", "level", "classification", "CVEs", "artifact", ""], &h);
     page.h(2, "Baselines");
     let all = baselines(&st, &u.0.org_id).await?;
     let t = now();
@@ -156,10 +92,14 @@ pub async fn catalog_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Ht
                 if b.planned { "planned".into() } else { format!("unplanned: {}", esc(&b.reason)) },
                 cov.map(|c| if c.expired { status("needs-restart") + " " + &esc(&c.advice) } else { esc(&c.advice) })
                     .unwrap_or_default(),
+                deploy_link(&u, "baseline", &b.name),
             ]
         })
         .collect();
-    page.table("baselines", &["baseline", "product", "released", "kind", "coverage"], &b);
+    page.table("baselines", &["baseline", "product", "released", "kind", "coverage", ""], &b);
+    if u.acts() {
+        page.raw(&super::catalog_forms::baseline_form(&u, &Default::default()));
+    }
     let year = jiff::Zoned::now().year();
     page.h(2, &format!("Release calendar {year}"));
     let cal = crate::api::calendar::calendar_year(&st, &u.0.org_id, year).await?;
@@ -181,6 +121,14 @@ pub async fn catalog_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Ht
     Ok(render(&page, "Catalog", &u))
 }
 
+/// "deploy" next to a catalog entry, for those who may.
+fn deploy_link(u: &UiUser, what: &str, name: &str) -> String {
+    if !u.acts() {
+        return String::new();
+    }
+    link(&format!("/ui/deployments/new?{what}={}", super::catalog_forms::urlencode(name)), "deploy")
+}
+
 fn bar(done: i64, total: i64) -> String {
     let pct = if total > 0 { (done * 100 / total).clamp(0, 100) } else { 0 };
     format!("<span class=\"bar\" title=\"{pct}%\"><i style=\"width:{pct}%\"></i></span> {done}/{total}")
@@ -188,6 +136,8 @@ fn bar(done: i64, total: i64) -> String {
 
 pub async fn deployments_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
     let mut table = Vec::new();
+    let t = now();
+    let entitled = crate::api::checkin::entitled(&st, &u.0.org_id, t).await?;
     for d in deployments(&st, &u.0.org_id, false).await? {
         let (c, r) = progress(&st, &u.0.org_id, &d).await?;
         let ring = |p: &crate::api::deploy::RingProgress| {
@@ -203,7 +153,7 @@ pub async fn deployments_page(State(st): State<AppState>, u: UiUser) -> ApiResul
             )
         };
         table.push(vec![
-            esc(&d.name),
+            link(&format!("/ui/deployments/{}", d.id), &d.name),
             esc(d.kind.as_str()),
             esc(d.patch_id.as_deref().or(d.baseline_id.as_deref()).unwrap_or("")),
             match d.query.as_ref().and_then(|q| q.text.as_deref()) {
@@ -213,11 +163,19 @@ pub async fn deployments_page(State(st): State<AppState>, u: UiUser) -> ApiResul
             esc(d.window.as_ref().map(|(n, _)| n.as_str()).unwrap_or("any time")),
             format!("{}% · {}", d.canary_percent, ring(&c)),
             ring(&r),
-            format!("{} {}", status(&d.state), esc(&d.state_reason)),
+            status(&d.state),
+            esc(&super::deployment_page::explain(&d, &c, &r, t, entitled)),
         ]);
     }
     let mut page = Page::new();
-    page.table("deployments", &["name", "kind", "what", "scope", "window", "canary ring", "rest", "state"], &table);
+    if u.acts() {
+        page.p("To start a deployment, choose \"deploy\" next to a hotpatch or baseline in the catalog.");
+    }
+    page.table(
+        "deployments",
+        &["name", "kind", "what", "scope", "window", "canary ring", "ring 2", "state", "why"],
+        &table,
+    );
     page.h(2, "Saved queries");
     let q: Vec<Vec<String>> = saved_queries(&st, &u.0.org_id)
         .await?
@@ -225,31 +183,60 @@ pub async fn deployments_page(State(st): State<AppState>, u: UiUser) -> ApiResul
         .map(|q| vec![esc(&q.name), format!("<code>{}</code>", esc(&q.query)), esc(&q.created)])
         .collect();
     page.table("queries", &["name", "query", "created"], &q);
+    page.h(2, "Maintenance windows");
+    page.table(
+        "windows",
+        &["name", "days", "start", "duration", "time zone", "now", "next"],
+        &super::schedule_forms::window_rows(&st, &u).await?,
+    );
+    if u.acts() {
+        page.raw(&super::schedule_forms::query_form(&u, &Default::default()));
+        page.raw(&super::schedule_forms::window_form(&u, &Default::default()));
+    }
     Ok(render(&page, "Deployments", &u))
+}
+
+/// Rows shown on the compliance page; the CSV export has them all.
+const COMPLIANCE_ROWS_SHOWN: usize = 1000;
+/// Machines listed under each CVE.
+const CVE_MACHINES_SHOWN: usize = 50;
+
+fn cve_table(all: &[crate::api::compliance::ComplianceRow]) -> Vec<Vec<String>> {
+    cves_of(all)
+        .iter()
+        .map(|c| {
+            let mut machines: Vec<String> = c
+                .machines
+                .iter()
+                .take(CVE_MACHINES_SHOWN)
+                .map(|(h, f, st)| format!("{} ({}) {}", esc(h), esc(f), status(st)))
+                .collect();
+            if c.machines.len() > CVE_MACHINES_SHOWN {
+                machines.push(format!("and {} more", c.machines.len() - CVE_MACHINES_SHOWN));
+            }
+            vec![esc(&c.cve), c.fixed.to_string(), c.open.to_string(), machines.join("<br>")]
+        })
+        .collect()
 }
 
 pub async fn compliance_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
     let mut page = Page::new();
     page.raw("<p>Export: <a href=\"/api/v1/compliance/machines?format=csv\">machines CSV</a> · <a href=\"/api/v1/compliance/cves?format=csv\">CVEs CSV</a> · <a href=\"/api/v1/compliance/targets?format=csv\">targets CSV</a></p>");
+    let mut all = rows(&st, &u.0.org_id).await?;
     page.h(2, "By CVE");
-    let c: Vec<Vec<String>> = cve_rows(&st, &u.0.org_id)
-        .await?
-        .iter()
-        .map(|c| {
-            let machines = c
-                .machines
-                .iter()
-                .map(|(h, f, st)| format!("{} ({}) {}", esc(h), esc(f), status(st)))
-                .collect::<Vec<_>>()
-                .join("<br>");
-            vec![esc(&c.cve), c.fixed.to_string(), c.open.to_string(), machines]
-        })
-        .collect();
-    page.table("cves", &["CVE", "fixed", "open", "machines"], &c);
+    page.table("cves", &["CVE", "fixed", "open", "machines"], &cve_table(&all));
     page.h(2, "By machine and target");
-    let r: Vec<Vec<String>> = rows(&st, &u.0.org_id)
-        .await?
+    // Rows that need action first; within a state, the hostname order stays.
+    all.sort_by_key(|r| std::cmp::Reverse(r.status));
+    if all.len() > COMPLIANCE_ROWS_SHOWN {
+        page.p(&format!(
+            "Showing the {COMPLIANCE_ROWS_SHOWN} rows that need action most of {}; the machines CSV has them all.",
+            all.len()
+        ));
+    }
+    let r: Vec<Vec<String>> = all
         .iter()
+        .take(COMPLIANCE_ROWS_SHOWN)
         .map(|r| {
             vec![
                 link(&format!("/ui/machines/{}", r.machine_id), &r.hostname),

@@ -28,15 +28,29 @@ fn session_cookie(value: &str, max_age: i64, secure: bool) -> ApiResult<HeaderVa
     HeaderValue::from_str(&cookie).map_err(|e| ApiError::Internal(format!("session cookie: {e}")))
 }
 
-/// A signed-in user of the web UI; anyone else is sent to the sign-in page.
-pub struct UiUser(pub User);
+/// A signed-in user of the web UI and the token its forms must carry (see
+/// `web::csrf`; empty without a session cookie, so such a caller cannot post);
+/// anyone else is sent to the sign-in page.
+pub struct UiUser(pub User, pub String);
+
+impl UiUser {
+    /// Whether the user may change things (operators and admins see forms).
+    pub fn acts(&self) -> bool {
+        self.0.role >= crate::auth::Role::Operator
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.0.role >= crate::auth::Role::Admin
+    }
+}
 
 impl FromRequestParts<AppState> for UiUser {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<UiUser, Response> {
+        let csrf = super::csrf::session_secret(&parts.headers).map(super::csrf::token_for).unwrap_or_default();
         match authenticate(parts, state, Sessions::Accept).await {
-            Ok(u) => Ok(UiUser(u)),
+            Ok(u) => Ok(UiUser(u, csrf)),
             Err(ApiError::Unauthorized(_)) => Err(Redirect::to("/ui/login").into_response()),
             Err(e) => Err(e.into_response()),
         }
@@ -93,7 +107,18 @@ async fn start_session(st: &AppState, user: &User, next: &str) -> ApiResult<Resp
     Ok(response)
 }
 
-pub async fn login_with_token(State(st): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+pub async fn login_with_token(
+    State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    // A sign-in posted from another site would sign this browser in as the
+    // attacker (login CSRF); there is no session yet, so the origin decides.
+    if let Err(e) = super::csrf::check_origin(&headers) {
+        let mut page = Page::new();
+        page.raw(&super::html::notice("error", &e.to_string()));
+        return (e.status(), Html(page.render("Sign in", None))).into_response();
+    }
     match token_user(&st, form.token.trim()).await {
         Ok(Some(user)) => start_session(&st, &user, "/ui/").await.into_response(),
         Ok(None) => {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod server_process;
 
 use std::io::Write;
@@ -394,4 +395,24 @@ pub fn view(s: &TestServer, page: &str) -> String {
     let (st, link) = s.post("/api/v1/ui-links", &s.admin, json!({}));
     assert_eq!(st, 200, "{link}");
     dump_dom(&format!("{}{}?next={page}", s.base, link["path"].as_str().unwrap_or_default()))
+}
+
+impl TestServer {
+    /// A browser signed in as the owner of `token` (through a one-time link).
+    pub fn browser_as(&self, token: &str) -> browser::Browser {
+        let (st, link) = self.post("/api/v1/ui-links", token, json!({}));
+        assert_eq!(st, 200, "{link}");
+        let mut b = browser::Browser::start();
+        b.goto(&format!("{}{}", self.base, link["path"].as_str().unwrap_or_default()));
+        b
+    }
+
+    /// A user of the admin's organisation with `role`; returns an API token of theirs.
+    pub fn user_token(&self, name: &str, role: &str) -> String {
+        let (st, u) = self.post("/api/v1/users", &self.admin, json!({ "name": name, "role": role }));
+        assert_eq!(st, 200, "{u}");
+        let (st, t) = self.post("/api/v1/tokens", &self.admin, json!({ "label": name, "user": name }));
+        assert_eq!(st, 200, "{t}");
+        t["token"].as_str().expect("token").to_string()
+    }
 }
