@@ -92,7 +92,8 @@ pub fn build_from_objects(req: &DiffBuildRequest<'_>) -> Result<DiffBuildOutput,
             diff_objects(&p.old, &p.new, file.and_then(|f| req.line_shifts.get(f)).map(Vec::as_slice))
         })
         .collect();
-    let in_baseline = locate_objects(&baseline, req, &diffs, &mut explain)?;
+    let located = locate_objects(&baseline, req, &diffs, &mut explain)?;
+    let in_baseline = located.objects.clone();
     if in_baseline.is_empty()
         && let Some(mismatch) = baseline.reference_mismatch.clone()
         && let Some(pair) = req.pairs.first()
@@ -108,6 +109,7 @@ pub fn build_from_objects(req: &DiffBuildRequest<'_>) -> Result<DiffBuildOutput,
     }
     refuse_unpatchable(req, &diffs, &in_baseline)?;
     let selections = select(req, &diffs, &in_baseline);
+    check_tolerated(&baseline, req, &located, &selections, &mut explain)?;
     let mut writer = PayloadWriter::default();
     let mut functions = Vec::new();
     for (&i, selection) in &selections {
@@ -264,13 +266,16 @@ fn match_object(baseline: &Baseline<'_>, old: &ObjectFile) -> ObjectMatch {
 /// file more than once (libtool's PIC and static objects, a wide-character
 /// variant): a build of the same source file that matches in full settles
 /// it, and the others are another program's. A file whose builds match only
-/// in part is the baseline's file built differently, and is refused.
+/// in part is the baseline's file, some of whose functions the builder's
+/// flags compiled differently (`-ffunction-sections` can change register
+/// allocation): those are tolerated only if the patch has nothing to do with
+/// them ([`check_tolerated`]).
 fn locate_objects(
     baseline: &Baseline<'_>,
     req: &DiffBuildRequest<'_>,
     diffs: &[ObjectDiff],
     explain: &mut Explain,
-) -> Result<BTreeSet<usize>, DiffBuildError> {
+) -> Result<Located, DiffBuildError> {
     let changed: Vec<usize> = (0..req.pairs.len()).filter(|&i| !diffs[i].is_empty()).collect();
     // Each round may locate symbols (run-pre) that let more functions be
     // matched in the next; a few rounds reach the fixed point.
@@ -286,6 +291,7 @@ fn locate_objects(
     let source = |i: usize| req.pairs[i].old.source_file.clone().unwrap_or_else(|| req.pairs[i].old.path.clone());
     let settled: BTreeSet<String> = matches.iter().filter(|(_, m)| m.full()).map(|(&i, _)| source(i)).collect();
     let mut found = BTreeSet::new();
+    let mut tolerated = BTreeMap::new();
     let mut first_mismatch: Option<(usize, Mismatch)> = None;
     for (&i, m) in &matches {
         let old = &req.pairs[i].old;
@@ -298,7 +304,8 @@ fn locate_objects(
         if m.full() {
             found.insert(i);
         } else if m.matched > 0 && !settled.contains(&source(i)) {
-            return Err(not_the_baseline(baseline, old, m.mismatches[0].clone()));
+            found.insert(i);
+            tolerated.insert(i, m.mismatches.clone());
         } else if let Some(first) = m.mismatches.first() {
             first_mismatch.get_or_insert((i, first.clone()));
         }
@@ -308,7 +315,84 @@ fn locate_objects(
     {
         return Err(not_the_baseline(baseline, &req.pairs[i].old, m));
     }
-    Ok(found)
+    Ok(Located { objects: found, tolerated })
+}
+
+/// The changed objects that are the baseline's, and the functions of each
+/// that differ from the baseline's (by index of the object).
+struct Located {
+    objects: BTreeSet<usize>,
+    tolerated: BTreeMap<usize, Vec<Mismatch>>,
+}
+
+/// Functions each function of `obj` refers to (calls, jumps, takes the address of).
+fn reference_graph(obj: &ObjectFile) -> BTreeMap<String, BTreeSet<String>> {
+    obj.functions()
+        .map(|(f, sec)| {
+            let names = obj.sections[sec]
+                .relocs
+                .iter()
+                .filter_map(|r| obj.key(sec, r).name().map(str::to_owned))
+                .filter(|n| obj.find(n).is_some_and(|t| obj.symbols[t].kind == SymKind::Function))
+                .collect();
+            (obj.symbols[f].name.clone(), names)
+        })
+        .collect()
+}
+
+/// Every function reachable from `start` in `graph`, `start` included.
+fn reachable(graph: &BTreeMap<String, BTreeSet<String>>, start: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut queue = vec![start.to_owned()];
+    while let Some(f) = queue.pop() {
+        if seen.insert(f.clone()) {
+            queue.extend(graph.get(&f).into_iter().flatten().cloned());
+        }
+    }
+    seen
+}
+
+/// A function that differs from the baseline's is harmless only when the
+/// patch neither replaces it nor reaches it nor is reached from it, directly
+/// or through other functions of the file (the baseline's copy may have
+/// inlined a replaced function, or rely on its register use under
+/// `-fipa-ra`, where the builder's copy does not).
+fn check_tolerated(
+    baseline: &Baseline<'_>,
+    req: &DiffBuildRequest<'_>,
+    located: &Located,
+    selections: &BTreeMap<usize, Selection>,
+    explain: &mut Explain,
+) -> Result<(), DiffBuildError> {
+    for (&i, mismatches) in &located.tolerated {
+        let (old, new) = (&req.pairs[i].old, &req.pairs[i].new);
+        let chosen: BTreeSet<String> = selections
+            .get(&i)
+            .map(|sel| {
+                new.functions()
+                    .filter(|(_, sec)| sel.sections.contains(sec))
+                    .map(|(f, _)| new.symbols[f].name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (old_graph, new_graph) = (reference_graph(old), reference_graph(new));
+        for m in mismatches {
+            let from_it = reachable(&old_graph, &m.function);
+            let related = chosen.iter().any(|c| {
+                from_it.contains(c)
+                    || reachable(&new_graph, c).contains(&m.function)
+                    || reachable(&old_graph, c).contains(&m.function)
+            });
+            if related {
+                return Err(not_the_baseline(baseline, old, m.clone()));
+            }
+            explain.notes.push(format!(
+                "{} ({}) is not the baseline's code ({}), but the patch neither replaces, calls nor is called by it",
+                m.function, old.path, m
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn not_the_baseline(baseline: &Baseline<'_>, old: &ObjectFile, mismatch: Mismatch) -> DiffBuildError {
