@@ -10,7 +10,7 @@ use crate::payload::{Binder, Binding, PayloadWriter, Selection, payload_name};
 use crate::runpre::{Mismatch, match_function};
 use hotpatch_elf::{SymbolTable, TargetElf};
 use hotpatch_format::{
-    BaselineSymbol, Classification, FORMAT_VERSION, FunctionPatch, MIN_SITE_SIZE, Machine, Manifest, Target, sha256_hex,
+    BaselineSymbol, Classification, FunctionPatch, MIN_SITE_SIZE, Machine, Manifest, Target, sha256_hex,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -126,21 +126,18 @@ pub fn build_from_objects(req: &DiffBuildRequest<'_>) -> Result<DiffBuildOutput,
     }
     let (payload, bound) = writer.finish().map_err(DiffBuildError::Payload)?;
     hotpatch_format::check_payload(&payload, machine)?;
-    let manifest = Manifest {
-        format_version: FORMAT_VERSION,
-        patch_id: req.patch_id.clone().unwrap_or_else(|| crate::pack::default_patch_id(&name, &build_id, req.level)),
-        product: req.product.clone(),
-        target: Target { build_id, file_name: name, machine },
+    let about = crate::pack::About {
+        patch_id: req.patch_id.as_deref(),
+        product: &req.product,
         level: req.level,
         classification: req.classification,
-        cves: req.cves.clone(),
-        description: req.description.clone(),
-        created: req.created.clone(),
-        functions,
-        symbols: bound.into_iter().map(|(name, address)| BaselineSymbol { name, address }).collect(),
-        payload_sha256: "0".repeat(64),
-        signing_key_id: "0".repeat(16),
+        cves: &req.cves,
+        description: &req.description,
+        created: &req.created,
     };
+    let symbols = bound.into_iter().map(|(name, address)| BaselineSymbol { name, address }).collect();
+    let manifest =
+        crate::pack::unsigned_manifest(&about, Target { build_id, file_name: name, machine }, functions, symbols);
     manifest.validate()?;
     Ok(DiffBuildOutput { manifest, payload, explain })
 }

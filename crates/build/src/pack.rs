@@ -146,23 +146,16 @@ pub fn manifest_for(req: &PackRequest<'_>) -> Result<Manifest, BuildError> {
         });
     }
 
-    let patch_id = req.patch_id.clone().unwrap_or_else(|| default_patch_id(&req.baseline_name, &build_id, req.level));
-    let manifest = Manifest {
-        format_version: FORMAT_VERSION,
-        patch_id,
-        product: req.product.clone(),
-        target: Target { build_id, file_name: name, machine },
+    let about = About {
+        patch_id: req.patch_id.as_deref(),
+        product: &req.product,
         level: req.level,
         classification: req.classification,
-        cves: req.cves.clone(),
-        description: req.description.clone(),
-        created: req.created.clone(),
-        functions,
-        symbols: Vec::new(),
-        // Filled in when the package is signed.
-        payload_sha256: "0".repeat(64),
-        signing_key_id: "0".repeat(16),
+        cves: &req.cves,
+        description: &req.description,
+        created: &req.created,
     };
+    let manifest = unsigned_manifest(&about, Target { build_id, file_name: name, machine }, functions, Vec::new());
     manifest.validate()?;
     // Said only once the pack succeeds, so a refusal's message stands alone.
     match ipa_ra {
@@ -218,6 +211,45 @@ pub fn check_undefined(
         }
     }
     Ok(())
+}
+
+/// What a publisher says of a hotpatch, whichever way it was made.
+pub(crate) struct About<'a> {
+    pub patch_id: Option<&'a str>,
+    pub product: &'a str,
+    pub level: u32,
+    pub classification: Classification,
+    pub cves: &'a [String],
+    pub description: &'a str,
+    pub created: &'a str,
+}
+
+/// The manifest before signing (hash and key id are filled in by `Package::build`).
+pub(crate) fn unsigned_manifest(
+    about: &About<'_>,
+    target: Target,
+    functions: Vec<FunctionPatch>,
+    symbols: Vec<hotpatch_format::BaselineSymbol>,
+) -> Manifest {
+    let patch_id = about
+        .patch_id
+        .map(str::to_owned)
+        .unwrap_or_else(|| default_patch_id(&target.file_name, &target.build_id, about.level));
+    Manifest {
+        format_version: FORMAT_VERSION,
+        patch_id,
+        product: about.product.to_owned(),
+        target,
+        level: about.level,
+        classification: about.classification,
+        cves: about.cves.to_vec(),
+        description: about.description.to_owned(),
+        created: about.created.to_owned(),
+        functions,
+        symbols,
+        payload_sha256: "0".repeat(64),
+        signing_key_id: "0".repeat(16),
+    }
 }
 
 fn payload_functions(payload: &[u8]) -> Result<Vec<String>, BuildError> {
