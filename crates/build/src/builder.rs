@@ -322,19 +322,34 @@ struct Located {
     tolerated: BTreeMap<usize, Vec<Mismatch>>,
 }
 
-/// Functions each function of `obj` refers to (calls, jumps, takes the address of).
+/// Functions each function of `obj` calls or jumps to directly. Taking a
+/// function's address is no edge: a call through a pointer can neither be
+/// inlined nor rely on the callee's register use (-fipa-ra).
 fn reference_graph(obj: &ObjectFile) -> BTreeMap<String, BTreeSet<String>> {
     obj.functions()
         .map(|(f, sec)| {
+            let data = &obj.sections[sec].data;
             let names = obj.sections[sec]
                 .relocs
                 .iter()
+                .filter(|r| is_direct_branch(data, r))
                 .filter_map(|r| obj.key(sec, r).name().map(str::to_owned))
                 .filter(|n| obj.find(n).is_some_and(|t| obj.symbols[t].kind == SymKind::Function))
                 .collect();
             (obj.symbols[f].name.clone(), names)
         })
         .collect()
+}
+
+/// A `call`/`jmp`/`jcc` whose 32-bit displacement relocation `r` fills.
+fn is_direct_branch(data: &[u8], r: &crate::objfile::Reloc) -> bool {
+    use object::elf::{R_X86_64_PC32, R_X86_64_PLT32};
+    let at = r.offset as usize;
+    let before = |n: usize| at.checked_sub(n).and_then(|i| data.get(i)).copied();
+    r.r_type == R_X86_64_PLT32
+        || (r.r_type == R_X86_64_PC32
+            && (matches!(before(1), Some(0xe8 | 0xe9))
+                || (before(2) == Some(0x0f) && before(1).is_some_and(|b| (0x80..=0x8f).contains(&b)))))
 }
 
 /// Every function reachable from `start` in `graph`, `start` included.
