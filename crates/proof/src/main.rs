@@ -92,6 +92,11 @@ const AROUND: Duration = Duration::from_millis(500);
 struct Shared {
     state: AtomicU64,
     stop: AtomicBool,
+    /// Whether clients send crafted requests (not while steady state is
+    /// measured: the patched answer to one, an error reply, costs the server
+    /// other work than the echo, and throughput would compare the fix's
+    /// semantics instead of the cost of running through a hotpatch).
+    crafted: AtomicBool,
     origin: Instant,
 }
 
@@ -108,6 +113,7 @@ struct Sample {
     /// Sent, µs since the generation's origin.
     sent_us: u64,
     latency_ns: u64,
+    crafted: bool,
 }
 
 #[derive(Default)]
@@ -141,7 +147,7 @@ fn client(addr: SocketAddr, id: usize, shared: Arc<Shared>) -> ClientResult {
     let mut i: u64 = 0;
     while !shared.stop.load(Ordering::Relaxed) {
         i += 1;
-        let is_crafted = i.is_multiple_of(4);
+        let is_crafted = i.is_multiple_of(4) && shared.crafted.load(Ordering::Relaxed);
         let normal;
         let arg: &[u8] = if is_crafted {
             let tag = format!("{id}-{i}-");
@@ -160,6 +166,7 @@ fn client(addr: SocketAddr, id: usize, shared: Arc<Shared>) -> ClientResult {
         r.samples.push(Sample {
             sent_us: t0.duration_since(shared.origin).as_micros() as u64,
             latency_ns: latency.as_nanos() as u64,
+            crafted: is_crafted,
         });
         let reply = match reply {
             Ok(reply) => reply,
@@ -412,7 +419,9 @@ struct Totals {
     steady_unpatched_s: f64,
     steady_patched_s: f64,
     around: Histogram,
+    around_crafted: Histogram,
     at_transition: Histogram,
+    generation_ratios: Vec<f64>,
     generations: u32,
     server_deaths: u32,
     leaked_regions: u32,
@@ -422,8 +431,12 @@ struct Totals {
 fn generation(args: &Args, g: u32, cycles: u32, totals: &mut Totals) -> anyhow::Result<()> {
     let mut server = Server::start(args)?;
     let pid = server.pid();
-    let shared =
-        Arc::new(Shared { state: AtomicU64::new(UNPATCHED), stop: AtomicBool::new(false), origin: Instant::now() });
+    let shared = Arc::new(Shared {
+        state: AtomicU64::new(UNPATCHED),
+        stop: AtomicBool::new(false),
+        crafted: AtomicBool::new(true),
+        origin: Instant::now(),
+    });
     let clients: Vec<JoinHandle<ClientResult>> = (0..args.clients)
         .map(|id| {
             let shared = shared.clone();
@@ -440,11 +453,11 @@ fn generation(args: &Args, g: u32, cycles: u32, totals: &mut Totals) -> anyhow::
     let mut applies = 0u32;
 
     let mut run = |kind: Kind, sigstop: bool, totals: &mut Totals| {
-        let (during, done, failed) = match kind {
-            Kind::Apply => (SWITCHING, PATCHED, UNPATCHED),
-            Kind::Rollback => (SWITCHING, UNPATCHED, PATCHED),
+        let done = match kind {
+            Kind::Apply => PATCHED,
+            Kind::Rollback => UNPATCHED,
         };
-        shared.set(during);
+        shared.set(SWITCHING);
         let stopper = sigstop.then(|| {
             // SAFETY: plain kill(2) on our own child.
             unsafe { libc::kill(pid, libc::SIGSTOP) };
@@ -459,13 +472,23 @@ fn generation(args: &Args, g: u32, cycles: u32, totals: &mut Totals) -> anyhow::
             let _ = h.join();
         }
         t.sigstop = sigstop;
-        let now = if t.ok { done } else { failed };
+        // After a failure, what the process runs is read from the process
+        // itself; unknown (no answer is checked) if that fails too.
+        let now = if t.ok {
+            done
+        } else {
+            match hotpatch_engine::status(pid) {
+                Ok(applied) if applied.iter().any(|a| a.active) => PATCHED,
+                Ok(_) => UNPATCHED,
+                Err(_) => SWITCHING,
+            }
+        };
         shared.set(now);
         if kind == Kind::Apply && t.ok {
             applies += 1;
         }
         totals.control_requests += 1;
-        if let Err(e) = control(server.addr, now) {
+        if let Err(e) = if now == SWITCHING { Ok(()) } else { control(server.addr, now) } {
             totals.control_failures += 1;
             if totals.failure_examples.len() < 10 {
                 totals.failure_examples.push(format!("generation {g}: {e}"));
@@ -484,9 +507,11 @@ fn generation(args: &Args, g: u32, cycles: u32, totals: &mut Totals) -> anyhow::
     }
     for phase in 0..2 {
         let patched = (phase == 0) == patched_first;
+        shared.crafted.store(false, Ordering::SeqCst);
         let from = origin.elapsed();
         std::thread::sleep(steady);
         windows.push((patched, from, origin.elapsed()));
+        shared.crafted.store(true, Ordering::SeqCst);
         std::thread::sleep(settle);
         if phase == 0 {
             run(if patched_first { Kind::Rollback } else { Kind::Apply }, false, totals);
@@ -550,6 +575,7 @@ fn generation(args: &Args, g: u32, cycles: u32, totals: &mut Totals) -> anyhow::
         let lat = Duration::from_nanos(s.latency_ns);
         transitions.iter().any(|tr| t <= tr.end && t + lat >= tr.start)
     };
+    let (mut gen_unpatched, mut gen_patched) = (Histogram::default(), Histogram::default());
     for r in &results {
         totals.requests += r.requests;
         totals.crafted += r.crafted;
@@ -564,23 +590,33 @@ fn generation(args: &Args, g: u32, cycles: u32, totals: &mut Totals) -> anyhow::
         for s in &r.samples {
             let t = Duration::from_micros(s.sent_us);
             if let Some((patched, _, _)) = windows.iter().find(|(_, from, to)| t >= *from && t < *to) {
-                if *patched { &mut totals.steady_patched } else { &mut totals.steady_unpatched }.record(s.latency_ns);
+                if !s.crafted {
+                    if *patched { &mut gen_patched } else { &mut gen_unpatched }.record(s.latency_ns);
+                }
             } else if near(s) {
-                totals.around.record(s.latency_ns);
+                if s.crafted { &mut totals.around_crafted } else { &mut totals.around }.record(s.latency_ns);
                 if at(s) {
                     totals.at_transition.record(s.latency_ns);
                 }
             }
         }
     }
+    let (mut rate_unpatched, mut rate_patched) = (0.0, 0.0);
     for (patched, from, to) in &windows {
         let secs = (*to - *from).as_secs_f64();
         if *patched {
             totals.steady_patched_s += secs;
+            rate_patched = gen_patched.count() as f64 / secs;
         } else {
             totals.steady_unpatched_s += secs;
+            rate_unpatched = gen_unpatched.count() as f64 / secs;
         }
     }
+    if rate_unpatched > 0.0 {
+        totals.generation_ratios.push(rate_patched / rate_unpatched);
+    }
+    totals.steady_unpatched.merge(&gen_unpatched);
+    totals.steady_patched.merge(&gen_patched);
     totals.transitions.extend(transitions);
     totals.generations += 1;
     Ok(())
@@ -674,11 +710,20 @@ struct Report {
     floor_p99_us: Option<u64>,
     latency_steady_unpatched: Latency,
     latency_steady_patched: Latency,
+    /// Normal requests (as in steady state) sent within 500 ms of a transition.
     latency_around_transitions: Latency,
+    /// Crafted requests within 500 ms of a transition (not in steady state).
+    latency_around_transitions_crafted: Latency,
+    /// Every request in flight while a `hotpatch` command ran.
     latency_overlapping_a_transition: Latency,
     throughput_unpatched_per_s: f64,
     throughput_patched_per_s: f64,
+    /// Pooled: all patched steady requests per second over all unpatched.
     throughput_ratio: f64,
+    /// The same ratio per server process (side by side), median and range.
+    throughput_ratio_median_per_process: f64,
+    throughput_ratio_min: f64,
+    throughput_ratio_max: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -708,6 +753,8 @@ fn main() -> anyhow::Result<()> {
     let tu = totals.steady_unpatched.count() as f64 / totals.steady_unpatched_s.max(1e-9);
     let tp = totals.steady_patched.count() as f64 / totals.steady_patched_s.max(1e-9);
     let mut floor = totals.floor_us.clone();
+    let mut ratios = totals.generation_ratios.clone();
+    ratios.sort_by(f64::total_cmp);
     let report = Report {
         date: now_utc(),
         server: args.server.display().to_string(),
@@ -741,10 +788,14 @@ fn main() -> anyhow::Result<()> {
         latency_steady_unpatched: latency(&totals.steady_unpatched),
         latency_steady_patched: latency(&totals.steady_patched),
         latency_around_transitions: latency(&totals.around),
+        latency_around_transitions_crafted: latency(&totals.around_crafted),
         latency_overlapping_a_transition: latency(&totals.at_transition),
         throughput_unpatched_per_s: tu.round(),
         throughput_patched_per_s: tp.round(),
-        throughput_ratio: ((tp / tu.max(1e-9)) * 1000.0).round() / 1000.0,
+        throughput_ratio: round3(tp / tu.max(1e-9)),
+        throughput_ratio_median_per_process: round3(ratios.get(ratios.len() / 2).copied().unwrap_or(0.0)),
+        throughput_ratio_min: round3(ratios.first().copied().unwrap_or(0.0)),
+        throughput_ratio_max: round3(ratios.last().copied().unwrap_or(0.0)),
     };
     let text = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &args.json {
@@ -769,6 +820,10 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 fn now_utc() -> String {
