@@ -651,6 +651,9 @@ struct Pause {
     command_p50_ms: f64,
     command_max_ms: f64,
     engine_p50_ms: u64,
+    /// Transitions that found a thread inside a replaced function at least once.
+    with_retries: usize,
+    max_retries: u64,
 }
 
 fn percentile(v: &mut [u64], q: f64) -> u64 {
@@ -674,6 +677,8 @@ fn pause(ts: &[&Transition]) -> Pause {
         command_p50_ms: percentile(&mut c, 0.5) as f64 / 1000.0,
         command_max_ms: c.iter().copied().max().unwrap_or(0) as f64 / 1000.0,
         engine_p50_ms: percentile(&mut e, 0.5),
+        with_retries: ts.iter().filter(|t| t.retries > 0).count(),
+        max_retries: ts.iter().map(|t| t.retries).max().unwrap_or(0),
     }
 }
 
