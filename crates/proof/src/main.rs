@@ -1,0 +1,841 @@
+//! `hotpatch-proof`: a real server patched and rolled back under load (issue 13).
+//!
+//! Starts the server (redis) on loopback, keeps it busy with clients that check
+//! every answer, and applies and rolls back a hotpatch with the `hotpatch`
+//! command (`--json`) again and again. The hotpatch changes one answer: `ECHO`
+//! with an argument over 1024 bytes ("crafted") is echoed by the baseline and
+//! refused by the fixed code. A normal `ECHO` must be echoed by both.
+//!
+//! A client reads the expected version before it sends and again after the
+//! reply; when both readings are the same (no transition started or ended in
+//! between) a crafted answer of the other version is a *wrong answer*. Any
+//! other unexpected reply, a broken connection or a timeout is a *failure*.
+//!
+//! A server process can retire at most `MAX_RETIRED_REGIONS` regions (every
+//! rollback retires one), so the run is cut in *generations*: a fresh server
+//! for every `--per-process` cycles. Each generation measures steady state
+//! unpatched and patched side by side (order alternating), then cycles.
+
+mod hist;
+mod resp;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use hist::Histogram;
+use resp::{Conn, Reply};
+use serde::Serialize;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Clone)]
+#[command(about = "Applies and rolls back a hotpatch in a real server under a checking load")]
+struct Args {
+    /// The server executable (redis-server as shipped).
+    #[arg(long)]
+    server: PathBuf,
+    /// The hotpatch command.
+    #[arg(long)]
+    hotpatch: PathBuf,
+    /// The hotpatch package (its fix refuses ECHO arguments over 1024 bytes).
+    #[arg(long)]
+    package: PathBuf,
+    /// Trusted publisher key(s) for `hotpatch apply --trust`.
+    #[arg(long)]
+    trust: PathBuf,
+    /// Apply + rollback cycles in all.
+    #[arg(long, default_value_t = 50)]
+    cycles: u32,
+    /// Cycles per server process (a rollback retires a region; the engine
+    /// caps retired regions per process at 16, the steady phase uses one).
+    #[arg(long, default_value_t = 15)]
+    per_process: u32,
+    /// Client connections (one thread each, one request in flight each).
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// redis io-threads (1: the main thread does all I/O).
+    #[arg(long, default_value_t = 1)]
+    io_threads: u32,
+    /// Time between transitions while cycling, ms.
+    #[arg(long, default_value_t = 250)]
+    dwell_ms: u64,
+    /// Length of each steady-state measurement (unpatched, patched), ms.
+    #[arg(long, default_value_t = 1000)]
+    steady_ms: u64,
+    /// Every Nth cycle, the server is stopped (SIGSTOP) just before the apply
+    /// and continued (SIGCONT) 20 ms later, while the engine works (0: never).
+    #[arg(long, default_value_t = 0)]
+    sigstop_every: u32,
+    /// Also measure the engine's stop floor (stop + resume every thread,
+    /// nothing else) on the server once per cycle.
+    #[arg(long)]
+    floor: bool,
+    /// Write the full report here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// What a client must see: packed as `seq << 2 | version`.
+const UNPATCHED: u64 = 0;
+const PATCHED: u64 = 1;
+const SWITCHING: u64 = 2;
+const CRAFTED_LEN: usize = 1100;
+const TOO_LONG: &str = "ERR ECHO argument too long";
+/// "The second around a transition": from 500 ms before it starts to 500 ms after it ends.
+const AROUND: Duration = Duration::from_millis(500);
+
+struct Shared {
+    state: AtomicU64,
+    stop: AtomicBool,
+    /// Whether clients send crafted requests (not while steady state is
+    /// measured: the patched answer to one, an error reply, costs the server
+    /// other work than the echo, and throughput would compare the fix's
+    /// semantics instead of the cost of running through a hotpatch).
+    crafted: AtomicBool,
+    origin: Instant,
+}
+
+impl Shared {
+    fn set(&self, version: u64) {
+        let seq = (self.state.load(Ordering::SeqCst) >> 2) + 1;
+        self.state.store(seq << 2 | version, Ordering::SeqCst);
+    }
+}
+
+/// One request as the client saw it.
+#[derive(Clone, Copy)]
+struct Sample {
+    /// Sent, µs since the generation's origin.
+    sent_us: u64,
+    latency_ns: u64,
+    crafted: bool,
+}
+
+#[derive(Default)]
+struct ClientResult {
+    samples: Vec<Sample>,
+    requests: u64,
+    crafted: u64,
+    failures: u64,
+    wrong: u64,
+    checked_after_switch: u64,
+    first_failures: Vec<String>,
+}
+
+fn client(addr: SocketAddr, id: usize, shared: Arc<Shared>) -> ClientResult {
+    let mut r = ClientResult::default();
+    let fail = |r: &mut ClientResult, what: String| {
+        r.failures += 1;
+        if r.first_failures.len() < 5 {
+            r.first_failures.push(what);
+        }
+    };
+    let timeout = Duration::from_secs(10);
+    let mut conn = match Conn::connect(addr, timeout) {
+        Ok(c) => c,
+        Err(e) => {
+            fail(&mut r, format!("client {id}: connect: {e}"));
+            return r;
+        }
+    };
+    let mut crafted = vec![b'x'; CRAFTED_LEN];
+    let mut i: u64 = 0;
+    while !shared.stop.load(Ordering::Relaxed) {
+        i += 1;
+        let is_crafted = i.is_multiple_of(4) && shared.crafted.load(Ordering::Relaxed);
+        let normal;
+        let arg: &[u8] = if is_crafted {
+            let tag = format!("{id}-{i}-");
+            crafted[..tag.len()].copy_from_slice(tag.as_bytes());
+            &crafted
+        } else {
+            normal = format!("client {id} request {i}");
+            normal.as_bytes()
+        };
+        let before = shared.state.load(Ordering::SeqCst);
+        let t0 = Instant::now();
+        let reply = conn.call(&[b"ECHO", arg]);
+        let latency = t0.elapsed();
+        let after = shared.state.load(Ordering::SeqCst);
+        r.requests += 1;
+        r.samples.push(Sample {
+            sent_us: t0.duration_since(shared.origin).as_micros() as u64,
+            latency_ns: latency.as_nanos() as u64,
+            crafted: is_crafted,
+        });
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                fail(&mut r, format!("client {id} request {i}: {e}"));
+                match Conn::connect(addr, timeout) {
+                    Ok(c) => conn = c,
+                    Err(e) => {
+                        fail(&mut r, format!("client {id}: reconnect: {e}"));
+                        return r;
+                    }
+                }
+                continue;
+            }
+        };
+        let echoed = reply == Reply::Bulk(Some(arg.to_vec()));
+        if !is_crafted {
+            if !echoed {
+                fail(&mut r, format!("client {id} request {i}: ECHO answered {}", show(&reply)));
+            }
+            continue;
+        }
+        r.crafted += 1;
+        let refused = reply == Reply::Error(TOO_LONG.into());
+        if !echoed && !refused {
+            fail(&mut r, format!("client {id} request {i}: crafted ECHO answered {}", show(&reply)));
+            continue;
+        }
+        let version = before & 3;
+        if before != after || version == SWITCHING {
+            continue; // sent or answered while a transition ran: either answer is right
+        }
+        r.checked_after_switch += 1;
+        if (version == PATCHED) != refused {
+            r.wrong += 1;
+            if r.first_failures.len() < 5 {
+                r.first_failures.push(format!(
+                    "client {id} request {i}: wrong version: {} answered after the {} returned",
+                    if refused { "patched" } else { "unpatched" },
+                    if version == PATCHED { "apply" } else { "rollback (or start)" }
+                ));
+            }
+        }
+    }
+    r
+}
+
+fn show(reply: &Reply) -> String {
+    match reply {
+        Reply::Bulk(Some(b)) if b.len() > 40 => format!("a bulk string of {} bytes", b.len()),
+        Reply::Bulk(Some(b)) => format!("{:?}", String::from_utf8_lossy(b)),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The server, killed and reaped when dropped (and killed by the kernel if
+/// this process dies first).
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Server {
+    fn start(args: &Args) -> anyhow::Result<Server> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = TempDir::new()?;
+        let mut cmd = Command::new(&args.server);
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--io-threads", &args.io_threads.to_string()])
+            .args(["--io-threads-do-reads", if args.io_threads > 1 { "yes" } else { "no" }])
+            .args(["--daemonize", "no", "--logfile", "", "--dir"])
+            .arg(&dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; nothing else runs in the child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("cannot start {}", args.server.display()))?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut server = Server { child, addr, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                bail!("{} exited at start: {status}", args.server.display());
+            }
+            if let Ok(mut c) = Conn::connect(addr, Duration::from_secs(1))
+                && let Ok(Reply::Status(s)) = c.call(&[b"PING"])
+                && s == "PONG"
+            {
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not answer PING on {addr} within 10 s", args.server.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<TempDir> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "hotpatch-proof.{}.{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Apply,
+    Rollback,
+}
+
+#[derive(Serialize, Clone)]
+struct Transition {
+    generation: u32,
+    kind: Kind,
+    ok: bool,
+    /// From `--json`; 0 when the command failed.
+    pause_us: u64,
+    threads: u64,
+    retries: u64,
+    /// The engine's own wall time (`total_ms`).
+    engine_ms: u64,
+    /// The `hotpatch` command's wall time, process start to exit.
+    command_ms: f64,
+    sigstop: bool,
+    error: Option<String>,
+    #[serde(skip)]
+    start: Duration,
+    #[serde(skip)]
+    end: Duration,
+}
+
+fn transition(args: &Args, kind: Kind, pid: i32, generation: u32, origin: Instant) -> Transition {
+    let mut cmd = Command::new(&args.hotpatch);
+    cmd.arg("--json");
+    match kind {
+        Kind::Apply => {
+            cmd.arg("apply").arg("--pid").arg(pid.to_string()).arg(&args.package).arg("--trust").arg(&args.trust)
+        }
+        Kind::Rollback => cmd.arg("rollback").arg("--pid").arg(pid.to_string()),
+    };
+    let t0 = Instant::now();
+    let out = cmd.stdin(Stdio::null()).output();
+    let t1 = Instant::now();
+    let mut t = Transition {
+        generation,
+        kind,
+        ok: false,
+        pause_us: 0,
+        threads: 0,
+        retries: 0,
+        engine_ms: 0,
+        command_ms: (t1 - t0).as_secs_f64() * 1e3,
+        sigstop: false,
+        error: None,
+        start: t0 - origin,
+        end: t1 - origin,
+    };
+    match out {
+        Err(e) => t.error = Some(format!("cannot run {}: {e}", args.hotpatch.display())),
+        Ok(out) if !out.status.success() => {
+            t.error = Some(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
+        }
+        Ok(out) => match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            Err(e) => t.error = Some(format!("--json output: {e}")),
+            Ok(v) => {
+                let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+                t.ok = true;
+                t.pause_us = n("pause_us");
+                t.threads = n("threads");
+                t.retries = n("retries");
+                t.engine_ms = n("total_ms");
+            }
+        },
+    }
+    t
+}
+
+/// One control request on its own connection: the crafted ECHO must answer
+/// as `version` (this is checked after every transition).
+fn control(addr: SocketAddr, version: u64) -> Result<(), String> {
+    let mut c = Conn::connect(addr, Duration::from_secs(10)).map_err(|e| format!("control connect: {e}"))?;
+    let arg = vec![b'c'; CRAFTED_LEN];
+    let reply = c.call(&[b"ECHO", &arg]).map_err(|e| format!("control request: {e}"))?;
+    let want = if version == PATCHED { Reply::Error(TOO_LONG.into()) } else { Reply::Bulk(Some(arg)) };
+    if reply == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "control request after the {}: {}",
+            if version == PATCHED { "apply" } else { "rollback" },
+            show(&reply)
+        ))
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    requests: u64,
+    crafted: u64,
+    failures: u64,
+    wrong: u64,
+    checked_after_switch: u64,
+    control_requests: u64,
+    control_failures: u64,
+    failure_examples: Vec<String>,
+    transitions: Vec<Transition>,
+    floor_us: Vec<u64>,
+    steady_unpatched: Histogram,
+    steady_patched: Histogram,
+    steady_unpatched_s: f64,
+    steady_patched_s: f64,
+    around: Histogram,
+    around_crafted: Histogram,
+    at_transition: Histogram,
+    generation_ratios: Vec<f64>,
+    generations: u32,
+    server_deaths: u32,
+    leaked_regions: u32,
+    threads_seen: u64,
+}
+
+fn generation(args: &Args, g: u32, cycles: u32, totals: &mut Totals) -> anyhow::Result<()> {
+    let mut server = Server::start(args)?;
+    let pid = server.pid();
+    let shared = Arc::new(Shared {
+        state: AtomicU64::new(UNPATCHED),
+        stop: AtomicBool::new(false),
+        crafted: AtomicBool::new(true),
+        origin: Instant::now(),
+    });
+    let clients: Vec<JoinHandle<ClientResult>> = (0..args.clients)
+        .map(|id| {
+            let shared = shared.clone();
+            let addr = server.addr;
+            std::thread::spawn(move || client(addr, id, shared))
+        })
+        .collect();
+    let origin = shared.origin;
+    let settle = AROUND;
+    let steady = Duration::from_millis(args.steady_ms);
+    let dwell = Duration::from_millis(args.dwell_ms);
+    let mut windows: Vec<(bool, Duration, Duration)> = Vec::new(); // (patched, from, to)
+    let mut transitions: Vec<Transition> = Vec::new();
+    let mut applies = 0u32;
+
+    let mut run = |kind: Kind, sigstop: bool, totals: &mut Totals| {
+        let done = match kind {
+            Kind::Apply => PATCHED,
+            Kind::Rollback => UNPATCHED,
+        };
+        shared.set(SWITCHING);
+        let stopper = sigstop.then(|| {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+            })
+        });
+        let mut t = transition(args, kind, pid, g, origin);
+        if let Some(h) = stopper {
+            let _ = h.join();
+        }
+        t.sigstop = sigstop;
+        // After a failure, what the process runs is read from the process
+        // itself; unknown (no answer is checked) if that fails too.
+        let now = if t.ok {
+            done
+        } else {
+            match hotpatch_engine::status(pid) {
+                Ok(applied) if applied.iter().any(|a| a.active) => PATCHED,
+                Ok(_) => UNPATCHED,
+                Err(_) => SWITCHING,
+            }
+        };
+        shared.set(now);
+        if kind == Kind::Apply && t.ok {
+            applies += 1;
+        }
+        totals.control_requests += 1;
+        if let Err(e) = if now == SWITCHING { Ok(()) } else { control(server.addr, now) } {
+            totals.control_failures += 1;
+            if totals.failure_examples.len() < 10 {
+                totals.failure_examples.push(format!("generation {g}: {e}"));
+            }
+        }
+        totals.threads_seen = totals.threads_seen.max(t.threads);
+        transitions.push(t);
+    };
+
+    // Steady state, unpatched and patched, in alternating order.
+    std::thread::sleep(settle);
+    let patched_first = g % 2 == 1;
+    if patched_first {
+        run(Kind::Apply, false, totals);
+        std::thread::sleep(settle);
+    }
+    for phase in 0..2 {
+        let patched = (phase == 0) == patched_first;
+        shared.crafted.store(false, Ordering::SeqCst);
+        let from = origin.elapsed();
+        std::thread::sleep(steady);
+        windows.push((patched, from, origin.elapsed()));
+        shared.crafted.store(true, Ordering::SeqCst);
+        std::thread::sleep(settle);
+        if phase == 0 {
+            run(if patched_first { Kind::Rollback } else { Kind::Apply }, false, totals);
+            std::thread::sleep(settle);
+        }
+    }
+    if !patched_first {
+        run(Kind::Rollback, false, totals);
+        std::thread::sleep(settle);
+    }
+
+    // Cycles.
+    for c in 0..cycles {
+        if args.floor {
+            if let Ok((pause, _)) = hotpatch_engine::stop_resume_floor(pid) {
+                totals.floor_us.push(pause.as_micros() as u64);
+            }
+            std::thread::sleep(dwell / 4);
+        }
+        let sigstop =
+            args.sigstop_every > 0 && (g * args.per_process + c) % args.sigstop_every == args.sigstop_every - 1;
+        run(Kind::Apply, sigstop, totals);
+        std::thread::sleep(dwell);
+        run(Kind::Rollback, false, totals);
+        std::thread::sleep(dwell);
+    }
+    std::thread::sleep(settle);
+
+    shared.stop.store(true, Ordering::SeqCst);
+    let results: Vec<ClientResult> = clients.into_iter().map(|h| h.join().expect("client thread")).collect();
+    if !server.alive() {
+        totals.server_deaths += 1;
+        totals.failure_examples.push(format!("generation {g}: the server died"));
+    } else {
+        // Every region is retired and still mapped, none is active, none unaccounted for.
+        match hotpatch_engine::status(pid) {
+            Ok(applied) => {
+                let active = applied.iter().filter(|a| a.active).count();
+                if active != 0 || applied.len() != applies as usize {
+                    totals.leaked_regions += 1;
+                    totals.failure_examples.push(format!(
+                        "generation {g}: {} regions ({} active) after {} applies and as many rollbacks",
+                        applied.len(),
+                        active,
+                        applies
+                    ));
+                }
+            }
+            Err(e) => totals.failure_examples.push(format!("generation {g}: status: {e}")),
+        }
+    }
+    drop(server);
+
+    // Classify every request.
+    let near = |s: &Sample| {
+        let t = Duration::from_micros(s.sent_us);
+        transitions.iter().any(|tr| t + AROUND >= tr.start && t <= tr.end + AROUND)
+    };
+    let at = |s: &Sample| {
+        let t = Duration::from_micros(s.sent_us);
+        let lat = Duration::from_nanos(s.latency_ns);
+        transitions.iter().any(|tr| t <= tr.end && t + lat >= tr.start)
+    };
+    let (mut gen_unpatched, mut gen_patched) = (Histogram::default(), Histogram::default());
+    for r in &results {
+        totals.requests += r.requests;
+        totals.crafted += r.crafted;
+        totals.failures += r.failures;
+        totals.wrong += r.wrong;
+        totals.checked_after_switch += r.checked_after_switch;
+        for f in &r.first_failures {
+            if totals.failure_examples.len() < 10 {
+                totals.failure_examples.push(format!("generation {g}: {f}"));
+            }
+        }
+        for s in &r.samples {
+            let t = Duration::from_micros(s.sent_us);
+            if let Some((patched, _, _)) = windows.iter().find(|(_, from, to)| t >= *from && t < *to) {
+                if !s.crafted {
+                    if *patched { &mut gen_patched } else { &mut gen_unpatched }.record(s.latency_ns);
+                }
+            } else if near(s) {
+                if s.crafted { &mut totals.around_crafted } else { &mut totals.around }.record(s.latency_ns);
+                if at(s) {
+                    totals.at_transition.record(s.latency_ns);
+                }
+            }
+        }
+    }
+    let (mut rate_unpatched, mut rate_patched) = (0.0, 0.0);
+    for (patched, from, to) in &windows {
+        let secs = (*to - *from).as_secs_f64();
+        if *patched {
+            totals.steady_patched_s += secs;
+            rate_patched = gen_patched.count() as f64 / secs;
+        } else {
+            totals.steady_unpatched_s += secs;
+            rate_unpatched = gen_unpatched.count() as f64 / secs;
+        }
+    }
+    if rate_unpatched > 0.0 {
+        totals.generation_ratios.push(rate_patched / rate_unpatched);
+    }
+    totals.steady_unpatched.merge(&gen_unpatched);
+    totals.steady_patched.merge(&gen_patched);
+    totals.transitions.extend(transitions);
+    totals.generations += 1;
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Latency {
+    requests: u64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    max_us: f64,
+}
+
+fn latency(h: &Histogram) -> Latency {
+    let us = |ns: u64| (ns as f64 / 100.0).round() / 10.0;
+    Latency {
+        requests: h.count(),
+        p50_us: us(h.quantile(0.5)),
+        p99_us: us(h.quantile(0.99)),
+        p999_us: us(h.quantile(0.999)),
+        max_us: us(h.max()),
+    }
+}
+
+#[derive(Serialize)]
+struct Pause {
+    transitions: usize,
+    p50_us: u64,
+    p99_us: u64,
+    max_us: u64,
+    command_p50_ms: f64,
+    command_max_ms: f64,
+    engine_p50_ms: u64,
+    /// Transitions that found a thread inside a replaced function at least once.
+    with_retries: usize,
+    max_retries: u64,
+}
+
+fn percentile(v: &mut [u64], q: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+fn pause(ts: &[&Transition]) -> Pause {
+    let mut p: Vec<u64> = ts.iter().map(|t| t.pause_us).collect();
+    let mut c: Vec<u64> = ts.iter().map(|t| (t.command_ms * 1000.0) as u64).collect();
+    let mut e: Vec<u64> = ts.iter().map(|t| t.engine_ms).collect();
+    Pause {
+        transitions: ts.len(),
+        p50_us: percentile(&mut p, 0.5),
+        p99_us: percentile(&mut p, 0.99),
+        max_us: p.iter().copied().max().unwrap_or(0),
+        command_p50_ms: percentile(&mut c, 0.5) as f64 / 1000.0,
+        command_max_ms: c.iter().copied().max().unwrap_or(0) as f64 / 1000.0,
+        engine_p50_ms: percentile(&mut e, 0.5),
+        with_retries: ts.iter().filter(|t| t.retries > 0).count(),
+        max_retries: ts.iter().map(|t| t.retries).max().unwrap_or(0),
+    }
+}
+
+#[derive(Serialize)]
+struct Report {
+    date: String,
+    server: String,
+    package: String,
+    cycles: u32,
+    generations: u32,
+    clients: usize,
+    io_threads: u32,
+    server_threads: u64,
+    dwell_ms: u64,
+    steady_ms: u64,
+    sigstop_every: u32,
+    requests: u64,
+    crafted_requests: u64,
+    failed: u64,
+    wrong_version: u64,
+    crafted_checked_against_a_completed_switch: u64,
+    control_requests: u64,
+    control_failed: u64,
+    transitions_failed: usize,
+    server_deaths: u32,
+    region_accounting_errors: u32,
+    failure_examples: Vec<String>,
+    transition_errors: Vec<String>,
+    pause_apply: Pause,
+    pause_rollback: Pause,
+    pause_all: Pause,
+    pause_with_sigstop: Option<Pause>,
+    floor_p50_us: Option<u64>,
+    floor_p99_us: Option<u64>,
+    latency_steady_unpatched: Latency,
+    latency_steady_patched: Latency,
+    /// Normal requests (as in steady state) sent within 500 ms of a transition.
+    latency_around_transitions: Latency,
+    /// Crafted requests within 500 ms of a transition (not in steady state).
+    latency_around_transitions_crafted: Latency,
+    /// Every request in flight while a `hotpatch` command ran.
+    latency_overlapping_a_transition: Latency,
+    throughput_unpatched_per_s: f64,
+    throughput_patched_per_s: f64,
+    /// Pooled: all patched steady requests per second over all unpatched.
+    throughput_ratio: f64,
+    /// The same ratio per server process (side by side), median and range.
+    throughput_ratio_median_per_process: f64,
+    throughput_ratio_min: f64,
+    throughput_ratio_max: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.per_process == 0 || args.per_process > 15 {
+        bail!("--per-process must be 1..=15 (the engine retires at most 16 regions per process)");
+    }
+    if args.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    let mut totals = Totals::default();
+    let mut left = args.cycles;
+    let mut g = 0;
+    while left > 0 {
+        let n = left.min(args.per_process);
+        generation(&args, g, n, &mut totals).with_context(|| format!("generation {g}"))?;
+        eprintln!(
+            "generation {g}: {n} cycles, {} requests so far, {} failed, {} wrong",
+            totals.requests, totals.failures, totals.wrong
+        );
+        left -= n;
+        g += 1;
+    }
+    let all: Vec<&Transition> = totals.transitions.iter().filter(|t| t.ok).collect();
+    let of = |k: Kind| all.iter().copied().filter(|t| t.kind == k && !t.sigstop).collect::<Vec<_>>();
+    let stopped: Vec<&Transition> = all.iter().copied().filter(|t| t.sigstop).collect();
+    let tu = totals.steady_unpatched.count() as f64 / totals.steady_unpatched_s.max(1e-9);
+    let tp = totals.steady_patched.count() as f64 / totals.steady_patched_s.max(1e-9);
+    let mut floor = totals.floor_us.clone();
+    let mut ratios = totals.generation_ratios.clone();
+    ratios.sort_by(f64::total_cmp);
+    let report = Report {
+        date: now_utc(),
+        server: args.server.display().to_string(),
+        package: args.package.display().to_string(),
+        cycles: args.cycles,
+        generations: totals.generations,
+        clients: args.clients,
+        io_threads: args.io_threads,
+        server_threads: totals.threads_seen,
+        dwell_ms: args.dwell_ms,
+        steady_ms: args.steady_ms,
+        sigstop_every: args.sigstop_every,
+        requests: totals.requests,
+        crafted_requests: totals.crafted,
+        failed: totals.failures,
+        wrong_version: totals.wrong,
+        crafted_checked_against_a_completed_switch: totals.checked_after_switch,
+        control_requests: totals.control_requests,
+        control_failed: totals.control_failures,
+        transitions_failed: totals.transitions.iter().filter(|t| !t.ok).count(),
+        server_deaths: totals.server_deaths,
+        region_accounting_errors: totals.leaked_regions,
+        failure_examples: totals.failure_examples.clone(),
+        transition_errors: totals.transitions.iter().filter_map(|t| t.error.clone()).take(10).collect(),
+        pause_apply: pause(&of(Kind::Apply)),
+        pause_rollback: pause(&of(Kind::Rollback)),
+        pause_all: pause(&all.iter().copied().filter(|t| !t.sigstop).collect::<Vec<_>>()),
+        pause_with_sigstop: (!stopped.is_empty()).then(|| pause(&stopped)),
+        floor_p50_us: (!floor.is_empty()).then(|| percentile(&mut floor, 0.5)),
+        floor_p99_us: (!floor.is_empty()).then(|| percentile(&mut floor, 0.99)),
+        latency_steady_unpatched: latency(&totals.steady_unpatched),
+        latency_steady_patched: latency(&totals.steady_patched),
+        latency_around_transitions: latency(&totals.around),
+        latency_around_transitions_crafted: latency(&totals.around_crafted),
+        latency_overlapping_a_transition: latency(&totals.at_transition),
+        throughput_unpatched_per_s: tu.round(),
+        throughput_patched_per_s: tp.round(),
+        throughput_ratio: round3(tp / tu.max(1e-9)),
+        throughput_ratio_median_per_process: round3(ratios.get(ratios.len() / 2).copied().unwrap_or(0.0)),
+        throughput_ratio_min: round3(ratios.first().copied().unwrap_or(0.0)),
+        throughput_ratio_max: round3(ratios.last().copied().unwrap_or(0.0)),
+    };
+    let text = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!("{text}");
+    let bad = report.failed
+        + report.wrong_version
+        + report.control_failed
+        + report.transitions_failed as u64
+        + report.server_deaths as u64
+        + report.region_accounting_errors as u64;
+    if bad > 0 {
+        bail!(
+            "{} failed, {} wrong, {} control failed, {} transitions failed, {} server deaths, {} region errors",
+            report.failed,
+            report.wrong_version,
+            report.control_failed,
+            report.transitions_failed,
+            report.server_deaths,
+            report.region_accounting_errors
+        );
+    }
+    Ok(())
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn now_utc() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
