@@ -287,6 +287,15 @@ fn locate_objects(
 
     let source = |i: usize| req.pairs[i].old.source_file.clone().unwrap_or_else(|| req.pairs[i].old.path.clone());
     let settled: BTreeSet<String> = matches.iter().filter(|(_, m)| m.full()).map(|(&i, _)| source(i)).collect();
+    // Of the partial matches of one file, the closest is the baseline's.
+    let mut closest: BTreeMap<String, usize> = BTreeMap::new();
+    for (&i, m) in matches.iter().filter(|(_, m)| m.matched > 0 && !m.full()) {
+        let best = closest.entry(source(i)).or_insert(i);
+        let score = |m: &ObjectMatch| (m.matched, std::cmp::Reverse(m.mismatches.len()));
+        if score(m) > score(&matches[best]) {
+            *best = i;
+        }
+    }
     let mut found = BTreeSet::new();
     let mut tolerated = BTreeMap::new();
     let mut first_mismatch: Option<(usize, Mismatch)> = None;
@@ -300,7 +309,7 @@ fn locate_objects(
         });
         if m.full() {
             found.insert(i);
-        } else if m.matched > 0 && !settled.contains(&source(i)) {
+        } else if m.matched > 0 && !settled.contains(&source(i)) && closest.get(&source(i)) == Some(&i) {
             found.insert(i);
             tolerated.insert(i, m.mismatches.clone());
         } else if let Some(first) = m.mismatches.first() {
