@@ -301,12 +301,6 @@ fn locate_objects(
     let mut first_mismatch: Option<(usize, Mismatch)> = None;
     for (&i, m) in &matches {
         let old = &req.pairs[i].old;
-        explain.objects.push(ObjectReport {
-            path: old.path.clone(),
-            in_baseline: m.full(),
-            matched: m.matched,
-            mismatch: m.mismatches.first().map(ToString::to_string),
-        });
         if m.full() {
             found.insert(i);
         } else if m.matched > 0 && !settled.contains(&source(i)) && closest.get(&source(i)) == Some(&i) {
@@ -315,6 +309,12 @@ fn locate_objects(
         } else if let Some(first) = m.mismatches.first() {
             first_mismatch.get_or_insert((i, first.clone()));
         }
+        explain.objects.push(ObjectReport {
+            path: old.path.clone(),
+            in_baseline: found.contains(&i),
+            matched: m.matched,
+            mismatch: m.mismatches.first().map(ToString::to_string),
+        });
     }
     if found.is_empty()
         && let Some((i, m)) = first_mismatch

@@ -167,7 +167,8 @@ fn print_explain(explain: &Explain, out: &Output) {
         .iter()
         .map(|o| {
             let state = if o.in_baseline {
-                format!("matches the baseline ({} functions)", o.matched)
+                let partly = o.mismatch.as_ref().map(|m| format!("; differs: {m}")).unwrap_or_default();
+                format!("matches the baseline ({} functions{partly})", o.matched)
             } else {
                 o.mismatch.clone().map_or("not part of the baseline".into(), |m| format!("not the baseline: {m}"))
             };
