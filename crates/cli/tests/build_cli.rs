@@ -304,6 +304,33 @@ fn stripped_baseline_linked_unlike_the_builder_is_located_by_run_pre() {
     assert_eq!(svc.loaded_test("library-static"), Ok(()));
 }
 
+#[test]
+fn a_function_built_differently_is_tolerated_only_when_unrelated_to_the_fix() {
+    // The distribution branded lib_version: its code differs from the
+    // builder's build, but the fix of digit neither calls nor is called by it.
+    let shipped = Shipped::build("-O2 -g -DSHIP_BRAND=1");
+    let mut svc = shipped.start();
+    let report = json(&ok(shipped.hotpatch_build("library-static", "libsvc.so"), "hotpatch build"));
+    assert_eq!(sites(&report), ["digit"]);
+    let notes = report["explain"]["notes"].to_string();
+    assert!(notes.contains("lib_version") && notes.contains("neither replaces, calls nor is called by it"), "{notes}");
+    let package = shipped.path("library-static.hpatch");
+    let trust = shipped.path("keys/publisher.pub");
+    ok(
+        run(Command::new(HOTPATCH).args(["apply", "--pid", &svc.pid()]).arg(&package).arg("--trust").arg(&trust)),
+        "apply",
+    );
+    assert_eq!(svc.loaded_test("library-static"), Ok(()));
+
+    // The distribution changed lib_parse, which calls digit: its copy may
+    // have inlined digit or rely on its register use, so no hotpatch.
+    let shipped = Shipped::build("-O2 -g -DSHIP_PARSE");
+    let out = shipped.hotpatch_build("library-static", "libsvc.so");
+    assert!(!out.status.success(), "built although lib_parse, digit's caller, differs");
+    let said = said(&out);
+    assert!(said.contains("is not the baseline's code") && said.contains("lib_parse"), "{said}");
+}
+
 fn refused(name: &str) {
     let shipped = Shipped::build("-O2 -g");
     let mut svc = shipped.start();
