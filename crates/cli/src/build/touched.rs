@@ -43,7 +43,7 @@ fn enclosing_function(lines: &[&str], at: usize) -> Option<String> {
         if text.starts_with('}') && i + 1 < at {
             return None;
         }
-        let first = text.chars().next()?;
+        let Some(first) = text.chars().next() else { continue };
         if !(first.is_ascii_alphabetic() || first == '_') || text.ends_with(';') {
             continue;
         }
@@ -183,10 +183,11 @@ mod tests {
 
     #[test]
     fn finds_the_enclosing_definition() {
-        let src = "static int\nparse (const char *s, int n)\n{\n  if (n > 4)\n    return 1;\n  return 0;\n}\n";
+        let src = "static int\nparse (const char *s, int n)\n{\n  if (n > 4)\n    return 1;\n\n  return 0;\n}\n";
         let lines: Vec<&str> = src.lines().collect();
         assert_eq!(enclosing_function(&lines, 4).as_deref(), Some("parse"));
-        assert_eq!(enclosing_function(&lines, 8), None);
+        assert_eq!(enclosing_function(&lines, 7).as_deref(), Some("parse"), "past a blank line");
+        assert_eq!(enclosing_function(&lines, 9), None);
     }
 
     #[test]
