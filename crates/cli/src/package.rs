@@ -121,20 +121,10 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
-/// The separate debug file of a stripped baseline: by build-id under the
-/// engine's debug roots (`$HOTPATCH_DEBUG_DIRS`, then `/usr/lib/debug`), and
-/// only one whose own build-id is the baseline's.
+/// The separate debug file of a stripped baseline, found as the engine finds
+/// it on a machine (by build-id under the debug roots, its own build-id checked).
 pub(crate) fn debug_file_for(baseline: &[u8]) -> Option<Vec<u8>> {
-    let elf = hotpatch_elf::TargetElf::parse(baseline).ok()?;
-    if elf.has_symtab() {
-        return None;
-    }
-    let build_id = elf.build_id().ok()??;
-    hotpatch_engine::debug_roots().iter().find_map(|root| {
-        let data = std::fs::read(hotpatch_elf::debug_file_path_in(root, build_id)?).ok()?;
-        let same = hotpatch_elf::TargetElf::parse(&data).ok()?.build_id().ok()?? == build_id;
-        same.then_some(data)
-    })
+    hotpatch_engine::debug_file(&hotpatch_elf::TargetElf::parse(baseline).ok()?)
 }
 
 #[derive(Args)]

@@ -46,7 +46,7 @@ pub mod transition;
 pub use error::EngineError;
 pub use memscan::{MAX_SCAN_BYTES, ScanReport};
 pub use patch::{
-    ApplyOptions, ApplyReport, DEBUG_DIRS_ENV, ReplacedPatch, RollbackReport, apply, debug_roots, rollback,
+    ApplyOptions, ApplyReport, DEBUG_DIRS_ENV, ReplacedPatch, RollbackReport, apply, debug_file, debug_roots, rollback,
 };
 pub use region::{PatchRecord, Retirement};
 pub use retire::{MAX_RETIRED_BYTES, MAX_RETIRED_REGIONS, RetiredTotal};

@@ -112,7 +112,7 @@ pub fn debug_roots() -> Vec<std::path::PathBuf> {
 /// The separate debug file of a target without `.symtab`: the first one found
 /// by build-id under the debug roots whose own build-id is the target's (a
 /// debug file of another build would name wrong addresses).
-fn debug_file(elf: &TargetElf<'_>) -> Option<Vec<u8>> {
+pub fn debug_file(elf: &TargetElf<'_>) -> Option<Vec<u8>> {
     if elf.has_symtab() {
         return None;
     }
