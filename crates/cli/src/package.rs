@@ -19,37 +19,55 @@ pub struct PackArgs {
     /// FILE:OLD=NEW names the source file of a static OLD whose name is not unique.
     #[arg(long = "replace", required = true)]
     replace: Vec<String>,
-    /// Cumulative level within the baseline (1, 2, ...).
-    #[arg(long)]
-    level: u32,
-    /// security, critical, non-security, runtime, third-party or firmware-driver.
-    #[arg(long)]
-    classification: Classification,
-    /// CVE fixed by this hotpatch (repeatable).
-    #[arg(long = "cve")]
-    cves: Vec<String>,
-    /// Product name; defaults to the baseline's file name.
-    #[arg(long)]
-    product: Option<String>,
-    /// Patch id; defaults to FILE-BUILDID-lLEVEL.
-    #[arg(long = "id")]
-    patch_id: Option<String>,
-    #[arg(long, default_value = "")]
-    description: String,
-    /// Publisher secret key (from `hotpatch keygen`).
-    #[arg(long)]
-    key: PathBuf,
-    /// Output package file.
-    #[arg(short = 'o', long = "output")]
-    output: PathBuf,
+    #[command(flatten)]
+    publish: PublishArgs,
     /// Pack although the baseline was built with gcc's -fipa-ra (its callers may
     /// rely on registers a replacement clobbers); only when you checked that.
     #[arg(long)]
     allow_ipa_ra: bool,
+}
+
+/// What `pack` and `build` both ask of the publisher: what the hotpatch is,
+/// who signs it, where it goes, and the baseline's debug file.
+#[derive(Args)]
+pub struct PublishArgs {
+    /// Cumulative level within the baseline (1, 2, ...): it carries every fix since the baseline.
+    #[arg(long)]
+    pub level: u32,
+    /// security, critical, non-security, runtime, third-party or firmware-driver.
+    #[arg(long)]
+    pub classification: Classification,
+    /// CVE fixed by this hotpatch (repeatable).
+    #[arg(long = "cve")]
+    pub cves: Vec<String>,
+    /// Product name; defaults to the baseline's file name.
+    #[arg(long)]
+    pub product: Option<String>,
+    /// Patch id; defaults to FILE-BUILDID-lLEVEL.
+    #[arg(long = "id")]
+    pub patch_id: Option<String>,
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// Publisher secret key (from `hotpatch keygen`).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Output package file.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
     /// Separate debug file of a stripped baseline (default: by build-id under
     /// $HOTPATCH_DEBUG_DIRS and /usr/lib/debug).
     #[arg(long)]
-    debug_file: Option<PathBuf>,
+    pub debug_file: Option<PathBuf>,
+}
+
+impl PublishArgs {
+    /// The baseline's debug file: the one given, else the one a machine would find.
+    pub fn debug_file_for(&self, baseline: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+        match &self.debug_file {
+            Some(path) => Ok(Some(read(path, "debug file")?)),
+            None => Ok(debug_file_for(baseline)),
+        }
+    }
 }
 
 pub(crate) fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
@@ -59,26 +77,23 @@ pub(crate) fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
 pub fn pack(args: PackArgs, out: &Output) -> anyhow::Result<()> {
     let baseline = read(&args.baseline, "baseline")?;
     let payload = read(&args.payload, "payload")?;
-    let key = SecretKey::load(&args.key)?;
+    let key = SecretKey::load(&args.publish.key)?;
     let replacements = args.replace.iter().map(|s| parse_replacement(s)).collect::<Result<Vec<_>, _>>()?;
     let baseline_name =
         args.baseline.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "target".into());
-    let debug_file = match &args.debug_file {
-        Some(path) => Some(read(path, "debug file")?),
-        None => debug_file_for(&baseline),
-    };
+    let debug_file = args.publish.debug_file_for(&baseline)?;
     let request = PackRequest {
         baseline: &baseline,
         baseline_name: baseline_name.clone(),
         debug_file: debug_file.as_deref(),
         payload: &payload,
         replacements,
-        patch_id: args.patch_id,
-        product: args.product.unwrap_or(baseline_name),
-        level: args.level,
-        classification: args.classification,
-        cves: args.cves,
-        description: args.description,
+        patch_id: args.publish.patch_id,
+        product: args.publish.product.unwrap_or(baseline_name),
+        level: args.publish.level,
+        classification: args.publish.classification,
+        cves: args.publish.cves,
+        description: args.publish.description,
         created: jiff::Timestamp::now().round(jiff::Unit::Second)?.to_string(),
         allow_ipa_ra: args.allow_ipa_ra,
     };
@@ -93,16 +108,16 @@ pub fn pack(args: PackArgs, out: &Output) -> anyhow::Result<()> {
         );
     }
     let bytes = Package::build(manifest, &payload, &key)?;
-    write_new(&args.output, &bytes)?;
+    write_new(&args.publish.output, &bytes)?;
     let package = Package::parse(&bytes)?;
     if out.json {
         out.print_json(&serde_json::json!({
-            "output": args.output,
+            "output": args.publish.output,
             "bytes": bytes.len(),
             "manifest": package.manifest,
         }))
     } else {
-        println!("{} {} ({} bytes)", out.good("packed"), args.output.display(), bytes.len());
+        println!("{} {} ({} bytes)", out.good("packed"), args.publish.output.display(), bytes.len());
         print_manifest(&package.manifest, out);
         Ok(())
     }
@@ -123,7 +138,7 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// The separate debug file of a stripped baseline, found as the engine finds
 /// it on a machine (by build-id under the debug roots, its own build-id checked).
-pub(crate) fn debug_file_for(baseline: &[u8]) -> Option<Vec<u8>> {
+fn debug_file_for(baseline: &[u8]) -> Option<Vec<u8>> {
     hotpatch_engine::debug_file(&hotpatch_elf::TargetElf::parse(baseline).ok()?)
 }
 

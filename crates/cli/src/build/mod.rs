@@ -6,12 +6,12 @@ mod touched;
 mod tree;
 
 use crate::output::Output;
-use crate::package::{print_manifest, read, write_new};
+use crate::package::{PublishArgs, print_manifest, read, write_new};
 use anyhow::Context;
 use clap::Args;
 use hotpatch_build::explain::Explain;
 use hotpatch_build::{DiffBuildRequest, build_from_objects};
-use hotpatch_format::{Classification, Package, SecretKey};
+use hotpatch_format::{Package, SecretKey};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -34,33 +34,8 @@ pub struct BuildArgs {
     /// The baseline as installed: executable or shared library (stripped is fine).
     #[arg(long)]
     baseline: PathBuf,
-    /// Separate debug file of a stripped baseline (default: by build-id under
-    /// $HOTPATCH_DEBUG_DIRS and /usr/lib/debug).
-    #[arg(long)]
-    debug_file: Option<PathBuf>,
-    /// Cumulative level within the baseline: it carries every fix since the baseline.
-    #[arg(long)]
-    level: u32,
-    /// security, critical, non-security, runtime, third-party or firmware-driver.
-    #[arg(long)]
-    classification: Classification,
-    /// CVE fixed (repeatable).
-    #[arg(long = "cve")]
-    cves: Vec<String>,
-    #[arg(long, default_value = "")]
-    description: String,
-    /// Product name; defaults to the baseline's file name.
-    #[arg(long)]
-    product: Option<String>,
-    /// Patch id; defaults to FILE-BUILDID-lLEVEL.
-    #[arg(long = "id")]
-    patch_id: Option<String>,
-    /// Publisher secret key (from `hotpatch keygen`).
-    #[arg(long)]
-    key: PathBuf,
-    /// Output package file.
-    #[arg(short = 'o', long = "output")]
-    output: PathBuf,
+    #[command(flatten)]
+    publish: PublishArgs,
     /// Parallel jobs for each build (MAKEFLAGS=-jN, DEB_BUILD_OPTIONS=parallel=N).
     #[arg(long, default_value_t = 2)]
     jobs: u32,
@@ -74,11 +49,8 @@ pub struct BuildArgs {
 
 pub fn build(args: BuildArgs, out: &Output) -> anyhow::Result<()> {
     let baseline = read(&args.baseline, "baseline")?;
-    let key = SecretKey::load(&args.key)?;
-    let debug_file = match &args.debug_file {
-        Some(path) => Some(read(path, "debug file")?),
-        None => crate::package::debug_file_for(&baseline),
-    };
+    let key = SecretKey::load(&args.publish.key)?;
+    let debug_file = args.publish.debug_file_for(&baseline)?;
     let started = std::time::Instant::now();
     let (old_dir, new_dir, diffs, _work) = match (&args.source, &args.old_objects, &args.new_objects) {
         (Some(source), _, _) => {
@@ -105,12 +77,12 @@ pub fn build(args: BuildArgs, out: &Output) -> anyhow::Result<()> {
         pairs,
         touched: touched::functions_in(&diffs, &new_dir),
         line_shifts: touched::line_shifts(&diffs),
-        patch_id: args.patch_id,
-        product: args.product.unwrap_or(baseline_name),
-        level: args.level,
-        classification: args.classification,
-        cves: args.cves,
-        description: args.description,
+        patch_id: args.publish.patch_id,
+        product: args.publish.product.unwrap_or(baseline_name),
+        level: args.publish.level,
+        classification: args.publish.classification,
+        cves: args.publish.cves,
+        description: args.publish.description,
         created: jiff::Timestamp::now().round(jiff::Unit::Second)?.to_string(),
     };
     let built = build_from_objects(&request)?;
@@ -118,11 +90,11 @@ pub fn build(args: BuildArgs, out: &Output) -> anyhow::Result<()> {
     // the two builds (which are the user's build cost).
     let compare_ms = compare_started.elapsed().as_millis() as u64;
     let bytes = Package::build(built.manifest, &built.payload, &key)?;
-    write_new(&args.output, &bytes)?;
+    write_new(&args.publish.output, &bytes)?;
     let package = Package::parse(&bytes).context("the package just built does not parse")?;
     if out.json {
         return out.print_json(&serde_json::json!({
-            "output": args.output,
+            "output": args.publish.output,
             "bytes": bytes.len(),
             "manifest": package.manifest,
             "explain": built.explain,
@@ -132,7 +104,7 @@ pub fn build(args: BuildArgs, out: &Output) -> anyhow::Result<()> {
     println!(
         "{} {} ({} bytes; builds {:.1} s, compare and link {:.2} s)",
         out.good("built"),
-        args.output.display(),
+        args.publish.output.display(),
         bytes.len(),
         builds_ms as f64 / 1000.0,
         compare_ms as f64 / 1000.0
