@@ -162,9 +162,10 @@ fn open_baseline<'a>(elf: TargetElf<'a>, req: &DiffBuildRequest<'_>) -> Result<B
         .iter()
         .filter_map(|(path, data)| {
             let reference = TargetElf::parse(data).ok()?;
-            let score = reference_score(&elf, &reference)?;
+            let symbols = SymbolTable::from_target(&reference, None);
+            let score = reference_score(&elf, &reference, &symbols)?;
             tracing::debug!(path, score = score.share, "reference link of the original build");
-            Some((score, path, SymbolTable::from_target(&reference, None)))
+            Some((score, path, symbols))
         })
         // The link of the same name first (a tree builds many files), then the closest.
         .max_by(|a, b| {
@@ -203,11 +204,14 @@ struct ReferenceScore {
 }
 
 /// `None` when the reference has no symbols to lend.
-fn reference_score(baseline: &TargetElf<'_>, reference: &TargetElf<'_>) -> Option<ReferenceScore> {
+fn reference_score(
+    baseline: &TargetElf<'_>,
+    reference: &TargetElf<'_>,
+    symbols: &SymbolTable,
+) -> Option<ReferenceScore> {
     if !reference.has_symtab() || reference.e_type() != baseline.e_type() {
         return None;
     }
-    let symbols = SymbolTable::from_target(reference, None);
     let mut total = 0u64;
     let mut proven = BTreeSet::new();
     let mut first_difference = None;
@@ -397,13 +401,12 @@ fn check_tolerated(
             })
             .unwrap_or_default();
         let (old_graph, new_graph) = (reference_graph(old), reference_graph(new));
+        // What the patch reaches, in either build: computed once per file.
+        let reached: BTreeSet<String> =
+            chosen.iter().flat_map(|c| reachable(&new_graph, c).into_iter().chain(reachable(&old_graph, c))).collect();
         for m in mismatches {
             let from_it = reachable(&old_graph, &m.function);
-            let related = chosen.iter().any(|c| {
-                from_it.contains(c)
-                    || reachable(&new_graph, c).contains(&m.function)
-                    || reachable(&old_graph, c).contains(&m.function)
-            });
+            let related = reached.contains(&m.function) || chosen.iter().any(|c| from_it.contains(c));
             if related {
                 return Err(not_the_baseline(baseline, old, m.clone()));
             }

@@ -82,6 +82,15 @@ impl Shipped {
         self.hotpatch_build_level(&[name], 1, baseline, name)
     }
 
+    /// `hotpatch apply` of `OUT.hpatch` to the running service, trusting this publisher.
+    fn apply(&self, svc: &Service, out: &str) {
+        let package = self.path(&format!("{out}.hpatch"));
+        let trust = self.path("keys/publisher.pub");
+        let mut apply = Command::new(HOTPATCH);
+        apply.args(["apply", "--pid", &svc.pid()]).arg(&package).arg("--trust").arg(&trust);
+        ok(run(&mut apply), "apply");
+    }
+
     /// A cumulative level: every patch of `names`, in order, into `OUT.hpatch`.
     fn hotpatch_build_level(&self, names: &[&str], level: u32, baseline: &str, out: &str) -> Output {
         let mut cmd = Command::new(HOTPATCH);
@@ -152,12 +161,7 @@ fn patch_case(name: &str, baseline: &str) -> serde_json::Value {
     assert!(svc.loaded_test(name).is_err(), "{name}: the fix's answers before the fix");
     let built = ok(shipped.hotpatch_build(name, baseline), "hotpatch build");
     let report = json(&built);
-    let package = shipped.path(&format!("{name}.hpatch"));
-    let trust = shipped.path("keys/publisher.pub");
-    ok(
-        run(Command::new(HOTPATCH).args(["apply", "--pid", &svc.pid()]).arg(&package).arg("--trust").arg(&trust)),
-        "apply",
-    );
+    shipped.apply(&svc, name);
     if let Err(e) = svc.loaded_test(name) {
         panic!("{name}: applied, but the behaviour is not fixed: {e}\nbuild: {report:#}");
     }
@@ -173,13 +177,8 @@ fn cumulative_levels_replace_each_other() {
     let mut svc = shipped.start();
     ok(shipped.hotpatch_build_level(&["bounds"], 1, "svc", "level1"), "build level 1");
     ok(shipped.hotpatch_build_level(&["bounds", "string"], 2, "svc", "level2"), "build level 2");
-    let trust = shipped.path("keys/publisher.pub");
     for level in ["level1", "level2"] {
-        let package = shipped.path(&format!("{level}.hpatch"));
-        ok(
-            run(Command::new(HOTPATCH).args(["apply", "--pid", &svc.pid()]).arg(&package).arg("--trust").arg(&trust)),
-            "apply",
-        );
+        shipped.apply(&svc, level);
         assert_eq!(svc.loaded_test("bounds"), Ok(()), "{level} carries the bounds fix");
     }
     assert_eq!(svc.loaded_test("string"), Ok(()), "level 2 adds the string fix");
@@ -295,12 +294,7 @@ fn stripped_baseline_linked_unlike_the_builder_is_located_by_run_pre() {
     let report = json(&ok(shipped.hotpatch_build("library-static", "libsvc.so"), "hotpatch build"));
     assert_eq!(report["explain"]["symbols"]["kind"], "dynsym", "{report:#}");
     assert_eq!(sites(&report), ["digit"]);
-    let package = shipped.path("library-static.hpatch");
-    let trust = shipped.path("keys/publisher.pub");
-    ok(
-        run(Command::new(HOTPATCH).args(["apply", "--pid", &svc.pid()]).arg(&package).arg("--trust").arg(&trust)),
-        "apply",
-    );
+    shipped.apply(&svc, "library-static");
     assert_eq!(svc.loaded_test("library-static"), Ok(()));
 }
 
@@ -314,12 +308,7 @@ fn a_function_built_differently_is_tolerated_only_when_unrelated_to_the_fix() {
     assert_eq!(sites(&report), ["digit"]);
     let notes = report["explain"]["notes"].to_string();
     assert!(notes.contains("lib_version") && notes.contains("neither replaces, calls nor is called by it"), "{notes}");
-    let package = shipped.path("library-static.hpatch");
-    let trust = shipped.path("keys/publisher.pub");
-    ok(
-        run(Command::new(HOTPATCH).args(["apply", "--pid", &svc.pid()]).arg(&package).arg("--trust").arg(&trust)),
-        "apply",
-    );
+    shipped.apply(&svc, "library-static");
     assert_eq!(svc.loaded_test("library-static"), Ok(()));
 
     // The distribution changed lib_parse, which calls digit: its copy may
