@@ -4,7 +4,7 @@
 
 use crate::baseline::{Baseline, SymbolOrigin};
 use crate::diff::{ObjectDiff, Verdict, constructor_functions, diff_objects};
-use crate::explain::{Explain, FunctionReport, ObjectReport, Reason};
+use crate::explain::{Explain, FunctionReport, ObjectReport, reasons};
 use crate::objfile::{ObjectFile, RefKey, SectionClass, SymKind, is_tls, pc_relative};
 use crate::payload::{Binder, Binding, PayloadWriter, Selection, payload_name};
 use crate::runpre::{Mismatch, match_function};
@@ -346,7 +346,7 @@ fn reference_graph(obj: &ObjectFile) -> BTreeMap<String, BTreeSet<String>> {
                 .relocs
                 .iter()
                 .filter(|r| is_direct_branch(data, r))
-                .filter_map(|r| obj.key(sec, r).name().map(str::to_owned))
+                .filter_map(|r| obj.key(r).name().map(str::to_owned))
                 .filter(|n| obj.find(n).is_some_and(|t| obj.symbols[t].kind == SymKind::Function))
                 .collect();
             (obj.symbols[f].name.clone(), names)
@@ -525,7 +525,7 @@ fn function_refs(obj: &ObjectFile, f: usize) -> Vec<(usize, bool)> {
         .relocs
         .iter()
         .filter_map(|r| {
-            let RefKey::Named { name, offset, .. } = obj.key(sec, r) else { return None };
+            let RefKey::Named { name, offset, .. } = obj.key(r) else { return None };
             let target = obj.find(&name).filter(|&t| obj.symbols[t].kind == SymKind::Function)?;
             let bias = if pc_relative(r.r_type) { 4 } else { 0 };
             Some((target, offset.wrapping_add(bias) == 0))
@@ -548,7 +548,7 @@ fn add_data(obj: &ObjectFile, diff: &ObjectDiff, selection: &mut Selection) {
                     queue.push(target);
                 }
                 SectionClass::Writable | SectionClass::Bss => {
-                    if let RefKey::Named { name, .. } = obj.key(sec, r)
+                    if let RefKey::Named { name, .. } = obj.key(r)
                         && diff.new_data.contains(&name)
                         && let Some(sym) = obj.find(&name)
                     {
@@ -648,7 +648,7 @@ fn report_functions(
                 name: f.name.clone(),
                 verdict: f.verdict.clone(),
                 in_patch,
-                reasons: Reason::explain(f, &req.touched, &changed, in_patch),
+                reasons: reasons(f, &req.touched, &changed, in_patch),
             });
         }
     }

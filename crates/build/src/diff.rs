@@ -37,7 +37,7 @@ pub fn canonical(obj: &ObjectFile, sym: usize) -> Canonical {
         for b in bytes.iter_mut().skip(at).take(width) {
             *b = 0;
         }
-        refs.push((r.offset - start, r.r_type, obj.key(sec_index, r)));
+        refs.push((r.offset - start, r.r_type, obj.key(r)));
     }
     Canonical { bytes, refs }
 }
@@ -299,9 +299,8 @@ fn diff_constructors(old: &ObjectFile, new: &ObjectFile) -> Vec<String> {
     let ctors = |obj: &ObjectFile| -> BTreeMap<String, Vec<RefKey>> {
         obj.sections
             .iter()
-            .enumerate()
-            .filter(|(_, s)| s.class == SectionClass::Constructors)
-            .map(|(i, s)| (s.name.clone(), s.relocs.iter().map(|r| obj.key(i, r)).collect()))
+            .filter(|s| s.class == SectionClass::Constructors)
+            .map(|s| (s.name.clone(), s.relocs.iter().map(|r| obj.key(r)).collect()))
             .collect()
     };
     let (o, n) = (ctors(old), ctors(new));
@@ -313,9 +312,8 @@ fn diff_constructors(old: &ObjectFile, new: &ObjectFile) -> Vec<String> {
 pub fn constructor_functions(obj: &ObjectFile) -> BTreeSet<String> {
     obj.sections
         .iter()
-        .enumerate()
-        .filter(|(_, s)| s.class == SectionClass::Constructors)
-        .flat_map(|(i, s)| s.relocs.iter().filter_map(move |r| obj.key(i, r).name().map(str::to_owned)))
+        .filter(|s| s.class == SectionClass::Constructors)
+        .flat_map(|s| s.relocs.iter().filter_map(|r| obj.key(r).name().map(str::to_owned)))
         .collect()
 }
 

@@ -51,9 +51,6 @@ pub struct FunctionReport {
     pub reasons: Vec<String>,
 }
 
-/// The reasons, in words, that a function is (or is not) in the patch.
-pub struct Reason;
-
 /// gcc's names for the copies it makes of a function (IPA clones, split parts).
 const CLONE_MARKS: [&str; 5] = [".isra", ".constprop", ".part", ".cold", ".lto_priv"];
 
@@ -61,28 +58,17 @@ fn clone_of(name: &str) -> Option<&str> {
     CLONE_MARKS.iter().filter_map(|m| name.find(m)).min().map(|i| &name[..i])
 }
 
-impl Reason {
-    pub fn explain(
-        f: &FunctionDiff,
-        touched: &BTreeSet<String>,
-        changed: &BTreeSet<&str>,
-        in_patch: bool,
-    ) -> Vec<String> {
-        let mut out = Vec::new();
-        match f.verdict {
-            Verdict::Unchanged if in_patch => {
-                out.push("unchanged, but cannot be separated from a changed function (a jump into its body)".into())
-            }
-            Verdict::Unchanged => {}
-            Verdict::LineOnly => out.push("only a __LINE__ constant differs (an assert moved): not a change".into()),
-            Verdict::New => out.push(if in_patch {
-                "new in the fixed build, used by the patch".into()
-            } else {
-                "new in the fixed build, not used by any patched function".into()
-            }),
-            Verdict::Changed => out.extend(changed_reasons(f, touched, changed)),
+/// The reasons, in words, that a function is (or is not) in the patch.
+pub fn reasons(f: &FunctionDiff, touched: &BTreeSet<String>, changed: &BTreeSet<&str>, in_patch: bool) -> Vec<String> {
+    match f.verdict {
+        Verdict::Unchanged if in_patch => {
+            vec!["unchanged, but cannot be separated from a changed function (a jump into its body)".into()]
         }
-        out
+        Verdict::Unchanged => Vec::new(),
+        Verdict::LineOnly => vec!["only a __LINE__ constant differs (an assert moved): not a change".into()],
+        Verdict::New if in_patch => vec!["new in the fixed build, used by the patch".into()],
+        Verdict::New => vec!["new in the fixed build, not used by any patched function".into()],
+        Verdict::Changed => changed_reasons(f, touched, changed),
     }
 }
 

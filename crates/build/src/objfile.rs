@@ -386,7 +386,7 @@ impl ObjectFile {
     }
 
     /// What relocation `r` of section `section` refers to.
-    pub fn key(&self, _section: usize, r: &Reloc) -> RefKey {
+    pub fn key(&self, r: &Reloc) -> RefKey {
         let sym = &self.symbols[r.symbol];
         let Some(target) = sym.section.filter(|_| sym.is_label()) else {
             return self.named_key(r.symbol, r.addend);

@@ -60,7 +60,7 @@ pub fn match_function(baseline: &Baseline<'_>, obj: &ObjectFile, sym: usize, at:
             mark_tls_sequence(&mut covered, offset as usize);
             continue;
         }
-        let key = obj.key(section_index, r);
+        let key = obj.key(r);
         let place = at.address + offset;
         let at_field = Field { r_type: r.r_type, place, bytes: &theirs[field.clone()], offset: offset as usize };
         check_relocation(baseline, obj, &key, &at_field, ours, theirs, &mut learned).map_err(|d| fail(offset, d))?;
