@@ -8,30 +8,66 @@ use anyhow::Context;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Changed lines of the new side of a unified diff, per file (`+++ b/FILE`, `-p1`).
-fn changed_lines(diff: &str) -> Vec<(String, Vec<usize>)> {
-    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
-    let mut line = 0usize;
+/// One hunk of a unified diff.
+struct Hunk {
+    old_start: u64,
+    old_len: u64,
+    new_len: u64,
+    /// New-side line numbers of its added lines, and of where lines were removed.
+    changed: Vec<usize>,
+}
+
+/// The hunks of a unified diff, per file (`+++ b/FILE`, as `-p1` reads it).
+/// A hunk's body is as long as its header says, so file headers and any
+/// text between hunks are never taken for changed lines.
+fn parse_diff(diff: &str) -> Vec<(String, Vec<Hunk>)> {
+    let mut out: Vec<(String, Vec<Hunk>)> = Vec::new();
+    let (mut line, mut old_left, mut new_left) = (0usize, 0u64, 0u64);
     for text in diff.lines() {
-        if let Some(name) = text.strip_prefix("+++ ") {
+        let in_body = old_left > 0 || new_left > 0;
+        if !in_body && let Some(name) = text.strip_prefix("+++ ") {
             let name = name.split('\t').next().unwrap_or("").trim();
-            let name = name.split_once('/').map_or(name, |(_, rest)| rest);
-            out.push((name.to_owned(), Vec::new()));
-        } else if let Some(hunk) = text.strip_prefix("@@ ") {
-            let new = hunk.split_whitespace().find(|w| w.starts_with('+')).unwrap_or("+0");
-            line = new[1..].split(',').next().and_then(|n| n.parse().ok()).unwrap_or(0);
-        } else if let Some(last) = out.last_mut() {
+            out.push((name.split_once('/').map_or(name, |(_, rest)| rest).to_owned(), Vec::new()));
+        } else if !in_body
+            && let Some(header) = text.strip_prefix("@@ ")
+            && let Some(last) = out.last_mut()
+        {
+            let range = |sign: char| -> (u64, u64) {
+                let w = header.split_whitespace().find(|w| w.starts_with(sign)).unwrap_or("");
+                let mut parts = w[1.min(w.len())..].split(',');
+                let start = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                let len = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+                (start, len)
+            };
+            let ((old_start, old_len), (new_start, new_len)) = (range('-'), range('+'));
+            (line, old_left, new_left) = (new_start as usize, old_len, new_len);
+            last.1.push(Hunk { old_start, old_len, new_len, changed: Vec::new() });
+        } else if in_body && let Some(hunk) = out.last_mut().and_then(|(_, h)| h.last_mut()) {
             match text.as_bytes().first() {
                 Some(b'+') => {
-                    last.1.push(line);
-                    line += 1;
+                    hunk.changed.push(line);
+                    (line, new_left) = (line + 1, new_left.saturating_sub(1));
                 }
-                Some(b'-') => last.1.push(line),
-                _ => line += 1,
+                Some(b'-') => {
+                    hunk.changed.push(line);
+                    old_left = old_left.saturating_sub(1);
+                }
+                Some(b'\\') => {} // "\ No newline at end of file"
+                _ => {
+                    (line, old_left, new_left) = (line + 1, old_left.saturating_sub(1), new_left.saturating_sub(1));
+                }
             }
         }
     }
     out
+}
+
+/// Changed lines of the new side of a unified diff, per file.
+fn changed_lines(diff: &str) -> Vec<(String, Vec<usize>)> {
+    parse_diff(diff)
+        .into_iter()
+        .map(|(file, hunks)| (file, hunks.into_iter().flat_map(|h| h.changed).collect()))
+        .collect()
 }
 
 /// The name of the function whose definition encloses line `at` (1-based):
@@ -123,26 +159,16 @@ pub fn line_shifts(diffs: &[String]) -> BTreeMap<String, Vec<(u64, i64)>> {
 
 /// `(old end line, lines added minus removed)` of each hunk, per file.
 fn hunk_shifts(diff: &str) -> Vec<(String, Vec<(u64, i64)>)> {
-    let mut out: Vec<(String, Vec<(u64, i64)>)> = Vec::new();
-    for text in diff.lines() {
-        if let Some(name) = text.strip_prefix("+++ ") {
-            let name = name.split('\t').next().unwrap_or("").trim();
-            out.push((name.split_once('/').map_or(name, |(_, r)| r).to_owned(), Vec::new()));
-        } else if let Some(hunk) = text.strip_prefix("@@ ")
-            && let Some(last) = out.last_mut()
-        {
-            let range = |sign: char| -> (u64, u64) {
-                let w = hunk.split_whitespace().find(|w| w.starts_with(sign)).unwrap_or("");
-                let mut parts = w[1.min(w.len())..].split(',');
-                let start = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-                let len = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1);
-                (start, len)
-            };
-            let ((old_start, old_len), (_, new_len)) = (range('-'), range('+'));
-            last.1.push((old_start + old_len.saturating_sub(1), new_len as i64 - old_len as i64));
-        }
-    }
-    out
+    parse_diff(diff)
+        .into_iter()
+        .map(|(file, hunks)| {
+            let shifts = hunks
+                .iter()
+                .map(|h| (h.old_start + h.old_len.saturating_sub(1), h.new_len as i64 - h.old_len as i64))
+                .collect();
+            (file, shifts)
+        })
+        .collect()
 }
 
 /// Composes the shifts of an earlier patch with a later one's hunks (whose
@@ -201,6 +227,13 @@ mod tests {
         let both = compose(&single, &[(10, 2)]);
         let shift = |l: u64| both.iter().take_while(|(a, _)| *a < l).last().map_or(0, |(_, d)| *d);
         assert_eq!((shift(3), shift(5), shift(10), shift(30)), (0, 1, 3, 1));
+    }
+
+    #[test]
+    fn file_headers_are_not_changed_lines() {
+        let diff =
+            "--- a/x.c\n+++ b/x.c\n@@ -3,1 +3,2 @@\n ctx\n+added\n--- a/y.c\n+++ b/y.c\n@@ -9 +9 @@\n-old\n+new\n";
+        assert_eq!(changed_lines(diff), vec![("x.c".to_owned(), vec![4]), ("y.c".to_owned(), vec![9, 9])]);
     }
 
     #[test]
