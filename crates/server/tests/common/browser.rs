@@ -49,11 +49,18 @@ impl Browser {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // SAFETY: only async-signal-safe dup2 calls between fork and exec; dup2
-        // clears close-on-exec on the copies, so exactly fds 3 and 4 stay open.
+        // SAFETY: only async-signal-safe fcntl and dup2 calls between fork and
+        // exec. The pipe ends may themselves be fds 3 or 4 (tests start browsers
+        // on several threads, so low numbers come free): dup2 of a descriptor
+        // onto itself would keep its close-on-exec flag and chromium would start
+        // without it, and one end could overwrite the other. So both are first
+        // moved above 9 (close-on-exec), then dup2'd to 3 and 4, which clears
+        // the flag on exactly those two.
         unsafe {
             command.pre_exec(move || {
-                if libc::dup2(cmd_read, 3) < 0 || libc::dup2(ans_write, 4) < 0 {
+                let high_cmd = libc::fcntl(cmd_read, libc::F_DUPFD_CLOEXEC, 10);
+                let high_ans = libc::fcntl(ans_write, libc::F_DUPFD_CLOEXEC, 10);
+                if high_cmd < 0 || high_ans < 0 || libc::dup2(high_cmd, 3) < 0 || libc::dup2(high_ans, 4) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
