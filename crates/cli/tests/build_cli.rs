@@ -386,3 +386,36 @@ fn objects_without_function_sections_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("-ffunction-sections"), "{}", s(dir.path()));
 }
+
+/// With two jobs or more the original and fixed builds run at once, each in
+/// its own mount namespace at the one path; the hotpatch is the one the
+/// builds made in turn give, site for site and byte for byte.
+#[test]
+fn builds_at_once_make_the_same_hotpatch_as_builds_in_turn() {
+    let shipped = Shipped::build("-O2");
+    let build = |jobs: &str, out: &str| {
+        let mut cmd = Command::new(HOTPATCH);
+        cmd.args(["--json", "build", "--jobs", jobs, "--source"]).arg(fixtures().join("svc"));
+        cmd.arg("--patch").arg(fixtures().join("patches/bounds.patch"));
+        let output = ok(
+            run(cmd
+                .arg("--baseline")
+                .arg(shipped.path("installed/svc"))
+                .args(["--level", "1", "--classification", "security"])
+                .arg("--key")
+                .arg(shipped.path("keys/publisher.key"))
+                .arg("-o")
+                .arg(shipped.path(out))),
+            "build",
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        (report, String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let (in_turn, log_in_turn) = build("1", "in-turn.hpatch");
+    let (at_once, log_at_once) = build("4", "at-once.hpatch");
+    assert!(!log_in_turn.contains("run at once"), "{log_in_turn}");
+    assert!(log_at_once.contains("the two builds run at once, 2 job(s) each"), "{log_at_once}");
+    assert_eq!(in_turn["manifest"]["functions"], at_once["manifest"]["functions"]);
+    assert_eq!(in_turn["manifest"]["symbols"], at_once["manifest"]["symbols"]);
+    assert_eq!(in_turn["manifest"]["payload_sha256"], at_once["manifest"]["payload_sha256"]);
+}

@@ -36,7 +36,8 @@ pub struct BuildArgs {
     baseline: PathBuf,
     #[command(flatten)]
     publish: PublishArgs,
-    /// Parallel jobs for each build (MAKEFLAGS=-jN, DEB_BUILD_OPTIONS=parallel=N).
+    /// Parallel jobs in all (MAKEFLAGS=-jN, DEB_BUILD_OPTIONS=parallel=N); with
+    /// two or more, the original and fixed builds run at once, half each.
     #[arg(long, default_value_t = 2)]
     jobs: u32,
     /// Say, for every function that differs, whether it is in the patch and why.

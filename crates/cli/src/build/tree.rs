@@ -2,9 +2,12 @@
 //! compiler wrapper that puts every function in its own section (so each
 //! can be compared and moved alone).
 //!
-//! Both builds run in the same directory path, one after the other, so that
-//! `__FILE__` strings and debug paths are the same in both and a difference
-//! between the builds is a difference of the fix alone.
+//! Both builds run in the same directory path, so that `__FILE__` strings and
+//! debug paths are the same in both and a difference between the builds is a
+//! difference of the fix alone. With two jobs or more they run at once, each
+//! in its own mount namespace where its tree is bind-mounted on that one path
+//! (a user namespace provides the namespace where we are not root); where no
+//! namespace can be made, one after the other.
 
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
@@ -98,58 +101,145 @@ impl Work {
         }
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
         let bin = self.write_wrappers(&path)?;
-        // One path for both builds (see the module comment).
         let name = source.file_name().map(|n| n.to_owned()).unwrap_or_else(|| "src".into());
-        let tree = self.root.join("tree").join(&name);
+        let env = BuildEnv { command, bin: &bin, path: &path };
+        match (jobs >= 2).then(|| namespace::Kind::probe(&self.root)).flatten() {
+            Some(kind) => self.build_concurrently(&source, patches, &name, &env, jobs, kind),
+            None => {
+                if jobs >= 2 {
+                    eprintln!(":: no mount namespace can be made here; the two builds run one after the other");
+                }
+                self.build_in_turn(&source, patches, &name, &env, jobs)
+            }
+        }
+    }
+
+    /// One path for both builds (see the module comment), used in turn.
+    fn build_in_turn(
+        &self,
+        source: &Path,
+        patches: &[PathBuf],
+        name: &std::ffi::OsStr,
+        env: &BuildEnv,
+        jobs: u32,
+    ) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let tree = self.root.join("tree").join(name);
         let old = self.root.join("original");
         let new = self.root.join("fixed");
-        copy_tree(&source, &tree)?;
-        self.run_build(&tree, command, jobs, &bin, &path, "original", 1)?;
+        copy_tree(source, &tree)?;
+        self.run_build(&tree, None, env, jobs, "original", 1)?.wait_done()?;
         std::fs::rename(&tree, &old)?;
-        copy_tree(&source, &tree)?;
+        copy_tree(source, &tree)?;
         for p in patches {
             apply_patch(&tree, p)?;
         }
-        self.run_build(&tree, command, jobs, &bin, &path, "fixed", 2)?;
+        self.run_build(&tree, None, env, jobs, "fixed", 2)?.wait_done()?;
         std::fs::rename(&tree, &new)?;
         Ok((old, new))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Each tree lives under its own directory (`trees/original/NAME`,
+    /// `trees/fixed/NAME`, so that files a build writes beside its tree, as
+    /// `dpkg-buildpackage` does, stay apart) and is seen by its build at
+    /// `tree/NAME`.
+    fn build_concurrently(
+        &self,
+        source: &Path,
+        patches: &[PathBuf],
+        name: &std::ffi::OsStr,
+        env: &BuildEnv,
+        jobs: u32,
+        kind: namespace::Kind,
+    ) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let seen_at = self.root.join("tree");
+        std::fs::create_dir_all(seen_at.join(name))?;
+        let old_home = self.root.join("trees").join("original");
+        let new_home = self.root.join("trees").join("fixed");
+        copy_tree(source, &old_home.join(name))?;
+        copy_tree(source, &new_home.join(name))?;
+        for p in patches {
+            apply_patch(&new_home.join(name), p)?;
+        }
+        let each = jobs.div_ceil(2);
+        eprintln!(":: the two builds run at once, {each} job(s) each");
+        let tree = seen_at.join(name);
+        let original = self.run_build(&tree, Some((kind, &old_home, &seen_at)), env, each, "original", 1)?;
+        let fixed = self.run_build(&tree, Some((kind, &new_home, &seen_at)), env, each, "fixed", 2);
+        // Both are waited for whatever happens, so no build outlives us.
+        let original = original.wait_done();
+        let fixed = fixed.and_then(Running::wait_done);
+        original?;
+        fixed?;
+        Ok((old_home.join(name), new_home.join(name)))
+    }
+
+    /// Starts one build of `tree`; inside a namespace when `isolated` says
+    /// which directory to bind on which path.
     fn run_build(
         &self,
         tree: &Path,
-        command: &str,
+        isolated: Option<(namespace::Kind, &Path, &Path)>,
+        env: &BuildEnv,
         jobs: u32,
-        bin: &Path,
-        path: &str,
-        what: &str,
+        what: &'static str,
         n: u32,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Running> {
         let log = self.root.join(format!("{what}.log"));
-        eprintln!(":: [{n}/2] building the {what} tree ({command}), log {}", log.display());
-        let started = Instant::now();
+        eprintln!(":: [{n}/2] building the {what} tree ({}), log {}", env.command, log.display());
         let log_file = std::fs::File::create(&log)?;
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .current_dir(tree)
-            .env("PATH", format!("{}:{path}", bin.display()))
-            .env("HOTPATCH_REAL_PATH", path)
+        let mut cmd = match isolated {
+            Some((kind, home, seen_at)) => kind.command(home, seen_at, tree, env.command),
+            None => {
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c").arg(env.command).current_dir(tree);
+                cmd
+            }
+        };
+        let child = cmd
+            .env("PATH", format!("{}:{}", env.bin.display(), env.path))
+            .env("HOTPATCH_REAL_PATH", env.path)
             .env("MAKEFLAGS", format!("-j{}", jobs.max(1)))
             .env("DEB_BUILD_OPTIONS", format!("parallel={} nocheck", jobs.max(1)))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
-            .status()
-            .with_context(|| format!("cannot run sh -c {command:?}"))?;
+            .spawn()
+            .with_context(|| format!("cannot run sh -c {:?}", env.command))?;
+        Ok(Running { child, log, what, n, started: Instant::now() })
+    }
+}
+
+/// What both builds share: the command and the compiler wrappers' `PATH`.
+struct BuildEnv<'a> {
+    command: &'a str,
+    bin: &'a Path,
+    path: &'a str,
+}
+
+/// A build under way.
+struct Running {
+    child: std::process::Child,
+    log: PathBuf,
+    what: &'static str,
+    n: u32,
+    started: Instant,
+}
+
+impl Running {
+    fn wait_done(mut self) -> anyhow::Result<()> {
+        let status = self.child.wait().with_context(|| format!("waiting for the {} build", self.what))?;
         if !status.success() {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(20).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!("the {what} build failed ({status}); last lines of {}:\n{}", log.display(), tail.join("\n"));
+            bail!(
+                "the {} build failed ({status}); last lines of {}:\n{}",
+                self.what,
+                self.log.display(),
+                tail.join("\n")
+            );
         }
-        eprintln!(":: [{n}/2] {what} built in {:.1} s", started.elapsed().as_secs_f64());
+        eprintln!(":: [{}/2] {} built in {:.1} s", self.n, self.what, self.started.elapsed().as_secs_f64());
         Ok(())
     }
 }
@@ -182,4 +272,54 @@ fn apply_patch(tree: &Path, patch: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Private mount namespaces for the concurrent builds (util-linux `unshare`).
+mod namespace {
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+
+    #[derive(Clone, Copy, Debug)]
+    pub enum Kind {
+        /// We may mount: a mount namespace alone.
+        Mount,
+        /// Not root: a user namespace (mapped to root inside) with its mounts.
+        User,
+    }
+
+    /// Binds `$1` on `$2`, enters the tree `$3` (the same path as seen
+    /// outside) and runs the build command `$4`.
+    const ENTER: &str = r#"mount --bind "$1" "$2" && cd "$3" && exec sh -c "$4""#;
+
+    impl Kind {
+        /// The kind of namespace this machine lets us make, tried for real
+        /// by binding `dir` on itself.
+        pub fn probe(dir: &Path) -> Option<Kind> {
+            [Kind::Mount, Kind::User].into_iter().find(|kind| {
+                let mut cmd = Command::new("unshare");
+                kind.flags(&mut cmd);
+                cmd.args(["sh", "-c", r#"mount --bind "$1" "$1""#, "probe"])
+                    .arg(dir)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+        }
+
+        fn flags(self, cmd: &mut Command) {
+            if let Kind::User = self {
+                cmd.args(["--user", "--map-root-user"]);
+            }
+            cmd.args(["--mount", "--propagation", "private", "--"]);
+        }
+
+        pub fn command(self, home: &Path, seen_at: &Path, tree: &Path, build: &str) -> Command {
+            let mut cmd = Command::new("unshare");
+            self.flags(&mut cmd);
+            cmd.args(["sh", "-c", ENTER, "hotpatch-build"]).arg(home).arg(seen_at).arg(tree).arg(build);
+            cmd
+        }
+    }
 }
