@@ -109,6 +109,7 @@ pub fn build_from_objects(req: &DiffBuildRequest<'_>) -> Result<DiffBuildOutput,
     }
     refuse_unpatchable(req, &diffs, &in_baseline)?;
     let selections = select(req, &diffs, &in_baseline);
+    refuse_signature_changes(&baseline, req, &diffs, &in_baseline, &selections)?;
     check_tolerated(&baseline, req, &located, &selections, &mut explain)?;
     let mut writer = PayloadWriter::default();
     let mut functions = Vec::new();
@@ -460,6 +461,84 @@ fn refuse_unpatchable(
         }
     }
     Ok(())
+}
+
+/// A fix that changes how a function is called (`signature`: arguments or
+/// result of another ABI class) is patchable only when nothing left running
+/// calls it the old way: not exported, its address not taken, and every
+/// direct caller replaced too. Objects built without DWARF are not checked
+/// (their callers' code changes with them, but that is not proven).
+fn refuse_signature_changes(
+    baseline: &Baseline<'_>,
+    req: &DiffBuildRequest<'_>,
+    diffs: &[ObjectDiff],
+    in_baseline: &BTreeSet<usize>,
+    selections: &BTreeMap<usize, Selection>,
+) -> Result<(), DiffBuildError> {
+    for &i in selections.keys() {
+        let pair = &req.pairs[i];
+        for f in diffs[i].functions.iter().filter(|f| f.verdict == Verdict::Changed) {
+            let (Some(old), Some(new)) = (pair.old.signatures.get(&f.name), pair.new.signatures.get(&f.name)) else {
+                continue;
+            };
+            if old == new {
+                continue;
+            }
+            if let Some(why) = old_style_caller(baseline, req, in_baseline, selections, i, f) {
+                return Err(DiffBuildError::NeedsBaseline(format!(
+                    "the signature of {} in {} changed ({old} became {new}) and {why}",
+                    f.name, pair.new.path
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why some code left running would still call `f` the old way, if any.
+fn old_style_caller(
+    baseline: &Baseline<'_>,
+    req: &DiffBuildRequest<'_>,
+    in_baseline: &BTreeSet<usize>,
+    selections: &BTreeMap<usize, Selection>,
+    i: usize,
+    f: &crate::diff::FunctionDiff,
+) -> Option<String> {
+    if !f.local && baseline.exports.contains(&f.name) {
+        return Some("it is exported: programs and libraries linked against it keep calling it the old way".into());
+    }
+    // A file-local function is reachable by name from its own file only.
+    let files = in_baseline.iter().copied().filter(|&j| !f.local || j == i);
+    for j in files {
+        let obj = &req.pairs[j].new;
+        let replaced = |sec: usize| selections.get(&j).is_some_and(|sel| sel.sections.contains(&sec));
+        for (sec, section) in obj.sections.iter().enumerate() {
+            let holds_code = matches!(section.class, SectionClass::Text);
+            let holds_data = matches!(
+                section.class,
+                SectionClass::ReadOnly | SectionClass::Writable | SectionClass::Constructors | SectionClass::Tls
+            );
+            if !holds_code && !holds_data {
+                continue;
+            }
+            for r in section.relocs.iter().filter(|r| obj.key(r).name() == Some(f.name.as_str())) {
+                if holds_data {
+                    return Some(format!("{} in {} holds its address (a function pointer)", section.name, obj.path));
+                }
+                let caller = obj
+                    .functions()
+                    .find(|&(_, s)| s == sec)
+                    .map_or_else(|| section.name.clone(), |(g, _)| obj.symbols[g].name.clone());
+                if !is_direct_branch(&section.data, r) {
+                    return Some(format!("{caller} in {} takes its address (calls through it)", obj.path));
+                }
+                if !replaced(sec) {
+                    return Some(format!("{caller} in {} calls it and is not replaced", obj.path));
+                }
+            }
+        }
+    }
+    None
 }
 
 /// The sections of each fixed object that go into the payload: every

@@ -16,6 +16,7 @@ mod pack;
 pub mod payload;
 pub mod regalloc;
 pub mod runpre;
+pub mod signature;
 
 pub use builder::{DiffBuildError, DiffBuildOutput, DiffBuildRequest, ObjectPair, build_from_objects};
 pub use objfile::ObjectFile;

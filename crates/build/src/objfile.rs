@@ -117,6 +117,9 @@ pub struct ObjectFile {
     pub compilers: Vec<String>,
     pub sections: Vec<Section>,
     pub symbols: Vec<ObjSymbol>,
+    /// ABI signature of each function the DWARF describes (`signature`);
+    /// empty without `-g`.
+    pub signatures: std::collections::BTreeMap<String, String>,
 }
 
 /// What a reference refers to, independent of layout.
@@ -285,7 +288,8 @@ impl ObjectFile {
             }
             sections[ours].relocs.sort_by_key(|r| r.offset);
         }
-        let obj = ObjectFile { path: path.to_owned(), source_file, compilers, sections, symbols };
+        let signatures = crate::signature::signatures(data);
+        let obj = ObjectFile { path: path.to_owned(), source_file, compilers, sections, symbols, signatures };
         obj.check_bounds().map_err(bad)?;
         obj.check_function_sections()?;
         Ok(obj)

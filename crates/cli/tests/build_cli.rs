@@ -321,9 +321,13 @@ fn a_function_built_differently_is_tolerated_only_when_unrelated_to_the_fix() {
 }
 
 fn refused(name: &str) {
+    refused_for(name, "svc");
+}
+
+fn refused_for(name: &str, baseline: &str) {
     let shipped = Shipped::build("-O2 -g");
     let mut svc = shipped.start();
-    let out = shipped.hotpatch_build(name, "svc");
+    let out = shipped.hotpatch_build(name, baseline);
     assert!(!out.status.success(), "{name} was built");
     let reason = std::fs::read_to_string(fixtures().join(format!("patches/{name}.reason"))).unwrap();
     let said = said(&out);
@@ -340,6 +344,23 @@ fn data_layout_change_is_refused() {
 #[test]
 fn initial_value_change_is_refused() {
     refused("initial-FAIL");
+}
+
+/// Programs linked against the library keep calling the export with one
+/// argument; the DWARF of the two builds shows the second.
+#[test]
+fn changed_signature_of_an_export_is_refused() {
+    refused_for("signature-FAIL", "libsvc.so");
+}
+
+/// A file-local function that takes one more argument, called only by a
+/// function the patch replaces: nothing left running calls it the old way.
+#[test]
+fn changed_signature_with_every_caller_replaced_is_patched() {
+    let report = patch_case("library-signature", "libsvc.so");
+    let mut patched = sites(&report);
+    patched.sort();
+    assert!(patched.contains(&"lib_parse".to_owned()), "{patched:?}");
 }
 
 #[test]
