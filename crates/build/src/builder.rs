@@ -37,6 +37,15 @@ pub enum DiffBuildError {
 }
 
 /// An object of the original build and the same object of the fixed build.
+/// A line of inline assembly the fix adds or removes: in `file` (a source
+/// file name), inside `function` or at file scope.
+#[derive(Debug, Clone)]
+pub struct AsmChange {
+    pub file: String,
+    pub line: usize,
+    pub function: Option<String>,
+}
+
 pub struct ObjectPair {
     pub old: ObjectFile,
     pub new: ObjectFile,
@@ -57,6 +66,8 @@ pub struct DiffBuildRequest<'a> {
     /// How the patches move each file's lines, by file name: a `__LINE__`
     /// that moved just so is not a change.
     pub line_shifts: BTreeMap<String, Vec<(u64, i64)>>,
+    /// Inline assembly the source fix changes (refused where the baseline runs it).
+    pub asm_changes: Vec<AsmChange>,
     pub patch_id: Option<String>,
     pub product: String,
     pub level: u32,
@@ -452,12 +463,40 @@ fn refuse_unpatchable(
                 c, pair.new.path
             )));
         }
+        refuse_asm_changes(req, pair, diff)?;
         let ctors = constructor_functions(&pair.old);
         if let Some(f) = diff.functions.iter().find(|f| f.verdict == Verdict::Changed && ctors.contains(&f.name)) {
             return Err(DiffBuildError::NeedsBaseline(format!(
                 "constructor {} in {} changed: it ran when each process started and will not run again",
                 f.name, pair.new.path
             )));
+        }
+    }
+    Ok(())
+}
+
+/// Inline assembly may define symbols, switch sections or hold sites other
+/// code patches at run time (alternatives, jump labels), none of which a
+/// running process takes from a replacement function; assembly at file
+/// scope (`.symver`, top-level `asm`) changes the file itself.
+fn refuse_asm_changes(req: &DiffBuildRequest<'_>, pair: &ObjectPair, diff: &ObjectDiff) -> Result<(), DiffBuildError> {
+    let file = pair.new.source_file.as_deref().map(|f| f.rsplit('/').next().unwrap_or(f));
+    for change in req.asm_changes.iter().filter(|c| Some(c.file.as_str()) == file) {
+        let inside = |name: &str| diff.functions.iter().any(|f| f.name == name && f.verdict == Verdict::Changed);
+        let at = format!("{}:{}", change.file, change.line);
+        match &change.function {
+            None => {
+                return Err(DiffBuildError::NeedsBaseline(format!(
+                    "inline assembly at file scope changed ({at}): it shapes the file, not a function"
+                )));
+            }
+            Some(name) if inside(name) => {
+                return Err(DiffBuildError::NeedsBaseline(format!(
+                    "inline assembly changed in {name} ({at}): it may define symbols or sections a running \
+                     process cannot take from a replacement"
+                )));
+            }
+            Some(_) => {}
         }
     }
     Ok(())

@@ -18,7 +18,7 @@ pub mod regalloc;
 pub mod runpre;
 pub mod signature;
 
-pub use builder::{DiffBuildError, DiffBuildOutput, DiffBuildRequest, ObjectPair, build_from_objects};
+pub use builder::{AsmChange, DiffBuildError, DiffBuildOutput, DiffBuildRequest, ObjectPair, build_from_objects};
 pub use objfile::ObjectFile;
 pub use pack::{BuildError, PackRequest, Replacement, check_undefined, manifest_for, parse_replacement};
 pub use regalloc::{IpaRa, ipa_ra};

@@ -62,6 +62,7 @@ fn request<'a>(baseline: &'a [u8], pairs: Vec<ObjectPair>, references: Vec<(Stri
         pairs,
         touched: Default::default(),
         line_shifts: Default::default(),
+        asm_changes: Vec::new(),
         patch_id: None,
         product: "x".into(),
         level: 1,

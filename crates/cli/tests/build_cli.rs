@@ -355,6 +355,11 @@ fn changed_signature_of_an_export_is_refused() {
     refused_for("signature-FAIL", "libsvc.so");
 }
 
+#[test]
+fn changed_inline_assembly_is_refused() {
+    refused("asm-FAIL");
+}
+
 /// A callback gets one more argument: a caller through the table of
 /// pointers would still pass one, so the table is reason enough.
 #[test]

@@ -78,6 +78,7 @@ pub fn build(args: BuildArgs, out: &Output) -> anyhow::Result<()> {
         pairs,
         touched: touched::functions_in(&diffs, &new_dir),
         line_shifts: touched::line_shifts(&diffs),
+        asm_changes: touched::asm_changes(&diffs, &new_dir),
         patch_id: args.publish.patch_id,
         product: args.publish.product.unwrap_or(baseline_name),
         level: args.publish.level,

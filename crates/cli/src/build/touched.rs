@@ -5,6 +5,7 @@
 //! decided by comparing the compiled code alone.
 
 use anyhow::Context;
+use hotpatch_build::AsmChange;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,8 @@ struct Hunk {
     new_len: u64,
     /// New-side line numbers of its added lines, and of where lines were removed.
     changed: Vec<usize>,
+    /// Those of them whose text mentions inline assembly.
+    asm: Vec<usize>,
 }
 
 /// The hunks of a unified diff, per file (`+++ b/FILE`, as `-p1` reads it).
@@ -41,8 +44,11 @@ fn parse_diff(diff: &str) -> Vec<(String, Vec<Hunk>)> {
             };
             let ((old_start, old_len), (new_start, new_len)) = (range('-'), range('+'));
             (line, old_left, new_left) = (new_start as usize, old_len, new_len);
-            last.1.push(Hunk { old_start, old_len, new_len, changed: Vec::new() });
+            last.1.push(Hunk { old_start, old_len, new_len, changed: Vec::new(), asm: Vec::new() });
         } else if in_body && let Some(hunk) = out.last_mut().and_then(|(_, h)| h.last_mut()) {
+            if matches!(text.as_bytes().first(), Some(b'+' | b'-')) && mentions_asm(&text[1..]) {
+                hunk.asm.push(line);
+            }
             match text.as_bytes().first() {
                 Some(b'+') => {
                     hunk.changed.push(line);
@@ -127,6 +133,29 @@ pub fn source_diffs(patches: &[PathBuf], trees: Option<(&Path, &Path)>) -> anyho
         }
     }
     Ok(vec![measured])
+}
+
+/// Whether a line of C uses the `asm` keyword (any spelling gcc and clang take).
+fn mentions_asm(line: &str) -> bool {
+    line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).any(|w| matches!(w, "asm" | "__asm" | "__asm__"))
+}
+
+/// Every added or removed line of inline assembly, with the function that
+/// holds it in the fixed tree (none for assembly at file scope).
+pub fn asm_changes(diffs: &[String], fixed_tree: &Path) -> Vec<AsmChange> {
+    let mut out = Vec::new();
+    for diff in diffs {
+        for (file, hunks) in parse_diff(diff) {
+            let source = std::fs::read_to_string(fixed_tree.join(&file)).unwrap_or_default();
+            let text: Vec<&str> = source.lines().collect();
+            let name = file.rsplit('/').next().unwrap_or(&file).to_owned();
+            for line in hunks.iter().flat_map(|h| h.asm.iter().copied()) {
+                let function = enclosing_function(&text, line);
+                out.push(AsmChange { file: name.clone(), line, function });
+            }
+        }
+    }
+    out
 }
 
 pub fn functions_in(diffs: &[String], fixed_tree: &Path) -> BTreeSet<String> {
@@ -234,6 +263,14 @@ mod tests {
         let diff =
             "--- a/x.c\n+++ b/x.c\n@@ -3,1 +3,2 @@\n ctx\n+added\n--- a/y.c\n+++ b/y.c\n@@ -9 +9 @@\n-old\n+new\n";
         assert_eq!(changed_lines(diff), vec![("x.c".to_owned(), vec![4]), ("y.c".to_owned(), vec![9, 9])]);
+    }
+
+    #[test]
+    fn finds_inline_assembly_added_or_removed() {
+        let diff = "+++ b/x.c\n@@ -3,2 +3,2 @@\n ctx\n-    __asm__ volatile(\"pause\");\n+    asm(\"nop\");\n@@ -9 +9 @@\n-int asmx;\n+int basm;\n";
+        let hunks = parse_diff(diff);
+        assert_eq!(hunks[0].1[0].asm, vec![4, 4]);
+        assert!(hunks[0].1[1].asm.is_empty(), "identifiers that contain 'asm' are not the keyword");
     }
 
     #[test]
