@@ -106,6 +106,13 @@ impl<'a> Baseline<'a> {
         }
     }
 
+    /// Gives a located symbol known without a size the size its matched code has.
+    pub fn prove_size(&self, key: &(String, Option<String>), size: u64) {
+        if let Some(sym) = self.learned.borrow_mut().get_mut(key).filter(|s| s.size == 0) {
+            sym.size = size;
+        }
+    }
+
     fn lookup_table(&self, name: &str, local: bool, file: Option<&str>) -> Result<&Symbol, LookupError> {
         if local {
             // A local's name may be unique without the file; a file that
@@ -141,6 +148,28 @@ impl<'a> Baseline<'a> {
 
     pub fn got_slot(&self, address: u64) -> Option<&GotSlot> {
         self.got.get(&address)
+    }
+
+    /// Where `main` is, read from the entry point's code as glibc's `_start`
+    /// hands it to `__libc_start_main` in `%rdi`: `lea main(%rip)`, `mov
+    /// main@GOTPCREL(%rip)` (through its slot) or `mov $main` (fixed address).
+    pub fn main_from_entry(&self) -> Option<u64> {
+        let entry = self.elf.entry();
+        let code = self.elf.bytes_at(entry, 64).filter(|_| self.elf.is_executable_range(entry, 64))?;
+        let found = code.windows(7).enumerate().find_map(|(i, w)| {
+            let next = entry.checked_add(i as u64 + 7)?;
+            let rel = i32::from_le_bytes([w[3], w[4], w[5], w[6]]) as i64;
+            match w[..3] {
+                [0x48, 0x8d, 0x3d] => next.checked_add_signed(rel),
+                [0x48, 0x8b, 0x3d] => match self.got_slot(next.checked_add_signed(rel)?)? {
+                    GotSlot::Address(a) => Some(*a),
+                    GotSlot::Named(_) => None,
+                },
+                [0x48, 0xc7, 0xc7] => u64::try_from(rel).ok(),
+                _ => None,
+            }
+        })?;
+        self.elf.is_executable_range(found, 1).then_some(found)
     }
 
     pub fn function_bytes(&self, sym: &Symbol) -> Option<&'a [u8]> {

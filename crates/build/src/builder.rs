@@ -66,6 +66,10 @@ pub struct DiffBuildRequest<'a> {
     /// How the patches move each file's lines, by file name: a `__LINE__`
     /// that moved just so is not a change.
     pub line_shifts: BTreeMap<String, Vec<(u64, i64)>>,
+    /// Objects of the original build the fix did not change. Read only when
+    /// a stripped baseline exports nothing to start the run-pre match from
+    /// (its symbols are then reached from `main` through them); may be empty.
+    pub unchanged: Vec<ObjectFile>,
     /// Inline assembly the source fix changes (refused where the baseline runs it).
     pub asm_changes: Vec<AsmChange>,
     pub patch_id: Option<String>,
@@ -290,16 +294,30 @@ fn locate_objects(
     explain: &mut Explain,
 ) -> Result<Located, DiffBuildError> {
     let changed: Vec<usize> = (0..req.pairs.len()).filter(|&i| !diffs[i].is_empty()).collect();
+    // A file that exports nothing of its own (a stripped executable whose
+    // layout the builder's link does not share) gives the match no symbol
+    // to start from but `main`, found from its entry point; the symbols the
+    // changed files need are then reached through the unchanged ones.
+    let from_entry = matches!(baseline.origin, SymbolOrigin::Dynsym) && seed_main(baseline, req);
+    let learners: Vec<&ObjectFile> = if from_entry {
+        req.pairs.iter().map(|p| &p.old).chain(&req.unchanged).collect()
+    } else {
+        changed.iter().map(|&i| &req.pairs[i].old).collect()
+    };
+    let rounds = if from_entry { 32 } else { 4 };
     // Each round may locate symbols (run-pre) that let more functions be
     // matched in the next; a few rounds reach the fixed point.
-    let mut matches: BTreeMap<usize, ObjectMatch> = BTreeMap::new();
-    for _ in 0..4 {
+    for _ in 0..rounds {
         let before = baseline.learned_count();
-        matches = changed.iter().map(|&i| (i, match_object(baseline, &req.pairs[i].old))).collect();
+        for obj in &learners {
+            match_object(baseline, obj);
+        }
         if baseline.learned_count() == before {
             break;
         }
     }
+    let matches: BTreeMap<usize, ObjectMatch> =
+        changed.iter().map(|&i| (i, match_object(baseline, &req.pairs[i].old))).collect();
 
     let source = |i: usize| req.pairs[i].old.source_file.clone().unwrap_or_else(|| req.pairs[i].old.path.clone());
     let settled: BTreeSet<String> = matches.iter().filter(|(_, m)| m.full()).map(|(&i, _)| source(i)).collect();
@@ -338,6 +356,36 @@ fn locate_objects(
         return Err(not_the_baseline(baseline, &req.pairs[i].old, m));
     }
     Ok(Located { objects: found, tolerated })
+}
+
+/// Locates `main` from the entry point when the baseline's tables lack it
+/// and an original object defines it; whether it did. Only a start: `main`
+/// is believed once its object's code matches there.
+fn seed_main(baseline: &Baseline<'_>, req: &DiffBuildRequest<'_>) -> bool {
+    if baseline.lookup("main", false, None).is_ok() {
+        return false;
+    }
+    let Some((obj, sym)) = req.pairs.iter().map(|p| &p.old).chain(&req.unchanged).find_map(|obj| {
+        let s = &obj.symbols[obj.find("main")?];
+        (s.kind == SymKind::Function && !s.local && s.section.is_some()).then_some((obj, s))
+    }) else {
+        return false;
+    };
+    let Some(address) = baseline.main_from_entry() else { return false };
+    tracing::debug!(address, object = obj.path, "main located from the entry point");
+    baseline.learn(vec![(
+        ("main".to_owned(), None),
+        hotpatch_elf::Symbol {
+            name: "main".to_owned(),
+            file: None,
+            address,
+            size: sym.size,
+            kind: hotpatch_elf::SymbolKind::Function,
+            local: false,
+            source: hotpatch_elf::SymbolSource::Symtab,
+        },
+    )]);
+    true
 }
 
 /// The changed objects that are the baseline's, and the functions of each

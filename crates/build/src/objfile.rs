@@ -118,7 +118,7 @@ pub struct ObjectFile {
     pub sections: Vec<Section>,
     pub symbols: Vec<ObjSymbol>,
     /// ABI signature of each function the DWARF describes (`signature`);
-    /// empty without `-g`.
+    /// empty without `-g`, or until [`ObjectFile::with_signatures`].
     pub signatures: std::collections::BTreeMap<String, String>,
 }
 
@@ -288,11 +288,18 @@ impl ObjectFile {
             }
             sections[ours].relocs.sort_by_key(|r| r.offset);
         }
-        let signatures = crate::signature::signatures(data);
+        let signatures = Default::default();
         let obj = ObjectFile { path: path.to_owned(), source_file, compilers, sections, symbols, signatures };
         obj.check_bounds().map_err(bad)?;
         obj.check_function_sections()?;
         Ok(obj)
+    }
+
+    /// Reads the functions' signatures from `data` (this object's bytes):
+    /// only objects the fix changed need them.
+    pub fn with_signatures(mut self, data: &[u8]) -> ObjectFile {
+        self.signatures = crate::signature::signatures(data);
+        self
     }
 
     /// Every symbol and relocation inside its section, so that no offset

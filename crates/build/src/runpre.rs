@@ -42,7 +42,13 @@ pub fn match_function(baseline: &Baseline<'_>, obj: &ObjectFile, sym: usize, at:
     }
     let ours =
         section.data.get(s.value as usize..(s.value + size) as usize).ok_or_else(|| fail(0, "truncated".into()))?;
-    let theirs = baseline.function_bytes(at).ok_or_else(|| fail(0, "not in an executable segment".into()))?;
+    // A symbol located without a size (learned from a reference to it) is
+    // compared over the builder's size.
+    let sized = hotpatch_elf::Symbol { size, ..at.clone() };
+    let theirs = baseline.function_bytes(&sized).ok_or_else(|| fail(0, "not in an executable segment".into()))?;
+    if theirs.len() != ours.len() {
+        return Err(fail(0, format!("{} bytes in the builder's build, {} in the baseline", ours.len(), theirs.len())));
+    }
     let mut covered = vec![false; ours.len()];
     let mut learned = Learned::new();
     for r in section.relocs.iter().filter(|r| r.offset >= s.value && r.offset < s.value + size) {
@@ -76,6 +82,11 @@ pub fn match_function(baseline: &Baseline<'_>, obj: &ObjectFile, sym: usize, at:
         ));
     }
     baseline.learn(learned);
+    if at.size == 0 {
+        // Located by a reference, now proven whole: its size is the object's.
+        let file = if s.local { obj.source_file.clone() } else { None };
+        baseline.prove_size(&(s.name.clone(), file), size);
+    }
     Ok(())
 }
 
@@ -196,7 +207,10 @@ fn check_named(baseline: &Baseline<'_>, obj: &ObjectFile, t: Target<'_>, learned
         // reached directly inside the baseline (an import would go through
         // the PLT or GOT): the baseline's code says where it is. Kept if the
         // whole function matches, and every later reference must agree.
-        (None, None) if baseline.elf.bytes_at(target, 1).is_some() => {
+        // (`.bss` has no bytes in the file, only in memory.)
+        (None, None)
+            if baseline.elf.load_segments().iter().any(|s| s.vaddr <= target && target - s.vaddr < s.memsz) =>
+        {
             let function = baseline.elf.is_executable_range(target, 1);
             learned.push((key, learned_symbol(obj, name, file, target, function)));
             Ok(())

@@ -299,6 +299,21 @@ fn stripped_baseline_linked_unlike_the_builder_is_located_by_run_pre() {
 }
 
 #[test]
+fn stripped_executable_linked_unlike_the_builder_is_located_from_its_entry_point() {
+    // The executable exports nothing of its own: the run-pre match starts at
+    // main, which the entry point hands to __libc_start_main, and follows
+    // the calls it proves (main -> dispatch -> copy_field).
+    let shipped = Shipped::build_with("-O2 -g", &["LDFLAGS=-Wl,-z,max-page-size=0x10000"]);
+    let mut svc = shipped.start();
+    assert!(svc.loaded_test("bounds").is_err());
+    let report = json(&ok(shipped.hotpatch_build("bounds", "svc"), "hotpatch build"));
+    assert_eq!(report["explain"]["symbols"]["kind"], "dynsym", "{report:#}");
+    assert_eq!(sites(&report), ["copy_field"]);
+    shipped.apply(&svc, "bounds");
+    assert_eq!(svc.loaded_test("bounds"), Ok(()));
+}
+
+#[test]
 fn a_function_built_differently_is_tolerated_only_when_unrelated_to_the_fix() {
     // The distribution branded lib_version: its code differs from the
     // builder's build, but the fix of digit neither calls nor is called by it.

@@ -61,6 +61,11 @@ impl<'data> TargetElf<'data> {
         self.file.elf_header().e_type.get(self.file.endian())
     }
 
+    /// The entry point (`e_entry`): where an executable starts (`_start`).
+    pub fn entry(&self) -> u64 {
+        self.file.elf_header().e_entry.get(self.file.endian())
+    }
+
     /// Executables linked at a fixed address (`ET_EXEC`) are loaded with bias 0.
     pub fn is_position_independent(&self) -> bool {
         self.e_type() == object::elf::ET_DYN

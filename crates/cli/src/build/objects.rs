@@ -54,19 +54,30 @@ fn elf_type(path: &Path) -> Option<u16> {
         .then(|| u16::from_le_bytes([header[16], header[17]]))
 }
 
-/// Every object present in both trees, parsed.
-pub fn pairs(old: &Path, new: &Path) -> anyhow::Result<Vec<ObjectPair>> {
+/// The objects of the two trees: every object present in both that differs,
+/// parsed as a pair, and the paths of those that do not.
+pub struct Objects {
+    pub pairs: Vec<ObjectPair>,
+    pub unchanged: Vec<(String, PathBuf)>,
+}
+
+pub fn pairs(old: &Path, new: &Path) -> anyhow::Result<Objects> {
     let (old_objects, _) = elf_files(old)?;
     let (new_objects, _) = elf_files(new)?;
     let mut out = Vec::new();
+    let mut unchanged = Vec::new();
     for (rel, old_path) in &old_objects {
         let Some(new_path) = new_objects.get(rel) else { continue };
         let old_bytes = std::fs::read(old_path).with_context(|| format!("cannot read {}", old_path.display()))?;
         let new_bytes = std::fs::read(new_path).with_context(|| format!("cannot read {}", new_path.display()))?;
         if old_bytes == new_bytes {
+            unchanged.push((rel.clone(), old_path.clone()));
             continue;
         }
-        out.push(ObjectPair { old: ObjectFile::parse(rel, &old_bytes)?, new: ObjectFile::parse(rel, &new_bytes)? });
+        out.push(ObjectPair {
+            old: ObjectFile::parse(rel, &old_bytes)?.with_signatures(&old_bytes),
+            new: ObjectFile::parse(rel, &new_bytes)?.with_signatures(&new_bytes),
+        });
     }
     if let Some(added) = new_objects.keys().find(|k| !old_objects.contains_key(*k)) {
         tracing::warn!(object = %added, "an object only the fixed build has is not compared (a new source file)");
@@ -74,7 +85,14 @@ pub fn pairs(old: &Path, new: &Path) -> anyhow::Result<Vec<ObjectPair>> {
     if old_objects.is_empty() {
         anyhow::bail!("no relocatable objects (.o) under {}", old.display());
     }
-    Ok(out)
+    Ok(Objects { pairs: out, unchanged })
+}
+
+/// The unchanged objects, parsed: what a stripped baseline's symbols may be
+/// found through (see `DiffBuildRequest::unchanged`). An object that does
+/// not parse is left out: it only cannot help.
+pub fn parse_unchanged(unchanged: &[(String, PathBuf)]) -> Vec<ObjectFile> {
+    unchanged.iter().filter_map(|(rel, path)| ObjectFile::parse(rel, &std::fs::read(path).ok()?).ok()).collect()
 }
 
 /// Linked executables and libraries of the original build, with their bytes.
