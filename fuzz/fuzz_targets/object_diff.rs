@@ -12,5 +12,6 @@ fuzz_target!(|data: &[u8]| {
     else {
         return;
     };
+    let (old, new) = (old.with_signatures(a), new.with_signatures(b));
     let _ = hotpatch_build::diff::diff_objects(&old, &new, Some(&[(10, 2)]));
 });

@@ -81,7 +81,9 @@ proptest! {
     fn mutated_objects_never_panic(edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..12)) {
         let (object, library, _) = inputs();
         let new = mutate(object, &edits);
-        if let (Ok(old), Ok(new)) = (ObjectFile::parse("x.o", object), ObjectFile::parse("x.o", &new)) {
+        if let (Ok(old), Ok(mutated)) = (ObjectFile::parse("x.o", object), ObjectFile::parse("x.o", &new)) {
+            // Its DWARF too: the signatures are read from the debug sections.
+            let (old, new) = (old.with_signatures(object), mutated.with_signatures(&new));
             let _ = hotpatch_build::diff::diff_objects(&old, &new, Some(&[(3, 1)]));
             let _ = build_from_objects(&request(library, vec![ObjectPair { old, new }], Vec::new()));
         }
