@@ -16,8 +16,10 @@ mod pack;
 pub mod payload;
 pub mod regalloc;
 pub mod runpre;
+pub mod runtime;
 
 pub use builder::{DiffBuildError, DiffBuildOutput, DiffBuildRequest, ObjectPair, build_from_objects};
 pub use objfile::ObjectFile;
 pub use pack::{BuildError, PackRequest, Replacement, check_undefined, manifest_for, parse_replacement};
 pub use regalloc::{IpaRa, ipa_ra};
+pub use runtime::{RuntimeError, with_runtime};
