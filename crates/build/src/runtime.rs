@@ -13,8 +13,16 @@ use object::{
 };
 use std::collections::{BTreeSet, HashMap};
 
+/// ELF headers are read in place: the bytes must be aligned as they are.
+#[repr(C, align(8))]
+struct Aligned<T: ?Sized>(T);
+
+static RUNTIME: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/shadow.o")));
+
 /// The runtime, compiled from `runtime/shadow.c` by build.rs.
-pub const RUNTIME_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/shadow.o"));
+pub fn runtime_object() -> &'static [u8] {
+    &RUNTIME.0
+}
 
 /// The functions of the shadow variable API (include/hotpatch.h).
 pub const SHADOW_API: [&str; 4] =
@@ -61,7 +69,7 @@ pub fn with_runtime(payload: Vec<u8>) -> Result<Vec<u8>, RuntimeError> {
     if !uses_shadow_api(&payload)? {
         return Ok(payload);
     }
-    merge(&[&payload, RUNTIME_OBJECT])
+    merge(&[&payload, runtime_object()])
 }
 
 /// The callbacks a payload defines (as global functions).
@@ -156,7 +164,8 @@ fn copy_section(
     if sh_type == object::elf::SHT_NULL || name.is_empty() {
         return Ok(None);
     }
-    let id = out.add_section(Vec::new(), name.clone().into_bytes(), SectionKind::Elf(sh_type));
+    let kind = if sh_type == object::elf::SHT_NOBITS { SectionKind::UninitializedData } else { SectionKind::Elf(sh_type) };
+    let id = out.add_section(Vec::new(), name.clone().into_bytes(), kind);
     let align = section.align().max(1);
     if sh_type == object::elf::SHT_NOBITS {
         out.append_section_bss(id, section.size(), align);
@@ -252,7 +261,7 @@ mod tests {
 
     #[test]
     fn the_runtime_defines_the_api_and_needs_nothing() {
-        let file = object::File::parse(RUNTIME_OBJECT).unwrap();
+        let file = object::File::parse(runtime_object()).unwrap();
         let defined: BTreeSet<&str> =
             file.symbols().filter(|s| s.is_definition()).filter_map(|s| s.name().ok()).collect();
         for name in SHADOW_API.iter().chain([&SHADOW_ROOT]) {
@@ -265,7 +274,7 @@ mod tests {
 
     #[test]
     fn a_payload_without_the_api_is_left_as_it_is() {
-        let payload = RUNTIME_OBJECT.to_vec();
+        let payload = runtime_object().to_vec();
         assert!(!uses_shadow_api(&payload).unwrap());
         assert_eq!(with_runtime(payload.clone()).unwrap(), payload);
         assert!(matches!(with_runtime(b"not elf".to_vec()), Err(RuntimeError::Parse(_))));

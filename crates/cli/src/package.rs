@@ -76,7 +76,8 @@ pub(crate) fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
 
 pub fn pack(args: PackArgs, out: &Output) -> anyhow::Result<()> {
     let baseline = read(&args.baseline, "baseline")?;
-    let payload = read(&args.payload, "payload")?;
+    // A payload calling the shadow variable API gets its runtime linked in.
+    let payload = hotpatch_build::with_runtime(read(&args.payload, "payload")?)?;
     let key = SecretKey::load(&args.publish.key)?;
     let replacements = args.replace.iter().map(|s| parse_replacement(s)).collect::<Result<Vec<_>, _>>()?;
     let baseline_name =

@@ -1,0 +1,171 @@
+//! Data-changing fixes on live processes: state added to existing objects
+//! through shadow variables (include/hotpatch.h), kept from level to level,
+//! dropped by rollback; callbacks the engine runs inside the process.
+
+mod common;
+
+use common::*;
+use hotpatch_engine::{ApplyOptions, EngineError};
+use std::path::{Path, PathBuf};
+
+/// A service with per-connection objects whose layout a fix may not change.
+/// Each stdin line `N` is a request on connection N; the answer line is what
+/// `handle` returned. A second thread keeps the process multi-threaded.
+const SERVER: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+struct conn { int fd; int requests; };
+struct conn conns[4];
+int mode = 1;
+__attribute__((noinline)) int handle(struct conn *c, int x) { c->requests++; return x + 1; }
+static void *idle(void *arg) { for (;;) usleep(1000); return arg; }
+int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    pthread_t t;
+    pthread_create(&t, NULL, idle, NULL);
+    int n;
+    printf("ready\n");
+    while (scanf("%d", &n) == 1)
+        printf("%d %d mode %d\n", n, handle(&conns[n & 3], n), mode);
+    return 0;
+}
+"#;
+
+/// Level 1: counts requests per connection in a shadow variable, a field
+/// `struct conn` does not have.
+const LEVEL1: &str = r#"
+#include <hotpatch.h>
+struct conn { int fd; int requests; };
+extern int mode;
+int handle_v1(struct conn *c, int x) {
+    c->requests++;
+    int *seen = hotpatch_shadow_get_or_alloc(c, 1, sizeof *seen);
+    if (!seen) return -1;
+    return 1000 * ++*seen + x;
+}
+void hotpatch_post_apply(void) { mode = 2; }
+int hotpatch_pre_rollback(void) { hotpatch_shadow_free_all(1); return 0; }
+void hotpatch_post_rollback(void) { mode = 1; }
+"#;
+
+/// Level 2: the same counter, found where level 1 left it.
+const LEVEL2: &str = r#"
+#include <hotpatch.h>
+struct conn { int fd; int requests; };
+extern int mode;
+int handle_v2(struct conn *c, int x) {
+    c->requests++;
+    int *seen = hotpatch_shadow_get_or_alloc(c, 1, sizeof *seen);
+    if (!seen) return -1;
+    return 2000 * ++*seen + x;
+}
+void hotpatch_post_apply(void) { mode = 3; }
+"#;
+
+/// A fix whose pre-apply callback refuses: the process must not change.
+const REFUSING: &str = r#"
+#include <hotpatch.h>
+struct conn { int fd; int requests; };
+extern int mode;
+int handle_bad(struct conn *c, int x) { (void)c; return -x; }
+int hotpatch_pre_apply(void) { return mode == 1 ? 7 : 0; }
+"#;
+
+fn include_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../include")
+}
+
+/// Compiles a fix and links the shadow runtime into it, as `hotpatch pack` does.
+fn payload(dir: &Dir, name: &str, source: &str) -> PathBuf {
+    dir.write(&format!("{name}.c"), source);
+    let include = format!("-I{}", include_dir().display());
+    dir.gcc(&["-c", "-fPIC", "-O2", "-ffunction-sections", &include, &format!("{name}.c")]);
+    let object = std::fs::read(dir.path(&format!("{name}.o"))).expect("read object");
+    let linked = hotpatch_build::with_runtime(object).expect("link the runtime");
+    let path = dir.path(&format!("{name}.payload.o"));
+    std::fs::write(&path, linked).expect("write payload");
+    path
+}
+
+fn build_server(dir: &Dir) -> PathBuf {
+    dir.write("server.c", SERVER);
+    // Hand-written replacements need callers that assume nothing of their
+    // callee's register use (`hotpatch pack`; `hotpatch build` needs no such flag).
+    dir.gcc(&["-O2", "-fno-ipa-ra", "-g0", "-pthread", "-o", "server", "server.c"]);
+    dir.path("server")
+}
+
+fn opts() -> ApplyOptions {
+    ApplyOptions::default()
+}
+
+/// Sends a request on connection `n` and waits for its answer line.
+fn request(proc: &mut Proc, n: i32, want: &str) {
+    proc.send(&n.to_string());
+    // The answer is the next line (waiting as long as expect_line would).
+    let got = (0..20).find_map(|_| proc.drain_one());
+    assert_eq!(got.as_deref(), Some(want), "answer to a request on connection {n}");
+}
+
+#[test]
+fn a_shadow_counter_lives_through_an_upgrade_and_rollback_drops_it() {
+    let dir = Dir::new();
+    let server = build_server(&dir);
+    let publisher = Publisher::new();
+    let level1 = publisher.package(&server, &payload(&dir, "level1", LEVEL1), &["handle=handle_v1"], 1);
+    let level2 = publisher.package(&server, &payload(&dir, "level2", LEVEL2), &["handle=handle_v2"], 2);
+    let mut proc = Proc::spawn_driven(&server, &[]);
+    proc.expect_line("ready", 1);
+    request(&mut proc, 0, "0 1 mode 1");
+
+    let report = hotpatch_engine::apply(proc.pid(), &level1, &opts()).expect("apply level 1");
+    assert!(report.callback_problem.is_none(), "{:?}", report.callback_problem);
+    // The post-apply callback ran inside the process.
+    request(&mut proc, 0, "0 1000 mode 2");
+    request(&mut proc, 0, "0 2000 mode 2");
+    request(&mut proc, 1, "1 1001 mode 2");
+
+    hotpatch_engine::apply(proc.pid(), &level2, &opts()).expect("apply level 2");
+    // Level 2 counts on from where level 1 left each connection.
+    request(&mut proc, 0, "0 6000 mode 3");
+    request(&mut proc, 1, "1 4001 mode 3");
+    request(&mut proc, 2, "2 2002 mode 3");
+
+    let back = hotpatch_engine::rollback(proc.pid(), None, &opts()).expect("rollback");
+    assert_eq!(back.level, 2);
+    request(&mut proc, 0, "0 1 mode 3");
+
+    // Applied again, level 1 starts from an empty table.
+    hotpatch_engine::apply(proc.pid(), &level1, &opts()).expect("apply level 1 again");
+    request(&mut proc, 0, "0 1000 mode 2");
+    hotpatch_engine::rollback(proc.pid(), None, &opts()).expect("rollback level 1");
+    // Level 1's own rollback callbacks ran this time.
+    request(&mut proc, 0, "0 1 mode 1");
+    assert!(proc.alive());
+}
+
+#[test]
+fn a_refusing_pre_apply_callback_leaves_the_process_as_it_was() {
+    let dir = Dir::new();
+    let server = build_server(&dir);
+    let publisher = Publisher::new();
+    let refusing = publisher.package(&server, &payload(&dir, "refusing", REFUSING), &["handle=handle_bad"], 1);
+    let mut proc = Proc::spawn_driven(&server, &[]);
+    proc.expect_line("ready", 1);
+    request(&mut proc, 2, "2 3 mode 1");
+    let before = snapshot(proc.pid());
+
+    let err = hotpatch_engine::apply(proc.pid(), &refusing, &opts()).expect_err("the callback refuses");
+    match &err {
+        EngineError::Callback { callback, problem, .. } => {
+            assert_eq!(callback, "hotpatch_pre_apply");
+            assert!(problem.contains("returned 7"), "{problem}");
+        }
+        other => panic!("unexpected error: {other}"),
+    }
+    assert_eq!(snapshot(proc.pid()), before, "a refused apply changed the process");
+    assert_eq!(region_count(proc.pid()), 0);
+    request(&mut proc, 2, "2 3 mode 1");
+    assert!(proc.alive());
+}
