@@ -45,10 +45,16 @@
 extern "C" {
 #endif
 
-void *hotpatch_shadow_get(const void *obj, unsigned long id);
-void *hotpatch_shadow_get_or_alloc(const void *obj, unsigned long id, unsigned long size);
-void hotpatch_shadow_free(const void *obj, unsigned long id);
-void hotpatch_shadow_free_all(unsigned long id);
+/* Weak: the program built with the fix (which `hotpatch build` compiles but
+ * never runs) still links without the runtime; the payload gets it. */
+#ifndef HOTPATCH_RUNTIME
+#define HOTPATCH_RUNTIME __attribute__((weak))
+#endif
+
+HOTPATCH_RUNTIME void *hotpatch_shadow_get(const void *obj, unsigned long id);
+HOTPATCH_RUNTIME void *hotpatch_shadow_get_or_alloc(const void *obj, unsigned long id, unsigned long size);
+HOTPATCH_RUNTIME void hotpatch_shadow_free(const void *obj, unsigned long id);
+HOTPATCH_RUNTIME void hotpatch_shadow_free_all(unsigned long id);
 
 int hotpatch_pre_apply(void);
 void hotpatch_post_apply(void);

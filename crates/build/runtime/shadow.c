@@ -13,6 +13,8 @@
  */
 #include <stddef.h>
 #include <stdint.h>
+/* The runtime defines the API: strong definitions. */
+#define HOTPATCH_RUNTIME
 #include "hotpatch.h"
 
 #define ROOT_MAGIC 0x574f444148535048ull /* "HPSHADOW" */

@@ -24,6 +24,10 @@ pub fn runtime_object() -> &'static [u8] {
     &RUNTIME.0
 }
 
+/// The header a fix includes (`#include <hotpatch.h>`): `hotpatch build`
+/// puts it on the compiler's include path of both builds.
+pub const HEADER: &str = include_str!("../../../include/hotpatch.h");
+
 /// The functions of the shadow variable API (include/hotpatch.h).
 pub const SHADOW_API: [&str; 4] =
     ["hotpatch_shadow_get", "hotpatch_shadow_get_or_alloc", "hotpatch_shadow_free", "hotpatch_shadow_free_all"];

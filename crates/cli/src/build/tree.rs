@@ -98,34 +98,46 @@ impl Work {
         }
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
         let bin = self.write_wrappers(&path)?;
+        let include = self.write_header()?;
         // One path for both builds (see the module comment).
         let name = source.file_name().map(|n| n.to_owned()).unwrap_or_else(|| "src".into());
         let tree = self.root.join("tree").join(&name);
         let old = self.root.join("original");
         let new = self.root.join("fixed");
         copy_tree(&source, &tree)?;
-        self.run_build(&tree, command, jobs, &bin, &path, "original", 1)?;
+        let env = BuildEnv { bin: &bin, path: &path, include: &include };
+        self.run_build(&tree, command, jobs, &env, "original", 1)?;
         std::fs::rename(&tree, &old)?;
         copy_tree(&source, &tree)?;
         for p in patches {
             apply_patch(&tree, p)?;
         }
-        self.run_build(&tree, command, jobs, &bin, &path, "fixed", 2)?;
+        self.run_build(&tree, command, jobs, &env, "fixed", 2)?;
         std::fs::rename(&tree, &new)?;
         Ok((old, new))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn run_build(
-        &self,
-        tree: &Path,
-        command: &str,
-        jobs: u32,
-        bin: &Path,
-        path: &str,
-        what: &str,
-        n: u32,
-    ) -> anyhow::Result<()> {
+    /// `hotpatch.h` (shadow variables, callbacks) in a directory of its own,
+    /// searched by the compiler (`CPATH`) as if given with `-I`: a fix can
+    /// `#include <hotpatch.h>` without changing the build system.
+    fn write_header(&self) -> anyhow::Result<PathBuf> {
+        let dir = self.root.join("include");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("hotpatch.h"), hotpatch_build::runtime::HEADER)?;
+        Ok(dir)
+    }
+
+    fn run_build(&self, tree: &Path, command: &str, jobs: u32, env: &BuildEnv<'_>, what: &str, n: u32) -> anyhow::Result<()> {
+        let (bin, path) = (env.bin, env.path);
+        let cpath = match std::env::var_os("CPATH") {
+            Some(more) if !more.is_empty() => {
+                let mut v = env.include.as_os_str().to_owned();
+                v.push(":");
+                v.push(more);
+                v
+            }
+            _ => env.include.as_os_str().to_owned(),
+        };
         let log = self.root.join(format!("{what}.log"));
         eprintln!(":: [{n}/2] building the {what} tree ({command}), log {}", log.display());
         let started = Instant::now();
@@ -136,6 +148,7 @@ impl Work {
             .current_dir(tree)
             .env("PATH", format!("{}:{path}", bin.display()))
             .env("HOTPATCH_REAL_PATH", path)
+            .env("CPATH", cpath)
             .env("MAKEFLAGS", format!("-j{}", jobs.max(1)))
             .env("DEB_BUILD_OPTIONS", format!("parallel={} nocheck", jobs.max(1)))
             .stdin(Stdio::null())
@@ -152,6 +165,13 @@ impl Work {
         eprintln!(":: [{n}/2] {what} built in {:.1} s", started.elapsed().as_secs_f64());
         Ok(())
     }
+}
+
+/// Where the builds find the compiler wrappers, the real tools and `hotpatch.h`.
+struct BuildEnv<'a> {
+    bin: &'a Path,
+    path: &'a str,
+    include: &'a Path,
 }
 
 fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
