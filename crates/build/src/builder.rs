@@ -126,6 +126,9 @@ pub fn build_from_objects(req: &DiffBuildRequest<'_>) -> Result<DiffBuildOutput,
     }
     let (payload, bound) = writer.finish().map_err(DiffBuildError::Payload)?;
     let payload = crate::runtime::with_runtime(payload).map_err(|e| DiffBuildError::Payload(e.to_string()))?;
+    for name in crate::runtime::callbacks(&payload).map_err(|e| DiffBuildError::Payload(e.to_string()))? {
+        explain.notes.push(format!("{name}: a callback the engine runs inside the process"));
+    }
     hotpatch_format::check_payload(&payload, machine)?;
     let about = crate::pack::About {
         patch_id: req.patch_id.as_deref(),

@@ -11,7 +11,7 @@ use object::{
     Architecture, BinaryFormat, Endianness, Object, ObjectSection, ObjectSymbol, RelocationTarget, SectionFlags,
     SectionIndex, SectionKind, SymbolFlags, SymbolIndex, SymbolSection,
 };
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 /// ELF headers are read in place: the bytes must be aligned as they are.
 #[repr(C, align(8))]
@@ -45,6 +45,8 @@ pub enum RuntimeError {
     Parse(String),
     #[error("payload: {0} is defined by the payload and by the shadow variable runtime")]
     Duplicate(String),
+    #[error("payload: callback {0} is defined twice")]
+    TwoCallbacks(String),
     #[error("payload: section {section}: {why}")]
     Unsupported { section: String, why: String },
     #[error("payload: writing the payload with the runtime failed: {0}")]
@@ -76,15 +78,19 @@ pub fn with_runtime(payload: Vec<u8>) -> Result<Vec<u8>, RuntimeError> {
     merge(&[&payload, runtime_object()])
 }
 
-/// The callbacks a payload defines (as global functions).
+/// The callbacks a payload defines (as global functions); one defined
+/// twice (by two files of the fix) is refused: which would run?
 pub fn callbacks(payload: &[u8]) -> Result<Vec<&'static str>, RuntimeError> {
     let file = object::File::parse(payload).map_err(|e| RuntimeError::Parse(e.to_string()))?;
-    let defined: BTreeSet<String> = file
-        .symbols()
-        .filter(|s| s.is_definition() && s.is_global())
-        .filter_map(|s| s.name().ok().map(str::to_owned))
-        .collect();
-    Ok(CALLBACKS.iter().copied().filter(|c| defined.contains(*c)).collect())
+    let mut found = Vec::new();
+    for sym in file.symbols().filter(|s| s.is_definition() && s.is_global()) {
+        let Some(&name) = sym.name().ok().and_then(|n| CALLBACKS.iter().find(|c| **c == n)) else { continue };
+        if found.contains(&name) {
+            return Err(RuntimeError::TwoCallbacks(name.to_owned()));
+        }
+        found.push(name);
+    }
+    Ok(found)
 }
 
 /// One relocatable object out of several, as `ld -r` would make it: every
@@ -266,7 +272,7 @@ mod tests {
     #[test]
     fn the_runtime_defines_the_api_and_needs_nothing() {
         let file = object::File::parse(runtime_object()).unwrap();
-        let defined: BTreeSet<&str> =
+        let defined: std::collections::BTreeSet<&str> =
             file.symbols().filter(|s| s.is_definition()).filter_map(|s| s.name().ok()).collect();
         for name in SHADOW_API.iter().chain([&SHADOW_ROOT]) {
             assert!(defined.contains(name), "{name} missing");
@@ -274,6 +280,12 @@ mod tests {
         let undefined: Vec<&str> =
             file.symbols().filter(|s| s.is_undefined()).filter_map(|s| s.name().ok()).filter(|n| !n.is_empty()).collect();
         assert!(undefined.is_empty(), "the runtime calls {undefined:?}");
+    }
+
+    #[test]
+    fn a_name_defined_twice_is_refused() {
+        let twice = merge(&[runtime_object(), runtime_object()]);
+        assert!(matches!(twice, Err(RuntimeError::Duplicate(name)) if name.starts_with("hotpatch_shadow_")));
     }
 
     #[test]

@@ -432,6 +432,7 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
     header.record.region_size = size;
     header.callbacks = callback::defined(&image.symbols);
     header.shadow = image.symbols.get(shadow::ROOT_SYMBOL).copied();
+    shadow::warn_if_dropped(previous, header.shadow);
     // The new level's shadow table goes live (adopting the replaced level's)
     // in the same stop as the sites.
     if let Some(root) = header.shadow {

@@ -40,6 +40,21 @@ pub fn activation(root: u64, previous: Option<&RegionHeader>) -> SiteWrite {
     SiteWrite { address: root + ACTIVATION_OFFSET, old: 0u64.to_le_bytes().to_vec(), new: value.to_le_bytes().to_vec() }
 }
 
+/// Says so when the level being replaced keeps shadow variables that the
+/// new one, not using the API, will not adopt (they are dropped with it).
+pub fn warn_if_dropped(previous: Option<&RegionHeader>, new_root: Option<u64>) {
+    if let Some(prev) = previous
+        && prev.shadow.is_some()
+        && new_root.is_none()
+    {
+        tracing::warn!(
+            patch_id = %prev.record.patch_id,
+            level = prev.record.level,
+            "the replaced level's shadow variables are dropped: the new level does not use shadow variables"
+        );
+    }
+}
+
 /// How much a live table holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ShadowUsage {
@@ -64,16 +79,32 @@ pub fn usage(mem: &ProcessMemory, header: &RegionHeader) -> Option<ShadowUsage> 
         if word(0)? != ROOT_MAGIC || word(VERSION_OFFSET)? as u32 != ROOT_VERSION {
             return None;
         }
+        let activation = word(ACTIVATION_OFFSET)?;
         match word(FORWARD_OFFSET)? {
+            // Not used since it went live: the table is still its predecessor's.
+            0 if activation > OWN_TABLE => root = activation,
             0 => {
                 return Some(ShadowUsage {
                     objects: word(LIVE_COUNT_OFFSET)?,
                     bytes: word(LIVE_COUNT_OFFSET + 8)?,
-                    live: word(ACTIVATION_OFFSET)? != 0,
+                    live: activation != 0,
                 });
             }
             next => root = next,
         }
     }
     None
+}
+
+/// The shadow variables of every applied (not retired) hotpatch of process
+/// `pid` that uses them, by patch id.
+pub fn usage_in(pid: i32) -> Result<Vec<(String, ShadowUsage)>, crate::EngineError> {
+    let maps = crate::procfs::maps(pid).map_err(|e| crate::EngineError::proc_access(pid, "read maps", e))?;
+    let mem = ProcessMemory::open(pid, false).map_err(|e| crate::EngineError::proc_access(pid, "open memory", e))?;
+    let regions = crate::status::find_regions(pid, &maps, &mem)?;
+    Ok(regions
+        .iter()
+        .filter(|r| r.header.record.retired.is_none())
+        .filter_map(|r| Some((r.header.record.patch_id.clone(), usage(&mem, &r.header)?)))
+        .collect())
 }

@@ -40,6 +40,8 @@ struct conn { int fd; int requests; };
 extern int mode;
 int handle_v1(struct conn *c, int x) {
     c->requests++;
+    /* More than the table's arena holds: refused with NULL, nothing attached. */
+    if (x == 3) return hotpatch_shadow_get_or_alloc(c, 2, 2 << 20) ? -3 : -2;
     int *seen = hotpatch_shadow_get_or_alloc(c, 1, sizeof *seen);
     if (!seen) return -1;
     return 1000 * ++*seen + x;
@@ -61,6 +63,14 @@ int handle_v2(struct conn *c, int x) {
     return 2000 * ++*seen + x;
 }
 void hotpatch_post_apply(void) { mode = 3; }
+"#;
+
+/// A fix whose post-apply callback crashes: reported, the fix stays applied.
+const CRASHING: &str = r#"
+#include <hotpatch.h>
+struct conn { int fd; int requests; };
+int handle_v9(struct conn *c, int x) { (void)c; return 9000 + x; }
+void hotpatch_post_apply(void) { *(volatile int *)16 = 1; }
 "#;
 
 /// A fix whose pre-apply callback refuses: the process must not change.
@@ -125,12 +135,17 @@ fn a_shadow_counter_lives_through_an_upgrade_and_rollback_drops_it() {
     request(&mut proc, 0, "0 1000 mode 2");
     request(&mut proc, 0, "0 2000 mode 2");
     request(&mut proc, 1, "1 1001 mode 2");
+    request(&mut proc, 3, "3 -2 mode 2");
+    assert_eq!(shadow_objects(proc.pid()), vec![("server-l1".to_string(), 2, 8)]);
 
     hotpatch_engine::apply(proc.pid(), &level2, &opts()).expect("apply level 2");
+    // Adopted on first use: until then level 2's table is level 1's.
+    assert_eq!(shadow_objects(proc.pid()), vec![("server-l2".to_string(), 2, 8)]);
     // Level 2 counts on from where level 1 left each connection.
     request(&mut proc, 0, "0 6000 mode 3");
     request(&mut proc, 1, "1 4001 mode 3");
     request(&mut proc, 2, "2 2002 mode 3");
+    assert_eq!(shadow_objects(proc.pid()), vec![("server-l2".to_string(), 3, 12)]);
 
     let back = hotpatch_engine::rollback(proc.pid(), None, &opts()).expect("rollback");
     assert_eq!(back.level, 2);
@@ -142,6 +157,34 @@ fn a_shadow_counter_lives_through_an_upgrade_and_rollback_drops_it() {
     hotpatch_engine::rollback(proc.pid(), None, &opts()).expect("rollback level 1");
     // Level 1's own rollback callbacks ran this time.
     request(&mut proc, 0, "0 1 mode 1");
+    assert!(shadow_objects(proc.pid()).is_empty());
+    assert!(proc.alive());
+}
+
+/// (patch id, objects, bytes) of each applied hotpatch's shadow table.
+fn shadow_objects(pid: i32) -> Vec<(String, u64, u64)> {
+    hotpatch_engine::shadow::usage_in(pid)
+        .expect("shadow usage")
+        .into_iter()
+        .inspect(|(_, u)| assert!(u.live, "an applied table is live"))
+        .map(|(id, u)| (id, u.objects, u.bytes))
+        .collect()
+}
+
+#[test]
+fn a_crashing_post_apply_callback_is_reported_and_the_fix_stays() {
+    let dir = Dir::new();
+    let server = build_server(&dir);
+    let publisher = Publisher::new();
+    let crashing = publisher.package(&server, &payload(&dir, "crashing", CRASHING), &["handle=handle_v9"], 1);
+    let mut proc = Proc::spawn_driven(&server, &[]);
+    proc.expect_line("ready", 1);
+    let report = hotpatch_engine::apply(proc.pid(), &crashing, &opts()).expect("applied");
+    let problem = report.callback_problem.expect("the crash is reported");
+    assert_eq!(problem.callback, "hotpatch_post_apply");
+    assert!(problem.problem.contains("SIGSEGV at 0x"), "{}", problem.problem);
+    // The thread the callback ran in was restored: the process goes on, fixed.
+    request(&mut proc, 1, "1 9001 mode 1");
     assert!(proc.alive());
 }
 
