@@ -174,7 +174,8 @@ fn copy_section(
     if sh_type == object::elf::SHT_NULL || name.is_empty() {
         return Ok(None);
     }
-    let kind = if sh_type == object::elf::SHT_NOBITS { SectionKind::UninitializedData } else { SectionKind::Elf(sh_type) };
+    let kind =
+        if sh_type == object::elf::SHT_NOBITS { SectionKind::UninitializedData } else { SectionKind::Elf(sh_type) };
     let id = out.add_section(Vec::new(), name.clone().into_bytes(), kind);
     let align = section.align().max(1);
     if sh_type == object::elf::SHT_NOBITS {
@@ -260,7 +261,8 @@ fn copy_relocations(
             why: format!("a relocation at 0x{offset:x} refers to something not copied"),
         })?;
         let relocation = write::Relocation { offset, symbol, addend: reloc.addend(), flags: reloc.flags() };
-        out.add_relocation(id, relocation).map_err(|e| RuntimeError::Unsupported { section: name(), why: e.to_string() })?;
+        out.add_relocation(id, relocation)
+            .map_err(|e| RuntimeError::Unsupported { section: name(), why: e.to_string() })?;
     }
     Ok(())
 }
@@ -277,8 +279,12 @@ mod tests {
         for name in SHADOW_API.iter().chain([&SHADOW_ROOT]) {
             assert!(defined.contains(name), "{name} missing");
         }
-        let undefined: Vec<&str> =
-            file.symbols().filter(|s| s.is_undefined()).filter_map(|s| s.name().ok()).filter(|n| !n.is_empty()).collect();
+        let undefined: Vec<&str> = file
+            .symbols()
+            .filter(|s| s.is_undefined())
+            .filter_map(|s| s.name().ok())
+            .filter(|n| !n.is_empty())
+            .collect();
         assert!(undefined.is_empty(), "the runtime calls {undefined:?}");
     }
 

@@ -242,7 +242,10 @@ fn state_the_layout_has_no_room_for_goes_in_a_shadow_variable() {
     patched.sort();
     assert_eq!(patched, ["check_b", "recent_digits"]);
     let functions: Vec<(String, String)> = in_patch(&report);
-    assert!(functions.iter().any(|(name, _)| name == "hotpatch_post_apply"), "callback not in the patch: {functions:?}");
+    assert!(
+        functions.iter().any(|(name, _)| name == "hotpatch_post_apply"),
+        "callback not in the patch: {functions:?}"
+    );
 }
 
 #[test]

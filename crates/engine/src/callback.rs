@@ -47,13 +47,7 @@ const DIRECTION_FLAG: u64 = 1 << 10;
 
 /// Calls the function at `address` (`int f(void)` or `void f(void)`) in one
 /// thread of process `pid` and returns its `int` result.
-pub fn call(
-    pid: i32,
-    maps: &[Mapping],
-    mem: &ProcessMemory,
-    name: &str,
-    address: u64,
-) -> Result<i32, EngineError> {
+pub fn call(pid: i32, maps: &[Mapping], mem: &ProcessMemory, name: &str, address: u64) -> Result<i32, EngineError> {
     let mut inj = Injector::attach(pid, maps, mem)?;
     let tid = inj.tid();
     // Without it the callback could change registers the thread relies on.
@@ -113,7 +107,10 @@ fn run(pid: i32, inj: &mut Injector<'_>, address: u64, held: &mut Vec<i32>) -> R
                 if now.rip == RETURN_TRAP && now.rsp == slot + 16 {
                     return Ok(now.rax as u32 as i32);
                 }
-                return Err(Failure::Callback(format!("crashed (SIGSEGV at 0x{:x}); its thread was restored", now.rip)));
+                return Err(Failure::Callback(format!(
+                    "crashed (SIGSEGV at 0x{:x}); its thread was restored",
+                    now.rip
+                )));
             }
             Some(Stop::Signal(sig)) => {
                 held.push(sig);
@@ -131,10 +128,12 @@ fn run(pid: i32, inj: &mut Injector<'_>, address: u64, held: &mut Vec<i32>) -> R
 
 /// Stops a callback that ran past its time, so its thread can be restored.
 fn interrupt(tid: i32) -> Failure {
-    let stopped = ptrace::interrupt(tid).and_then(|()| loop {
-        match ptrace::wait(tid)? {
-            Stop::Signal(_) | Stop::Trap => continue,
-            Stop::Interrupted | Stop::Exited => return Ok(()),
+    let stopped = ptrace::interrupt(tid).and_then(|()| {
+        loop {
+            match ptrace::wait(tid)? {
+                Stop::Signal(_) | Stop::Trap => continue,
+                Stop::Interrupted | Stop::Exited => return Ok(()),
+            }
         }
     });
     match stopped {

@@ -127,7 +127,15 @@ impl Work {
         Ok(dir)
     }
 
-    fn run_build(&self, tree: &Path, command: &str, jobs: u32, env: &BuildEnv<'_>, what: &str, n: u32) -> anyhow::Result<()> {
+    fn run_build(
+        &self,
+        tree: &Path,
+        command: &str,
+        jobs: u32,
+        env: &BuildEnv<'_>,
+        what: &str,
+        n: u32,
+    ) -> anyhow::Result<()> {
         let (bin, path) = (env.bin, env.path);
         let cpath = match std::env::var_os("CPATH") {
             Some(more) if !more.is_empty() => {
