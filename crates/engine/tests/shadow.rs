@@ -212,3 +212,121 @@ fn a_refusing_pre_apply_callback_leaves_the_process_as_it_was() {
     request(&mut proc, 2, "2 3 mode 1");
     assert!(proc.alive());
 }
+
+/// Two threads attach and update shadow data all the time; the main thread
+/// answers each stdin line with `total()`.
+const WORKERS: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+struct item { long v; };
+struct item items[2][64];
+__attribute__((noinline)) void touch(struct item *it) { it->v++; }
+__attribute__((noinline)) long total(void) { return -1; }
+static void *worker(void *arg) {
+    struct item *mine = arg;
+    for (unsigned i = 0;; i++) {
+        touch(&mine[i % 64]);
+        if (i % 16 == 0) usleep(50);
+    }
+    return 0;
+}
+int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, worker, items[i]);
+    char line[16];
+    printf("ready\n");
+    while (fgets(line, sizeof line, stdin)) printf("%ld\n", total());
+    return 0;
+}
+"#;
+
+/// Level 1 attaches a counter to every item it touches.
+const COUNT1: &str = r#"
+#include <hotpatch.h>
+struct item { long v; };
+extern struct item items[2][64];
+void touch_v1(struct item *it) {
+    it->v++;
+    long *n = hotpatch_shadow_get_or_alloc(it, 5, sizeof *n);
+    if (n) ++*n;
+}
+long total_v1(void) {
+    long sum = 0;
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < 64; i++) {
+            long *n = hotpatch_shadow_get(&items[t][i], 5);
+            if (n) sum += *n;
+        }
+    return sum;
+}
+"#;
+
+/// Level 2 attaches nothing: it only finds what level 1 attached.
+const COUNT2: &str = r#"
+#include <hotpatch.h>
+struct item { long v; };
+extern struct item items[2][64];
+void touch_v2(struct item *it) {
+    it->v++;
+    long *n = hotpatch_shadow_get(it, 5);
+    if (n) ++*n;
+}
+long total_v2(void) {
+    long sum = 0;
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < 64; i++) {
+            long *n = hotpatch_shadow_get(&items[t][i], 5);
+            if (n) sum += *n;
+        }
+    return sum;
+}
+"#;
+
+/// The next answer of the workers fixture to a line on its stdin.
+fn total(proc: &mut Proc) -> i64 {
+    proc.send("total");
+    let line = (0..20).find_map(|_| proc.drain_one()).expect("an answer");
+    line.parse().unwrap_or_else(|_| panic!("not a number: {line:?}"))
+}
+
+#[test]
+fn threads_using_the_table_while_a_level_replaces_another_keep_every_entry() {
+    let dir = Dir::new();
+    dir.write("workers.c", WORKERS);
+    dir.gcc(&["-O2", "-fno-ipa-ra", "-g0", "-pthread", "-o", "workers", "workers.c"]);
+    let workers = dir.path("workers");
+    let publisher = Publisher::new();
+    let count1 =
+        publisher.package(&workers, &payload(&dir, "count1", COUNT1), &["touch=touch_v1", "total=total_v1"], 1);
+    let count2 =
+        publisher.package(&workers, &payload(&dir, "count2", COUNT2), &["touch=touch_v2", "total=total_v2"], 2);
+    let mut proc = Proc::spawn_driven(&workers, &[]);
+    proc.expect_line("ready", 1);
+    assert_eq!(total(&mut proc), -1);
+
+    hotpatch_engine::apply(proc.pid(), &count1, &opts()).expect("apply level 1");
+    // Every item gets its counter once the workers went round once.
+    let mut attached = 0;
+    for _ in 0..100_000 {
+        attached = hotpatch_engine::shadow::usage_in(proc.pid()).expect("usage")[0].1.objects;
+        if attached == 128 {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    assert_eq!(attached, 128);
+    let before = total(&mut proc);
+    assert!(before >= 128, "{before}");
+
+    hotpatch_engine::apply(proc.pid(), &count2, &opts()).expect("apply level 2");
+    let after = total(&mut proc);
+    assert!(after >= before, "level 2 lost level 1's counters: {after} < {before}");
+    let later = total(&mut proc);
+    assert!(later >= after);
+    assert_eq!(shadow_objects(proc.pid()), vec![("workers-l2".to_string(), 128, 128 * 8)]);
+    hotpatch_engine::rollback(proc.pid(), None, &opts()).expect("rollback");
+    assert_eq!(total(&mut proc), -1);
+    assert!(proc.alive());
+}
