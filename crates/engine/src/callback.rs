@@ -98,7 +98,7 @@ fn run(pid: i32, inj: &mut Injector<'_>, address: u64, held: &mut Vec<i32>) -> R
     loop {
         let stop = ptrace::wait_nohang(tid).map_err(ptrace_err("wait"))?;
         match stop {
-            None if Instant::now() >= deadline => return Err(interrupt(tid)),
+            None if Instant::now() >= deadline => return Err(interrupt(tid, held)),
             None => std::thread::sleep(Duration::from_millis(1)),
             Some(Stop::Exited) => return Err(Failure::Engine(EngineError::ProcessExited(pid))),
             Some(Stop::Signal(libc::SIGSEGV)) => {
@@ -127,13 +127,11 @@ fn run(pid: i32, inj: &mut Injector<'_>, address: u64, held: &mut Vec<i32>) -> R
 }
 
 /// Stops a callback that ran past its time, so its thread can be restored.
-fn interrupt(tid: i32) -> Failure {
-    let stopped = ptrace::interrupt(tid).and_then(|()| {
-        loop {
-            match ptrace::wait(tid)? {
-                Stop::Signal(_) | Stop::Trap => continue,
-                Stop::Interrupted | Stop::Exited => return Ok(()),
-            }
+/// Any stop will do: a signal that came first stops it too (and is held).
+fn interrupt(tid: i32, held: &mut Vec<i32>) -> Failure {
+    let stopped = ptrace::interrupt(tid).and_then(|()| ptrace::wait(tid)).map(|stop| {
+        if let Stop::Signal(sig) = stop {
+            held.push(sig);
         }
     });
     match stopped {

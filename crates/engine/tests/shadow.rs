@@ -330,3 +330,61 @@ fn threads_using_the_table_while_a_level_replaces_another_keep_every_entry() {
     assert_eq!(total(&mut proc), -1);
     assert!(proc.alive());
 }
+
+/// A fix that refuses its own rollback until the process says it may.
+const STICKY: &str = r#"
+#include <hotpatch.h>
+struct conn { int fd; int requests; };
+extern int mode;
+int handle_v5(struct conn *c, int x) { (void)c; return 5000 + x; }
+int hotpatch_pre_rollback(void) { return mode == 1 ? 1 : 0; }
+"#;
+
+#[test]
+fn a_refusing_pre_rollback_callback_keeps_the_fix() {
+    let dir = Dir::new();
+    let server = build_server(&dir);
+    let publisher = Publisher::new();
+    let sticky = publisher.package(&server, &payload(&dir, "sticky", STICKY), &["handle=handle_v5"], 1);
+    let mut proc = Proc::spawn_driven(&server, &[]);
+    proc.expect_line("ready", 1);
+    hotpatch_engine::apply(proc.pid(), &sticky, &opts()).expect("applied");
+    request(&mut proc, 1, "1 5001 mode 1");
+    let err = hotpatch_engine::rollback(proc.pid(), None, &opts()).expect_err("refused");
+    assert!(
+        matches!(&err, EngineError::Callback { callback, problem, .. }
+            if callback == "hotpatch_pre_rollback" && problem.contains("returned 1")),
+        "{err}"
+    );
+    assert_eq!(live_region_count(proc.pid()), 1);
+    request(&mut proc, 1, "1 5001 mode 1");
+}
+
+/// A pre-apply callback that never returns.
+const HANGING: &str = r#"
+#include <hotpatch.h>
+struct conn { int fd; int requests; };
+int handle_v6(struct conn *c, int x) { (void)c; return 6000 + x; }
+int hotpatch_pre_apply(void) { for (;;) __asm__ volatile(""); }
+"#;
+
+#[test]
+fn a_callback_that_never_returns_is_interrupted_and_the_apply_refused() {
+    let dir = Dir::new();
+    let server = build_server(&dir);
+    let publisher = Publisher::new();
+    let hanging = publisher.package(&server, &payload(&dir, "hanging", HANGING), &["handle=handle_v6"], 1);
+    let mut proc = Proc::spawn_driven(&server, &[]);
+    proc.expect_line("ready", 1);
+    request(&mut proc, 1, "1 2 mode 1");
+    let before = snapshot(proc.pid());
+    let err = hotpatch_engine::apply(proc.pid(), &hanging, &opts()).expect_err("refused");
+    assert!(
+        matches!(&err, EngineError::Callback { callback, problem, .. }
+            if callback == "hotpatch_pre_apply" && problem.contains("did not return")),
+        "{err}"
+    );
+    assert_eq!(snapshot(proc.pid()), before);
+    // The borrowed thread goes back to reading its input.
+    request(&mut proc, 1, "1 2 mode 1");
+}
