@@ -18,8 +18,9 @@
  *   void hotpatch_shadow_free_all(unsigned long id);
  *       Frees the data of every object under id (e.g. in a pre-rollback callback).
  *
- * The table lives in the patch region: its memory is an arena of the region
- * (not the process's malloc), so the functions may be called from any thread,
+ * The table lives in the patch region: its memory is an arena of the region,
+ * then anonymous memory the runtime maps itself (up to 64 MiB), never the
+ * process's malloc, so the functions may be called from any thread,
  * also where malloc's locks are held, but not from a signal handler that
  * interrupted a call of the same thread. A higher level adopts the table of
  * the level it replaces: state added by level n is found by level n+1. A

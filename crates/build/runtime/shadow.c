@@ -20,7 +20,11 @@
 #define ROOT_MAGIC 0x574f444148535048ull /* "HPSHADOW" */
 #define ROOT_VERSION 1u
 #define BUCKETS 256u
-#define ARENA_BYTES (1u << 20)
+/* In the region (its memfd holds these bytes whether used or not): small. */
+#define ARENA_BYTES (64u << 10)
+/* Beyond it, anonymous memory mapped on demand (only touched pages cost). */
+#define CHUNK_BYTES (1ul << 20)
+#define MAX_GROWN (64ul << 20)
 #define ALIGN 16u
 
 struct node {
@@ -45,6 +49,7 @@ struct root {
 	uint64_t live_bytes;        /* 56 */
 	struct node *free_list;     /* 64 */
 	struct node *buckets[BUCKETS];
+	unsigned long grown;        /* bytes mapped beyond the arena */
 };
 
 static unsigned char arena[ARENA_BYTES] __attribute__((aligned(ALIGN)));
@@ -102,6 +107,7 @@ static void adopt(struct root *r)
 		r->free_list = prev->free_list;
 		r->live_count = prev->live_count;
 		r->live_bytes = prev->live_bytes;
+		r->grown += prev->grown;
 		/* Code of the replaced level still reachable (a stored pointer to
 		 * one of its functions) follows this to the one live table. */
 		__atomic_store_n(&prev->forward, r, __ATOMIC_RELEASE);
@@ -145,6 +151,30 @@ static struct node **find(struct root *r, const void *obj, unsigned long id)
 	return at;
 }
 
+/* A fresh chunk of at least `need` bytes from the kernel (raw mmap: no libc,
+ * whose state is the process's); 0 when refused or past MAX_GROWN. */
+static int grow(struct root *r, unsigned long need)
+{
+	unsigned long len = need > CHUNK_BYTES ? (need + 4095) & ~4095ul : CHUNK_BYTES;
+	if (len < need || r->grown + len > MAX_GROWN)
+		return 0;
+	register long r10 __asm__("r10") = 0x22; /* MAP_PRIVATE | MAP_ANONYMOUS */
+	register long r8 __asm__("r8") = -1;
+	register long r9 __asm__("r9") = 0;
+	long ret;
+	__asm__ volatile("syscall"
+			 : "=a"(ret)
+			 : "a"(9 /* mmap */), "D"(0), "S"(len), "d"(3 /* PROT_READ | PROT_WRITE */), "r"(r10), "r"(r8),
+			   "r"(r9)
+			 : "rcx", "r11", "memory");
+	if (ret < 0 && ret > -4096)
+		return 0;
+	r->grown += len;
+	r->arena_next = (unsigned char *)ret;
+	r->arena_end = (unsigned char *)ret + len;
+	return 1;
+}
+
 static struct node *allocate(struct root *r, unsigned long size)
 {
 	unsigned long capacity = (size + ALIGN - 1) / ALIGN * ALIGN;
@@ -158,7 +188,9 @@ static struct node *allocate(struct root *r, unsigned long size)
 		}
 	}
 	unsigned long need = sizeof(struct node) + capacity;
-	if (need < capacity || (unsigned long)(r->arena_end - r->arena_next) < need)
+	if (need < capacity)
+		return 0;
+	if ((unsigned long)(r->arena_end - r->arena_next) < need && !grow(r, need))
 		return 0;
 	struct node *n = (struct node *)r->arena_next;
 	r->arena_next += need;

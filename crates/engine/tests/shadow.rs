@@ -40,8 +40,13 @@ struct conn { int fd; int requests; };
 extern int mode;
 int handle_v1(struct conn *c, int x) {
     c->requests++;
-    /* More than the table's arena holds: refused with NULL, nothing attached. */
-    if (x == 3) return hotpatch_shadow_get_or_alloc(c, 2, 2 << 20) ? -3 : -2;
+    if (x == 3) {
+        /* More than the region's arena: the table grows. */
+        char *big = hotpatch_shadow_get_or_alloc(c, 2, 300 << 10);
+        if (!big || big[(300 << 10) - 1] != 0) return -4;
+        /* More than the table may ever hold: NULL, nothing attached. */
+        return hotpatch_shadow_get_or_alloc(c, 3, 128ul << 20) ? -3 : -2;
+    }
     int *seen = hotpatch_shadow_get_or_alloc(c, 1, sizeof *seen);
     if (!seen) return -1;
     return 1000 * ++*seen + x;
@@ -136,16 +141,16 @@ fn a_shadow_counter_lives_through_an_upgrade_and_rollback_drops_it() {
     request(&mut proc, 0, "0 2000 mode 2");
     request(&mut proc, 1, "1 1001 mode 2");
     request(&mut proc, 3, "3 -2 mode 2");
-    assert_eq!(shadow_objects(proc.pid()), vec![("server-l1".to_string(), 2, 8)]);
+    assert_eq!(shadow_objects(proc.pid()), vec![("server-l1".to_string(), 3, 8 + (300 << 10))]);
 
     hotpatch_engine::apply(proc.pid(), &level2, &opts()).expect("apply level 2");
     // Adopted on first use: until then level 2's table is level 1's.
-    assert_eq!(shadow_objects(proc.pid()), vec![("server-l2".to_string(), 2, 8)]);
+    assert_eq!(shadow_objects(proc.pid()), vec![("server-l2".to_string(), 3, 8 + (300 << 10))]);
     // Level 2 counts on from where level 1 left each connection.
     request(&mut proc, 0, "0 6000 mode 3");
     request(&mut proc, 1, "1 4001 mode 3");
     request(&mut proc, 2, "2 2002 mode 3");
-    assert_eq!(shadow_objects(proc.pid()), vec![("server-l2".to_string(), 3, 12)]);
+    assert_eq!(shadow_objects(proc.pid()), vec![("server-l2".to_string(), 4, 12 + (300 << 10))]);
 
     let back = hotpatch_engine::rollback(proc.pid(), None, &opts()).expect("rollback");
     assert_eq!(back.level, 2);
