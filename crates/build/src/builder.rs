@@ -445,7 +445,7 @@ fn refuse_unpatchable(
         if let Some(d) = diff.data.iter().find(|d| d.writable) {
             return Err(DiffBuildError::NeedsBaseline(format!(
                 "{} in {}: {}; running processes keep the old layout and value (a shadow variable can add state \
-                 instead)",
+                 instead: include/hotpatch.h)",
                 d.name, pair.new.path, d.what
             )));
         }

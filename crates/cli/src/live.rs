@@ -110,7 +110,15 @@ pub fn apply(args: ApplyArgs, out: &Output) -> anyhow::Result<()> {
         ("total", format!("{} ms", report.total_ms)),
     ]);
     out.fields(&scan_field(report.memory_scan));
+    warn_callback(report.callback_problem.as_ref());
     Ok(())
+}
+
+/// A post callback that did not complete: the transition stands.
+fn warn_callback(problem: Option<&hotpatch_engine::callback::CallbackProblem>) {
+    if let Some(p) = problem {
+        tracing::warn!(callback = %p.callback, "{}", p.problem);
+    }
 }
 
 /// `apply --all`: each process on its own; fails if any process failed.
@@ -251,5 +259,6 @@ pub fn rollback(args: RollbackArgs, out: &Output) -> anyhow::Result<()> {
         ("pause", format!("{} µs across {} threads ({} retries)", report.pause_us, report.threads, report.retries)),
     ]);
     out.fields(&scan_field(report.memory_scan));
+    warn_callback(report.callback_problem.as_ref());
     Ok(())
 }
