@@ -434,9 +434,11 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
     header.shadow = image.symbols.get(shadow::ROOT_SYMBOL).copied();
     shadow::warn_if_dropped(previous, header.shadow);
     // The new level's shadow table goes live (adopting the replaced level's)
-    // in the same stop as the sites.
+    // in the same stop, before the sites: a tracer killed between the writes
+    // leaves either an unreachable region (repair unmaps it) or a half-switched
+    // one with its table live (repair completes the sites).
     if let Some(root) = header.shadow {
-        writes.push(shadow::activation(root, previous));
+        writes.insert(0, shadow::activation(root, previous));
     }
     header.record.applied_at = now_unix();
     // The replaced level is retired in the same stop, after its sites switch.
