@@ -48,6 +48,7 @@ const DIRECTION_FLAG: u64 = 1 << 10;
 /// Calls the function at `address` (`int f(void)` or `void f(void)`) in one
 /// thread of process `pid` and returns its `int` result.
 pub fn call(pid: i32, maps: &[Mapping], mem: &ProcessMemory, name: &str, address: u64) -> Result<i32, EngineError> {
+    let started = Instant::now();
     let mut inj = Injector::attach(pid, maps, mem)?;
     let tid = inj.tid();
     // Without it the callback could change registers the thread relies on.
@@ -66,6 +67,14 @@ pub fn call(pid: i32, maps: &[Mapping], mem: &ProcessMemory, name: &str, address
     })?;
     restored.map_err(|source| EngineError::Ptrace { tid, op: "setregset", source })?;
     finished?;
+    tracing::debug!(
+        pid,
+        tid,
+        callback = name,
+        returned = result,
+        us = started.elapsed().as_micros() as u64,
+        "callback ran"
+    );
     Ok(result)
 }
 
