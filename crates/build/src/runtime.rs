@@ -70,6 +70,12 @@ pub fn uses_shadow_api(payload: &[u8]) -> bool {
     undefined
 }
 
+/// Whether the payload holds the shadow variable runtime (its root).
+pub fn defines_shadow_root(payload: &[u8]) -> bool {
+    let Ok(file) = object::File::parse(payload) else { return false };
+    file.symbols().any(|s| s.is_definition() && s.name() == Ok(SHADOW_ROOT))
+}
+
 /// The payload with the shadow variable runtime linked in when it calls the
 /// API, else unchanged.
 pub fn with_runtime(payload: Vec<u8>) -> Result<Vec<u8>, RuntimeError> {
@@ -91,6 +97,8 @@ pub fn callbacks(payload: &[u8]) -> Result<Vec<&'static str>, RuntimeError> {
         }
         found.push(name);
     }
+    // In the order they run.
+    found.sort_by_key(|n| CALLBACKS.iter().position(|c| c == n));
     Ok(found)
 }
 
@@ -301,5 +309,6 @@ mod tests {
         assert!(!uses_shadow_api(&payload));
         assert_eq!(with_runtime(payload.clone()).unwrap(), payload);
         assert_eq!(with_runtime(b"not elf".to_vec()).unwrap(), b"not elf");
+        assert!(defines_shadow_root(&payload) && !defines_shadow_root(b"not elf"));
     }
 }

@@ -152,6 +152,10 @@ impl Drop for Service {
 fn a_packed_fix_adds_a_per_session_counter_and_rollback_drops_it() {
     let env = Env::new();
     env.pack("fix.o", "serve=serve_v2", "fix.hpatch");
+    let inspect = ok(env.command(HOTPATCH, &["--json", "inspect", "fix.hpatch"]), "inspect");
+    let inspect: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("json");
+    assert_eq!(inspect["callbacks"], serde_json::json!(["hotpatch_post_apply", "hotpatch_post_rollback"]));
+    assert_eq!(inspect["shadow_variables"], true);
     let mut svc = env.start();
     assert_eq!(svc.ask(3), "3 1");
     let pid = svc.pid();
