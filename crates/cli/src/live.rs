@@ -171,10 +171,20 @@ pub fn status(args: StatusArgs, out: &Output) -> anyhow::Result<()> {
     } else {
         status_table(&applied, out);
     }
+    if let Some(pid) = args.pid {
+        shadow_usage(pid);
+    }
     if args.pid.is_none() {
         machine_summary();
     }
     Ok(())
+}
+
+/// The shadow variables each applied hotpatch of `pid` keeps, if any.
+fn shadow_usage(pid: i32) {
+    for (patch_id, usage) in hotpatch_engine::shadow::usage_in(pid).unwrap_or_default() {
+        println!("shadow variables of {patch_id}: {} objects, {} bytes", usage.objects, usage.bytes);
+    }
 }
 
 /// What `status` without `--pid` adds for the whole machine: the last

@@ -167,6 +167,9 @@ fn a_packed_fix_adds_a_per_session_counter_and_rollback_drops_it() {
     assert_eq!(svc.ask(3), "103 2");
     assert_eq!(svc.ask(3), "203 2");
     assert_eq!(svc.ask(5), "105 2");
+    let status = ok(env.command(HOTPATCH, &["status", "--pid", &pid]), "status");
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains(": 2 objects, 8 bytes"), "{status}");
     ok(env.command(HOTPATCH, &["rollback", "--pid", &pid]), "rollback");
     assert_eq!(svc.ask(3), "3 1");
     // Applied again: a new table, counting from one.
