@@ -2,7 +2,8 @@
 //! process: one thread is borrowed as for an injected syscall, made to call
 //! the function with its return address pointing at 0, and taken back when
 //! the return faults there. Its registers (general, x87/SSE/AVX) and the
-//! stack words we wrote are restored exactly.
+//! 64 KiB of stack below its red zone (where the callback's frames go) are
+//! restored exactly.
 //!
 //! The other threads keep running meanwhile. Stopping them would deadlock a
 //! callback that needs a lock one of them holds (malloc's, the program's
@@ -54,7 +55,11 @@ pub fn call(pid: i32, maps: &[Mapping], mem: &ProcessMemory, name: &str, address
     // Without it the callback could change registers the thread relies on.
     let fpu = save_extended(tid).map_err(|source| EngineError::Ptrace { tid, op: "getregset", source })?;
     let mut held = Vec::new();
+    let stack = StackWindow::save(mem, maps, inj.saved_regs().rsp);
     let outcome = run(pid, &mut inj, address, &mut held);
+    if let Some(window) = stack {
+        window.restore(pid, mem);
+    }
     let restored = restore_extended(tid, &fpu);
     let finished = inj.finish();
     for sig in held {
@@ -156,6 +161,37 @@ fn resume(tid: i32, signal: i32) -> std::io::Result<()> {
     // SAFETY: plain syscall; the data argument is a signal number.
     let ret = unsafe { libc::ptrace(libc::PTRACE_CONT, tid, 0usize, signal as usize) };
     if ret == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// How much of the borrowed thread's unused stack (below its red zone) is
+/// saved before a callback and put back after: the callback's own frames
+/// leave no trace there.
+const STACK_WINDOW: u64 = 64 << 10;
+/// The x86-64 red zone below the stack pointer.
+const RED_ZONE: u64 = 128;
+
+/// The bytes below a thread's stack pointer that a callback's frames may
+/// overwrite, within the stack's mapping.
+struct StackWindow {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl StackWindow {
+    fn save(mem: &ProcessMemory, maps: &[Mapping], rsp: u64) -> Option<StackWindow> {
+        // The red zone may hold the interrupted function's data: left alone.
+        let end = rsp.checked_sub(RED_ZONE)?;
+        let mapping = maps.iter().find(|m| m.contains(end.saturating_sub(1)))?;
+        let start = end.saturating_sub(STACK_WINDOW).max(mapping.start);
+        let bytes = mem.read_vec(start, (end - start) as usize).ok()?;
+        Some(StackWindow { start, bytes })
+    }
+
+    fn restore(self, pid: i32, mem: &ProcessMemory) {
+        if let Err(e) = mem.write(self.start, &self.bytes) {
+            tracing::warn!(pid, error = %e, "cannot restore the stack below the borrowed thread's");
+        }
+    }
 }
 
 /// The thread's extended register state, which a called function may change
