@@ -141,6 +141,10 @@ pub fn build_from_objects(req: &DiffBuildRequest<'_>) -> Result<DiffBuildOutput,
         return Err(DiffBuildError::NothingChanged("the fix changes no function that the baseline runs".into()));
     }
     let (payload, bound) = writer.finish().map_err(DiffBuildError::Payload)?;
+    let payload = crate::runtime::with_runtime(payload).map_err(|e| DiffBuildError::Payload(e.to_string()))?;
+    for name in crate::runtime::callbacks(&payload).map_err(|e| DiffBuildError::Payload(e.to_string()))? {
+        explain.notes.push(format!("{name}: a callback the engine runs inside the process"));
+    }
     hotpatch_format::check_payload(&payload, machine)?;
     let about = crate::pack::About {
         patch_id: req.patch_id.as_deref(),
@@ -501,7 +505,7 @@ fn refuse_unpatchable(
         if let Some(d) = diff.data.iter().find(|d| d.writable) {
             return Err(DiffBuildError::NeedsBaseline(format!(
                 "{} in {}: {}; running processes keep the old layout and value (a shadow variable can add state \
-                 instead)",
+                 instead: include/hotpatch.h)",
                 d.name, pair.new.path, d.what
             )));
         }
@@ -642,8 +646,13 @@ fn select(
         let diff = &diffs[i];
         let new_syms: BTreeSet<usize> =
             diff.functions.iter().filter(|f| f.verdict == Verdict::New).map(|f| f.new_sym).collect();
-        let mut chosen: BTreeSet<usize> =
-            diff.functions.iter().filter(|f| f.verdict == Verdict::Changed).map(|f| f.new_sym).collect();
+        // Callbacks the fix adds are called by the engine, not by the code.
+        let mut chosen: BTreeSet<usize> = diff
+            .functions
+            .iter()
+            .filter(|f| f.verdict == Verdict::Changed || (f.verdict == Verdict::New && is_callback(new, f.new_sym)))
+            .map(|f| f.new_sym)
+            .collect();
         close_over(new, &mut chosen, &new_syms);
         if chosen.is_empty() {
             continue;
@@ -658,6 +667,12 @@ fn select(
         out.insert(i, selection);
     }
     out
+}
+
+/// A global function of one of the callbacks' names (include/hotpatch.h).
+fn is_callback(obj: &ObjectFile, sym: usize) -> bool {
+    let s = &obj.symbols[sym];
+    !s.local && s.kind == SymKind::Function && crate::runtime::CALLBACKS.contains(&s.name.as_str())
 }
 
 /// Adds to `chosen` the new functions it calls and every function it cannot

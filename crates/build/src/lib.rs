@@ -16,9 +16,11 @@ mod pack;
 pub mod payload;
 pub mod regalloc;
 pub mod runpre;
+pub mod runtime;
 pub mod signature;
 
 pub use builder::{AsmChange, DiffBuildError, DiffBuildOutput, DiffBuildRequest, ObjectPair, build_from_objects};
 pub use objfile::ObjectFile;
 pub use pack::{BuildError, PackRequest, Replacement, check_undefined, manifest_for, parse_replacement};
 pub use regalloc::{IpaRa, ipa_ra};
+pub use runtime::{RuntimeError, with_runtime};

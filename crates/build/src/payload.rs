@@ -102,6 +102,10 @@ impl PayloadWriter {
                 continue;
             }
             self.define(payload_name(index, obj, i), id, sym.value, sym.size, sym.kind == SymKind::Function);
+            if sym.kind == SymKind::Function && !sym.local && crate::runtime::CALLBACKS.contains(&sym.name.as_str()) {
+                // The engine finds a callback by its own name.
+                self.define(sym.name.clone(), id, sym.value, sym.size, true);
+            }
         }
     }
 

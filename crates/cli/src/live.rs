@@ -110,7 +110,15 @@ pub fn apply(args: ApplyArgs, out: &Output) -> anyhow::Result<()> {
         ("total", format!("{} ms", report.total_ms)),
     ]);
     out.fields(&scan_field(report.memory_scan));
+    warn_callback(report.callback_problem.as_ref());
     Ok(())
+}
+
+/// A post callback that did not complete: the transition stands.
+fn warn_callback(problem: Option<&hotpatch_engine::callback::CallbackProblem>) {
+    if let Some(p) = problem {
+        tracing::warn!(callback = %p.callback, "{}", p.problem);
+    }
 }
 
 /// `apply --all`: each process on its own; fails if any process failed.
@@ -163,10 +171,20 @@ pub fn status(args: StatusArgs, out: &Output) -> anyhow::Result<()> {
     } else {
         status_table(&applied, out);
     }
+    if let Some(pid) = args.pid {
+        shadow_usage(pid);
+    }
     if args.pid.is_none() {
         machine_summary();
     }
     Ok(())
+}
+
+/// The shadow variables each applied hotpatch of `pid` keeps, if any.
+fn shadow_usage(pid: i32) {
+    for (patch_id, usage) in hotpatch_engine::shadow::usage_in(pid).unwrap_or_default() {
+        println!("shadow variables of {patch_id}: {} objects, {} bytes", usage.objects, usage.bytes);
+    }
 }
 
 /// What `status` without `--pid` adds for the whole machine: the last
@@ -251,5 +269,6 @@ pub fn rollback(args: RollbackArgs, out: &Output) -> anyhow::Result<()> {
         ("pause", format!("{} µs across {} threads ({} retries)", report.pause_us, report.threads, report.retries)),
     ]);
     out.fields(&scan_field(report.memory_scan));
+    warn_callback(report.callback_problem.as_ref());
     Ok(())
 }

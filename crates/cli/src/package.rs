@@ -76,7 +76,8 @@ pub(crate) fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
 
 pub fn pack(args: PackArgs, out: &Output) -> anyhow::Result<()> {
     let baseline = read(&args.baseline, "baseline")?;
-    let payload = read(&args.payload, "payload")?;
+    // A payload calling the shadow variable API gets its runtime linked in.
+    let payload = hotpatch_build::with_runtime(read(&args.payload, "payload")?)?;
     let key = SecretKey::load(&args.publish.key)?;
     let replacements = args.replace.iter().map(|s| parse_replacement(s)).collect::<Result<Vec<_>, _>>()?;
     let baseline_name =
@@ -152,6 +153,9 @@ pub fn inspect(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
     let bytes = read(&args.file, "package")?;
     let package = Package::parse(&bytes).with_context(|| format!("{} is not a valid package", args.file.display()))?;
     let payload_check = hotpatch_format::check_payload(&package.payload, package.manifest.target.machine);
+    // What the engine will run inside the process besides the replacements.
+    let callbacks = hotpatch_build::runtime::callbacks(&package.payload).unwrap_or_default();
+    let shadow = hotpatch_build::runtime::defines_shadow_root(&package.payload);
     if out.json {
         return out.print_json(&serde_json::json!({
             "file": args.file,
@@ -160,6 +164,8 @@ pub fn inspect(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
             "payload_bytes": package.payload.len(),
             "payload_ok": payload_check.is_ok(),
             "payload_problem": payload_check.as_ref().err().map(|e| e.to_string()),
+            "callbacks": callbacks,
+            "shadow_variables": shadow,
             "manifest": package.manifest,
         }));
     }
@@ -170,6 +176,12 @@ pub fn inspect(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
             println!("payload: {} bytes, relocatable {} object", package.payload.len(), package.manifest.target.machine)
         }
         Err(e) => println!("payload: {}", out.bad(&e.to_string())),
+    }
+    if !callbacks.is_empty() {
+        println!("callbacks: {}", callbacks.join(", "));
+    }
+    if shadow {
+        println!("shadow variables: yes (runtime linked in)");
     }
     Ok(())
 }

@@ -234,6 +234,21 @@ fn static_counter_keeps_its_state() {
 }
 
 #[test]
+fn state_the_layout_has_no_room_for_goes_in_a_shadow_variable() {
+    // layout-FAIL grows `history` and is refused; this fix keeps its count
+    // beside the array instead, and sets it from a post-apply callback.
+    let report = patch_case("shadow", "svc");
+    let mut patched = sites(&report);
+    patched.sort();
+    assert_eq!(patched, ["check_b", "recent_digits"]);
+    let functions: Vec<(String, String)> = in_patch(&report);
+    assert!(
+        functions.iter().any(|(name, _)| name == "hotpatch_post_apply"),
+        "callback not in the patch: {functions:?}"
+    );
+}
+
+#[test]
 fn inlined_helper_patches_its_callers() {
     let report = patch_case("inlined", "svc");
     let mut patched = sites(&report);

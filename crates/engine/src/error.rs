@@ -50,6 +50,8 @@ pub enum EngineError {
         "process {pid} declares its user-level stacks (hotpatch_user_stacks), but {problem}; refusing, as they cannot be checked"
     )]
     UserStacks { pid: i32, problem: String },
+    #[error("{callback} in process {pid}: {problem}")]
+    Callback { pid: i32, callback: String, problem: String },
     #[error("patch region at 0x{addr:x} is malformed: {problem}")]
     BadRegion { addr: u64, problem: String },
 }

@@ -162,6 +162,16 @@ impl<'m> Injector<'m> {
         Ok(())
     }
 
+    /// The borrowed thread (for callers that run more than a syscall in it).
+    pub fn tid(&self) -> i32 {
+        self.tid
+    }
+
+    /// The borrowed thread's registers as they were, restored by `finish`.
+    pub fn saved_regs(&self) -> Regs {
+        self.saved
+    }
+
     /// Restores the thread exactly and lets it go.
     pub fn finish(mut self) -> Result<(), EngineError> {
         self.release()

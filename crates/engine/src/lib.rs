@@ -14,6 +14,8 @@
 //! - [`stack`]: the stack check (eh_frame unwinding, raw-stack fallback).
 //! - [`memscan`]: the opt-in scan of writable memory for user-level stacks (`--scan-memory`).
 //! - [`transition`]: stop, check, switch sites, resume; retry while busy.
+//! - [`shadow`] / [`callback`]: the shadow variable table a level adopts from the one it
+//!   replaces, and the hotpatch's own callbacks, run in a borrowed thread.
 //! - [`patch`]: apply and rollback, end to end. [`status`]: what is applied, read from the process.
 //!
 //! Invariant: every step before the sites are written changes nothing the
@@ -25,6 +27,7 @@
 //! searched first), then `/usr/lib/debug`. A debug file whose own build-id is
 //! not the target's is ignored.
 
+pub mod callback;
 pub mod error;
 pub mod inject;
 pub mod mapping;
@@ -37,6 +40,7 @@ pub mod region;
 pub mod resolve;
 pub mod retire;
 pub mod scope;
+pub mod shadow;
 pub mod stack;
 pub mod status;
 pub mod threads;

@@ -4,6 +4,7 @@
 //! and linked first; the region is mapped; only then are threads stopped, for
 //! the stack check and the site writes alone.
 
+use crate::callback::{self, CallbackProblem};
 use crate::error::EngineError;
 use crate::mapping::{map_region, unmap_region};
 use crate::memscan::{MemoryScanner, ScanReport};
@@ -13,6 +14,7 @@ use crate::region::{self, PatchRecord, REGION_VERSION, RegionHeader, Retirement,
 use crate::resolve::Resolver;
 use crate::retire;
 use crate::scope;
+use crate::shadow;
 use crate::stack::{BusyRange, StackChecker};
 use crate::status::{FoundRegion, find_regions};
 use crate::tls::TlsResolver;
@@ -69,6 +71,9 @@ pub struct ApplyReport {
     pub memory_scan: Option<ScanReport>,
     /// Wall time of the whole apply, preparation included.
     pub total_ms: u64,
+    /// A post-apply callback that did not complete (the hotpatch is applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_problem: Option<CallbackProblem>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,6 +92,9 @@ pub struct RollbackReport {
     /// user-level stacks the process declares).
     pub memory_scan: Option<ScanReport>,
     pub total_ms: u64,
+    /// A post-rollback callback that did not complete (the rollback is done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_problem: Option<CallbackProblem>,
 }
 
 fn open(pid: i32) -> Result<(Vec<procfs::Mapping>, ProcessMemory), EngineError> {
@@ -200,6 +208,7 @@ fn exited_meanwhile(pid: i32, err: EngineError) -> EngineError {
         | EngineError::NoRoom { .. }
         | EngineError::NotApplied(_)
         | EngineError::UserStacks { .. }
+        | EngineError::Callback { .. }
         | EngineError::BadRegion { .. } => false,
     };
     let end = Instant::now() + if may_stem_from_exit { EXIT_GRACE } else { Duration::ZERO };
@@ -355,6 +364,8 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
                 jump: hex::encode([0u8; 5]),
             })
             .collect(),
+        shadow: None,
+        callbacks: BTreeMap::new(),
     };
     let header_len = region::header_reserve(&header);
     let plan = LinkPlan::new(&package.payload, header_len)?;
@@ -419,6 +430,16 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
     }
     header.record.region_start = base;
     header.record.region_size = size;
+    header.callbacks = callback::defined(&image.symbols);
+    header.shadow = image.symbols.get(shadow::ROOT_SYMBOL).copied();
+    shadow::warn_if_dropped(previous, header.shadow);
+    // The new level's shadow table goes live (adopting the replaced level's)
+    // in the same stop, before the sites: a tracer killed between the writes
+    // leaves either an unreachable region (repair unmaps it) or a half-switched
+    // one with its table live (repair completes the sites).
+    if let Some(root) = header.shadow {
+        writes.insert(0, shadow::activation(root, previous));
+    }
     header.record.applied_at = now_unix();
     // The replaced level is retired in the same stop, after its sites switch.
     if let Some(prev) = previous {
@@ -442,7 +463,10 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
     checker.memory = MemoryScanner::for_process(pid, &maps, &modules, &mem, &busy, opts.scan_memory)?;
 
     map_region(pid, &maps, &mem, &image, header_len, &manifest.patch_id)?;
-    let outcome = transition::prepare(&mem, &writes)
+    // The pre-apply callback runs in the mapped region before anything
+    // switches; its refusal unmaps the region like any other failure.
+    let outcome = callback::pre(pid, &maps, &mem, &header, callback::PRE_APPLY, "apply")
+        .and_then(|()| transition::prepare(&mem, &writes))
         .and_then(|()| transition::run(pid, &mem, &mut checker, &busy, &writes, opts.timeout));
     let report = match outcome {
         Ok(r) => r,
@@ -456,6 +480,7 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
     };
     // The replaced level's region stays mapped (retired): a stack the check
     // cannot see may still return into it.
+    let callback_problem = callback::post(pid, &mem, &header, callback::POST_APPLY);
     let replaced = previous.map(|p| ReplacedPatch {
         patch_id: p.record.patch_id.clone(),
         level: p.record.level,
@@ -477,6 +502,7 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
         fallback_scans: report.fallback_scans,
         memory_scan: checker.memory.as_ref().map(|s| s.last),
         total_ms: started.elapsed().as_millis() as u64,
+        callback_problem,
     })
 }
 
@@ -543,6 +569,7 @@ fn rollback_inner(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Resu
         writes.push(SiteWrite { address: s.address, old: jump, new: hex::decode(&s.original).unwrap_or_default() });
     }
     writes.push(retire::mark(pid, &maps, &mem, header, Retirement { at: now_unix(), replaced_by_level: None })?);
+    callback::pre(pid, &maps, &mem, header, callback::PRE_ROLLBACK, "rollback")?;
     transition::prepare(&mem, &writes)?;
     let modules = loaded_modules(pid, &maps);
     let mut checker = StackChecker::new(&maps, &modules, &mem);
@@ -550,6 +577,7 @@ fn rollback_inner(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Resu
         [BusyRange { range: header.range(), name: format!("the replacement code of {}", header.record.patch_id) }];
     checker.memory = MemoryScanner::for_process(pid, &maps, &modules, &mem, &busy, opts.scan_memory)?;
     let report = transition::run(pid, &mem, &mut checker, &busy, &writes, opts.timeout)?;
+    let callback_problem = callback::post(pid, &mem, header, callback::POST_ROLLBACK);
     // The region stays mapped (retired): a stack the check cannot see may
     // still return into it.
     Ok(RollbackReport {
@@ -564,5 +592,6 @@ fn rollback_inner(pid: i32, patch_id: Option<&str>, opts: &ApplyOptions) -> Resu
         fallback_scans: report.fallback_scans,
         memory_scan: checker.memory.as_ref().map(|s| s.last),
         total_ms: started.elapsed().as_millis() as u64,
+        callback_problem,
     })
 }

@@ -8,6 +8,7 @@
 
 use crate::procfs::Mapping;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 pub const REGION_MAGIC: &[u8; 8] = b"HPREGION";
 pub const REGION_VERSION: u32 = 1;
@@ -75,6 +76,14 @@ pub struct RegionHeader {
     #[serde(flatten)]
     pub record: PatchRecord,
     pub sites: Vec<SiteRecord>,
+    /// Address of the shadow variable table's root in this region, when the
+    /// payload uses shadow variables (see `shadow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<u64>,
+    /// The hotpatch's callbacks in this region, by name (see `callback`):
+    /// rollback finds its own here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub callbacks: BTreeMap<String, u64>,
 }
 
 impl RegionHeader {
@@ -132,6 +141,9 @@ pub fn header_reserve(template: &RegionHeader) -> u64 {
     worst.record.applied_at = u64::MAX;
     // Room for the retirement mark, written later into the same header pages.
     worst.record.retired = Some(Retirement { at: u64::MAX, replaced_by_level: Some(u32::MAX) });
+    // Room for what is known only after linking.
+    worst.shadow = Some(u64::MAX);
+    worst.callbacks = crate::callback::NAMES.iter().map(|n| (n.to_string(), u64::MAX)).collect();
     for s in &mut worst.sites {
         s.address = u64::MAX;
         s.replacement = u64::MAX;
@@ -262,6 +274,8 @@ mod tests {
                 original: "5589e5c3cc".into(),
                 jump: "e900000000".into(),
             }],
+            shadow: Some(0x2100),
+            callbacks: BTreeMap::from([("hotpatch_post_apply".to_string(), 0x2200)]),
         };
         let bytes = h.encode();
         assert_eq!(RegionHeader::decode(&bytes).unwrap(), h);

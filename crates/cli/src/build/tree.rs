@@ -101,8 +101,9 @@ impl Work {
         }
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
         let bin = self.write_wrappers(&path)?;
+        let include = self.write_header()?;
         let name = source.file_name().map(|n| n.to_owned()).unwrap_or_else(|| "src".into());
-        let env = BuildEnv { command, bin: &bin, path: &path };
+        let env = BuildEnv { command, bin: &bin, path: &path, include: &include };
         match (jobs >= 2).then(|| namespace::Kind::probe(&self.root)).flatten() {
             Some(kind) => self.build_concurrently(&source, patches, &name, &env, jobs, kind),
             None => {
@@ -173,6 +174,16 @@ impl Work {
         Ok((old_home.join(name), new_home.join(name)))
     }
 
+    /// `hotpatch.h` (shadow variables, callbacks) in a directory of its own,
+    /// searched by the compiler (`CPATH`) as if given with `-I`: a fix can
+    /// `#include <hotpatch.h>` without changing the build system.
+    fn write_header(&self) -> anyhow::Result<PathBuf> {
+        let dir = self.root.join("include");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("hotpatch.h"), hotpatch_build::runtime::HEADER)?;
+        Ok(dir)
+    }
+
     /// Starts one build of `tree`; inside a namespace when `isolated` says
     /// which directory to bind on which path.
     fn run_build(
@@ -187,6 +198,15 @@ impl Work {
         let log = self.root.join(format!("{what}.log"));
         eprintln!(":: [{n}/2] building the {what} tree ({}), log {}", env.command, log.display());
         let log_file = std::fs::File::create(&log)?;
+        let cpath = match std::env::var_os("CPATH") {
+            Some(more) if !more.is_empty() => {
+                let mut v = env.include.as_os_str().to_owned();
+                v.push(":");
+                v.push(more);
+                v
+            }
+            _ => env.include.as_os_str().to_owned(),
+        };
         let mut cmd = match isolated {
             Some((kind, home, seen_at)) => kind.command(home, seen_at, tree, env.command),
             None => {
@@ -198,6 +218,7 @@ impl Work {
         let child = cmd
             .env("PATH", format!("{}:{}", env.bin.display(), env.path))
             .env("HOTPATCH_REAL_PATH", env.path)
+            .env("CPATH", cpath)
             .env("MAKEFLAGS", format!("-j{}", jobs.max(1)))
             .env("DEB_BUILD_OPTIONS", format!("parallel={} nocheck", jobs.max(1)))
             .stdin(Stdio::null())
@@ -209,11 +230,13 @@ impl Work {
     }
 }
 
-/// What both builds share: the command and the compiler wrappers' `PATH`.
+/// What both builds share: the command, the compiler wrappers' `PATH` and
+/// the directory of `hotpatch.h`.
 struct BuildEnv<'a> {
     command: &'a str,
     bin: &'a Path,
     path: &'a str,
+    include: &'a Path,
 }
 
 /// A build under way.
