@@ -237,6 +237,10 @@ impl TrustStore {
         self.keys.is_empty()
     }
 
+    pub fn keys(&self) -> impl Iterator<Item = &PublicKey> + '_ {
+        self.keys.values()
+    }
+
     pub fn key_ids(&self) -> impl Iterator<Item = String> + '_ {
         self.keys.keys().map(key_id_hex)
     }

@@ -341,7 +341,9 @@ mod tests {
         let mut m = metadata(1);
         m.revoked[0].levels.clear();
         assert!(m.sign(&k).is_err());
-        for junk in [&b"{}"[..], b"not json", b"{\"kind\":\"catalog\",\"signed\":\"x\",\"key_id\":\"zz\",\"signature\":\"\"}"] {
+        for junk in
+            [&b"{}"[..], b"not json", b"{\"kind\":\"catalog\",\"signed\":\"x\",\"key_id\":\"zz\",\"signature\":\"\"}"]
+        {
             let e = SignedDocument::parse(junk)
                 .and_then(|d| verify_catalog(&d, &TrustStore::from_keys([k.public()])))
                 .expect_err("junk");
