@@ -14,6 +14,9 @@ use crate::protocol::TargetReport;
 use crate::state::{self, StateError};
 
 const ACCEPTED: &str = "catalog-metadata.json";
+/// The highest version of genuine metadata ever seen, accepted or expired:
+/// versions below it are replays, and its expiry says whether the catalog is stale.
+const NEWEST: &str = "catalog-newest.json";
 const STATUS: &str = "catalog-status.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -24,6 +27,13 @@ struct Accepted {
     expires: String,
     key_id: String,
     document: SignedDocument,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Newest {
+    version: u64,
+    expires: String,
 }
 
 /// What a check-in learnt about the publisher's catalog; kept in the state
@@ -68,41 +78,50 @@ pub fn receive(
     now: jiff::Timestamp,
 ) -> Result<MetadataOutcome, StateError> {
     let mut last: Option<Accepted> = state::read_json(&dir.join(ACCEPTED))?;
+    let mut newest: Option<Newest> = state::read_json(&dir.join(NEWEST))?;
     let mut outcome = MetadataOutcome { status: CatalogStatus::default(), accepted: None };
-    let mut newest_expiry = last.as_ref().and_then(|l| l.expires.parse::<jiff::Timestamp>().ok());
     if let Some(doc) = doc {
-        match judge(doc, publishers, last.as_ref(), now) {
+        let judged = judge(doc, publishers, last.as_ref(), newest.as_ref(), now);
+        let seen = judged.as_ref().map_or_else(|r| r.genuine.clone(), |v| Some(newest_of(v)));
+        if let Some(seen) = seen.filter(|s| newest.as_ref().is_none_or(|n| s.version > n.version)) {
+            state::write_durable(dir, NEWEST, &seen)?;
+            newest = Some(seen);
+        }
+        match judged {
             Ok(v) => {
                 if last.as_ref().is_none_or(|l| l.sha256 != v.sha256) {
-                    let accepted = Accepted {
-                        version: v.metadata.version,
-                        sha256: v.sha256.clone(),
-                        expires: v.metadata.expires.clone(),
-                        key_id: v.key_id.clone(),
-                        document: doc.clone(),
-                    };
+                    let accepted = accepted_of(&v, doc);
                     state::write_durable(dir, ACCEPTED, &accepted)?;
                     last = Some(accepted);
                 }
-                newest_expiry = Some(v.expires);
                 outcome.accepted = Some(v);
             }
-            Err(Refused { message, expired_at }) => {
-                if let Some(at) = expired_at {
-                    newest_expiry = Some(newest_expiry.map_or(at, |n| n.max(at)));
-                }
-                outcome.status.problem = Some(message);
-            }
+            Err(refused) => outcome.status.problem = Some(refused.message),
         }
     }
     outcome.status.version = last.as_ref().map(|l| l.version);
     outcome.status.expires = last.as_ref().map(|l| l.expires.clone());
+    let newest_expiry = newest.and_then(|n| n.expires.parse::<jiff::Timestamp>().ok());
     outcome.status.stale_since = newest_expiry.filter(|e| now >= *e).map(|e| e.to_string());
     // Only for readiness: losing it costs a stale display, not a guarantee.
     if let Err(e) = state::write_durable(dir, STATUS, &outcome.status) {
         tracing::warn!(error = %e, "cannot record the catalog status");
     }
     Ok(outcome)
+}
+
+fn newest_of(v: &VerifiedCatalog) -> Newest {
+    Newest { version: v.metadata.version, expires: v.metadata.expires.clone() }
+}
+
+fn accepted_of(v: &VerifiedCatalog, doc: &SignedDocument) -> Accepted {
+    Accepted {
+        version: v.metadata.version,
+        sha256: v.sha256.clone(),
+        expires: v.metadata.expires.clone(),
+        key_id: v.key_id.clone(),
+        document: doc.clone(),
+    }
 }
 
 /// The status recorded at the last check-in, if any.
@@ -112,37 +131,37 @@ pub fn last_status(dir: &Path) -> Result<Option<CatalogStatus>, StateError> {
 
 struct Refused {
     message: String,
-    /// When a genuine but expired document expired.
-    expired_at: Option<jiff::Timestamp>,
+    /// A genuine document refused only because it expired: it still tells
+    /// that the publisher has moved on to its version.
+    genuine: Option<Newest>,
 }
 
 fn judge(
     doc: &SignedDocument,
     publishers: &TrustStore,
     last: Option<&Accepted>,
+    newest: Option<&Newest>,
     now: jiff::Timestamp,
 ) -> Result<VerifiedCatalog, Refused> {
-    let refuse = |message: String| Refused { message, expired_at: None };
+    let refuse = |message: String| Refused { message, genuine: None };
     let v = hotpatch_format::verify_catalog(doc, publishers)
         .map_err(|e| refuse(format!("catalog metadata refused: {e}")))?;
     let version = v.metadata.version;
-    if let Some(l) = last {
-        if version < l.version {
-            return Err(refuse(format!(
-                "catalog metadata version {version} refused: version {} was accepted before (an old document replayed)",
-                l.version
-            )));
-        }
-        if version == l.version && v.sha256 != l.sha256 {
-            return Err(refuse(format!(
-                "catalog metadata version {version} refused: it differs from the version {version} accepted before"
-            )));
-        }
+    if let Some(n) = newest.filter(|n| version < n.version) {
+        return Err(refuse(format!(
+            "catalog metadata version {version} refused: version {} was seen before (an old document replayed)",
+            n.version
+        )));
+    }
+    if last.is_some_and(|l| version == l.version && v.sha256 != l.sha256) {
+        return Err(refuse(format!(
+            "catalog metadata version {version} refused: it differs from the version {version} accepted before"
+        )));
     }
     if v.is_expired(now) {
         return Err(Refused {
             message: format!("catalog metadata version {version} refused: it expired at {}", v.metadata.expires),
-            expired_at: Some(v.expires),
+            genuine: Some(newest_of(&v)),
         });
     }
     Ok(v)
