@@ -125,7 +125,7 @@ fn a_server_cannot_roll_back_or_downgrade_without_a_signed_revocation() {
     set(&script, answer(vec![levels.offer(1, "d-1")], vec![], None, vec![]));
     let outcome = once(&f, &[]);
     assert!(result_of(&outcome, "d-1")["detail"].as_str().is_some_and(|d| d.contains("below level 2")), "{outcome}");
-    let local = run(&["rollback", "--pid", &svc.pid().to_string(), &levels.patch_id(2).as_str().unwrap_or_default()]);
+    let local = run(&["rollback", "--pid", &svc.pid().to_string(), levels.patch_id(2).as_str().unwrap_or_default()]);
     assert!(local.status.success(), "a local root operator's rollback: {}", String::from_utf8_lossy(&local.stderr));
     assert!(svc.wait_for(UNPATCHED));
     let outcome = once(&f, &[]);
