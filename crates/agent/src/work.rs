@@ -128,7 +128,7 @@ pub fn check_in(state_dir: &Path, opts: &CheckInOptions) -> Result<CheckInOutcom
     let guarded = guard_answer(state_dir, &answer, &targets, &opts.keys)?;
     let mut results = Vec::new();
     for w in &answer.hotpatches {
-        if let Some(r) = apply_hotpatch(&client, &signer, w, guarded.catalog.as_ref(), &opts.keys.publishers) {
+        if let Some(r) = apply_hotpatch(&client, &signer, w, guarded.catalog.as_ref(), &guarded.keys.publishers) {
             results.push(r);
         }
     }
@@ -190,6 +190,8 @@ pub(crate) struct Guarded {
     pub catalog: Option<VerifiedCatalog>,
     /// Stale or refused metadata, refused statements, targets behind the catalog.
     pub notes: Vec<String>,
+    /// The machine's keys less those the publisher revoked: what packages are verified with.
+    pub keys: Keys,
 }
 
 /// Judges the answer's catalog metadata and revocation statements against the
@@ -201,18 +203,23 @@ pub(crate) fn guard_answer(
     targets: &[TargetReport],
     keys: &Keys,
 ) -> Result<Guarded, AgentError> {
+    let mut keys = guard::revoked_keys::effective(keys, &guard::revoked_keys::load(state_dir)?);
     let received =
         guard::metadata::receive(state_dir, answer.catalog.as_deref(), &keys.publishers, jiff::Timestamp::now())?;
+    if let Some(c) = &received.accepted {
+        let revoked = guard::revoked_keys::record(state_dir, &c.metadata.revoked_keys)?;
+        keys = guard::revoked_keys::effective(&keys, &revoked);
+    }
     let mut floor = guard::Floor::load(state_dir)?;
     let mut notes: Vec<String> = received.status.describe().into_iter().collect();
-    notes.extend(guard::revocation::record(&mut floor, &answer.revocations, received.accepted.as_ref(), keys)?);
+    notes.extend(guard::revocation::record(&mut floor, &answer.revocations, received.accepted.as_ref(), &keys)?);
     if let Some(c) = &received.accepted {
         notes.extend(guard::metadata::behind(c, targets));
     }
     for n in &notes {
         tracing::warn!(note = %n, "signed catalog");
     }
-    Ok(Guarded { status: received.status, catalog: received.accepted, notes })
+    Ok(Guarded { status: received.status, catalog: received.accepted, notes, keys })
 }
 
 /// The first half of a check-in: report what runs here with any undelivered

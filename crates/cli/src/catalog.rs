@@ -44,6 +44,9 @@ struct SignArgs {
     /// A revoked level, BUILD_ID:LEVEL (repeatable); it is no longer listed as latest.
     #[arg(long, value_name = "BUILD_ID:LEVEL")]
     revoke: Vec<String>,
+    /// A publisher key id no machine should trust any more (repeatable): lost or retired.
+    #[arg(long, value_name = "KEY_ID")]
+    revoke_key: Vec<String>,
     /// Why the --revoke levels are revoked.
     #[arg(long, default_value = "revoked by the publisher")]
     reason: String,
@@ -86,7 +89,14 @@ fn sign(args: SignArgs, out: &Output) -> anyhow::Result<()> {
     let now = jiff::Timestamp::now();
     let expires = now.checked_add(lifetime).context("--expires is too far in the future")?;
     let version = args.version.unwrap_or_else(|| now.as_second().max(1) as u64);
-    let metadata = CatalogMetadata { version, issued: now.to_string(), expires: expires.to_string(), targets, revoked };
+    let metadata = CatalogMetadata {
+        version,
+        issued: now.to_string(),
+        expires: expires.to_string(),
+        targets,
+        revoked,
+        revoked_keys: args.revoke_key.clone(),
+    };
     let doc = metadata.sign(&key)?;
     write_replacing(&args.out, &doc.to_json())?;
     report(

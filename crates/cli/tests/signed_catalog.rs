@@ -209,8 +209,14 @@ fn metadata(
     targets: Vec<CatalogEntry>,
 ) -> Value {
     let key = SecretKey::load(&f.path("keys/publisher.key")).expect("key");
-    let m =
-        CatalogMetadata { version, issued: issued.to_string(), expires: expires.to_string(), targets, revoked: vec![] };
+    let m = CatalogMetadata {
+        version,
+        issued: issued.to_string(),
+        expires: expires.to_string(),
+        targets,
+        revoked: vec![],
+        revoked_keys: vec![],
+    };
     let doc: SignedDocument = m.sign(&key).expect("sign");
     serde_json::to_value(doc).expect("json")
 }

@@ -170,6 +170,11 @@ pub struct CatalogMetadata {
     pub targets: Vec<CatalogEntry>,
     #[serde(default)]
     pub revoked: Vec<Revocation>,
+    /// Ids of publisher keys no longer to be trusted for anything (a key lost
+    /// or retired). A machine that accepts this metadata stops trusting them
+    /// for good; adding a key stays a root operator's act on the machine.
+    #[serde(default)]
+    pub revoked_keys: Vec<String>,
 }
 
 impl CatalogMetadata {
@@ -191,6 +196,9 @@ impl CatalogMetadata {
             if !seen.insert((&t.build_id, &t.file_name)) {
                 return Err(bad(format!("target {} {} is listed twice", t.build_id, t.file_name)));
             }
+        }
+        for id in &self.revoked_keys {
+            check_hex("revoked key id", id, KEY_ID_LEN..=KEY_ID_LEN).map_err(to_signed)?;
         }
         self.revoked.iter().try_for_each(Revocation::validate)
     }
@@ -284,6 +292,7 @@ mod tests {
                 sha256: "ab".repeat(32),
             }],
             revoked: vec![Revocation { build_id: BUILD.into(), levels: vec![1], reason: "crashes".into() }],
+            revoked_keys: vec![key(5).public().id_hex()],
         }
     }
 
@@ -341,6 +350,9 @@ mod tests {
         let mut m = metadata(1);
         m.revoked[0].levels.clear();
         assert!(m.sign(&k).is_err());
+        let mut m = metadata(1);
+        m.revoked_keys.push("xyz".into());
+        assert!(m.sign(&k).expect_err("key id").to_string().contains("revoked key id"));
         for junk in
             [&b"{}"[..], b"not json", b"{\"kind\":\"catalog\",\"signed\":\"x\",\"key_id\":\"zz\",\"signature\":\"\"}"]
         {

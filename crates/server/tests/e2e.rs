@@ -192,6 +192,7 @@ fn catalog_metadata(key: &SecretKey, version: u64, build_id: &str, sha: &str) ->
             sha256: sha.into(),
         }],
         revoked: vec![],
+        revoked_keys: vec![],
     };
     serde_json::to_value(m.sign(key).expect("sign")).expect("json")
 }

@@ -86,7 +86,7 @@ impl Daemon {
                 job.deployments.insert(w.deployment_id.clone());
                 continue;
             }
-            match work::fetch_package(&client, &signer, w, guarded.catalog.as_ref(), &self.trust) {
+            match work::fetch_package(&client, &signer, w, guarded.catalog.as_ref(), &guarded.keys.publishers) {
                 Ok(p) => self.add_job(p, Some(w.deployment_id.clone())),
                 Err(e) => self.outbox.push(work::result(&w.deployment_id, "failed", work::clip(e))),
             }

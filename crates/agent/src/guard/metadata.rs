@@ -208,6 +208,7 @@ mod tests {
             expires: expires.into(),
             targets: Vec::new(),
             revoked: Vec::new(),
+            revoked_keys: Vec::new(),
         };
         m.sign(key).expect("sign")
     }

@@ -10,10 +10,13 @@
 //! - `revocation`: a rollback the server lists is carried out only when a
 //!   publisher or the organisation's operations key signed the revocation of
 //!   the level running.
+//! - `revoked_keys`: publisher keys the accepted metadata revoked, trusted for
+//!   nothing from then on.
 
 pub mod floor;
 pub mod metadata;
 pub mod revocation;
+pub mod revoked_keys;
 
 pub use floor::{Floor, FloorRefusal};
 pub use metadata::{CatalogStatus, MetadataOutcome};
