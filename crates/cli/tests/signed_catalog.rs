@@ -10,6 +10,8 @@ use common::control_plane::{Script, scripted};
 use common::*;
 use hotpatch_format::{CatalogEntry, CatalogMetadata, SecretKey, SignedDocument};
 use serde_json::{Value, json};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
 
 /// Two packages of the fixture's service (levels 1 and 2) and what a server says of them.
 struct Levels {
@@ -91,10 +93,15 @@ fn active_levels(pid: i32) -> Vec<u64> {
 }
 
 fn enrolled(f: &Fixture, artifacts: Vec<Vec<u8>>) -> Script {
-    let (base, script) = scripted(artifacts);
+    enrolled_watching(f, artifacts).0
+}
+
+/// Enrolled with a scripted server; its check-in bodies arrive on the receiver.
+fn enrolled_watching(f: &Fixture, artifacts: Vec<Vec<u8>>) -> (Script, Receiver<Value>) {
+    let (base, script, checkins) = scripted(artifacts);
     let out = run(&["agent", "--enroll", &base, "token", "--state-dir", &s(&f.path("state"))]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    script
+    (script, checkins)
 }
 
 #[test]
@@ -292,4 +299,65 @@ fn old_or_expired_catalog_metadata_is_refused_and_the_catalog_reported_stale() {
         "{outcome}"
     );
     assert_eq!(active_levels(svc.pid()), Vec::<u64>::new());
+
+    // The publisher retires its key in the metadata: nothing it signed is trusted any more.
+    let key_id = SecretKey::load(&f.path("keys/publisher.key")).expect("key").public().id_hex();
+    let mut v11 = CatalogMetadata {
+        version: 11,
+        issued: now.to_string(),
+        expires: tomorrow.to_string(),
+        targets: vec![],
+        revoked: vec![],
+        revoked_keys: vec![key_id],
+    };
+    let key = SecretKey::load(&f.path("keys/publisher.key")).expect("key");
+    let retiring = serde_json::to_value(v11.sign(&key).expect("sign")).expect("json");
+    set(&script, answer(vec![levels.offer(1, "d-1")], vec![], Some(retiring), vec![]));
+    let outcome = once(&f, &[]);
+    assert_eq!(outcome["catalog"]["version"], 11, "{outcome}");
+    assert!(result_of(&outcome, "d-1")["detail"].as_str().is_some_and(|d| d.contains("not trusted")), "{outcome}");
+    // Even its next metadata: refused, version 11 stays.
+    v11.version = 12;
+    v11.revoked_keys.clear();
+    let after = serde_json::to_value(v11.sign(&key).expect("sign")).expect("json");
+    set(&script, answer(vec![], vec![], Some(after), vec![]));
+    let outcome = once(&f, &[]);
+    assert_eq!(outcome["catalog"]["version"], 11, "{outcome}");
+    assert!(outcome["catalog"]["problem"].as_str().is_some_and(|p| p.contains("not trusted")), "{outcome}");
+    assert_eq!(active_levels(svc.pid()), Vec::<u64>::new());
+}
+
+/// Waits (bounded) for a check-in reporting a result for `deployment`.
+fn reported(checkins: &Receiver<Value>, deployment: &str) -> Option<Value> {
+    for _ in 0..120 {
+        let body = checkins.recv_timeout(Duration::from_secs(60)).ok()?;
+        if let Some(r) = body["results"].as_array().and_then(|r| r.iter().find(|r| r["deployment_id"] == deployment)) {
+            return Some(r.clone());
+        }
+    }
+    None
+}
+
+#[test]
+fn the_daemon_refuses_an_unsigned_rollback_and_keeps_patching_new_processes() {
+    let f = Fixture::new();
+    let levels = Levels::pack(&f);
+    let (script, checkins) = enrolled_watching(&f, levels.bytes.to_vec());
+    let first = Svc::start(&f.path("svc"));
+    set(&script, answer(vec![levels.offer(1, "d-1")], vec![], None, vec![]));
+    let cfg = f.path("agent.toml");
+    let state = s(&f.path("state"));
+    write_config(&cfg, &format!("state_dir = {state:?}\ntrust_dir = {:?}\nrescan_seconds = 0.2\n", f.trust()));
+    let agent = Agent::start(&cfg, &f.path("agent.log"));
+    assert!(first.wait_for(LEVEL1), "not patched; log:\n{}", agent.log_text());
+
+    let rollback = json!({ "deployment_id": "r-1", "patch_id": levels.patch_id(1), "build_id": levels.build_id() });
+    set(&script, answer(vec![levels.offer(1, "d-1")], vec![rollback], None, vec![]));
+    let result = reported(&checkins, "r-1").unwrap_or_else(|| panic!("no result; log:\n{}", agent.log_text()));
+    assert_eq!(result["status"], "failed", "{result}");
+    assert!(result["detail"].as_str().is_some_and(|d| d.contains("not revoked")), "{result}");
+    assert_eq!(active_levels(first.pid()), [1]);
+    // The job stays: a process started now still gets the fix.
+    let second = Svc::start(&f.path("svc"));
+    assert!(second.wait_for(LEVEL1), "a new process not patched; log:\n{}", agent.log_text());
 }

@@ -196,6 +196,11 @@ impl Daemon {
         }
     }
 
+    /// The keys signed statements are checked with.
+    fn keys(&self) -> crate::guard::Keys {
+        crate::guard::Keys { publishers: self.trust.clone(), operations: self.operations.clone() }
+    }
+
     /// Adds a job; a higher level of the same target replaces a lower one.
     fn add_job(&mut self, package: hotpatch_format::VerifiedPackage, deployment: Option<String>) {
         let (id, build, level) =
@@ -214,7 +219,12 @@ impl Daemon {
 
     fn load_catalog(&mut self) {
         let Some(dir) = self.config.catalog_dir.clone() else { return };
-        let catalog = match crate::scan::DirCatalog::load(&dir, &self.trust) {
+        // Keys the publisher's metadata revoked count for local packages too.
+        let trust = match crate::guard::revoked_keys::load(&self.config.state_dir) {
+            Ok(revoked) => crate::guard::revoked_keys::effective(&self.keys(), &revoked).publishers,
+            Err(e) => return tracing::error!(error = %e, "catalog directory not read"),
+        };
+        let catalog = match crate::scan::DirCatalog::load(&dir, &trust) {
             Ok(c) => c,
             Err(e) => return tracing::error!(error = %e, "catalog directory unreadable"),
         };
@@ -223,7 +233,7 @@ impl Daemon {
         }
         let latest: Vec<PathBuf> = catalog.latest().values().map(|e| e.file.clone()).collect();
         for file in latest {
-            match crate::scan::catalog::read_verified(&file, &self.trust) {
+            match crate::scan::catalog::read_verified(&file, &trust) {
                 Ok(p) if !self.jobs.contains_key(&p.manifest.patch_id) => {
                     match crate::work::admit(&self.config.state_dir, &p) {
                         Ok(()) => self.add_job(p, None),

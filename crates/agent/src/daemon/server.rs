@@ -72,8 +72,7 @@ impl Daemon {
         tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "facts and targets collected");
         let targets = work::summarize(&running);
         let (answer, _) = work::exchange(&dir, &client, &signer, &facts, &targets)?;
-        let keys = crate::guard::Keys { publishers: self.trust.clone(), operations: self.operations.clone() };
-        let guarded = work::guard_answer(&dir, &answer, &targets, &keys)?;
+        let guarded = work::guard_answer(&dir, &answer, &targets, &self.keys())?;
         tracing::info!(
             hotpatches = answer.hotpatches.len(),
             rollbacks = answer.rollbacks.len(),

@@ -86,8 +86,8 @@ pub type Script = std::sync::Arc<std::sync::Mutex<Value>>;
 
 /// A control plane on loopback that answers each check-in with whatever the
 /// test put in the script last (a server that lies, replays or withholds), and
-/// serves the given artifacts by hash.
-pub fn scripted(artifacts: Vec<Vec<u8>>) -> (String, Script) {
+/// serves the given artifacts by hash; each check-in's body goes to the receiver.
+pub fn scripted(artifacts: Vec<Vec<u8>>) -> (String, Script, Receiver<Value>) {
     let script: Script = std::sync::Arc::new(std::sync::Mutex::new(json!({
         "interval_seconds": 1, "jitter_seconds": 0, "entitled": true
     })));
@@ -96,12 +96,14 @@ pub fn scripted(artifacts: Vec<Vec<u8>>) -> (String, Script) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let answers = script.clone();
+    let (tx, checkins) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for stream in listener.incoming().map_while(Result::ok) {
-            let Some((line, _)) = read_request(&stream) else { continue };
+            let Some((line, body)) = read_request(&stream) else { continue };
             if line.starts_with("POST /api/v1/agent/enroll") {
                 respond(stream, "200 OK", br#"{"machine_id":"m-test"}"#);
             } else if line.starts_with("POST /api/v1/agent/checkin") {
+                let _ = tx.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
                 let answer = answers.lock().map(|a| a.to_string()).unwrap_or_default();
                 respond(stream, "200 OK", answer.as_bytes());
             } else if let Some(a) = line
@@ -115,5 +117,5 @@ pub fn scripted(artifacts: Vec<Vec<u8>>) -> (String, Script) {
             }
         }
     });
-    (base, script)
+    (base, script, checkins)
 }
