@@ -141,6 +141,9 @@ mod tests {
             let e = Config::parse(p, bad).expect_err(bad).to_string();
             assert!(e.contains("/etc/hotpatch/agent.toml"), "{bad}: {e}");
         }
+        let c = Config::parse(p, "operations_keys = \"/etc/ops\"\ninsecure_http = true\n").expect("parse");
+        assert_eq!((c.operations_keys.as_path(), c.insecure_http), (Path::new("/etc/ops"), true));
+        assert!(!Config::default().insecure_http);
         let policy = Config::parse(p, "required_readiness = [\"architecture\"]").expect("parse").readiness_policy();
         assert_eq!(policy.required, ["architecture"]);
     }
