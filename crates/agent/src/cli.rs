@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::trust::{DEFAULT_CONFIG, DEFAULT_STATE_DIR, DEFAULT_TRUST_DIR};
+use crate::trust::{DEFAULT_CONFIG, DEFAULT_OPERATIONS_KEYS, DEFAULT_STATE_DIR, DEFAULT_TRUST_DIR};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct AgentArgs {
@@ -29,6 +29,15 @@ pub struct AgentArgs {
     /// (a private CA); remembered for every later check-in.
     #[arg(long, requires = "enroll")]
     pub ca_cert: Option<PathBuf>,
+    /// The organisation's operations keys (.pub or a directory): revocations they
+    /// sign let a rollback the server lists be carried out [default:
+    /// /etc/hotpatch/operations-keys if present, or the configuration's operations_keys].
+    #[arg(long)]
+    pub operations_keys: Option<PathBuf>,
+    /// Allow plain http:// to a server that is not this machine (anyone on the
+    /// path could read and change the exchange).
+    #[arg(long)]
+    pub insecure_http: bool,
     /// Print machine-readable JSON.
     #[arg(long)]
     pub json: bool,
@@ -36,7 +45,12 @@ pub struct AgentArgs {
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     if args.enroll.is_none() && !args.once {
-        let overrides = crate::daemon::Overrides { state_dir: args.state_dir.clone(), trust_dir: args.trust.clone() };
+        let overrides = crate::daemon::Overrides {
+            state_dir: args.state_dir.clone(),
+            trust_dir: args.trust.clone(),
+            operations_keys: args.operations_keys.clone(),
+            insecure_http: args.insecure_http,
+        };
         let (path, required) = match &args.config {
             Some(p) => (p.clone(), true),
             None => (PathBuf::from(DEFAULT_CONFIG), false),
@@ -50,8 +64,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     if args.once {
         let trust_dir = args.trust.clone().unwrap_or_else(|| DEFAULT_TRUST_DIR.into());
-        let trust = crate::load_trust(&trust_dir)?;
-        let outcome = crate::check_in_once(&state_dir, &trust)?;
+        let operations = args.operations_keys.clone().unwrap_or_else(|| DEFAULT_OPERATIONS_KEYS.into());
+        let keys = crate::guard::Keys {
+            publishers: crate::load_trust(&trust_dir)?,
+            operations: crate::trust::load_operations_keys(&operations)?,
+        };
+        let opts = crate::work::CheckInOptions { keys, insecure_http: args.insecure_http };
+        let outcome = crate::work::check_in(&state_dir, &opts)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&outcome)?);
         } else {
@@ -69,7 +88,7 @@ fn enroll(v: &[String], state_dir: &Path, args: &AgentArgs) -> anyhow::Result<()
         [url, token] => (url, token),
         _ => anyhow::bail!("--enroll needs URL and TOKEN"),
     };
-    let cred = crate::enroll(url, token, state_dir, args.ca_cert.as_deref())?;
+    let cred = crate::enroll_with(url, token, state_dir, args.ca_cert.as_deref(), args.insecure_http)?;
     if args.json {
         println!("{}", serde_json::json!({ "enrolled": true, "machine_id": cred.machine_id, "server": cred.server }));
     } else {

@@ -14,6 +14,10 @@ pub const MAX_ARTIFACT: u64 = 64 * 1024 * 1024;
 pub enum ClientError {
     #[error("server URL {0:?} must start with http:// or https://")]
     BadUrl(String),
+    #[error(
+        "server URL {0:?} is plain http:// to another machine: anyone on the path could read and change the exchange; use https://, or --insecure-http (insecure_http = true) to allow it"
+    )]
+    InsecureHttp(String),
     #[error("CA certificate {path}: {message}")]
     CaCert { path: String, message: String },
     #[error("{what}: server answered {status}: {message}")]
@@ -65,6 +69,17 @@ fn private_ca(path: &std::path::Path) -> Result<rustls::ClientConfig, ClientErro
         .with_no_client_auth())
 }
 
+/// Whether the authority of a URL (what follows `http://`) names this machine.
+fn is_loopback(rest: &str) -> bool {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 pub struct Client {
     base: String,
     http: ureq::Agent,
@@ -78,9 +93,23 @@ pub enum CheckInReply {
 impl Client {
     /// A client for `server`; with `ca_cert` (PEM) the server's certificate must
     /// chain to those certificates alone, instead of the public web roots.
+    /// Plain `http://` is refused unless the server is this machine (loopback).
     pub fn new(server: &str, ca_cert: Option<&std::path::Path>) -> Result<Client, ClientError> {
+        Client::with_options(server, ca_cert, false)
+    }
+
+    /// [`Client::new`]; `insecure_http` allows plain `http://` to another machine.
+    pub fn with_options(
+        server: &str,
+        ca_cert: Option<&std::path::Path>,
+        insecure_http: bool,
+    ) -> Result<Client, ClientError> {
         let base = server.trim_end_matches('/');
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
+        if let Some(rest) = base.strip_prefix("http://") {
+            if !insecure_http && !is_loopback(rest) {
+                return Err(ClientError::InsecureHttp(server.to_string()));
+            }
+        } else if !base.starts_with("https://") {
             return Err(ClientError::BadUrl(server.to_string()));
         }
         let mut builder =
@@ -163,5 +192,31 @@ impl Client {
             });
         }
         Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_refused_off_loopback_unless_allowed() {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://localhost/",
+            "http://[::1]:9/x",
+            "http://127.8.0.1",
+            "https://example.com",
+        ] {
+            assert!(Client::new(ok, None).is_ok(), "{ok}");
+        }
+        for refused in
+            ["http://example.com", "http://10.0.0.1:80", "http://127.0.0.1.example.com", "http://u@192.168.1.1"]
+        {
+            let e = Client::new(refused, None).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("--insecure-http") && e.contains(refused), "{refused}: {e}");
+            assert!(Client::with_options(refused, None, true).is_ok(), "{refused}");
+        }
+        assert!(matches!(Client::new("ftp://x", None), Err(ClientError::BadUrl(_))));
     }
 }

@@ -13,6 +13,10 @@
 //! retry_max_seconds = 300     # back-off ceiling for a process that failed
 //! max_attempts = 8            # then its failure is reported as final
 //! required_readiness = ["architecture", "privileges"]
+//! # Keys of the organisation's operations team (kept off the server): they may
+//! # sign revocations, so a rollback the server lists can be carried out.
+//! operations_keys = "/etc/hotpatch/operations-keys"
+//! insecure_http = false       # allow plain http:// to a server off this machine
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -20,7 +24,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::trust::{DEFAULT_STATE_DIR, DEFAULT_TRUST_DIR};
+use crate::trust::{DEFAULT_OPERATIONS_KEYS, DEFAULT_STATE_DIR, DEFAULT_TRUST_DIR};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -44,6 +48,8 @@ pub struct Config {
     pub retry_max_seconds: u64,
     pub max_attempts: u32,
     pub required_readiness: Option<Vec<String>>,
+    pub operations_keys: PathBuf,
+    pub insecure_http: bool,
 }
 
 impl Default for Config {
@@ -58,6 +64,8 @@ impl Default for Config {
             retry_max_seconds: 300,
             max_attempts: 8,
             required_readiness: None,
+            operations_keys: DEFAULT_OPERATIONS_KEYS.into(),
+            insecure_http: false,
         }
     }
 }
@@ -133,6 +141,9 @@ mod tests {
             let e = Config::parse(p, bad).expect_err(bad).to_string();
             assert!(e.contains("/etc/hotpatch/agent.toml"), "{bad}: {e}");
         }
+        let c = Config::parse(p, "operations_keys = \"/etc/ops\"\ninsecure_http = true\n").expect("parse");
+        assert_eq!((c.operations_keys.as_path(), c.insecure_http), (Path::new("/etc/ops"), true));
+        assert!(!Config::default().insecure_http);
         let policy = Config::parse(p, "required_readiness = [\"architecture\"]").expect("parse").readiness_policy();
         assert_eq!(policy.required, ["architecture"]);
     }

@@ -3,7 +3,8 @@
 //! processes with their applied levels, results of past work), then doing what
 //! the answer says: download each assigned hotpatch, verify it against the
 //! agent's own trusted keys, apply it with the engine to every process mapping
-//! its target, and report the result. The long-running daemon comes later.
+//! its target, and report the result; and what the machine holds against its
+//! own server (`guard`): signed catalog metadata, the level floor, signed rollbacks.
 
 pub mod cli;
 pub mod client;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod facts;
 pub mod fleet;
+pub mod guard;
 pub mod journal;
 pub mod lock;
 pub mod protocol;
@@ -42,7 +44,18 @@ pub enum AgentError {
 /// Makes this machine's key pair and enrolls its public half with a one-time
 /// enrollment token; the secret key is stored 0600 in `state_dir` and never sent.
 pub fn enroll(server: &str, token: &str, state_dir: &Path, ca_cert: Option<&Path>) -> Result<Credential, AgentError> {
-    let client = Client::new(server, ca_cert)?;
+    enroll_with(server, token, state_dir, ca_cert, false)
+}
+
+/// [`enroll`]; `insecure_http` allows plain `http://` to a server off this machine.
+pub fn enroll_with(
+    server: &str,
+    token: &str,
+    state_dir: &Path,
+    ca_cert: Option<&Path>,
+    insecure_http: bool,
+) -> Result<Credential, AgentError> {
+    let client = Client::with_options(server, ca_cert, insecure_http)?;
     let hostname = facts::hostname();
     let key = hotpatch_wire::MachineKey::generate().map_err(|e| AgentError::Key(e.to_string()))?;
     let answer = client.enroll(token, &hostname, &key.public().to_hex())?;

@@ -64,6 +64,13 @@ pub struct Answer {
     pub rollbacks: Vec<RollbackWork>,
     #[serde(default)]
     pub notes: Vec<String>,
+    /// The publisher's signed catalog metadata, passed on by the server.
+    #[serde(default)]
+    pub catalog: Option<Box<hotpatch_format::SignedDocument>>,
+    /// Signed revocation statements, passed on by the server; a listed rollback
+    /// is carried out only when one of them revokes the level running.
+    #[serde(default)]
+    pub revocations: Vec<hotpatch_format::SignedDocument>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -73,7 +73,14 @@ fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StateError>
     fs::rename(&tmp, &path).map_err(io(&path))
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StateError> {
+/// Like [`write_private`], and the directory entry is made durable too: what
+/// guards against a downgrade must survive a power cut right after it was written.
+pub(crate) fn write_durable<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), StateError> {
+    write_private(dir, name, &to_json(&dir.join(name), value)?)?;
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StateError> {
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)

@@ -14,6 +14,9 @@ use hotpatch_format::TrustStore;
 
 /// The publisher keys (`*.pub`) this machine trusts.
 pub const DEFAULT_TRUST_DIR: &str = "/etc/hotpatch/trusted-keys";
+/// The organisation's operations keys (`*.pub`): they sign revocations only.
+/// Optional: a machine without them honours publisher-signed revocations alone.
+pub const DEFAULT_OPERATIONS_KEYS: &str = "/etc/hotpatch/operations-keys";
 /// The agent's machine key, request sequence, last answer and journal.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/hotpatch";
 /// The daemon's configuration.
@@ -88,6 +91,18 @@ pub fn load_trust(path: &Path) -> Result<TrustStore, TrustError> {
         return Err(TrustError::Empty(path.to_path_buf()));
     }
     TrustStore::load(path).map_err(|e| key_error(path, e))
+}
+
+/// The operations keys: none when `path` does not exist, else checked like the
+/// trust directory (root's alone, each key too).
+pub fn load_operations_keys(path: &Path) -> Result<TrustStore, TrustError> {
+    if !path.exists() {
+        return Ok(TrustStore::default());
+    }
+    match load_trust(path) {
+        Err(TrustError::Empty(_)) => Ok(TrustStore::default()),
+        other => other,
+    }
 }
 
 fn key_error(path: &Path, e: hotpatch_format::KeyError) -> TrustError {

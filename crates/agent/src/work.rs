@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use hotpatch_engine::{ApplyOptions, RunningTarget};
-use hotpatch_format::{TrustStore, VerifiedPackage};
+use hotpatch_format::{TrustStore, VerifiedCatalog, VerifiedPackage};
 
 use crate::fleet::ProcessResult;
 use serde::Serialize;
 
 use crate::client::{CheckInReply, Client, MachineSigner};
+use crate::guard::{self, CatalogStatus, Keys};
 use crate::protocol::{BaselineWork, CheckIn, HotpatchWork, RollbackWork, TargetReport, WorkResult};
 use crate::state::{self, LastAnswer};
 use crate::{AgentError, facts};
@@ -31,6 +32,8 @@ pub struct CheckInOutcome {
     #[serde(default)]
     pub restart: Vec<RestartDue>,
     pub notes: Vec<String>,
+    /// The publisher's signed catalog as this machine sees it (stale, refused).
+    pub catalog: CatalogStatus,
     pub entitled: bool,
 }
 
@@ -100,24 +103,38 @@ pub fn summarize(running: &[RunningTarget]) -> Vec<TargetReport> {
         .collect()
 }
 
+/// How a check-in is made: the keys signed statements are checked with, and
+/// whether plain `http://` to a server off this machine is allowed.
+#[derive(Debug, Clone, Default)]
+pub struct CheckInOptions {
+    pub keys: Keys,
+    pub insecure_http: bool,
+}
+
+/// One check-in trusting the publisher keys in `trust` (no operations keys).
 pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutcome, AgentError> {
+    check_in(state_dir, &CheckInOptions { keys: Keys::publishers_only(trust.clone()), insecure_http: false })
+}
+
+pub fn check_in(state_dir: &Path, opts: &CheckInOptions) -> Result<CheckInOutcome, AgentError> {
     let cred = state::load_credential(state_dir)?;
     let key = cred.machine_key(state_dir)?;
     let signer = MachineSigner { machine_id: &cred.machine_id, key: &key, state_dir };
-    let client = Client::new(&cred.server, cred.ca_cert.as_deref())?;
+    let client = Client::with_options(&cred.server, cred.ca_cert.as_deref(), opts.insecure_http)?;
     let facts = facts::collect();
     let running = hotpatch_engine::running_targets();
     let targets = summarize(&running);
     let (answer, not_modified) = exchange(state_dir, &client, &signer, &facts, &targets)?;
+    let guarded = guard_answer(state_dir, &answer, &targets, &opts.keys)?;
     let mut results = Vec::new();
     for w in &answer.hotpatches {
-        if let Some(r) = apply_hotpatch(&client, &signer, w, state_dir, trust) {
+        if let Some(r) = apply_hotpatch(&client, &signer, w, guarded.catalog.as_ref(), &guarded.keys.publishers) {
             results.push(r);
         }
     }
     for w in &answer.rollbacks {
         let mut journal = crate::journal::Journal::open(state_dir).ok();
-        if let Some(r) = roll_back(w, journal.as_mut()) {
+        if let Some(r) = roll_back(w, state_dir, journal.as_mut()) {
             results.push(r);
         }
     }
@@ -129,17 +146,30 @@ pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutc
         results,
         restart: restarts_due(&answer.baselines, &running),
         baselines_due: answer.baselines.clone(),
-        notes: answer.notes.clone(),
+        notes: answer.notes.iter().cloned().chain(guarded.notes).collect(),
+        catalog: guarded.status,
         entitled: answer.entitled,
     };
     if outcome.results.is_empty() {
         return Ok(outcome);
     }
-    // Kept on disk until delivered, so a lost report goes out with the next check-in.
+    report_results(state_dir, &client, &signer, &facts, &mut outcome)?;
+    Ok(outcome)
+}
+
+/// Sends the results of this check-in's work at once; kept on disk until
+/// delivered, so a lost report goes out with the next check-in.
+fn report_results(
+    state_dir: &Path,
+    client: &Client,
+    signer: &MachineSigner<'_>,
+    facts: &crate::protocol::Facts,
+    outcome: &mut CheckInOutcome,
+) -> Result<(), AgentError> {
     state::save_pending(state_dir, &outcome.results)?;
     outcome.targets = summarize(&hotpatch_engine::running_targets());
-    let report = CheckIn { facts: &facts, targets: &outcome.targets, results: &outcome.results };
-    match client.check_in(&signer, &report, None) {
+    let report = CheckIn { facts, targets: &outcome.targets, results: &outcome.results };
+    match client.check_in(signer, &report, None) {
         Ok(reply) => {
             state::save_pending(state_dir, &[])?;
             if let CheckInReply::Answer { etag: Some(etag), answer } = reply {
@@ -151,7 +181,45 @@ pub fn check_in_once(state_dir: &Path, trust: &TrustStore) -> Result<CheckInOutc
             tracing::warn!(error = %e, "results not reported; they go with the next check-in")
         }
     }
-    Ok(outcome)
+    Ok(())
+}
+
+/// What the machine made of the signed documents an answer carried.
+pub(crate) struct Guarded {
+    pub status: CatalogStatus,
+    pub catalog: Option<VerifiedCatalog>,
+    /// Stale or refused metadata, refused statements, targets behind the catalog.
+    pub notes: Vec<String>,
+    /// The machine's keys less those the publisher revoked: what packages are verified with.
+    pub keys: Keys,
+}
+
+/// Judges the answer's catalog metadata and revocation statements against the
+/// machine's own keys and records what they establish (durably) before any
+/// work of the answer is done.
+pub(crate) fn guard_answer(
+    state_dir: &Path,
+    answer: &crate::protocol::Answer,
+    targets: &[TargetReport],
+    keys: &Keys,
+) -> Result<Guarded, AgentError> {
+    let mut keys = guard::revoked_keys::effective(keys, &guard::revoked_keys::load(state_dir)?);
+    let received =
+        guard::metadata::receive(state_dir, answer.catalog.as_deref(), &keys.publishers, jiff::Timestamp::now())?;
+    if let Some(c) = &received.accepted {
+        let revoked = guard::revoked_keys::record(state_dir, &c.metadata.revoked_keys)?;
+        keys = guard::revoked_keys::effective(&keys, &revoked);
+    }
+    let mut floor = guard::Floor::load(state_dir)?;
+    let mut notes: Vec<String> = received.status.describe().into_iter().collect();
+    notes.extend(guard::revocation::record(&mut floor, &answer.revocations, received.accepted.as_ref(), &keys)?);
+    if let Some(c) = &received.accepted {
+        notes.extend(guard::metadata::behind(c, targets));
+    }
+    for n in &notes {
+        tracing::warn!(note = %n, "signed catalog");
+    }
+    Ok(Guarded { status: received.status, catalog: received.accepted, notes, keys })
 }
 
 /// The first half of a check-in: report what runs here with any undelivered
@@ -191,10 +259,18 @@ pub(crate) fn exchange(
 /// Checks in without acting on the answer: what the control plane assigns to
 /// this machine now (for `scan`). Returns the server's address and the answer.
 pub fn fetch_answer(state_dir: &Path) -> Result<(String, crate::protocol::Answer), AgentError> {
+    fetch_answer_with(state_dir, false)
+}
+
+/// [`fetch_answer`], allowing plain `http://` off this machine when `insecure_http`.
+pub fn fetch_answer_with(
+    state_dir: &Path,
+    insecure_http: bool,
+) -> Result<(String, crate::protocol::Answer), AgentError> {
     let cred = state::load_credential(state_dir)?;
     let key = cred.machine_key(state_dir)?;
     let signer = MachineSigner { machine_id: &cred.machine_id, key: &key, state_dir };
-    let client = Client::new(&cred.server, cred.ca_cert.as_deref())?;
+    let client = Client::with_options(&cred.server, cred.ca_cert.as_deref(), insecure_http)?;
     let running = hotpatch_engine::running_targets();
     let (answer, _) = exchange(state_dir, &client, &signer, &facts::collect(), &summarize(&running))?;
     Ok((cred.server.clone(), answer))
@@ -205,11 +281,15 @@ pub(crate) fn result(deployment_id: &str, status: &str, detail: String) -> WorkR
 }
 
 /// Downloads an assigned hotpatch and verifies it against this machine's own
-/// trust, whatever the server said; the reason in words when it is refused.
+/// trust, whatever the server said: signed by a trusted publisher, the package
+/// the accepted catalog metadata lists for its level, and not below the level
+/// floor of its target (which it then raises, durably, before it is applied).
+/// The reason in words when it is refused.
 pub(crate) fn fetch_package(
     client: &Client,
     signer: &MachineSigner<'_>,
     w: &HotpatchWork,
+    catalog: Option<&VerifiedCatalog>,
     trust: &TrustStore,
 ) -> Result<VerifiedPackage, String> {
     let bytes = client.download(signer, &w.url).map_err(|e| e.to_string())?;
@@ -226,7 +306,27 @@ pub(crate) fn fetch_package(
             m.patch_id, m.level, m.target.build_id, w.patch_id, w.level, w.build_id
         ));
     }
+    guard::metadata::check_listed(catalog, &m.target.build_id, m.level, &got)?;
+    admit(signer.state_dir, &package).map_err(|e| format!("not applied: {e}"))?;
     Ok(package)
+}
+
+/// Checks a verified package against the level floor of its target and
+/// records its level as verified (fsync'd) before anything applies it.
+pub fn admit(state_dir: &Path, package: &VerifiedPackage) -> Result<(), AdmitError> {
+    let (build_id, level) = (&package.manifest.target.build_id, package.manifest.level);
+    let mut floor = guard::Floor::load(state_dir)?;
+    floor.check(build_id, level)?;
+    floor.record_verified(build_id, level)?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    #[error(transparent)]
+    Refused(#[from] guard::FloorRefusal),
+    #[error(transparent)]
+    State(#[from] crate::StateError),
 }
 
 /// Truncates a result's detail to what the server accepts.
@@ -247,11 +347,12 @@ fn apply_hotpatch(
     client: &Client,
     signer: &MachineSigner<'_>,
     w: &HotpatchWork,
-    state_dir: &Path,
+    catalog: Option<&VerifiedCatalog>,
     trust: &TrustStore,
 ) -> Option<WorkResult> {
+    let state_dir = signer.state_dir;
     let failed = |detail: String| Some(result(&w.deployment_id, "failed", clip(detail)));
-    let package = match fetch_package(client, signer, w, trust) {
+    let package = match fetch_package(client, signer, w, catalog, trust) {
         Ok(p) => p,
         Err(e) => return failed(e),
     };
@@ -290,10 +391,19 @@ fn apply_hotpatch(
     failed(format!("{head} applied to no process: {}", errors.join("; ")))
 }
 
-pub(crate) fn roll_back(w: &RollbackWork, mut journal: Option<&mut crate::journal::Journal>) -> Option<WorkResult> {
+/// Carries out a rollback the server listed, if a signed revocation backs it.
+pub(crate) fn roll_back(
+    w: &RollbackWork,
+    state_dir: &Path,
+    mut journal: Option<&mut crate::journal::Journal>,
+) -> Option<WorkResult> {
     let pids = hotpatch_engine::processes_with_target(&w.build_id);
     if pids.is_empty() {
         return None;
+    }
+    if let Err(refusal) = rollback_allowed(w, state_dir) {
+        tracing::error!(patch = %w.patch_id, reason = %refusal, "rollback asked by the server refused");
+        return Some(result(&w.deployment_id, "failed", clip(refusal)));
     }
     let opts = ApplyOptions::default();
     let mut errors = Vec::new();
@@ -310,6 +420,20 @@ pub(crate) fn roll_back(w: &RollbackWork, mut journal: Option<&mut crate::journa
     } else {
         Some(result(&w.deployment_id, "failed", format!("rollback of {}: {}", w.patch_id, errors.join("; "))))
     }
+}
+
+/// The levels of the rolled-back patch running here must all be revoked.
+pub(crate) fn rollback_allowed(w: &RollbackWork, state_dir: &Path) -> Result<(), String> {
+    let floor = guard::Floor::load(state_dir).map_err(|e| format!("rollback of {} refused: {e}", w.patch_id))?;
+    let mut levels: Vec<u32> = hotpatch_engine::running_targets()
+        .iter()
+        .filter(|t| t.build_id == w.build_id)
+        .flat_map(|t| t.applied.iter().filter(|a| a.active && a.record.patch_id == w.patch_id))
+        .map(|a| a.record.level)
+        .collect();
+    levels.sort_unstable();
+    levels.dedup();
+    guard::authorize_rollback(&floor, &w.patch_id, &w.build_id, &levels)
 }
 
 /// What `--once` prints without `--json`.

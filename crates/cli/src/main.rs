@@ -2,6 +2,7 @@
 //! hotpatches; operators use it to inspect, verify and apply them.
 
 mod build;
+mod catalog;
 mod console;
 mod demo;
 mod keys;
@@ -32,6 +33,8 @@ enum Command {
     Build(Box<build::BuildArgs>),
     /// Pack a replacement object into a signed hotpatch for a baseline.
     Pack(package::PackArgs),
+    /// Sign the publisher's catalog metadata or a revocation (for the control plane to pass on to agents).
+    Catalog(catalog::CatalogArgs),
     /// Show what a hotpatch package contains (does not check the signature).
     Inspect(package::InspectArgs),
     /// Check a package's signature against trusted publisher keys.
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::Keygen(args) => keys::keygen(args, &out),
         Command::Build(args) => build::build(*args, &out),
         Command::Pack(args) => package::pack(args, &out),
+        Command::Catalog(args) => catalog::catalog(args, &out),
         Command::Inspect(args) => package::inspect(args, &out),
         Command::Verify(args) => package::verify(args, &out),
         Command::Apply(args) => live::apply(args, &out),

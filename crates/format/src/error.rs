@@ -28,6 +28,8 @@ pub enum FormatError {
     BadSignature(String),
     #[error("payload is not a usable replacement object: {0}")]
     Payload(String),
+    #[error("signed document is not valid: {0}")]
+    Signed(String),
     #[error(transparent)]
     Key(#[from] KeyError),
 }

@@ -90,8 +90,15 @@ impl SecretKey {
     }
 
     pub(crate) fn sign(&self, message: &[u8]) -> [u8; 64] {
-        let mut full = Vec::with_capacity(SIGNING_CONTEXT.len() + message.len());
-        full.extend_from_slice(SIGNING_CONTEXT);
+        self.sign_in(SIGNING_CONTEXT, message)
+    }
+
+    /// Signs `message` under a context string of its own, so that what is
+    /// signed for one purpose (a package, catalog metadata, a rollback) can
+    /// never be presented as signed for another.
+    pub(crate) fn sign_in(&self, context: &[u8], message: &[u8]) -> [u8; 64] {
+        let mut full = Vec::with_capacity(context.len() + message.len());
+        full.extend_from_slice(context);
         full.extend_from_slice(message);
         self.0.sign(&full).to_bytes()
     }
@@ -139,8 +146,12 @@ impl PublicKey {
     }
 
     pub(crate) fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
-        let mut full = Vec::with_capacity(SIGNING_CONTEXT.len() + message.len());
-        full.extend_from_slice(SIGNING_CONTEXT);
+        self.verify_in(SIGNING_CONTEXT, message, signature)
+    }
+
+    pub(crate) fn verify_in(&self, context: &[u8], message: &[u8], signature: &[u8; 64]) -> bool {
+        let mut full = Vec::with_capacity(context.len() + message.len());
+        full.extend_from_slice(context);
         full.extend_from_slice(message);
         let sig = ed25519_dalek::Signature::from_bytes(signature);
         // verify_strict rejects malleable and small-order forms that plain verify accepts.
@@ -224,6 +235,10 @@ impl TrustStore {
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &PublicKey> + '_ {
+        self.keys.values()
     }
 
     pub fn key_ids(&self) -> impl Iterator<Item = String> + '_ {

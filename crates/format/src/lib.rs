@@ -12,6 +12,7 @@ mod keys;
 mod manifest;
 mod package;
 mod payload;
+mod signed;
 
 pub use error::FormatError;
 pub use hotpatch_release::Classification;
@@ -22,6 +23,10 @@ pub use package::{
     VerifiedPackage, verify,
 };
 pub use payload::check_payload;
+pub use signed::{
+    CatalogEntry, CatalogMetadata, DocumentKind, MAX_SIGNED_LEN, Revocation, RevocationStatement, SignedDocument,
+    VerifiedCatalog, verify_catalog, verify_revocation,
+};
 
 /// Lower-case hex of the SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {

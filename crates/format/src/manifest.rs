@@ -144,7 +144,7 @@ fn is_lower_hex(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn check_hex(field: &str, value: &str, bytes: std::ops::RangeInclusive<usize>) -> Result<(), FormatError> {
+pub(crate) fn check_hex(field: &str, value: &str, bytes: std::ops::RangeInclusive<usize>) -> Result<(), FormatError> {
     if !is_lower_hex(value) || !value.len().is_multiple_of(2) || !bytes.contains(&(value.len() / 2)) {
         return Err(bad(format!(
             "{field} must be lower-case hex of {} to {} bytes, found {:?}",
@@ -164,7 +164,7 @@ fn clip(s: &str) -> String {
     out
 }
 
-fn check_text(field: &str, value: &str, min: usize, max: usize) -> Result<(), FormatError> {
+pub(crate) fn check_text(field: &str, value: &str, min: usize, max: usize) -> Result<(), FormatError> {
     if value.len() < min || value.len() > max {
         return Err(bad(format!("{field} must be {min} to {max} bytes long, found {}", value.len())));
     }

@@ -294,6 +294,24 @@ CREATE INDEX machines_org_last_seen ON machines (org_id, last_seen, id);
 CREATE INDEX machine_targets_file ON machine_targets (file_name, machine_id);
 "#,
     ),
+    // The publisher's signed catalog metadata and revocation statements, passed
+    // on to agents, which verify them with their own keys.
+    (
+        8,
+        r#"
+CREATE TABLE signed_documents (
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    kind TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    document TEXT NOT NULL,
+    added BIGINT NOT NULL,
+    added_by TEXT NOT NULL,
+    PRIMARY KEY (org_id, kind, sha256)
+);
+CREATE INDEX signed_documents_version ON signed_documents (org_id, kind, version)
+"#,
+    ),
 ];
 
 pub async fn migrate(db: &Db) -> Result<(), DbError> {

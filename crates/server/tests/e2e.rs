@@ -176,3 +176,92 @@ fn agent_never_applies_a_package_its_own_trust_rejects() {
         assert_eq!(row["status"], json!("apply-failed"), "{c}");
     }
 }
+
+/// Catalog metadata signed by `key`, version `version`, valid for a day.
+fn catalog_metadata(key: &SecretKey, version: u64, build_id: &str, sha: &str) -> serde_json::Value {
+    let now = jiff::Timestamp::now();
+    let m = hotpatch_format::CatalogMetadata {
+        version,
+        issued: now.to_string(),
+        expires: (now + jiff::SignedDuration::from_hours(24)).to_string(),
+        targets: vec![hotpatch_format::CatalogEntry {
+            build_id: build_id.into(),
+            file_name: "e2e-demo".into(),
+            patch_id: "e2e-fix-1".into(),
+            level: 1,
+            sha256: sha.into(),
+        }],
+        revoked: vec![],
+        revoked_keys: vec![],
+    };
+    serde_json::to_value(m.sign(key).expect("sign")).expect("json")
+}
+
+fn rollback_deployment(s: &TestServer, name: &str) {
+    let (st, d) = s.post(
+        "/api/v1/deployments",
+        &s.admin,
+        json!({ "name": name, "kind": "rollback", "patch_id": "e2e-fix-1", "rings": { "canary_percent": 100, "soak_seconds": 0 } }),
+    );
+    assert_eq!(st, 200, "{d}");
+}
+
+#[test]
+fn a_rollback_deployment_is_carried_out_only_with_a_signed_revocation() {
+    for b in backends() {
+        let s = TestServer::start(&b);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut target, token) = setup(&s, dir.path());
+        let package = Package::parse(&build_package(dir.path(), &s.key)).expect("package");
+        let build_id = package.manifest.target.build_id.clone();
+        let state_dir = dir.path().join("agent-state");
+        hotpatch_agent::enroll(&s.base, &token, &state_dir, None).expect("enroll");
+        let trust = TrustStore::from_keys(vec![s.key.public()]);
+        let outcome = hotpatch_agent::check_in_once(&state_dir, &trust).expect("check in");
+        assert_eq!(outcome.results[0].status, "applied", "{outcome:?}");
+        assert!(target.wait_for("60"));
+
+        // The server keeps the publisher's metadata: signed by a trusted key, versions only growing.
+        let (_, list) = s.get("/api/v1/hotpatches", &s.admin);
+        let sha = list["hotpatches"][0]["artifact_sha256"].as_str().unwrap_or_default().to_string();
+        let (st, body) = s.put("/api/v1/catalog/metadata", &s.admin, catalog_metadata(&s.key, 5, &build_id, &sha));
+        assert_eq!(st, 200, "{body}");
+        let (st, _) = s.put("/api/v1/catalog/metadata", &s.admin, catalog_metadata(&s.key, 5, &build_id, &sha));
+        assert_eq!(st, 409, "the same version again");
+        let stranger = SecretKey::from_seed([99u8; 32]);
+        let (st, _) = s.put("/api/v1/catalog/metadata", &s.admin, catalog_metadata(&stranger, 6, &build_id, &sha));
+        assert_eq!(st, 422, "signed by a key the organisation does not trust");
+        let (st, _) = s.put("/api/v1/catalog/metadata", &s.admin, json!({ "kind": "catalog" }));
+        assert_eq!(st, 422, "not a signed document");
+
+        // A rollback deployment without a signed revocation: the agent refuses and says why.
+        rollback_deployment(&s, "rb-unsigned");
+        let outcome = hotpatch_agent::check_in_once(&state_dir, &trust).expect("check in");
+        assert_eq!(outcome.catalog.version, Some(5), "{outcome:?}");
+        assert_eq!(outcome.results.len(), 1, "{outcome:?}");
+        assert_eq!(outcome.results[0].status, "failed");
+        assert!(outcome.results[0].detail.contains("not revoked"), "{outcome:?}");
+        for _ in 0..3 {
+            assert_eq!(target.next_value().as_deref(), Some("60"), "the fix must stay");
+        }
+
+        // The publisher revokes level 1; the server passes the statement on; the next rollback is honoured.
+        let statement = hotpatch_format::RevocationStatement {
+            revocation: hotpatch_format::Revocation {
+                build_id: build_id.clone(),
+                levels: vec![1],
+                reason: "level 1 breaks answer()".into(),
+            },
+            issued: jiff::Timestamp::now().to_string(),
+        };
+        let doc = serde_json::to_value(statement.sign(&s.key).expect("sign")).expect("json");
+        let (st, body) = s.post("/api/v1/catalog/revocations", &s.admin, doc);
+        assert_eq!((st, body["created"].as_bool()), (200, Some(true)), "{body}");
+        rollback_deployment(&s, "rb-signed");
+        let outcome = hotpatch_agent::check_in_once(&state_dir, &trust).expect("check in");
+        assert_eq!(outcome.results.len(), 1, "{outcome:?}");
+        assert_eq!(outcome.results[0].status, "rolled-back", "{outcome:?}");
+        assert!(target.wait_for("41"), "the process never went back to the original code");
+        drop(target);
+    }
+}

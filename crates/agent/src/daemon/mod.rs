@@ -48,6 +48,9 @@ pub enum DaemonError {
 pub struct Overrides {
     pub state_dir: Option<PathBuf>,
     pub trust_dir: Option<PathBuf>,
+    pub operations_keys: Option<PathBuf>,
+    /// `--insecure-http`: only ever turns it on.
+    pub insecure_http: bool,
 }
 
 impl Overrides {
@@ -59,6 +62,10 @@ impl Overrides {
         if let Some(d) = &self.trust_dir {
             config.trust_dir = d.clone();
         }
+        if let Some(d) = &self.operations_keys {
+            config.operations_keys = d.clone();
+        }
+        config.insecure_http |= self.insecure_http;
         Ok(config)
     }
 }
@@ -69,6 +76,8 @@ pub struct Daemon {
     overrides: Overrides,
     config: Config,
     trust: TrustStore,
+    /// Keys that may sign revocations besides the publishers'.
+    operations: TrustStore,
     journal: Journal,
     /// By patch id.
     jobs: BTreeMap<String, Job>,
@@ -92,6 +101,7 @@ impl Daemon {
         let config = overrides.load(config_path, config_required)?;
         crate::trust::prepare_state_dir(&config.state_dir)?;
         let trust = crate::trust::load_trust(&config.trust_dir)?;
+        let operations = crate::trust::load_operations_keys(&config.operations_keys)?;
         crate::trust::check_debug_roots()?;
         let opts = crate::repair::RepairOptions { timeout: config.apply_timeout(), ..Default::default() };
         let repaired = crate::repair::repair(&config.state_dir, &opts);
@@ -105,6 +115,7 @@ impl Daemon {
             overrides,
             config,
             trust,
+            operations,
             journal,
             jobs: BTreeMap::new(),
             seen: HashSet::new(),
@@ -153,13 +164,16 @@ impl Daemon {
 
     /// SIGHUP: a configuration that does not load leaves the running one in place.
     fn reload(&mut self) {
-        let loaded = self
-            .overrides
-            .load(&self.config_path, self.config_required)
-            .map_err(DaemonError::from)
-            .and_then(|c| Ok((crate::trust::load_trust(&c.trust_dir)?, c)));
+        let loaded =
+            self.overrides.load(&self.config_path, self.config_required).map_err(DaemonError::from).and_then(|c| {
+                Ok((
+                    crate::trust::load_trust(&c.trust_dir)?,
+                    crate::trust::load_operations_keys(&c.operations_keys)?,
+                    c,
+                ))
+            });
         match loaded {
-            Ok((trust, config)) => {
+            Ok((trust, operations, config)) => {
                 if config.state_dir != self.config.state_dir {
                     match crate::trust::prepare_state_dir(&config.state_dir)
                         .map_err(DaemonError::from)
@@ -173,12 +187,18 @@ impl Daemon {
                 }
                 tracing::info!(config = %self.config_path.display(), "configuration reloaded");
                 self.trust = trust;
+                self.operations = operations;
                 self.config = config;
                 self.next_catalog = Instant::now();
                 self.next_check_in = Instant::now();
             }
             Err(e) => tracing::error!(error = %e, "configuration not reloaded; keeping the running one"),
         }
+    }
+
+    /// The keys signed statements are checked with.
+    fn keys(&self) -> crate::guard::Keys {
+        crate::guard::Keys { publishers: self.trust.clone(), operations: self.operations.clone() }
     }
 
     /// Adds a job; a higher level of the same target replaces a lower one.
@@ -199,7 +219,12 @@ impl Daemon {
 
     fn load_catalog(&mut self) {
         let Some(dir) = self.config.catalog_dir.clone() else { return };
-        let catalog = match crate::scan::DirCatalog::load(&dir, &self.trust) {
+        // Keys the publisher's metadata revoked count for local packages too.
+        let trust = match crate::guard::revoked_keys::load(&self.config.state_dir) {
+            Ok(revoked) => crate::guard::revoked_keys::effective(&self.keys(), &revoked).publishers,
+            Err(e) => return tracing::error!(error = %e, "catalog directory not read"),
+        };
+        let catalog = match crate::scan::DirCatalog::load(&dir, &trust) {
             Ok(c) => c,
             Err(e) => return tracing::error!(error = %e, "catalog directory unreadable"),
         };
@@ -208,8 +233,13 @@ impl Daemon {
         }
         let latest: Vec<PathBuf> = catalog.latest().values().map(|e| e.file.clone()).collect();
         for file in latest {
-            match crate::scan::catalog::read_verified(&file, &self.trust) {
-                Ok(p) if !self.jobs.contains_key(&p.manifest.patch_id) => self.add_job(p, None),
+            match crate::scan::catalog::read_verified(&file, &trust) {
+                Ok(p) if !self.jobs.contains_key(&p.manifest.patch_id) => {
+                    match crate::work::admit(&self.config.state_dir, &p) {
+                        Ok(()) => self.add_job(p, None),
+                        Err(e) => tracing::warn!(problem = %e, "catalog package left out"),
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(problem = %e, "catalog package left out"),
             }

@@ -19,6 +19,19 @@ fn jitter(jitter_seconds: u64) -> Duration {
 }
 
 impl Daemon {
+    /// A level revoked by a signed statement is applied to no further process.
+    fn drop_revoked_jobs(&mut self, dir: &std::path::Path) -> Result<(), AgentError> {
+        let floor = crate::guard::Floor::load(dir)?;
+        self.jobs.retain(|id, j| {
+            let keep = !floor.is_revoked(j.build_id(), j.level());
+            if !keep {
+                tracing::warn!(patch = %id, level = j.level(), "job dropped: its level was revoked");
+            }
+            keep
+        });
+        Ok(())
+    }
+
     pub(super) fn check_in(&mut self) {
         let fallback = Duration::from_secs(self.config.check_in_seconds);
         let wait = match self.exchange() {
@@ -46,7 +59,7 @@ impl Daemon {
         };
         let key = cred.machine_key(&dir)?;
         let signer = MachineSigner { machine_id: &cred.machine_id, key: &key, state_dir: &dir };
-        let client = Client::new(&cred.server, cred.ca_cert.as_deref())?;
+        let client = Client::with_options(&cred.server, cred.ca_cert.as_deref(), self.config.insecure_http)?;
         if !self.outbox.is_empty() {
             // On disk before sending: a crash or a lost answer does not lose them.
             let mut pending = state::load_pending(&dir)?;
@@ -57,7 +70,9 @@ impl Daemon {
         let running = hotpatch_engine::running_targets();
         let facts = facts::collect();
         tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "facts and targets collected");
-        let (answer, _) = work::exchange(&dir, &client, &signer, &facts, &work::summarize(&running))?;
+        let targets = work::summarize(&running);
+        let (answer, _) = work::exchange(&dir, &client, &signer, &facts, &targets)?;
+        let guarded = work::guard_answer(&dir, &answer, &targets, &self.keys())?;
         tracing::info!(
             hotpatches = answer.hotpatches.len(),
             rollbacks = answer.rollbacks.len(),
@@ -70,7 +85,7 @@ impl Daemon {
                 job.deployments.insert(w.deployment_id.clone());
                 continue;
             }
-            match work::fetch_package(&client, &signer, w, &self.trust) {
+            match work::fetch_package(&client, &signer, w, guarded.catalog.as_ref(), &guarded.keys.publishers) {
                 Ok(p) => self.add_job(p, Some(w.deployment_id.clone())),
                 Err(e) => self.outbox.push(work::result(&w.deployment_id, "failed", work::clip(e))),
             }
@@ -78,9 +93,18 @@ impl Daemon {
         for r in work::restarts_due(&answer.baselines, &running) {
             tracing::warn!(baseline = %r.baseline, processes = %r.processes.join(", "), "baseline due: restart required");
         }
+        self.drop_revoked_jobs(&dir)?;
         for w in &answer.rollbacks {
+            if !hotpatch_engine::processes_with_target(&w.build_id).is_empty()
+                && let Err(refusal) = work::rollback_allowed(w, &dir)
+            {
+                // The job stays: an unsigned request must not stop new processes getting the fix either.
+                tracing::error!(patch = %w.patch_id, reason = %refusal, "rollback asked by the server refused");
+                self.outbox.push(work::result(&w.deployment_id, "failed", work::clip(refusal)));
+                continue;
+            }
             self.jobs.remove(&w.patch_id);
-            if let Some(r) = work::roll_back(w, Some(&mut self.journal)) {
+            if let Some(r) = work::roll_back(w, &dir, Some(&mut self.journal)) {
                 self.outbox.push(r);
             }
         }

@@ -55,6 +55,32 @@ pub fn server(dir: &Path) -> Check {
     }
 }
 
+/// The publisher's signed catalog metadata as the last check-in left it: a
+/// stale catalog means this machine may be missing fixes without knowing it.
+pub fn catalog(dir: &Path) -> Check {
+    let why = "signed, expiring catalog metadata proves the server is not withholding fixes";
+    let fix = "ask the publisher for fresh metadata (hotpatch catalog sign) and upload it to the server";
+    match crate::guard::metadata::last_status(dir) {
+        Ok(None) | Ok(Some(crate::guard::CatalogStatus { version: None, stale_since: None, problem: None, .. })) => {
+            check("catalog", State::Warning, "no signed catalog metadata received yet", why).fix(fix)
+        }
+        Ok(Some(status)) => match status.describe() {
+            Some(d) => check("catalog", State::Warning, d, why).fix(fix),
+            None => check(
+                "catalog",
+                State::Ok,
+                format!(
+                    "catalog metadata version {} valid until {}",
+                    status.version.unwrap_or(0),
+                    status.expires.unwrap_or_default()
+                ),
+                why,
+            ),
+        },
+        Err(e) => check("catalog", State::Warning, e.to_string(), why),
+    }
+}
+
 /// Debug roots give the addresses of a stripped target's functions: a root
 /// another user could write into could steer where jumps are written.
 pub fn debug_roots() -> Check {

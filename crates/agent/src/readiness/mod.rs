@@ -115,6 +115,7 @@ pub fn assess(paths: &Paths<'_>, policy: &Policy) -> Readiness {
     checks.push(local::trust(paths.trust_dir));
     checks.push(local::state_dir(paths.state_dir));
     checks.push(local::server(paths.state_dir));
+    checks.push(local::catalog(paths.state_dir));
     checks.push(local::debug_roots());
     for c in &mut checks {
         c.required = policy.required.iter().any(|r| r == c.name);

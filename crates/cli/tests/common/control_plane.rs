@@ -80,3 +80,42 @@ pub fn control_plane(f: &Fixture) -> (String, Receiver<Value>, Value) {
     std::thread::spawn(move || serve(listener, answer, bytes, tx));
     (base, checkins, manifest)
 }
+
+/// The answer a scripted control plane gives; the test changes it between check-ins.
+pub type Script = std::sync::Arc<std::sync::Mutex<Value>>;
+
+/// A control plane on loopback that answers each check-in with whatever the
+/// test put in the script last (a server that lies, replays or withholds), and
+/// serves the given artifacts by hash; each check-in's body goes to the receiver.
+pub fn scripted(artifacts: Vec<Vec<u8>>) -> (String, Script, Receiver<Value>) {
+    let script: Script = std::sync::Arc::new(std::sync::Mutex::new(json!({
+        "interval_seconds": 1, "jitter_seconds": 0, "entitled": true
+    })));
+    let by_hash: std::collections::HashMap<String, Vec<u8>> =
+        artifacts.into_iter().map(|a| (sha256_hex(&a), a)).collect();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let answers = script.clone();
+    let (tx, checkins) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let Some((line, body)) = read_request(&stream) else { continue };
+            if line.starts_with("POST /api/v1/agent/enroll") {
+                respond(stream, "200 OK", br#"{"machine_id":"m-test"}"#);
+            } else if line.starts_with("POST /api/v1/agent/checkin") {
+                let _ = tx.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                let answer = answers.lock().map(|a| a.to_string()).unwrap_or_default();
+                respond(stream, "200 OK", answer.as_bytes());
+            } else if let Some(a) = line
+                .strip_prefix("GET /api/v1/artifacts/")
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|sha| by_hash.get(sha))
+            {
+                respond(stream, "200 OK", a);
+            } else {
+                respond(stream, "404 Not Found", b"{}");
+            }
+        }
+    });
+    (base, script, checkins)
+}

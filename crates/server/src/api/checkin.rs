@@ -157,6 +157,7 @@ pub async fn check_in(
             Value::from(format!("result for deployment {id} ignored: that deployment does not reach this machine"))
         }));
     }
+    super::signed::add_to_answer(&st, &machine.org_id, &mut answer).await?;
     let text = answer.to_string();
     let etag = format!("\"{}\"", &sha256_hex(text.as_bytes())[..32]);
     let unchanged = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v == etag);

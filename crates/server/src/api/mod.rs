@@ -10,6 +10,7 @@ pub mod deploy;
 pub mod fleet;
 pub mod json;
 pub mod queries;
+pub mod signed;
 pub mod tokens;
 
 use axum::Router;
@@ -54,6 +55,8 @@ pub fn routes() -> Router<AppState> {
                 .layer(DefaultBodyLimit::max(PACKAGE_BODY_LIMIT)),
         )
         .route("/api/v1/artifacts/{sha256}", get(catalog::artifact))
+        .route("/api/v1/catalog/metadata", get(signed::get_metadata).put(signed::put_metadata))
+        .route("/api/v1/catalog/revocations", get(signed::list_revocations).post(signed::post_revocation))
         .route("/api/v1/trusted-keys", get(crate::trust::api::list_keys).post(crate::trust::api::add_key))
         .route("/api/v1/trusted-keys/{key_id}", delete(crate::trust::api::revoke_key))
         .route("/api/v1/baselines", get(catalog::list_baselines).post(catalog::create_baseline))

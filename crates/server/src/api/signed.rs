@@ -1,0 +1,181 @@
+//! The publisher's signed documents, stored and passed on to agents in each
+//! check-in answer: the latest catalog metadata (`PUT /api/v1/catalog/metadata`)
+//! and revocation statements (`POST /api/v1/catalog/revocations`). The server
+//! is not trusted for their content: agents verify them with their own keys.
+//! It refuses what cannot help an agent (malformed, a version not above the
+//! stored one, metadata not signed by a key the organisation trusts), so an
+//! operator hears of a mistake at upload rather than from the fleet.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use hotpatch_format::{DocumentKind, SignedDocument};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use crate::audit;
+use crate::auth::{Role, User};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use crate::util::now;
+
+/// Revocations passed on per organisation; an agent checks each one.
+pub const MAX_REVOCATIONS: i64 = 256;
+
+fn kind_name(kind: DocumentKind) -> &'static str {
+    match kind {
+        DocumentKind::Catalog => "catalog",
+        DocumentKind::Revocation => "revocation",
+    }
+}
+
+fn parse(body: Result<Bytes, BytesRejection>, kind: DocumentKind) -> ApiResult<SignedDocument> {
+    let body = body.map_err(super::json::bytes_rejection)?;
+    let doc = SignedDocument::parse(&body).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    if doc.kind != kind {
+        return Err(ApiError::Unprocessable(format!("expected a {} document", kind_name(kind))));
+    }
+    Ok(doc)
+}
+
+pub async fn put_metadata(
+    State(st): State<AppState>,
+    user: User,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    user.require(Role::Operator)?;
+    let doc = parse(body, DocumentKind::Catalog)?;
+    let trust = crate::trust::store_for(&st, &user.org_id).await?;
+    let v = hotpatch_format::verify_catalog(&doc, &trust)
+        .map_err(|e| ApiError::Unprocessable(format!("catalog metadata rejected: {e}")))?;
+    if v.is_expired(jiff::Timestamp::now()) {
+        return Err(ApiError::Unprocessable(format!(
+            "catalog metadata rejected: it expired at {}",
+            v.metadata.expires
+        )));
+    }
+    let version = i64::try_from(v.metadata.version)
+        .map_err(|_| ApiError::Unprocessable("catalog metadata version is too large".into()))?;
+    let mut tx = st.db.begin().await?;
+    let stored: Option<i64> =
+        sqlx::query("SELECT MAX(version) FROM signed_documents WHERE org_id = $1 AND kind = 'catalog'")
+            .bind(&user.org_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+    if let Some(s) = stored.filter(|s| version <= *s) {
+        return Err(ApiError::Conflict(format!(
+            "catalog metadata version {version} is not above the stored version {s}"
+        )));
+    }
+    insert(&mut tx, &user, &doc, version).await?;
+    let detail = json!({ "version": version, "expires": v.metadata.expires, "key_id": v.key_id });
+    audit::record(&mut tx, &user.org_id, &user.actor(), "catalog-metadata.upload", &version.to_string(), detail)
+        .await?;
+    tx.commit().await?;
+    Ok(Json(json!({ "version": version, "expires": v.metadata.expires })))
+}
+
+pub async fn get_metadata(State(st): State<AppState>, user: User) -> ApiResult<Json<Value>> {
+    user.require(Role::Viewer)?;
+    latest_metadata(&st, &user.org_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound("no catalog metadata uploaded".into()))
+}
+
+pub async fn post_revocation(
+    State(st): State<AppState>,
+    user: User,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    user.require(Role::Operator)?;
+    // Signed by a publisher or by the organisation's operations key, which the
+    // server does not hold: agents check the signature, the server the shape.
+    let doc = parse(body, DocumentKind::Revocation)?;
+    let mut tx = st.db.begin().await?;
+    let count: i64 = sqlx::query("SELECT COUNT(*) FROM signed_documents WHERE org_id = $1 AND kind = 'revocation'")
+        .bind(&user.org_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+    if count >= MAX_REVOCATIONS {
+        return Err(ApiError::Conflict(format!("this organisation already has {MAX_REVOCATIONS} revocations")));
+    }
+    let sha = doc.sha256();
+    let exists =
+        sqlx::query("SELECT 1 FROM signed_documents WHERE org_id = $1 AND kind = 'revocation' AND sha256 = $2")
+            .bind(&user.org_id)
+            .bind(&sha)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if exists.is_none() {
+        insert(&mut tx, &user, &doc, 0).await?;
+        audit::record(&mut tx, &user.org_id, &user.actor(), "revocation.upload", &sha, json!({ "key_id": doc.key_id }))
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(Json(json!({ "sha256": sha, "created": exists.is_none() })))
+}
+
+pub async fn list_revocations(State(st): State<AppState>, user: User) -> ApiResult<Json<Value>> {
+    user.require(Role::Viewer)?;
+    Ok(Json(json!({ "revocations": revocations(&st, &user.org_id).await? })))
+}
+
+async fn insert(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    user: &User,
+    doc: &SignedDocument,
+    version: i64,
+) -> ApiResult<()> {
+    sqlx::query(
+        "INSERT INTO signed_documents (org_id, kind, sha256, version, document, added, added_by) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&user.org_id)
+    .bind(kind_name(doc.kind))
+    .bind(doc.sha256())
+    .bind(version)
+    .bind(doc.to_json())
+    .bind(now())
+    .bind(&user.name)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn stored(text: &str) -> ApiResult<Value> {
+    serde_json::from_str(text).map_err(|e| ApiError::Internal(format!("stored signed document unreadable: {e}")))
+}
+
+/// The highest version of the organisation's catalog metadata, as uploaded.
+pub async fn latest_metadata(st: &AppState, org_id: &str) -> ApiResult<Option<Value>> {
+    let row = sqlx::query(
+        "SELECT document FROM signed_documents WHERE org_id = $1 AND kind = 'catalog' ORDER BY version DESC LIMIT 1",
+    )
+    .bind(org_id)
+    .fetch_optional(&st.db.pool)
+    .await?;
+    row.map(|r| stored(&r.try_get::<String, _>(0)?)).transpose()
+}
+
+/// Every revocation statement of the organisation, oldest first.
+pub async fn revocations(st: &AppState, org_id: &str) -> ApiResult<Vec<Value>> {
+    let rows = sqlx::query(
+        "SELECT document FROM signed_documents WHERE org_id = $1 AND kind = 'revocation' ORDER BY added, sha256",
+    )
+    .bind(org_id)
+    .fetch_all(&st.db.pool)
+    .await?;
+    rows.iter().map(|r| stored(&r.try_get::<String, _>(0)?)).collect()
+}
+
+/// Adds the organisation's signed documents to a check-in answer.
+pub async fn add_to_answer(st: &AppState, org_id: &str, answer: &mut Value) -> ApiResult<()> {
+    if let Some(m) = latest_metadata(st, org_id).await? {
+        answer["catalog"] = m;
+    }
+    answer["revocations"] = Value::Array(revocations(st, org_id).await?);
+    Ok(())
+}
