@@ -19,6 +19,7 @@ pub mod origin;
 pub mod schema;
 pub mod serve;
 pub mod state;
+pub mod tiers;
 pub mod trust;
 pub mod util;
 pub mod web;

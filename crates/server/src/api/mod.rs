@@ -7,9 +7,11 @@ pub mod catalog;
 pub mod checkin;
 pub mod compliance;
 pub mod deploy;
+pub mod exceeded;
 pub mod fleet;
 pub mod json;
 pub mod queries;
+pub mod tiers;
 pub mod tokens;
 
 use axum::Router;
@@ -53,6 +55,11 @@ pub fn routes() -> Router<AppState> {
                 .post(catalog::upload_hotpatch)
                 .layer(DefaultBodyLimit::max(PACKAGE_BODY_LIMIT)),
         )
+        .route("/api/v1/hotpatches/{patch_id}/promote", post(tiers::promote))
+        .route("/api/v1/tiers", get(tiers::get_tiers).put(tiers::set_tiers))
+        .route("/api/v1/machines/{id}/tier", put(tiers::set_machine_tier))
+        .route("/api/v1/pins", get(tiers::list_pins).post(tiers::add_pin))
+        .route("/api/v1/pins/{id}", delete(tiers::remove_pin))
         .route("/api/v1/artifacts/{sha256}", get(catalog::artifact))
         .route("/api/v1/trusted-keys", get(crate::trust::api::list_keys).post(crate::trust::api::add_key))
         .route("/api/v1/trusted-keys/{key_id}", delete(crate::trust::api::revoke_key))
