@@ -16,6 +16,7 @@ pub mod error;
 pub mod limits;
 pub mod offer;
 pub mod origin;
+pub mod retention;
 pub mod schema;
 pub mod serve;
 pub mod state;

@@ -191,3 +191,71 @@ fn a_window_ending_mid_rollout_marks_what_was_left() {
         assert_eq!(s.get(&format!("/api/v1/deployments/{id}"), &s.admin).1["window_exceeded"], Value::Null);
     }
 }
+
+/// A work history row for `machine` at `at`, as a check-in records one.
+fn history_row(id: &str, machine: &str, at: i64) -> String {
+    format!(
+        "INSERT INTO work_history (id, org_id, machine_id, deployment_id, status, detail, at) \
+         VALUES ('{id}', 'o', '{machine}', 'd', 'applied', 'ok', {at})"
+    )
+}
+
+fn history_ids(db: &hotpatch_server::Db, rt: &tokio::runtime::Runtime) -> Vec<String> {
+    rt.block_on(sqlx::query_scalar::<_, String>("SELECT id FROM work_history ORDER BY id").fetch_all(&db.pool))
+        .expect("read history")
+}
+
+#[test]
+fn history_older_than_the_retention_is_pruned() {
+    for b in backends() {
+        let s = TestServer::start(&b);
+        let now = hotpatch_server::util::now();
+        for (id, days) in [("old", 91), ("edge", 89), ("new", 0)] {
+            s.sql(&history_row(id, "m", now - days * 86_400));
+        }
+        let db = &s.state.db;
+        let removed = s.rt().block_on(hotpatch_server::retention::prune(db, now, 90)).expect("prune");
+        assert_eq!(removed, 1);
+        assert_eq!(history_ids(db, s.rt()), ["edge", "new"]);
+        // Kept for 30 days instead: the 89-day entry goes too; pruning again removes nothing.
+        assert_eq!(s.rt().block_on(hotpatch_server::retention::prune(db, now, 30)).expect("prune"), 1);
+        assert_eq!(s.rt().block_on(hotpatch_server::retention::prune(db, now, 30)).expect("prune"), 0);
+        assert_eq!(history_ids(db, s.rt()), ["new"]);
+    }
+}
+
+/// The server binary prunes at start with the retention given by --history-days,
+/// and refuses a retention of 0 days.
+#[test]
+fn the_server_prunes_history_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("hotpatch.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let now = hotpatch_server::util::now();
+    {
+        let state = rt
+            .block_on(hotpatch_server::open(&url, hotpatch_format::TrustStore::from_keys(Vec::new()), 1))
+            .expect("open");
+        for (id, days) in [("a-old", 40), ("b-new", 1)] {
+            rt.block_on(sqlx::query(&history_row(id, "m", now - days * 86_400)).execute(&state.db.pool)).expect("seed");
+        }
+        rt.block_on(state.db.pool.close());
+        rt.block_on(state.db.writer.close());
+    }
+    let data = dir.path().to_string_lossy().to_string();
+    let (status, log) =
+        common::server_process::run_to_exit(["--data", &data, "--listen", "127.0.0.1:0", "--history-days", "0"]);
+    assert!(!status.success() && log.contains("--history-days"), "{log}");
+    let server = common::server_process::ServerProcess::start([
+        "--data",
+        &data,
+        "--listen",
+        "127.0.0.1:0",
+        "--history-days",
+        "30",
+    ]);
+    assert!(server.log_text().contains("history pruned"), "{}", server.log_text());
+    let state =
+        rt.block_on(hotpatch_server::open(&url, hotpatch_format::TrustStore::from_keys(Vec::new()), 1)).expect("open");
+    assert_eq!(history_ids(&state.db, &rt), ["b-new"]);
+}
