@@ -259,3 +259,69 @@ fn the_server_prunes_history_at_start() {
         rt.block_on(hotpatch_server::open(&url, hotpatch_format::TrustStore::from_keys(Vec::new()), 1)).expect("open");
     assert_eq!(history_ids(&state.db, &rt), ["b-new"]);
 }
+
+/// A plain-text GET; returns the status and the body.
+fn get_text(s: &TestServer, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut req = ureq::get(&format!("{}{path}", s.base));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    match req.call() {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(e) => panic!("GET {path}: {e}"),
+    }
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.parse().ok()))
+}
+
+#[test]
+fn monitoring_endpoints_count_the_fleet_for_a_token() {
+    for b in backends() {
+        let s = TestServer::start(&b);
+        s.upload(&s.admin, &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &[]));
+        let (_, pending) = s.enroll(&[], "pending-1");
+        s.enroll(&[], "silent-1");
+        let a = check_in(&s, &pending, "pending-1", 0);
+        assert_eq!(a["entitled"], json!(true));
+        assert_eq!(get_text(&s, "/metrics", None).0, 401);
+        assert_eq!(get_text(&s, "/api/v1/monitoring/summary", Some("hpu_wrong")).0, 401);
+        let (st, text) = get_text(&s, "/metrics", Some(&s.admin));
+        assert_eq!(st, 200, "{text}");
+        assert_eq!(metric(&text, "hotpatch_machines{state=\"all\"}"), Some(2.0), "{text}");
+        assert_eq!(metric(&text, "hotpatch_machines{state=\"pending\"}"), Some(1.0), "{text}");
+        assert_eq!(metric(&text, "hotpatch_machines{state=\"not-seen-24h\"}"), Some(1.0), "{text}");
+        assert_eq!(metric(&text, "hotpatch_checkins_total{status=\"200\"}"), Some(1.0), "{text}");
+        assert_eq!(
+            metric(&text, "hotpatch_http_request_duration_seconds_count{group=\"checkin\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert!(metric(&text, "hotpatch_http_request_duration_seconds_count{group=\"api\"}").is_some_and(|n| n >= 3.0));
+        let (st, line) = get_text(&s, "/api/v1/monitoring/summary", Some(&s.admin));
+        assert_eq!(st, 200);
+        assert!(
+            line.starts_with("HOTPATCH WARNING - 2 machines: 0 failed, 0 halted deployments, 1 hotpatch pending"),
+            "{line}"
+        );
+        // A failed apply halts the deployment: critical.
+        let (_, d) = s.post(
+            "/api/v1/deployments",
+            &s.admin,
+            json!({ "name": "d", "kind": "hotpatch", "patch_id": "fix-1", "rings": { "canary_percent": 100 } }),
+        );
+        let id = d["id"].as_str().unwrap_or_default();
+        let url = format!("{}/api/v1/agent/checkin", s.base);
+        let failed = checkin_body(
+            "pending-1",
+            2,
+            &[(BUILD_A, "libdemo.so.1", 0)],
+            json!([{ "deployment_id": id, "status": "failed", "detail": "busy" }]),
+        );
+        assert_eq!(call("POST", &url, Some(&pending), Some(&failed)).0, 200);
+        let (_, line) = get_text(&s, "/api/v1/monitoring/summary", Some(&s.admin));
+        assert!(line.starts_with("HOTPATCH CRITICAL - 2 machines: 1 failed, 1 halted deployments"), "{line}");
+        assert!(line.trim_end().ends_with("silent=1") && line.lines().count() == 1, "{line}");
+    }
+}

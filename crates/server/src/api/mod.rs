@@ -77,6 +77,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/compliance/machines", get(compliance::by_machine))
         .route("/api/v1/compliance/targets", get(compliance::by_target))
         .route("/api/v1/compliance/cves", get(compliance::by_cve))
+        .route("/api/v1/monitoring/summary", get(crate::monitoring::summary))
         .route("/api/v1/billing", get(billing::get_billing))
         .route("/api/v1/billing/subscription", put(billing::set_subscription))
         .route("/api/v1/billing/invoices", get(billing::list_invoices))
