@@ -14,11 +14,15 @@ pub mod coverage;
 pub mod db;
 pub mod error;
 pub mod limits;
+pub mod metrics;
+pub mod monitoring;
 pub mod offer;
 pub mod origin;
+pub mod retention;
 pub mod schema;
 pub mod serve;
 pub mod state;
+pub mod tiers;
 pub mod trust;
 pub mod util;
 pub mod web;
@@ -37,17 +41,19 @@ pub use state::AppState;
 /// cookies for plain HTTP; a server that serves TLS sets `secure_cookies`.
 pub async fn open(database_url: &str, trust: TrustStore, max_connections: u32) -> Result<AppState, DbError> {
     let db = Db::connect(database_url, max_connections).await?;
-    Ok(AppState { db, trust: Arc::new(trust), secure_cookies: false })
+    Ok(AppState { db, trust: Arc::new(trust), secure_cookies: false, metrics: Arc::default() })
 }
 
 /// The whole HTTP surface: API, OpenAPI document and web UI.
 pub fn router(state: AppState) -> Router {
     api::routes()
         .merge(web::routes())
+        .route("/metrics", axum::routing::get(monitoring::metrics))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn(origin::refuse_cross_origin))
         .layer(axum::middleware::from_fn(refuse_nul_in_uri))
         .layer(DefaultBodyLimit::max(api::JSON_BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
 }
 

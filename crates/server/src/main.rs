@@ -67,6 +67,10 @@ struct RunArgs {
     /// a reverse proxy (every connection from its address) set it to --max-connections.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_connections_per_address: Option<u64>,
+    /// Days of machine work history kept; older entries are pruned at start and hourly.
+    #[arg(long, default_value_t = hotpatch_server::retention::DEFAULT_HISTORY_DAYS,
+          value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    history_days: u32,
 }
 
 #[derive(Subcommand)]
@@ -227,6 +231,11 @@ async fn run(
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     serve::warn_if_plain_public(addr, tls.is_some());
+    let removed = hotpatch_server::retention::prune(&state.db, hotpatch_server::util::now(), args.history_days)
+        .await
+        .context("pruning work history")?;
+    tracing::info!(removed, keep_days = args.history_days, "history pruned");
+    let _pruning = hotpatch_server::retention::spawn_pruning(state.db.clone(), args.history_days);
     tracing::info!(%addr, tls = tls.is_some(), backend = ?state.db.backend, "hotpatch-server listening");
     // Browsers reach a TLS server over HTTPS only: its session cookie is Secure.
     let app = hotpatch_server::router(hotpatch_server::AppState {

@@ -312,6 +312,44 @@ CREATE TABLE signed_documents (
 CREATE INDEX signed_documents_version ON signed_documents (org_id, kind, version)
 "#,
     ),
+    // Tiers (channels): each organisation's ordered tiers with "deploy after" per
+    // tier, the tier a hotpatch was promoted to (one row per tier it reached),
+    // each machine's tier (NULL: the organisation's last tier), and pins that
+    // hold a group of machines (a tag or a saved query) at a level of one build.
+    // Numbered 9: 8 is taken by publisher-signed catalog metadata.
+    (
+        9,
+        r#"
+CREATE TABLE tiers (
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    name TEXT NOT NULL,
+    position BIGINT NOT NULL,
+    deploy_after_seconds BIGINT NOT NULL,
+    PRIMARY KEY (org_id, name)
+);
+CREATE TABLE promotions (
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    patch_id TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    PRIMARY KEY (org_id, patch_id, tier)
+);
+CREATE TABLE pins (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id),
+    tag TEXT,
+    query_id TEXT,
+    build_id TEXT NOT NULL,
+    level BIGINT NOT NULL,
+    created BIGINT NOT NULL,
+    actor TEXT NOT NULL
+);
+CREATE INDEX pins_org ON pins (org_id);
+ALTER TABLE machines ADD COLUMN tier TEXT;
+CREATE INDEX work_history_at ON work_history (at)
+"#,
+    ),
 ];
 
 pub async fn migrate(db: &Db) -> Result<(), DbError> {

@@ -14,4 +14,6 @@ pub struct AppState {
     /// Browsers reach this server over HTTPS (it serves TLS itself), so the session
     /// cookie carries `Secure` and is never sent over plain HTTP.
     pub secure_cookies: bool,
+    /// This replica's request figures (latency, check-ins) for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }

@@ -68,6 +68,27 @@ impl Window {
         None
     }
 
+    /// The latest occurrence that has ended by `now`, as unix seconds.
+    pub fn previous(&self, now: i64) -> Option<(i64, i64)> {
+        let tz = TimeZone::get(&self.time_zone).ok()?;
+        let today = Timestamp::from_second(now).ok()?.to_zoned(tz.clone()).date();
+        let hour = i8::try_from(self.start_minute / 60).ok()?;
+        let minute = i8::try_from(self.start_minute % 60).ok()?;
+        // A window lasts at most a week, so one that ended opened within 14 days.
+        (-14i64..=0)
+            .rev()
+            .filter_map(|offset| {
+                let date = today.checked_add(offset.days()).ok()?;
+                if !self.days.contains(&date.weekday()) {
+                    return None;
+                }
+                let start = date.at(hour, minute, 0, 0).to_zoned(tz.clone()).ok()?.timestamp().as_second();
+                Some((start, start + self.duration_minutes * 60))
+            })
+            .filter(|(_, end)| *end <= now)
+            .max_by_key(|(_, end)| *end)
+    }
+
     pub fn is_open(&self, now: i64) -> bool {
         self.current_or_next(now).is_some_and(|(start, _)| start <= now)
     }
@@ -107,6 +128,21 @@ mod tests {
         assert_eq!(
             w.current_or_next(at("2027-01-04T12:00:00Z")),
             Some((at("2027-01-09T22:00:00Z"), at("2027-01-10T01:00:00Z")))
+        );
+    }
+
+    #[test]
+    fn previous_occurrence_is_the_last_that_ended() {
+        let w = saturday_night_berlin();
+        // During the window the previous one is a week earlier.
+        assert_eq!(
+            w.previous(at("2027-06-05T22:00:00Z")),
+            Some((at("2027-05-29T21:00:00Z"), at("2027-05-30T00:00:00Z")))
+        );
+        // Just after it ends, it is the previous one.
+        assert_eq!(
+            w.previous(at("2027-06-06T00:00:00Z")),
+            Some((at("2027-06-05T21:00:00Z"), at("2027-06-06T00:00:00Z")))
         );
     }
 

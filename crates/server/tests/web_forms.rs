@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-
 use common::browser::Browser;
 use common::*;
 use hotpatch_format::{Classification, SecretKey};
@@ -257,25 +255,6 @@ fn viewers_see_no_forms_and_cannot_post() {
     assert_eq!(b.status(), 403, "{}", b.html());
     let (_, after) = s.get(&format!("/api/v1/deployments/{did}"), &s.admin);
     assert_eq!(after["state"], json!("active"));
-}
-
-/// Serves one page from another origin (another port of 127.0.0.1) for every request.
-fn foreign_site(html: String) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(8) {
-            let Ok(mut stream) = stream else { continue };
-            let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf);
-            let reply = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{html}",
-                html.len()
-            );
-            let _ = stream.write_all(reply.as_bytes());
-        }
-    });
-    format!("http://{addr}/")
 }
 
 #[test]

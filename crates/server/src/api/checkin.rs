@@ -15,6 +15,7 @@ use crate::audit;
 use crate::auth::{Machine, SignedJson, claim_sequence};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
+use crate::tiers::Gate;
 use crate::util::{day_of, new_id, now, rfc3339, sha256_hex};
 
 pub const INTERVAL_SECONDS: i64 = 300;
@@ -374,6 +375,11 @@ async fn instructions(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiRes
         .into_iter()
         .filter(|d| d.scope_matches(&facts) && t >= d.start_at)
         .collect();
+    let (gate, tier) = if active.iter().any(|d| d.kind == Kind::Hotpatch) {
+        (Gate::load(st, &m.org_id).await?, crate::tiers::machine_tier(st, &m.id).await?)
+    } else {
+        (Gate::default(), None)
+    };
     let mut hotpatches = Vec::new();
     let mut baselines = Vec::new();
     let mut rollbacks = Vec::new();
@@ -403,15 +409,16 @@ async fn instructions(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiRes
                 if i64::from(target.applied_level) >= level {
                     continue;
                 }
+                if let Some(why) = gate.hold(tier.as_deref(), &facts, pid, &build_id, level, t) {
+                    notes.push(why);
+                    continue;
+                }
                 if !entitled {
                     notes.push(format!("{pid}: not entitled to hotpatches; install the next baseline instead"));
                     continue;
                 }
                 if !window_open {
-                    notes.push(format!(
-                        "{pid}: waiting for maintenance window {}",
-                        d.window.as_ref().map(|(n, _)| n.as_str()).unwrap_or("")
-                    ));
+                    notes.push(window_note(d, &m.id, pid, t));
                     continue;
                 }
                 hotpatches.push(HotpatchWork {
@@ -464,6 +471,21 @@ async fn instructions(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiRes
         }
     }
     Ok(answer(entitled, hotpatches, baselines, rollbacks, notes))
+}
+
+/// Why a hotpatch waits outside its window: the window closed before this
+/// machine's turn came ("window exceeded"), or it simply is not open yet.
+fn window_note(d: &Deployment, machine_id: &str, pid: &str, t: i64) -> String {
+    let name = d.window.as_ref().map(|(n, _)| n.as_str()).unwrap_or("");
+    match d.window_exceeded(machine_id, t) {
+        Some((ended, next)) => format!(
+            "{pid}: window exceeded: maintenance window {name} ended at {} before this machine's turn; \
+             it continues when the window opens next{}",
+            rfc3339(ended),
+            next.map(|s| format!(" at {}", rfc3339(s))).unwrap_or_default()
+        ),
+        None => format!("{pid}: waiting for maintenance window {name}"),
+    }
 }
 
 fn answer(

@@ -391,12 +391,33 @@ impl Deployment {
         }
     }
 
+    /// When the ring of this machine starts.
+    pub fn ring_start(&self, machine_id: &str) -> i64 {
+        if in_canary(&self.id, machine_id, self.canary_percent) {
+            self.start_at
+        } else {
+            self.start_at + self.soak_seconds
+        }
+    }
+
     /// Whether the ring of this machine has started at `now`.
     pub fn ring_started(&self, machine_id: &str, now: i64) -> bool {
-        if now < self.start_at {
-            return false;
+        now >= self.start_at && now >= self.ring_start(machine_id)
+    }
+
+    /// "Window exceeded" for a machine that has not reported: the deployment's
+    /// window closed after this machine's ring had started, so its work was left
+    /// for the next opening. Returns when the window ended and when it opens next.
+    /// Derived from the clock and the window each time (nothing to store or to
+    /// clear): when the window opens again the work simply continues.
+    pub fn window_exceeded(&self, machine_id: &str, now: i64) -> Option<(i64, Option<i64>)> {
+        let (_, w) = self.window.as_ref()?;
+        if self.state != "active" || self.kind == Kind::Baseline || w.is_open(now) {
+            return None;
         }
-        in_canary(&self.id, machine_id, self.canary_percent) || now >= self.start_at + self.soak_seconds
+        let (_, ended) = w.previous(now)?;
+        (self.start_at < ended && self.ring_start(machine_id) < ended)
+            .then(|| (ended, w.current_or_next(now).map(|(start, _)| start)))
     }
 }
 
@@ -563,8 +584,7 @@ pub fn deployment_json(d: &Deployment, canary: &RingProgress, rest: &RingProgres
 pub async fn list_deployments(State(st): State<AppState>, user: User) -> ApiResult<Json<Value>> {
     let mut out = Vec::new();
     for d in deployments(&st, &user.org_id, false).await? {
-        let (c, r) = progress(&st, &user.org_id, &d).await?;
-        out.push(deployment_json(&d, &c, &r));
+        out.push(full_json(&st, &user.org_id, &d).await?);
     }
     Ok(Json(json!({ "deployments": out })))
 }
@@ -575,8 +595,17 @@ pub async fn get_deployment(State(st): State<AppState>, user: User, Path(id): Pa
         .into_iter()
         .find(|d| d.id == id)
         .ok_or_else(|| ApiError::NotFound(format!("no deployment {id:?} in this organisation")))?;
-    let (c, r) = progress(&st, &user.org_id, &d).await?;
-    Ok(Json(deployment_json(&d, &c, &r)))
+    Ok(Json(full_json(&st, &user.org_id, &d).await?))
+}
+
+/// A deployment as the API shows it: with its rings' progress and what a
+/// closed window left ("window_exceeded", null when nothing).
+async fn full_json(st: &AppState, org_id: &str, d: &Deployment) -> ApiResult<Value> {
+    let (c, r) = progress(st, org_id, d).await?;
+    let mut v = deployment_json(d, &c, &r);
+    let exceeded = super::exceeded::left_by_window(st, org_id, d, now()).await?;
+    v["window_exceeded"] = exceeded.map_or(Value::Null, |e| e.to_json());
+    Ok(v)
 }
 
 async fn set_state(

@@ -197,6 +197,8 @@ pub async fn machine_detail_json(st: &AppState, org_id: &str, id: &str) -> ApiRe
     .ok_or_else(|| ApiError::NotFound(format!("no machine {id:?} in this organisation")))?;
     let mut machine = machine_json(&r)?;
     machine["readiness"] = serde_json::from_str(&r.try_get::<String, _>(10)?)?;
+    // The tier it was put in (null: it follows the organisation's last tier).
+    machine["tier"] = json!(crate::tiers::machine_tier(st, id).await?);
     let targets = sqlx::query(
         "SELECT build_id, file_name, processes, applied_patch_id, applied_level, error FROM machine_targets WHERE machine_id = $1 ORDER BY file_name",
     )

@@ -7,10 +7,12 @@ pub mod catalog;
 pub mod checkin;
 pub mod compliance;
 pub mod deploy;
+pub mod exceeded;
 pub mod fleet;
 pub mod json;
 pub mod queries;
 pub mod signed;
+pub mod tiers;
 pub mod tokens;
 
 use axum::Router;
@@ -54,6 +56,11 @@ pub fn routes() -> Router<AppState> {
                 .post(catalog::upload_hotpatch)
                 .layer(DefaultBodyLimit::max(PACKAGE_BODY_LIMIT)),
         )
+        .route("/api/v1/hotpatches/{patch_id}/promote", post(tiers::promote))
+        .route("/api/v1/tiers", get(tiers::get_tiers).put(tiers::set_tiers))
+        .route("/api/v1/machines/{id}/tier", put(tiers::set_machine_tier))
+        .route("/api/v1/pins", get(tiers::list_pins).post(tiers::add_pin))
+        .route("/api/v1/pins/{id}", delete(tiers::remove_pin))
         .route("/api/v1/artifacts/{sha256}", get(catalog::artifact))
         .route("/api/v1/catalog/metadata", get(signed::get_metadata).put(signed::put_metadata))
         .route("/api/v1/catalog/revocations", get(signed::list_revocations).post(signed::post_revocation))
@@ -73,6 +80,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/compliance/machines", get(compliance::by_machine))
         .route("/api/v1/compliance/targets", get(compliance::by_target))
         .route("/api/v1/compliance/cves", get(compliance::by_cve))
+        .route("/api/v1/monitoring/summary", get(crate::monitoring::summary))
         .route("/api/v1/billing", get(billing::get_billing))
         .route("/api/v1/billing/subscription", put(billing::set_subscription))
         .route("/api/v1/billing/invoices", get(billing::list_invoices))

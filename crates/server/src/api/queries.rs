@@ -234,6 +234,18 @@ pub async fn delete_query(State(st): State<AppState>, user: User, Path(name): Pa
             names.join(", ")
         )));
     }
+    let pins = sqlx::query("SELECT id FROM pins WHERE org_id = $1 AND query_id = $2 ORDER BY id")
+        .bind(&user.org_id)
+        .bind(&id)
+        .fetch_all(&mut *tx)
+        .await?;
+    if !pins.is_empty() {
+        let ids = pins.iter().map(|r| r.try_get::<String, _>(0)).collect::<Result<Vec<_>, _>>()?;
+        return Err(ApiError::Conflict(format!(
+            "saved query {name:?} scopes pins ({}); remove them first",
+            ids.join(", ")
+        )));
+    }
     sqlx::query("DELETE FROM saved_queries WHERE id = $1").bind(&id).execute(&mut *tx).await?;
     audit::record(&mut tx, &user.org_id, &user.actor(), "query.delete", &name, json!({ "id": id })).await?;
     tx.commit().await?;

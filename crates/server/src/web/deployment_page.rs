@@ -87,6 +87,19 @@ pub fn explain(d: &Deployment, canary: &RingProgress, rest: &RingProgress, t: i6
     )
 }
 
+/// What a closed window left, for people.
+fn exceeded_sentence(e: &crate::api::exceeded::Exceeded) -> String {
+    format!(
+        "Window exceeded: maintenance window {} ended at {} with {} machine{} not done; no new work is offered \
+         until it opens again{}, and then they continue.",
+        e.window,
+        at(e.ended_at),
+        e.count,
+        if e.count == 1 { "" } else { "s" },
+        e.continues_at.map(|s| format!(" at {}", at(s))).unwrap_or_default()
+    )
+}
+
 fn actions(u: &UiUser, d: &Deployment) -> String {
     if !u.acts() {
         return String::new();
@@ -199,11 +212,27 @@ pub async fn deployment_page(State(st): State<AppState>, u: UiUser, Path(id): Pa
         esc(if d.state_reason.is_empty() { "since creation" } else { &d.state_reason })
     ));
     page.raw(&format!("<p id=\"why\" class=\"why\">{}</p>", esc(&explain(&d, &canary, &rest, t, entitled))));
+    let exceeded = crate::api::exceeded::left_by_window(&st, &u.0.org_id, &d, t).await?;
+    if let Some(e) = &exceeded {
+        page.raw(&format!("<p id=\"window-exceeded\" class=\"why\">{}</p>", esc(&exceeded_sentence(e))));
+    }
     page.raw(&actions(&u, &d));
     page.table("summary", &["kind", "what", "scope", "start", "window", "rings", "reboot"], &summary(&d));
     page.h(2, "Rings");
     page.table("rings", &["ring", "machines", "applied", "failed", "start"], &ring_rows(&d, &canary, &rest));
     page.h(2, "Results per machine");
-    page.table("results", &["machine", "ring", "result", "detail", "at"], &results(&st, &d.id).await?);
+    let mut rows = results(&st, &d.id).await?;
+    if let Some(e) = &exceeded {
+        rows.extend(e.machines.iter().map(|m| {
+            vec![
+                link(&format!("/ui/machines/{}", m.id), &m.hostname),
+                esc(if d.ring_start(&m.id) == d.start_at { "canary" } else { "ring 2" }),
+                "<span class=\"s-unknown\">window exceeded</span>".to_string(),
+                esc(&format!("continues in the next window of {}", e.window)),
+                esc(&rfc3339(e.ended_at)),
+            ]
+        }));
+    }
+    page.table("results", &["machine", "ring", "result", "detail", "at"], &rows);
     Ok(Html(page.render(&format!("Deployment {}", d.name), Some((&u.0.name, u.0.role.as_str())))))
 }

@@ -149,9 +149,9 @@ fn sql_filters(q: &ListQuery, t: i64, b: &mut Binds) -> String {
     }
     if !q.target.is_empty() {
         let p = b.text(q.target.trim());
-        sql.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM machine_targets t WHERE t.machine_id = m.id AND t.file_name = {p})"
-        ));
+        // IN, not a correlated EXISTS: SQLite then reads the few machines with that
+        // file through the (file_name, machine_id) index instead of probing every machine.
+        sql.push_str(&format!(" AND m.id IN (SELECT t.machine_id FROM machine_targets t WHERE t.file_name = {p})"));
     }
     if !q.cve.is_empty() {
         let p = b.text(&json_member_pattern(q.cve.trim()));

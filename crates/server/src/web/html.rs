@@ -81,7 +81,7 @@ impl Page {
         let nav = match who {
             Some((user, role)) => format!(
                 "<a href=\"/ui/\">Overview</a><a href=\"/ui/machines\">Machines</a><a href=\"/ui/catalog\">Catalog</a>\
-                 <a href=\"/ui/deployments\">Deployments</a><a href=\"/ui/compliance\">Compliance</a>\
+                 <a href=\"/ui/deployments\">Deployments</a><a href=\"/ui/tiers\">Tiers</a><a href=\"/ui/compliance\">Compliance</a>\
                  <a href=\"/ui/keys\">Keys</a><a href=\"/ui/billing\">Billing</a><a href=\"/ui/audit\">Audit log</a>\
                  <span class=\"who\">{} ({}) · <a href=\"/ui/logout\">sign out</a></span>",
                 esc(user),

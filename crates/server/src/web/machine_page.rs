@@ -101,6 +101,7 @@ pub async fn machine_page(State(st): State<AppState>, u: UiUser, Path(id): Path<
             .map(|k| esc(&text(&m[*k])))
             .collect()],
     );
+    page.raw(&super::tiers::machine_tier_section(&st, &u, &id, &m).await?);
     page.raw(&operator_forms(&u, &id, &m));
     page.h(2, "To do");
     let todo: Vec<String> = comp

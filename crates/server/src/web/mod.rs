@@ -19,6 +19,7 @@ pub mod overview;
 pub mod pages;
 pub mod schedule_forms;
 pub mod session;
+pub mod tiers;
 pub mod work_sql;
 
 use axum::Router;
@@ -50,6 +51,11 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/machines/{id}/revoke", post(fleet_forms::revoke))
         .route("/ui/maintenance-windows", post(schedule_forms::create_window))
         .route("/ui/queries", post(schedule_forms::create_query))
+        .route("/ui/tiers", get(tiers::tiers_page).post(tiers::set_tiers))
+        .route("/ui/hotpatches/{patch_id}/promote", post(tiers::promote))
+        .route("/ui/pins", post(tiers::add_pin))
+        .route("/ui/pins/{id}/remove", post(tiers::remove_pin))
+        .route("/ui/machines/{id}/tier", post(tiers::set_machine_tier))
         .route("/ui/keys", get(keys::keys_page).post(keys::add))
         .route("/ui/keys/{id}/revoke", post(keys::revoke))
         .route("/ui/compliance", get(pages::compliance_page))
