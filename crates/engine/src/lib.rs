@@ -9,7 +9,8 @@
 //! - [`tls`]: module ids and offsets of the process's thread-local variables.
 //! - [`region`]: the patch region's self-describing header and its placement within ±2 GiB.
 //! - [`retire`]: regions replaced or rolled back stay mapped, marked retired, under a cap.
-//! - [`inject`] / [`mapping`]: syscalls run in a borrowed thread to map and unmap a region.
+//! - [`inject`] / [`mapping`]: syscalls run in a borrowed thread to map and unmap a region;
+//!   [`stub`]: the code they run from, which brings the thread back if we are killed.
 //! - [`threads`] / [`ptrace`]: stopping and resuming every thread; the pause is measured here.
 //! - [`stack`]: the stack check (eh_frame unwinding, raw-stack fallback).
 //! - [`memscan`]: the opt-in scan of writable memory for user-level stacks (`--scan-memory`).
@@ -39,6 +40,7 @@ pub mod retire;
 pub mod scope;
 pub mod stack;
 pub mod status;
+pub mod stub;
 pub mod threads;
 pub mod tls;
 pub mod transition;

@@ -165,7 +165,7 @@ impl StoppedProcess {
                 let pending_signal = match stop {
                     Ok(Stop::Exited) => continue,
                     Ok(Stop::Signal(sig)) => sig,
-                    Ok(Stop::Interrupted | Stop::Trap) => 0,
+                    Ok(Stop::Interrupted | Stop::Trap | Stop::Syscall) => 0,
                     Err(e) => {
                         failure.get_or_insert(e);
                         continue;

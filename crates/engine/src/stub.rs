@@ -1,0 +1,159 @@
+//! The code a borrowed thread runs its injected syscalls from, written so
+//! that the thread finds its own way back if the tracer dies.
+//!
+//! When a tracer dies, the kernel detaches its tracees and lets them run from
+//! wherever they stand. A thread pointed at a bare `syscall` instruction with
+//! injected registers would run on into whatever follows it and crash. So the
+//! thread is pointed at this stub instead, with its stack pointer at a frame
+//! holding its own registers (the "restore frame", written below its red
+//! zone): whatever step the tracer dies at (registers set, at the syscall's
+//! entry stop, at its exit stop), the thread finishes the one injected
+//! syscall, pops every register from the frame and `iretq`s to the
+//! interrupted instruction with its own stack pointer and flags. A syscall it
+//! was blocked in is re-issued (the restart is already applied to the frame).
+//!
+//! The stub lives in the unused tail of the last page of an executable
+//! segment of a mapped file (bytes past the segment's end, which the program
+//! never reaches), in the process's private copy of that page. Its bytes are
+//! the same for every run and every thread, so it is written again each time
+//! and never taken out: a thread of an earlier, killed tracer may still be
+//! about to run it.
+
+use crate::error::EngineError;
+use crate::modules::LoadedModule;
+use crate::procfs::{Mapping, ProcessMemory};
+use crate::ptrace::Regs;
+
+/// `syscall`, then pop r15..rax in the frame's order, then `iretq`.
+pub const STUB: [u8; 27] = [
+    0x0f, 0x05, // syscall
+    0x41, 0x5f, 0x41, 0x5e, 0x41, 0x5d, 0x41, 0x5c, // pop r15, r14, r13, r12
+    0x41, 0x5b, 0x41, 0x5a, 0x41, 0x59, 0x41, 0x58, // pop r11, r10, r9, r8
+    0x5d, 0x5f, 0x5e, 0x5a, 0x59, 0x5b, 0x58, // pop rbp, rdi, rsi, rdx, rcx, rbx, rax
+    0x48, 0xcf, // iretq
+];
+
+/// Where the thread stands once the injected syscall has returned.
+pub const AFTER_SYSCALL: u64 = 2;
+
+/// 15 popped registers, then the `iretq` frame: rip, cs, rflags, rsp, ss.
+pub const FRAME_LEN: usize = 20 * 8;
+
+/// The restore frame for `regs`, in the order the stub consumes it.
+pub fn frame(regs: &Regs) -> [u8; FRAME_LEN] {
+    let words = [
+        regs.r15,
+        regs.r14,
+        regs.r13,
+        regs.r12,
+        regs.r11,
+        regs.r10,
+        regs.r9,
+        regs.r8,
+        regs.rbp,
+        regs.rdi,
+        regs.rsi,
+        regs.rdx,
+        regs.rcx,
+        regs.rbx,
+        regs.rax,
+        regs.rip,
+        regs.cs,
+        regs.eflags,
+        regs.rsp,
+        regs.ss,
+    ];
+    let mut out = [0u8; FRAME_LEN];
+    for (chunk, w) in out.chunks_exact_mut(8).zip(words) {
+        chunk.copy_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
+/// Writes the stub into the process and returns its address.
+pub fn plant(pid: i32, maps: &[Mapping], mem: &ProcessMemory) -> Result<u64, EngineError> {
+    let at = crate::modules::loaded_modules(pid, maps).iter().find_map(|m| unused_tail(mem, m)).ok_or(
+        EngineError::Inject {
+            pid,
+            call: "setup",
+            detail: "no executable segment of a mapped file has room for the syscall stub".into(),
+        },
+    )?;
+    mem.write(at, &STUB).map_err(|e| EngineError::io(format!("write syscall stub at 0x{at:x}"), e))?;
+    Ok(at)
+}
+
+/// One `PT_LOAD` program header, as mapped: run-time start and end.
+struct Segment {
+    start: u64,
+    end: u64,
+}
+
+/// A 16-byte aligned place in a private executable mapping of `module` past
+/// every segment's end, with room for the stub.
+fn unused_tail(mem: &ProcessMemory, module: &LoadedModule) -> Option<u64> {
+    let segments = segments(mem, module)?;
+    module.mappings.iter().filter(|m| m.exec && m.private).find_map(|m| {
+        let used_end = segments.iter().filter(|s| s.start < m.end && s.end > m.start).map(|s| s.end).max()?;
+        let at = used_end.checked_add(15)? & !15;
+        let fits = at.checked_add(STUB.len() as u64)? <= m.end;
+        let free = !segments.iter().any(|s| s.end > at && s.start < m.end);
+        (fits && free).then_some(at)
+    })
+}
+
+/// The module's loadable segments at run time, read from its ELF header as
+/// the process maps it (the first mapping, file offset 0).
+fn segments(mem: &ProcessMemory, module: &LoadedModule) -> Option<Vec<Segment>> {
+    let ehdr = mem.read_vec(module.start, 64).ok()?;
+    if ehdr.get(..5)? != b"\x7fELF\x02" {
+        return None;
+    }
+    let phoff = u64::from_le_bytes(ehdr.get(0x20..0x28)?.try_into().ok()?);
+    let phentsize = u16::from_le_bytes(ehdr.get(0x36..0x38)?.try_into().ok()?) as usize;
+    let phnum = u16::from_le_bytes(ehdr.get(0x38..0x3a)?.try_into().ok()?) as usize;
+    if phentsize < 56 || phnum == 0 || phnum > 256 || phoff > 4096 {
+        return None;
+    }
+    let table = mem.read_vec(module.start.checked_add(phoff)?, phentsize * phnum).ok()?;
+    let word = |ph: &[u8], at: usize| ph.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    let loads: Vec<(u64, u64, u64)> = table
+        .chunks_exact(phentsize)
+        .filter(|ph| ph.get(..4) == Some(&libc::PT_LOAD.to_le_bytes()[..]))
+        .filter_map(|ph| Some((word(ph, 8)?, word(ph, 16)?, word(ph, 40)?)))
+        .collect();
+    // The first segment maps file offset 0 at the module's lowest address.
+    let &(offset, vaddr, _) = loads.first()?;
+    if offset != 0 {
+        return None;
+    }
+    let bias = module.start.wrapping_sub(vaddr & !0xfff);
+    loads
+        .iter()
+        .map(|&(_, vaddr, memsz)| {
+            let start = bias.wrapping_add(vaddr);
+            Some(Segment { start, end: start.checked_add(memsz)? })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_frame_is_read_back_in_pop_order() {
+        // SAFETY: user_regs_struct is plain old data; all-zero is a valid value.
+        let mut regs: Regs = unsafe { std::mem::zeroed() };
+        regs.r15 = 1;
+        regs.rax = 15;
+        regs.rip = 16;
+        regs.ss = 20;
+        let f = frame(&regs);
+        let word = |i: usize| u64::from_le_bytes(f[i * 8..i * 8 + 8].try_into().unwrap());
+        assert_eq!((word(0), word(14), word(15), word(19)), (1, 15, 16, 20));
+        // 15 one-register pops: as many as the frame has registers before the iretq frame.
+        let pops = STUB[2..STUB.len() - 2].iter().filter(|&&b| b != 0x41).count();
+        assert_eq!(pops, 15);
+    }
+}
