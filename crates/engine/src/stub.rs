@@ -70,15 +70,19 @@ pub fn frame(regs: &Regs) -> [u8; FRAME_LEN] {
     out
 }
 
+/// Where the stub goes in this process: the first mapped file (in address
+/// order) with room in the tail of an executable segment's last page.
+pub fn place(pid: i32, maps: &[Mapping], mem: &ProcessMemory) -> Option<u64> {
+    crate::modules::loaded_modules(pid, maps).iter().find_map(|m| unused_tail(mem, m))
+}
+
 /// Writes the stub into the process and returns its address.
 pub fn plant(pid: i32, maps: &[Mapping], mem: &ProcessMemory) -> Result<u64, EngineError> {
-    let at = crate::modules::loaded_modules(pid, maps).iter().find_map(|m| unused_tail(mem, m)).ok_or(
-        EngineError::Inject {
-            pid,
-            call: "setup",
-            detail: "no executable segment of a mapped file has room for the syscall stub".into(),
-        },
-    )?;
+    let at = place(pid, maps, mem).ok_or(EngineError::Inject {
+        pid,
+        call: "setup",
+        detail: "no executable segment of a mapped file has room for the syscall stub".into(),
+    })?;
     mem.write(at, &STUB).map_err(|e| EngineError::io(format!("write syscall stub at 0x{at:x}"), e))?;
     Ok(at)
 }
