@@ -15,6 +15,7 @@
 //! - [`stack`]: the stack check (eh_frame unwinding, raw-stack fallback).
 //! - [`memscan`]: the opt-in scan of writable memory for user-level stacks (`--scan-memory`).
 //! - [`transition`]: stop, check, switch sites, resume; retry while busy.
+//! - [`retbreak`]: return breakpoints: wait for a busy frame to return, then switch.
 //! - [`patch`]: apply and rollback, end to end. [`status`]: what is applied, read from the process.
 //!
 //! Invariant: every step before the sites are written changes nothing the
@@ -36,6 +37,7 @@ pub mod procfs;
 pub mod ptrace;
 pub mod region;
 pub mod resolve;
+pub mod retbreak;
 pub mod retire;
 pub mod scope;
 pub mod stack;

@@ -30,6 +30,14 @@ pub fn seize_for_syscalls(tid: i32) -> io::Result<()> {
     check(unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0usize, options) })
 }
 
+/// Sets `PTRACE_O_TRACESYSGOOD` on a thread seized with [`seize`] (see
+/// [`seize_for_syscalls`]).
+pub fn trace_syscalls(tid: i32) -> io::Result<()> {
+    let options = libc::PTRACE_O_TRACESYSGOOD as usize;
+    // SAFETY: plain syscall; the data argument is an option mask.
+    check(unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, tid, 0usize, options) })
+}
+
 /// Resumes the thread until its next syscall entry or exit.
 pub fn resume_to_syscall(tid: i32, signal: i32) -> io::Result<()> {
     // SAFETY: plain syscall; the data argument is a signal number.

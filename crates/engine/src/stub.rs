@@ -73,7 +73,61 @@ pub fn frame(regs: &Regs) -> [u8; FRAME_LEN] {
 /// Where the stub goes in this process: the first mapped file (in address
 /// order) with room in the tail of an executable segment's last page.
 pub fn place(pid: i32, maps: &[Mapping], mem: &ProcessMemory) -> Option<u64> {
+    tail(pid, maps, mem).map(|t| t.start)
+}
+
+/// The whole unused tail the stub starts: the stub, then room for return
+/// trampolines (`retbreak`) up to the end of the mapping.
+pub fn tail(pid: i32, maps: &[Mapping], mem: &ProcessMemory) -> Option<std::ops::Range<u64>> {
     crate::modules::loaded_modules(pid, maps).iter().find_map(|m| unused_tail(mem, m))
+}
+
+/// Bytes of one return trampoline slot.
+pub const TRAMPOLINE_LEN: u64 = 32;
+/// Where a thread stands in its trampoline once its `syscall` has been entered.
+pub const TRAMPOLINE_AFTER_SYSCALL: u64 = 11;
+/// What the trampoline pushes before its syscall (rax, rcx, r11).
+pub const TRAMPOLINE_PUSHED: u64 = 24;
+
+/// A return trampoline: what a function returning into it runs instead of
+/// returning to `ret` directly. It keeps the return value and the registers
+/// its syscall clobbers, makes one harmless syscall (`getppid`) whose entry a
+/// tracer can stop at, and goes on to `ret`. With no tracer, it is a detour
+/// of a few instructions: no trap, nothing that could kill the process.
+pub fn trampoline(ret: u64) -> [u8; TRAMPOLINE_LEN as usize] {
+    let mut code = [0u8; TRAMPOLINE_LEN as usize];
+    let head: [u8; 21] = [
+        0x50, 0x51, 0x41, 0x53, // push rax, rcx, r11
+        0xb8, 0x6e, 0, 0, 0, // mov $110 (getppid), %eax
+        0x0f, 0x05, // syscall
+        0x41, 0x5b, 0x59, 0x58, // pop r11, rcx, rax
+        0xff, 0x25, 0, 0, 0, 0, // jmp *0(%rip): the address that follows
+    ];
+    code[..21].copy_from_slice(&head);
+    code[21..29].copy_from_slice(&ret.to_le_bytes());
+    code
+}
+
+/// A slot for the trampoline to `ret` in the tail: one already holding it
+/// (the same return address: reused), else the first not holding any
+/// trampoline. Trampolines are never cleared: a thread of a killed tracer
+/// may still return through one. `None`: the tail is full (or too short).
+pub fn trampoline_slot(mem: &ProcessMemory, tail: &std::ops::Range<u64>, ret: u64) -> Option<u64> {
+    let want = trampoline(ret);
+    let first = tail.start.checked_add(TRAMPOLINE_LEN)?;
+    let mut free = None;
+    let mut at = first;
+    while at.checked_add(TRAMPOLINE_LEN)? <= tail.end {
+        let bytes = mem.read_vec(at, TRAMPOLINE_LEN as usize).ok()?;
+        if bytes == want {
+            return Some(at);
+        }
+        if free.is_none() && bytes[..4] != want[..4] {
+            free = Some(at);
+        }
+        at += TRAMPOLINE_LEN;
+    }
+    free
 }
 
 /// Writes the stub into the process and returns its address.
@@ -94,15 +148,15 @@ struct Segment {
 }
 
 /// A 16-byte aligned place in a private executable mapping of `module` past
-/// every segment's end, with room for the stub.
-fn unused_tail(mem: &ProcessMemory, module: &LoadedModule) -> Option<u64> {
+/// every segment's end, with room for the stub, to the mapping's end.
+fn unused_tail(mem: &ProcessMemory, module: &LoadedModule) -> Option<std::ops::Range<u64>> {
     let segments = segments(mem, module)?;
     module.mappings.iter().filter(|m| m.exec && m.private).find_map(|m| {
         let used_end = segments.iter().filter(|s| s.start < m.end && s.end > m.start).map(|s| s.end).max()?;
         let at = used_end.checked_add(15)? & !15;
         let fits = at.checked_add(STUB.len() as u64)? <= m.end;
         let free = !segments.iter().any(|s| s.end > at && s.start < m.end);
-        (fits && free).then_some(at)
+        (fits && free).then_some(at..m.end)
     })
 }
 

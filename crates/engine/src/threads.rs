@@ -13,9 +13,17 @@ pub struct StoppedThread {
     pub tid: i32,
     pub regs: Regs,
     /// A signal that arrived while stopping; delivered again on resume.
-    pending_signal: i32,
+    pub(crate) pending_signal: i32,
     /// Registers changed by us (restart fix-up) that must be written back.
-    regs_changed: bool,
+    pub(crate) regs_changed: bool,
+}
+
+impl StoppedThread {
+    /// A thread stopped by other means than [`StoppedProcess::stop`], whose
+    /// registers need not be written back; `regs` are what the stack check sees.
+    pub(crate) fn held(tid: i32, regs: Regs, pending_signal: i32) -> StoppedThread {
+        StoppedThread { tid, regs, pending_signal, regs_changed: false }
+    }
 }
 
 /// Every thread of one process, stopped under ptrace. Dropping it resumes them
@@ -115,9 +123,17 @@ impl StoppedProcess {
     /// end meanwhile are skipped; if the whole process ends, `ProcessExited`.
     /// On any error every thread seized so far is let go again.
     pub fn stop(pid: i32) -> Result<StoppedProcess, EngineError> {
-        let mut stopped = StoppedProcess { pid, threads: Vec::new(), first_stop: Instant::now(), resumed: false };
-        let mut known: BTreeSet<i32> = BTreeSet::new();
-        let mut first = true;
+        StoppedProcess::stop_holding(pid, Vec::new())
+    }
+
+    /// Like [`stop`](Self::stop), with `held` threads already stopped under
+    /// our ptrace (a thread caught returning from busy code); the pause then
+    /// starts now.
+    pub fn stop_holding(pid: i32, held: Vec<StoppedThread>) -> Result<StoppedProcess, EngineError> {
+        let first = held.is_empty();
+        let mut known: BTreeSet<i32> = held.iter().map(|t| t.tid).collect();
+        let mut stopped = StoppedProcess { pid, threads: held, first_stop: Instant::now(), resumed: false };
+        let mut first = first;
         loop {
             let tids = procfs::tasks(pid).map_err(|_| EngineError::ProcessExited(pid))?;
             let new: Vec<i32> = tids.into_iter().filter(|t| !known.contains(t)).collect();
@@ -205,6 +221,15 @@ impl StoppedProcess {
     fn abandon(mut self, err: EngineError) -> EngineError {
         self.resume_all();
         if procfs::process_ended(self.pid) { EngineError::ProcessExited(self.pid) } else { err }
+    }
+
+    /// Lets every thread go except `tid`, which stays stopped and traced and
+    /// is handed back (with the signal and restart state it was stopped with).
+    pub fn release_all_but(mut self, tid: i32) -> Option<StoppedThread> {
+        let at = self.threads.iter().position(|t| t.tid == tid)?;
+        let kept = self.threads.remove(at);
+        self.resume_all();
+        Some(kept)
     }
 
     /// Lets every thread go; returns the pause (first stop to last resume).
