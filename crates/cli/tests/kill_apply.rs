@@ -99,3 +99,91 @@ fn apply_killed_at_any_step_leaves_the_process_whole_after_repair() {
     let journal = hotpatch_agent::journal::open_intents(&f.path("state")).expect("journal");
     assert!(journal.is_empty(), "repair closed every intent: {journal:?}");
 }
+
+/// Like the service, but a worker thread calls `check`, which runs for a
+/// few hundred milliseconds, in a loop: it is nearly always inside it. The
+/// main thread prints the last value at start, then for each line read on
+/// stdin once the worker has finished two more rounds since.
+const BUSY_SVC_C: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+int counter = 41;
+__attribute__((used)) static const char fixture_tag[] = FIXTURE_TAG;
+static volatile unsigned long rounds;
+static volatile int last;
+static int arg;
+__attribute__((noinline)) int check(int x) {
+    volatile unsigned long s = 0;
+    for (unsigned long i = 0; i < 100000000UL; i++) s += i;
+    return x + counter;
+}
+__attribute__((noinline)) int scale(int x) { return x * 2 + counter; }
+static void *worker(void *a) { for (;;) { last = check(arg) * 1000 + scale(arg); rounds++; } return a; }
+int main(int argc, char **argv) {
+    (void)argv;
+    arg = argc;
+    pthread_t t;
+    pthread_create(&t, 0, worker, 0);
+    while (rounds == 0) usleep(1000);
+    printf("%d\n", last); fflush(stdout);
+    char line[64];
+    while (fgets(line, sizeof line, stdin)) {
+        unsigned long r = rounds;
+        while (rounds < r + 2) usleep(1000);
+        printf("%d\n", last); fflush(stdout);
+    }
+}
+"#;
+
+// `hotpatch apply` killed while it waits for the busy frame to return (its
+// return address redirected to a trampoline): the frame returns through it
+// untraced and the process goes on as if nothing happened.
+#[test]
+fn apply_killed_while_waiting_for_a_busy_frame_leaves_the_process_running() {
+    use std::io::{BufRead, Write};
+    let f = Fixture::new();
+    std::fs::write(f.path("busy.c"), BUSY_SVC_C).expect("write");
+    gcc(f.dir.path(), &["-O1", "-pthread", "-fno-ipa-ra", &f.tag(), "-o", "busy", "busy.c"]);
+    let pkg = f.path("busy-1.hpatch");
+    f.pack(&f.path("busy"), 1, &pkg);
+    let mut command = Command::new(f.path("busy"));
+    command.stdin(Stdio::piped());
+    let mut svc = Svc::start_command(command);
+    let mut ask = svc.child.stdin.take().expect("stdin");
+    let (pid, state) = (svc.pid().to_string(), s(&f.path("state")));
+    let mut patched = false;
+    for trial in 0..5 {
+        let mut apply = Command::new(HOTPATCH)
+            .args(["apply", "--pid", &pid, &s(&pkg), "--trust", &f.trust(), "--state-dir", &state])
+            .env("HOTPATCH_LOG", "hotpatch_engine::transition=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("apply");
+        let log = std::io::BufReader::new(apply.stderr.take().expect("stderr"));
+        let waiting = log.lines().map_while(Result::ok).any(|l| l.contains("waiting for the busy frame to return"));
+        let _ = apply.kill();
+        let _ = apply.wait();
+        assert!(waiting, "trial {trial}: apply never waited for a busy frame");
+        // Two more rounds of the worker since now: the redirected frame
+        // returned, through the trampoline, and the next call returned too.
+        writeln!(ask, "go").expect("ask");
+        let value = svc.next().unwrap_or_else(|| panic!("trial {trial}: the process stopped answering"));
+        // The frame may have returned just before the kill, and the switch happened.
+        assert!(value == UNPATCHED || value == LEVEL1, "trial {trial}: {value}");
+        let tracer = hotpatch_engine::procfs::tracer_of(svc.pid());
+        assert_eq!(tracer, Some(0), "trial {trial}: still traced");
+        let repaired = json(&run(&["--json", "repair", "--state-dir", &state, "--min-age", "0", "--pid", &pid]));
+        assert_eq!(repaired["errors"], serde_json::json!([]), "trial {trial}: {repaired}");
+        if value == LEVEL1 {
+            patched = true;
+            json(&run(&["--json", "rollback", "--pid", &pid]));
+        }
+    }
+    eprintln!("5 kills while waiting for a busy frame; patched before the kill in some: {patched}");
+    // No trap left anywhere: an apply that is not killed patches it.
+    json(&run(&["--json", "apply", "--pid", &pid, &s(&pkg), "--trust", &f.trust(), "--state-dir", &state]));
+    writeln!(ask, "go").expect("ask");
+    assert_eq!(svc.next().as_deref(), Some(LEVEL1), "the process no longer runs or was not patched");
+}
