@@ -15,6 +15,8 @@ use crate::stub;
 
 /// Room below the stack pointer left untouched: the x86-64 red zone and then some.
 const SCRATCH_GAP: u64 = 512;
+/// Syscall stops (entries and exits) a called function may make before we give up.
+const MAX_CALL_SYSCALLS: usize = 256;
 
 pub struct Injector<'m> {
     pid: i32,
@@ -144,6 +146,42 @@ impl<'m> Injector<'m> {
             });
         }
         Ok(now.rax as i64)
+    }
+
+    /// Calls `function` (no arguments) in the borrowed thread and returns
+    /// what it returns in rax: an IFUNC resolver, run as ld.so would run it.
+    /// It returns into the stub's call return, so that, should we be killed
+    /// meanwhile, the thread still comes back by itself. A function that
+    /// makes more than `MAX_CALL_SYSCALLS` syscalls is given up on.
+    pub fn call(&mut self, function: u64) -> Result<u64, EngineError> {
+        let ret_slot = self.frame_at - 8;
+        let call_return = self.stub + stub::CALL_RETURN_AT;
+        self.overwrite(ret_slot, &call_return.to_le_bytes(), "write call return address")?;
+        let mut regs = self.resume;
+        regs.rip = function;
+        // At entry, the stack pointer + 8 is 16-byte aligned, as after a call.
+        regs.rsp = ret_slot;
+        regs.rax = 0;
+        let tid = self.tid;
+        ptrace::set_regs(tid, &regs).map_err(|e| EngineError::Ptrace { tid, op: "setregs", source: e })?;
+        for _ in 0..MAX_CALL_SYSCALLS {
+            self.next_syscall_stop()?;
+            let now = ptrace::get_regs(tid).map_err(|e| EngineError::Ptrace { tid, op: "getregs", source: e })?;
+            let returned = now.rip == self.stub + stub::AFTER_SYSCALL
+                && now.rsp == self.frame_at
+                && now.orig_rax == stub::SYS_GETPID;
+            // Entry or exit of a syscall the function makes: on to the next stop.
+            if returned {
+                // Its exit: the thread stands after the stub's syscall, as after any.
+                self.next_syscall_stop()?;
+                return Ok(now.rdi);
+            }
+        }
+        Err(EngineError::Inject {
+            pid: self.pid,
+            call: "call",
+            detail: format!("the function at 0x{function:x} made more than {MAX_CALL_SYSCALLS} syscalls"),
+        })
     }
 
     /// Points the thread at the stub with the call's number and arguments,

@@ -36,6 +36,20 @@ pub const STUB: [u8; 27] = [
 /// Where the thread stands once the injected syscall has returned.
 pub const AFTER_SYSCALL: u64 = 2;
 
+/// Where a function called in the target returns to (`CALL_RETURN` is
+/// written there): its result goes to rdi, and the stub's syscall is made a
+/// harmless `getpid`, at whose entry the tracer reads rdi; then the stub
+/// restores the thread as after any injected syscall.
+pub const CALL_RETURN_AT: u64 = 32;
+pub const CALL_RETURN: [u8; 10] = [
+    0x48, 0x89, 0xc7, // mov %rax, %rdi
+    0xb8, 0x27, 0, 0, 0, // mov $39 (getpid), %eax
+    0xeb, 0xd6, // jmp -42: the stub's syscall
+];
+pub const SYS_GETPID: u64 = 39;
+/// The stub and its call return, before the first return trampoline.
+const STUB_AREA: u64 = 64;
+
 /// 15 popped registers, then the `iretq` frame: rip, cs, rflags, rsp, ss.
 pub const FRAME_LEN: usize = 20 * 8;
 
@@ -114,7 +128,7 @@ pub fn trampoline(ret: u64) -> [u8; TRAMPOLINE_LEN as usize] {
 /// may still return through one. `None`: the tail is full (or too short).
 pub fn trampoline_slot(mem: &ProcessMemory, tail: &std::ops::Range<u64>, ret: u64) -> Option<u64> {
     let want = trampoline(ret);
-    let first = tail.start.checked_add(TRAMPOLINE_LEN)?;
+    let first = tail.start.checked_add(STUB_AREA)?;
     let mut free = None;
     let mut at = first;
     while at.checked_add(TRAMPOLINE_LEN)? <= tail.end {
@@ -137,7 +151,10 @@ pub fn plant(pid: i32, maps: &[Mapping], mem: &ProcessMemory) -> Result<u64, Eng
         call: "setup",
         detail: "no executable segment of a mapped file has room for the syscall stub".into(),
     })?;
-    mem.write(at, &STUB).map_err(|e| EngineError::io(format!("write syscall stub at 0x{at:x}"), e))?;
+    let mut code = [0u8; (CALL_RETURN_AT as usize) + CALL_RETURN.len()];
+    code[..STUB.len()].copy_from_slice(&STUB);
+    code[CALL_RETURN_AT as usize..].copy_from_slice(&CALL_RETURN);
+    mem.write(at, &code).map_err(|e| EngineError::io(format!("write syscall stub at 0x{at:x}"), e))?;
     Ok(at)
 }
 
@@ -154,7 +171,7 @@ fn unused_tail(mem: &ProcessMemory, module: &LoadedModule) -> Option<std::ops::R
     module.mappings.iter().filter(|m| m.exec && m.private).find_map(|m| {
         let used_end = segments.iter().filter(|s| s.start < m.end && s.end > m.start).map(|s| s.end).max()?;
         let at = used_end.checked_add(15)? & !15;
-        let fits = at.checked_add(STUB.len() as u64)? <= m.end;
+        let fits = at.checked_add(STUB_AREA)? <= m.end;
         let free = !segments.iter().any(|s| s.end > at && s.start < m.end);
         (fits && free).then_some(at..m.end)
     })
@@ -213,5 +230,8 @@ mod tests {
         // 15 one-register pops: as many as the frame has registers before the iretq frame.
         let pops = STUB[2..STUB.len() - 2].iter().filter(|&&b| b != 0x41).count();
         assert_eq!(pops, 15);
+        // The call return's jump lands on the stub's syscall.
+        let after_jump = CALL_RETURN_AT as i64 + CALL_RETURN.len() as i64;
+        assert_eq!(after_jump + i64::from(CALL_RETURN[9] as i8), 0);
     }
 }
