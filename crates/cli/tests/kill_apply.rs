@@ -100,6 +100,57 @@ fn apply_killed_at_any_step_leaves_the_process_whole_after_repair() {
     assert!(journal.is_empty(), "repair closed every intent: {journal:?}");
 }
 
+// Kills aimed at the injection itself: `hotpatch apply` is killed as soon as
+// it logs its k-th injected syscall (memfd_create, mmap, the mprotects, close),
+// so the kill lands while that thread is borrowed, at varying steps.
+#[test]
+fn apply_killed_while_it_borrows_a_thread_leaves_the_process_whole() {
+    use std::io::BufRead;
+    let f = Fixture::new();
+    let pkg = f.path("svc-2.hpatch");
+    f.pack(&f.path("svc"), 2, &pkg);
+    let mut svc = Svc::start(&f.path("svc"));
+    let (mut pid, state) = (svc.pid().to_string(), s(&f.path("state")));
+    let (mut patched, mut killed_after) = (0, std::collections::BTreeMap::new());
+    for trial in 0..trials() {
+        if retired_regions(&pid) >= RESTART_AT {
+            svc = Svc::start(&f.path("svc"));
+            pid = svc.pid().to_string();
+        }
+        let k = trial as usize % 5 + 1;
+        let mut apply = Command::new(HOTPATCH)
+            .args(["apply", "--pid", &pid, &s(&pkg), "--trust", &f.trust(), "--state-dir", &state])
+            .env("HOTPATCH_LOG", "hotpatch_engine::inject=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("apply");
+        let log = std::io::BufReader::new(apply.stderr.take().expect("stderr"));
+        let seen = log.lines().map_while(Result::ok).filter(|l| l.contains("injecting a syscall")).take(k).count();
+        let _ = apply.kill();
+        let _ = apply.wait();
+        *killed_after.entry(seen).or_insert(0) += 1;
+        if let Ok(Some(end)) = svc.child.try_wait() {
+            panic!("trial {trial}: the target ended ({end}) when apply was killed after {seen} injected syscalls");
+        }
+        let repaired = json(&run(&["--json", "repair", "--state-dir", &state, "--min-age", "0", "--pid", &pid]));
+        assert_eq!(repaired["errors"], serde_json::json!([]), "trial {trial}: {repaired}");
+        let status = json(&run(&["--json", "status", "--pid", &pid]));
+        let regions = status.as_array().expect("list");
+        let active = regions.iter().filter(|r| r["active"] == true).count();
+        assert!(active <= 1, "trial {trial}: {status}");
+        assert!(regions.iter().all(|r| r["active"] == true || r["retired"].is_object()), "trial {trial}: {status}");
+        if active == 1 {
+            patched += 1;
+            json(&run(&["--json", "rollback", "--pid", &pid]));
+        }
+    }
+    eprintln!("kills after n injected syscalls (n: trials): {killed_after:?}; {patched} ended patched");
+    json(&run(&["--json", "apply", "--pid", &pid, &s(&pkg), "--trust", &f.trust(), "--state-dir", &state]));
+    assert!(svc.wait_for(LEVEL2), "the process no longer runs or cannot be patched");
+    assert_eq!(memfds_open(&pid), Vec::<String>::new(), "a region's memfd is still open");
+}
+
 /// Like the service, but a worker thread calls `check`, which runs for a
 /// few hundred milliseconds, in a loop: it is nearly always inside it. The
 /// main thread prints the last value at start, then for each line read on
