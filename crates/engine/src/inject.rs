@@ -133,6 +133,7 @@ impl<'m> Injector<'m> {
     /// Runs one syscall in the borrowed thread and returns its raw result
     /// (negative errno on failure).
     pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64, EngineError> {
+        tracing::debug!(pid = self.pid, tid = self.tid, nr, "injecting a syscall");
         self.load(nr, args)?;
         self.next_syscall_stop()?;
         self.next_syscall_stop()?;
