@@ -4,8 +4,10 @@
 //! its outermost busy frame is redirected to a return trampoline (`stub`),
 //! every other thread runs on, and this one is traced from syscall stop to
 //! syscall stop until it enters the trampoline's syscall: it has just left
-//! the busy code. It is kept stopped there while the others are stopped and
-//! checked, and the switch happens then.
+//! the busy code. It is kept stopped there (parked) while the others are
+//! stopped and checked, and the switch happens then; if another thread is
+//! busy, it is waited for the same way while the parked ones stay parked
+//! (else two threads taking turns in the function would never both be out).
 //!
 //! Why a redirected stack slot and a syscall rather than an `int3` in the
 //! caller's code: the slot belongs to that one frame of that one thread, so
@@ -20,7 +22,7 @@ use crate::procfs::ProcessMemory;
 use crate::ptrace::{self, Regs, Stop};
 use crate::stack::ReturnPoint;
 use crate::stub;
-use crate::threads::{StoppedProcess, StoppedThread, let_go};
+use crate::threads::{StoppedProcess, StoppedThread, let_go, let_go_all};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -54,11 +56,25 @@ impl Drop for Planted<'_> {
     }
 }
 
+/// Threads kept stopped while another is waited for; let go if dropped.
+struct Parked {
+    pid: i32,
+    threads: Vec<StoppedThread>,
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        let_go_all(self.pid, std::mem::take(&mut self.threads));
+    }
+}
+
 /// Redirects the busy frame of `stopped`'s thread `tid` at `point`, lets
-/// every other thread go, and waits until `deadline` for the thread to
-/// return into the trampoline. `Ok(Some)`: caught, still stopped, with the
-/// registers it has once returned (for the stack check). `Ok(None)`: no room
-/// for a trampoline, or the deadline passed; the slot is put back.
+/// every other thread go but those `parked` (caught earlier at their own
+/// return: they stay stopped, out of busy code), and waits until `deadline`
+/// for `tid` to return into the trampoline. `Ok(Some)`: caught; it and the
+/// parked threads are handed back stopped, it with the registers it has once
+/// returned (for the stack check). `Ok(None)`: no room for a trampoline, or
+/// the deadline passed; the slot is put back and every thread let go.
 pub fn wait_for_return(
     stopped: StoppedProcess,
     tid: i32,
@@ -66,7 +82,8 @@ pub fn wait_for_return(
     tail: &Range<u64>,
     mem: &ProcessMemory,
     deadline: Instant,
-) -> Result<Option<StoppedThread>, EngineError> {
+    parked: &[i32],
+) -> Result<Option<Vec<StoppedThread>>, EngineError> {
     let Some(trampoline) = stub::trampoline_slot(mem, tail, point.ret) else {
         drop(stopped);
         return Ok(None);
@@ -74,7 +91,11 @@ pub fn wait_for_return(
     let code = stub::trampoline(point.ret);
     mem.write(trampoline, &code).map_err(|e| EngineError::io("write return trampoline", e))?;
     let pid = stopped.pid;
-    let Some(thread) = stopped.release_all_but(tid) else { return Ok(None) };
+    let keep: Vec<i32> = parked.iter().copied().chain([tid]).collect();
+    let (busy, others): (Vec<StoppedThread>, Vec<StoppedThread>) =
+        stopped.release_all_but(&keep).into_iter().partition(|t| t.tid == tid);
+    let mut parked = Parked { pid, threads: others };
+    let Some(thread) = busy.into_iter().next() else { return Ok(None) };
     let mut planted = Planted { pid, tid, mem, point, trampoline, pending_signal: thread.pending_signal, armed: true };
     if thread.regs_changed {
         ptrace::set_regs(tid, &thread.regs).map_err(|e| EngineError::Ptrace { tid, op: "setregs", source: e })?;
@@ -84,7 +105,9 @@ pub fn wait_for_return(
     let Some(regs) = run_until_returned(&mut planted, deadline)? else { return Ok(None) };
     planted.armed = false;
     let returned = Regs { rip: point.ret, rsp: point.cfa, ..regs };
-    Ok(Some(StoppedThread::held(tid, returned, planted.pending_signal)))
+    let mut held = std::mem::take(&mut parked.threads);
+    held.push(StoppedThread::held(tid, returned, planted.pending_signal));
+    Ok(Some(held))
 }
 
 /// Traces the thread from syscall stop to syscall stop until it stops at

@@ -49,6 +49,8 @@ pub const CALL_RETURN: [u8; 10] = [
 pub const SYS_GETPID: u64 = 39;
 /// The stub and its call return, before the first return trampoline.
 const STUB_AREA: u64 = 64;
+/// A tail is used only with room for a few return trampolines too.
+const MIN_TAIL: u64 = STUB_AREA + 4 * TRAMPOLINE_LEN;
 
 /// 15 popped registers, then the `iretq` frame: rip, cs, rflags, rsp, ss.
 pub const FRAME_LEN: usize = 20 * 8;
@@ -171,7 +173,7 @@ fn unused_tail(mem: &ProcessMemory, module: &LoadedModule) -> Option<std::ops::R
     module.mappings.iter().filter(|m| m.exec && m.private).find_map(|m| {
         let used_end = segments.iter().filter(|s| s.start < m.end && s.end > m.start).map(|s| s.end).max()?;
         let at = used_end.checked_add(15)? & !15;
-        let fits = at.checked_add(STUB_AREA)? <= m.end;
+        let fits = at.checked_add(MIN_TAIL)? <= m.end;
         let free = !segments.iter().any(|s| s.end > at && s.start < m.end);
         (fits && free).then_some(at..m.end)
     })

@@ -223,13 +223,14 @@ impl StoppedProcess {
         if procfs::process_ended(self.pid) { EngineError::ProcessExited(self.pid) } else { err }
     }
 
-    /// Lets every thread go except `tid`, which stays stopped and traced and
-    /// is handed back (with the signal and restart state it was stopped with).
-    pub fn release_all_but(mut self, tid: i32) -> Option<StoppedThread> {
-        let at = self.threads.iter().position(|t| t.tid == tid)?;
-        let kept = self.threads.remove(at);
+    /// Lets every thread go except those in `keep`, which stay stopped and
+    /// traced and are handed back (with the signal and restart state they
+    /// were stopped with). The caller lets them go ([`let_go_all`]).
+    pub fn release_all_but(mut self, keep: &[i32]) -> Vec<StoppedThread> {
+        let (kept, others) = std::mem::take(&mut self.threads).into_iter().partition(|t| keep.contains(&t.tid));
+        self.threads = others;
         self.resume_all();
-        Some(kept)
+        kept
     }
 
     /// Lets every thread go; returns the pause (first stop to last resume).
@@ -266,6 +267,12 @@ impl Drop for StoppedProcess {
     fn drop(&mut self) {
         self.resume_all();
     }
+}
+
+/// Lets go of threads handed out by [`StoppedProcess::release_all_but`].
+pub(crate) fn let_go_all(pid: i32, threads: Vec<StoppedThread>) {
+    let mut held = StoppedProcess { pid, threads, first_stop: Instant::now(), resumed: false };
+    held.resume_all();
 }
 
 /// The floor of any pause: stop and resume every thread doing nothing else.

@@ -55,6 +55,8 @@ pub fn run(
     let mut backoff = FIRST_BACKOFF;
     let mut retries = 0u32;
     let mut held = Vec::new();
+    // Threads caught at their return and kept stopped (retbreak).
+    let mut parked_tids: Vec<i32> = Vec::new();
     loop {
         let stopped = StoppedProcess::stop_holding(pid, std::mem::take(&mut held))?;
         let Some((tid, function)) = holder(pid, mem, checker, busy, &stopped)? else {
@@ -79,17 +81,21 @@ pub fn run(
         match return_point(pid, mem, checker, busy, &stopped, tid) {
             Some((tail, point)) => {
                 tracing::debug!(tid, %function, ret = point.ret, "waiting for the busy frame to return");
-                match retbreak::wait_for_return(stopped, tid, point, &tail, mem, deadline)? {
-                    Some(thread) => {
-                        held.push(thread);
+                match retbreak::wait_for_return(stopped, tid, point, &tail, mem, deadline, &parked_tids)? {
+                    Some(threads) => {
+                        parked_tids = threads.iter().map(|t| t.tid).collect();
+                        held = threads;
                         continue;
                     }
                     None if Instant::now() >= deadline => return Err(busy_error(retries - 1)),
                     // No room for a trampoline: retry as without one.
-                    None => {}
+                    None => parked_tids.clear(),
                 }
             }
-            None => drop(stopped),
+            None => {
+                parked_tids.clear();
+                drop(stopped);
+            }
         }
         if started.elapsed() + backoff > timeout {
             return Err(busy_error(retries - 1));
