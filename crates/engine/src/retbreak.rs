@@ -131,7 +131,12 @@ fn run_until_returned(p: &mut Planted<'_>, deadline: Instant) -> Result<Option<R
         match stop {
             Stop::Exited => {
                 p.armed = false;
-                return Err(EngineError::ProcessExited(p.pid));
+                // The thread ended (pthread_exit): nothing to wait for; the
+                // transition tries again, unless the whole process is gone.
+                if crate::procfs::process_ended(p.pid) {
+                    return Err(EngineError::ProcessExited(p.pid));
+                }
+                return Ok(None);
             }
             Stop::Syscall => {
                 let regs = ptrace::get_regs(tid).map_err(|e| EngineError::Ptrace { tid, op: "getregs", source: e })?;

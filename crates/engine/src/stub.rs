@@ -173,9 +173,12 @@ fn unused_tail(mem: &ProcessMemory, module: &LoadedModule) -> Option<std::ops::R
     module.mappings.iter().filter(|m| m.exec && m.private).find_map(|m| {
         let used_end = segments.iter().filter(|s| s.start < m.end && s.end > m.start).map(|s| s.end).max()?;
         let at = used_end.checked_add(15)? & !15;
-        let fits = at.checked_add(MIN_TAIL)? <= m.end;
+        // Within the page the segment ends in: later pages of the mapping
+        // may lie past the end of the file.
+        let end = m.end.min(used_end.checked_add(0xfff)? & !0xfff);
+        let fits = at.checked_add(MIN_TAIL)? <= end;
         let free = !segments.iter().any(|s| s.end > at && s.start < m.end);
-        (fits && free).then_some(at..m.end)
+        (fits && free).then_some(at..end)
     })
 }
 
