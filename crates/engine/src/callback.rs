@@ -134,8 +134,9 @@ fn run(pid: i32, inj: &mut Injector<'_>, address: u64, held: &mut Vec<i32>) -> R
                 let now = ptrace::get_regs(tid).map_err(ptrace_err("getregs"))?;
                 return Err(Failure::Callback(format!("trapped at 0x{:x}; its thread was restored", now.rip)));
             }
-            // A group stop or our own interrupt: keep it running.
-            Some(Stop::Interrupted) => resume(tid, 0).map_err(ptrace_err("cont"))?,
+            // A group stop or our own interrupt (or a syscall stop, which
+            // PTRACE_CONT does not ask for): keep it running.
+            Some(Stop::Interrupted | Stop::Syscall) => resume(tid, 0).map_err(ptrace_err("cont"))?,
         }
     }
 }

@@ -9,11 +9,13 @@
 //! - [`tls`]: module ids and offsets of the process's thread-local variables.
 //! - [`region`]: the patch region's self-describing header and its placement within ±2 GiB.
 //! - [`retire`]: regions replaced or rolled back stay mapped, marked retired, under a cap.
-//! - [`inject`] / [`mapping`]: syscalls run in a borrowed thread to map and unmap a region.
+//! - [`inject`] / [`mapping`]: syscalls run in a borrowed thread to map and unmap a region;
+//!   [`stub`]: the code they run from, which brings the thread back if we are killed.
 //! - [`threads`] / [`ptrace`]: stopping and resuming every thread; the pause is measured here.
 //! - [`stack`]: the stack check (eh_frame unwinding, raw-stack fallback).
 //! - [`memscan`]: the opt-in scan of writable memory for user-level stacks (`--scan-memory`).
 //! - [`transition`]: stop, check, switch sites, resume; retry while busy.
+//! - [`retbreak`]: return breakpoints: wait for a busy frame to return, then switch.
 //! - [`shadow`] / [`callback`]: the shadow variable table a level adopts from the one it
 //!   replaces, and the hotpatch's own callbacks, run in a borrowed thread.
 //! - [`patch`]: apply and rollback, end to end. [`status`]: what is applied, read from the process.
@@ -38,11 +40,13 @@ pub mod procfs;
 pub mod ptrace;
 pub mod region;
 pub mod resolve;
+pub mod retbreak;
 pub mod retire;
 pub mod scope;
 pub mod shadow;
 pub mod stack;
 pub mod status;
+pub mod stub;
 pub mod threads;
 pub mod tls;
 pub mod transition;

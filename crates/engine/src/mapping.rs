@@ -26,6 +26,7 @@ pub fn map_region(
     patch_id: &str,
 ) -> Result<(), EngineError> {
     let mut inj = Injector::attach(pid, maps, mem)?;
+    close_leftover_memfds(pid, &mut inj);
     let mut name = format!("{MEMFD_PREFIX}{patch_id}").into_bytes();
     name.push(0);
     let name_addr = inj.scratch(&name)?;
@@ -46,6 +47,30 @@ pub fn map_region(
     result?;
     check(pid, "close", closed?)?;
     finished
+}
+
+/// Descriptors open on a patch region's memfd. An apply closes its own as
+/// soon as the region is mapped, so one found before an apply starts was left
+/// by a tracer killed between memfd_create and close: closed here (best
+/// effort; the region's mapping, if any, does not need it).
+fn close_leftover_memfds(pid: i32, inj: &mut Injector<'_>) {
+    let dir = format!("{}/fd", crate::procfs::proc_dir(pid));
+    let Ok(entries) = std::fs::read_dir(&dir) else { return };
+    let marker = format!("/memfd:{MEMFD_PREFIX}");
+    let leftovers: Vec<u64> = entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            target.to_string_lossy().starts_with(&marker).then(|| e.file_name().to_str()?.parse().ok())?
+        })
+        .collect();
+    for fd in leftovers {
+        match inj.syscall(libc::SYS_close, [fd, 0, 0, 0, 0, 0]) {
+            Ok(0) => tracing::info!(pid, fd, "closed a patch region memfd left by a killed apply"),
+            Ok(ret) => tracing::warn!(pid, fd, ret, "closing a leftover patch region memfd failed"),
+            Err(e) => tracing::warn!(pid, fd, error = %e, "closing a leftover patch region memfd failed"),
+        }
+    }
 }
 
 fn fill_and_map(

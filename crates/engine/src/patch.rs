@@ -381,6 +381,7 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
         .ok_or_else(|| EngineError::NoRoom { size, target: target.path.clone() })?;
     let others = scope::lookup_scope(pid, &mem, &modules, target.inode);
     let mut resolver = Resolver::new(&symbols, bias, &others);
+    resolver.run_resolvers_in(pid, &maps, &mem);
     resolver.bind_baseline(manifest.symbols.iter().map(|s| (s.name.clone(), s.address)));
     let mut resolved = BTreeMap::new();
     let mut unresolved = BTreeMap::new();

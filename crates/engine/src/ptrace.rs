@@ -21,6 +21,29 @@ pub fn seize(tid: i32) -> io::Result<()> {
     check(unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0usize, 0usize) })
 }
 
+/// Like [`seize`], and syscall stops are reported as [`Stop::Syscall`]
+/// (`PTRACE_O_TRACESYSGOOD`): should this tool die at one, the kernel's
+/// leftover stop code is then not a signal it would deliver to the thread.
+pub fn seize_for_syscalls(tid: i32) -> io::Result<()> {
+    let options = libc::PTRACE_O_TRACESYSGOOD as usize;
+    // SAFETY: plain syscall; the data argument is an option mask.
+    check(unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0usize, options) })
+}
+
+/// Sets `PTRACE_O_TRACESYSGOOD` on a thread seized with [`seize`] (see
+/// [`seize_for_syscalls`]).
+pub fn trace_syscalls(tid: i32) -> io::Result<()> {
+    let options = libc::PTRACE_O_TRACESYSGOOD as usize;
+    // SAFETY: plain syscall; the data argument is an option mask.
+    check(unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, tid, 0usize, options) })
+}
+
+/// Resumes the thread until its next syscall entry or exit.
+pub fn resume_to_syscall(tid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: plain syscall; the data argument is a signal number.
+    check(unsafe { libc::ptrace(libc::PTRACE_SYSCALL, tid, 0usize, signal as usize) })
+}
+
 pub fn interrupt(tid: i32) -> io::Result<()> {
     // SAFETY: plain syscall; no memory is passed.
     check(unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0usize, 0usize) })
@@ -30,11 +53,6 @@ pub fn interrupt(tid: i32) -> io::Result<()> {
 pub fn detach(tid: i32, signal: i32) -> io::Result<()> {
     // SAFETY: plain syscall; the data argument is a signal number.
     check(unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0usize, signal as usize) })
-}
-
-pub fn single_step(tid: i32, signal: i32) -> io::Result<()> {
-    // SAFETY: plain syscall; the data argument is a signal number.
-    check(unsafe { libc::ptrace(libc::PTRACE_SINGLESTEP, tid, 0usize, signal as usize) })
 }
 
 pub fn get_regs(tid: i32) -> io::Result<Regs> {
@@ -55,8 +73,10 @@ pub fn set_regs(tid: i32, regs: &Regs) -> io::Result<()> {
 pub enum Stop {
     /// Stopped by `PTRACE_INTERRUPT` (or a group stop): nothing to deliver.
     Interrupted,
-    /// A single-step or breakpoint trap.
+    /// A breakpoint trap (or a plain `SIGTRAP`).
     Trap,
+    /// A syscall entry or exit stop of a thread seized with [`seize_for_syscalls`].
+    Syscall,
     /// A signal arrived first; it must be delivered when the thread is let go.
     Signal(i32),
     /// The thread is gone.
@@ -102,6 +122,8 @@ fn wait_with(tid: i32, flags: i32) -> io::Result<Option<Stop>> {
     let event = (status >> 16) & 0xff;
     Ok(Some(if event == libc::PTRACE_EVENT_STOP {
         Stop::Interrupted
+    } else if sig == libc::SIGTRAP | 0x80 {
+        Stop::Syscall
     } else if sig == libc::SIGTRAP {
         Stop::Trap
     } else {
@@ -136,4 +158,21 @@ pub fn restart_interrupted_syscall(regs: &mut Regs) -> bool {
         return true;
     }
     false
+}
+
+const ERESTARTSYS: u64 = (-512i64) as u64;
+
+/// The registers a thread resumes with when the kernel restarts the syscall
+/// it was interrupted in (no handler due): the call re-issued (`rip` back
+/// over the 2-byte `syscall`, its number in `rax`), and no syscall in
+/// progress, so that no later resume applies the restart a second time.
+/// Registers outside a syscall come back unchanged.
+pub fn with_restart_applied(regs: &Regs) -> Regs {
+    let mut r = *regs;
+    if (r.orig_rax as i64) >= 0 && matches!(r.rax, ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND) {
+        r.rax = r.orig_rax;
+        r.rip = r.rip.wrapping_sub(2);
+    }
+    r.orig_rax = u64::MAX;
+    r
 }

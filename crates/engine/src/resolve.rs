@@ -3,7 +3,9 @@
 //! then what other loaded objects export (libc and friends), searched in the
 //! order the caller gives: the process's lookup scope ([`crate::scope`]).
 
+use crate::inject::Injector;
 use crate::modules::LoadedModule;
+use crate::procfs::{Mapping, ProcessMemory};
 use hotpatch_elf::{SymbolKind, SymbolTable, TargetElf};
 use object::read::elf::Sym;
 use object::{Object, ObjectSection, ObjectSymbol, SymbolSection};
@@ -110,6 +112,30 @@ fn own_modules(want: Option<&Vec<u8>>) -> Vec<LoadedModule> {
     modules
 }
 
+/// The process an IFUNC resolver can be run in (see [`Resolver::run_resolvers_in`]).
+struct InTarget<'a> {
+    pid: i32,
+    maps: &'a [Mapping],
+    mem: &'a ProcessMemory,
+}
+
+impl InTarget<'_> {
+    /// Runs the resolver at `resolver` in a borrowed thread of the process,
+    /// as ld.so would have at load time; the result must be executable code
+    /// of the process.
+    fn resolve(&self, resolver: u64) -> Result<u64, String> {
+        let mut inj = Injector::attach(self.pid, self.maps, self.mem).map_err(|e| e.to_string())?;
+        let called = inj.call(resolver);
+        let finished = inj.finish();
+        let addr = called.map_err(|e| e.to_string())?;
+        finished.map_err(|e| e.to_string())?;
+        if !self.maps.iter().any(|m| m.exec && m.contains(addr)) {
+            return Err(format!("its resolver, run in the process, returned 0x{addr:x}, not executable code"));
+        }
+        Ok(addr)
+    }
+}
+
 pub struct Resolver<'a> {
     target_symbols: &'a SymbolTable,
     target_bias: u64,
@@ -119,11 +145,28 @@ pub struct Resolver<'a> {
     own: Option<Vec<LoadedModule>>,
     /// Names the manifest binds to baseline addresses (link-time), looked up first.
     baseline: HashMap<String, u64>,
+    /// Where IFUNC resolvers run when our own process has no copy of the object.
+    in_target: Option<InTarget<'a>>,
 }
 
 impl<'a> Resolver<'a> {
     pub fn new(target_symbols: &'a SymbolTable, target_bias: u64, others: &'a [LoadedModule]) -> Resolver<'a> {
-        Resolver { target_symbols, target_bias, others, loaded: HashMap::new(), own: None, baseline: HashMap::new() }
+        Resolver {
+            target_symbols,
+            target_bias,
+            others,
+            loaded: HashMap::new(),
+            own: None,
+            baseline: HashMap::new(),
+            in_target: None,
+        }
+    }
+
+    /// Lets IFUNCs that our own copy of the object cannot answer for (any
+    /// object but the ones this process maps too, glibc's) be resolved by
+    /// running their resolver in the process, in a borrowed thread.
+    pub fn run_resolvers_in(&mut self, pid: i32, maps: &'a [Mapping], mem: &'a ProcessMemory) {
+        self.in_target = Some(InTarget { pid, maps, mem });
     }
 
     /// Binds payload names to link-time addresses in the target, as the
@@ -139,7 +182,11 @@ impl<'a> Resolver<'a> {
         }
         match self.target_symbols.lookup(name, None) {
             Ok(sym) if sym.kind == SymbolKind::IndirectFunction => {
-                return Err(format!("{name} is an indirect function (IFUNC) of the target; call it through a pointer"));
+                let resolver = self.target_bias.wrapping_add(sym.address);
+                let in_target = self.in_target.as_ref().ok_or("no process to run the resolver in".to_string());
+                return in_target.and_then(|t| t.resolve(resolver)).map_err(|why| {
+                    format!("{name} is an indirect function (IFUNC) of the target that cannot be resolved: {why}")
+                });
             }
             Ok(sym) => return Ok(self.target_bias.wrapping_add(sym.address)),
             Err(hotpatch_elf::LookupError::NotFound(_)) => {}
@@ -153,7 +200,12 @@ impl<'a> Resolver<'a> {
                     return Ok(export.address);
                 }
                 let own = self.own.get_or_insert_with(|| own_modules(exports.build_id.as_ref()));
-                return resolve_ifunc_locally(name, exports, own).map_err(|why| {
+                let locally = resolve_ifunc_locally(name, exports, own);
+                let resolved = match (locally, &self.in_target) {
+                    (Err(_), Some(target)) => target.resolve(export.address),
+                    (locally, _) => locally,
+                };
+                return resolved.map_err(|why| {
                     format!(
                         "{name} in {} is an indirect function (IFUNC) that cannot be resolved for this process: {why}",
                         self.others[i].path

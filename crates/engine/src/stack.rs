@@ -49,6 +49,16 @@ pub struct BusyRange {
     pub name: String,
 }
 
+/// Where a busy frame returns to (see [`StackChecker::return_point`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReturnPoint {
+    /// The stack slot holding the return address.
+    pub slot: u64,
+    pub ret: u64,
+    /// The stack pointer once returned.
+    pub cfa: u64,
+}
+
 pub struct StackChecker {
     unwinder: UnwinderX86_64<Vec<u8>>,
     cache: CacheX86_64,
@@ -243,6 +253,40 @@ impl StackChecker {
         }
         self.fallback_scans += 1;
         self.scan_words(mem, sp, stack_end, &window, ranges)
+    }
+
+    /// Where the outermost frame inside a busy range returns to, found by an
+    /// exact unwind (no signal frames, no raw scan): the stack slot holding
+    /// its return address, that address, and the stack pointer after the
+    /// return. `None` when the thread is not in busy code or the unwind is
+    /// not exact.
+    pub fn return_point(&mut self, mem: &ProcessMemory, regs: &Regs, ranges: &[BusyRange]) -> Option<ReturnPoint> {
+        let busy = |addr: u64| ranges.iter().any(|r| r.range.contains(&addr));
+        let mut read_stack = |addr: u64| mem.read_u64(addr).map_err(|_| ());
+        let mut unwind_regs = UnwindRegsX86_64::new(regs.rip, regs.rsp, regs.rbp);
+        let mut address = FrameAddress::InstructionPointer(regs.rip);
+        let mut point = None;
+        for _ in 0..MAX_FRAMES {
+            let here = address.address_for_lookup();
+            if self.in_trampoline(here) {
+                return None;
+            }
+            let ra = match self.unwinder.unwind_frame(address, &mut unwind_regs, &mut self.cache, &mut read_stack) {
+                Ok(Some(ra)) => ra,
+                Ok(None) => break,
+                Err(_) => return None,
+            };
+            if self.trampolines.contains(&ra) {
+                return None;
+            }
+            let cfa = unwind_regs.sp();
+            if busy(here) && !busy(ra - 1) {
+                point = Some(ReturnPoint { slot: cfa.checked_sub(8)?, ret: ra, cfa });
+            }
+            address = FrameAddress::from_return_address(ra)?;
+        }
+        // The slot must hold what the unwind says: else it is not the frame's.
+        point.filter(|p| mem.read_u64(p.slot).ok() == Some(p.ret))
     }
 
     fn scan_words(

@@ -13,9 +13,17 @@ pub struct StoppedThread {
     pub tid: i32,
     pub regs: Regs,
     /// A signal that arrived while stopping; delivered again on resume.
-    pending_signal: i32,
+    pub(crate) pending_signal: i32,
     /// Registers changed by us (restart fix-up) that must be written back.
-    regs_changed: bool,
+    pub(crate) regs_changed: bool,
+}
+
+impl StoppedThread {
+    /// A thread stopped by other means than [`StoppedProcess::stop`], whose
+    /// registers need not be written back; `regs` are what the stack check sees.
+    pub(crate) fn held(tid: i32, regs: Regs, pending_signal: i32) -> StoppedThread {
+        StoppedThread { tid, regs, pending_signal, regs_changed: false }
+    }
 }
 
 /// Every thread of one process, stopped under ptrace. Dropping it resumes them
@@ -115,9 +123,17 @@ impl StoppedProcess {
     /// end meanwhile are skipped; if the whole process ends, `ProcessExited`.
     /// On any error every thread seized so far is let go again.
     pub fn stop(pid: i32) -> Result<StoppedProcess, EngineError> {
-        let mut stopped = StoppedProcess { pid, threads: Vec::new(), first_stop: Instant::now(), resumed: false };
-        let mut known: BTreeSet<i32> = BTreeSet::new();
-        let mut first = true;
+        StoppedProcess::stop_holding(pid, Vec::new())
+    }
+
+    /// Like [`stop`](Self::stop), with `held` threads already stopped under
+    /// our ptrace (a thread caught returning from busy code); the pause then
+    /// starts now.
+    pub fn stop_holding(pid: i32, held: Vec<StoppedThread>) -> Result<StoppedProcess, EngineError> {
+        let first = held.is_empty();
+        let mut known: BTreeSet<i32> = held.iter().map(|t| t.tid).collect();
+        let mut stopped = StoppedProcess { pid, threads: held, first_stop: Instant::now(), resumed: false };
+        let mut first = first;
         loop {
             let tids = procfs::tasks(pid).map_err(|_| EngineError::ProcessExited(pid))?;
             let new: Vec<i32> = tids.into_iter().filter(|t| !known.contains(t)).collect();
@@ -165,7 +181,7 @@ impl StoppedProcess {
                 let pending_signal = match stop {
                     Ok(Stop::Exited) => continue,
                     Ok(Stop::Signal(sig)) => sig,
-                    Ok(Stop::Interrupted | Stop::Trap) => 0,
+                    Ok(Stop::Interrupted | Stop::Trap | Stop::Syscall) => 0,
                     Err(e) => {
                         failure.get_or_insert(e);
                         continue;
@@ -207,6 +223,16 @@ impl StoppedProcess {
         if procfs::process_ended(self.pid) { EngineError::ProcessExited(self.pid) } else { err }
     }
 
+    /// Lets every thread go except those in `keep`, which stay stopped and
+    /// traced and are handed back (with the signal and restart state they
+    /// were stopped with). The caller lets them go ([`let_go_all`]).
+    pub fn release_all_but(mut self, keep: &[i32]) -> Vec<StoppedThread> {
+        let (kept, others) = std::mem::take(&mut self.threads).into_iter().partition(|t| keep.contains(&t.tid));
+        self.threads = others;
+        self.resume_all();
+        kept
+    }
+
     /// Lets every thread go; returns the pause (first stop to last resume).
     pub fn resume(mut self) -> Duration {
         self.resume_all();
@@ -241,6 +267,12 @@ impl Drop for StoppedProcess {
     fn drop(&mut self) {
         self.resume_all();
     }
+}
+
+/// Lets go of threads handed out by [`StoppedProcess::release_all_but`].
+pub(crate) fn let_go_all(pid: i32, threads: Vec<StoppedThread>) {
+    let mut held = StoppedProcess { pid, threads, first_stop: Instant::now(), resumed: false };
+    held.resume_all();
 }
 
 /// The floor of any pause: stop and resume every thread doing nothing else.

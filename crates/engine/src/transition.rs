@@ -1,10 +1,12 @@
 //! The transition: stop every thread, prove none is inside code being
-//! replaced, switch the sites, resume. Busy? Resume, back off, try again until
-//! the deadline.
+//! replaced, switch the sites, resume. Busy? Wait for the busy frame to
+//! return (`retbreak`) where its return address is known, else resume, back
+//! off and try again; either way until the deadline.
 
 use crate::error::EngineError;
 use crate::procfs::ProcessMemory;
-use crate::stack::{BusyRange, StackChecker};
+use crate::retbreak;
+use crate::stack::{BusyRange, ReturnPoint, StackChecker};
 use crate::threads::StoppedProcess;
 use std::time::{Duration, Instant};
 
@@ -49,45 +51,91 @@ pub fn run(
     timeout: Duration,
 ) -> Result<TransitionReport, EngineError> {
     let started = Instant::now();
+    let deadline = started + timeout;
     let mut backoff = FIRST_BACKOFF;
     let mut retries = 0u32;
+    let mut held = Vec::new();
+    // Threads caught at their return and kept stopped (retbreak).
+    let mut parked_tids: Vec<i32> = Vec::new();
     loop {
-        let stopped = StoppedProcess::stop(pid)?;
-        let mut holder =
-            stopped.threads.iter().find_map(|t| checker.busy_in(mem, &t.regs, busy).map(|name| (t.tid, name)));
-        if holder.is_none() {
-            holder = in_user_level_stack(pid, mem, checker, &stopped)?;
-        }
-        match holder {
-            None => {
-                let threads = stopped.threads.len();
-                let written = switch_sites(mem, writes);
-                let pause = stopped.resume();
-                written?;
-                return Ok(TransitionReport {
-                    pause_us: pause.as_micros() as u64,
-                    threads,
-                    retries,
-                    fallback_scans: checker.fallback_scans,
-                });
-            }
-            Some((tid, function)) => {
-                drop(stopped);
-                if started.elapsed() + backoff > timeout {
-                    return Err(EngineError::Busy {
-                        tid,
-                        function,
-                        waited_ms: started.elapsed().as_millis() as u64,
-                        attempts: retries + 1,
-                    });
+        let stopped = StoppedProcess::stop_holding(pid, std::mem::take(&mut held))?;
+        let Some((tid, function)) = holder(pid, mem, checker, busy, &stopped)? else {
+            let threads = stopped.threads.len();
+            let written = switch_sites(mem, writes);
+            let pause = stopped.resume();
+            written?;
+            return Ok(TransitionReport {
+                pause_us: pause.as_micros() as u64,
+                threads,
+                retries,
+                fallback_scans: checker.fallback_scans,
+            });
+        };
+        let busy_error = |retries: u32| EngineError::Busy {
+            tid,
+            function: function.clone(),
+            waited_ms: started.elapsed().as_millis() as u64,
+            attempts: retries + 1,
+        };
+        retries += 1;
+        match return_point(pid, mem, checker, busy, &stopped, tid) {
+            Some((tail, point)) => {
+                tracing::debug!(tid, %function, ret = point.ret, "waiting for the busy frame to return");
+                match retbreak::wait_for_return(stopped, tid, point, &tail, mem, deadline, &parked_tids)? {
+                    Some(threads) => {
+                        parked_tids = threads.iter().map(|t| t.tid).collect();
+                        held = threads;
+                        continue;
+                    }
+                    None if Instant::now() >= deadline => return Err(busy_error(retries - 1)),
+                    // No room for a trampoline: retry as without one.
+                    None => parked_tids.clear(),
                 }
-                tracing::debug!(tid, %function, "thread busy in a function being replaced; retrying");
-                retries += 1;
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            None => {
+                parked_tids.clear();
+                drop(stopped);
             }
         }
+        if started.elapsed() + backoff > timeout {
+            return Err(busy_error(retries - 1));
+        }
+        tracing::debug!(tid, %function, "thread busy in a function being replaced; retrying");
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// The first thread found in busy code (its stack or a user-level stack), if any.
+fn holder(
+    pid: i32,
+    mem: &ProcessMemory,
+    checker: &mut StackChecker,
+    busy: &[BusyRange],
+    stopped: &StoppedProcess,
+) -> Result<Option<(i32, String)>, EngineError> {
+    let on_thread = stopped.threads.iter().find_map(|t| checker.busy_in(mem, &t.regs, busy).map(|name| (t.tid, name)));
+    match on_thread {
+        Some(found) => Ok(Some(found)),
+        None => in_user_level_stack(pid, mem, checker, stopped),
+    }
+}
+
+/// Where thread `tid`'s outermost busy frame returns to, with the unused
+/// page tail its trampoline goes in; `None` if either is missing (a user-level
+/// stack, an inexact unwind, no tail): then the transition retries instead.
+fn return_point(
+    pid: i32,
+    mem: &ProcessMemory,
+    checker: &mut StackChecker,
+    busy: &[BusyRange],
+    stopped: &StoppedProcess,
+    tid: i32,
+) -> Option<(std::ops::Range<u64>, ReturnPoint)> {
+    let thread = stopped.threads.iter().find(|t| t.tid == tid)?;
+    let point = checker.return_point(mem, &thread.regs, busy)?;
+    let maps = crate::procfs::maps(pid).ok()?;
+    Some((crate::stub::tail(pid, &maps, mem)?, point))
 }
 
 /// A return address into busy code on a user-level stack (a coroutine's or

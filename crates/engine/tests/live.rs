@@ -263,7 +263,9 @@ fn thread_busy_in_the_old_function_is_never_patched_under() {
     match hotpatch_engine::apply(proc.pid(), &pkg, &short) {
         Err(EngineError::Busy { function, attempts, .. }) => {
             assert_eq!(function, "check");
-            assert!(attempts > 1);
+            // One stop found it busy; the wait for its frame to return
+            // (return breakpoint) then ran into the timeout.
+            assert!(attempts >= 1);
         }
         other => panic!("expected Busy, got {other:?}"),
     }

@@ -184,16 +184,29 @@ impl Publisher {
 }
 
 /// Everything of a process a refused patch must leave as it was: its
-/// mappings and the bytes of every executable mapping of a file.
+/// mappings and the bytes of every executable mapping of a file, except the
+/// unused tail of a segment's last page where the syscall stub and return
+/// trampolines go (`hotpatch_engine::stub`: they stay, for a killed tracer's
+/// thread).
 pub fn snapshot(pid: i32) -> (String, Vec<Vec<u8>>) {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
     let mem = hotpatch_engine::procfs::ProcessMemory::open(pid, false).expect("mem");
-    let text = hotpatch_engine::procfs::parse_maps(&maps)
+    let parsed = hotpatch_engine::procfs::parse_maps(&maps);
+    let tail = hotpatch_engine::stub::tail(pid, &parsed, &mem);
+    let text = parsed
         .iter()
         // Patch regions are named /memfd:hotpatch:...; their bytes are ours,
         // and whether one appeared shows in the maps.
         .filter(|m| m.exec && m.path.starts_with('/') && !m.path.starts_with("/memfd:"))
-        .map(|m| mem.read_vec(m.start, m.len() as usize).expect("read text"))
+        .map(|m| {
+            let mut bytes = mem.read_vec(m.start, m.len() as usize).expect("read text");
+            if let Some(tail) = tail.as_ref().filter(|t| m.contains(t.start)) {
+                let from = (tail.start - m.start) as usize;
+                let to = ((tail.end - m.start) as usize).min(bytes.len());
+                bytes[from..to].fill(0);
+            }
+            bytes
+        })
         .collect();
     (maps, text)
 }
