@@ -45,6 +45,16 @@ int serve_bad(struct session *s) { (void)s; return -9; }
 int hotpatch_pre_apply(void) { return 4; }
 "#;
 
+/// A pre-apply callback that takes its time: long enough to kill the tracer
+/// while the borrowed thread is inside it.
+const SLOW: &str = r#"
+#include <hotpatch.h>
+#include <unistd.h>
+struct session;
+int serve_slow(struct session *s) { (void)s; return -7; }
+int hotpatch_pre_apply(void) { usleep(1500000); return 0; }
+"#;
+
 fn include_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../include")
 }
@@ -69,9 +79,10 @@ impl Env {
         std::fs::write(env.path("service.c"), SERVICE).unwrap();
         std::fs::write(env.path("fix.c"), FIX).unwrap();
         std::fs::write(env.path("refusing.c"), REFUSING).unwrap();
+        std::fs::write(env.path("slow.c"), SLOW).unwrap();
         let include = format!("-I{}", include_dir().display());
         env.run("gcc", &["-O2", "-fno-ipa-ra", "-o", "service", "service.c"]);
-        env.run("gcc", &["-c", "-fPIC", "-O2", &include, "fix.c", "refusing.c"]);
+        env.run("gcc", &["-c", "-fPIC", "-O2", &include, "fix.c", "refusing.c", "slow.c"]);
         ok(env.command(HOTPATCH, &["keygen", "--out", "keys"]), "keygen");
         env
     }
@@ -191,4 +202,30 @@ fn a_refusing_pre_apply_callback_fails_the_apply_with_its_reason() {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     assert!(!maps.contains("hotpatch:"), "a region stayed mapped:\n{maps}");
     assert_eq!(svc.ask(2), "2 1");
+}
+
+/// `hotpatch apply` killed while a callback runs in the borrowed thread: the
+/// callback returns into the injection stub, which gives the thread back its
+/// own registers and stack, so the process goes on serving, unpatched.
+#[test]
+fn apply_killed_inside_a_callback_leaves_the_process_running() {
+    let env = Env::new();
+    env.pack("slow.o", "serve=serve_slow", "slow.hpatch");
+    let mut svc = env.start();
+    assert_eq!(svc.ask(4), "4 1");
+    let pid = svc.pid();
+    let mut apply = Command::new(HOTPATCH)
+        .args(["apply", "--pid", &pid, "slow.hpatch", "--trust", "keys/publisher.pub"])
+        .current_dir(env.path(""))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("apply");
+    // The pre-apply callback sleeps 1.5 s once the region is mapped.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    apply.kill().expect("kill apply");
+    let _ = apply.wait();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(svc.child.try_wait().expect("try_wait").is_none(), "the service died");
+    assert_eq!(svc.ask(4), "4 1", "still the unpatched service");
 }

@@ -1,7 +1,9 @@
 //! The hotpatch's own callbacks (include/hotpatch.h), called inside the
 //! process: one thread is borrowed as for an injected syscall, made to call
-//! the function with its return address pointing at 0, and taken back when
-//! the return faults there. Its registers (general, x87/SSE/AVX) and the
+//! the function with its return address pointing at the injection stub's
+//! call return, and taken back at the stub's syscall that follows (so that,
+//! were we killed meanwhile, the thread would still come back by itself, as
+//! from an injected syscall). Its registers (general, x87/SSE/AVX) and the
 //! 64 KiB of stack below its red zone (where the callback's frames go) are
 //! restored exactly.
 //!
@@ -37,9 +39,6 @@ pub struct CallbackProblem {
     pub problem: String,
 }
 
-/// The return address the callback is given: a fetch there faults, and the
-/// fault is how we see it return.
-const RETURN_TRAP: u64 = 0;
 /// `NT_X86_XSTATE`: the whole extended register state (x87, SSE, AVX...).
 const NT_X86_XSTATE: libc::c_int = 0x202;
 const XSTATE_MAX: usize = 16 << 10;
@@ -97,17 +96,17 @@ impl From<EngineError> for Failure {
 fn run(pid: i32, inj: &mut Injector<'_>, address: u64, held: &mut Vec<i32>) -> Result<i32, Failure> {
     let tid = inj.tid();
     let ptrace_err = |op: &'static str| move |source| Failure::Engine(EngineError::Ptrace { tid, op, source });
-    // 16 bytes below the red zone (restored on finish): the return address
-    // at +8 leaves the stack 16-byte aligned at entry, as a call would.
-    let slot = inj.scratch(&[0u8; 16])?;
+    let entry_sp = inj.prepare_call()?;
     let mut regs = inj.saved_regs();
-    regs.rsp = slot + 8;
+    regs.rsp = entry_sp;
     regs.rip = address;
     regs.rax = 0;
     regs.orig_rax = u64::MAX;
     regs.eflags &= !DIRECTION_FLAG;
     ptrace::set_regs(tid, &regs).map_err(ptrace_err("setregs"))?;
-    resume(tid, 0).map_err(ptrace_err("cont"))?;
+    // Syscall stops are how its return (the stub's syscall) is seen.
+    let go = |tid: i32| ptrace::resume_to_syscall(tid, 0);
+    go(tid).map_err(ptrace_err("syscall"))?;
     let deadline = Instant::now() + CALLBACK_TIMEOUT;
     loop {
         let stop = ptrace::wait_nohang(tid).map_err(ptrace_err("wait"))?;
@@ -115,12 +114,17 @@ fn run(pid: i32, inj: &mut Injector<'_>, address: u64, held: &mut Vec<i32>) -> R
             None if Instant::now() >= deadline => return Err(interrupt(tid, held)),
             None => std::thread::sleep(Duration::from_millis(1)),
             Some(Stop::Exited) => return Err(Failure::Engine(EngineError::ProcessExited(pid))),
+            Some(Stop::Syscall) => {
+                let now = ptrace::get_regs(tid).map_err(ptrace_err("getregs"))?;
+                if inj.is_call_return(&now) {
+                    inj.complete_call()?;
+                    return Ok(now.rdi as u32 as i32);
+                }
+                // A syscall of the callback's own: on to its next stop.
+                go(tid).map_err(ptrace_err("syscall"))?;
+            }
             Some(Stop::Signal(libc::SIGSEGV)) => {
                 let now = ptrace::get_regs(tid).map_err(ptrace_err("getregs"))?;
-                // Returned: the `ret` popped our slot and jumped to the trap.
-                if now.rip == RETURN_TRAP && now.rsp == slot + 16 {
-                    return Ok(now.rax as u32 as i32);
-                }
                 return Err(Failure::Callback(format!(
                     "crashed (SIGSEGV at 0x{:x}); its thread was restored",
                     now.rip
@@ -128,15 +132,14 @@ fn run(pid: i32, inj: &mut Injector<'_>, address: u64, held: &mut Vec<i32>) -> R
             }
             Some(Stop::Signal(sig)) => {
                 held.push(sig);
-                resume(tid, 0).map_err(ptrace_err("cont"))?;
+                go(tid).map_err(ptrace_err("syscall"))?;
             }
             Some(Stop::Trap) => {
                 let now = ptrace::get_regs(tid).map_err(ptrace_err("getregs"))?;
                 return Err(Failure::Callback(format!("trapped at 0x{:x}; its thread was restored", now.rip)));
             }
-            // A group stop or our own interrupt (or a syscall stop, which
-            // PTRACE_CONT does not ask for): keep it running.
-            Some(Stop::Interrupted | Stop::Syscall) => resume(tid, 0).map_err(ptrace_err("cont"))?,
+            // A group stop or our own interrupt: keep it running.
+            Some(Stop::Interrupted) => go(tid).map_err(ptrace_err("syscall"))?,
         }
     }
 }
@@ -156,12 +159,6 @@ fn interrupt(tid: i32, held: &mut Vec<i32>) -> Failure {
         )),
         Err(source) => Failure::Engine(EngineError::Ptrace { tid, op: "interrupt", source }),
     }
-}
-
-fn resume(tid: i32, signal: i32) -> std::io::Result<()> {
-    // SAFETY: plain syscall; the data argument is a signal number.
-    let ret = unsafe { libc::ptrace(libc::PTRACE_CONT, tid, 0usize, signal as usize) };
-    if ret == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// How much of the borrowed thread's unused stack (below its red zone) is

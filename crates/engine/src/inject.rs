@@ -185,6 +185,30 @@ impl<'m> Injector<'m> {
         })
     }
 
+    /// Prepares a call that the caller supervises itself (a callback, which
+    /// may run long, make any syscalls and take signals): its return address
+    /// is the stub's call return, as for [`Injector::call`], so that should we
+    /// be killed meanwhile the thread still comes back by itself. Returns the
+    /// stack pointer the function is entered with.
+    pub fn prepare_call(&mut self) -> Result<u64, EngineError> {
+        let ret_slot = self.frame_at - 8;
+        let call_return = self.stub + stub::CALL_RETURN_AT;
+        self.overwrite(ret_slot, &call_return.to_le_bytes(), "write call return address")?;
+        Ok(ret_slot)
+    }
+
+    /// Whether a syscall stop with `regs` is a prepared call's return (the
+    /// stub's own syscall); its result is then in `rdi`.
+    pub fn is_call_return(&self, regs: &Regs) -> bool {
+        regs.rip == self.stub + stub::AFTER_SYSCALL && regs.rsp == self.frame_at && regs.orig_rax == stub::SYS_GETPID
+    }
+
+    /// After [`Injector::is_call_return`]: on to that syscall's exit, where
+    /// the thread stands as after any injected syscall.
+    pub fn complete_call(&mut self) -> Result<(), EngineError> {
+        self.next_syscall_stop()
+    }
+
     /// Points the thread at the stub with the call's number and arguments,
     /// its stack pointer at the restore frame.
     fn load(&mut self, nr: i64, args: [u64; 6]) -> Result<(), EngineError> {
