@@ -1,33 +1,33 @@
 //! `hotpatch-proof`: a real server patched and rolled back under load (issue 13).
 //!
-//! Starts the server (redis) on loopback, keeps it busy with clients that check
-//! every answer, and applies and rolls back a hotpatch with the `hotpatch`
-//! command (`--json`) again and again. The hotpatch changes one answer: `ECHO`
-//! with an argument over 1024 bytes ("crafted") is echoed by the baseline and
-//! refused by the fixed code. A normal `ECHO` must be echoed by both.
-//!
-//! A client reads the expected version before it sends and again after the
-//! reply; when both readings are the same (no transition started or ended in
-//! between) a crafted answer of the other version is a *wrong answer*. Any
-//! other unexpected reply, a broken connection or a timeout is a *failure*.
+//! Starts the server (`--server-kind`: redis or memcached) on loopback, keeps
+//! it busy with clients that check every answer (client.rs), and applies and
+//! rolls back a hotpatch with the `hotpatch` command (`--json`) again and
+//! again. The hotpatch changes the answer to one *crafted* request (kind.rs,
+//! one module per server); normal requests must be answered alike by both.
 //!
 //! A server process can retire at most `MAX_RETIRED_REGIONS` regions (every
 //! rollback retires one), so the run is cut in *generations*: a fresh server
 //! for every `--per-process` cycles. Each generation measures steady state
 //! unpatched and patched side by side (order alternating), then cycles.
 
+mod client;
 mod hist;
+mod kind;
+mod memcached;
+mod redis;
 mod resp;
+mod server;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use client::{ClientResult, PATCHED, SWITCHING, Sample, Shared, UNPATCHED, client, control};
 use hist::Histogram;
-use resp::{Conn, Reply};
+use kind::ServerKind;
 use serde::Serialize;
-use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
+use server::Server;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -36,13 +36,16 @@ use std::time::{Duration, Instant};
 #[derive(Parser, Clone)]
 #[command(about = "Applies and rolls back a hotpatch in a real server under a checking load")]
 struct Args {
-    /// The server executable (redis-server as shipped).
+    /// The server executable (as shipped).
     #[arg(long)]
     server: PathBuf,
+    /// Which server `--server` is: it picks the protocol and the crafted request.
+    #[arg(long, value_enum, default_value_t = ServerKind::Redis)]
+    server_kind: ServerKind,
     /// The hotpatch command.
     #[arg(long)]
     hotpatch: PathBuf,
-    /// The hotpatch package (its fix refuses ECHO arguments over 1024 bytes).
+    /// The hotpatch package (its fix changes the answer to the crafted request).
     #[arg(long)]
     package: PathBuf,
     /// Trusted publisher key(s) for `hotpatch apply --trust`.
@@ -58,9 +61,10 @@ struct Args {
     /// Client connections (one thread each, one request in flight each).
     #[arg(long, default_value_t = 4)]
     clients: usize,
-    /// redis io-threads (1: the main thread does all I/O).
-    #[arg(long, default_value_t = 1)]
-    io_threads: u32,
+    /// Server threads: memcached's worker threads (-t), redis's I/O threads
+    /// (--io-threads; 1: the main thread does all I/O).
+    #[arg(long, alias = "io-threads", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    threads: u32,
     /// Time between transitions while cycling, ms.
     #[arg(long, default_value_t = 250)]
     dwell_ms: u64,
@@ -80,235 +84,8 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-/// What a client must see: packed as `seq << 2 | version`.
-const UNPATCHED: u64 = 0;
-const PATCHED: u64 = 1;
-const SWITCHING: u64 = 2;
-const CRAFTED_LEN: usize = 1100;
-const TOO_LONG: &str = "ERR ECHO argument too long";
 /// "The second around a transition": from 500 ms before it starts to 500 ms after it ends.
 const AROUND: Duration = Duration::from_millis(500);
-
-struct Shared {
-    state: AtomicU64,
-    stop: AtomicBool,
-    /// Whether clients send crafted requests (not while steady state is
-    /// measured: the patched answer to one, an error reply, costs the server
-    /// other work than the echo, and throughput would compare the fix's
-    /// semantics instead of the cost of running through a hotpatch).
-    crafted: AtomicBool,
-    origin: Instant,
-}
-
-impl Shared {
-    fn set(&self, version: u64) {
-        let seq = (self.state.load(Ordering::SeqCst) >> 2) + 1;
-        self.state.store(seq << 2 | version, Ordering::SeqCst);
-    }
-}
-
-/// One request as the client saw it.
-#[derive(Clone, Copy)]
-struct Sample {
-    /// Sent, µs since the generation's origin.
-    sent_us: u64,
-    latency_ns: u64,
-    crafted: bool,
-}
-
-#[derive(Default)]
-struct ClientResult {
-    samples: Vec<Sample>,
-    requests: u64,
-    crafted: u64,
-    failures: u64,
-    wrong: u64,
-    checked_after_switch: u64,
-    first_failures: Vec<String>,
-}
-
-fn client(addr: SocketAddr, id: usize, shared: Arc<Shared>) -> ClientResult {
-    let mut r = ClientResult::default();
-    let fail = |r: &mut ClientResult, what: String| {
-        r.failures += 1;
-        if r.first_failures.len() < 5 {
-            r.first_failures.push(what);
-        }
-    };
-    let timeout = Duration::from_secs(10);
-    let mut conn = match Conn::connect(addr, timeout) {
-        Ok(c) => c,
-        Err(e) => {
-            fail(&mut r, format!("client {id}: connect: {e}"));
-            return r;
-        }
-    };
-    let mut crafted = vec![b'x'; CRAFTED_LEN];
-    let mut i: u64 = 0;
-    while !shared.stop.load(Ordering::Relaxed) {
-        i += 1;
-        let is_crafted = i.is_multiple_of(4) && shared.crafted.load(Ordering::Relaxed);
-        let normal;
-        let arg: &[u8] = if is_crafted {
-            let tag = format!("{id}-{i}-");
-            crafted[..tag.len()].copy_from_slice(tag.as_bytes());
-            &crafted
-        } else {
-            normal = format!("client {id} request {i}");
-            normal.as_bytes()
-        };
-        let before = shared.state.load(Ordering::SeqCst);
-        let t0 = Instant::now();
-        let reply = conn.call(&[b"ECHO", arg]);
-        let latency = t0.elapsed();
-        let after = shared.state.load(Ordering::SeqCst);
-        r.requests += 1;
-        r.samples.push(Sample {
-            sent_us: t0.duration_since(shared.origin).as_micros() as u64,
-            latency_ns: latency.as_nanos() as u64,
-            crafted: is_crafted,
-        });
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(e) => {
-                fail(&mut r, format!("client {id} request {i}: {e}"));
-                match Conn::connect(addr, timeout) {
-                    Ok(c) => conn = c,
-                    Err(e) => {
-                        fail(&mut r, format!("client {id}: reconnect: {e}"));
-                        return r;
-                    }
-                }
-                continue;
-            }
-        };
-        let echoed = reply == Reply::Bulk(Some(arg.to_vec()));
-        if !is_crafted {
-            if !echoed {
-                fail(&mut r, format!("client {id} request {i}: ECHO answered {}", show(&reply)));
-            }
-            continue;
-        }
-        r.crafted += 1;
-        let refused = reply == Reply::Error(TOO_LONG.into());
-        if !echoed && !refused {
-            fail(&mut r, format!("client {id} request {i}: crafted ECHO answered {}", show(&reply)));
-            continue;
-        }
-        let version = before & 3;
-        if before != after || version == SWITCHING {
-            continue; // sent or answered while a transition ran: either answer is right
-        }
-        r.checked_after_switch += 1;
-        if (version == PATCHED) != refused {
-            r.wrong += 1;
-            if r.first_failures.len() < 5 {
-                r.first_failures.push(format!(
-                    "client {id} request {i}: wrong version: {} answered after the {} returned",
-                    if refused { "patched" } else { "unpatched" },
-                    if version == PATCHED { "apply" } else { "rollback (or start)" }
-                ));
-            }
-        }
-    }
-    r
-}
-
-fn show(reply: &Reply) -> String {
-    match reply {
-        Reply::Bulk(Some(b)) if b.len() > 40 => format!("a bulk string of {} bytes", b.len()),
-        Reply::Bulk(Some(b)) => format!("{:?}", String::from_utf8_lossy(b)),
-        other => format!("{other:?}"),
-    }
-}
-
-/// The server, killed and reaped when dropped (and killed by the kernel if
-/// this process dies first).
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    _dir: TempDir,
-}
-
-impl Server {
-    fn start(args: &Args) -> anyhow::Result<Server> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir = TempDir::new()?;
-        let mut cmd = Command::new(&args.server);
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--io-threads", &args.io_threads.to_string()])
-            .args(["--io-threads-do-reads", if args.io_threads > 1 { "yes" } else { "no" }])
-            .args(["--daemonize", "no", "--logfile", "", "--dir"])
-            .arg(&dir.0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: prctl is async-signal-safe; nothing else runs in the child before exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().with_context(|| format!("cannot start {}", args.server.display()))?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut server = Server { child, addr, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = server.child.try_wait()? {
-                bail!("{} exited at start: {status}", args.server.display());
-            }
-            if let Ok(mut c) = Conn::connect(addr, Duration::from_secs(1))
-                && let Ok(Reply::Status(s)) = c.call(&[b"PING"])
-                && s == "PONG"
-            {
-                return Ok(server);
-            }
-            if Instant::now() > deadline {
-                bail!("{} did not answer PING on {addr} within 10 s", args.server.display());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> std::io::Result<TempDir> {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "hotpatch-proof.{}.{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir)?;
-        Ok(TempDir(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -384,24 +161,6 @@ fn transition(args: &Args, kind: Kind, pid: i32, generation: u32, origin: Instan
     t
 }
 
-/// One control request on its own connection: the crafted ECHO must answer
-/// as `version` (this is checked after every transition).
-fn control(addr: SocketAddr, version: u64) -> Result<(), String> {
-    let mut c = Conn::connect(addr, Duration::from_secs(10)).map_err(|e| format!("control connect: {e}"))?;
-    let arg = vec![b'c'; CRAFTED_LEN];
-    let reply = c.call(&[b"ECHO", &arg]).map_err(|e| format!("control request: {e}"))?;
-    let want = if version == PATCHED { Reply::Error(TOO_LONG.into()) } else { Reply::Bulk(Some(arg)) };
-    if reply == want {
-        Ok(())
-    } else {
-        Err(format!(
-            "control request after the {}: {}",
-            if version == PATCHED { "apply" } else { "rollback" },
-            show(&reply)
-        ))
-    }
-}
-
 #[derive(Default)]
 struct Totals {
     requests: u64,
@@ -429,7 +188,7 @@ struct Totals {
 }
 
 fn generation(args: &Args, g: u32, cycles: u32, totals: &mut Totals) -> anyhow::Result<()> {
-    let mut server = Server::start(args)?;
+    let mut server = Server::start(args.server_kind, &args.server, args.threads)?;
     let pid = server.pid();
     let shared = Arc::new(Shared {
         state: AtomicU64::new(UNPATCHED),
@@ -440,8 +199,8 @@ fn generation(args: &Args, g: u32, cycles: u32, totals: &mut Totals) -> anyhow::
     let clients: Vec<JoinHandle<ClientResult>> = (0..args.clients)
         .map(|id| {
             let shared = shared.clone();
-            let addr = server.addr;
-            std::thread::spawn(move || client(addr, id, shared))
+            let (kind, addr) = (args.server_kind, server.addr);
+            std::thread::spawn(move || client(kind, addr, id, shared))
         })
         .collect();
     let origin = shared.origin;
@@ -488,7 +247,7 @@ fn generation(args: &Args, g: u32, cycles: u32, totals: &mut Totals) -> anyhow::
             applies += 1;
         }
         totals.control_requests += 1;
-        if let Err(e) = if now == SWITCHING { Ok(()) } else { control(server.addr, now) } {
+        if let Err(e) = if now == SWITCHING { Ok(()) } else { control(args.server_kind, server.addr, now) } {
             totals.control_failures += 1;
             if totals.failure_examples.len() < 10 {
                 totals.failure_examples.push(format!("generation {g}: {e}"));
@@ -686,11 +445,12 @@ fn pause(ts: &[&Transition]) -> Pause {
 struct Report {
     date: String,
     server: String,
+    server_kind: ServerKind,
     package: String,
     cycles: u32,
     generations: u32,
     clients: usize,
-    io_threads: u32,
+    threads: u32,
     server_threads: u64,
     dwell_ms: u64,
     steady_ms: u64,
@@ -763,11 +523,12 @@ fn main() -> anyhow::Result<()> {
     let report = Report {
         date: now_utc(),
         server: args.server.display().to_string(),
+        server_kind: args.server_kind,
         package: args.package.display().to_string(),
         cycles: args.cycles,
         generations: totals.generations,
         clients: args.clients,
-        io_threads: args.io_threads,
+        threads: args.threads,
         server_threads: totals.threads_seen,
         dwell_ms: args.dwell_ms,
         steady_ms: args.steady_ms,
