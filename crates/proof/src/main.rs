@@ -12,6 +12,7 @@
 //! unpatched and patched side by side (order alternating), then cycles.
 
 mod client;
+mod generation;
 mod hist;
 mod kind;
 mod memcached;
@@ -21,17 +22,12 @@ mod server;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use client::{ClientResult, PATCHED, SWITCHING, Sample, Shared, UNPATCHED, client, control};
+use generation::{Kind, Totals, Transition, generation};
 use hist::Histogram;
 use kind::ServerKind;
 use serde::Serialize;
-use server::Server;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 #[derive(Parser, Clone)]
 #[command(about = "Applies and rolls back a hotpatch in a real server under a checking load")]
@@ -82,303 +78,6 @@ struct Args {
     /// Write the full report here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
-}
-
-/// "The second around a transition": from 500 ms before it starts to 500 ms after it ends.
-const AROUND: Duration = Duration::from_millis(500);
-
-#[derive(Clone, Copy, PartialEq, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum Kind {
-    Apply,
-    Rollback,
-}
-
-#[derive(Serialize, Clone)]
-struct Transition {
-    generation: u32,
-    kind: Kind,
-    ok: bool,
-    /// From `--json`; 0 when the command failed.
-    pause_us: u64,
-    threads: u64,
-    retries: u64,
-    /// The engine's own wall time (`total_ms`).
-    engine_ms: u64,
-    /// The `hotpatch` command's wall time, process start to exit.
-    command_ms: f64,
-    sigstop: bool,
-    error: Option<String>,
-    #[serde(skip)]
-    start: Duration,
-    #[serde(skip)]
-    end: Duration,
-}
-
-fn transition(args: &Args, kind: Kind, pid: i32, generation: u32, origin: Instant) -> Transition {
-    let mut cmd = Command::new(&args.hotpatch);
-    cmd.arg("--json");
-    match kind {
-        Kind::Apply => {
-            cmd.arg("apply").arg("--pid").arg(pid.to_string()).arg(&args.package).arg("--trust").arg(&args.trust)
-        }
-        Kind::Rollback => cmd.arg("rollback").arg("--pid").arg(pid.to_string()),
-    };
-    let t0 = Instant::now();
-    let out = cmd.stdin(Stdio::null()).output();
-    let t1 = Instant::now();
-    let mut t = Transition {
-        generation,
-        kind,
-        ok: false,
-        pause_us: 0,
-        threads: 0,
-        retries: 0,
-        engine_ms: 0,
-        command_ms: (t1 - t0).as_secs_f64() * 1e3,
-        sigstop: false,
-        error: None,
-        start: t0 - origin,
-        end: t1 - origin,
-    };
-    match out {
-        Err(e) => t.error = Some(format!("cannot run {}: {e}", args.hotpatch.display())),
-        Ok(out) if !out.status.success() => {
-            t.error = Some(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
-        }
-        Ok(out) => match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
-            Err(e) => t.error = Some(format!("--json output: {e}")),
-            Ok(v) => {
-                let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-                t.ok = true;
-                t.pause_us = n("pause_us");
-                t.threads = n("threads");
-                t.retries = n("retries");
-                t.engine_ms = n("total_ms");
-            }
-        },
-    }
-    t
-}
-
-#[derive(Default)]
-struct Totals {
-    requests: u64,
-    crafted: u64,
-    failures: u64,
-    wrong: u64,
-    checked_after_switch: u64,
-    control_requests: u64,
-    control_failures: u64,
-    failure_examples: Vec<String>,
-    transitions: Vec<Transition>,
-    floor_us: Vec<u64>,
-    steady_unpatched: Histogram,
-    steady_patched: Histogram,
-    steady_unpatched_s: f64,
-    steady_patched_s: f64,
-    around: Histogram,
-    around_crafted: Histogram,
-    at_transition: Histogram,
-    generation_ratios: Vec<f64>,
-    generations: u32,
-    server_deaths: u32,
-    leaked_regions: u32,
-    threads_seen: u64,
-}
-
-fn generation(args: &Args, g: u32, cycles: u32, totals: &mut Totals) -> anyhow::Result<()> {
-    let mut server = Server::start(args.server_kind, &args.server, args.threads)?;
-    let pid = server.pid();
-    let shared = Arc::new(Shared {
-        state: AtomicU64::new(UNPATCHED),
-        stop: AtomicBool::new(false),
-        crafted: AtomicBool::new(true),
-        origin: Instant::now(),
-    });
-    let clients: Vec<JoinHandle<ClientResult>> = (0..args.clients)
-        .map(|id| {
-            let shared = shared.clone();
-            let (kind, addr) = (args.server_kind, server.addr);
-            std::thread::spawn(move || client(kind, addr, id, shared))
-        })
-        .collect();
-    let origin = shared.origin;
-    let settle = AROUND;
-    let steady = Duration::from_millis(args.steady_ms);
-    let dwell = Duration::from_millis(args.dwell_ms);
-    let mut windows: Vec<(bool, Duration, Duration)> = Vec::new(); // (patched, from, to)
-    let mut transitions: Vec<Transition> = Vec::new();
-    let mut applies = 0u32;
-
-    let mut run = |kind: Kind, sigstop: bool, totals: &mut Totals| {
-        let done = match kind {
-            Kind::Apply => PATCHED,
-            Kind::Rollback => UNPATCHED,
-        };
-        shared.set(SWITCHING);
-        let stopper = sigstop.then(|| {
-            // SAFETY: plain kill(2) on our own child.
-            unsafe { libc::kill(pid, libc::SIGSTOP) };
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(20));
-                // SAFETY: as above.
-                unsafe { libc::kill(pid, libc::SIGCONT) };
-            })
-        });
-        let mut t = transition(args, kind, pid, g, origin);
-        if let Some(h) = stopper {
-            let _ = h.join();
-        }
-        t.sigstop = sigstop;
-        // After a failure, what the process runs is read from the process
-        // itself; unknown (no answer is checked) if that fails too.
-        let now = if t.ok {
-            done
-        } else {
-            match hotpatch_engine::status(pid) {
-                Ok(applied) if applied.iter().any(|a| a.active) => PATCHED,
-                Ok(_) => UNPATCHED,
-                Err(_) => SWITCHING,
-            }
-        };
-        shared.set(now);
-        if kind == Kind::Apply && t.ok {
-            applies += 1;
-        }
-        totals.control_requests += 1;
-        if let Err(e) = if now == SWITCHING { Ok(()) } else { control(args.server_kind, server.addr, now) } {
-            totals.control_failures += 1;
-            if totals.failure_examples.len() < 10 {
-                totals.failure_examples.push(format!("generation {g}: {e}"));
-            }
-        }
-        totals.threads_seen = totals.threads_seen.max(t.threads);
-        transitions.push(t);
-    };
-
-    // Steady state, unpatched and patched, in alternating order.
-    std::thread::sleep(settle);
-    let patched_first = g % 2 == 1;
-    if patched_first {
-        run(Kind::Apply, false, totals);
-        std::thread::sleep(settle);
-    }
-    for phase in 0..2 {
-        let patched = (phase == 0) == patched_first;
-        shared.crafted.store(false, Ordering::SeqCst);
-        let from = origin.elapsed();
-        std::thread::sleep(steady);
-        windows.push((patched, from, origin.elapsed()));
-        shared.crafted.store(true, Ordering::SeqCst);
-        std::thread::sleep(settle);
-        if phase == 0 {
-            run(if patched_first { Kind::Rollback } else { Kind::Apply }, false, totals);
-            std::thread::sleep(settle);
-        }
-    }
-    if !patched_first {
-        run(Kind::Rollback, false, totals);
-        std::thread::sleep(settle);
-    }
-
-    // Cycles.
-    for c in 0..cycles {
-        if args.floor {
-            if let Ok((pause, _)) = hotpatch_engine::stop_resume_floor(pid) {
-                totals.floor_us.push(pause.as_micros() as u64);
-            }
-            std::thread::sleep(dwell / 4);
-        }
-        let sigstop =
-            args.sigstop_every > 0 && (g * args.per_process + c) % args.sigstop_every == args.sigstop_every - 1;
-        run(Kind::Apply, sigstop, totals);
-        std::thread::sleep(dwell);
-        run(Kind::Rollback, false, totals);
-        std::thread::sleep(dwell);
-    }
-    std::thread::sleep(settle);
-
-    shared.stop.store(true, Ordering::SeqCst);
-    let results: Vec<ClientResult> = clients.into_iter().map(|h| h.join().expect("client thread")).collect();
-    if !server.alive() {
-        totals.server_deaths += 1;
-        totals.failure_examples.push(format!("generation {g}: the server died"));
-    } else {
-        // Every region is retired and still mapped, none is active, none unaccounted for.
-        match hotpatch_engine::status(pid) {
-            Ok(applied) => {
-                let active = applied.iter().filter(|a| a.active).count();
-                if active != 0 || applied.len() != applies as usize {
-                    totals.leaked_regions += 1;
-                    totals.failure_examples.push(format!(
-                        "generation {g}: {} regions ({} active) after {} applies and as many rollbacks",
-                        applied.len(),
-                        active,
-                        applies
-                    ));
-                }
-            }
-            Err(e) => totals.failure_examples.push(format!("generation {g}: status: {e}")),
-        }
-    }
-    drop(server);
-
-    // Classify every request.
-    let near = |s: &Sample| {
-        let t = Duration::from_micros(s.sent_us);
-        transitions.iter().any(|tr| t + AROUND >= tr.start && t <= tr.end + AROUND)
-    };
-    let at = |s: &Sample| {
-        let t = Duration::from_micros(s.sent_us);
-        let lat = Duration::from_nanos(s.latency_ns);
-        transitions.iter().any(|tr| t <= tr.end && t + lat >= tr.start)
-    };
-    let (mut gen_unpatched, mut gen_patched) = (Histogram::default(), Histogram::default());
-    for r in &results {
-        totals.requests += r.requests;
-        totals.crafted += r.crafted;
-        totals.failures += r.failures;
-        totals.wrong += r.wrong;
-        totals.checked_after_switch += r.checked_after_switch;
-        for f in &r.first_failures {
-            if totals.failure_examples.len() < 10 {
-                totals.failure_examples.push(format!("generation {g}: {f}"));
-            }
-        }
-        for s in &r.samples {
-            let t = Duration::from_micros(s.sent_us);
-            if let Some((patched, _, _)) = windows.iter().find(|(_, from, to)| t >= *from && t < *to) {
-                if !s.crafted {
-                    if *patched { &mut gen_patched } else { &mut gen_unpatched }.record(s.latency_ns);
-                }
-            } else if near(s) {
-                if s.crafted { &mut totals.around_crafted } else { &mut totals.around }.record(s.latency_ns);
-                if at(s) {
-                    totals.at_transition.record(s.latency_ns);
-                }
-            }
-        }
-    }
-    let (mut rate_unpatched, mut rate_patched) = (0.0, 0.0);
-    for (patched, from, to) in &windows {
-        let secs = (*to - *from).as_secs_f64();
-        if *patched {
-            totals.steady_patched_s += secs;
-            rate_patched = gen_patched.count() as f64 / secs;
-        } else {
-            totals.steady_unpatched_s += secs;
-            rate_unpatched = gen_unpatched.count() as f64 / secs;
-        }
-    }
-    if rate_unpatched > 0.0 {
-        totals.generation_ratios.push(rate_patched / rate_unpatched);
-    }
-    totals.steady_unpatched.merge(&gen_unpatched);
-    totals.steady_patched.merge(&gen_patched);
-    totals.transitions.extend(transitions);
-    totals.generations += 1;
-    Ok(())
 }
 
 #[derive(Serialize)]
@@ -512,6 +211,34 @@ fn main() -> anyhow::Result<()> {
         left -= n;
         g += 1;
     }
+    let report = report(&args, &totals);
+    let text = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!("{text}");
+    let bad = report.failed
+        + report.wrong_version
+        + report.control_failed
+        + report.transitions_failed as u64
+        + report.server_deaths as u64
+        + report.region_accounting_errors as u64;
+    if bad > 0 {
+        bail!(
+            "{} failed, {} wrong, {} control failed, {} transitions failed, {} server deaths, {} region errors",
+            report.failed,
+            report.wrong_version,
+            report.control_failed,
+            report.transitions_failed,
+            report.server_deaths,
+            report.region_accounting_errors
+        );
+    }
+    Ok(())
+}
+
+/// The figures of the whole run, from every generation's totals.
+fn report(args: &Args, totals: &Totals) -> Report {
     let all: Vec<&Transition> = totals.transitions.iter().filter(|t| t.ok).collect();
     let of = |k: Kind| all.iter().copied().filter(|t| t.kind == k && !t.sigstop).collect::<Vec<_>>();
     let stopped: Vec<&Transition> = all.iter().copied().filter(|t| t.sigstop).collect();
@@ -520,7 +247,7 @@ fn main() -> anyhow::Result<()> {
     let mut floor = totals.floor_us.clone();
     let mut ratios = totals.generation_ratios.clone();
     ratios.sort_by(f64::total_cmp);
-    let report = Report {
+    Report {
         date: now_utc(),
         server: args.server.display().to_string(),
         server_kind: args.server_kind,
@@ -562,30 +289,7 @@ fn main() -> anyhow::Result<()> {
         throughput_ratio_median_per_process: round3(ratios.get(ratios.len() / 2).copied().unwrap_or(0.0)),
         throughput_ratio_min: round3(ratios.first().copied().unwrap_or(0.0)),
         throughput_ratio_max: round3(ratios.last().copied().unwrap_or(0.0)),
-    };
-    let text = serde_json::to_string_pretty(&report)?;
-    if let Some(path) = &args.json {
-        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    println!("{text}");
-    let bad = report.failed
-        + report.wrong_version
-        + report.control_failed
-        + report.transitions_failed as u64
-        + report.server_deaths as u64
-        + report.region_accounting_errors as u64;
-    if bad > 0 {
-        bail!(
-            "{} failed, {} wrong, {} control failed, {} transitions failed, {} server deaths, {} region errors",
-            report.failed,
-            report.wrong_version,
-            report.control_failed,
-            report.transitions_failed,
-            report.server_deaths,
-            report.region_accounting_errors
-        );
-    }
-    Ok(())
 }
 
 fn round3(x: f64) -> f64 {
