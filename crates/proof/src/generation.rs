@@ -72,9 +72,7 @@ fn transition(args: &Args, kind: Kind, pid: i32, generation: u32, origin: Instan
     };
     match out {
         Err(e) => t.error = Some(format!("cannot run {}: {e}", args.hotpatch.display())),
-        Ok(out) if !out.status.success() => {
-            t.error = Some(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
-        }
+        Ok(out) if !out.status.success() => t.error = Some(format!("{}: {}", out.status, command_error(&out))),
         Ok(out) => match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
             Err(e) => t.error = Some(format!("--json output: {e}")),
             Ok(v) => {
@@ -114,6 +112,15 @@ pub struct Totals {
     pub server_deaths: u32,
     pub leaked_regions: u32,
     pub threads_seen: u64,
+}
+
+/// Why a `hotpatch --json` command failed: the `error` of its JSON answer,
+/// else whatever it wrote to stderr.
+fn command_error(out: &std::process::Output) -> String {
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_owned())
 }
 
 /// A steady-state measurement: normal requests only, one version throughout.
