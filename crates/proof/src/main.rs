@@ -1,48 +1,47 @@
 //! `hotpatch-proof`: a real server patched and rolled back under load (issue 13).
 //!
-//! Starts the server (redis) on loopback, keeps it busy with clients that check
-//! every answer, and applies and rolls back a hotpatch with the `hotpatch`
-//! command (`--json`) again and again. The hotpatch changes one answer: `ECHO`
-//! with an argument over 1024 bytes ("crafted") is echoed by the baseline and
-//! refused by the fixed code. A normal `ECHO` must be echoed by both.
-//!
-//! A client reads the expected version before it sends and again after the
-//! reply; when both readings are the same (no transition started or ended in
-//! between) a crafted answer of the other version is a *wrong answer*. Any
-//! other unexpected reply, a broken connection or a timeout is a *failure*.
+//! Starts the server (`--server-kind`: redis or memcached) on loopback, keeps
+//! it busy with clients that check every answer (client.rs), and applies and
+//! rolls back a hotpatch with the `hotpatch` command (`--json`) again and
+//! again. The hotpatch changes the answer to one *crafted* request (kind.rs,
+//! one module per server); normal requests must be answered alike by both.
 //!
 //! A server process can retire at most `MAX_RETIRED_REGIONS` regions (every
 //! rollback retires one), so the run is cut in *generations*: a fresh server
 //! for every `--per-process` cycles. Each generation measures steady state
 //! unpatched and patched side by side (order alternating), then cycles.
 
+mod client;
+mod generation;
 mod hist;
+mod kind;
+mod memcached;
+mod redis;
 mod resp;
+mod server;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use generation::{Kind, Totals, Transition, generation};
 use hist::Histogram;
-use resp::{Conn, Reply};
+use kind::ServerKind;
 use serde::Serialize;
-use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 #[derive(Parser, Clone)]
 #[command(about = "Applies and rolls back a hotpatch in a real server under a checking load")]
 struct Args {
-    /// The server executable (redis-server as shipped).
+    /// The server executable (as shipped).
     #[arg(long)]
     server: PathBuf,
+    /// Which server `--server` is: it picks the protocol and the crafted request.
+    #[arg(long, value_enum, default_value_t = ServerKind::Redis)]
+    server_kind: ServerKind,
     /// The hotpatch command.
     #[arg(long)]
     hotpatch: PathBuf,
-    /// The hotpatch package (its fix refuses ECHO arguments over 1024 bytes).
+    /// The hotpatch package (its fix changes the answer to the crafted request).
     #[arg(long)]
     package: PathBuf,
     /// Trusted publisher key(s) for `hotpatch apply --trust`.
@@ -58,9 +57,10 @@ struct Args {
     /// Client connections (one thread each, one request in flight each).
     #[arg(long, default_value_t = 4)]
     clients: usize,
-    /// redis io-threads (1: the main thread does all I/O).
-    #[arg(long, default_value_t = 1)]
-    io_threads: u32,
+    /// Server threads: memcached's worker threads (-t), redis's I/O threads
+    /// (--io-threads; 1: the main thread does all I/O).
+    #[arg(long, alias = "io-threads", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    threads: u32,
     /// Time between transitions while cycling, ms.
     #[arg(long, default_value_t = 250)]
     dwell_ms: u64,
@@ -78,548 +78,6 @@ struct Args {
     /// Write the full report here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
-}
-
-/// What a client must see: packed as `seq << 2 | version`.
-const UNPATCHED: u64 = 0;
-const PATCHED: u64 = 1;
-const SWITCHING: u64 = 2;
-const CRAFTED_LEN: usize = 1100;
-const TOO_LONG: &str = "ERR ECHO argument too long";
-/// "The second around a transition": from 500 ms before it starts to 500 ms after it ends.
-const AROUND: Duration = Duration::from_millis(500);
-
-struct Shared {
-    state: AtomicU64,
-    stop: AtomicBool,
-    /// Whether clients send crafted requests (not while steady state is
-    /// measured: the patched answer to one, an error reply, costs the server
-    /// other work than the echo, and throughput would compare the fix's
-    /// semantics instead of the cost of running through a hotpatch).
-    crafted: AtomicBool,
-    origin: Instant,
-}
-
-impl Shared {
-    fn set(&self, version: u64) {
-        let seq = (self.state.load(Ordering::SeqCst) >> 2) + 1;
-        self.state.store(seq << 2 | version, Ordering::SeqCst);
-    }
-}
-
-/// One request as the client saw it.
-#[derive(Clone, Copy)]
-struct Sample {
-    /// Sent, µs since the generation's origin.
-    sent_us: u64,
-    latency_ns: u64,
-    crafted: bool,
-}
-
-#[derive(Default)]
-struct ClientResult {
-    samples: Vec<Sample>,
-    requests: u64,
-    crafted: u64,
-    failures: u64,
-    wrong: u64,
-    checked_after_switch: u64,
-    first_failures: Vec<String>,
-}
-
-fn client(addr: SocketAddr, id: usize, shared: Arc<Shared>) -> ClientResult {
-    let mut r = ClientResult::default();
-    let fail = |r: &mut ClientResult, what: String| {
-        r.failures += 1;
-        if r.first_failures.len() < 5 {
-            r.first_failures.push(what);
-        }
-    };
-    let timeout = Duration::from_secs(10);
-    let mut conn = match Conn::connect(addr, timeout) {
-        Ok(c) => c,
-        Err(e) => {
-            fail(&mut r, format!("client {id}: connect: {e}"));
-            return r;
-        }
-    };
-    let mut crafted = vec![b'x'; CRAFTED_LEN];
-    let mut i: u64 = 0;
-    while !shared.stop.load(Ordering::Relaxed) {
-        i += 1;
-        let is_crafted = i.is_multiple_of(4) && shared.crafted.load(Ordering::Relaxed);
-        let normal;
-        let arg: &[u8] = if is_crafted {
-            let tag = format!("{id}-{i}-");
-            crafted[..tag.len()].copy_from_slice(tag.as_bytes());
-            &crafted
-        } else {
-            normal = format!("client {id} request {i}");
-            normal.as_bytes()
-        };
-        let before = shared.state.load(Ordering::SeqCst);
-        let t0 = Instant::now();
-        let reply = conn.call(&[b"ECHO", arg]);
-        let latency = t0.elapsed();
-        let after = shared.state.load(Ordering::SeqCst);
-        r.requests += 1;
-        r.samples.push(Sample {
-            sent_us: t0.duration_since(shared.origin).as_micros() as u64,
-            latency_ns: latency.as_nanos() as u64,
-            crafted: is_crafted,
-        });
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(e) => {
-                fail(&mut r, format!("client {id} request {i}: {e}"));
-                match Conn::connect(addr, timeout) {
-                    Ok(c) => conn = c,
-                    Err(e) => {
-                        fail(&mut r, format!("client {id}: reconnect: {e}"));
-                        return r;
-                    }
-                }
-                continue;
-            }
-        };
-        let echoed = reply == Reply::Bulk(Some(arg.to_vec()));
-        if !is_crafted {
-            if !echoed {
-                fail(&mut r, format!("client {id} request {i}: ECHO answered {}", show(&reply)));
-            }
-            continue;
-        }
-        r.crafted += 1;
-        let refused = reply == Reply::Error(TOO_LONG.into());
-        if !echoed && !refused {
-            fail(&mut r, format!("client {id} request {i}: crafted ECHO answered {}", show(&reply)));
-            continue;
-        }
-        let version = before & 3;
-        if before != after || version == SWITCHING {
-            continue; // sent or answered while a transition ran: either answer is right
-        }
-        r.checked_after_switch += 1;
-        if (version == PATCHED) != refused {
-            r.wrong += 1;
-            if r.first_failures.len() < 5 {
-                r.first_failures.push(format!(
-                    "client {id} request {i}: wrong version: {} answered after the {} returned",
-                    if refused { "patched" } else { "unpatched" },
-                    if version == PATCHED { "apply" } else { "rollback (or start)" }
-                ));
-            }
-        }
-    }
-    r
-}
-
-fn show(reply: &Reply) -> String {
-    match reply {
-        Reply::Bulk(Some(b)) if b.len() > 40 => format!("a bulk string of {} bytes", b.len()),
-        Reply::Bulk(Some(b)) => format!("{:?}", String::from_utf8_lossy(b)),
-        other => format!("{other:?}"),
-    }
-}
-
-/// The server, killed and reaped when dropped (and killed by the kernel if
-/// this process dies first).
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    _dir: TempDir,
-}
-
-impl Server {
-    fn start(args: &Args) -> anyhow::Result<Server> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir = TempDir::new()?;
-        let mut cmd = Command::new(&args.server);
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--io-threads", &args.io_threads.to_string()])
-            .args(["--io-threads-do-reads", if args.io_threads > 1 { "yes" } else { "no" }])
-            .args(["--daemonize", "no", "--logfile", "", "--dir"])
-            .arg(&dir.0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: prctl is async-signal-safe; nothing else runs in the child before exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().with_context(|| format!("cannot start {}", args.server.display()))?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut server = Server { child, addr, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = server.child.try_wait()? {
-                bail!("{} exited at start: {status}", args.server.display());
-            }
-            if let Ok(mut c) = Conn::connect(addr, Duration::from_secs(1))
-                && let Ok(Reply::Status(s)) = c.call(&[b"PING"])
-                && s == "PONG"
-            {
-                return Ok(server);
-            }
-            if Instant::now() > deadline {
-                bail!("{} did not answer PING on {addr} within 10 s", args.server.display());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> std::io::Result<TempDir> {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "hotpatch-proof.{}.{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir)?;
-        Ok(TempDir(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum Kind {
-    Apply,
-    Rollback,
-}
-
-#[derive(Serialize, Clone)]
-struct Transition {
-    generation: u32,
-    kind: Kind,
-    ok: bool,
-    /// From `--json`; 0 when the command failed.
-    pause_us: u64,
-    threads: u64,
-    retries: u64,
-    /// The engine's own wall time (`total_ms`).
-    engine_ms: u64,
-    /// The `hotpatch` command's wall time, process start to exit.
-    command_ms: f64,
-    sigstop: bool,
-    error: Option<String>,
-    #[serde(skip)]
-    start: Duration,
-    #[serde(skip)]
-    end: Duration,
-}
-
-fn transition(args: &Args, kind: Kind, pid: i32, generation: u32, origin: Instant) -> Transition {
-    let mut cmd = Command::new(&args.hotpatch);
-    cmd.arg("--json");
-    match kind {
-        Kind::Apply => {
-            cmd.arg("apply").arg("--pid").arg(pid.to_string()).arg(&args.package).arg("--trust").arg(&args.trust)
-        }
-        Kind::Rollback => cmd.arg("rollback").arg("--pid").arg(pid.to_string()),
-    };
-    let t0 = Instant::now();
-    let out = cmd.stdin(Stdio::null()).output();
-    let t1 = Instant::now();
-    let mut t = Transition {
-        generation,
-        kind,
-        ok: false,
-        pause_us: 0,
-        threads: 0,
-        retries: 0,
-        engine_ms: 0,
-        command_ms: (t1 - t0).as_secs_f64() * 1e3,
-        sigstop: false,
-        error: None,
-        start: t0 - origin,
-        end: t1 - origin,
-    };
-    match out {
-        Err(e) => t.error = Some(format!("cannot run {}: {e}", args.hotpatch.display())),
-        Ok(out) if !out.status.success() => {
-            t.error = Some(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
-        }
-        Ok(out) => match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
-            Err(e) => t.error = Some(format!("--json output: {e}")),
-            Ok(v) => {
-                let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-                t.ok = true;
-                t.pause_us = n("pause_us");
-                t.threads = n("threads");
-                t.retries = n("retries");
-                t.engine_ms = n("total_ms");
-            }
-        },
-    }
-    t
-}
-
-/// One control request on its own connection: the crafted ECHO must answer
-/// as `version` (this is checked after every transition).
-fn control(addr: SocketAddr, version: u64) -> Result<(), String> {
-    let mut c = Conn::connect(addr, Duration::from_secs(10)).map_err(|e| format!("control connect: {e}"))?;
-    let arg = vec![b'c'; CRAFTED_LEN];
-    let reply = c.call(&[b"ECHO", &arg]).map_err(|e| format!("control request: {e}"))?;
-    let want = if version == PATCHED { Reply::Error(TOO_LONG.into()) } else { Reply::Bulk(Some(arg)) };
-    if reply == want {
-        Ok(())
-    } else {
-        Err(format!(
-            "control request after the {}: {}",
-            if version == PATCHED { "apply" } else { "rollback" },
-            show(&reply)
-        ))
-    }
-}
-
-#[derive(Default)]
-struct Totals {
-    requests: u64,
-    crafted: u64,
-    failures: u64,
-    wrong: u64,
-    checked_after_switch: u64,
-    control_requests: u64,
-    control_failures: u64,
-    failure_examples: Vec<String>,
-    transitions: Vec<Transition>,
-    floor_us: Vec<u64>,
-    steady_unpatched: Histogram,
-    steady_patched: Histogram,
-    steady_unpatched_s: f64,
-    steady_patched_s: f64,
-    around: Histogram,
-    around_crafted: Histogram,
-    at_transition: Histogram,
-    generation_ratios: Vec<f64>,
-    generations: u32,
-    server_deaths: u32,
-    leaked_regions: u32,
-    threads_seen: u64,
-}
-
-fn generation(args: &Args, g: u32, cycles: u32, totals: &mut Totals) -> anyhow::Result<()> {
-    let mut server = Server::start(args)?;
-    let pid = server.pid();
-    let shared = Arc::new(Shared {
-        state: AtomicU64::new(UNPATCHED),
-        stop: AtomicBool::new(false),
-        crafted: AtomicBool::new(true),
-        origin: Instant::now(),
-    });
-    let clients: Vec<JoinHandle<ClientResult>> = (0..args.clients)
-        .map(|id| {
-            let shared = shared.clone();
-            let addr = server.addr;
-            std::thread::spawn(move || client(addr, id, shared))
-        })
-        .collect();
-    let origin = shared.origin;
-    let settle = AROUND;
-    let steady = Duration::from_millis(args.steady_ms);
-    let dwell = Duration::from_millis(args.dwell_ms);
-    let mut windows: Vec<(bool, Duration, Duration)> = Vec::new(); // (patched, from, to)
-    let mut transitions: Vec<Transition> = Vec::new();
-    let mut applies = 0u32;
-
-    let mut run = |kind: Kind, sigstop: bool, totals: &mut Totals| {
-        let done = match kind {
-            Kind::Apply => PATCHED,
-            Kind::Rollback => UNPATCHED,
-        };
-        shared.set(SWITCHING);
-        let stopper = sigstop.then(|| {
-            // SAFETY: plain kill(2) on our own child.
-            unsafe { libc::kill(pid, libc::SIGSTOP) };
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(20));
-                // SAFETY: as above.
-                unsafe { libc::kill(pid, libc::SIGCONT) };
-            })
-        });
-        let mut t = transition(args, kind, pid, g, origin);
-        if let Some(h) = stopper {
-            let _ = h.join();
-        }
-        t.sigstop = sigstop;
-        // After a failure, what the process runs is read from the process
-        // itself; unknown (no answer is checked) if that fails too.
-        let now = if t.ok {
-            done
-        } else {
-            match hotpatch_engine::status(pid) {
-                Ok(applied) if applied.iter().any(|a| a.active) => PATCHED,
-                Ok(_) => UNPATCHED,
-                Err(_) => SWITCHING,
-            }
-        };
-        shared.set(now);
-        if kind == Kind::Apply && t.ok {
-            applies += 1;
-        }
-        totals.control_requests += 1;
-        if let Err(e) = if now == SWITCHING { Ok(()) } else { control(server.addr, now) } {
-            totals.control_failures += 1;
-            if totals.failure_examples.len() < 10 {
-                totals.failure_examples.push(format!("generation {g}: {e}"));
-            }
-        }
-        totals.threads_seen = totals.threads_seen.max(t.threads);
-        transitions.push(t);
-    };
-
-    // Steady state, unpatched and patched, in alternating order.
-    std::thread::sleep(settle);
-    let patched_first = g % 2 == 1;
-    if patched_first {
-        run(Kind::Apply, false, totals);
-        std::thread::sleep(settle);
-    }
-    for phase in 0..2 {
-        let patched = (phase == 0) == patched_first;
-        shared.crafted.store(false, Ordering::SeqCst);
-        let from = origin.elapsed();
-        std::thread::sleep(steady);
-        windows.push((patched, from, origin.elapsed()));
-        shared.crafted.store(true, Ordering::SeqCst);
-        std::thread::sleep(settle);
-        if phase == 0 {
-            run(if patched_first { Kind::Rollback } else { Kind::Apply }, false, totals);
-            std::thread::sleep(settle);
-        }
-    }
-    if !patched_first {
-        run(Kind::Rollback, false, totals);
-        std::thread::sleep(settle);
-    }
-
-    // Cycles.
-    for c in 0..cycles {
-        if args.floor {
-            if let Ok((pause, _)) = hotpatch_engine::stop_resume_floor(pid) {
-                totals.floor_us.push(pause.as_micros() as u64);
-            }
-            std::thread::sleep(dwell / 4);
-        }
-        let sigstop =
-            args.sigstop_every > 0 && (g * args.per_process + c) % args.sigstop_every == args.sigstop_every - 1;
-        run(Kind::Apply, sigstop, totals);
-        std::thread::sleep(dwell);
-        run(Kind::Rollback, false, totals);
-        std::thread::sleep(dwell);
-    }
-    std::thread::sleep(settle);
-
-    shared.stop.store(true, Ordering::SeqCst);
-    let results: Vec<ClientResult> = clients.into_iter().map(|h| h.join().expect("client thread")).collect();
-    if !server.alive() {
-        totals.server_deaths += 1;
-        totals.failure_examples.push(format!("generation {g}: the server died"));
-    } else {
-        // Every region is retired and still mapped, none is active, none unaccounted for.
-        match hotpatch_engine::status(pid) {
-            Ok(applied) => {
-                let active = applied.iter().filter(|a| a.active).count();
-                if active != 0 || applied.len() != applies as usize {
-                    totals.leaked_regions += 1;
-                    totals.failure_examples.push(format!(
-                        "generation {g}: {} regions ({} active) after {} applies and as many rollbacks",
-                        applied.len(),
-                        active,
-                        applies
-                    ));
-                }
-            }
-            Err(e) => totals.failure_examples.push(format!("generation {g}: status: {e}")),
-        }
-    }
-    drop(server);
-
-    // Classify every request.
-    let near = |s: &Sample| {
-        let t = Duration::from_micros(s.sent_us);
-        transitions.iter().any(|tr| t + AROUND >= tr.start && t <= tr.end + AROUND)
-    };
-    let at = |s: &Sample| {
-        let t = Duration::from_micros(s.sent_us);
-        let lat = Duration::from_nanos(s.latency_ns);
-        transitions.iter().any(|tr| t <= tr.end && t + lat >= tr.start)
-    };
-    let (mut gen_unpatched, mut gen_patched) = (Histogram::default(), Histogram::default());
-    for r in &results {
-        totals.requests += r.requests;
-        totals.crafted += r.crafted;
-        totals.failures += r.failures;
-        totals.wrong += r.wrong;
-        totals.checked_after_switch += r.checked_after_switch;
-        for f in &r.first_failures {
-            if totals.failure_examples.len() < 10 {
-                totals.failure_examples.push(format!("generation {g}: {f}"));
-            }
-        }
-        for s in &r.samples {
-            let t = Duration::from_micros(s.sent_us);
-            if let Some((patched, _, _)) = windows.iter().find(|(_, from, to)| t >= *from && t < *to) {
-                if !s.crafted {
-                    if *patched { &mut gen_patched } else { &mut gen_unpatched }.record(s.latency_ns);
-                }
-            } else if near(s) {
-                if s.crafted { &mut totals.around_crafted } else { &mut totals.around }.record(s.latency_ns);
-                if at(s) {
-                    totals.at_transition.record(s.latency_ns);
-                }
-            }
-        }
-    }
-    let (mut rate_unpatched, mut rate_patched) = (0.0, 0.0);
-    for (patched, from, to) in &windows {
-        let secs = (*to - *from).as_secs_f64();
-        if *patched {
-            totals.steady_patched_s += secs;
-            rate_patched = gen_patched.count() as f64 / secs;
-        } else {
-            totals.steady_unpatched_s += secs;
-            rate_unpatched = gen_unpatched.count() as f64 / secs;
-        }
-    }
-    if rate_unpatched > 0.0 {
-        totals.generation_ratios.push(rate_patched / rate_unpatched);
-    }
-    totals.steady_unpatched.merge(&gen_unpatched);
-    totals.steady_patched.merge(&gen_patched);
-    totals.transitions.extend(transitions);
-    totals.generations += 1;
-    Ok(())
 }
 
 #[derive(Serialize)]
@@ -686,11 +144,12 @@ fn pause(ts: &[&Transition]) -> Pause {
 struct Report {
     date: String,
     server: String,
+    server_kind: ServerKind,
     package: String,
     cycles: u32,
     generations: u32,
     clients: usize,
-    io_threads: u32,
+    threads: u32,
     server_threads: u64,
     dwell_ms: u64,
     steady_ms: u64,
@@ -752,6 +211,34 @@ fn main() -> anyhow::Result<()> {
         left -= n;
         g += 1;
     }
+    let report = report(&args, &totals);
+    let text = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!("{text}");
+    let bad = report.failed
+        + report.wrong_version
+        + report.control_failed
+        + report.transitions_failed as u64
+        + report.server_deaths as u64
+        + report.region_accounting_errors as u64;
+    if bad > 0 {
+        bail!(
+            "{} failed, {} wrong, {} control failed, {} transitions failed, {} server deaths, {} region errors",
+            report.failed,
+            report.wrong_version,
+            report.control_failed,
+            report.transitions_failed,
+            report.server_deaths,
+            report.region_accounting_errors
+        );
+    }
+    Ok(())
+}
+
+/// The figures of the whole run, from every generation's totals.
+fn report(args: &Args, totals: &Totals) -> Report {
     let all: Vec<&Transition> = totals.transitions.iter().filter(|t| t.ok).collect();
     let of = |k: Kind| all.iter().copied().filter(|t| t.kind == k && !t.sigstop).collect::<Vec<_>>();
     let stopped: Vec<&Transition> = all.iter().copied().filter(|t| t.sigstop).collect();
@@ -760,14 +247,15 @@ fn main() -> anyhow::Result<()> {
     let mut floor = totals.floor_us.clone();
     let mut ratios = totals.generation_ratios.clone();
     ratios.sort_by(f64::total_cmp);
-    let report = Report {
+    Report {
         date: now_utc(),
         server: args.server.display().to_string(),
+        server_kind: args.server_kind,
         package: args.package.display().to_string(),
         cycles: args.cycles,
         generations: totals.generations,
         clients: args.clients,
-        io_threads: args.io_threads,
+        threads: args.threads,
         server_threads: totals.threads_seen,
         dwell_ms: args.dwell_ms,
         steady_ms: args.steady_ms,
@@ -801,30 +289,7 @@ fn main() -> anyhow::Result<()> {
         throughput_ratio_median_per_process: round3(ratios.get(ratios.len() / 2).copied().unwrap_or(0.0)),
         throughput_ratio_min: round3(ratios.first().copied().unwrap_or(0.0)),
         throughput_ratio_max: round3(ratios.last().copied().unwrap_or(0.0)),
-    };
-    let text = serde_json::to_string_pretty(&report)?;
-    if let Some(path) = &args.json {
-        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    println!("{text}");
-    let bad = report.failed
-        + report.wrong_version
-        + report.control_failed
-        + report.transitions_failed as u64
-        + report.server_deaths as u64
-        + report.region_accounting_errors as u64;
-    if bad > 0 {
-        bail!(
-            "{} failed, {} wrong, {} control failed, {} transitions failed, {} server deaths, {} region errors",
-            report.failed,
-            report.wrong_version,
-            report.control_failed,
-            report.transitions_failed,
-            report.server_deaths,
-            report.region_accounting_errors
-        );
-    }
-    Ok(())
 }
 
 fn round3(x: f64) -> f64 {
