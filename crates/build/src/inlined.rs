@@ -6,34 +6,17 @@
 //! leaves those inlined copies running the old code: `hotpatch pack` refuses
 //! it and names the callers (the builder finds and replaces them itself).
 
+use crate::dwarf::Slice;
 use gimli::{AttributeValue, DW_AT_abstract_origin, DW_AT_name, DW_AT_specification, DwTag};
-use object::{Object, ObjectSection};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Function name → names of the functions it was inlined into. Empty when
 /// the file has no readable DWARF; malformed DWARF yields what was read.
 pub fn inlined_into(elf: &[u8]) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let Ok(file) = object::File::parse(elf) else { return out };
-    let load = |id: gimli::SectionId| -> Result<std::borrow::Cow<'_, [u8]>, gimli::Error> {
-        Ok(file
-            .section_by_name(id.name())
-            .and_then(|s| s.uncompressed_data().ok())
-            .unwrap_or(std::borrow::Cow::Borrowed(&[])))
-    };
-    let Ok(sections) = gimli::DwarfSections::load(load) else { return out };
-    let dwarf = sections.borrow(|s| gimli::EndianSlice::new(s, gimli::RunTimeEndian::Little));
-    let mut units = dwarf.units();
-    while let Ok(Some(header)) = units.next() {
-        let Ok(unit) = dwarf.unit(header) else { break };
-        if read_unit(&dwarf, &unit, &mut out).is_err() {
-            break;
-        }
-    }
+    crate::dwarf::for_each_unit(elf, |dwarf, unit| read_unit(dwarf, unit, &mut out));
     out
 }
-
-type Slice<'a> = gimli::EndianSlice<'a, gimli::RunTimeEndian>;
 
 fn read_unit<'a>(
     dwarf: &gimli::Dwarf<Slice<'a>>,

@@ -9,6 +9,7 @@
 pub mod baseline;
 mod builder;
 pub mod diff;
+mod dwarf;
 pub mod explain;
 pub mod inlined;
 pub mod objfile;

@@ -11,8 +11,6 @@
 //! options there by default when compiling with `-g`). Without DWARF nothing
 //! can be told, and the caller is told so.
 
-use object::{Object, ObjectSection};
-
 /// What the baseline's DWARF says about `-fipa-ra`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IpaRa {
@@ -58,31 +56,20 @@ pub fn ipa_ra_enabled(producer: &str) -> bool {
 /// (unit name, producer) of every compilation unit; empty when the object has no
 /// readable DWARF. Malformed DWARF yields what could be read before it.
 fn producers(elf: &[u8]) -> Vec<(String, String)> {
-    let Ok(file) = object::File::parse(elf) else { return Vec::new() };
-    let endian = if file.is_little_endian() { gimli::RunTimeEndian::Little } else { gimli::RunTimeEndian::Big };
-    let load = |id: gimli::SectionId| -> Result<std::borrow::Cow<'_, [u8]>, gimli::Error> {
-        Ok(file
-            .section_by_name(id.name())
-            .and_then(|s| s.uncompressed_data().ok())
-            .unwrap_or(std::borrow::Cow::Borrowed(&[])))
-    };
-    let Ok(sections) = gimli::DwarfSections::load(load) else { return Vec::new() };
-    let dwarf = sections.borrow(|s| gimli::EndianSlice::new(s, endian));
     let mut out = Vec::new();
-    let mut units = dwarf.units();
-    while let Ok(Some(header)) = units.next() {
-        let Ok(unit) = dwarf.unit(header) else { break };
+    crate::dwarf::for_each_unit(elf, |dwarf, unit| {
         let text = |attr: gimli::DwAt| -> Option<String> {
             let mut entries = unit.entries();
             let root = entries.next_dfs().ok()??;
             let value = root.attr_value(attr)?;
-            let s = dwarf.attr_string(&unit, value).ok()?;
+            let s = dwarf.attr_string(unit, value).ok()?;
             Some(String::from_utf8_lossy(s.slice()).into_owned())
         };
         if let Some(producer) = text(gimli::DW_AT_producer) {
             out.push((text(gimli::DW_AT_name).unwrap_or_else(|| "?".into()), producer));
         }
-    }
+        Ok(())
+    });
     out
 }
 

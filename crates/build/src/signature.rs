@@ -11,12 +11,9 @@
 //! `const char *`, or `int` becoming a typedef of it, changes nothing at a
 //! call.
 
+use crate::dwarf::Slice;
 use gimli::{AttributeValue, DW_AT_byte_size, DW_AT_declaration, DW_AT_encoding, DW_AT_name, DW_AT_type};
-use object::{Object, ObjectSection, ObjectSymbol, RelocationFlags, RelocationTarget};
-use std::borrow::Cow;
 use std::collections::BTreeMap;
-
-type Slice<'a> = gimli::EndianSlice<'a, gimli::RunTimeEndian>;
 
 /// How deep a chain of typedefs and qualifiers is followed.
 const MAX_TYPE_HOPS: u32 = 16;
@@ -26,51 +23,8 @@ const MAX_TYPE_HOPS: u32 = 16;
 /// `-g`); malformed DWARF yields what could be read.
 pub fn signatures(object: &[u8]) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    let Ok(file) = object::File::parse(object) else { return out };
-    if file.section_by_name(".debug_info").is_none() {
-        return out;
-    }
-    let load = |id: gimli::SectionId| -> Result<Cow<'_, [u8]>, gimli::Error> { Ok(relocated(&file, id.name())) };
-    let Ok(sections) = gimli::DwarfSections::load(load) else { return out };
-    let dwarf = sections.borrow(|s| gimli::EndianSlice::new(s, gimli::RunTimeEndian::Little));
-    let mut units = dwarf.units();
-    while let Ok(Some(header)) = units.next() {
-        let Ok(unit) = dwarf.unit(header) else { break };
-        if read_unit(&dwarf, &unit, &mut out).is_err() {
-            break;
-        }
-    }
+    crate::dwarf::for_each_unit(object, |dwarf, unit| read_unit(dwarf, unit, &mut out));
     out
-}
-
-/// A debug section with the object's absolute relocations applied: in a
-/// relocatable object, references from `.debug_info` into `.debug_str` and
-/// `.debug_abbrev` are relocations whose fields hold zero until linked.
-fn relocated<'a>(file: &object::File<'a>, name: &str) -> Cow<'a, [u8]> {
-    let Some(section) = file.section_by_name(name) else { return Cow::Borrowed(&[]) };
-    let Ok(data) = section.uncompressed_data() else { return Cow::Borrowed(&[]) };
-    let mut relocations = section.relocations().peekable();
-    if relocations.peek().is_none() {
-        return data;
-    }
-    let mut bytes = data.into_owned();
-    for (offset, reloc) in relocations {
-        let width = match reloc.flags() {
-            RelocationFlags::Elf { r_type: object::elf::R_X86_64_32 } => 4,
-            RelocationFlags::Elf { r_type: object::elf::R_X86_64_64 } => 8,
-            _ => continue,
-        };
-        let base = match reloc.target() {
-            RelocationTarget::Symbol(index) => file.symbol_by_index(index).map(|s| s.address()).unwrap_or(0),
-            _ => 0,
-        };
-        let value = base.wrapping_add_signed(reloc.addend()).to_le_bytes();
-        let Some(field) = usize::try_from(offset).ok().and_then(|at| bytes.get_mut(at..at.checked_add(width)?)) else {
-            continue;
-        };
-        field.copy_from_slice(&value[..width]);
-    }
-    Cow::Owned(bytes)
 }
 
 fn read_unit(

@@ -130,10 +130,7 @@ impl Work {
         copy_tree(source, &tree)?;
         self.run_build(&tree, None, env, jobs, "original", 1)?.wait_done()?;
         std::fs::rename(&tree, &old)?;
-        copy_tree(source, &tree)?;
-        for p in patches {
-            apply_patch(&tree, p)?;
-        }
+        copy_fixed(source, patches, &tree)?;
         self.run_build(&tree, None, env, jobs, "fixed", 2)?.wait_done()?;
         std::fs::rename(&tree, &new)?;
         Ok((old, new))
@@ -157,10 +154,7 @@ impl Work {
         let old_home = self.root.join("trees").join("original");
         let new_home = self.root.join("trees").join("fixed");
         copy_tree(source, &old_home.join(name))?;
-        copy_tree(source, &new_home.join(name))?;
-        for p in patches {
-            apply_patch(&new_home.join(name), p)?;
-        }
+        copy_fixed(source, patches, &new_home.join(name))?;
         let each = jobs.div_ceil(2);
         eprintln!(":: the two builds run at once, {each} job(s) each");
         let tree = seen_at.join(name);
@@ -276,6 +270,12 @@ fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
         bail!("copying {} to {} failed", from.display(), to.display());
     }
     Ok(())
+}
+
+/// A copy of `source` with the fix's patches applied, in order.
+fn copy_fixed(source: &Path, patches: &[PathBuf], to: &Path) -> anyhow::Result<()> {
+    copy_tree(source, to)?;
+    patches.iter().try_for_each(|p| apply_patch(to, p))
 }
 
 fn apply_patch(tree: &Path, patch: &Path) -> anyhow::Result<()> {
