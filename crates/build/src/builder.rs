@@ -325,9 +325,12 @@ fn locate_objects(
 
     let source = |i: usize| req.pairs[i].old.source_file.clone().unwrap_or_else(|| req.pairs[i].old.path.clone());
     let settled: BTreeSet<String> = matches.iter().filter(|(_, m)| m.full()).map(|(&i, _)| source(i)).collect();
-    // Of the partial matches of one file, the closest is the baseline's.
+    // Of the partial matches of one file, the closest is the baseline's, if
+    // most of its functions match: another build of the file (gcov, a debug
+    // variant) may match in a few small functions while the baseline's own
+    // build is not among the changed objects at all.
     let mut closest: BTreeMap<String, usize> = BTreeMap::new();
-    for (&i, m) in matches.iter().filter(|(_, m)| m.matched > 0 && !m.full()) {
+    for (&i, m) in matches.iter().filter(|(_, m)| m.matched > m.mismatches.len() && !m.full()) {
         let best = closest.entry(source(i)).or_insert(i);
         let score = |m: &ObjectMatch| (m.matched, std::cmp::Reverse(m.mismatches.len()));
         if score(m) > score(&matches[best]) {
