@@ -484,3 +484,55 @@ fn builds_at_once_make_the_same_hotpatch_as_builds_in_turn() {
     assert_eq!(in_turn["manifest"]["symbols"], at_once["manifest"]["symbols"]);
     assert_eq!(in_turn["manifest"]["payload_sha256"], at_once["manifest"]["payload_sha256"]);
 }
+
+/// A tree that also builds another variant of a file (gcov, a debug build)
+/// whose own object the fix leaves unchanged: the variant differs between
+/// the builds (its stamp) and matches the baseline in one function of
+/// three. It is not the baseline's file, so its data is not the baseline's
+/// either, and the fix of another file builds.
+#[test]
+fn a_variant_of_an_unchanged_file_is_not_taken_for_the_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Shipped::build("-O2 -g");
+    let util = std::fs::read_to_string(fixtures().join("svc/util.c")).unwrap();
+    // cap as shipped; check_b and recent_digits compiled otherwise.
+    let variant = util.replace("history[next++ % 4] = d;", "history[next++ % 4] = d + 1;").replace(
+        "return history[0] + history[1] + history[2] + history[3];",
+        "return history[0] ^ history[1] ^ history[2] ^ history[3];",
+    );
+    for (n, tree) in ["old", "new"].into_iter().enumerate() {
+        let d = dir.path().join(tree);
+        ok(run(Command::new("cp").arg("-a").arg(fixtures().join("svc")).arg(&d)), "cp");
+        if tree == "new" {
+            let mut patch = Command::new("patch");
+            patch.args(["-p1", "-s", "-i"]).arg(fixtures().join("patches/bounds.patch")).current_dir(&d);
+            ok(run(&mut patch), "patch");
+        }
+        ok(run(Command::new("make").arg("-s").arg("CFLAGS=-O2 -g -ffunction-sections").current_dir(&d)), "make");
+        let v = d.join("variant");
+        std::fs::create_dir(&v).unwrap();
+        std::fs::copy(d.join("svc.h"), v.join("svc.h")).unwrap();
+        std::fs::write(v.join("util.c"), format!("{variant}\nint variant_stamp = {n};\n")).unwrap();
+        let mut gcc = Command::new("gcc");
+        gcc.args(["-O2", "-g", "-ffunction-sections", "-c", "util.c", "-o", "util-variant.o"]).current_dir(&v);
+        ok(run(&mut gcc), "gcc variant");
+    }
+    let out = run(Command::new(HOTPATCH)
+        .args(["--json", "build", "--old-objects"])
+        .arg(dir.path().join("old"))
+        .arg("--new-objects")
+        .arg(dir.path().join("new"))
+        .arg("--baseline")
+        .arg(shipped.path("installed/svc"))
+        .args(["--level", "1", "--classification", "security", "--key"])
+        .arg(shipped.path("keys/publisher.key"))
+        .arg("-o")
+        .arg(dir.path().join("x.hpatch")));
+    let report = json(&ok(out, "hotpatch build"));
+    assert_eq!(sites(&report), ["copy_field"]);
+    let variant =
+        report["explain"]["objects"].as_array().unwrap().iter().find(|o| o["path"] == "variant/util-variant.o");
+    let variant = variant.expect("the variant was compared");
+    assert_eq!(variant["in_baseline"], false, "{variant}");
+    assert_eq!(variant["matched"], 1, "{variant}");
+}
