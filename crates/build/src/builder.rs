@@ -36,7 +36,6 @@ pub enum DiffBuildError {
     Manifest(#[from] hotpatch_format::FormatError),
 }
 
-/// An object of the original build and the same object of the fixed build.
 /// A line of inline assembly the fix adds or removes: in `file` (a source
 /// file name), inside `function` or at file scope.
 #[derive(Debug, Clone)]
@@ -46,6 +45,7 @@ pub struct AsmChange {
     pub function: Option<String>,
 }
 
+/// An object of the original build and the same object of the fixed build.
 pub struct ObjectPair {
     pub old: ObjectFile,
     pub new: ObjectFile,
@@ -66,10 +66,10 @@ pub struct DiffBuildRequest<'a> {
     /// How the patches move each file's lines, by file name: a `__LINE__`
     /// that moved just so is not a change.
     pub line_shifts: BTreeMap<String, Vec<(u64, i64)>>,
-    /// Objects of the original build the fix did not change. Read only when
-    /// a stripped baseline exports nothing to start the run-pre match from
-    /// (its symbols are then reached from `main` through them); may be empty.
-    pub unchanged: Vec<ObjectFile>,
+    /// Reads the objects of the original build the fix did not change.
+    /// Called only when a stripped baseline has nothing to start the run-pre
+    /// match from but `main` (its symbols are then reached through them).
+    pub unchanged: &'a dyn Fn() -> Vec<ObjectFile>,
     /// Inline assembly the source fix changes (refused where the baseline runs it).
     pub asm_changes: Vec<AsmChange>,
     pub patch_id: Option<String>,
@@ -302,26 +302,39 @@ fn locate_objects(
     // layout the builder's link does not share) gives the match no symbol
     // to start from but `main`, found from its entry point; the symbols the
     // changed files need are then reached through the unchanged ones.
-    let from_entry = matches!(baseline.origin, SymbolOrigin::Dynsym) && seed_main(baseline, req);
-    let learners: Vec<&ObjectFile> = if from_entry {
-        req.pairs.iter().map(|p| &p.old).chain(&req.unchanged).collect()
+    let unchanged = if matches!(baseline.origin, SymbolOrigin::Dynsym) && baseline.lookup("main", false, None).is_err()
+    {
+        (req.unchanged)()
     } else {
-        changed.iter().map(|&i| &req.pairs[i].old).collect()
+        Vec::new()
+    };
+    let from_entry = seed_main(baseline, req, &unchanged);
+    // What each round matches: the changed objects (by pair index), and when
+    // starting from `main`, every other object too, for what it locates.
+    let learners: Vec<(Option<usize>, &ObjectFile)> = if from_entry {
+        let pairs = req.pairs.iter().enumerate().map(|(i, p)| (changed.contains(&i).then_some(i), &p.old));
+        pairs.chain(unchanged.iter().map(|o| (None, o))).collect()
+    } else {
+        changed.iter().map(|&i| (Some(i), &req.pairs[i].old)).collect()
     };
     let rounds = if from_entry { 32 } else { 4 };
     // Each round may locate symbols (run-pre) that let more functions be
     // matched in the next; a few rounds reach the fixed point.
+    let mut matches: BTreeMap<usize, ObjectMatch> = BTreeMap::new();
     for _ in 0..rounds {
         let before = baseline.learned_count();
-        for obj in &learners {
-            match_object(baseline, obj);
-        }
+        // Every object is matched (for what it locates); the changed ones are kept.
+        matches = learners
+            .iter()
+            .filter_map(|&(i, obj)| {
+                let m = match_object(baseline, obj);
+                i.map(|i| (i, m))
+            })
+            .collect();
         if baseline.learned_count() == before {
             break;
         }
     }
-    let matches: BTreeMap<usize, ObjectMatch> =
-        changed.iter().map(|&i| (i, match_object(baseline, &req.pairs[i].old))).collect();
 
     let source = |i: usize| req.pairs[i].old.source_file.clone().unwrap_or_else(|| req.pairs[i].old.path.clone());
     let settled: BTreeSet<String> = matches.iter().filter(|(_, m)| m.full()).map(|(&i, _)| source(i)).collect();
@@ -368,11 +381,11 @@ fn locate_objects(
 /// Locates `main` from the entry point when the baseline's tables lack it
 /// and an original object defines it; whether it did. Only a start: `main`
 /// is believed once its object's code matches there.
-fn seed_main(baseline: &Baseline<'_>, req: &DiffBuildRequest<'_>) -> bool {
-    if baseline.lookup("main", false, None).is_ok() {
+fn seed_main(baseline: &Baseline<'_>, req: &DiffBuildRequest<'_>, unchanged: &[ObjectFile]) -> bool {
+    if !matches!(baseline.origin, SymbolOrigin::Dynsym) || baseline.lookup("main", false, None).is_ok() {
         return false;
     }
-    let Some((obj, sym)) = req.pairs.iter().map(|p| &p.old).chain(&req.unchanged).find_map(|obj| {
+    let Some((obj, sym)) = req.pairs.iter().map(|p| &p.old).chain(unchanged).find_map(|obj| {
         let s = &obj.symbols[obj.find("main")?];
         (s.kind == SymKind::Function && !s.local && s.section.is_some()).then_some((obj, s))
     }) else {

@@ -46,9 +46,6 @@ pub fn match_function(baseline: &Baseline<'_>, obj: &ObjectFile, sym: usize, at:
     // compared over the builder's size.
     let sized = hotpatch_elf::Symbol { size, ..at.clone() };
     let theirs = baseline.function_bytes(&sized).ok_or_else(|| fail(0, "not in an executable segment".into()))?;
-    if theirs.len() != ours.len() {
-        return Err(fail(0, format!("{} bytes in the builder's build, {} in the baseline", ours.len(), theirs.len())));
-    }
     let mut covered = vec![false; ours.len()];
     let mut learned = Learned::new();
     for r in section.relocs.iter().filter(|r| r.offset >= s.value && r.offset < s.value + size) {

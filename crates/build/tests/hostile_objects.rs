@@ -63,7 +63,7 @@ fn request<'a>(baseline: &'a [u8], pairs: Vec<ObjectPair>, references: Vec<(Stri
         touched: Default::default(),
         line_shifts: Default::default(),
         asm_changes: Vec::new(),
-        unchanged: Vec::new(),
+        unchanged: &Vec::new,
         patch_id: None,
         product: "x".into(),
         level: 1,

@@ -67,10 +67,7 @@ pub fn build(args: BuildArgs, out: &Output) -> anyhow::Result<()> {
     let compare_started = std::time::Instant::now();
     progress(out, "comparing the builds and matching the baseline");
     let objects = objects::pairs(&old_dir, &new_dir)?;
-    // Only a baseline with no symbols of its own may need them.
-    let stripped = hotpatch_elf::TargetElf::parse(&baseline).is_ok_and(|elf| !elf.has_symtab());
-    let unchanged =
-        if stripped && debug_file.is_none() { objects::parse_unchanged(&objects.unchanged) } else { Vec::new() };
+    let unchanged = || objects::parse_unchanged(&objects.unchanged);
     let references = objects::linked_files(&old_dir)?;
     let baseline_name =
         args.baseline.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "target".into());
@@ -80,7 +77,7 @@ pub fn build(args: BuildArgs, out: &Output) -> anyhow::Result<()> {
         debug_file: debug_file.as_deref(),
         references,
         pairs: objects.pairs,
-        unchanged,
+        unchanged: &unchanged,
         touched: touched::functions_in(&diffs, &new_dir),
         line_shifts: touched::line_shifts(&diffs),
         asm_changes: touched::asm_changes(&diffs, &new_dir),
