@@ -6,8 +6,9 @@
 //! 200 bytes with memcached's own error for over-long keys.
 
 use crate::kind::Crafted;
+use crate::resp::bad;
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -64,13 +65,7 @@ impl Conn {
     }
 
     fn line(&mut self) -> std::io::Result<String> {
-        let mut line = Vec::new();
-        self.reader.read_until(b'\n', &mut line)?;
-        if !line.ends_with(b"\r\n") {
-            return Err(bad("reply line not ended by CRLF (connection closed?)"));
-        }
-        line.truncate(line.len() - 2);
-        String::from_utf8(line).map_err(|_| bad("reply line is not UTF-8"))
+        crate::resp::crlf_line(&mut self.reader)
     }
 
     /// `set key flags 0 len` with `data`: the reply line.
@@ -113,10 +108,6 @@ fn value_header(header: &str) -> std::io::Result<(String, u32, usize)> {
     let flags = flags.parse().map_err(|_| bad(&format!("VALUE flags {flags:?} not a number")))?;
     let len = len.parse().map_err(|_| bad(&format!("VALUE length {len:?} not a number")))?;
     Ok((key.to_owned(), flags, len))
-}
-
-fn bad(what: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned())
 }
 
 pub struct Session {

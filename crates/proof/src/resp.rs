@@ -45,13 +45,7 @@ impl Conn {
     }
 
     fn line(&mut self) -> std::io::Result<String> {
-        let mut line = Vec::new();
-        self.reader.read_until(b'\n', &mut line)?;
-        if !line.ends_with(b"\r\n") {
-            return Err(bad("reply line not ended by CRLF (connection closed?)"));
-        }
-        line.truncate(line.len() - 2);
-        String::from_utf8(line).map_err(|_| bad("reply line is not UTF-8"))
+        crlf_line(&mut self.reader)
     }
 
     fn read_reply(&mut self) -> std::io::Result<Reply> {
@@ -82,6 +76,17 @@ impl Conn {
     }
 }
 
-fn bad(what: &str) -> std::io::Error {
+/// One reply line of a CRLF text protocol (RESP, memcached's), without its CRLF.
+pub(crate) fn crlf_line(reader: &mut impl BufRead) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    reader.read_until(b'\n', &mut line)?;
+    if !line.ends_with(b"\r\n") {
+        return Err(bad("reply line not ended by CRLF (connection closed?)"));
+    }
+    line.truncate(line.len() - 2);
+    String::from_utf8(line).map_err(|_| bad("reply line is not UTF-8"))
+}
+
+pub(crate) fn bad(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned())
 }
