@@ -6,8 +6,8 @@ use std::io;
 pub enum EngineError {
     #[error("process {0} does not exist or exited")]
     ProcessExited(i32),
-    #[error("permission denied on process {pid}: {detail} (hotpatch needs root or CAP_SYS_PTRACE)")]
-    PermissionDenied { pid: i32, detail: String },
+    #[error("permission denied on process {pid}: {detail} ({why})")]
+    PermissionDenied { pid: i32, detail: String, why: String },
     #[error("process {pid} is already being traced by process {tracer} (a debugger?)")]
     Traced { pid: i32, tracer: i32 },
     #[error("ptrace {op} on thread {tid} failed: {source}")]
@@ -61,13 +61,17 @@ impl EngineError {
         EngineError::Io { what: what.into(), source }
     }
 
+    /// A refusal by the kernel, with the likeliest reason read from the system.
+    pub(crate) fn denied(pid: i32, detail: String) -> EngineError {
+        let why = crate::access::explain(pid, &crate::access::AccessFacts::read(pid));
+        EngineError::PermissionDenied { pid, detail, why }
+    }
+
     /// Maps a `/proc/PID/...` access error to what it means for the user.
     pub(crate) fn proc_access(pid: i32, what: &str, source: io::Error) -> EngineError {
         match source.raw_os_error() {
             Some(libc::ENOENT) | Some(libc::ESRCH) => EngineError::ProcessExited(pid),
-            Some(libc::EACCES) | Some(libc::EPERM) => {
-                EngineError::PermissionDenied { pid, detail: format!("{what}: {source}") }
-            }
+            Some(libc::EACCES) | Some(libc::EPERM) => EngineError::denied(pid, format!("{what}: {source}")),
             _ => EngineError::Io { what: format!("{what} of process {pid}"), source },
         }
     }

@@ -2,7 +2,7 @@
 //! libraries) in memory and rolls them back, with a pause of microseconds.
 //!
 //! Module map, in the order an apply walks through them:
-//! - [`procfs`]: threads, mappings and memory of a process.
+//! - [`procfs`]: threads, mappings and memory of a process; [`access`]: why the kernel refused one.
 //! - [`modules`]: the ELF objects a process maps, by build-id, with their load bias.
 //! - [`resolve`]: names the payload references, to addresses in the process.
 //! - [`scope`]: the process's lookup order (its `link_map` chain), as ld.so binds.
@@ -29,6 +29,7 @@
 //! searched first), then `/usr/lib/debug`. A debug file whose own build-id is
 //! not the target's is ignored.
 
+pub mod access;
 pub mod callback;
 pub mod error;
 pub mod inject;

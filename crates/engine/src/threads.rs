@@ -46,7 +46,7 @@ pub(crate) fn attach_error(pid: i32, tid: i32, err: std::io::Error) -> Option<En
             Some(tracer) if tracer != 0 && tracer as u32 != std::process::id() => {
                 Some(EngineError::Traced { pid, tracer })
             }
-            _ => Some(EngineError::PermissionDenied { pid, detail: format!("ptrace attach to thread {tid}: {err}") }),
+            _ => Some(EngineError::denied(pid, format!("ptrace attach to thread {tid}: {err}"))),
         },
         _ => Some(EngineError::Ptrace { tid, op: "seize", source: err }),
     }
