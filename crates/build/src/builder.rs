@@ -125,6 +125,9 @@ pub fn build_from_objects(req: &DiffBuildRequest<'_>) -> Result<DiffBuildOutput,
     refuse_unpatchable(req, &diffs, &in_baseline)?;
     let selections = select(req, &diffs, &in_baseline);
     refuse_signature_changes(&baseline, req, &diffs, &in_baseline, &selections)?;
+    for (&i, selection) in &selections {
+        refuse_new_tls(&req.pairs[i].new, &diffs[i], selection)?;
+    }
     check_tolerated(&baseline, req, &located, &selections, &mut explain)?;
     let mut writer = PayloadWriter::default();
     let mut functions = Vec::new();
@@ -775,7 +778,6 @@ fn sites(
         if !in_patch {
             continue;
         }
-        refuse_tls(new, f.new_sym)?;
         let Some(o) = f.old_sym else { continue };
         let s = &old.symbols[o];
         if s.name.contains(".cold") {
@@ -807,13 +809,22 @@ fn sites(
     Ok(out)
 }
 
-fn refuse_tls(obj: &ObjectFile, f: usize) -> Result<(), DiffBuildError> {
-    let Some(sec) = obj.symbols[f].section else { return Ok(()) };
-    if obj.sections[sec].relocs.iter().any(|r| is_tls(r.r_type)) {
-        return Err(DiffBuildError::NeedsBaseline(format!(
-            "{} uses thread-local storage, which a patch region cannot reach yet",
-            obj.symbols[f].name
-        )));
+/// A replaced function may use the process's own thread-local variables
+/// (the engine links every x86-64 access model to them), but not one the fix
+/// adds: a running process cannot grow the TLS block of every thread.
+fn refuse_new_tls(obj: &ObjectFile, diff: &ObjectDiff, selection: &Selection) -> Result<(), DiffBuildError> {
+    for &sec in &selection.sections {
+        for r in obj.sections[sec].relocs.iter().filter(|r| is_tls(r.r_type)) {
+            if let RefKey::Named { name, .. } = obj.key(r)
+                && diff.new_data.contains(&name)
+            {
+                let user = obj.owner_function(sec).map_or(obj.sections[sec].name.as_str(), |f| &obj.symbols[f].name);
+                return Err(DiffBuildError::NeedsBaseline(format!(
+                    "{user} uses the thread-local variable {name}, which the fix adds: a running process cannot \
+                     grow its threads' thread-local storage (keep such state in a shadow variable instead)"
+                )));
+            }
+        }
     }
     Ok(())
 }

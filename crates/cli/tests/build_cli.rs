@@ -407,6 +407,28 @@ fn changed_signature_with_every_caller_replaced_is_patched() {
     assert!(patched.contains(&"lib_parse".to_owned()), "{patched:?}");
 }
 
+/// A replaced function reading a thread-local variable of the stripped
+/// executable (local-exec, `%fs:` relative): the payload reaches the
+/// process's own variable: what the original code stored, the replacement reads.
+#[test]
+fn fix_in_a_function_using_thread_local_storage() {
+    let report = patch_case("tls", "svc");
+    assert!(sites(&report).iter().any(|s| s == "tls_get" || s == "tls_command"), "{report:#}");
+}
+
+/// The same in a shared library (local-dynamic: `__tls_get_addr` with the
+/// library's module id, read from its own GOT in the process).
+#[test]
+fn library_fix_in_a_function_using_thread_local_storage() {
+    let report = patch_case("library-tls", "libsvc.so");
+    assert!(sites(&report).contains(&"lib_tls".to_owned()), "{report:#}");
+}
+
+#[test]
+fn thread_local_variable_the_fix_adds_is_refused() {
+    refused("tls-new-FAIL");
+}
+
 #[test]
 fn baseline_of_another_toolchain_is_refused() {
     // Shipped with -O1: the builder's -O2 build is not the same code.

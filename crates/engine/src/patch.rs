@@ -397,6 +397,7 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
     }
     let target_files: Vec<&[u8]> = std::iter::once(data.as_slice()).chain(debug.as_deref()).collect();
     let mut tls = TlsResolver::new(&mem, target, target_files, &others, scope::main_phdr(pid));
+    tls.bind_baseline(manifest.symbols.iter().map(|s| (s.name.clone(), s.address)));
     let mut image = plan
         .link_with_tls(base, &mut |name| resolved.get(name).copied(), &mut |name| tls.resolve(name))
         .map_err(|e| match &e {

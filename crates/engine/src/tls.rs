@@ -43,6 +43,10 @@ pub struct TlsResolver<'a> {
     /// auxv `AT_PHDR`: the executable is the module that maps it.
     main_phdr: Option<u64>,
     modules: HashMap<u64, Result<ModuleTls, String>>,
+    /// The manifest's proven symbols: for a thread-local variable of the
+    /// target, its offset in the target's block (a stripped baseline's
+    /// file-local variables have no other name).
+    baseline: HashMap<String, u64>,
 }
 
 impl<'a> TlsResolver<'a> {
@@ -53,12 +57,22 @@ impl<'a> TlsResolver<'a> {
         others: &'a [LoadedModule],
         main_phdr: Option<u64>,
     ) -> TlsResolver<'a> {
-        TlsResolver { mem, target, target_files, others, main_phdr, modules: HashMap::new() }
+        TlsResolver { mem, target, target_files, others, main_phdr, modules: HashMap::new(), baseline: HashMap::new() }
+    }
+
+    /// Binds names the builder proved in the baseline (manifest `symbols`)
+    /// before any lookup: for thread-local variables the value is the offset
+    /// in the target's own block, as the baseline's `st_value` gives it.
+    pub fn bind_baseline(&mut self, symbols: impl IntoIterator<Item = (String, u64)>) {
+        self.baseline.extend(symbols);
     }
 
     /// Where thread-local variable `name` lives, or why it cannot be used.
     pub fn resolve(&mut self, name: &str) -> Result<TlsSymbol, String> {
-        let in_target = self.target_files.iter().find_map(|data| tls_symbol(data, name, true).transpose());
+        let in_target = match self.baseline.get(name) {
+            Some(&offset) => Some(Ok(offset)),
+            None => self.target_files.iter().find_map(|data| tls_symbol(data, name, true).transpose()),
+        };
         let (module, offset) = match in_target {
             Some(found) => (self.target, found?),
             None => self
