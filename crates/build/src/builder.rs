@@ -2,12 +2,14 @@
 //! objects are the baseline's code (run-pre), choose what goes into the
 //! patch, refuse what needs a restart, write the payload and the manifest.
 
+use crate::added::AddedObject;
 use crate::baseline::{Baseline, SymbolOrigin};
 use crate::diff::{ObjectDiff, Verdict, constructor_functions, diff_objects};
 use crate::explain::{Explain, FunctionReport, ObjectReport, reasons};
-use crate::objfile::{ObjectFile, RefKey, SectionClass, SymKind, is_tls, pc_relative};
+use crate::objfile::{ObjectFile, RefKey, SectionClass, SymKind, is_tls};
 use crate::payload::{Binder, Binding, PayloadWriter, Selection, payload_name};
 use crate::runpre::{Mismatch, match_function};
+use crate::selection::{add_data, close_over, is_callback};
 use hotpatch_elf::{SymbolTable, TargetElf};
 use hotpatch_format::{
     BaselineSymbol, Classification, FunctionPatch, MIN_SITE_SIZE, Machine, Manifest, Target, sha256_hex,
@@ -61,6 +63,8 @@ pub struct DiffBuildRequest<'a> {
     /// code is the baseline's stands in for a stripped baseline's symbols.
     pub references: Vec<(String, Vec<u8>)>,
     pub pairs: Vec<ObjectPair>,
+    /// Objects only the fixed build has (source files the fix adds).
+    pub added: Vec<AddedObject>,
     /// Functions the source patches touch (for `--explain`).
     pub touched: BTreeSet<String>,
     /// How the patches move each file's lines, by file name: a `__LINE__`
@@ -126,18 +130,35 @@ pub fn build_from_objects(req: &DiffBuildRequest<'_>) -> Result<DiffBuildOutput,
     let selections = select(req, &diffs, &in_baseline);
     refuse_signature_changes(&baseline, req, &diffs, &in_baseline, &selections)?;
     for (&i, selection) in &selections {
-        refuse_new_tls(&req.pairs[i].new, &diffs[i], selection)?;
+        refuse_new_tls(&req.pairs[i].new, &diffs[i].new_data, selection)?;
     }
     check_tolerated(&baseline, req, &located, &selections, &mut explain)?;
+    let paired: Vec<(&ObjectFile, &Selection)> = selections.iter().map(|(&i, s)| (&req.pairs[i].new, s)).collect();
+    let added = crate::added::select(&req.added, &paired);
+    for (&k, selection) in &added {
+        let obj = &req.added[k].object;
+        refuse_new_tls(obj, &crate::added::data_names(obj), selection)?;
+    }
+    note_added(req, &added, &mut explain);
     let mut writer = PayloadWriter::default();
     let mut functions = Vec::new();
     for (&i, selection) in &selections {
         writer.add_sections(i, &req.pairs[i].new, selection);
     }
+    // Added files are numbered after the pairs, so payload names stay unique.
+    let added_index = |k: usize| req.pairs.len() + k;
+    for (&k, selection) in &added {
+        writer.add_sections(added_index(k), &req.added[k].object, selection);
+        writer.expose_globals(added_index(k), &req.added[k].object);
+    }
     let mut binder = BaselineBinder { baseline: &baseline };
     for &i in selections.keys() {
         writer.add_relocations(i, &req.pairs[i].new, &mut binder).map_err(DiffBuildError::Payload)?;
         functions.extend(sites(&baseline, req, i, &diffs[i], &selections[&i], &mut explain)?);
+    }
+    for &k in added.keys() {
+        let obj = &req.added[k].object;
+        writer.add_relocations(added_index(k), obj, &mut binder).map_err(DiffBuildError::Payload)?;
     }
     report_functions(req, &diffs, &in_baseline, &selections, &mut explain);
     if functions.is_empty() {
@@ -682,82 +703,28 @@ fn select(
                 selection.sections.insert(sec);
             }
         }
-        add_data(new, diff, &mut selection);
+        add_data(new, &diff.new_data, &mut selection);
         out.insert(i, selection);
     }
     out
 }
 
-/// A global function of one of the callbacks' names (include/hotpatch.h).
-fn is_callback(obj: &ObjectFile, sym: usize) -> bool {
-    let s = &obj.symbols[sym];
-    !s.local && s.kind == SymKind::Function && crate::runtime::CALLBACKS.contains(&s.name.as_str())
-}
-
-/// Adds to `chosen` the new functions it calls and every function it cannot
-/// be split from (a jump into another function's body, either way).
-fn close_over(obj: &ObjectFile, chosen: &mut BTreeSet<usize>, new_functions: &BTreeSet<usize>) {
-    let functions: Vec<usize> = obj.functions().map(|(f, _)| f).collect();
-    loop {
-        let before = chosen.len();
-        for &f in &functions {
-            for (target, entry) in function_refs(obj, f) {
-                let f_in = chosen.contains(&f);
-                let t_in = chosen.contains(&target);
-                if f_in && (new_functions.contains(&target) || !entry) {
-                    chosen.insert(target);
-                }
-                if t_in && !entry {
-                    chosen.insert(f);
-                }
-            }
-        }
-        if chosen.len() == before {
-            return;
-        }
-    }
-}
-
-/// Functions of `obj` that function `f` refers to, and whether at their entry.
-fn function_refs(obj: &ObjectFile, f: usize) -> Vec<(usize, bool)> {
-    let Some(sec) = obj.symbols[f].section else { return Vec::new() };
-    obj.sections[sec]
-        .relocs
-        .iter()
-        .filter_map(|r| {
-            let RefKey::Named { name, offset, .. } = obj.key(r) else { return None };
-            let target = obj.find(&name).filter(|&t| obj.symbols[t].kind == SymKind::Function)?;
-            let bias = if pc_relative(r.r_type) { 4 } else { 0 };
-            Some((target, offset.wrapping_add(bias) == 0))
-        })
-        .collect()
-}
-
-/// Read-only data the chosen code refers to is copied whole (it is
-/// constant, so a copy is the same data); data objects the fix adds are new
-/// state, copied one by one. Existing writable data stays the baseline's.
-fn add_data(obj: &ObjectFile, diff: &ObjectDiff, selection: &mut Selection) {
-    let mut queue: Vec<usize> = selection.sections.iter().copied().collect();
-    while let Some(sec) = queue.pop() {
-        for r in &obj.sections[sec].relocs {
-            let Some(target) = obj.symbols[r.symbol].section else { continue };
-            match obj.sections[target].class {
-                SectionClass::ReadOnly | SectionClass::Strings | SectionClass::Constants { .. }
-                    if selection.sections.insert(target) =>
-                {
-                    queue.push(target);
-                }
-                SectionClass::Writable | SectionClass::Bss => {
-                    if let RefKey::Named { name, .. } = obj.key(r)
-                        && diff.new_data.contains(&name)
-                        && let Some(sym) = obj.find(&name)
-                    {
-                        selection.objects.insert(sym);
-                    }
-                }
-                _ => {}
-            }
-        }
+/// Says which functions of the files the fix adds go into the patch.
+fn note_added(req: &DiffBuildRequest<'_>, added: &BTreeMap<usize, Selection>, explain: &mut Explain) {
+    for (k, a) in req.added.iter().enumerate() {
+        let obj = &a.object;
+        let names: Vec<&str> = match added.get(&k) {
+            Some(sel) => obj
+                .functions()
+                .filter(|(_, sec)| sel.sections.contains(sec))
+                .map(|(f, _)| obj.symbols[f].name.as_str())
+                .collect(),
+            None => Vec::new(),
+        };
+        explain.notes.push(match names.is_empty() {
+            true => format!("{} is a file the fix adds; nothing the patch runs reaches it", obj.path),
+            false => format!("{} is a file the fix adds; the patch takes {}", obj.path, names.join(", ")),
+        });
     }
 }
 
@@ -812,11 +779,11 @@ fn sites(
 /// A replaced function may use the process's own thread-local variables
 /// (the engine links every x86-64 access model to them), but not one the fix
 /// adds: a running process cannot grow the TLS block of every thread.
-fn refuse_new_tls(obj: &ObjectFile, diff: &ObjectDiff, selection: &Selection) -> Result<(), DiffBuildError> {
+fn refuse_new_tls(obj: &ObjectFile, new_data: &BTreeSet<String>, selection: &Selection) -> Result<(), DiffBuildError> {
     for &sec in &selection.sections {
         for r in obj.sections[sec].relocs.iter().filter(|r| is_tls(r.r_type)) {
             if let RefKey::Named { name, .. } = obj.key(r)
-                && diff.new_data.contains(&name)
+                && new_data.contains(&name)
             {
                 let user = obj.owner_function(sec).map_or(obj.sections[sec].name.as_str(), |f| &obj.symbols[f].name);
                 return Err(DiffBuildError::NeedsBaseline(format!(

@@ -3,9 +3,11 @@
 //!
 //! Two ways in: [`build_from_objects`] diffs an original and a fixed build
 //! object by object ([`diff`]), proves the original is the baseline's code
-//! ([`runpre`]), and writes the payload ([`payload`]) and manifest; [`pack`]
+//! ([`runpre`]), takes what the fix's new source files hold ([`added`]),
+//! and writes the payload ([`payload`]) and manifest; [`pack`]
 //! takes a hand-written replacement object instead.
 
+pub mod added;
 pub mod baseline;
 mod builder;
 pub mod diff;
@@ -18,8 +20,10 @@ pub mod payload;
 pub mod regalloc;
 pub mod runpre;
 pub mod runtime;
+mod selection;
 pub mod signature;
 
+pub use added::AddedObject;
 pub use builder::{AsmChange, DiffBuildError, DiffBuildOutput, DiffBuildRequest, ObjectPair, build_from_objects};
 pub use objfile::ObjectFile;
 pub use pack::{BuildError, PackRequest, Replacement, check_undefined, manifest_for, parse_replacement};

@@ -64,6 +64,19 @@ pub struct Reloc {
     /// Index into [`ObjectFile::symbols`].
     pub symbol: usize,
     pub addend: i64,
+    /// In code: bytes of the instruction after the field (an immediate
+    /// operand: `addl $1, x(%rip)` has 1, `movl $0, x(%rip)` 4). A
+    /// PC-relative field counts from the instruction's end, so its addend
+    /// is -4 minus these.
+    pub tail: u8,
+}
+
+impl Reloc {
+    /// What the addend must be added to for the place the field means:
+    /// the instruction's end for a PC-relative field, nothing otherwise.
+    pub fn bias(&self) -> i64 {
+        if pc_relative(self.r_type) { 4 + i64::from(self.tail) } else { 0 }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +176,29 @@ pub fn pc_relative(r_type: u32) -> bool {
             | R_X86_64_TLSLD
             | R_X86_64_GOTTPOFF
     )
+}
+
+/// Sets each code relocation's [`Reloc::tail`] by decoding the section's
+/// instructions from its start (one function per section). A field the
+/// decoder does not place inside an instruction keeps 0.
+fn instruction_tails(code: &[u8], relocs: &mut [Reloc]) {
+    use iced_x86::{Decoder, DecoderOptions, Instruction};
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut insn = Instruction::default();
+    let mut next = 0;
+    while decoder.can_decode() && next < relocs.len() {
+        decoder.decode_out(&mut insn);
+        let (start, end) = (insn.ip(), insn.next_ip());
+        while next < relocs.len() && relocs[next].offset < start {
+            next += 1;
+        }
+        while next < relocs.len() && relocs[next].offset < end {
+            let r = &mut relocs[next];
+            let field_end = r.offset + field_width(r.r_type).unwrap_or(4) as u64;
+            r.tail = u8::try_from(end.saturating_sub(field_end)).unwrap_or(0);
+            next += 1;
+        }
+    }
 }
 
 /// Width in bytes of a relocation's field, `None` for a type the builder does not know.
@@ -284,9 +320,13 @@ impl ObjectFile {
                 let Some(&symbol) = sym_index.get(&idx.0) else {
                     return Err(bad(format!("section {}: relocation to unknown symbol", sections[ours].name)));
                 };
-                sections[ours].relocs.push(Reloc { offset, r_type, symbol, addend: reloc.addend() });
+                sections[ours].relocs.push(Reloc { offset, r_type, symbol, addend: reloc.addend(), tail: 0 });
             }
             sections[ours].relocs.sort_by_key(|r| r.offset);
+            if sections[ours].class == SectionClass::Text {
+                let Section { data, relocs, .. } = &mut sections[ours];
+                instruction_tails(data, relocs);
+            }
         }
         let signatures = Default::default();
         let obj = ObjectFile { path: path.to_owned(), source_file, compilers, sections, symbols, signatures };
@@ -404,7 +444,7 @@ impl ObjectFile {
         };
         // A section symbol (as gas makes of references to local labels and
         // file-local objects): find what lives there.
-        let bias = if pc_relative(r.r_type) { 4 } else { 0 };
+        let bias = r.bias();
         let at = (sym.value as i64).wrapping_add(r.addend).wrapping_add(bias);
         let sec = &self.sections[target];
         match sec.class {
@@ -573,6 +613,24 @@ mod tests {
         assert_eq!(string_at(data, 0), (b"abc".to_vec(), 0));
         assert_eq!(string_at(data, 99), (Vec::new(), 99));
         assert_eq!(string_at(data, -3), (Vec::new(), -3));
+    }
+
+    #[test]
+    fn a_pc_relative_field_counts_the_immediate_after_it() {
+        use object::elf::R_X86_64_PC32;
+        let code = [
+            0x8b, 0x05, 0, 0, 0, 0, // mov x(%rip), %eax
+            0x83, 0x05, 0, 0, 0, 0, 0x01, // addl $1, x(%rip)
+            0xc7, 0x05, 0, 0, 0, 0, 0, 0, 0, 0, // movl $0, x(%rip)
+            0x66, 0xc7, 0x05, 0, 0, 0, 0, 0, 0, // movw $0, x(%rip)
+            0xc3,
+        ];
+        let reloc = |offset| Reloc { offset, r_type: R_X86_64_PC32, symbol: 0, addend: 0, tail: 9 };
+        let mut relocs = [reloc(2), reloc(8), reloc(15), reloc(26)];
+        instruction_tails(&code, &mut relocs);
+        let tails: Vec<u8> = relocs.iter().map(|r| r.tail).collect();
+        assert_eq!(tails, [0, 1, 4, 2]);
+        assert_eq!(relocs[1].bias(), 5);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! bound to the baseline: by address in the manifest when the baseline alone
 //! defines it, by name when the dynamic linker would look it up.
 
-use crate::objfile::{ObjectFile, SectionClass, SymKind, pc_relative};
+use crate::objfile::{ObjectFile, SectionClass, SymKind};
 use object::write::{self, Relocation, SectionId, StandardSegment, SymbolId};
 use object::{Architecture, BinaryFormat, Endianness, RelocationFlags, SectionKind, SymbolFlags, SymbolScope};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -40,6 +40,10 @@ pub struct PayloadWriter {
     /// (object, symbol) → the payload section holding that data object alone.
     copied_objects: HashMap<(usize, usize), SectionId>,
     externs: HashMap<String, SymbolId>,
+    /// Global name → (payload section, offset) of a function or object
+    /// defined by a source file the fix adds: other files' references of
+    /// that name reach it in the payload.
+    added_globals: HashMap<String, (SectionId, u64)>,
     /// Payload name → baseline address, for the manifest.
     pub bound: BTreeMap<String, u64>,
 }
@@ -51,6 +55,7 @@ impl Default for PayloadWriter {
             copied: HashMap::new(),
             copied_objects: HashMap::new(),
             externs: HashMap::new(),
+            added_globals: HashMap::new(),
             bound: BTreeMap::new(),
         }
     }
@@ -105,6 +110,22 @@ impl PayloadWriter {
             if sym.kind == SymKind::Function && !sym.local && crate::runtime::CALLBACKS.contains(&sym.name.as_str()) {
                 // The engine finds a callback by its own name.
                 self.define(sym.name.clone(), id, sym.value, sym.size, true);
+            }
+        }
+    }
+
+    /// Makes the global functions and objects of object `index` (a file the
+    /// fix adds, whose sections are already added) the ones other objects'
+    /// references of those names reach.
+    pub fn expose_globals(&mut self, index: usize, obj: &ObjectFile) {
+        for (i, sym) in obj.symbols.iter().enumerate() {
+            if sym.local || !matches!(sym.kind, SymKind::Function | SymKind::Object) {
+                continue;
+            }
+            let whole = sym.section.and_then(|sec| self.copied.get(&(index, sec))).map(|&id| (id, sym.value));
+            let alone = self.copied_objects.get(&(index, i)).map(|&id| (id, 0));
+            if let Some(at) = alone.or(whole) {
+                self.added_globals.insert(sym.name.clone(), at);
             }
         }
     }
@@ -176,6 +197,12 @@ impl PayloadWriter {
             let section_symbol = self.out.section_symbol(id);
             return Ok((section_symbol, r.addend.wrapping_add(sym.value as i64)));
         }
+        if sym.section.is_none()
+            && !sym.local
+            && let Some(reached) = self.added_target(&sym.name, r.addend)
+        {
+            return Ok(reached);
+        }
         let (named, addend) = self.named_target(obj, sec, r)?;
         if let Some(&id) = self.copied_objects.get(&(index, named)) {
             return Ok((self.out.section_symbol(id), addend));
@@ -191,6 +218,12 @@ impl PayloadWriter {
         Ok((self.external(&name), addend))
     }
 
+    /// Where a reference by name to a function or object of an added file is.
+    fn added_target(&mut self, name: &str, addend: i64) -> Option<(SymbolId, i64)> {
+        let &(id, offset) = self.added_globals.get(name)?;
+        Some((self.out.section_symbol(id), addend.wrapping_add(offset as i64)))
+    }
+
     /// The named function or object a relocation reaches, and the addend
     /// relative to it (gas turns references to file-local objects into
     /// references to their section).
@@ -204,8 +237,7 @@ impl PayloadWriter {
                 Ok((f, (sym.value as i64).wrapping_add(r.addend).wrapping_sub(obj.symbols[f].value as i64)))
             }
             Some(ts) if sym.is_label() => {
-                let bias = if pc_relative(r.r_type) { 4 } else { 0 };
-                let at = (sym.value as i64).wrapping_add(r.addend).wrapping_add(bias);
+                let at = (sym.value as i64).wrapping_add(r.addend).wrapping_add(r.bias());
                 let named = u64::try_from(at).ok().and_then(|at| obj.named_at(ts, at)).ok_or_else(|| {
                     format!(
                         "{} refers to {}+{} outside any named object, and that data is not in the patch",

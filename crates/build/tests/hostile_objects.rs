@@ -60,6 +60,7 @@ fn request<'a>(baseline: &'a [u8], pairs: Vec<ObjectPair>, references: Vec<(Stri
         debug_file: None,
         references,
         pairs,
+        added: Vec::new(),
         touched: Default::default(),
         line_shifts: Default::default(),
         asm_changes: Vec::new(),

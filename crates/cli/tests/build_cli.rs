@@ -429,6 +429,28 @@ fn thread_local_variable_the_fix_adds_is_refused() {
     refused("tls-new-FAIL");
 }
 
+/// A fix that adds a source file: what the replaced code calls from it, its
+/// own data and its callback go into the patch; what nothing reaches stays out.
+#[test]
+fn fix_that_adds_a_source_file() {
+    let report = patch_case("new-file", "svc");
+    let notes = report["explain"]["notes"].to_string();
+    let taken = notes.split("extra.o is a file the fix adds; the patch takes ").nth(1).unwrap_or("");
+    let taken = taken.split('"').next().unwrap_or("");
+    for name in ["clamp_digits", "clamped_times", "hotpatch_post_apply"] {
+        assert!(taken.contains(name), "{name} not taken: {notes}");
+    }
+    assert!(!taken.contains("clamp_limit"), "nothing calls clamp_limit: {notes}");
+}
+
+/// A new file-local variable written by an instruction with an immediate
+/// after its PC-relative field (`addl $1, x(%rip)`): the field's addend is
+/// -5, not -4, and the write must reach the new variable in the payload.
+#[test]
+fn new_static_written_through_an_instruction_with_an_immediate() {
+    patch_case("new-static", "svc");
+}
+
 #[test]
 fn baseline_of_another_toolchain_is_refused() {
     // Shipped with -O1: the builder's -O2 build is not the same code.

@@ -77,6 +77,7 @@ pub fn build(args: BuildArgs, out: &Output) -> anyhow::Result<()> {
         debug_file: debug_file.as_deref(),
         references,
         pairs: objects.pairs,
+        added: objects::parse_added(&objects.added, &new_dir, &baseline_name)?,
         unchanged: &unchanged,
         touched: touched::functions_in(&diffs, &new_dir),
         line_shifts: touched::line_shifts(&diffs),

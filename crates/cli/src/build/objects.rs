@@ -3,7 +3,7 @@
 //! stand-in for symbols once its code is proven the same).
 
 use anyhow::Context;
-use hotpatch_build::{ObjectFile, ObjectPair};
+use hotpatch_build::{AddedObject, ObjectFile, ObjectPair};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -55,10 +55,12 @@ fn elf_type(path: &Path) -> Option<u16> {
 }
 
 /// The objects of the two trees: every object present in both that differs,
-/// parsed as a pair, and the paths of those that do not.
+/// parsed as a pair, the paths of those that do not, and the objects only
+/// the fixed tree has (source files the fix adds).
 pub struct Objects {
     pub pairs: Vec<ObjectPair>,
     pub unchanged: Vec<(String, PathBuf)>,
+    pub added: Vec<(String, PathBuf)>,
 }
 
 pub fn pairs(old: &Path, new: &Path) -> anyhow::Result<Objects> {
@@ -79,13 +81,12 @@ pub fn pairs(old: &Path, new: &Path) -> anyhow::Result<Objects> {
             new: ObjectFile::parse(rel, &new_bytes)?.with_signatures(&new_bytes),
         });
     }
-    if let Some(added) = new_objects.keys().find(|k| !old_objects.contains_key(*k)) {
-        tracing::warn!(object = %added, "an object only the fixed build has is not compared (a new source file)");
-    }
+    let added = new_objects.iter().filter(|(k, _)| !old_objects.contains_key(*k));
+    let added: Vec<(String, PathBuf)> = added.map(|(k, p)| (k.clone(), p.clone())).collect();
     if old_objects.is_empty() {
         anyhow::bail!("no relocatable objects (.o) under {}", old.display());
     }
-    Ok(Objects { pairs: out, unchanged })
+    Ok(Objects { pairs: out, unchanged, added })
 }
 
 /// The unchanged objects, parsed: what a stripped baseline's symbols may be
@@ -93,6 +94,61 @@ pub fn pairs(old: &Path, new: &Path) -> anyhow::Result<Objects> {
 /// not parse is left out: it only cannot help.
 pub fn parse_unchanged(unchanged: &[(String, PathBuf)]) -> Vec<ObjectFile> {
     unchanged.iter().filter_map(|(rel, path)| ObjectFile::parse(rel, &std::fs::read(path).ok()?).ok()).collect()
+}
+
+/// The objects only the fixed tree has, parsed, each with whether the fixed
+/// build linked it into a file named like the baseline: a linked file of
+/// that name whose symbol table defines every global function of the object.
+pub fn parse_added(
+    added: &[(String, PathBuf)],
+    new_root: &Path,
+    baseline_name: &str,
+) -> anyhow::Result<Vec<AddedObject>> {
+    let (_, linked) = elf_files(new_root)?;
+    let links: Vec<Vec<u8>> = linked
+        .iter()
+        .filter(|(rel, _)| same_file_name(rel, baseline_name))
+        .filter_map(|(_, path)| std::fs::read(path).ok())
+        .collect();
+    added
+        .iter()
+        .map(|(rel, path)| {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let object = ObjectFile::parse(rel, &bytes)?;
+            let in_baseline = linked_into(&object, &links);
+            Ok(AddedObject { object, in_baseline })
+        })
+        .collect()
+}
+
+/// `lib/.libs/libfoo.so.1.2.3` is named like `libfoo.so.1` and `libfoo.so`:
+/// the same up to a version suffix.
+fn same_file_name(rel: &str, baseline_name: &str) -> bool {
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    let stem = |n: &str| n.find(".so").map_or(n.to_string(), |i| n[..i + 3].to_string());
+    name == baseline_name || stem(name) == stem(baseline_name)
+}
+
+/// Whether one of `links` defines every global function of `object`;
+/// `None` when no link has a symbol table to tell by.
+fn linked_into(object: &ObjectFile, links: &[Vec<u8>]) -> Option<bool> {
+    use object::{Object, ObjectSymbol};
+    let wanted: Vec<&str> =
+        object.functions().map(|(f, _)| &object.symbols[f]).filter(|s| !s.local).map(|s| s.name.as_str()).collect();
+    let mut told = None;
+    for bytes in links {
+        let Ok(file) = object::File::parse(bytes.as_slice()) else { continue };
+        let defined: std::collections::BTreeSet<&str> =
+            file.symbols().filter(|s| s.is_definition()).filter_map(|s| s.name().ok()).collect();
+        if defined.is_empty() {
+            continue;
+        }
+        if wanted.iter().all(|w| defined.contains(w)) {
+            return Some(true);
+        }
+        told = Some(false);
+    }
+    told
 }
 
 /// Linked executables and libraries of the original build, with their bytes.
