@@ -21,8 +21,10 @@
  * The table lives in the patch region: its memory is an arena of the region,
  * then anonymous memory the runtime maps itself (up to 64 MiB), never the
  * process's malloc, so the functions may be called from any thread,
- * also where malloc's locks are held, but not from a signal handler that
- * interrupted a call of the same thread. A higher level adopts the table of
+ * also where malloc's locks are held. Called from a signal handler that
+ * interrupted a call of the same thread they answer NULL (do nothing)
+ * instead of waiting for themselves; in a child forked while another
+ * thread was inside one, the first call takes the table over. A higher level adopts the table of
  * the level it replaces: state added by level n is found by level n+1. A
  * rollback drops the table (a later apply starts empty).
  *

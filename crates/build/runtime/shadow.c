@@ -72,11 +72,48 @@ static void cpu_relax(unsigned spins)
 	}
 }
 
-static void lock(struct root *r)
+static long syscall3(long nr, long a, long b, long c)
 {
+	long ret;
+	__asm__ volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
+	return ret;
+}
+
+static uint32_t this_thread(void)
+{
+	return (uint32_t)syscall3(186 /* gettid */, 0, 0, 0);
+}
+
+/* Whether `tid` is no thread of this process: after fork() the child has
+ * only the forking thread, and a lock another thread held at that moment
+ * names a thread of the parent. */
+static int no_such_thread(uint32_t tid)
+{
+	long pid = syscall3(39 /* getpid */, 0, 0, 0);
+	return syscall3(234 /* tgkill */, pid, tid, 0) == -3 /* ESRCH */;
+}
+
+/* Takes r's lock, which holds its holder's thread id. 0 when it cannot be
+ * taken without deadlock: this very thread holds it (a signal handler that
+ * interrupted a call of the API). A lock whose holder is no thread of this
+ * process (a child forked while a parent's thread held it) is taken over:
+ * every change of the table is published by one store, so what the holder
+ * left half done is at worst memory not reused. */
+static int lock(struct root *r)
+{
+	uint32_t me = this_thread();
 	unsigned spins = 0;
-	while (__atomic_exchange_n(&r->lock, 1, __ATOMIC_ACQUIRE))
+	for (;;) {
+		uint32_t holder = 0;
+		if (__atomic_compare_exchange_n(&r->lock, &holder, me, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+			return 1;
+		if (holder == me)
+			return 0;
+		if (spins % 1024 == 1023 && no_such_thread(holder) &&
+		    __atomic_compare_exchange_n(&r->lock, &holder, me, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+			return 1;
 		cpu_relax(spins++);
+	}
 }
 
 static void unlock(struct root *r)
@@ -96,9 +133,8 @@ static void adopt(struct root *r)
 {
 	struct root *prev = (struct root *)(uintptr_t)r->activation;
 	r->activation = 1;
-	if (!valid(prev) || prev == r)
+	if (!valid(prev) || prev == r || !lock(prev))
 		return;
-	lock(prev);
 	if (prev->forward == 0 && prev->activation != 0) {
 		if (prev->activation != 1)
 			adopt(prev);
@@ -115,12 +151,14 @@ static void adopt(struct root *r)
 	unlock(prev);
 }
 
-/* The live table, locked; NULL before the hotpatch is live. */
+/* The live table, locked; NULL before the hotpatch is live, or when this
+ * thread already holds it (re-entered from a signal handler). */
 static struct root *enter(void)
 {
 	struct root *r = &hotpatch_shadow_root;
 	for (;;) {
-		lock(r);
+		if (!lock(r))
+			return 0;
 		struct root *next = r->forward;
 		if (next == 0)
 			break;
