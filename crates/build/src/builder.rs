@@ -609,12 +609,7 @@ fn refuse_signature_changes(
     for &i in selections.keys() {
         let pair = &req.pairs[i];
         for f in diffs[i].functions.iter().filter(|f| f.verdict == Verdict::Changed) {
-            let (Some(old), Some(new)) = (pair.old.signatures.get(&f.name), pair.new.signatures.get(&f.name)) else {
-                continue;
-            };
-            if old == new {
-                continue;
-            }
+            let Some((old, new)) = signature_change(pair, f) else { continue };
             if let Some(why) = old_style_caller(baseline, req, in_baseline, selections, i, f) {
                 return Err(DiffBuildError::NeedsBaseline(format!(
                     "the signature of {} in {} changed ({old} became {new}) and {why}",
@@ -624,6 +619,32 @@ fn refuse_signature_changes(
         }
     }
     Ok(())
+}
+
+/// The old and new signature of a changed function, if it changed: from
+/// DWARF where both builds have it, else from the argument registers the
+/// code reads before writing them (a build without `-g`): only a register
+/// the new code reads and the old did not counts, as a parameter added.
+fn signature_change(pair: &ObjectPair, f: &crate::diff::FunctionDiff) -> Option<(String, String)> {
+    if let (Some(old), Some(new)) = (pair.old.signatures.get(&f.name), pair.new.signatures.get(&f.name)) {
+        return (old != new).then(|| (old.to_string(), new.to_string()));
+    }
+    // No DWARF: what the code says, marked as such in the message.
+    let reads = |obj: &ObjectFile, sym: usize| -> Option<u16> {
+        let s = &obj.symbols[sym];
+        let data = &obj.sections[s.section?].data;
+        let code = data.get(s.value as usize..(s.value.checked_add(s.size)? as usize).min(data.len()))?;
+        Some(crate::argregs::read_at_entry(code))
+    };
+    let (old, new) = (reads(&pair.old, f.old_sym?)?, reads(&pair.new, f.new_sym)?);
+    if new & !old == 0 {
+        return None;
+    }
+    let show = |bits: u16| match crate::argregs::names(bits) {
+        names if names.is_empty() => "reads no argument register".to_string(),
+        names => format!("reads {}", names.join(" ")),
+    };
+    Some((show(old), format!("{} (no debug information: judged from the code)", show(new))))
 }
 
 /// Why some code left running would still call `f` the old way, if any.

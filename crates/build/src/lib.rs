@@ -8,6 +8,7 @@
 //! takes a hand-written replacement object instead.
 
 pub mod added;
+pub mod argregs;
 pub mod baseline;
 mod builder;
 pub mod diff;

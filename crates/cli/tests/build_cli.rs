@@ -451,6 +451,24 @@ fn new_static_written_through_an_instruction_with_an_immediate() {
     patch_case("new-static", "svc");
 }
 
+/// Without `-g` (no DWARF in either build) the added parameter of the
+/// export is seen from the code: the new code reads an argument register
+/// the original never read.
+#[test]
+fn changed_signature_without_debug_information_is_refused() {
+    let shipped = Shipped::build("-O2");
+    let mut cmd = Command::new(HOTPATCH);
+    cmd.args(["--json", "build", "--source"]).arg(fixtures().join("svc"));
+    cmd.arg("--patch").arg(fixtures().join("patches/signature-FAIL.patch"));
+    cmd.args(["--command", "make CFLAGS=-O2", "--baseline"]).arg(shipped.path("installed/libsvc.so"));
+    cmd.args(["--level", "1", "--classification", "security", "--key"]).arg(shipped.path("keys/publisher.key"));
+    let out = run(cmd.arg("-o").arg(shipped.path("nodebug.hpatch")));
+    let said = said(&out);
+    assert!(!out.status.success(), "built: {said}");
+    assert!(said.contains("the signature of lib_parse in lib.o changed (reads %rdi became reads %rdi %rsi"), "{said}");
+    assert!(said.contains("no debug information") && said.contains("exported"), "{said}");
+}
+
 #[test]
 fn baseline_of_another_toolchain_is_refused() {
     // Shipped with -O1: the builder's -O2 build is not the same code.
