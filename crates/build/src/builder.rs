@@ -154,11 +154,13 @@ pub fn build_from_objects(req: &DiffBuildRequest<'_>) -> Result<DiffBuildOutput,
     let mut binder = BaselineBinder { baseline: &baseline };
     for &i in selections.keys() {
         writer.add_relocations(i, &req.pairs[i].new, &mut binder).map_err(DiffBuildError::Payload)?;
+        writer.add_unwind(i, &req.pairs[i].new, &mut binder);
         functions.extend(sites(&baseline, req, i, &diffs[i], &selections[&i], &mut explain)?);
     }
     for &k in added.keys() {
         let obj = &req.added[k].object;
         writer.add_relocations(added_index(k), obj, &mut binder).map_err(DiffBuildError::Payload)?;
+        writer.add_unwind(added_index(k), obj, &mut binder);
     }
     report_functions(req, &diffs, &in_baseline, &selections, &mut explain);
     if functions.is_empty() {

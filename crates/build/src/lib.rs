@@ -23,6 +23,7 @@ pub mod runpre;
 pub mod runtime;
 mod selection;
 pub mod signature;
+mod unwind;
 
 pub use added::AddedObject;
 pub use builder::{AsmChange, DiffBuildError, DiffBuildOutput, DiffBuildRequest, ObjectPair, build_from_objects};

@@ -53,7 +53,10 @@ pub enum SectionClass {
     /// `.init_array`, `.ctors` and the like: run only at start.
     Constructors,
     Tls,
-    /// Everything else (notes, debug info, `.eh_frame`, `.comment`, ...).
+    /// `.eh_frame`: the functions' unwind tables (read only to copy the
+    /// chosen functions' records into the payload).
+    Unwind,
+    /// Everything else (notes, debug info, `.comment`, ...).
     Other,
 }
 
@@ -240,7 +243,10 @@ pub fn is_tls(r_type: u32) -> bool {
 fn classify(name: &str, kind: object::SectionKind, sh_flags: u64, entsize: u64) -> SectionClass {
     use object::elf::{SHF_ALLOC, SHF_EXECINSTR, SHF_MERGE, SHF_STRINGS, SHF_TLS, SHF_WRITE};
     let flags = sh_flags as u32;
-    if flags & SHF_ALLOC == 0 || name == ".eh_frame" || name.starts_with(".note") {
+    if name == ".eh_frame" && flags & SHF_ALLOC != 0 {
+        return SectionClass::Unwind;
+    }
+    if flags & SHF_ALLOC == 0 || name.starts_with(".note") {
         return SectionClass::Other;
     }
     if flags & SHF_TLS != 0 {

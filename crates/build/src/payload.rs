@@ -44,6 +44,10 @@ pub struct PayloadWriter {
     /// defined by a source file the fix adds: other files' references of
     /// that name reach it in the payload.
     added_globals: HashMap<String, (SectionId, u64)>,
+    /// The payload's `.eh_frame`: the copied functions' records, and their
+    /// relocations (offset, symbol, addend, type).
+    unwind: Vec<u8>,
+    unwind_relocs: Vec<(u64, SymbolId, i64, u32)>,
     /// Payload name → baseline address, for the manifest.
     pub bound: BTreeMap<String, u64>,
 }
@@ -56,6 +60,8 @@ impl Default for PayloadWriter {
             copied_objects: HashMap::new(),
             externs: HashMap::new(),
             added_globals: HashMap::new(),
+            unwind: Vec::new(),
+            unwind_relocs: Vec::new(),
             bound: BTreeMap::new(),
         }
     }
@@ -218,6 +224,37 @@ impl PayloadWriter {
         Ok((self.external(&name), addend))
     }
 
+    /// Appends the unwind records of the functions copied from object
+    /// `index`. Where one of their references cannot be bound, the object's
+    /// functions go without (the engine then scans a stack inside them
+    /// conservatively): unwind data never fails a build.
+    pub fn add_unwind(&mut self, index: usize, obj: &ObjectFile, binder: &mut dyn Binder) {
+        let Some(sec) = obj.sections.iter().position(|s| s.class == SectionClass::Unwind) else { return };
+        let section = &obj.sections[sec];
+        let copied_code = |r: &crate::objfile::Reloc| {
+            obj.symbols[r.symbol].section.is_some_and(|ts| {
+                obj.sections[ts].class == SectionClass::Text && self.copied.contains_key(&(index, ts))
+            })
+        };
+        let Some(table) = crate::unwind::cut(&section.data, &section.relocs, copied_code) else {
+            tracing::debug!(object = %obj.path, "its .eh_frame is not one the builder can cut: no unwind records");
+            return;
+        };
+        let mut relocs = Vec::new();
+        for (offset, r) in &table.relocs {
+            match self.target(index, obj, sec, r, binder) {
+                Ok((symbol, addend)) => relocs.push((*offset, symbol, addend, r.r_type)),
+                Err(why) => {
+                    tracing::debug!(object = %obj.path, %why, "unwind records left out");
+                    return;
+                }
+            }
+        }
+        let base = self.unwind.len() as u64;
+        self.unwind.extend_from_slice(&table.bytes);
+        self.unwind_relocs.extend(relocs.into_iter().map(|(o, sym, a, t)| (base + o, sym, a, t)));
+    }
+
     /// Where a reference by name to a function or object of an added file is.
     fn added_target(&mut self, name: &str, addend: i64) -> Option<(SymbolId, i64)> {
         let &(id, offset) = self.added_globals.get(name)?;
@@ -269,7 +306,16 @@ impl PayloadWriter {
         id
     }
 
-    pub fn finish(self) -> Result<(Vec<u8>, BTreeMap<String, u64>), String> {
+    pub fn finish(mut self) -> Result<(Vec<u8>, BTreeMap<String, u64>), String> {
+        if !self.unwind.is_empty() {
+            let segment = self.out.segment_name(StandardSegment::Data).to_vec();
+            let id = self.out.add_section(segment, b".eh_frame".to_vec(), SectionKind::ReadOnlyData);
+            self.out.set_section_data(id, std::mem::take(&mut self.unwind), 8);
+            for (offset, symbol, addend, r_type) in std::mem::take(&mut self.unwind_relocs) {
+                let flags = RelocationFlags::Elf { r_type };
+                self.out.add_relocation(id, Relocation { offset, symbol, addend, flags }).map_err(|e| e.to_string())?;
+            }
+        }
         let bytes = self.out.write().map_err(|e| e.to_string())?;
         Ok((bytes, self.bound))
     }

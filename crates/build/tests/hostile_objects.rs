@@ -119,3 +119,28 @@ fn a_real_object_reads_as_functions_and_data() {
     sites.sort();
     assert_eq!(sites, ["copy", "pick"]);
 }
+
+/// The payload carries the unwind records of exactly the functions it holds,
+/// each bound to its copy: the engine can unwind a thread stopped inside them.
+#[test]
+fn the_payload_carries_the_replaced_functions_unwind_records() {
+    use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
+    let (object, library, fixed) = inputs();
+    let old = ObjectFile::parse("x.o", object).unwrap();
+    let new = ObjectFile::parse("x.o", fixed).unwrap();
+    let references = vec![("libx.so".to_owned(), library.clone())];
+    let built = build_from_objects(&request(library, vec![ObjectPair { old, new }], references)).unwrap();
+    let payload = object::File::parse(built.payload.as_slice()).unwrap();
+    let eh = payload.section_by_name(".eh_frame").expect("an .eh_frame in the payload");
+    let mut covered: Vec<String> = eh
+        .relocations()
+        .filter_map(|(_, r)| match r.target() {
+            RelocationTarget::Symbol(i) => payload.symbol_by_index(i).ok(),
+            _ => None,
+        })
+        .filter_map(|s| s.section_index())
+        .filter_map(|i| payload.section_by_index(i).ok()?.name().ok().map(str::to_owned))
+        .collect();
+    covered.sort();
+    assert_eq!(covered, [".text.copy", ".text.pick"], "one FDE per replaced function, none for name()");
+}
