@@ -10,7 +10,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
-pub mod coverage;
+pub mod domain;
 pub mod db;
 pub mod error;
 pub mod limits;

@@ -14,7 +14,7 @@ use hotpatch_release::{
 };
 
 use crate::api::catalog::{Baseline, Hotpatch};
-use crate::coverage::date_of;
+use crate::domain::coverage::date_of;
 
 /// What an organisation's catalog and subscription say at one moment.
 pub struct OfferContext<'a> {

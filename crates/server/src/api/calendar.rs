@@ -13,7 +13,7 @@ use super::catalog::baselines;
 use super::json::ApiJson;
 use crate::audit;
 use crate::auth::{Role, User};
-use crate::coverage::date_of;
+use crate::domain::coverage::date_of;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::util::now;

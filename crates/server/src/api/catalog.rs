@@ -350,7 +350,7 @@ pub async fn list_baselines(State(st): State<AppState>, user: User) -> ApiResult
     let json: Vec<Value> = list
         .iter()
         .map(|b| {
-            let covered = crate::coverage::covered_until(b, &list, now, &calendar);
+            let covered = crate::domain::coverage::covered_until(b, &list, now, &calendar);
             json!({
                 "id": b.id, "name": b.name, "product": b.product, "released": rfc3339(b.released),
                 "planned": b.planned, "reason": b.reason,

@@ -603,7 +603,7 @@ pub async fn get_deployment(State(st): State<AppState>, user: User, Path(id): Pa
 async fn full_json(st: &AppState, org_id: &str, d: &Deployment) -> ApiResult<Value> {
     let (c, r) = progress(st, org_id, d).await?;
     let mut v = deployment_json(d, &c, &r);
-    let exceeded = super::exceeded::left_by_window(st, org_id, d, now()).await?;
+    let exceeded = crate::domain::exceeded::left_by_window(st, org_id, d, now()).await?;
     v["window_exceeded"] = exceeded.map_or(Value::Null, |e| e.to_json());
     Ok(v)
 }

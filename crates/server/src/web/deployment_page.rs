@@ -88,7 +88,7 @@ pub fn explain(d: &Deployment, canary: &RingProgress, rest: &RingProgress, t: i6
 }
 
 /// What a closed window left, for people.
-fn exceeded_sentence(e: &crate::api::exceeded::Exceeded) -> String {
+fn exceeded_sentence(e: &crate::domain::exceeded::Exceeded) -> String {
     format!(
         "Window exceeded: maintenance window {} ended at {} with {} machine{} not done; no new work is offered \
          until it opens again{}, and then they continue.",
@@ -212,7 +212,7 @@ pub async fn deployment_page(State(st): State<AppState>, u: UiUser, Path(id): Pa
         esc(if d.state_reason.is_empty() { "since creation" } else { &d.state_reason })
     ));
     page.raw(&format!("<p id=\"why\" class=\"why\">{}</p>", esc(&explain(&d, &canary, &rest, t, entitled))));
-    let exceeded = crate::api::exceeded::left_by_window(&st, &u.0.org_id, &d, t).await?;
+    let exceeded = crate::domain::exceeded::left_by_window(&st, &u.0.org_id, &d, t).await?;
     if let Some(e) = &exceeded {
         page.raw(&format!("<p id=\"window-exceeded\" class=\"why\">{}</p>", esc(&exceeded_sentence(e))));
     }

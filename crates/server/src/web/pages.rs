@@ -13,7 +13,7 @@ use crate::api::compliance::{cves_of, rows};
 use crate::api::deploy::{deployments, progress};
 use crate::api::queries::saved_queries;
 use crate::auth::Role;
-use crate::coverage::covered_until;
+use crate::domain::coverage::covered_until;
 use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::util::{now, rfc3339};
