@@ -13,7 +13,7 @@ use hotpatch_release::{
     PatchId, ProductCatalog, ProductName, RunningBaseline, decide,
 };
 
-use crate::api::catalog::{Baseline, Hotpatch};
+use crate::domain::catalog::{Baseline, Hotpatch};
 use crate::domain::coverage::date_of;
 
 /// What an organisation's catalog and subscription say at one moment.

@@ -3,5 +3,15 @@
 //! these modules call only the store (`db`, `audit`) and the pure crates, so the
 //! arrows run one way: http -> domain -> store.
 
+pub mod calendar;
+pub mod catalog;
+pub mod compliance;
 pub mod coverage;
+pub mod credentials;
+pub mod entitlement;
 pub mod exceeded;
+pub mod metering;
+pub mod names;
+pub mod rollout;
+pub mod signed_documents;
+pub mod targeting;

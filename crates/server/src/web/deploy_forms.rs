@@ -66,7 +66,7 @@ async fn choices(st: &AppState, org_id: &str) -> ApiResult<(Vec<(String, String)
         windows.push((name.clone(), name));
     }
     let mut queries = vec![(String::new(), "none (scope by tags)".to_string())];
-    for q in crate::api::queries::saved_queries(st, org_id).await? {
+    for q in crate::domain::targeting::saved_queries(st, org_id).await? {
         queries.push((q.name.clone(), format!("{}: {}", q.name, q.query)));
     }
     Ok((windows, queries))
@@ -192,11 +192,11 @@ async fn reached(st: &AppState, org_id: &str, f: &DeployFields) -> ApiResult<Vec
                 .fetch_optional(&st.db.pool)
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("no saved query {name:?}")))?;
-            Some(crate::api::queries::parse_query(&sqlx::Row::try_get::<String, _>(&row, 0)?)?)
+            Some(crate::domain::targeting::parse_query(&sqlx::Row::try_get::<String, _>(&row, 0)?)?)
         }
     };
     let with_targets = query.as_ref().is_some_and(|q| q.uses(hotpatch_query::Field::Target));
-    let fleet = crate::api::queries::fleet_facts(st, org_id, with_targets).await?;
+    let fleet = crate::domain::targeting::fleet_facts(st, org_id, with_targets).await?;
     Ok(fleet
         .iter()
         .filter(|m| {

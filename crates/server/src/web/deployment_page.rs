@@ -7,7 +7,7 @@ use sqlx::Row;
 
 use super::html::{Form, Page, esc, link, status};
 use super::session::UiUser;
-use crate::api::deploy::{Deployment, Kind, RingProgress, deployments, progress};
+use crate::domain::rollout::{Deployment, Kind, RingProgress, deployments, progress};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::util::{now, rfc3339};
@@ -204,7 +204,7 @@ pub async fn deployment_page(State(st): State<AppState>, u: UiUser, Path(id): Pa
         .ok_or_else(|| ApiError::NotFound(format!("no deployment {id:?} in this organisation")))?;
     let (canary, rest) = progress(&st, &u.0.org_id, &d).await?;
     let t = now();
-    let entitled = crate::api::checkin::entitled(&st, &u.0.org_id, t).await?;
+    let entitled = crate::domain::entitlement::entitled(&st, &u.0.org_id, t).await?;
     let mut page = Page::new();
     page.raw(&format!(
         "<p id=\"state\">State: {} <span class=\"reason\">({})</span></p>",

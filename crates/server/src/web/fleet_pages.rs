@@ -14,7 +14,7 @@ use sqlx::Row;
 use super::html::{Page, esc, link, status};
 use super::session::UiUser;
 use super::work_sql::{ACTION_RANK, Binds, KeySets, condition, flags_per_machine};
-use crate::api::compliance::{ComplianceRow, Judge, Status, rows_for};
+use crate::domain::compliance::{ComplianceRow, Judge, Status, rows_for};
 use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::util::now;
@@ -290,7 +290,7 @@ pub async fn machines_page(
     u: UiUser,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Html<String>> {
-    let entitled = crate::api::checkin::entitled(&st, &u.0.org_id, now()).await?;
+    let entitled = crate::domain::entitlement::entitled(&st, &u.0.org_id, now()).await?;
     let (shown, total) = listing(&st, &u.0.org_id, &q, entitled).await?;
     let table: Vec<Vec<String>> = shown
         .iter()

@@ -7,13 +7,14 @@ use serde_json::Value;
 
 use super::html::{Page, esc, link, status};
 use super::session::UiUser;
-use crate::api::billing::{format_cents, invoices, subscription};
-use crate::api::catalog::{baselines, hotpatches};
-use crate::api::compliance::{cves_of, rows};
-use crate::api::deploy::{deployments, progress};
-use crate::api::queries::saved_queries;
 use crate::auth::Role;
+use crate::domain::catalog::{baselines, hotpatches};
+use crate::domain::compliance::{cves_of, rows};
 use crate::domain::coverage::covered_until;
+use crate::domain::entitlement::subscription;
+use crate::domain::metering::{format_cents, invoices};
+use crate::domain::rollout::{deployments, progress};
+use crate::domain::targeting::saved_queries;
 use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::util::{now, rfc3339};
@@ -80,7 +81,7 @@ pub async fn catalog_page(
     page.h(2, "Baselines");
     let all = baselines(&st, &u.0.org_id).await?;
     let t = now();
-    let calendar = crate::api::calendar::org_calendar(&st, &u.0.org_id).await?;
+    let calendar = crate::domain::calendar::org_calendar(&st, &u.0.org_id).await?;
     let b: Vec<Vec<String>> = all
         .iter()
         .map(|b| {
@@ -102,7 +103,7 @@ pub async fn catalog_page(
     }
     let year = jiff::Zoned::now().year();
     page.h(2, &format!("Release calendar {year}"));
-    let cal = crate::api::calendar::calendar_year(&st, &u.0.org_id, year).await?;
+    let cal = crate::domain::calendar::calendar_year(&st, &u.0.org_id, year).await?;
     let months: Vec<Vec<String>> = cal["months"]
         .as_array()
         .map(|m| {
@@ -137,10 +138,10 @@ fn bar(done: i64, total: i64) -> String {
 pub async fn deployments_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
     let mut table = Vec::new();
     let t = now();
-    let entitled = crate::api::checkin::entitled(&st, &u.0.org_id, t).await?;
+    let entitled = crate::domain::entitlement::entitled(&st, &u.0.org_id, t).await?;
     for d in deployments(&st, &u.0.org_id, false).await? {
         let (c, r) = progress(&st, &u.0.org_id, &d).await?;
-        let ring = |p: &crate::api::deploy::RingProgress| {
+        let ring = |p: &crate::domain::rollout::RingProgress| {
             format!(
                 "{}{}{}",
                 bar(p.applied, p.machines),
@@ -201,7 +202,7 @@ const COMPLIANCE_ROWS_SHOWN: usize = 1000;
 /// Machines listed under each CVE.
 const CVE_MACHINES_SHOWN: usize = 50;
 
-fn cve_table(all: &[crate::api::compliance::ComplianceRow]) -> Vec<Vec<String>> {
+fn cve_table(all: &[crate::domain::compliance::ComplianceRow]) -> Vec<Vec<String>> {
     cves_of(all)
         .iter()
         .map(|c| {
@@ -254,7 +255,7 @@ pub async fn compliance_page(State(st): State<AppState>, u: UiUser) -> ApiResult
 pub async fn billing_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
     let mut page = Page::new();
     let sub = subscription(&st, &u.0.org_id).await?;
-    let entitled = crate::api::checkin::entitled(&st, &u.0.org_id, now()).await?;
+    let entitled = crate::domain::entitlement::entitled(&st, &u.0.org_id, now()).await?;
     page.table(
         "subscription",
         &["subscribed since", "until", "trial until", "price per core per month", "hotpatches"],

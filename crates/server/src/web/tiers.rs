@@ -13,7 +13,7 @@ use super::fleet_forms::Nothing;
 use super::form::{UiForm, done, failed, number, optional};
 use super::html::{Form, Page, esc};
 use super::session::UiUser;
-use crate::api::catalog::hotpatches;
+use crate::domain::catalog::hotpatches;
 use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::tiers::Gate;
@@ -76,7 +76,7 @@ fn pin_form(u: &UiUser, f: &PinFields) -> String {
         .finish()
 }
 
-fn hotpatch_rows(u: &UiUser, gate: &Gate, list: &[crate::api::catalog::Hotpatch]) -> Vec<Vec<String>> {
+fn hotpatch_rows(u: &UiUser, gate: &Gate, list: &[crate::domain::catalog::Hotpatch]) -> Vec<Vec<String>> {
     list.iter()
         .map(|h| {
             let reached = gate.reached(&h.patch_id).map_or("none".to_string(), |t| t.name.clone());
