@@ -13,8 +13,14 @@ const API_PLUMBING: [&str; 2] = ["json", "access"];
 const DOMAIN_FILES_OUTSIDE: [&str; 4] = ["tiers/mod.rs", "tiers/change.rs", "offer.rs", "windows.rs"];
 
 /// What a domain module must never name.
-const HTTP_PATHS: [&str; 6] =
-    ["crate::api", "crate::web", "super::super::api", "super::super::web", "hotpatch_server::api", "hotpatch_server::web"];
+const HTTP_PATHS: [&str; 6] = [
+    "crate::api",
+    "crate::web",
+    "super::super::api",
+    "super::super::web",
+    "hotpatch_server::api",
+    "hotpatch_server::web",
+];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
