@@ -1,4 +1,5 @@
-//! HTML building: escaping and the page layout shared by every view.
+//! The string-built pages' helpers, kept only for the pages not yet rendered
+//! with maud (`view`): escaping by hand, and the body put into `view::page`'s frame.
 
 use std::fmt::Write;
 
@@ -17,20 +18,6 @@ pub fn esc(text: &str) -> String {
     }
     out
 }
-
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1d2330}\
-header{background:#1d2330;color:#fff;padding:.6em 1em;display:flex;gap:1.2em;align-items:center;flex-wrap:wrap}\
-header a{color:#cfe0ff;text-decoration:none}header .who{margin-left:auto;font-size:.9em}\
-main{padding:1em 1.5em}table{border-collapse:collapse;margin:.5em 0 1.5em}\
-th,td{border:1px solid #d5d9e0;padding:.3em .6em;text-align:left;font-size:.92em}th{background:#f1f3f6}\
-.cards{display:flex;gap:1em;flex-wrap:wrap}.card{border:1px solid #d5d9e0;border-radius:6px;padding:.8em 1.2em;min-width:9em}\
-.card .n{font-size:2em;font-weight:600}.s-applied,.s-fixed,.s-nothing-to-apply{color:#176c2c}\
-.s-pending,.s-unknown{color:#8a6100}.s-needs-restart{color:#9a3c00}.s-apply-failed,.s-check-failed,.s-halted{color:#b00020;font-weight:600}\
-code{font-size:.85em}form.act{border:1px solid #d5d9e0;border-radius:6px;padding:.6em 1em;margin:.5em 0 1.2em;max-width:52em}\
-form.act label{display:block;margin:.35em 0}form.inline{display:inline;margin-right:.4em}\
-.error{background:#fde8eb;border:1px solid #b00020;color:#b00020;padding:.5em 1em;border-radius:4px}\
-.notice{background:#e6f4ea;border:1px solid #176c2c;padding:.5em 1em;border-radius:4px}.why{font-style:italic}\
-.card a{color:inherit;text-decoration:none}.s-not-covered{color:#5b6270}.s-paused,.s-cancelled{color:#5b6270}.bar{background:#e4e7ec;width:12em;height:.8em;display:inline-block}.bar i{background:#2f7d4a;height:100%;display:block}";
 
 pub struct Page {
     body: String,
@@ -77,26 +64,9 @@ impl Page {
         self
     }
 
+    /// The page in the shared frame; the body was built from escaped parts.
     pub fn render(&self, title: &str, who: Option<(&str, &str)>) -> String {
-        let nav = match who {
-            Some((user, role)) => format!(
-                "<a href=\"/ui/\">Overview</a><a href=\"/ui/machines\">Machines</a><a href=\"/ui/catalog\">Catalog</a>\
-                 <a href=\"/ui/deployments\">Deployments</a><a href=\"/ui/tiers\">Tiers</a><a href=\"/ui/compliance\">Compliance</a>\
-                 <a href=\"/ui/keys\">Keys</a><a href=\"/ui/billing\">Billing</a><a href=\"/ui/audit\">Audit log</a>\
-                 <span class=\"who\">{} ({}) · <a href=\"/ui/logout\">sign out</a></span>",
-                esc(user),
-                esc(role)
-            ),
-            None => String::new(),
-        };
-        format!(
-            "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · hotpatch</title>\
-             <meta name=\"viewport\" content=\"width=device-width\"><style>{STYLE}</style></head>\
-             <body><header><strong>hotpatch</strong>{nav}</header><main><h1>{}</h1>{}</main></body></html>",
-            esc(title),
-            esc(title),
-            self.body
-        )
+        super::view::page(title, who, maud::PreEscaped(self.body.clone()))
     }
 }
 

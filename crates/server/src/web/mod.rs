@@ -20,6 +20,7 @@ pub mod pages;
 pub mod schedule_forms;
 pub mod session;
 pub mod tiers;
+pub mod view;
 pub mod work_sql;
 
 use axum::Router;
