@@ -75,7 +75,7 @@ fn operator_forms(u: &UiUser, id: &str, m: &Value) -> String {
         .as_array()
         .map(|t| t.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
-    let mut html = super::fleet_forms::tags_form(u, id, &tags.join(", "));
+    let mut html = super::fleet_forms::tags_form(u, id, &tags.join(", ")).into_string();
     if m["revoked"] != Value::Bool(true) {
         html.push_str(&Form::button("revoke", &format!("/ui/machines/{id}/revoke"), &u.1, "Revoke this machine"));
     }
@@ -101,7 +101,7 @@ pub async fn machine_page(State(st): State<AppState>, u: UiUser, Path(id): Path<
             .map(|k| esc(&text(&m[*k])))
             .collect()],
     );
-    page.raw(&super::tiers::machine_tier_section(&st, &u, &id, &m).await?);
+    page.raw(&super::tiers::machine_tier_section(&st, &u, &id, &m).await?.into_string());
     page.raw(&operator_forms(&u, &id, &m));
     page.h(2, "To do");
     let todo: Vec<String> = comp
