@@ -117,3 +117,20 @@ fn every_form_of_a_sibling_import_is_seen_and_comments_are_not() {
     assert!(HTTP_PATHS.iter().any(|p| code_of("use crate::api::deploy::Kind;").contains(p)));
     assert!(!HTTP_PATHS.iter().any(|p| code_of("/// unlike [`crate::api::deploy`]").contains(p)));
 }
+
+#[test]
+fn web_pages_write_no_markup_by_hand() {
+    let files = rust_files(&src().join("web"));
+    assert!(files.len() >= 10, "the web/ modules were not found under {}", src().display());
+    let mut found = Vec::new();
+    for f in files.iter().filter(|f| stem(f) != "view") {
+        let code = code_of(&std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{}: {e}", f.display())));
+        // `PreEscaped` writes a value unescaped; `format!("<` builds markup outside a template.
+        for needle in ["PreEscaped", "format!(\"<", "push_str(\"<"] {
+            if code.contains(needle) {
+                found.push(format!("web/{}.rs uses {needle}", stem(f)));
+            }
+        }
+    }
+    assert!(found.is_empty(), "pages are maud templates (view.rs); markup by hand:\n{}", found.join("\n"));
+}

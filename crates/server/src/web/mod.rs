@@ -12,7 +12,6 @@ pub mod deployment_page;
 pub mod fleet_forms;
 pub mod fleet_pages;
 pub mod form;
-pub mod html;
 pub mod keys;
 pub mod machine_page;
 pub mod overview;
