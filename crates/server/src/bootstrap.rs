@@ -25,8 +25,8 @@ pub async fn org_count(db: &Db) -> ApiResult<i64> {
 /// `trial_until` starts the organisation's free trial.
 pub async fn create_admin(db: &Db, org: &str, user: &str, trial_until: Option<i64>) -> ApiResult<CreatedAdmin> {
     use sqlx::Row;
-    crate::api::access::check_name("organisation", org)?;
-    crate::api::access::check_name("user", user)?;
+    crate::domain::names::check_name("organisation", org)?;
+    crate::domain::names::check_name("user", user)?;
     let mut tx = db.begin().await?;
     let existing = sqlx::query("SELECT id FROM orgs WHERE name = $1").bind(org).fetch_optional(&mut *tx).await?;
     let org_id = match existing {
@@ -45,7 +45,7 @@ pub async fn create_admin(db: &Db, org: &str, user: &str, trial_until: Option<i6
             )
             .bind(&id)
             .bind(trial_until)
-            .bind(crate::api::billing::DEFAULT_PRICE_CENTS)
+            .bind(crate::domain::entitlement::DEFAULT_PRICE_CENTS)
             .bind(now())
             .execute(&mut *tx)
             .await?;

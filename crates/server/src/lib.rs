@@ -10,9 +10,11 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
-pub mod coverage;
 pub mod db;
+pub mod domain;
 pub mod error;
+#[cfg(test)]
+mod layering;
 pub mod limits;
 pub mod metrics;
 pub mod monitoring;

@@ -13,8 +13,8 @@ use hotpatch_release::{
     PatchId, ProductCatalog, ProductName, RunningBaseline, decide,
 };
 
-use crate::api::catalog::{Baseline, Hotpatch};
-use crate::coverage::date_of;
+use crate::domain::catalog::{Baseline, Hotpatch};
+use crate::domain::coverage::date_of;
 
 /// What an organisation's catalog and subscription say at one moment.
 pub struct OfferContext<'a> {

@@ -627,7 +627,7 @@ fn closed_invoices_are_stored_as_issued() {
         let this_month = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC).date().first_of_month();
         let last_month = this_month.checked_sub(jiff::Span::new().months(1)).expect("date");
         let (first, days) =
-            hotpatch_server::api::billing::month_days(&last_month.strftime("%Y-%m").to_string()).expect("month");
+            hotpatch_server::domain::metering::month_days(&last_month.strftime("%Y-%m").to_string()).expect("month");
         // The organisation, its subscription and 4 cores on 3 days, all last month.
         s.sql(&format!("UPDATE orgs SET created = {} WHERE id = '{org}'", first * 86_400));
         s.sql(&format!(

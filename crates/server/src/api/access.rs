@@ -10,61 +10,11 @@ use sqlx::Row;
 use super::json::ApiJson;
 use crate::audit;
 use crate::auth::{Role, User};
+// Re-exported: the name rules were reached here before they moved to the domain.
+pub use crate::domain::names::{Named, check_name, ensure_name_free};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::util::{new_id, now, rfc3339};
-
-/// Names of organisations, users, windows...: short, printable, no surprises in
-/// URLs, CSV or HTML.
-pub fn check_name(what: &str, name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "{what} name {name:?} must be 1-64 characters of letters, digits, '-', '_', '.', '@'"
-        )))
-    }
-}
-
-/// Tables whose rows have a name unique within an organisation.
-#[derive(Debug, Clone, Copy)]
-pub enum Named {
-    User,
-    Baseline,
-    MaintenanceWindow,
-    SavedQuery,
-}
-
-impl Named {
-    fn table_and_noun(self) -> (&'static str, &'static str) {
-        match self {
-            Named::User => ("users", "user"),
-            Named::Baseline => ("baselines", "baseline"),
-            Named::MaintenanceWindow => ("maintenance_windows", "maintenance window"),
-            Named::SavedQuery => ("saved_queries", "saved query"),
-        }
-    }
-}
-
-/// Refuses with 409 when the organisation already has a `kind` named `name`.
-/// Two requests racing past this both try to insert; the unique index stops
-/// the second, which `ApiError` also answers with 409.
-pub async fn ensure_name_free(conn: &mut sqlx::AnyConnection, kind: Named, org_id: &str, name: &str) -> ApiResult<()> {
-    let (table, noun) = kind.table_and_noun();
-    // `table` is one of the constants above, never caller input.
-    let taken = sqlx::query(&format!("SELECT id FROM {table} WHERE org_id = $1 AND name = $2"))
-        .bind(org_id)
-        .bind(name)
-        .fetch_optional(&mut *conn)
-        .await?;
-    match taken {
-        Some(_) => Err(ApiError::Conflict(format!("{noun} {name:?} already exists"))),
-        None => Ok(()),
-    }
-}
 
 pub async fn whoami(user: User) -> Json<Value> {
     Json(json!({ "user": user.name, "user_id": user.user_id, "org_id": user.org_id, "role": user.role }))
@@ -131,7 +81,7 @@ async fn user_for_change(
     name: &str,
     new_role: Option<Role>,
 ) -> ApiResult<(String, Role)> {
-    let id = super::tokens::active_user_id(&mut *tx, org_id, name).await?;
+    let id = crate::domain::credentials::active_user_id(&mut *tx, org_id, name).await?;
     let row = sqlx::query("SELECT role FROM users WHERE id = $1").bind(&id).fetch_one(&mut *tx).await?;
     let role = Role::parse(&row.try_get::<String, _>(0)?)?;
     if role == Role::Admin && new_role != Some(Role::Admin) {
@@ -182,7 +132,8 @@ pub async fn remove_user(State(st): State<AppState>, user: User, Path(name): Pat
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    let sessions = super::tokens::end_sessions(&mut tx, super::tokens::SessionsOf::User(&id)).await?;
+    let sessions =
+        crate::domain::credentials::end_sessions(&mut tx, crate::domain::credentials::SessionsOf::User(&id)).await?;
     let detail = json!({ "tokens_revoked": tokens, "sessions_ended": sessions });
     audit::record(&mut tx, &user.org_id, &user.actor(), "user.remove", &name, detail.clone()).await?;
     tx.commit().await?;

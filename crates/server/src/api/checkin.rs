@@ -10,15 +10,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use super::deploy::{Deployment, Kind, deployments_for, in_canary};
 use crate::audit;
 use crate::auth::{Machine, SignedJson, claim_sequence};
+pub use crate::domain::compliance::INTERVAL_SECONDS;
+pub use crate::domain::entitlement::entitled;
+use crate::domain::rollout::{Deployment, Kind, deployments_for, in_canary};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::tiers::Gate;
 use crate::util::{day_of, new_id, now, rfc3339, sha256_hex};
 
-pub const INTERVAL_SECONDS: i64 = 300;
 /// Cores are billed as reported, so a report is a claim: bounded (the largest
 /// single systems have a few thousand), and a jump by more than
 /// `CORE_JUMP_FACTOR` from the last report is flagged in the audit log.
@@ -94,7 +95,7 @@ fn validate(c: &CheckIn) -> ApiResult<()> {
         return bad("at most 4096 targets and 1024 results per check-in".into());
     }
     for t in &c.targets {
-        super::catalog::check_build_id(&t.build_id)?;
+        crate::domain::catalog::check_build_id(&t.build_id)?;
         if t.file_name.is_empty() || t.file_name.len() > 255 {
             return bad(format!("target {}: file_name must be 1-255 characters", t.build_id));
         }
@@ -158,7 +159,7 @@ pub async fn check_in(
             Value::from(format!("result for deployment {id} ignored: that deployment does not reach this machine"))
         }));
     }
-    super::signed::add_to_answer(&st, &machine.org_id, &mut answer).await?;
+    crate::domain::signed_documents::add_to_answer(&st, &machine.org_id, &mut answer).await?;
     let text = answer.to_string();
     let etag = format!("\"{}\"", &sha256_hex(text.as_bytes())[..32]);
     let unchanged = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v == etag);
@@ -188,7 +189,7 @@ async fn drop_foreign_results(st: &AppState, m: &Machine, c: &mut CheckIn, t: i6
     }
     let all = deployments_for(st, &m.org_id, false, Some(&m.id)).await?;
     let files: Vec<&str> = c.targets.iter().map(|x| x.file_name.as_str()).collect();
-    let facts = super::deploy::reported_facts(&c.facts, &m.tags, &files);
+    let facts = reported_facts(&c.facts, &m.tags, &files);
     let foreign: Vec<String> = c
         .results
         .iter()
@@ -361,15 +362,10 @@ async fn halt_if_failing(tx: &mut sqlx::Transaction<'_, sqlx::Any>, org_id: &str
     Ok(())
 }
 
-pub async fn entitled(st: &AppState, org_id: &str, t: i64) -> ApiResult<bool> {
-    let s = super::billing::subscription(st, org_id).await?;
-    Ok(super::billing::entitled_at(&s, t))
-}
-
 async fn instructions(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<Value> {
     let entitled = entitled(st, &m.org_id, t).await?;
     let files: Vec<&str> = c.targets.iter().map(|x| x.file_name.as_str()).collect();
-    let facts = super::deploy::reported_facts(&c.facts, &m.tags, &files);
+    let facts = reported_facts(&c.facts, &m.tags, &files);
     let active: Vec<Deployment> = deployments_for(st, &m.org_id, true, Some(&m.id))
         .await?
         .into_iter()
@@ -504,4 +500,21 @@ fn answer(
         "rollbacks": rollbacks,
         "notes": notes,
     })
+}
+
+/// The facts a check-in just reported, in the form scopes are decided on.
+fn reported_facts<'a>(
+    reported: &'a Facts,
+    tags: &'a [String],
+    target_files: &'a [&'a str],
+) -> hotpatch_query::Facts<'a> {
+    hotpatch_query::Facts {
+        hostname: &reported.hostname,
+        os: &reported.os,
+        kernel: &reported.kernel,
+        arch: &reported.arch,
+        cores: i64::from(reported.cores),
+        tags,
+        targets: target_files,
+    }
 }

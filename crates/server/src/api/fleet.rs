@@ -10,26 +10,10 @@ use sqlx::Row;
 use super::json::ApiJson;
 use crate::audit;
 use crate::auth::{Role, User};
+use crate::domain::names::check_tags;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::util::{hash_secret, new_id, new_secret, now, rfc3339};
-
-pub fn check_tags(tags: &[String]) -> ApiResult<()> {
-    if tags.len() > 32 {
-        return Err(ApiError::BadRequest("at most 32 tags".into()));
-    }
-    for t in tags {
-        let ok = !t.is_empty()
-            && t.len() <= 64
-            && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '='));
-        if !ok {
-            return Err(ApiError::BadRequest(format!(
-                "tag {t:?} must be 1-64 characters of letters, digits, '-', '_', '.', ':', '='"
-            )));
-        }
-    }
-    Ok(())
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -7,7 +7,6 @@ pub mod catalog;
 pub mod checkin;
 pub mod compliance;
 pub mod deploy;
-pub mod exceeded;
 pub mod fleet;
 pub mod json;
 pub mod queries;

@@ -7,9 +7,9 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 use super::Gate;
-use crate::api::access::check_name;
 use crate::audit;
 use crate::auth::{Role, User};
+use crate::domain::names::check_name;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::util::{new_id, now};
@@ -197,20 +197,20 @@ pub struct NewPin {
 /// `build_id`: no higher level is offered to them until the pin is removed.
 pub async fn add_pin(st: &AppState, user: &User, pin: &NewPin) -> ApiResult<Value> {
     user.require(Role::Operator)?;
-    crate::api::catalog::check_build_id(&pin.build_id)?;
+    crate::domain::catalog::check_build_id(&pin.build_id)?;
     if !(0..=i64::from(u32::MAX)).contains(&pin.level) {
         return Err(ApiError::BadRequest(format!("level {} must be 0 or more", pin.level)));
     }
     let mut tx = st.db.begin().await?;
     let (tag, query_id) = match (&pin.tag, &pin.query) {
         (Some(tag), None) => {
-            crate::api::fleet::check_tags(std::slice::from_ref(tag))?;
+            crate::domain::names::check_tags(std::slice::from_ref(tag))?;
             (Some(tag.clone()), None)
         }
         (None, Some(name)) => {
             let sql = format!(
                 "SELECT id FROM saved_queries WHERE org_id = $1 AND name = $2{}",
-                crate::api::queries::lock_clause(st.db.backend, false)
+                crate::domain::targeting::lock_clause(st.db.backend, false)
             );
             let row = sqlx::query(&sql)
                 .bind(&user.org_id)

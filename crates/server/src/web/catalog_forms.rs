@@ -10,14 +10,14 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::form::{UiForm, api_body, done, failed, guard};
-use super::html::Form;
 use super::session::UiUser;
+use super::view::{Form, Markup};
 use crate::api::catalog;
 use crate::api::json::ApiJson;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
-pub fn upload_form(u: &UiUser) -> String {
+pub fn upload_form(u: &UiUser) -> Markup {
     Form::multipart("upload-hotpatch", "/ui/catalog/hotpatches", &u.1)
         .legend("Upload a signed hotpatch")
         .file("package", "Package (.hpatch)")
@@ -26,7 +26,7 @@ pub fn upload_form(u: &UiUser) -> String {
 }
 
 /// The baseline form, filled with `b` (what was posted, after an error).
-pub fn baseline_form(u: &UiUser, b: &BaselineFields) -> String {
+pub fn baseline_form(u: &UiUser, b: &BaselineFields) -> Markup {
     let kinds = [("planned".to_string(), "planned".to_string()), ("unplanned".to_string(), "unplanned".to_string())];
     Form::new("register-baseline", "/ui/catalog/baselines", &u.1)
         .legend("Register a baseline")
@@ -72,7 +72,7 @@ pub async fn upload(
     .await;
     match result {
         Ok(id) => done(&format!("/ui/catalog?done=uploaded&subject={}", urlencode(&id))),
-        Err(e) => failed(&u, "Upload a hotpatch", &e, &upload_form(&u)),
+        Err(e) => failed(&u, "Upload a hotpatch", &e, upload_form(&u)),
     }
 }
 
@@ -127,7 +127,7 @@ pub async fn create_baseline(State(st): State<AppState>, form: UiForm<BaselineFi
     .await;
     match result {
         Ok(_) => done(&format!("/ui/catalog?done=baseline&subject={}", urlencode(b.name.trim()))),
-        Err(e) => failed(&u, "Register a baseline", &e, &baseline_form(&u, &b)),
+        Err(e) => failed(&u, "Register a baseline", &e, baseline_form(&u, &b)),
     }
 }
 

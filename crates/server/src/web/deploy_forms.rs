@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::form::{UiForm, api_body, done, failed, number, optional, words};
-use super::html::{Form, Page, esc};
 use super::session::UiUser;
+use super::view::{Form, Markup, Page, html};
 use crate::api::deploy;
 use crate::api::json::ApiJson;
 use crate::error::{ApiError, ApiResult};
@@ -66,27 +66,22 @@ async fn choices(st: &AppState, org_id: &str) -> ApiResult<(Vec<(String, String)
         windows.push((name.clone(), name));
     }
     let mut queries = vec![(String::new(), "none (scope by tags)".to_string())];
-    for q in crate::api::queries::saved_queries(st, org_id).await? {
+    for q in crate::domain::targeting::saved_queries(st, org_id).await? {
         queries.push((q.name.clone(), format!("{}: {}", q.name, q.query)));
     }
     Ok((windows, queries))
 }
 
-async fn deploy_form(st: &AppState, u: &UiUser, f: &DeployFields) -> ApiResult<String> {
+async fn deploy_form(st: &AppState, u: &UiUser, f: &DeployFields) -> ApiResult<Markup> {
     let (windows, queries) = choices(st, &u.0.org_id).await?;
     let kinds = if f.baseline.is_empty() { opts(&["hotpatch", "rollback"]) } else { opts(&["baseline"]) };
-    let what = if f.baseline.is_empty() {
-        format!("<p>Hotpatch <code>{}</code></p>", esc(&f.patch_id))
-    } else {
-        format!("<p>Baseline <code>{}</code></p>", esc(&f.baseline))
+    let what = html! {
+        @if f.baseline.is_empty() { p { "Hotpatch " code { (f.patch_id) } } } @else { p { "Baseline " code { (f.baseline) } } }
+        input type="hidden" name="patch_id" value=(f.patch_id);
+        input type="hidden" name="baseline" value=(f.baseline);
     };
     Ok(Form::new("new-deployment", "/ui/deployments", &u.1)
-        .raw(&what)
-        .raw(&format!(
-            "<input type=\"hidden\" name=\"patch_id\" value=\"{}\"><input type=\"hidden\" name=\"baseline\" value=\"{}\">",
-            esc(&f.patch_id),
-            esc(&f.baseline)
-        ))
+        .markup(what)
         .input("text", "name", "Name", &f.name, "")
         .select("kind", "Kind", &kinds, &f.kind)
         .input("text", "tags", "Machines with all these tags", &f.tags, "comma-separated; empty: every machine")
@@ -97,7 +92,7 @@ async fn deploy_form(st: &AppState, u: &UiUser, f: &DeployFields) -> ApiResult<S
         .input("number", "soak_minutes", "Canary soak before the rest, minutes", &f.soak_minutes, "")
         .input("number", "failure_threshold_percent", "Halt when failures pass, %", &f.failure_threshold_percent, "")
         .select("reboot_policy", "Reboot", &opts(&["if-required", "never", "always"]), &f.reboot_policy)
-        .raw("<button type=\"submit\" formaction=\"/ui/deployments/preview\">Preview machines</button> ")
+        .markup(html! { button type="submit" formaction="/ui/deployments/preview" { "Preview machines" } " " })
         .submit("Create deployment")
         .finish())
 }
@@ -131,10 +126,10 @@ pub async fn new_page(State(st): State<AppState>, u: UiUser, Query(from): Query<
     match result {
         Ok(form) => {
             let mut page = Page::new();
-            page.raw(&form);
+            page.markup(form);
             render(&u, &page).into_response()
         }
-        Err(e) => failed(&u, "New deployment", &e, ""),
+        Err(e) => failed(&u, "New deployment", &e, html! {}),
     }
 }
 
@@ -174,8 +169,8 @@ pub async fn create(State(st): State<AppState>, form: UiForm<DeployFields>) -> R
     match result {
         Ok(axum::Json(v)) => done(&format!("/ui/deployments/{}", v["id"].as_str().unwrap_or_default())),
         Err(e) => {
-            let form = deploy_form(&st, &u, &f).await.unwrap_or_default();
-            failed(&u, "New deployment", &e, &form)
+            let form = deploy_form(&st, &u, &f).await.unwrap_or_else(|_| html! {});
+            failed(&u, "New deployment", &e, form)
         }
     }
 }
@@ -192,11 +187,11 @@ async fn reached(st: &AppState, org_id: &str, f: &DeployFields) -> ApiResult<Vec
                 .fetch_optional(&st.db.pool)
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("no saved query {name:?}")))?;
-            Some(crate::api::queries::parse_query(&sqlx::Row::try_get::<String, _>(&row, 0)?)?)
+            Some(crate::domain::targeting::parse_query(&sqlx::Row::try_get::<String, _>(&row, 0)?)?)
         }
     };
     let with_targets = query.as_ref().is_some_and(|q| q.uses(hotpatch_query::Field::Target));
-    let fleet = crate::api::queries::fleet_facts(st, org_id, with_targets).await?;
+    let fleet = crate::domain::targeting::fleet_facts(st, org_id, with_targets).await?;
     Ok(fleet
         .iter()
         .filter(|m| {
@@ -214,22 +209,20 @@ pub async fn preview(State(st): State<AppState>, form: UiForm<DeployFields>) -> 
     let result = async {
         let hosts = reached(&st, &u.0.org_id, &f).await?;
         let mut page = Page::new();
-        let shown: Vec<String> = hosts.iter().take(50).map(|h| esc(h)).collect();
+        let shown: Vec<&str> = hosts.iter().take(50).map(String::as_str).collect();
         let more = if hosts.len() > 50 { format!(" and {} more", hosts.len() - 50) } else { String::new() };
-        page.raw(&format!(
-            "<p id=\"preview\">This scope reaches <strong>{}</strong> machine(s) now: {}{more}</p>",
-            hosts.len(),
-            shown.join(", ")
-        ));
-        page.raw(&deploy_form(&st, &u, &f).await?);
+        page.markup(html! {
+            p #preview { "This scope reaches " strong { (hosts.len()) } " machine(s) now: " (shown.join(", ")) (more) }
+        });
+        page.markup(deploy_form(&st, &u, &f).await?);
         Ok::<_, ApiError>(render(&u, &page).into_response())
     }
     .await;
     match result {
         Ok(r) => r,
         Err(e) => {
-            let form = deploy_form(&st, &u, &f).await.unwrap_or_default();
-            failed(&u, "New deployment", &e, &form)
+            let form = deploy_form(&st, &u, &f).await.unwrap_or_else(|_| html! {});
+            failed(&u, "New deployment", &e, form)
         }
     }
 }
@@ -254,7 +247,7 @@ pub async fn change_state(
             &u,
             "Deployment",
             &e,
-            &format!("<p><a href=\"/ui/deployments/{0}\">Back to the deployment</a></p>", esc(&id)),
+            html! { p { a href={ "/ui/deployments/" (id) } { "Back to the deployment" } } },
         ),
     }
 }

@@ -5,9 +5,9 @@ use axum::extract::{Path, State};
 use axum::response::Html;
 use sqlx::Row;
 
-use super::html::{Form, Page, esc, link, status};
 use super::session::UiUser;
-use crate::api::deploy::{Deployment, Kind, RingProgress, deployments, progress};
+use super::view::{Form, Markup, Page, code, html, link, status, text};
+use crate::domain::rollout::{Deployment, Kind, RingProgress, deployments, progress};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::util::{now, rfc3339};
@@ -88,7 +88,7 @@ pub fn explain(d: &Deployment, canary: &RingProgress, rest: &RingProgress, t: i6
 }
 
 /// What a closed window left, for people.
-fn exceeded_sentence(e: &crate::api::exceeded::Exceeded) -> String {
+fn exceeded_sentence(e: &crate::domain::exceeded::Exceeded) -> String {
     format!(
         "Window exceeded: maintenance window {} ended at {} with {} machine{} not done; no new work is offered \
          until it opens again{}, and then they continue.",
@@ -100,26 +100,24 @@ fn exceeded_sentence(e: &crate::api::exceeded::Exceeded) -> String {
     )
 }
 
-fn actions(u: &UiUser, d: &Deployment) -> String {
+fn actions(u: &UiUser, d: &Deployment) -> Markup {
     if !u.acts() {
-        return String::new();
+        return html! {};
     }
-    let mut html = String::from("<div id=\"actions\">");
     let base = format!("/ui/deployments/{}", d.id);
-    for (action, label, from) in [
+    let offered = [
         ("pause", "Pause", &["active"][..]),
         ("resume", "Resume", &["halted", "paused"][..]),
         ("cancel", "Cancel", &["active", "halted", "paused"][..]),
-    ] {
-        if from.contains(&d.state.as_str()) {
-            html.push_str(&Form::button(action, &format!("{base}/{action}"), &u.1, label));
-        }
+    ]
+    .into_iter()
+    .filter(|(_, _, from)| from.contains(&d.state.as_str()));
+    html! {
+        div #actions { @for (action, label, _) in offered { (Form::button(action, &format!("{base}/{action}"), &u.1, label)) } }
     }
-    html.push_str("</div>");
-    html
 }
 
-async fn results(st: &AppState, id: &str) -> ApiResult<Vec<Vec<String>>> {
+async fn results(st: &AppState, id: &str) -> ApiResult<Vec<Vec<Markup>>> {
     let rows = sqlx::query(
         "SELECT r.machine_id, m.hostname, r.ring, r.status, r.detail, r.at FROM work_results r \
          JOIN machines m ON m.id = r.machine_id WHERE r.deployment_id = $1 \
@@ -135,24 +133,20 @@ async fn results(st: &AppState, id: &str) -> ApiResult<Vec<Vec<String>>> {
         let state: String = r.try_get(3)?;
         out.push(vec![
             link(&format!("/ui/machines/{mid}"), &host),
-            esc(if ring == "canary" { "canary" } else { "ring 2" }),
-            format!(
-                "<span class=\"s-{}\">{}</span>",
-                if state == "failed" { "apply-failed" } else { "applied" },
-                esc(&state)
-            ),
-            esc(&r.try_get::<String, _>(4)?),
-            esc(&rfc3339(r.try_get(5)?)),
+            text(if ring == "canary" { "canary" } else { "ring 2" }),
+            html! { span class=(if state == "failed" { "s-apply-failed" } else { "s-applied" }) { (state) } },
+            text(r.try_get::<String, _>(4)?),
+            text(rfc3339(r.try_get(5)?)),
         ]);
     }
     Ok(out)
 }
 
-fn summary(d: &Deployment) -> Vec<Vec<String>> {
+fn summary(d: &Deployment) -> Vec<Vec<Markup>> {
     let what = match (&d.patch_id, &d.baseline_id) {
-        (Some(p), _) => format!("hotpatch <code>{}</code>", esc(p)),
-        (None, Some(b)) => format!("baseline <code>{}</code>", esc(b)),
-        _ => String::new(),
+        (Some(p), _) => html! { "hotpatch " (code(p)) },
+        (None, Some(b)) => html! { "baseline " (code(b)) },
+        _ => html! {},
     };
     let window = match &d.window {
         None => "any time".to_string(),
@@ -162,35 +156,31 @@ fn summary(d: &Deployment) -> Vec<Vec<String>> {
         },
     };
     vec![vec![
-        esc(d.kind.as_str()),
+        text(d.kind.as_str()),
         what,
-        esc(&d.scope_label()),
-        esc(&at(d.start_at)),
-        esc(&window),
-        format!(
+        text(d.scope_label()),
+        text(at(d.start_at)),
+        text(window),
+        text(format!(
             "canary {}%, soak {}, halt above {}% failed",
             d.canary_percent,
             duration(d.soak_seconds),
             d.failure_threshold_percent
-        ),
-        esc(&d.reboot_policy),
+        )),
+        text(&d.reboot_policy),
     ]]
 }
 
-fn ring_rows(d: &Deployment, canary: &RingProgress, rest: &RingProgress) -> Vec<Vec<String>> {
+fn ring_rows(d: &Deployment, canary: &RingProgress, rest: &RingProgress) -> Vec<Vec<Markup>> {
     [("canary", canary, d.start_at), ("ring 2", rest, d.start_at + d.soak_seconds)]
         .iter()
         .map(|(name, p, starts)| {
             vec![
-                esc(name),
-                p.machines.to_string(),
-                p.applied.to_string(),
-                p.failed.to_string(),
-                if p.started {
-                    format!("started {}", esc(&at(*starts)))
-                } else {
-                    format!("starts {}", esc(&at(*starts)))
-                },
+                text(name),
+                text(p.machines),
+                text(p.applied),
+                text(p.failed),
+                html! { @if p.started { "started " } @else { "starts " } (at(*starts)) },
             ]
         })
         .collect()
@@ -204,19 +194,18 @@ pub async fn deployment_page(State(st): State<AppState>, u: UiUser, Path(id): Pa
         .ok_or_else(|| ApiError::NotFound(format!("no deployment {id:?} in this organisation")))?;
     let (canary, rest) = progress(&st, &u.0.org_id, &d).await?;
     let t = now();
-    let entitled = crate::api::checkin::entitled(&st, &u.0.org_id, t).await?;
+    let entitled = crate::domain::entitlement::entitled(&st, &u.0.org_id, t).await?;
     let mut page = Page::new();
-    page.raw(&format!(
-        "<p id=\"state\">State: {} <span class=\"reason\">({})</span></p>",
-        status(&d.state),
-        esc(if d.state_reason.is_empty() { "since creation" } else { &d.state_reason })
-    ));
-    page.raw(&format!("<p id=\"why\" class=\"why\">{}</p>", esc(&explain(&d, &canary, &rest, t, entitled))));
-    let exceeded = crate::api::exceeded::left_by_window(&st, &u.0.org_id, &d, t).await?;
+    let reason = if d.state_reason.is_empty() { "since creation" } else { &d.state_reason };
+    page.markup(html! {
+        p #state { "State: " (status(&d.state)) " " span.reason { "(" (reason) ")" } }
+        p #why .why { (explain(&d, &canary, &rest, t, entitled)) }
+    });
+    let exceeded = crate::domain::exceeded::left_by_window(&st, &u.0.org_id, &d, t).await?;
     if let Some(e) = &exceeded {
-        page.raw(&format!("<p id=\"window-exceeded\" class=\"why\">{}</p>", esc(&exceeded_sentence(e))));
+        page.markup(html! { p #window-exceeded .why { (exceeded_sentence(e)) } });
     }
-    page.raw(&actions(&u, &d));
+    page.markup(actions(&u, &d));
     page.table("summary", &["kind", "what", "scope", "start", "window", "rings", "reboot"], &summary(&d));
     page.h(2, "Rings");
     page.table("rings", &["ring", "machines", "applied", "failed", "start"], &ring_rows(&d, &canary, &rest));
@@ -226,10 +215,10 @@ pub async fn deployment_page(State(st): State<AppState>, u: UiUser, Path(id): Pa
         rows.extend(e.machines.iter().map(|m| {
             vec![
                 link(&format!("/ui/machines/{}", m.id), &m.hostname),
-                esc(if d.ring_start(&m.id) == d.start_at { "canary" } else { "ring 2" }),
-                "<span class=\"s-unknown\">window exceeded</span>".to_string(),
-                esc(&format!("continues in the next window of {}", e.window)),
-                esc(&rfc3339(e.ended_at)),
+                text(if d.ring_start(&m.id) == d.start_at { "canary" } else { "ring 2" }),
+                html! { span.s-unknown { "window exceeded" } },
+                text(format!("continues in the next window of {}", e.window)),
+                text(rfc3339(e.ended_at)),
             ]
         }));
     }

@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::form::{UiForm, api_body, done, failed, number, words};
-use super::html::{Form, Page, esc};
 use super::session::UiUser;
+use super::view::{Form, Markup, Page, html, notice};
 use crate::api::fleet;
 use crate::api::json::ApiJson;
 use crate::state::AppState;
@@ -21,7 +21,7 @@ pub struct EnrollFields {
     pub hours: String,
 }
 
-pub fn enroll_form(u: &UiUser, f: &EnrollFields) -> String {
+pub fn enroll_form(u: &UiUser, f: &EnrollFields) -> Markup {
     let hours = if f.hours.is_empty() { "24" } else { &f.hours };
     Form::new("enrollment-token", "/ui/enrollment-tokens", &u.1)
         .legend("Enroll machines")
@@ -46,7 +46,7 @@ pub async fn create_enrollment_token(
     .await;
     let v = match result {
         Ok(axum::Json(v)) => v,
-        Err(e) => return failed(&u, "Enroll machines", &e, &enroll_form(&u, &f)),
+        Err(e) => return failed(&u, "Enroll machines", &e, enroll_form(&u, &f)),
     };
     // Shown on this response only: the server keeps just its hash.
     let token = v["token"].as_str().unwrap_or_default();
@@ -54,16 +54,15 @@ pub async fn create_enrollment_token(
     // Behind a proxy that terminates TLS the scheme is https too (--secure-cookies).
     let scheme = if st_secure { "https" } else { "http" };
     let mut page = Page::new();
-    page.raw(&super::html::notice("notice", "Enrollment token created. Copy it now: it is not shown again."))
-        .raw(&format!("<p>Token: <code id=\"enrollment-token\">{}</code></p>", esc(token)))
-        .raw(&format!(
-            "<p>Valid until {} for one machine, which gets the tags {}. On the machine, as root:</p>\
-             <pre>hotpatch agent --enroll {scheme}://{} {}</pre><p><a href=\"/ui/machines\">Back to machines</a></p>",
-            esc(v["expires"].as_str().unwrap_or_default()),
-            esc(&words(&f.tags).join(", ")),
-            esc(host),
-            esc(token)
-        ));
+    page.markup(notice("notice", "Enrollment token created. Copy it now: it is not shown again.")).markup(html! {
+        p { "Token: " code #enrollment-token { (token) } }
+        p {
+            "Valid until " (v["expires"].as_str().unwrap_or_default()) " for one machine, which gets the tags "
+            (words(&f.tags).join(", ")) ". On the machine, as root:"
+        }
+        pre { "hotpatch agent --enroll " (scheme) "://" (host) " " (token) }
+        p { a href="/ui/machines" { "Back to machines" } }
+    });
     Html(page.render("Enrollment token", Some((&u.0.name, u.0.role.as_str())))).into_response()
 }
 
@@ -73,7 +72,7 @@ pub struct TagFields {
     pub tags: String,
 }
 
-pub fn tags_form(u: &UiUser, id: &str, tags: &str) -> String {
+pub fn tags_form(u: &UiUser, id: &str, tags: &str) -> Markup {
     Form::new("machine-tags", &format!("/ui/machines/{id}/tags"), &u.1)
         .input("text", "tags", "Tags", tags, "comma-separated; replaces the machine's tags")
         .submit("Save tags")
@@ -89,7 +88,7 @@ pub async fn set_tags(State(st): State<AppState>, Path(id): Path<String>, form: 
     .await;
     match result {
         Ok(_) => done(&format!("/ui/machines/{}", super::catalog_forms::urlencode(&id))),
-        Err(e) => failed(&u, "Tag a machine", &e, &tags_form(&u, &id, &f.tags)),
+        Err(e) => failed(&u, "Tag a machine", &e, tags_form(&u, &id, &f.tags)),
     }
 }
 
@@ -100,6 +99,6 @@ pub async fn revoke(State(st): State<AppState>, Path(id): Path<String>, form: Ui
     let u = form.user;
     match fleet::revoke_machine(State(st), u.0.clone(), Path(id.clone())).await {
         Ok(_) => done(&format!("/ui/machines/{}", super::catalog_forms::urlencode(&id))),
-        Err(e) => failed(&u, "Revoke a machine", &e, ""),
+        Err(e) => failed(&u, "Revoke a machine", &e, html! {}),
     }
 }

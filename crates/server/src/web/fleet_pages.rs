@@ -11,10 +11,10 @@ use axum::response::Html;
 use serde::Deserialize;
 use sqlx::Row;
 
-use super::html::{Page, esc, link, status};
 use super::session::UiUser;
+use super::view::{Markup, Page, html, link, status, text};
 use super::work_sql::{ACTION_RANK, Binds, KeySets, condition, flags_per_machine};
-use crate::api::compliance::{ComplianceRow, Judge, Status, rows_for};
+use crate::domain::compliance::{ComplianceRow, Judge, Status, rows_for};
 use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::util::now;
@@ -244,45 +244,44 @@ async fn listing(st: &AppState, org_id: &str, q: &ListQuery, entitled: bool) -> 
     Ok((shown, total))
 }
 
-fn filter_form(q: &ListQuery) -> String {
+/// A filter's choices: (value, label).
+const STATES: [(&str, &str); 9] = [
+    ("", "any"),
+    ("pending", "hotpatch pending"),
+    ("needs-restart", "restart required"),
+    ("failed", "failed"),
+    ("not-covered", "not covered"),
+    ("unknown", "unknown"),
+    ("unentitled", "unentitled"),
+    ("hotpatched", "hotpatched"),
+    ("up-to-date", "up to date"),
+];
+const SEEN: [(&str, &str); 2] = [("", "any time"), ("24h", "not in 24 h")];
+const SORTS: [(&str, &str); 3] =
+    [("", "hostname"), ("state", "needs action first"), ("last-seen", "last seen, oldest first")];
+
+fn filter_form(q: &ListQuery) -> Markup {
     let sel = |name: &str, current: &str, options: &[(&str, &str)]| {
-        let mut html = format!("<label>{name} <select name=\"{name}\">");
-        for (v, label) in options {
-            let s = if *v == current { " selected" } else { "" };
-            html.push_str(&format!("<option value=\"{v}\"{s}>{label}</option>"));
+        html! {
+            label { (name) " " select name=(name) {
+                @for (v, label) in options { option value=(v) selected[*v == current] { (label) } }
+            } } " "
         }
-        html + "</select></label> "
     };
-    let text = |name: &str, value: &str| {
-        format!("<label>{name} <input type=\"text\" name=\"{name}\" value=\"{}\" size=\"14\"></label> ", esc(value))
+    let field = |name: &str, value: &str| {
+        html! { label { (name) " " input type="text" name=(name) value=(value) size="14"; } " " }
     };
-    format!(
-        "<form method=\"get\" action=\"/ui/machines\" id=\"filters\">{}{}{}{}{}{}<button type=\"submit\">Filter</button></form>",
-        sel(
-            "state",
-            &q.state,
-            &[
-                ("", "any"),
-                ("pending", "hotpatch pending"),
-                ("needs-restart", "restart required"),
-                ("failed", "failed"),
-                ("not-covered", "not covered"),
-                ("unknown", "unknown"),
-                ("unentitled", "unentitled"),
-                ("hotpatched", "hotpatched"),
-                ("up-to-date", "up to date")
-            ]
-        ),
-        text("tag", &q.tag),
-        text("target", &q.target),
-        text("cve", &q.cve),
-        sel("seen", &q.seen, &[("", "any time"), ("24h", "not in 24 h")]),
-        sel(
-            "sort",
-            &q.sort,
-            &[("", "hostname"), ("state", "needs action first"), ("last-seen", "last seen, oldest first")]
-        ),
-    )
+    html! {
+        form method="get" action="/ui/machines" #filters {
+            (sel("state", &q.state, &STATES))
+            (field("tag", &q.tag))
+            (field("target", &q.target))
+            (field("cve", &q.cve))
+            (sel("seen", &q.seen, &SEEN))
+            (sel("sort", &q.sort, &SORTS))
+            button type="submit" { "Filter" }
+        }
+    }
 }
 
 pub async fn machines_page(
@@ -290,35 +289,37 @@ pub async fn machines_page(
     u: UiUser,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Html<String>> {
-    let entitled = crate::api::checkin::entitled(&st, &u.0.org_id, now()).await?;
+    let entitled = crate::domain::entitlement::entitled(&st, &u.0.org_id, now()).await?;
     let (shown, total) = listing(&st, &u.0.org_id, &q, entitled).await?;
-    let table: Vec<Vec<String>> = shown
+    let table: Vec<Vec<Markup>> = shown
         .iter()
         .map(|(m, w)| {
             vec![
                 link(&format!("/ui/machines/{}", m.id), &m.hostname),
-                w.worst.map(|s| status(s.as_str())).unwrap_or_default(),
-                esc(&w.words().join(", ")),
-                esc(&m.tags.join(", ")),
-                esc(&m.last_seen.map(super::deployment_page::at).unwrap_or_else(|| "never".into())),
+                w.worst.map(|s| status(s.as_str())).unwrap_or_else(|| html! {}),
+                text(w.words().join(", ")),
+                text(m.tags.join(", ")),
+                text(m.last_seen.map(super::deployment_page::at).unwrap_or_else(|| "never".into())),
             ]
         })
         .collect();
     let mut page = Page::new();
-    page.raw(&filter_form(&q));
+    page.markup(filter_form(&q));
     let p = q.page.unwrap_or(1).max(1);
-    page.raw(&format!("<p id=\"count\">{total} machine(s) match.</p>"));
+    page.markup(html! { p #count { (total) " machine(s) match." } });
     page.table("machines", &["hostname", "state", "needs", "tags", "last seen"], &table);
-    let mut pager = Vec::new();
+    let mut pager: Vec<Markup> = Vec::new();
     if p > 1 {
         pager.push(link(&q.url(p - 1), "previous page"));
     }
     if (p as i64).saturating_mul(PER_PAGE as i64) < total {
         pager.push(link(&q.url(p + 1), "next page"));
     }
-    page.raw(&format!("<p id=\"pager\">page {p} {}</p>", pager.join(" · ")));
+    page.markup(html! {
+        p #pager { "page " (p) " " @for (i, l) in pager.iter().enumerate() { @if i > 0 { " · " } (l) } }
+    });
     if u.acts() {
-        page.raw(&super::fleet_forms::enroll_form(&u, &Default::default()));
+        page.markup(super::fleet_forms::enroll_form(&u, &Default::default()));
     }
     Ok(Html(page.render("Machines", Some((&u.0.name, u.0.role.as_str())))))
 }

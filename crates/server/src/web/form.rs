@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::csrf;
-use super::html::{Page, notice};
 use super::session::UiUser;
+use super::view::{Markup, Page, html, notice};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -47,17 +47,17 @@ pub fn guard(headers: &HeaderMap, token: Option<&str>) -> ApiResult<()> {
 
 /// A refused post (forged, malformed): the reason, with the refusal's status.
 pub fn refused(u: &UiUser, err: ApiError) -> Response {
-    failed(u, "Not done", &err, "")
+    failed(u, "Not done", &err, html! {})
 }
 
 /// The page after a failed action: what went wrong above the form, filled in
 /// again, with the error's 4xx status (5xx only when the server itself failed).
-pub fn failed(u: &UiUser, title: &str, err: &ApiError, form_html: &str) -> Response {
+pub fn failed(u: &UiUser, title: &str, err: &ApiError, form: Markup) -> Response {
     if err.status().is_server_error() {
         tracing::error!(error = %err, "web form failed");
     }
     let mut page = Page::new();
-    page.raw(&notice("error", &err.to_string())).raw(form_html);
+    page.markup(notice("error", &err.to_string())).markup(form);
     (err.status(), Html(page.render(title, Some((&u.0.name, u.0.role.as_str()))))).into_response()
 }
 

@@ -6,8 +6,8 @@ use axum::response::{Html, Response};
 use serde::Deserialize;
 
 use super::form::{UiForm, done, failed};
-use super::html::{Form, Page, esc};
 use super::session::UiUser;
+use super::view::{Form, Markup, Page, code, html, text};
 use crate::error::ApiResult;
 use crate::state::AppState;
 
@@ -19,7 +19,7 @@ pub struct KeyFields {
     pub key: String,
 }
 
-fn add_form(u: &UiUser, f: &KeyFields) -> String {
+fn add_form(u: &UiUser, f: &KeyFields) -> Markup {
     Form::new("add-key", "/ui/keys", &u.1)
         .legend("Trust a publisher key")
         .input("text", "label", "Label", &f.label, "who signs with it")
@@ -30,20 +30,20 @@ fn add_form(u: &UiUser, f: &KeyFields) -> String {
 
 pub async fn keys_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
     let keys = crate::trust::list(&st, &u.0.org_id).await?;
-    let rows: Vec<Vec<String>> = keys
+    let rows: Vec<Vec<Markup>> = keys
         .iter()
         .map(|k| {
             let action = if u.is_admin() && k.source == "organisation" {
                 Form::button(&format!("revoke-{}", k.key_id), &format!("/ui/keys/{}/revoke", k.key_id), &u.1, "Revoke")
             } else {
-                String::new()
+                html! {}
             };
             vec![
-                format!("<code>{}</code>", esc(&k.key_id)),
-                esc(&k.label),
-                esc(k.source),
-                esc(k.added.as_deref().unwrap_or("")),
-                esc(k.added_by.as_deref().unwrap_or("")),
+                code(&k.key_id),
+                text(&k.label),
+                text(k.source),
+                text(k.added.as_deref().unwrap_or("")),
+                text(k.added_by.as_deref().unwrap_or("")),
                 action,
             ]
         })
@@ -52,7 +52,7 @@ pub async fn keys_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<
     page.p("Uploaded hotpatches must be signed by one of these keys.");
     page.table("keys", &["key id", "label", "from", "added", "by", ""], &rows);
     if u.is_admin() {
-        page.raw(&add_form(&u, &KeyFields::default()));
+        page.markup(add_form(&u, &KeyFields::default()));
     }
     Ok(Html(page.render("Trusted publisher keys", Some((&u.0.name, u.0.role.as_str())))))
 }
@@ -61,7 +61,7 @@ pub async fn add(State(st): State<AppState>, form: UiForm<KeyFields>) -> Respons
     let UiForm { user: u, fields: f } = form;
     match crate::trust::add(&st, &u.0, &f.label, &f.key).await {
         Ok(_) => done("/ui/keys"),
-        Err(e) => failed(&u, "Trust a publisher key", &e, &add_form(&u, &f)),
+        Err(e) => failed(&u, "Trust a publisher key", &e, add_form(&u, &f)),
     }
 }
 
@@ -73,6 +73,6 @@ pub async fn revoke(
     let u = form.user;
     match crate::trust::revoke(&st, &u.0, &id).await {
         Ok(()) => done("/ui/keys"),
-        Err(e) => failed(&u, "Revoke a publisher key", &e, ""),
+        Err(e) => failed(&u, "Revoke a publisher key", &e, html! {}),
     }
 }

@@ -7,27 +7,27 @@ use axum::response::Html;
 use serde_json::Value;
 use sqlx::Row;
 
-use super::html::{Form, Page, esc, link, status};
 use super::session::UiUser;
-use crate::api::compliance::rows_for;
+use super::view::{Form, Markup, Page, code, html, link, notice, status, text};
+use crate::domain::compliance::{Status, rows_for};
 use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::util::rfc3339;
 
-fn text(v: &Value) -> String {
+fn words(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
         Value::Bool(true) => "yes".into(),
         Value::Bool(false) => "no".into(),
-        Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(", "),
+        Value::Array(items) => items.iter().map(words).collect::<Vec<_>>().join(", "),
         other => other.to_string(),
     }
 }
 
 /// Readiness as "check: value" lines, nested objects as "a / b" (bounded:
 /// the agent's report is at most 16 KiB).
-fn readiness_items(prefix: &str, v: &Value, out: &mut Vec<String>) {
+fn readiness_items(prefix: &str, v: &Value, out: &mut Vec<Markup>) {
     match v {
         Value::Object(map) => {
             for (k, inner) in map {
@@ -35,11 +35,11 @@ fn readiness_items(prefix: &str, v: &Value, out: &mut Vec<String>) {
                 readiness_items(&key, inner, out);
             }
         }
-        other => out.push(format!("<li><strong>{}</strong>: {}</li>", esc(prefix), esc(&text(other)))),
+        other => out.push(html! { li { strong { (prefix) } ": " (words(other)) } }),
     }
 }
 
-async fn history(st: &AppState, org_id: &str, id: &str) -> ApiResult<Vec<Vec<String>>> {
+async fn history(st: &AppState, org_id: &str, id: &str) -> ApiResult<Vec<Vec<Markup>>> {
     let rows = sqlx::query(
         "SELECT h.at, h.deployment_id, d.name, h.status, h.detail FROM work_history h \
          LEFT JOIN deployments d ON d.id = h.deployment_id AND d.org_id = h.org_id \
@@ -54,32 +54,26 @@ async fn history(st: &AppState, org_id: &str, id: &str) -> ApiResult<Vec<Vec<Str
         let (did, name): (String, Option<String>) = (r.try_get(1)?, r.try_get(2)?);
         let state: String = r.try_get(3)?;
         out.push(vec![
-            esc(&rfc3339(r.try_get(0)?)),
+            text(rfc3339(r.try_get(0)?)),
             link(&format!("/ui/deployments/{did}"), name.as_deref().unwrap_or(&did)),
-            format!(
-                "<span class=\"s-{}\">{}</span>",
-                if state == "failed" { "apply-failed" } else { "applied" },
-                esc(&state)
-            ),
-            esc(&r.try_get::<String, _>(4)?),
+            html! { span class=(if state == "failed" { "s-apply-failed" } else { "s-applied" }) { (state) } },
+            text(r.try_get::<String, _>(4)?),
         ]);
     }
     Ok(out)
 }
 
-fn operator_forms(u: &UiUser, id: &str, m: &Value) -> String {
+fn operator_forms(u: &UiUser, id: &str, m: &Value) -> Markup {
     if !u.acts() {
-        return String::new();
+        return html! {};
     }
     let tags: Vec<String> = m["tags"]
         .as_array()
         .map(|t| t.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
-    let mut html = super::fleet_forms::tags_form(u, id, &tags.join(", "));
-    if m["revoked"] != Value::Bool(true) {
-        html.push_str(&Form::button("revoke", &format!("/ui/machines/{id}/revoke"), &u.1, "Revoke this machine"));
-    }
-    html
+    let revoke = (m["revoked"] != Value::Bool(true))
+        .then(|| Form::button("revoke", &format!("/ui/machines/{id}/revoke"), &u.1, "Revoke this machine"));
+    html! { (super::fleet_forms::tags_form(u, id, &tags.join(", "))) @if let Some(r) = revoke { (r) } }
 }
 
 pub async fn machine_page(State(st): State<AppState>, u: UiUser, Path(id): Path<String>) -> ApiResult<Html<String>> {
@@ -87,54 +81,45 @@ pub async fn machine_page(State(st): State<AppState>, u: UiUser, Path(id): Path<
     let mut comp = rows_for(&st, &u.0.org_id, Some(std::slice::from_ref(&id))).await?;
     comp.sort_by_key(|r| std::cmp::Reverse(r.status));
     let processes = |build: &str| {
-        m["targets"].as_array().and_then(|t| t.iter().find(|x| x["build_id"] == build)).map(|x| text(&x["processes"]))
+        m["targets"].as_array().and_then(|t| t.iter().find(|x| x["build_id"] == build)).map(|x| words(&x["processes"]))
     };
     let mut page = Page::new();
     if m["revoked"] == Value::Bool(true) {
-        page.raw(&super::html::notice("error", "This machine is revoked: its requests are refused."));
+        page.markup(notice("error", "This machine is revoked: its requests are refused."));
     }
     page.table(
         "facts",
         &["hostname", "os", "kernel", "arch", "cores", "tags", "last seen"],
         &[["hostname", "os", "kernel", "arch", "cores", "tags", "last_seen"]
             .iter()
-            .map(|k| esc(&text(&m[*k])))
+            .map(|k| text(words(&m[*k])))
             .collect()],
     );
-    page.raw(&super::tiers::machine_tier_section(&st, &u, &id, &m).await?);
-    page.raw(&operator_forms(&u, &id, &m));
+    page.markup(super::tiers::machine_tier_section(&st, &u, &id, &m).await?);
+    page.markup(operator_forms(&u, &id, &m));
     page.h(2, "To do");
-    let todo: Vec<String> = comp
+    let todo: Vec<Markup> = comp
         .iter()
-        .filter(|r| r.status > crate::api::compliance::Status::Applied)
+        .filter(|r| r.status > Status::Applied)
         .map(|r| {
             let procs = processes(&r.build_id).unwrap_or_default();
-            format!(
-                "<li>{} {}: {} ({} process(es))</li>",
-                status(r.status.as_str()),
-                esc(&r.file_name),
-                esc(&r.detail),
-                esc(&procs)
-            )
+            html! { li { (status(r.status.as_str())) " " (r.file_name) ": " (r.detail) " (" (procs) " process(es))" } }
         })
         .collect();
-    page.raw(&format!(
-        "<ul id=\"todo\">{}</ul>",
-        if todo.is_empty() { "<li>nothing</li>".into() } else { todo.concat() }
-    ));
+    page.markup(html! { ul #todo { @for li in &todo { (li) } @if todo.is_empty() { li { "nothing" } } } });
     page.h(2, "Targets");
-    let t: Vec<Vec<String>> = comp
+    let t: Vec<Vec<Markup>> = comp
         .iter()
         .filter(|r| !r.build_id.is_empty())
         .map(|r| {
             vec![
-                esc(&r.file_name),
-                format!("<code>{}</code>", esc(&r.build_id)),
-                esc(&processes(&r.build_id).unwrap_or_default()),
-                r.applied_level.to_string(),
-                r.latest_level.to_string(),
+                text(&r.file_name),
+                code(&r.build_id),
+                text(processes(&r.build_id).unwrap_or_default()),
+                text(r.applied_level),
+                text(r.latest_level),
                 status(r.status.as_str()),
-                esc(&r.detail),
+                text(&r.detail),
             ]
         })
         .collect();
@@ -142,10 +127,7 @@ pub async fn machine_page(State(st): State<AppState>, u: UiUser, Path(id): Path<
     page.h(2, "Readiness");
     let mut items = Vec::new();
     readiness_items("", &m["readiness"], &mut items);
-    page.raw(&format!(
-        "<ul id=\"readiness\">{}</ul>",
-        if items.is_empty() { "<li>not reported</li>".into() } else { items.concat() }
-    ));
+    page.markup(html! { ul #readiness { @for li in &items { (li) } @if items.is_empty() { li { "not reported" } } } });
     page.h(2, "History");
     page.table("history", &["at", "deployment", "result", "detail"], &history(&st, &u.0.org_id, &id).await?);
     let title = format!("Machine {}", m["hostname"].as_str().unwrap_or(""));

@@ -12,7 +12,6 @@ pub mod deployment_page;
 pub mod fleet_forms;
 pub mod fleet_pages;
 pub mod form;
-pub mod html;
 pub mod keys;
 pub mod machine_page;
 pub mod overview;
@@ -20,6 +19,7 @@ pub mod pages;
 pub mod schedule_forms;
 pub mod session;
 pub mod tiers;
+pub mod view;
 pub mod work_sql;
 
 use axum::Router;

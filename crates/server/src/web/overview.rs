@@ -7,8 +7,8 @@ use axum::response::Html;
 use sqlx::Row;
 
 use super::fleet_pages::SILENT_SECONDS;
-use super::html::{Page, esc};
 use super::session::UiUser;
+use super::view::{Page, html};
 use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::util::now;
@@ -33,8 +33,7 @@ pub async fn overview_page(State(st): State<AppState>, u: UiUser) -> ApiResult<H
     };
     let mut page = Page::new();
     page.p("Each count is of machines; one machine may need several kinds of work and then counts in each.");
-    page.raw("<div class=\"cards\" id=\"overview\">");
-    for (id, label, count, query) in [
+    let cards = [
         ("machines", "machines", machines, ""),
         ("pending", "hotpatch pending", n("pending"), "state=pending"),
         ("restart-required", "restart required", n("needs-restart"), "state=needs-restart"),
@@ -45,12 +44,13 @@ pub async fn overview_page(State(st): State<AppState>, u: UiUser) -> ApiResult<H
         ("unknown", "state unknown", n("unknown"), "state=unknown"),
         ("hotpatched", "hotpatched", n("hotpatched"), "state=hotpatched"),
         ("up-to-date", "up to date", n("up-to-date"), "state=up-to-date"),
-    ] {
-        page.raw(&format!(
-            "<div class=\"card\" id=\"card-{id}\"><a href=\"/ui/machines?{query}\"><div class=\"n\">{count}</div>{}</a></div>",
-            esc(label)
-        ));
-    }
-    page.raw("</div>");
+    ];
+    page.markup(html! {
+        div.cards #overview {
+            @for (id, label, count, query) in cards {
+                div.card id={ "card-" (id) } { a href={ "/ui/machines?" (query) } { div.n { (count) } (label) } }
+            }
+        }
+    });
     Ok(Html(page.render("Fleet overview", Some((&u.0.name, u.0.role.as_str())))))
 }

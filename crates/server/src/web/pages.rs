@@ -5,15 +5,16 @@ use axum::extract::State;
 use axum::response::Html;
 use serde_json::Value;
 
-use super::html::{Page, esc, link, status};
 use super::session::UiUser;
-use crate::api::billing::{format_cents, invoices, subscription};
-use crate::api::catalog::{baselines, hotpatches};
-use crate::api::compliance::{cves_of, rows};
-use crate::api::deploy::{deployments, progress};
-use crate::api::queries::saved_queries;
+use super::view::{Markup, Page, code, html, link, notice, status, text};
 use crate::auth::Role;
-use crate::coverage::covered_until;
+use crate::domain::catalog::{baselines, hotpatches};
+use crate::domain::compliance::{cves_of, rows};
+use crate::domain::coverage::covered_until;
+use crate::domain::entitlement::subscription;
+use crate::domain::metering::{format_cents, invoices};
+use crate::domain::rollout::{deployments, progress};
+use crate::domain::targeting::saved_queries;
 use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::util::{now, rfc3339};
@@ -22,8 +23,8 @@ fn render(page: &Page, title: &str, u: &UiUser) -> Html<String> {
     Html(page.render(title, Some((&u.0.name, u.0.role.as_str()))))
 }
 
-fn s(v: &Value) -> String {
-    esc(&match v {
+fn s(v: &Value) -> Markup {
+    text(match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
         other => other.to_string(),
@@ -37,14 +38,14 @@ pub struct Done {
 }
 
 /// What a form just did, said above the page it returned to.
-fn done_notice(d: &Done) -> Option<String> {
+fn done_notice(d: &Done) -> Option<Markup> {
     let subject = d.subject.as_deref().unwrap_or("");
     let text = match d.done.as_deref()? {
         "uploaded" => format!("Hotpatch {subject} uploaded."),
         "baseline" => format!("Baseline {subject} registered."),
         _ => return None,
     };
-    Some(super::html::notice("notice", &text))
+    Some(notice("notice", &text))
 }
 
 pub async fn catalog_page(
@@ -54,24 +55,24 @@ pub async fn catalog_page(
 ) -> ApiResult<Html<String>> {
     let mut page = Page::new();
     if let Some(n) = done_notice(&done) {
-        page.raw(&n);
+        page.markup(n);
     }
     if u.acts() {
-        page.raw(&super::catalog_forms::upload_form(&u));
+        page.markup(super::catalog_forms::upload_form(&u));
     }
     page.h(2, "Hotpatches");
-    let h: Vec<Vec<String>> = hotpatches(&st, &u.0.org_id)
+    let h: Vec<Vec<Markup>> = hotpatches(&st, &u.0.org_id)
         .await?
         .iter()
         .map(|h| {
             vec![
-                esc(&h.patch_id),
-                esc(&h.file_name),
-                format!("<code>{}</code>", esc(&h.build_id)),
-                h.level.to_string(),
-                esc(&h.classification),
-                esc(&h.cves.join(", ")),
-                format!("<code>{}</code>", esc(h.artifact_sha256.get(..16).unwrap_or(&h.artifact_sha256))),
+                text(&h.patch_id),
+                text(&h.file_name),
+                code(&h.build_id),
+                text(h.level),
+                text(&h.classification),
+                text(h.cves.join(", ")),
+                code(h.artifact_sha256.get(..16).unwrap_or(&h.artifact_sha256)),
                 deploy_link(&u, "patch", &h.patch_id),
             ]
         })
@@ -80,30 +81,29 @@ pub async fn catalog_page(
     page.h(2, "Baselines");
     let all = baselines(&st, &u.0.org_id).await?;
     let t = now();
-    let calendar = crate::api::calendar::org_calendar(&st, &u.0.org_id).await?;
-    let b: Vec<Vec<String>> = all
+    let calendar = crate::domain::calendar::org_calendar(&st, &u.0.org_id).await?;
+    let b: Vec<Vec<Markup>> = all
         .iter()
         .map(|b| {
             let cov = covered_until(b, &all, t, &calendar);
             vec![
-                esc(&b.name),
-                esc(&b.product),
-                esc(&rfc3339(b.released)),
-                if b.planned { "planned".into() } else { format!("unplanned: {}", esc(&b.reason)) },
-                cov.map(|c| if c.expired { status("needs-restart") + " " + &esc(&c.advice) } else { esc(&c.advice) })
-                    .unwrap_or_default(),
+                text(&b.name),
+                text(&b.product),
+                text(rfc3339(b.released)),
+                html! { @if b.planned { "planned" } @else { "unplanned: " (b.reason) } },
+                html! { @if let Some(c) = cov { @if c.expired { (status("needs-restart")) " " } (c.advice) } },
                 deploy_link(&u, "baseline", &b.name),
             ]
         })
         .collect();
     page.table("baselines", &["baseline", "product", "released", "kind", "coverage", ""], &b);
     if u.acts() {
-        page.raw(&super::catalog_forms::baseline_form(&u, &Default::default()));
+        page.markup(super::catalog_forms::baseline_form(&u, &Default::default()));
     }
     let year = jiff::Zoned::now().year();
     page.h(2, &format!("Release calendar {year}"));
-    let cal = crate::api::calendar::calendar_year(&st, &u.0.org_id, year).await?;
-    let months: Vec<Vec<String>> = cal["months"]
+    let cal = crate::domain::calendar::calendar_year(&st, &u.0.org_id, year).await?;
+    let months: Vec<Vec<Markup>> = cal["months"]
         .as_array()
         .map(|m| {
             m.iter()
@@ -112,7 +112,7 @@ pub async fn catalog_page(
                         .as_array()
                         .map(|b| b.iter().filter_map(|x| x["name"].as_str()).collect())
                         .unwrap_or_default();
-                    vec![s(&m["month"]), s(&m["kind"]), s(&m["release_date"]), s(&m["reason"]), esc(&names.join(", "))]
+                    vec![s(&m["month"]), s(&m["kind"]), s(&m["release_date"]), s(&m["reason"]), text(names.join(", "))]
                 })
                 .collect()
         })
@@ -122,49 +122,44 @@ pub async fn catalog_page(
 }
 
 /// "deploy" next to a catalog entry, for those who may.
-fn deploy_link(u: &UiUser, what: &str, name: &str) -> String {
+fn deploy_link(u: &UiUser, what: &str, name: &str) -> Markup {
     if !u.acts() {
-        return String::new();
+        return html! {};
     }
     link(&format!("/ui/deployments/new?{what}={}", super::catalog_forms::urlencode(name)), "deploy")
 }
 
-fn bar(done: i64, total: i64) -> String {
+fn bar(done: i64, total: i64) -> Markup {
     let pct = if total > 0 { (done * 100 / total).clamp(0, 100) } else { 0 };
-    format!("<span class=\"bar\" title=\"{pct}%\"><i style=\"width:{pct}%\"></i></span> {done}/{total}")
+    html! { span.bar title={ (pct) "%" } { i style={ "width:" (pct) "%" } {} } " " (done) "/" (total) }
 }
 
 pub async fn deployments_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
     let mut table = Vec::new();
     let t = now();
-    let entitled = crate::api::checkin::entitled(&st, &u.0.org_id, t).await?;
+    let entitled = crate::domain::entitlement::entitled(&st, &u.0.org_id, t).await?;
     for d in deployments(&st, &u.0.org_id, false).await? {
         let (c, r) = progress(&st, &u.0.org_id, &d).await?;
-        let ring = |p: &crate::api::deploy::RingProgress| {
-            format!(
-                "{}{}{}",
-                bar(p.applied, p.machines),
-                if p.failed > 0 {
-                    format!(", <span class=\"s-apply-failed\">{} failed</span>", p.failed)
-                } else {
-                    String::new()
-                },
-                if p.started { "" } else { " (not started)" }
-            )
+        let ring = |p: &crate::domain::rollout::RingProgress| {
+            html! {
+                (bar(p.applied, p.machines))
+                @if p.failed > 0 { ", " span.s-apply-failed { (p.failed) " failed" } }
+                @if !p.started { " (not started)" }
+            }
         };
         table.push(vec![
             link(&format!("/ui/deployments/{}", d.id), &d.name),
-            esc(d.kind.as_str()),
-            esc(d.patch_id.as_deref().or(d.baseline_id.as_deref()).unwrap_or("")),
-            match d.query.as_ref().and_then(|q| q.text.as_deref()) {
-                Some(text) => format!("{}: <code>{}</code>", esc(&d.scope_label()), esc(text)),
-                None => esc(&d.scope_label()),
+            text(d.kind.as_str()),
+            text(d.patch_id.as_deref().or(d.baseline_id.as_deref()).unwrap_or("")),
+            html! {
+                (d.scope_label())
+                @if let Some(q) = d.query.as_ref().and_then(|q| q.text.as_deref()) { ": " (code(q)) }
             },
-            esc(d.window.as_ref().map(|(n, _)| n.as_str()).unwrap_or("any time")),
-            format!("{}% · {}", d.canary_percent, ring(&c)),
+            text(d.window.as_ref().map(|(n, _)| n.as_str()).unwrap_or("any time")),
+            html! { (d.canary_percent) "% · " (ring(&c)) },
             ring(&r),
             status(&d.state),
-            esc(&super::deployment_page::explain(&d, &c, &r, t, entitled)),
+            text(super::deployment_page::explain(&d, &c, &r, t, entitled)),
         ]);
     }
     let mut page = Page::new();
@@ -177,10 +172,10 @@ pub async fn deployments_page(State(st): State<AppState>, u: UiUser) -> ApiResul
         &table,
     );
     page.h(2, "Saved queries");
-    let q: Vec<Vec<String>> = saved_queries(&st, &u.0.org_id)
+    let q: Vec<Vec<Markup>> = saved_queries(&st, &u.0.org_id)
         .await?
         .iter()
-        .map(|q| vec![esc(&q.name), format!("<code>{}</code>", esc(&q.query)), esc(&q.created)])
+        .map(|q| vec![text(&q.name), code(&q.query), text(&q.created)])
         .collect();
     page.table("queries", &["name", "query", "created"], &q);
     page.h(2, "Maintenance windows");
@@ -190,8 +185,8 @@ pub async fn deployments_page(State(st): State<AppState>, u: UiUser) -> ApiResul
         &super::schedule_forms::window_rows(&st, &u).await?,
     );
     if u.acts() {
-        page.raw(&super::schedule_forms::query_form(&u, &Default::default()));
-        page.raw(&super::schedule_forms::window_form(&u, &Default::default()));
+        page.markup(super::schedule_forms::query_form(&u, &Default::default()));
+        page.markup(super::schedule_forms::window_form(&u, &Default::default()));
     }
     Ok(render(&page, "Deployments", &u))
 }
@@ -201,27 +196,32 @@ const COMPLIANCE_ROWS_SHOWN: usize = 1000;
 /// Machines listed under each CVE.
 const CVE_MACHINES_SHOWN: usize = 50;
 
-fn cve_table(all: &[crate::api::compliance::ComplianceRow]) -> Vec<Vec<String>> {
+fn cve_table(all: &[crate::domain::compliance::ComplianceRow]) -> Vec<Vec<Markup>> {
     cves_of(all)
         .iter()
         .map(|c| {
-            let mut machines: Vec<String> = c
-                .machines
-                .iter()
-                .take(CVE_MACHINES_SHOWN)
-                .map(|(h, f, st)| format!("{} ({}) {}", esc(h), esc(f), status(st)))
-                .collect();
-            if c.machines.len() > CVE_MACHINES_SHOWN {
-                machines.push(format!("and {} more", c.machines.len() - CVE_MACHINES_SHOWN));
-            }
-            vec![esc(&c.cve), c.fixed.to_string(), c.open.to_string(), machines.join("<br>")]
+            let more = c.machines.len().saturating_sub(CVE_MACHINES_SHOWN);
+            let machines = html! {
+                @for (i, (h, f, st)) in c.machines.iter().take(CVE_MACHINES_SHOWN).enumerate() {
+                    @if i > 0 { br; }
+                    (h) " (" (f) ") " (status(st))
+                }
+                @if more > 0 { br; "and " (more) " more" }
+            };
+            vec![text(&c.cve), text(c.fixed), text(c.open), machines]
         })
         .collect()
 }
 
 pub async fn compliance_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
     let mut page = Page::new();
-    page.raw("<p>Export: <a href=\"/api/v1/compliance/machines?format=csv\">machines CSV</a> · <a href=\"/api/v1/compliance/cves?format=csv\">CVEs CSV</a> · <a href=\"/api/v1/compliance/targets?format=csv\">targets CSV</a></p>");
+    page.markup(html! {
+        p {
+            "Export: " a href="/api/v1/compliance/machines?format=csv" { "machines CSV" }
+            " · " a href="/api/v1/compliance/cves?format=csv" { "CVEs CSV" }
+            " · " a href="/api/v1/compliance/targets?format=csv" { "targets CSV" }
+        }
+    });
     let mut all = rows(&st, &u.0.org_id).await?;
     page.h(2, "By CVE");
     page.table("cves", &["CVE", "fixed", "open", "machines"], &cve_table(&all));
@@ -234,16 +234,16 @@ pub async fn compliance_page(State(st): State<AppState>, u: UiUser) -> ApiResult
             all.len()
         ));
     }
-    let r: Vec<Vec<String>> = all
+    let r: Vec<Vec<Markup>> = all
         .iter()
         .take(COMPLIANCE_ROWS_SHOWN)
         .map(|r| {
             vec![
                 link(&format!("/ui/machines/{}", r.machine_id), &r.hostname),
-                esc(&r.file_name),
-                r.applied_level.to_string(),
+                text(&r.file_name),
+                text(r.applied_level),
                 status(r.status.as_str()),
-                esc(&r.detail),
+                text(&r.detail),
             ]
         })
         .collect();
@@ -254,19 +254,19 @@ pub async fn compliance_page(State(st): State<AppState>, u: UiUser) -> ApiResult
 pub async fn billing_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
     let mut page = Page::new();
     let sub = subscription(&st, &u.0.org_id).await?;
-    let entitled = crate::api::checkin::entitled(&st, &u.0.org_id, now()).await?;
+    let entitled = crate::domain::entitlement::entitled(&st, &u.0.org_id, now()).await?;
     page.table(
         "subscription",
         &["subscribed since", "until", "trial until", "price per core per month", "hotpatches"],
         &[vec![
-            esc(&sub.active_from.map(rfc3339).unwrap_or_else(|| "not subscribed".into())),
-            esc(&sub.active_until.map(rfc3339).unwrap_or_default()),
-            esc(&sub.trial_until.map(rfc3339).unwrap_or_default()),
-            format!("{} USD", format_cents(sub.price_cents_per_core_month)),
+            text(sub.active_from.map(rfc3339).unwrap_or_else(|| "not subscribed".into())),
+            text(sub.active_until.map(rfc3339).unwrap_or_default()),
+            text(sub.trial_until.map(rfc3339).unwrap_or_default()),
+            html! { (format_cents(sub.price_cents_per_core_month)) " USD" },
             if entitled {
-                status("applied").replace(">applied<", ">entitled<")
+                html! { span.s-applied { "entitled" } }
             } else {
-                status("needs-restart").replace(">needs-restart<", ">baselines only<")
+                html! { span.s-needs-restart { "baselines only" } }
             },
         ]],
     );
@@ -279,35 +279,35 @@ pub async fn billing_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Ht
             .find(|i| i.month == month)
             .ok_or_else(|| crate::error::ApiError::Internal(format!("no invoice for the current month {month}")))?;
         page.h(2, &format!("Invoice {month} (to date)"));
-        let lines: Vec<Vec<String>> = inv
+        let lines: Vec<Vec<Markup>> = inv
             .lines
             .iter()
             .map(|l| {
                 vec![
-                    esc(&l.hostname),
-                    l.core_days.to_string(),
-                    l.trial_core_days.to_string(),
-                    format!("{} USD", format_cents(l.amount_cents)),
+                    text(&l.hostname),
+                    text(l.core_days),
+                    text(l.trial_core_days),
+                    html! { (format_cents(l.amount_cents)) " USD" },
                 ]
             })
             .collect();
         page.table("invoice", &["machine", "billed core-days", "trial core-days", "amount"], &lines);
-        page.raw(&format!(
-            "<p id=\"invoice-total\">Total: <strong>{} USD</strong> for {} core-days ({} days in month)</p>",
-            esc(&inv.amount),
-            inv.core_days,
-            inv.days_in_month
-        ));
+        page.markup(html! {
+            p #invoice-total {
+                "Total: " strong { (inv.amount) " USD" } " for " (inv.core_days) " core-days ("
+                (inv.days_in_month) " days in month)"
+            }
+        });
         page.h(2, "Invoices");
-        let all: Vec<Vec<String>> = invoices
+        let all: Vec<Vec<Markup>> = invoices
             .iter()
             .map(|i| {
                 vec![
-                    esc(&i.month),
-                    esc(&i.status),
-                    esc(i.issued.as_deref().unwrap_or("")),
-                    i.core_days.to_string(),
-                    format!("{} USD", esc(&i.amount)),
+                    text(&i.month),
+                    text(&i.status),
+                    text(i.issued.as_deref().unwrap_or("")),
+                    text(i.core_days),
+                    html! { (i.amount) " USD" },
                 ]
             })
             .collect();
@@ -318,7 +318,7 @@ pub async fn billing_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Ht
 
 pub async fn audit_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html<String>> {
     let entries = crate::api::access::audit_entries(&st, &u.0.org_id, 500).await?;
-    let rows: Vec<Vec<String>> = entries
+    let rows: Vec<Vec<Markup>> = entries
         .iter()
         .map(|e| vec![s(&e["at"]), s(&e["actor"]), s(&e["action"]), s(&e["subject"]), s(&e["detail"])])
         .collect();

@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::form::{UiForm, api_body, done, failed, number, words};
-use super::html::{Form, esc};
 use super::session::UiUser;
+use super::view::{Form, Markup, html, text};
 use crate::api::json::ApiJson;
 use crate::api::{deploy, queries};
 use crate::error::ApiResult;
@@ -28,7 +28,7 @@ pub struct WindowFields {
     pub time_zone: String,
 }
 
-pub fn window_form(u: &UiUser, f: &WindowFields) -> String {
+pub fn window_form(u: &UiUser, f: &WindowFields) -> Markup {
     let zone = if f.time_zone.is_empty() { "UTC" } else { &f.time_zone };
     Form::new("new-window", "/ui/maintenance-windows", &u.1)
         .legend("New maintenance window")
@@ -49,7 +49,7 @@ pub struct QueryFields {
     pub query: String,
 }
 
-pub fn query_form(u: &UiUser, f: &QueryFields) -> String {
+pub fn query_form(u: &UiUser, f: &QueryFields) -> Markup {
     Form::new("new-query", "/ui/queries", &u.1)
         .legend("New saved query")
         .input("text", "name", "Name", &f.name, "")
@@ -59,24 +59,24 @@ pub fn query_form(u: &UiUser, f: &QueryFields) -> String {
 }
 
 /// The windows as a table: name, days, start, duration, zone, open now, next opening.
-pub async fn window_rows(st: &AppState, u: &UiUser) -> ApiResult<Vec<Vec<String>>> {
+pub async fn window_rows(st: &AppState, u: &UiUser) -> ApiResult<Vec<Vec<Markup>>> {
     let axum::Json(v) = deploy::list_windows(State(st.clone()), u.0.clone()).await?;
-    let text = |x: &Value| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string());
+    let word = |x: &Value| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string());
     Ok(v["windows"]
         .as_array()
         .map(|list| {
             list.iter()
                 .map(|w| {
                     let days: Vec<String> =
-                        w["days"].as_array().map(|d| d.iter().map(text).collect()).unwrap_or_default();
+                        w["days"].as_array().map(|d| d.iter().map(word).collect()).unwrap_or_default();
                     vec![
-                        esc(&text(&w["name"])),
-                        esc(&days.join(", ")),
-                        esc(&text(&w["start"])),
-                        format!("{} min", esc(&text(&w["duration_minutes"]))),
-                        esc(&text(&w["time_zone"])),
-                        if w["open_now"] == json!(true) { "open".into() } else { "closed".into() },
-                        esc(&format!("{} to {}", text(&w["next"]["start"]), text(&w["next"]["end"]))),
+                        text(word(&w["name"])),
+                        text(days.join(", ")),
+                        text(word(&w["start"])),
+                        html! { (word(&w["duration_minutes"])) " min" },
+                        text(word(&w["time_zone"])),
+                        text(if w["open_now"] == json!(true) { "open" } else { "closed" }),
+                        text(format!("{} to {}", word(&w["next"]["start"]), word(&w["next"]["end"]))),
                     ]
                 })
                 .collect()
@@ -96,7 +96,7 @@ pub async fn create_window(State(st): State<AppState>, form: UiForm<WindowFields
     .await;
     match result {
         Ok(_) => done("/ui/deployments"),
-        Err(e) => failed(&u, "New maintenance window", &e, &window_form(&u, &f)),
+        Err(e) => failed(&u, "New maintenance window", &e, window_form(&u, &f)),
     }
 }
 
@@ -109,6 +109,6 @@ pub async fn create_query(State(st): State<AppState>, form: UiForm<QueryFields>)
     .await;
     match result {
         Ok(_) => done("/ui/deployments"),
-        Err(e) => failed(&u, "New saved query", &e, &query_form(&u, &f)),
+        Err(e) => failed(&u, "New saved query", &e, query_form(&u, &f)),
     }
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sqlx::Row;
 
-use super::html::Page;
+use super::view::{Page, html, notice};
 use crate::audit;
 use crate::auth::{Credential, Role, SESSION_COOKIE, Sessions, User, authenticate, token_user};
 use crate::error::{ApiError, ApiResult};
@@ -59,10 +59,13 @@ impl FromRequestParts<AppState> for UiUser {
 
 pub async fn login_form() -> Html<String> {
     let mut page = Page::new();
-    page.p("Paste an API token to sign in, or open a one-time link made with POST /api/v1/ui-links.").raw(
-        "<form method=\"post\" action=\"/ui/login\"><label>API token <input type=\"password\" name=\"token\" size=\"70\" autocomplete=\"off\"></label> \
-         <button type=\"submit\">Sign in</button></form>",
-    );
+    // No CSRF field: there is no session yet; the origin check guards the post.
+    page.p("Paste an API token to sign in, or open a one-time link made with POST /api/v1/ui-links.").markup(html! {
+        form method="post" action="/ui/login" {
+            label { "API token " input type="password" name="token" size="70" autocomplete="off"; } " "
+            button type="submit" { "Sign in" }
+        }
+    });
     Html(page.render("Sign in", None))
 }
 
@@ -116,14 +119,17 @@ pub async fn login_with_token(
     // attacker (login CSRF); there is no session yet, so the origin decides.
     if let Err(e) = super::csrf::check_origin(&headers) {
         let mut page = Page::new();
-        page.raw(&super::html::notice("error", &e.to_string()));
+        page.markup(notice("error", &e.to_string()));
         return (e.status(), Html(page.render("Sign in", None))).into_response();
     }
     match token_user(&st, form.token.trim()).await {
         Ok(Some(user)) => start_session(&st, &user, "/ui/").await.into_response(),
         Ok(None) => {
             let mut page = Page::new();
-            page.raw("<p class=\"s-apply-failed\">That API token is unknown, expired or revoked.</p><p><a href=\"/ui/login\">Try again</a></p>");
+            page.markup(html! {
+                p.s-apply-failed { "That API token is unknown, expired or revoked." }
+                p { a href="/ui/login" { "Try again" } }
+            });
             (axum::http::StatusCode::UNAUTHORIZED, Html(page.render("Sign in", None))).into_response()
         }
         Err(e) => e.into_response(),

@@ -11,9 +11,9 @@ use serde_json::Value;
 use super::catalog_forms::urlencode;
 use super::fleet_forms::Nothing;
 use super::form::{UiForm, done, failed, number, optional};
-use super::html::{Form, Page, esc};
 use super::session::UiUser;
-use crate::api::catalog::hotpatches;
+use super::view::{Form, Markup, Page, code, html, text};
+use crate::domain::catalog::hotpatches;
 use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::tiers::Gate;
@@ -57,7 +57,7 @@ pub fn parse_tiers(text: &str) -> ApiResult<Vec<NewTier>> {
         .collect()
 }
 
-fn tiers_form(u: &UiUser, f: &TierFields) -> String {
+fn tiers_form(u: &UiUser, f: &TierFields) -> Markup {
     Form::new("set-tiers", "/ui/tiers", &u.1)
         .legend("Tiers, in order")
         .input("text", "tiers", "Tiers", &f.tiers, "name:hours to deploy after, e.g. edge:0, beta:24, stable:72")
@@ -65,7 +65,7 @@ fn tiers_form(u: &UiUser, f: &TierFields) -> String {
         .finish()
 }
 
-fn pin_form(u: &UiUser, f: &PinFields) -> String {
+fn pin_form(u: &UiUser, f: &PinFields) -> Markup {
     Form::new("add-pin", "/ui/pins", &u.1)
         .legend("Pin a group of machines to a level")
         .input("text", "tag", "Tag", &f.tag, "or a saved query below")
@@ -76,7 +76,7 @@ fn pin_form(u: &UiUser, f: &PinFields) -> String {
         .finish()
 }
 
-fn hotpatch_rows(u: &UiUser, gate: &Gate, list: &[crate::api::catalog::Hotpatch]) -> Vec<Vec<String>> {
+fn hotpatch_rows(u: &UiUser, gate: &Gate, list: &[crate::domain::catalog::Hotpatch]) -> Vec<Vec<Markup>> {
     list.iter()
         .map(|h| {
             let reached = gate.reached(&h.patch_id).map_or("none".to_string(), |t| t.name.clone());
@@ -87,15 +87,15 @@ fn hotpatch_rows(u: &UiUser, gate: &Gate, list: &[crate::api::catalog::Hotpatch]
                     &u.1,
                     &format!("Promote to {}", next.name),
                 ),
-                _ => String::new(),
+                _ => html! {},
             };
-            vec![esc(&h.patch_id), esc(&h.file_name), h.level.to_string(), esc(&reached), action]
+            vec![text(&h.patch_id), text(&h.file_name), text(h.level), text(&reached), action]
         })
         .collect()
 }
 
-fn s(v: &Value) -> String {
-    esc(&match v {
+fn s(v: &Value) -> Markup {
+    text(match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
         other => other.to_string(),
@@ -112,7 +112,7 @@ pub async fn tiers_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html
     } else {
         page.p("A machine is offered a hotpatch once it was promoted to the machine's tier and the tier's delay passed. Machines not put in a tier follow the last one.");
     }
-    let tier_rows: Vec<Vec<String>> = shown["tiers"]
+    let tier_rows: Vec<Vec<Markup>> = shown["tiers"]
         .as_array()
         .map(|t| t.iter().map(|x| vec![s(&x["name"]), s(&x["deploy_after_hours"]), s(&x["machines"])]).collect())
         .unwrap_or_default();
@@ -120,27 +120,27 @@ pub async fn tiers_page(State(st): State<AppState>, u: UiUser) -> ApiResult<Html
     if u.is_admin() {
         let current: Vec<String> =
             gate.tiers.iter().map(|t| format!("{}:{}", t.name, t.deploy_after_seconds / 3600)).collect();
-        page.raw(&tiers_form(&u, &TierFields { tiers: current.join(", ") }));
+        page.markup(tiers_form(&u, &TierFields { tiers: current.join(", ") }));
     }
     page.h(2, "Hotpatches");
     let rows = hotpatch_rows(&u, &gate, &hotpatches(&st, org).await?);
     page.table("promotions", &["patch", "file", "level", "tier reached", ""], &rows);
     page.h(2, "Pins");
-    let pin_rows: Vec<Vec<String>> = gate
+    let pin_rows: Vec<Vec<Markup>> = gate
         .pins
         .iter()
         .map(|p| {
             let remove = if u.acts() {
                 Form::button(&format!("unpin-{}", p.id), &format!("/ui/pins/{}/remove", p.id), &u.1, "Unpin")
             } else {
-                String::new()
+                html! {}
             };
-            vec![esc(&p.scope_label()), format!("<code>{}</code>", esc(&p.build_id)), p.level.to_string(), remove]
+            vec![text(p.scope_label()), code(&p.build_id), text(p.level), remove]
         })
         .collect();
     page.table("pins", &["machines", "build-id", "held at level", ""], &pin_rows);
     if u.acts() {
-        page.raw(&pin_form(&u, &PinFields::default()));
+        page.markup(pin_form(&u, &PinFields::default()));
     }
     Ok(Html(page.render("Tiers", Some((&u.0.name, u.0.role.as_str())))))
 }
@@ -153,7 +153,7 @@ pub async fn set_tiers(State(st): State<AppState>, form: UiForm<TierFields>) -> 
     };
     match result {
         Ok(_) => done("/ui/tiers"),
-        Err(e) => failed(&u, "Set tiers", &e, &tiers_form(&u, &f)),
+        Err(e) => failed(&u, "Set tiers", &e, tiers_form(&u, &f)),
     }
 }
 
@@ -161,7 +161,7 @@ pub async fn promote(State(st): State<AppState>, Path(patch_id): Path<String>, f
     let u = form.user;
     match change::promote(&st, &u.0, &patch_id, None).await {
         Ok(_) => done("/ui/tiers"),
-        Err(e) => failed(&u, "Promote a hotpatch", &e, ""),
+        Err(e) => failed(&u, "Promote a hotpatch", &e, html! {}),
     }
 }
 
@@ -179,7 +179,7 @@ pub async fn add_pin(State(st): State<AppState>, form: UiForm<PinFields>) -> Res
     };
     match result {
         Ok(_) => done("/ui/tiers"),
-        Err(e) => failed(&u, "Pin machines", &e, &pin_form(&u, &f)),
+        Err(e) => failed(&u, "Pin machines", &e, pin_form(&u, &f)),
     }
 }
 
@@ -187,14 +187,14 @@ pub async fn remove_pin(State(st): State<AppState>, Path(id): Path<String>, form
     let u = form.user;
     match change::remove_pin(&st, &u.0, &id).await {
         Ok(_) => done("/ui/tiers"),
-        Err(e) => failed(&u, "Unpin machines", &e, ""),
+        Err(e) => failed(&u, "Unpin machines", &e, html! {}),
     }
 }
 
 /// The machine page's form: choose the machine's tier.
-pub fn machine_tier_form(u: &UiUser, machine_id: &str, gate: &Gate, current: Option<&str>) -> String {
+pub fn machine_tier_form(u: &UiUser, machine_id: &str, gate: &Gate, current: Option<&str>) -> Markup {
     if gate.tiers.is_empty() {
-        return String::new();
+        return html! {};
     }
     let last = gate.tiers.last().map(|t| t.name.as_str()).unwrap_or_default();
     let mut options = vec![(String::new(), format!("default (the last tier, {last})"))];
@@ -214,23 +214,20 @@ pub async fn set_machine_tier(
     let tier = optional(&f.tier);
     match change::set_machine_tier(&st, &u.0, &id, tier.as_deref()).await {
         Ok(_) => done(&format!("/ui/machines/{}", urlencode(&id))),
-        Err(e) => failed(&u, "Set the machine's tier", &e, ""),
+        Err(e) => failed(&u, "Set the machine's tier", &e, html! {}),
     }
 }
 
 /// The machine page's tier: the one it follows, and for operators the form to change it.
-pub async fn machine_tier_section(st: &AppState, u: &UiUser, id: &str, m: &Value) -> ApiResult<String> {
+pub async fn machine_tier_section(st: &AppState, u: &UiUser, id: &str, m: &Value) -> ApiResult<Markup> {
     let gate = Gate::load(st, &u.0.org_id).await?;
     let current = m["tier"].as_str();
     let follows = gate.tier_of(current).map(|t| t.name.clone());
-    let mut html = match follows {
-        Some(t) => format!("<p id=\"tier\">Tier: {}</p>", esc(&t)),
-        None => String::new(),
-    };
-    if u.acts() && m["revoked"] != Value::Bool(true) {
-        html.push_str(&machine_tier_form(u, id, &gate, current));
-    }
-    Ok(html)
+    let form = (u.acts() && m["revoked"] != Value::Bool(true)).then(|| machine_tier_form(u, id, &gate, current));
+    Ok(html! {
+        @if let Some(t) = follows { p #tier { "Tier: " (t) } }
+        @if let Some(form) = form { (form) }
+    })
 }
 
 #[cfg(test)]

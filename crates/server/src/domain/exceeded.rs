@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use super::deploy::{Deployment, Kind};
+use super::rollout::{Deployment, Kind};
 use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::util::rfc3339;
@@ -83,7 +83,7 @@ pub async fn left_by_window(st: &AppState, org_id: &str, d: &Deployment, now: i6
     }
     let mut left = Vec::new();
     let mut when = None;
-    for m in super::queries::fleet_facts(st, org_id, d.scope_uses_targets()).await? {
+    for m in super::targeting::fleet_facts(st, org_id, d.scope_uses_targets()).await? {
         if !waiting.contains(&m.id) || !m.with_facts(|f| d.scope_matches(f)) {
             continue;
         }

@@ -10,7 +10,7 @@ use hotpatch_release::coverage::coverage_end;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
-use crate::api::catalog::Baseline;
+use super::catalog::Baseline;
 
 pub struct Coverage {
     pub date: String,
