@@ -350,6 +350,9 @@ ALTER TABLE machines ADD COLUMN tier TEXT;
 CREATE INDEX work_history_at ON work_history (at)
 "#,
     ),
+    // Why a deployment's rings are what they are when the server chose them
+    // (a small fleet goes all at once, without a canary soak).
+    (90, "ALTER TABLE deployments ADD COLUMN rings_note TEXT"),
 ];
 
 pub async fn migrate(db: &Db) -> Result<(), DbError> {

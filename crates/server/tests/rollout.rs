@@ -325,3 +325,45 @@ fn monitoring_endpoints_count_the_fleet_for_a_token() {
         assert!(line.trim_end().ends_with("silent=1") && line.lines().count() == 1, "{line}");
     }
 }
+
+/// Rings left to the server: below ten machines in scope everything goes at
+/// once (no canary soak to wait for), and the deployment says so; from ten
+/// machines on, 10% first and the rest an hour later; rings the operator
+/// gives are kept as given.
+#[test]
+fn a_small_fleet_goes_at_once_and_says_so() {
+    for b in backends() {
+        let s = TestServer::start(&b);
+        s.upload(&s.admin, &package(&s.key, "fix-1", BUILD_A, 1, Classification::Security, &["CVE-2027-0001"]));
+        for n in 0..3 {
+            s.enroll(&["web"], &format!("web-{n}"));
+        }
+        let create = |name: &str, extra: Value| {
+            let mut body =
+                json!({ "name": name, "kind": "hotpatch", "patch_id": "fix-1", "scope": { "tags": ["web"] } });
+            if let Value::Object(m) = extra {
+                body.as_object_mut().unwrap().extend(m);
+            }
+            let (st, d) = s.post("/api/v1/deployments", &s.admin, body);
+            assert_eq!(st, 200, "{d}");
+            d
+        };
+        let small = create("small", json!({}));
+        assert_eq!((small["canary_percent"].clone(), small["soak_seconds"].clone()), (json!(100), json!(0)), "{small}");
+        let note = small["rings_note"].as_str().unwrap_or_default().to_string();
+        assert!(note.contains("small fleet: 3 machine(s) in scope"), "{small}");
+        let shown = s.get(&format!("/api/v1/deployments/{}", small["id"].as_str().unwrap()), &s.admin).1;
+        assert_eq!(shown["rings"]["note"], json!(note), "{shown}");
+
+        let given = create("given", json!({ "rings": { "canary_percent": 50 } }));
+        assert_eq!((given["canary_percent"].clone(), given["soak_seconds"].clone()), (json!(50), json!(3600)));
+        assert!(given["rings_note"].is_null(), "{given}");
+
+        for n in 3..10 {
+            s.enroll(&["web"], &format!("web-{n}"));
+        }
+        let fleet = create("fleet", json!({}));
+        assert_eq!((fleet["canary_percent"].clone(), fleet["soak_seconds"].clone()), (json!(10), json!(3600)));
+        assert!(fleet["rings_note"].is_null(), "{fleet}");
+    }
+}

@@ -114,25 +114,57 @@ pub struct Scope {
     query: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// What the operator asked of the rings; what is left out the server
+/// chooses from the size of the scope ([`crate::domain::rollout::default_rings`]).
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Rings {
-    #[serde(default = "default_canary")]
-    canary_percent: i64,
-    #[serde(default = "default_soak")]
-    soak_seconds: i64,
+    canary_percent: Option<i64>,
+    soak_seconds: Option<i64>,
     #[serde(default = "default_threshold")]
     failure_threshold_percent: i64,
 }
 
-fn default_canary() -> i64 {
-    10
-}
-fn default_soak() -> i64 {
-    3600
-}
 fn default_threshold() -> i64 {
     10
+}
+
+/// The rings as stored: canary share, soak, failure threshold, and the note
+/// saying why when the server chose them otherwise than by default.
+struct ChosenRings {
+    canary_percent: i64,
+    soak_seconds: i64,
+    failure_threshold_percent: i64,
+    note: Option<String>,
+}
+
+/// Fills what the operator left out; a small fleet goes all at once.
+async fn choose_rings(
+    st: &AppState,
+    org_id: &str,
+    asked: Rings,
+    tags: &[String],
+    query: Option<&str>,
+) -> ApiResult<ChosenRings> {
+    use crate::domain::rollout::{DEFAULT_CANARY_PERCENT, DEFAULT_SOAK_SECONDS, default_rings};
+    // Only rings left wholly to the server depend on the fleet's size.
+    let (canary, soak, note) = match (asked.canary_percent, asked.soak_seconds) {
+        (None, None) => default_rings(crate::domain::targeting::reached(st, org_id, tags, query).await?.len()),
+        (c, s) => (c.unwrap_or(DEFAULT_CANARY_PERCENT), s.unwrap_or(DEFAULT_SOAK_SECONDS), None),
+    };
+    let rings = ChosenRings {
+        canary_percent: canary,
+        soak_seconds: soak,
+        failure_threshold_percent: asked.failure_threshold_percent,
+        note,
+    };
+    if !(0..=100).contains(&rings.canary_percent) || !(0..=100).contains(&rings.failure_threshold_percent) {
+        return Err(ApiError::BadRequest("canary_percent and failure_threshold_percent must be 0-100".into()));
+    }
+    if !(0..=90 * 86_400).contains(&rings.soak_seconds) {
+        return Err(ApiError::BadRequest("soak_seconds must be 0-7776000".into()));
+    }
+    Ok(rings)
 }
 
 #[derive(Deserialize)]
@@ -166,17 +198,7 @@ pub async fn create_deployment(
         Some(Scope { tags, query }) => (tags.unwrap_or_default(), query),
     };
     crate::domain::names::check_tags(&tags)?;
-    let rings = d.rings.unwrap_or(Rings {
-        canary_percent: default_canary(),
-        soak_seconds: default_soak(),
-        failure_threshold_percent: default_threshold(),
-    });
-    if !(0..=100).contains(&rings.canary_percent) || !(0..=100).contains(&rings.failure_threshold_percent) {
-        return Err(ApiError::BadRequest("canary_percent and failure_threshold_percent must be 0-100".into()));
-    }
-    if !(0..=90 * 86_400).contains(&rings.soak_seconds) {
-        return Err(ApiError::BadRequest("soak_seconds must be 0-7776000".into()));
-    }
+    let asked_rings = d.rings.unwrap_or(Rings { failure_threshold_percent: default_threshold(), ..Rings::default() });
     let reboot = d.reboot_policy.unwrap_or_else(|| "if-required".into());
     if !matches!(reboot.as_str(), "if-required" | "never" | "always") {
         return Err(ApiError::BadRequest(format!("reboot_policy {reboot:?} must be if-required, never or always")));
@@ -232,12 +254,12 @@ pub async fn create_deployment(
             Some(row.try_get::<String, _>(0)?)
         }
     };
-    let query_id = match &query_name {
-        None => None,
+    let (query_id, query_text) = match &query_name {
+        None => (None, None),
         Some(name) => {
             // Shared lock: a concurrent delete of the query waits for this deployment (and then refuses).
             let sql = format!(
-                "SELECT id FROM saved_queries WHERE org_id = $1 AND name = $2{}",
+                "SELECT id, query FROM saved_queries WHERE org_id = $1 AND name = $2{}",
                 crate::domain::targeting::lock_clause(st.db.backend, false)
             );
             let row = sqlx::query(&sql)
@@ -246,14 +268,15 @@ pub async fn create_deployment(
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("no saved query {name:?} in this organisation")))?;
-            Some(row.try_get::<String, _>(0)?)
+            (Some(row.try_get::<String, _>(0)?), Some(row.try_get::<String, _>(1)?))
         }
     };
+    let rings = choose_rings(&st, &user.org_id, asked_rings, &tags, query_text.as_deref()).await?;
     let id = new_id()?;
     sqlx::query(
         "INSERT INTO deployments (id, org_id, name, kind, patch_id, baseline_id, scope_tags, start_at, window_id, canary_percent, \
-         soak_seconds, failure_threshold_percent, reboot_policy, state, created, scope_query_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'active', $14, $15)",
+         soak_seconds, failure_threshold_percent, reboot_policy, state, created, scope_query_id, rings_note) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'active', $14, $15, $16)",
     )
     .bind(&id)
     .bind(&user.org_id)
@@ -270,6 +293,7 @@ pub async fn create_deployment(
     .bind(&reboot)
     .bind(now())
     .bind(&query_id)
+    .bind(&rings.note)
     .execute(&mut *tx)
     .await?;
     audit::record(
@@ -281,11 +305,13 @@ pub async fn create_deployment(
         json!({ "id": id, "kind": d.kind, "patch_id": patch_id, "baseline_id": baseline_id, "tags": tags,
                 "query": query_name, "window": d.window,
                 "canary_percent": rings.canary_percent, "soak_seconds": rings.soak_seconds,
-                "failure_threshold_percent": rings.failure_threshold_percent, "reboot_policy": reboot }),
+                "failure_threshold_percent": rings.failure_threshold_percent, "rings_note": rings.note,
+                "reboot_policy": reboot }),
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(json!({ "id": id, "name": d.name, "state": "active" })))
+    Ok(Json(json!({ "id": id, "name": d.name, "state": "active", "canary_percent": rings.canary_percent,
+                    "soak_seconds": rings.soak_seconds, "rings_note": rings.note })))
 }
 
 pub fn deployment_json(d: &Deployment, canary: &RingProgress, rest: &RingProgress) -> Value {
@@ -299,7 +325,7 @@ pub fn deployment_json(d: &Deployment, canary: &RingProgress, rest: &RingProgres
         "scope": scope, "start_at": rfc3339(d.start_at),
         "window": d.window.as_ref().map(|(n, _)| n),
         "rings": { "canary_percent": d.canary_percent, "soak_seconds": d.soak_seconds,
-                   "failure_threshold_percent": d.failure_threshold_percent,
+                   "failure_threshold_percent": d.failure_threshold_percent, "note": d.rings_note,
                    "canary": canary, "rest": rest },
         "reboot_policy": d.reboot_policy, "state": d.state, "state_reason": d.state_reason,
     })

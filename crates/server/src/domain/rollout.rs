@@ -47,6 +47,27 @@ pub fn window_from_columns(days: &str, start_minute: i64, duration_minutes: i64,
 
 /// Ring membership is a pure function of deployment and machine, so every
 /// replica puts a machine in the same ring without sharing memory.
+/// Below this many machines in scope, a deployment whose rings the operator
+/// left to the server goes to every machine at once: a canary ring of one
+/// machine and an hour's soak only make a small fleet wait.
+pub const SMALL_FLEET: usize = 10;
+/// The rings the server chooses otherwise: 10% first, the rest an hour later.
+pub const DEFAULT_CANARY_PERCENT: i64 = 10;
+pub const DEFAULT_SOAK_SECONDS: i64 = 3600;
+
+/// The canary share and soak for `reached` machines in scope when the
+/// operator gave neither, and the note that says why where it is not the default.
+pub fn default_rings(reached: usize) -> (i64, i64, Option<String>) {
+    if reached < SMALL_FLEET {
+        let note = format!(
+            "small fleet: {reached} machine(s) in scope when created (below {SMALL_FLEET}), so all at once without a canary soak"
+        );
+        (100, 0, Some(note))
+    } else {
+        (DEFAULT_CANARY_PERCENT, DEFAULT_SOAK_SECONDS, None)
+    }
+}
+
 pub fn in_canary(deployment_id: &str, machine_id: &str, canary_percent: i64) -> bool {
     let h = sha256_hex(format!("{deployment_id}/{machine_id}").as_bytes());
     let bucket = u64::from_str_radix(&h[..8], 16).unwrap_or(0) % 100;
@@ -69,6 +90,8 @@ pub struct Deployment {
     pub canary_percent: i64,
     pub soak_seconds: i64,
     pub failure_threshold_percent: i64,
+    /// Why the rings are what they are, when the server chose them.
+    pub rings_note: Option<String>,
     pub reboot_policy: String,
     pub state: String,
     pub state_reason: String,
@@ -167,7 +190,7 @@ pub async fn deployments_for(
     let sql = format!(
         "SELECT d.id, d.name, d.kind, d.patch_id, d.baseline_id, d.scope_tags, d.start_at, d.canary_percent, d.soak_seconds, \
          d.failure_threshold_percent, d.reboot_policy, d.state, d.state_reason, w.name, w.days, w.start_minute, w.duration_minutes, w.time_zone, \
-         h.build_id, h.file_name, h.level, h.artifact_sha256, r.status, d.scope_query_id, q.name, q.query \
+         h.build_id, h.file_name, h.level, h.artifact_sha256, r.status, d.scope_query_id, q.name, q.query, d.rings_note \
          FROM deployments d LEFT JOIN maintenance_windows w ON w.id = d.window_id \
          LEFT JOIN hotpatches h ON h.org_id = d.org_id AND h.patch_id = d.patch_id \
          LEFT JOIN work_results r ON r.deployment_id = d.id AND r.machine_id = $2 \
@@ -227,6 +250,7 @@ pub async fn deployments_for(
             canary_percent: r.try_get(7)?,
             soak_seconds: r.try_get(8)?,
             failure_threshold_percent: r.try_get(9)?,
+            rings_note: r.try_get(26)?,
             reboot_policy: r.try_get(10)?,
             state: r.try_get(11)?,
             state_reason: r.try_get(12)?,

@@ -47,6 +47,28 @@ impl MachineFacts {
     }
 }
 
+/// The machines a scope reaches now: every one carrying all `tags`, or
+/// those `query` (a saved query's text) matches.
+pub async fn reached(
+    st: &AppState,
+    org_id: &str,
+    tags: &[String],
+    query: Option<&str>,
+) -> ApiResult<Vec<MachineFacts>> {
+    let query = query.map(parse_query).transpose()?;
+    let with_targets = query.as_ref().is_some_and(|q| q.uses(hotpatch_query::Field::Target));
+    let fleet = fleet_facts(st, org_id, with_targets).await?;
+    Ok(fleet
+        .into_iter()
+        .filter(|m| {
+            m.with_facts(|facts| match &query {
+                Some(q) => q.matches(facts),
+                None => tags.iter().all(|t| facts.tags.contains(t)),
+            })
+        })
+        .collect())
+}
+
 /// Every enrolled, unrevoked machine of the organisation with its facts; target
 /// file names only when `with_targets` (one more query, skipped when no term reads them).
 pub async fn fleet_facts(st: &AppState, org_id: &str, with_targets: bool) -> ApiResult<Vec<MachineFacts>> {

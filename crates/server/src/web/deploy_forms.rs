@@ -88,8 +88,8 @@ async fn deploy_form(st: &AppState, u: &UiUser, f: &DeployFields) -> ApiResult<M
         .select("query", "or the machines of a saved query", &queries, &f.query)
         .input("text", "start_at", "Start at", &f.start_at, "RFC 3339, e.g. 2027-05-04T14:00:00Z; empty: now")
         .select("window", "Maintenance window", &windows, &f.window)
-        .input("number", "canary_percent", "Canary ring, % of machines", &f.canary_percent, "0-100")
-        .input("number", "soak_minutes", "Canary soak before the rest, minutes", &f.soak_minutes, "")
+        .input("number", "canary_percent", "Canary ring, % of machines", &f.canary_percent, SERVER_CHOOSES)
+        .input("number", "soak_minutes", "Canary soak before the rest, minutes", &f.soak_minutes, SERVER_CHOOSES)
         .input("number", "failure_threshold_percent", "Halt when failures pass, %", &f.failure_threshold_percent, "")
         .select("reboot_policy", "Reboot", &opts(&["if-required", "never", "always"]), &f.reboot_policy)
         .markup(html! { button type="submit" formaction="/ui/deployments/preview" { "Preview machines" } " " })
@@ -103,8 +103,6 @@ fn defaults(from: Source) -> DeployFields {
     DeployFields {
         name: format!("roll-{subject}"),
         kind: if baseline.is_empty() { "hotpatch".into() } else { "baseline".into() },
-        canary_percent: "10".into(),
-        soak_minutes: "60".into(),
         failure_threshold_percent: "10".into(),
         reboot_policy: "if-required".into(),
         patch_id,
@@ -133,15 +131,19 @@ pub async fn new_page(State(st): State<AppState>, u: UiUser, Query(from): Query<
     }
 }
 
+/// What an empty canary or soak field means.
+const SERVER_CHOOSES: &str = "empty: 10% then 60 min; all at once below 10 machines";
+
 fn body(f: &DeployFields) -> ApiResult<deploy::NewDeployment> {
-    let soak = number(&f.soak_minutes, "soak minutes")?;
-    let mut v = json!({
-        "name": f.name.trim(), "kind": f.kind,
-        "rings": { "canary_percent": number(&f.canary_percent, "canary %")?,
-                   "soak_seconds": soak.saturating_mul(60),
-                   "failure_threshold_percent": number(&f.failure_threshold_percent, "failure threshold %")? },
-        "reboot_policy": f.reboot_policy,
-    });
+    let mut rings =
+        json!({ "failure_threshold_percent": number(&f.failure_threshold_percent, "failure threshold %")? });
+    if optional(&f.canary_percent).is_some() {
+        rings["canary_percent"] = json!(number(&f.canary_percent, "canary %")?);
+    }
+    if optional(&f.soak_minutes).is_some() {
+        rings["soak_seconds"] = json!(number(&f.soak_minutes, "soak minutes")?.saturating_mul(60));
+    }
+    let mut v = json!({ "name": f.name.trim(), "kind": f.kind, "rings": rings, "reboot_policy": f.reboot_policy });
     if let Some(p) = optional(&f.patch_id) {
         v["patch_id"] = json!(p);
     }
@@ -177,7 +179,6 @@ pub async fn create(State(st): State<AppState>, form: UiForm<DeployFields>) -> R
 
 /// The machines the scope in the form reaches now (facts of their last check-in).
 async fn reached(st: &AppState, org_id: &str, f: &DeployFields) -> ApiResult<Vec<String>> {
-    let tags = words(&f.tags);
     let query = match optional(&f.query) {
         None => None,
         Some(name) => {
@@ -187,21 +188,11 @@ async fn reached(st: &AppState, org_id: &str, f: &DeployFields) -> ApiResult<Vec
                 .fetch_optional(&st.db.pool)
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("no saved query {name:?}")))?;
-            Some(crate::domain::targeting::parse_query(&sqlx::Row::try_get::<String, _>(&row, 0)?)?)
+            Some(sqlx::Row::try_get::<String, _>(&row, 0)?)
         }
     };
-    let with_targets = query.as_ref().is_some_and(|q| q.uses(hotpatch_query::Field::Target));
-    let fleet = crate::domain::targeting::fleet_facts(st, org_id, with_targets).await?;
-    Ok(fleet
-        .iter()
-        .filter(|m| {
-            m.with_facts(|facts| match &query {
-                Some(q) => q.matches(facts),
-                None => tags.iter().all(|t| facts.tags.contains(t)),
-            })
-        })
-        .map(|m| m.hostname.clone())
-        .collect())
+    let machines = crate::domain::targeting::reached(st, org_id, &words(&f.tags), query.as_deref()).await?;
+    Ok(machines.into_iter().map(|m| m.hostname).collect())
 }
 
 pub async fn preview(State(st): State<AppState>, form: UiForm<DeployFields>) -> Response {

@@ -162,10 +162,11 @@ fn summary(d: &Deployment) -> Vec<Vec<Markup>> {
         text(at(d.start_at)),
         text(window),
         text(format!(
-            "canary {}%, soak {}, halt above {}% failed",
+            "canary {}%, soak {}, halt above {}% failed{}",
             d.canary_percent,
             duration(d.soak_seconds),
-            d.failure_threshold_percent
+            d.failure_threshold_percent,
+            d.rings_note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
         )),
         text(&d.reboot_policy),
     ]]
