@@ -44,6 +44,7 @@ pub mod retbreak;
 pub mod retire;
 pub mod scope;
 pub mod shadow;
+pub mod startup;
 pub mod stack;
 pub mod status;
 pub mod stub;
