@@ -76,7 +76,7 @@ impl std::fmt::Display for Stage {
 #[derive(Debug)]
 pub enum Caught {
     /// Held at the entry point: patch it, then [`Held::release`] it.
-    Held(Held),
+    Held(Box<Held>),
     /// Its own code runs (or where it stands cannot be told): patch it as any
     /// running process. Says why.
     Running(String),
@@ -91,6 +91,8 @@ pub struct Held {
     pub at: Instant,
     /// Its registers at the entry stop (at the trampoline's syscall).
     regs: Regs,
+    /// Its start time: a later process reusing the pid is not ours.
+    start: Option<u64>,
     released: bool,
 }
 
@@ -98,14 +100,42 @@ pub struct Held {
 /// its executable's entry point yet, lets it run there and holds it; waits
 /// until `deadline` at most (a constructor that blocks), then lets it go.
 pub fn catch(pid: i32, deadline: Instant) -> Result<Caught, EngineError> {
+    catch_inner(pid, deadline, None)
+}
+
+/// Where [`catch_abandoning`] stops tracing without letting go, as a tracer
+/// killed there would.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abandon {
+    /// The loader's return redirected, the thread still stopped.
+    Planted,
+    /// The thread running on its way to the entry.
+    Running,
+    /// The thread stopped at the entry trampoline's syscall.
+    AtEntry,
+    /// Its syscall turned into the hold's sleep, not yet let go.
+    Holding,
+}
+
+/// For kill-safety tests: [`catch`], but the calling thread stops tracing at
+/// `at` and returns; when it ends, the kernel detaches the process exactly
+/// as when a killed tracer exits.
+#[doc(hidden)]
+pub fn catch_abandoning(pid: i32, deadline: Instant, at: Abandon) -> Result<Caught, EngineError> {
+    catch_inner(pid, deadline, Some(at))
+}
+
+fn catch_inner(pid: i32, deadline: Instant, abandon: Option<Abandon>) -> Result<Caught, EngineError> {
     let mem = ProcessMemory::open(pid, true).map_err(|e| EngineError::proc_access(pid, "open memory", e))?;
     let auxv = std::fs::read(format!("{}/auxv", procfs::proc_dir(pid)))
         .map_err(|e| EngineError::proc_access(pid, "read auxv", e))?;
     let (Some(entry), base) = (auxv_value(&auxv, AT_ENTRY), auxv_value(&auxv, AT_BASE).unwrap_or(0)) else {
         return Ok(Caught::Running("its auxv names no entry point".into()));
     };
-    let stack = start_stack(pid).ok_or_else(|| EngineError::ProcessExited(pid))?;
+    let stack = start_stack(pid).ok_or(EngineError::ProcessExited(pid))?;
     let mut t = Traced::seize(pid)?;
+    t.abandon = abandon;
     if procfs::tasks(pid).map(|t| t.len()).unwrap_or(0) != 1 {
         return Ok(Caught::Running("it runs several threads already".into()));
     }
@@ -118,8 +148,12 @@ pub fn catch(pid: i32, deadline: Instant) -> Result<Caught, EngineError> {
         Ok(at) => at,
         Err(why) => return Ok(Caught::Running(why)),
     };
+    if t.abandoning(Abandon::AtEntry) {
+        return Ok(Caught::Running("abandoned at the entry".into()));
+    }
     hold(&mut t, &mem, regs)?;
-    Ok(Caught::Held(Held { pid, stage, at: Instant::now(), regs, released: false }))
+    let start = procfs_start_time(pid);
+    Ok(Caught::Held(Box::new(Held { pid, stage, at: Instant::now(), regs, start, released: false })))
 }
 
 /// What a process needs to be led to its entry point.
@@ -135,7 +169,12 @@ struct Way<'m> {
 impl Way<'_> {
     /// Brings the seized thread to a stop at the entry trampoline's syscall.
     /// `None`: its own code runs already, or it did not get there in time.
-    fn to_entry(&self, t: &mut Traced, base: u64, deadline: Instant) -> Result<Result<(Stage, Regs), String>, EngineError> {
+    fn to_entry(
+        &self,
+        t: &mut Traced,
+        base: u64,
+        deadline: Instant,
+    ) -> Result<Result<(Stage, Regs), String>, EngineError> {
         let late = || "not at its entry point by the deadline".to_string();
         let regs = t.regs()?;
         if regs.rip == self.entry {
@@ -147,7 +186,7 @@ impl Way<'_> {
             return Ok(Err("past its entry point (no glibc loader frame)".into()));
         };
         let Some(stage) = self.loader_stage(t, &loader, deadline)? else {
-            return Ok(Err(format!("past its entry point (at 0x{:x})", regs.rip)));
+            return Ok(Err(format!("past its entry point (pc 0x{:x})", regs.rip)));
         };
         let ret = if stage == Stage::Loader { loader.after_start } else { loader.after_init };
         // glibc's `_start` aligns the stack before calling `_dl_init`; at
@@ -155,6 +194,9 @@ impl Way<'_> {
         let slot = self.stack - 8;
         let first = self.trampoline(ret)?;
         self.write(slot, first, "redirect the loader's return")?;
+        if t.abandoning(Abandon::Planted) {
+            return Ok(Err("abandoned once planted".into()));
+        }
         let Some(regs) = self.wait_at(t, first, self.stack, deadline)? else { return Ok(Err(late())) };
         // The loader carries the entry on in rax (after `_dl_start`: saved by
         // the trampoline, on the stack) or r12 (after `_dl_init`).
@@ -177,6 +219,20 @@ impl Way<'_> {
     /// loader's first instructions is let through a few syscall stops first.
     fn loader_stage(&self, t: &mut Traced, l: &Loader, deadline: Instant) -> Result<Option<Stage>, EngineError> {
         let slot = self.stack - 8;
+        // Not yet waiting at anything: a test's abandonment is for later.
+        let abandon = t.abandon.take();
+        let stage = self.early_stops(t, l, slot, deadline);
+        t.abandon = abandon;
+        stage
+    }
+
+    fn early_stops(
+        &self,
+        t: &mut Traced,
+        l: &Loader,
+        slot: u64,
+        deadline: Instant,
+    ) -> Result<Option<Stage>, EngineError> {
         for _ in 0..MAX_EARLY_STOPS {
             let regs = t.regs()?;
             match self.mem.read_u64(slot).ok() {
@@ -211,7 +267,13 @@ impl Way<'_> {
 
     /// Runs the thread to the syscall of the trampoline at `trampoline`,
     /// entered with stack pointer `sp`.
-    fn wait_at(&self, t: &mut Traced, trampoline: u64, sp: u64, deadline: Instant) -> Result<Option<Regs>, EngineError> {
+    fn wait_at(
+        &self,
+        t: &mut Traced,
+        trampoline: u64,
+        sp: u64,
+        deadline: Instant,
+    ) -> Result<Option<Regs>, EngineError> {
         let (rip, rsp) = (trampoline + stub::TRAMPOLINE_AFTER_SYSCALL, sp - stub::TRAMPOLINE_PUSHED);
         t.run_to_syscall(deadline, |r| r.rip == rip && r.rsp == rsp)
     }
@@ -225,7 +287,9 @@ fn hold(t: &mut Traced, mem: &ProcessMemory, regs: Regs) -> Result<(), EngineErr
     ts[..8].copy_from_slice(&HOLD.as_secs().to_le_bytes());
     mem.write(timespec, &ts).map_err(|e| EngineError::io("write the hold's timespec", e))?;
     t.set_regs(&Regs { orig_rax: SYS_NANOSLEEP, rdi: timespec, rsi: 0, ..regs })?;
-    t.let_go();
+    if !t.abandoning(Abandon::Holding) {
+        t.let_go();
+    }
     Ok(())
 }
 
@@ -239,6 +303,9 @@ impl Held {
 
     fn end_hold(&mut self) -> Result<bool, EngineError> {
         self.released = true;
+        if self.start.is_none() || procfs_start_time(self.pid) != self.start {
+            return Ok(false);
+        }
         let t = Traced::seize(self.pid)?;
         let now = t.regs()?;
         if now.rip != self.regs.rip || now.rsp != self.regs.rsp {
@@ -267,6 +334,7 @@ struct Traced {
     signal: i32,
     running: bool,
     attached: bool,
+    abandon: Option<Abandon>,
 }
 
 impl Traced {
@@ -278,7 +346,7 @@ impl Traced {
             Some(libc::EPERM) => EngineError::Traced { pid: tid, tracer: procfs::tracer_of(tid).unwrap_or(-1) },
             _ => ptrace_err("seize", e),
         })?;
-        let mut t = Traced { tid, signal: 0, running: true, attached: true };
+        let mut t = Traced { tid, signal: 0, running: true, attached: true, abandon: None };
         ptrace::interrupt(tid).map_err(|e| ptrace_err("interrupt", e))?;
         t.wait()?;
         Ok(t)
@@ -318,8 +386,15 @@ impl Traced {
         let tid = self.tid;
         loop {
             let signal = std::mem::take(&mut self.signal);
-            ptrace::resume_to_syscall(tid, signal).map_err(|e| EngineError::Ptrace { tid, op: "syscall", source: e })?;
+            ptrace::resume_to_syscall(tid, signal).map_err(|e| EngineError::Ptrace {
+                tid,
+                op: "syscall",
+                source: e,
+            })?;
             self.running = true;
+            if self.abandoning(Abandon::Running) {
+                return Ok(None);
+            }
             let stop = loop {
                 match ptrace::wait_nohang(tid).map_err(|e| EngineError::Ptrace { tid, op: "wait", source: e })? {
                     Some(stop) => break stop,
@@ -338,6 +413,14 @@ impl Traced {
                 }
             }
         }
+    }
+
+    /// Whether to stop tracing here without letting go (tests only).
+    fn abandoning(&mut self, at: Abandon) -> bool {
+        if self.abandon == Some(at) {
+            self.attached = false;
+        }
+        !self.attached
     }
 
     /// Detaches. A signal that arrived while we held the thread is queued
@@ -404,12 +487,22 @@ fn auxv_value(auxv: &[u8], key: u64) -> Option<u64> {
     })
 }
 
-/// The initial stack pointer (`startstack`, field 28 of `/proc/PID/stat`).
-fn start_stack(pid: i32) -> Option<u64> {
+/// Field `n` (1-based, as proc(5) numbers them, past the command name) of `/proc/PID/stat`.
+fn stat_field(pid: i32, n: usize) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("{}/stat", procfs::proc_dir(pid))).ok()?;
     // Fields after the command name, which may hold spaces and parentheses.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(25)?.parse().ok()
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    rest.split(' ').nth(n.checked_sub(3)?)?.parse().ok()
+}
+
+/// The initial stack pointer (`startstack`).
+fn start_stack(pid: i32) -> Option<u64> {
+    stat_field(pid, 28)
+}
+
+/// When the process started (`starttime`, clock ticks after boot).
+fn procfs_start_time(pid: i32) -> Option<u64> {
+    stat_field(pid, 22)
 }
 
 #[cfg(test)]

@@ -14,5 +14,5 @@
 pub mod entry;
 pub mod needed;
 
-pub use entry::{Caught, Held, Stage, catch};
+pub use entry::{Abandon, Caught, HOLD, Held, Stage, catch, catch_abandoning};
 pub use needed::{NeededCache, TargetMatch};

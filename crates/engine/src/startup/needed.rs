@@ -172,7 +172,10 @@ impl Environment {
     fn of(pid: i32) -> Environment {
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
         let var = |name: &[u8]| {
-            environ.split(|&b| b == 0).find_map(|kv| kv.strip_prefix(name)).map(|v| String::from_utf8_lossy(v).into_owned())
+            environ
+                .split(|&b| b == 0)
+                .find_map(|kv| kv.strip_prefix(name))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
         };
         let list = |v: Option<String>, seps: &[char]| -> Vec<String> {
             v.map(|v| v.split(seps).filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
@@ -236,21 +239,28 @@ fn read_object(file: &std::fs::File) -> Option<ObjectInfo> {
         return None;
     }
     let build_id = hotpatch_elf::build_id_from_prefix(&head).map(hex::encode).unwrap_or_default();
-    let (phoff, phentsize, phnum) = (u64_at(&head, 0x20)?, u16_at(&head, 0x36)? as usize, u16_at(&head, 0x38)? as usize);
+    let (phoff, phentsize, phnum) =
+        (u64_at(&head, 0x20)?, u16_at(&head, 0x36)? as usize, u16_at(&head, 0x38)? as usize);
     if phentsize < 56 || phnum > MAX_PHNUM {
         return None;
     }
     let table = read_at(file, phoff, (phentsize * phnum) as u64)?;
     let headers: Vec<&[u8]> = table.chunks_exact(phentsize).collect();
     // (offset, vaddr, filesz) of each segment of a type.
-    let segments = |kind: u32| headers.iter().filter(move |ph| u32_at(ph, 0) == Some(kind)).filter_map(|ph| {
-        Some((u64_at(ph, 8)?, u64_at(ph, 16)?, u64_at(ph, 32)?))
-    });
+    let segments = |kind: u32| {
+        headers
+            .iter()
+            .filter(move |ph| u32_at(ph, 0) == Some(kind))
+            .filter_map(|ph| Some((u64_at(ph, 8)?, u64_at(ph, 16)?, u64_at(ph, 32)?)))
+    };
     let mut info = ObjectInfo { build_id, ..ObjectInfo::default() };
     let Some((dyn_off, _, dyn_size)) = segments(PT_DYNAMIC).next() else { return Some(info) };
     let dynamic = read_at(file, dyn_off, dyn_size.min(MAX_DYNAMIC))?;
-    let entries: Vec<(u64, u64)> =
-        dynamic.chunks_exact(16).map_while(|e| Some((u64_at(e, 0)?, u64_at(e, 8)?))).take_while(|&(t, _)| t != 0).collect();
+    let entries: Vec<(u64, u64)> = dynamic
+        .chunks_exact(16)
+        .map_while(|e| Some((u64_at(e, 0)?, u64_at(e, 8)?)))
+        .take_while(|&(t, _)| t != 0)
+        .collect();
     let value = |tag: u64| entries.iter().find(|&&(t, _)| t == tag).map(|&(_, v)| v);
     let (strtab, strsz) = (value(DT_STRTAB)?, value(DT_STRSZ)?.min(MAX_STRTAB));
     // DT_STRTAB is an address: the file offset is found through PT_LOAD.
