@@ -168,7 +168,7 @@ struct Way<'m> {
 
 impl Way<'_> {
     /// Brings the seized thread to a stop at the entry trampoline's syscall.
-    /// `None`: its own code runs already, or it did not get there in time.
+    /// `Err(why)`: its own code runs already, or it did not get there in time.
     fn to_entry(
         &self,
         t: &mut Traced,
@@ -189,15 +189,13 @@ impl Way<'_> {
             return Ok(Err(format!("past its entry point (pc 0x{:x})", regs.rip)));
         };
         let ret = if stage == Stage::Loader { loader.after_start } else { loader.after_init };
-        // glibc's `_start` aligns the stack before calling `_dl_init`; at
-        // process entry it is aligned already, so both slots are one.
-        let slot = self.stack - 8;
+        let cfa = self.cfa(stage);
         let first = self.trampoline(ret)?;
-        self.write(slot, first, "redirect the loader's return")?;
+        self.write(cfa - 8, first, "redirect the loader's return")?;
         if t.abandoning(Abandon::Planted) {
             return Ok(Err("abandoned once planted".into()));
         }
-        let Some(regs) = self.wait_at(t, first, self.stack, deadline)? else { return Ok(Err(late())) };
+        let Some(regs) = self.wait_at(t, first, cfa, deadline)? else { return Ok(Err(late())) };
         // The loader carries the entry on in rax (after `_dl_start`: saved by
         // the trampoline, on the stack) or r12 (after `_dl_init`).
         let (user_entry, regs) = if stage == Stage::Loader {
@@ -218,26 +216,27 @@ impl Way<'_> {
     /// address in the slot below the initial stack). A thread in the
     /// loader's first instructions is let through a few syscall stops first.
     fn loader_stage(&self, t: &mut Traced, l: &Loader, deadline: Instant) -> Result<Option<Stage>, EngineError> {
-        let slot = self.stack - 8;
         // Not yet waiting at anything: a test's abandonment is for later.
         let abandon = t.abandon.take();
-        let stage = self.early_stops(t, l, slot, deadline);
+        let stage = self.early_stops(t, l, deadline);
         t.abandon = abandon;
         stage
     }
 
-    fn early_stops(
-        &self,
-        t: &mut Traced,
-        l: &Loader,
-        slot: u64,
-        deadline: Instant,
-    ) -> Result<Option<Stage>, EngineError> {
+    /// The stack pointer once the loader's call of that stage returns:
+    /// `_start` calls `_dl_start` from the initial stack pointer and
+    /// `_dl_init` from it aligned to 16 (the same, as the kernel aligns it).
+    fn cfa(&self, stage: Stage) -> u64 {
+        if stage == Stage::Constructors { self.stack & !15 } else { self.stack }
+    }
+
+    fn early_stops(&self, t: &mut Traced, l: &Loader, deadline: Instant) -> Result<Option<Stage>, EngineError> {
+        let at = |stage| self.mem.read_u64(self.cfa(stage) - 8).ok();
         for _ in 0..MAX_EARLY_STOPS {
             let regs = t.regs()?;
-            match self.mem.read_u64(slot).ok() {
-                Some(v) if v == l.after_start => return Ok(Some(Stage::Loader)),
-                Some(v) if v == l.after_init => return Ok(Some(Stage::Constructors)),
+            match (at(Stage::Loader), at(Stage::Constructors)) {
+                (Some(v), _) if v == l.after_start => return Ok(Some(Stage::Loader)),
+                (_, Some(v)) if v == l.after_init => return Ok(Some(Stage::Constructors)),
                 _ if l.start.contains(&regs.rip) => {
                     if t.run_to_syscall(deadline, |_| true)?.is_none() {
                         return Ok(None);
