@@ -31,7 +31,7 @@ fn the_daemon_patches_every_process_also_later_ones_reloads_on_sighup_and_stops_
     for svc in &early {
         assert!(svc.wait_for(LEVEL1), "process {} not patched; log:\n{}", svc.pid(), agent.log_text());
     }
-    let late = Svc::start(&f.path("svc"));
+    let late = Svc::spawn(std::process::Command::new(f.path("svc")));
     assert!(late.wait_for(LEVEL1), "a process started later was not patched; log:\n{}", agent.log_text());
 
     // A higher level in the catalog, and SIGHUP: it replaces level 1 everywhere.
@@ -123,8 +123,19 @@ fn a_process_started_later_is_found_through_process_events_between_rescans() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(agent.log_text().contains("listening to process events"), "{}", agent.log_text());
-    let late = Svc::start(&f.path("svc"));
+    let late = Svc::spawn(std::process::Command::new(f.path("svc")));
     assert!(late.wait_for(LEVEL1), "not patched through its exec event; log:\n{}", agent.log_text());
+    // Caught at its entry point, or (the event came late) looked at as a
+    // running process. A caught one is logged once released: it may print first.
+    let caught = format!("new process seen at its entry point pid={}", late.pid());
+    let looked = format!("process exec'd; looking at it pid={}", late.pid());
+    let seen = |log: &str| log.contains(&caught) || log.contains(&looked);
+    for _ in 0..600 {
+        if seen(&agent.log_text()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let log = agent.log_text();
-    assert!(log.contains(&format!("process exec'd; looking at it pid={}", late.pid())), "{log}");
+    assert!(seen(&log), "{log}");
 }

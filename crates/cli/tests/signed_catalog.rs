@@ -358,6 +358,6 @@ fn the_daemon_refuses_an_unsigned_rollback_and_keeps_patching_new_processes() {
     assert!(result["detail"].as_str().is_some_and(|d| d.contains("not revoked")), "{result}");
     assert_eq!(active_levels(first.pid()), [1]);
     // The job stays: a process started now still gets the fix.
-    let second = Svc::start(&f.path("svc"));
+    let second = Svc::spawn(std::process::Command::new(f.path("svc")));
     assert!(second.wait_for(LEVEL1), "a new process not patched; log:\n{}", agent.log_text());
 }

@@ -18,6 +18,7 @@
 //! - [`retbreak`]: return breakpoints: wait for a busy frame to return, then switch.
 //! - [`shadow`] / [`callback`]: the shadow variable table a level adopts from the one it
 //!   replaces, and the hotpatch's own callbacks, run in a borrowed thread.
+//! - [`startup`]: patch at exec: a new process led to its entry point and held there.
 //! - [`patch`]: apply and rollback, end to end. [`status`]: what is applied, read from the process.
 //!
 //! Invariant: every step before the sites are written changes nothing the
@@ -46,6 +47,7 @@ pub mod retire;
 pub mod scope;
 pub mod shadow;
 pub mod stack;
+pub mod startup;
 pub mod status;
 pub mod stub;
 pub mod threads;

@@ -366,6 +366,7 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
             .collect(),
         shadow: None,
         callbacks: BTreeMap::new(),
+        eh_frame: None,
     };
     let header_len = region::header_reserve(&header);
     let plan = LinkPlan::new(&package.payload, header_len)?;
@@ -434,6 +435,7 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
     header.record.region_size = size;
     header.callbacks = callback::defined(&image.symbols);
     header.shadow = image.symbols.get(shadow::ROOT_SYMBOL).copied();
+    header.eh_frame = image.eh_frame.as_ref().map(|r| (r.start, r.end));
     shadow::warn_if_dropped(previous, header.shadow);
     // The new level's shadow table goes live (adopting the replaced level's)
     // in the same stop, before the sites: a tracer killed between the writes

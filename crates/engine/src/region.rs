@@ -84,6 +84,10 @@ pub struct RegionHeader {
     /// rollback finds its own here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub callbacks: BTreeMap<String, u64>,
+    /// `[start, end)` of the region's linked `.eh_frame`, so that the stack
+    /// check unwinds through replacement code (`stack`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eh_frame: Option<(u64, u64)>,
 }
 
 impl RegionHeader {
@@ -143,6 +147,7 @@ pub fn header_reserve(template: &RegionHeader) -> u64 {
     worst.record.retired = Some(Retirement { at: u64::MAX, replaced_by_level: Some(u32::MAX) });
     // Room for what is known only after linking.
     worst.shadow = Some(u64::MAX);
+    worst.eh_frame = Some((u64::MAX, u64::MAX));
     worst.callbacks = crate::callback::NAMES.iter().map(|n| (n.to_string(), u64::MAX)).collect();
     for s in &mut worst.sites {
         s.address = u64::MAX;
@@ -276,6 +281,7 @@ mod tests {
             }],
             shadow: Some(0x2100),
             callbacks: BTreeMap::from([("hotpatch_post_apply".to_string(), 0x2200)]),
+            eh_frame: None,
         };
         let bytes = h.encode();
         assert_eq!(RegionHeader::decode(&bytes).unwrap(), h);

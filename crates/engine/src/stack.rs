@@ -2,7 +2,8 @@
 //! that a transition would replace or unmap?
 //!
 //! Each thread's stack is unwound with the `.eh_frame` unwind tables of every
-//! object the process maps (framehop). A signal frame is stepped through here,
+//! object the process maps (framehop), patch regions included (their linked
+//! `.eh_frame`, read from the region itself where its header says). A signal frame is stepped through here,
 //! not by framehop: a return address into a sigreturn trampoline
 //! (`__restore_rt`) means the kernel's `ucontext` lies just above it, holding
 //! the interrupted instruction and stack, which may be another stack (a
@@ -141,6 +142,44 @@ fn module_info(data: Vec<u8>) -> Option<ModuleInfo> {
     Some((info, exec_range, trampolines))
 }
 
+/// Patch regions' own unwind tables: each region's header says where its
+/// linked `.eh_frame` is (absolute addresses, read from the region itself),
+/// so that a thread inside replacement code (rollback, a level upgrade) is
+/// unwound exactly, like one in any mapped object. A region without one (an
+/// older header, a payload built without unwind tables) is left out: a stack
+/// inside it falls back to the conservative scan.
+fn regions_unwind_info(
+    maps: &[Mapping],
+    mem: &ProcessMemory,
+) -> Vec<(String, Range<u64>, ExplicitModuleSectionInfo<Vec<u8>>)> {
+    let mut out = Vec::new();
+    for m in maps.iter().filter(|m| crate::region::is_region_mapping(m)) {
+        let Some(header) = read_region_header(mem, m.start) else { continue };
+        let region = header.range();
+        let Some((start, end)) = header.eh_frame.filter(|&(s, e)| s < e && region.start <= s && e <= region.end) else {
+            continue;
+        };
+        let Ok(eh_frame) = mem.read_vec(start, (end - start) as usize) else { continue };
+        // Addresses are absolute (svma = avma); framehop indexes code
+        // relative to the base, in 32 bits: the base is the region's start.
+        let info = ExplicitModuleSectionInfo {
+            base_svma: region.start,
+            eh_frame_svma: Some(start..end),
+            eh_frame: Some(eh_frame),
+            ..Default::default()
+        };
+        out.push((format!("hotpatch region {}", header.record.patch_id), region, info));
+    }
+    out
+}
+
+fn read_region_header(mem: &ProcessMemory, at: u64) -> Option<crate::region::RegionHeader> {
+    use crate::region::RegionHeader;
+    let len = RegionHeader::encoded_len(&mem.read_vec(at, 12).ok()?).ok()?;
+    let header = RegionHeader::decode(&mem.read_vec(at, len).ok()?).ok()?;
+    (header.record.region_start == at).then_some(header)
+}
+
 impl StackChecker {
     /// Loads the unwind tables of every mapped object and the vDSO. Done
     /// before any thread is stopped, so the pause pays none of it.
@@ -148,6 +187,11 @@ impl StackChecker {
         let mut unwinder = UnwinderX86_64::new();
         let mut code = Vec::new();
         let mut trampolines = BTreeSet::new();
+        for (name, range, info) in regions_unwind_info(maps, mem) {
+            code.push(range.clone());
+            let base = range.start;
+            unwinder.add_module(Module::new(name, range, base, info));
+        }
         let mut add = |name: String, avma: Range<u64>, bias: u64, data: Vec<u8>| {
             let Some((info, exec, found)) = module_info(data) else { return };
             code.push(exec.start.wrapping_add(bias)..exec.end.wrapping_add(bias));

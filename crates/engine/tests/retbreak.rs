@@ -35,9 +35,8 @@ int main(void) {
 }
 "#;
 
-/// The fix returns at once. (Replacement code has no unwind tables the
-/// engine reads yet, so a frame inside it has no exact return point: a
-/// rollback while it is busy retries as before; see ARCHITECTURE.md.)
+/// The fix returns at once. (A rollback while a thread is inside
+/// replacement code: tests/unwind_region.rs.)
 const FIX: &str = "int check_v2(int x) { return x; }\n";
 
 fn opts() -> ApplyOptions {

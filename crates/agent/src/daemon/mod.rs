@@ -25,8 +25,10 @@ use jobs::{Job, ProcessKey};
 const TICK: Duration = Duration::from_millis(100);
 /// Every process is looked at again this often (one that exec'd keeps its pid).
 const FULL_RESCAN: Duration = Duration::from_secs(30);
-/// An exec'd process is looked at this long after the event, once its
-/// dynamic loader has mapped its libraries (a retry covers a slower one).
+/// An exec'd process that maps no target by its files (it may `dlopen` one)
+/// is looked at this long after the event, once its dynamic loader has
+/// mapped its libraries (a retry covers a slower one). One that maps a
+/// target is caught at its entry point instead (`events`).
 const LOADER_SETTLE: Duration = Duration::from_millis(100);
 /// The local catalog directory is re-read this often.
 const CATALOG_RELOAD: Duration = Duration::from_secs(60);
@@ -86,7 +88,7 @@ pub struct Daemon {
     build_ids: crate::fleet::BuildIds,
     outbox: Vec<WorkResult>,
     /// Exec events from the kernel, and the processes they named, due for a look.
-    events: Option<std::sync::mpsc::Receiver<i32>>,
+    events: Option<events::ExecEvents>,
     soon: Vec<(Instant, i32)>,
     next_check_in: Instant,
     next_rescan: Instant,
@@ -156,7 +158,8 @@ impl Daemon {
                 // Results go to the server soon, not at the next regular check-in.
                 self.next_check_in = Instant::now() + Duration::from_secs(1);
             }
-            std::thread::sleep(TICK);
+            // Woken at once by an exec'd process (held at its entry: patched now).
+            self.exec_events(TICK);
         }
         tracing::info!("agent stopped");
         Ok(())

@@ -45,9 +45,6 @@ impl Daemon {
     /// Processes named by exec events, once the loader had its moment.
     pub(super) fn look_at_new_processes(&mut self) {
         let now = Instant::now();
-        if let Some(rx) = &self.events {
-            self.soon.extend(rx.try_iter().map(|pid| (now + super::LOADER_SETTLE, pid)));
-        }
         if self.jobs.is_empty() {
             self.soon.clear();
             return;
@@ -73,7 +70,7 @@ impl Daemon {
     }
 
     /// Applies each due job whose target this process maps.
-    fn visit(&mut self, key: (i32, u64)) {
+    pub(super) fn visit(&mut self, key: (i32, u64)) {
         let (pid, _) = key;
         let builds = self.build_ids.of(pid);
         let opts = ApplyOptions { timeout: self.config.apply_timeout(), ..ApplyOptions::default() };
@@ -95,7 +92,7 @@ impl Daemon {
     }
 
     /// Forgets processes that are gone and queues results that changed.
-    fn collect_results(&mut self) {
+    pub(super) fn collect_results(&mut self) {
         let max = self.config.max_attempts;
         for job in self.jobs.values_mut() {
             job.procs.retain(|(pid, start), _| start_time(*pid) == Some(*start));

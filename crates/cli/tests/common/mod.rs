@@ -146,7 +146,15 @@ impl Svc {
     }
 
     /// Starts a command and waits for its first value, which must be `first`.
-    pub fn start_command_first(mut command: Command, first: &str) -> Svc {
+    pub fn start_command_first(command: Command, first: &str) -> Svc {
+        let svc = Svc::spawn(command);
+        assert_eq!(svc.next().as_deref(), Some(first));
+        svc
+    }
+
+    /// Starts a command without reading anything yet: a process started
+    /// while the agent runs may be patched before its first value (at exec).
+    pub fn spawn(mut command: Command) -> Svc {
         let mut child = command.stdout(Stdio::piped()).spawn().expect("start service");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = std::sync::mpsc::channel();
@@ -157,9 +165,7 @@ impl Svc {
                 }
             }
         });
-        let svc = Svc { child, lines };
-        assert_eq!(svc.next().as_deref(), Some(first));
-        svc
+        Svc { child, lines }
     }
 
     pub fn pid(&self) -> i32 {

@@ -61,10 +61,16 @@ impl Proc {
     fn spawn_with(program: &Path, args: &[&str], env: &[(&str, &str)], stdin: Stdio) -> Proc {
         let mut cmd = Command::new(program);
         cmd.args(args);
-        cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.stdin(stdin);
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Proc::from_command(cmd)
+    }
+
+    /// Spawns `cmd` as prepared by the caller, its stdout read line by line.
+    pub fn from_command(mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn fixture");
         let stdout: ChildStdout = child.stdout.take().expect("stdout");
         let (tx, rx) = channel();
