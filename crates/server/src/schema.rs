@@ -350,6 +350,14 @@ ALTER TABLE machines ADD COLUMN tier TEXT;
 CREATE INDEX work_history_at ON work_history (at)
 "#,
     ),
+    // Signed documents per publisher (the anchor key id; '' for metadata
+    // stored before publishers were told apart) and keys documents (rotation).
+    (
+        10,
+        r#"
+ALTER TABLE signed_documents ADD COLUMN publisher TEXT NOT NULL DEFAULT ''
+"#,
+    ),
 ];
 
 pub async fn migrate(db: &Db) -> Result<(), DbError> {
