@@ -71,6 +71,12 @@ pub struct Answer {
     /// is carried out only when one of them revokes the level running.
     #[serde(default)]
     pub revocations: Vec<hotpatch_format::SignedDocument>,
+    /// Each publisher's latest catalog metadata (`catalog` is one of them, for older agents).
+    #[serde(default)]
+    pub catalogs: Vec<hotpatch_format::SignedDocument>,
+    /// Publishers' keys documents (key rotation), each followed from the trust directory's anchors.
+    #[serde(default)]
+    pub keys: Vec<hotpatch_format::SignedDocument>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
