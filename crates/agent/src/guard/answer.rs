@@ -46,18 +46,24 @@ pub fn guard_answer(
     let mut publishers = publishers::load(state_dir, &keys.publishers)?;
     let mut notes = publishers::receive(state_dir, &mut publishers, &answer.keys)?;
     let mut revoked = revoked_keys::load(state_dir)?;
-    let received =
-        metadata::receive(state_dir, &catalog_documents(answer), &publishers.without(&revoked), jiff::Timestamp::now())?;
+    let received = metadata::receive(
+        state_dir,
+        &catalog_documents(answer),
+        &publishers.without(&revoked),
+        jiff::Timestamp::now(),
+    )?;
     for (anchor, c) in &received.accepted {
-        let own: Vec<String> =
-            c.metadata.revoked_keys.iter().filter(|k| publishers.owns(anchor, k)).cloned().collect();
+        let own: Vec<String> = c.metadata.revoked_keys.iter().filter(|k| publishers.owns(anchor, k)).cloned().collect();
         if own.len() != c.metadata.revoked_keys.len() {
             notes.push(format!("publisher {anchor}'s catalog metadata revokes keys of another publisher; ignored"));
         }
         revoked = revoked_keys::record(state_dir, &own)?;
     }
     let publishers = publishers.without(&revoked);
-    let keys = revoked_keys::effective(&Keys { publishers: publishers.trust(), operations: keys.operations.clone() }, &revoked);
+    let keys = revoked_keys::effective(
+        &Keys { publishers: publishers.trust(), operations: keys.operations.clone() },
+        &revoked,
+    );
     let mut floor = super::Floor::load(state_dir)?;
     notes.extend(received.statuses.iter().filter_map(CatalogStatus::describe));
     notes.extend(revocation::record(&mut floor, &answer.revocations, &received.accepted, &keys, &publishers)?);

@@ -189,7 +189,8 @@ pub fn receive(
     let status = CatalogStatus::summary(&statuses);
     // Only for readiness, status and the next check-in: losing them costs a
     // stale display, not a guarantee.
-    let written = state::write_durable(dir, STATUS, &status).and_then(|()| state::write_durable(dir, STATUSES, &statuses));
+    let written =
+        state::write_durable(dir, STATUS, &status).and_then(|()| state::write_durable(dir, STATUSES, &statuses));
     if let Err(e) = written {
         tracing::warn!(error = %e, "cannot record the catalog status");
     }
@@ -225,7 +226,8 @@ fn receive_one(
 }
 
 fn statuses(records: &Records, problems: &mut BTreeMap<String, String>, now: jiff::Timestamp) -> Vec<CatalogStatus> {
-    let anchors: BTreeSet<&String> = records.accepted.keys().chain(records.newest.keys()).chain(problems.keys()).collect();
+    let anchors: BTreeSet<&String> =
+        records.accepted.keys().chain(records.newest.keys()).chain(problems.keys()).collect();
     anchors
         .into_iter()
         .map(|anchor| {

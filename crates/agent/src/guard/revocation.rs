@@ -27,7 +27,9 @@ pub fn record(
     for doc in statements {
         let (verified, by) = match hotpatch_format::verify_revocation(doc, &keys.operations) {
             Ok(v) => (Ok(v), None),
-            Err(_) => (hotpatch_format::verify_revocation(doc, &publishers.trust()), publishers.publisher_of(&doc.key_id)),
+            Err(_) => {
+                (hotpatch_format::verify_revocation(doc, &publishers.trust()), publishers.publisher_of(&doc.key_id))
+            }
         };
         match verified {
             Ok((r, key_id)) => {
