@@ -49,6 +49,17 @@ pub struct CheckIn<'a> {
     pub facts: &'a Facts,
     pub targets: &'a [TargetReport],
     pub results: &'a [WorkResult],
+    /// Publishers whose newest signed catalog metadata has expired here.
+    /// Left out when none, so a server that predates it still takes the check-in.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub catalogs_stale: &'a [StaleCatalog],
+}
+
+/// "Catalog stale since DATE" for one publisher (its anchor key id).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StaleCatalog {
+    pub publisher: String,
+    pub since: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -171,7 +171,8 @@ fn report_results(
 ) -> Result<(), AgentError> {
     state::save_pending(state_dir, &outcome.results)?;
     outcome.targets = summarize(&hotpatch_engine::running_targets());
-    let report = CheckIn { facts, targets: &outcome.targets, results: &outcome.results };
+    let stale = stale_catalogs(state_dir);
+    let report = CheckIn { facts, targets: &outcome.targets, results: &outcome.results, catalogs_stale: &stale };
     match client.check_in(signer, &report, None) {
         Ok(reply) => {
             state::save_pending(state_dir, &[])?;
@@ -209,7 +210,8 @@ pub(crate) fn exchange(
     let pending = state::load_pending(state_dir)?;
     let last = state::load_last_answer(state_dir)?;
     let etag = if pending.is_empty() { last.as_ref().map(|l| l.etag.as_str()) } else { None };
-    let reply = client.check_in(signer, &CheckIn { facts, targets, results: &pending }, etag);
+    let stale = stale_catalogs(state_dir);
+    let reply = client.check_in(signer, &CheckIn { facts, targets, results: &pending, catalogs_stale: &stale }, etag);
     // Readiness reports the last check-in; failing to record it must not fail the check-in.
     let tried = state::LastCheckIn::now(reply.as_ref().err().map(|e| e.to_string()));
     if let Err(e) = state::save_last_checkin(state_dir, &tried) {
@@ -229,6 +231,20 @@ pub(crate) fn exchange(
         CheckInReply::NotModified => (last.map(|l| l.answer).unwrap_or_default(), true),
     };
     Ok((answer, not_modified))
+}
+
+/// Publishers whose catalog is stale now, for the server to show; a record
+/// that cannot be read costs that report only.
+fn stale_catalogs(state_dir: &Path) -> Vec<crate::protocol::StaleCatalog> {
+    match guard::metadata::stale_now(state_dir, jiff::Timestamp::now()) {
+        Ok(list) => {
+            list.into_iter().map(|(publisher, since)| crate::protocol::StaleCatalog { publisher, since }).collect()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "catalog staleness not reported");
+            Vec::new()
+        }
+    }
 }
 
 /// Checks in without acting on the answer: what the control plane assigns to

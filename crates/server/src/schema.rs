@@ -351,11 +351,13 @@ CREATE INDEX work_history_at ON work_history (at)
 "#,
     ),
     // Signed documents per publisher (the anchor key id; '' for metadata
-    // stored before publishers were told apart) and keys documents (rotation).
+    // stored before publishers were told apart) and keys documents (rotation);
+    // each machine's stale catalogs as it last reported them (JSON, '' none).
     (
         10,
         r#"
-ALTER TABLE signed_documents ADD COLUMN publisher TEXT NOT NULL DEFAULT ''
+ALTER TABLE signed_documents ADD COLUMN publisher TEXT NOT NULL DEFAULT '';
+ALTER TABLE machines ADD COLUMN catalogs_stale TEXT NOT NULL DEFAULT ''
 "#,
     ),
 ];

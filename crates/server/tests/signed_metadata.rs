@@ -237,5 +237,51 @@ fn two_publishers_each_sign_their_own_catalog_and_one_going_stale_leaves_the_oth
             outcome.catalogs,
             outcome.notes
         );
+        let since = (now - jiff::SignedDuration::from_hours(1)).to_string();
+
+        // The next check-in tells the server; the machine page and the compliance API say why it is not current.
+        hotpatch_agent::check_in_once(&state_dir, &anchors).expect("check in");
+        let machine_id = hotpatch_agent::state::load_credential(&state_dir).expect("credential").machine_id;
+        let (_, c) = s.get("/api/v1/compliance/machines", &s.admin);
+        let stale = c["stale_catalogs"].as_array().cloned().unwrap_or_default();
+        assert_eq!(stale.len(), 1, "{c}");
+        assert_eq!(stale[0]["machine_id"].as_str(), Some(machine_id.as_str()));
+        assert_eq!(stale[0]["publisher"].as_str(), Some(b.public().id_hex().as_str()));
+        assert_eq!(stale[0]["since"].as_str(), Some(since.as_str()));
+        assert!(stale[0]["reason"].as_str().is_some_and(|r| r.contains(&format!("catalog stale since {since}"))));
+        let (_, m) = s.get(&format!("/api/v1/machines/{machine_id}"), &s.admin);
+        assert_eq!(m["catalogs_stale"][0]["since"].as_str(), Some(since.as_str()), "{m}");
+        let page = view(&s, &format!("/ui/machines/{machine_id}"));
+        let todo = page.split("id=\"todo\"").nth(1).unwrap_or_default();
+        assert!(todo.contains(&format!("catalog stale since {since}")), "{page}");
+
+        // Fresh metadata from b: accepted at the next check-in, and the one after clears the report.
+        let (st, body) = s.put("/api/v1/catalog/metadata", &s.admin, signed(&b, 3, 24));
+        assert_eq!(st, 200, "{body}");
+        let outcome = hotpatch_agent::check_in_once(&state_dir, &anchors).expect("check in");
+        assert!(outcome.catalogs.iter().all(|c| c.stale_since.is_none()), "{:?}", outcome.catalogs);
+        hotpatch_agent::check_in_once(&state_dir, &anchors).expect("check in");
+        let (_, c) = s.get("/api/v1/compliance/machines", &s.admin);
+        assert_eq!(c["stale_catalogs"], serde_json::json!([]), "{c}");
+    }
+}
+
+#[test]
+fn a_check_in_with_a_malformed_stale_report_is_refused_and_names_the_field() {
+    for backend in backends() {
+        let s = TestServer::start(&backend);
+        let (id, credential) = s.enroll(&["trust"], "stale-host");
+        let mut body = checkin_body("stale-host", 2, &[], serde_json::json!([]));
+        for (bad, word) in [
+            (serde_json::json!([{ "publisher": "zz", "since": "2026-01-01T00:00:00Z" }]), "publisher"),
+            (serde_json::json!([{ "publisher": "00112233aabbccdd", "since": "yesterday" }]), "since"),
+        ] {
+            body["catalogs_stale"] = bad;
+            let (st, answer) = s.post("/api/v1/agent/checkin", &credential, body.clone());
+            assert_eq!(st, 400, "{answer}");
+            assert!(answer.to_string().contains(word), "{answer}");
+        }
+        let (_, m) = s.get(&format!("/api/v1/machines/{id}"), &s.admin);
+        assert_eq!(m["catalogs_stale"], serde_json::json!([]), "nothing stored: {m}");
     }
 }

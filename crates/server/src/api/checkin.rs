@@ -73,6 +73,8 @@ pub struct CheckIn {
     pub targets: Vec<TargetReport>,
     #[serde(default)]
     pub results: Vec<WorkResult>,
+    #[serde(default)]
+    pub catalogs_stale: Vec<super::signed::StaleCatalog>,
 }
 
 fn validate(c: &CheckIn) -> ApiResult<()> {
@@ -149,9 +151,11 @@ pub async fn check_in(
     SignedJson { machine, mut body }: SignedJson<CheckIn>,
 ) -> ApiResult<Response> {
     validate(&body)?;
+    super::signed::validate_stale(&body.catalogs_stale)?;
     let t = now();
     let ignored = drop_foreign_results(&st, &machine, &mut body, t).await?;
     record(&st, &machine, &body, t).await?;
+    super::signed::record_stale(&st, &machine.id, &body.catalogs_stale).await?;
     let mut answer = instructions(&st, &machine, &body, t).await?;
     if let Some(notes) = answer["notes"].as_array_mut() {
         notes.extend(ignored.iter().map(|id| {

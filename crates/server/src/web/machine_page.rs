@@ -117,6 +117,12 @@ pub async fn machine_page(State(st): State<AppState>, u: UiUser, Path(id): Path<
                 esc(&procs)
             )
         })
+        .chain(
+            crate::api::signed::machine_stale(&st, &u.0.org_id, &id)
+                .await?
+                .iter()
+                .map(|c| format!("<li class=\"catalog-stale\">{} {}</li>", status("stale"), esc(&c.reason()))),
+        )
         .collect();
     page.raw(&format!(
         "<ul id=\"todo\">{}</ul>",
