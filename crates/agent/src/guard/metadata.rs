@@ -143,13 +143,12 @@ impl Records {
         let mut records = Records { accepted: accepted.unwrap_or_default(), newest: newest.unwrap_or_default() };
         let legacy: Option<Accepted> = state::read_json(&dir.join(LEGACY_ACCEPTED))?;
         let legacy_newest: Option<Newest> = state::read_json(&dir.join(LEGACY_NEWEST))?;
-        if let Some(old) = legacy {
-            if let Some(p) = publishers.iter().find(|p| publishers.owns(&p.anchor, &old.key_id)) {
-                if let Some(n) = legacy_newest {
-                    records.newest.entry(p.anchor.clone()).or_insert(n);
-                }
-                records.accepted.entry(p.anchor.clone()).or_insert(old);
+        let owner = legacy.as_ref().and_then(|old| publishers.iter().find(|p| publishers.owns(&p.anchor, &old.key_id)));
+        if let (Some(old), Some(p)) = (legacy.clone(), owner) {
+            if let Some(n) = legacy_newest {
+                records.newest.entry(p.anchor.clone()).or_insert(n);
             }
+            records.accepted.entry(p.anchor.clone()).or_insert(old);
         }
         Ok(records)
     }
@@ -444,5 +443,28 @@ mod tests {
         let got = receive(dir.path(), &[stranger], &publishers, now).expect("receive");
         assert!(got.status.problem.as_deref().is_some_and(|p| p.contains("not a current key")), "{:?}", got.status);
         assert_eq!(last_statuses(dir.path()).expect("statuses").len(), 3);
+    }
+
+    #[test]
+    fn the_single_record_of_an_older_agent_is_kept_under_its_publisher() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SecretKey::from_seed([5; 32]);
+        let publishers = Publishers::from_anchors(&TrustStore::from_keys([key.public()]));
+        let v7 = doc(&key, 7, "2026-09-01T00:00:00Z");
+        let old = Accepted {
+            version: 7,
+            sha256: v7.sha256(),
+            expires: "2026-09-01T00:00:00Z".into(),
+            key_id: key.public().id_hex(),
+            document: v7,
+        };
+        state::write_durable(dir.path(), LEGACY_ACCEPTED, &old).expect("write");
+        let newest = Newest { version: 7, expires: "2026-09-01T00:00:00Z".into() };
+        state::write_durable(dir.path(), LEGACY_NEWEST, &newest).expect("write");
+        // An older version replayed after the upgrade is still a replay.
+        let v6 = doc(&key, 6, "2026-10-01T00:00:00Z");
+        let got = receive(dir.path(), &[v6], &publishers, at("2026-06-01T00:00:00Z")).expect("receive");
+        assert_eq!(got.status.version, Some(7));
+        assert!(got.status.problem.as_deref().is_some_and(|p| p.contains("replayed")), "{:?}", got.status);
     }
 }
