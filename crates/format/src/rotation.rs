@@ -144,16 +144,22 @@ impl Publishers {
         TrustStore::from_keys(self.by_anchor.values().flat_map(|p| p.keys.keys().cloned()).collect::<Vec<_>>())
     }
 
-    /// Takes out keys revoked by other means (catalog metadata); a publisher
-    /// left with no key trusts nothing.
+    /// Takes out keys revoked by other means (catalog metadata): they count as
+    /// retired. A publisher left with no key trusts nothing.
     pub fn without(&self, revoked: &BTreeSet<String>) -> Publishers {
         let mut out = self.clone();
         for p in out.by_anchor.values_mut() {
-            p.keys = TrustStore::from_keys(
-                p.keys.keys().filter(|k| !revoked.contains(&k.id_hex())).cloned().collect::<Vec<_>>(),
-            );
+            let (gone, kept): (Vec<PublicKey>, Vec<PublicKey>) =
+                p.keys.keys().cloned().partition(|k| revoked.contains(&k.id_hex()));
+            p.retired.extend(gone.iter().map(PublicKey::id_hex));
+            p.keys = TrustStore::from_keys(kept);
         }
         out
+    }
+
+    /// The anchor of the publisher that retired (or had revoked) `key_id`.
+    pub fn retired_by(&self, key_id: &str) -> Option<&str> {
+        self.by_anchor.values().find(|p| p.retired.contains(key_id)).map(|p| p.anchor.as_str())
     }
 
     /// Follows one keys document: signed by a current key of the publisher it

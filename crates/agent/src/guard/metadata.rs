@@ -168,11 +168,24 @@ pub fn receive(
     let mut problems: BTreeMap<String, String> = BTreeMap::new();
     for doc in docs {
         let Some(anchor) = publishers.publisher_of(&doc.key_id).map(str::to_string) else {
-            let problem = format!(
-                "catalog metadata refused: signed by key {}, not a current key of a publisher this machine trusts",
-                doc.key_id
-            );
-            problems.insert(String::new(), problem);
+            // A key its own publisher retired: that publisher's catalog is the one refused.
+            let (who, problem) = match publishers.retired_by(&doc.key_id) {
+                Some(anchor) => (
+                    anchor.to_string(),
+                    format!(
+                        "catalog metadata refused: key {} is not a current key of publisher {anchor} (retired or revoked): it is not trusted any more",
+                        doc.key_id
+                    ),
+                ),
+                None => (
+                    String::new(),
+                    format!(
+                        "catalog metadata refused: signed by key {}, not a current key of a publisher this machine trusts",
+                        doc.key_id
+                    ),
+                ),
+            };
+            problems.insert(who, problem);
             continue;
         };
         match receive_one(dir, &mut records, &anchor, doc, publishers, now)? {
