@@ -23,7 +23,11 @@ fn run(cmd: &mut Command) -> String {
 
 /// Runs `scripts/NAME OUT` packaging the binaries in `bin_dir`; returns the .deb.
 fn package(script: &str, bin_dir: &Path, out: &Path, deb_prefix: &str) -> PathBuf {
-    run(Command::new(workspace().join("scripts").join(script)).arg(out).env("HOTPATCH_PREBUILT", bin_dir));
+    // A debug build is large: a fast compressor keeps the test short (the scripts default to xz).
+    let mut cmd = Command::new(workspace().join("scripts").join(script));
+    cmd.arg(out).env("HOTPATCH_PREBUILT", bin_dir);
+    cmd.env("DPKG_DEB_COMPRESSOR_TYPE", "gzip").env("DPKG_DEB_COMPRESSOR_LEVEL", "1");
+    run(&mut cmd);
     let found = std::fs::read_dir(out).expect("out dir").map_while(Result::ok).map(|e| e.path()).find(|p| {
         p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(deb_prefix) && n.ends_with(".deb"))
     });
