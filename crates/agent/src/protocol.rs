@@ -49,6 +49,17 @@ pub struct CheckIn<'a> {
     pub facts: &'a Facts,
     pub targets: &'a [TargetReport],
     pub results: &'a [WorkResult],
+    /// Publishers whose newest signed catalog metadata has expired here.
+    /// Left out when none, so a server that predates it still takes the check-in.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub catalogs_stale: &'a [StaleCatalog],
+}
+
+/// "Catalog stale since DATE" for one publisher (its anchor key id).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StaleCatalog {
+    pub publisher: String,
+    pub since: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -71,6 +82,12 @@ pub struct Answer {
     /// is carried out only when one of them revokes the level running.
     #[serde(default)]
     pub revocations: Vec<hotpatch_format::SignedDocument>,
+    /// Each publisher's latest catalog metadata (`catalog` is one of them, for older agents).
+    #[serde(default)]
+    pub catalogs: Vec<hotpatch_format::SignedDocument>,
+    /// Publishers' keys documents (key rotation), each followed from the trust directory's anchors.
+    #[serde(default)]
+    pub keys: Vec<hotpatch_format::SignedDocument>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use hotpatch_engine::{ApplyOptions, RunningTarget};
-use hotpatch_format::{TrustStore, VerifiedCatalog, VerifiedPackage};
+use hotpatch_format::{TrustStore, VerifiedPackage};
 
 use crate::fleet::ProcessResult;
 use serde::Serialize;
 
 use crate::client::{CheckInReply, Client, MachineSigner};
-use crate::guard::{self, CatalogStatus, Keys};
+use crate::guard::{self, CatalogStatus, Catalogs, Keys};
 use crate::protocol::{BaselineWork, CheckIn, HotpatchWork, RollbackWork, TargetReport, WorkResult};
 use crate::state::{self, LastAnswer};
 use crate::{AgentError, facts};
@@ -32,8 +32,10 @@ pub struct CheckInOutcome {
     #[serde(default)]
     pub restart: Vec<RestartDue>,
     pub notes: Vec<String>,
-    /// The publisher's signed catalog as this machine sees it (stale, refused).
+    /// The publishers' signed catalogs as this machine sees them (stale, refused), as one.
     pub catalog: CatalogStatus,
+    /// Each publisher's catalog.
+    pub catalogs: Vec<CatalogStatus>,
     pub entitled: bool,
 }
 
@@ -128,7 +130,7 @@ pub fn check_in(state_dir: &Path, opts: &CheckInOptions) -> Result<CheckInOutcom
     let guarded = guard_answer(state_dir, &answer, &targets, &opts.keys)?;
     let mut results = Vec::new();
     for w in &answer.hotpatches {
-        if let Some(r) = apply_hotpatch(&client, &signer, w, guarded.catalog.as_ref(), &guarded.keys.publishers) {
+        if let Some(r) = apply_hotpatch(&client, &signer, w, &guarded.catalog, &guarded.keys.publishers) {
             results.push(r);
         }
     }
@@ -148,6 +150,7 @@ pub fn check_in(state_dir: &Path, opts: &CheckInOptions) -> Result<CheckInOutcom
         baselines_due: answer.baselines.clone(),
         notes: answer.notes.iter().cloned().chain(guarded.notes).collect(),
         catalog: guarded.status,
+        catalogs: guarded.statuses,
         entitled: answer.entitled,
     };
     if outcome.results.is_empty() {
@@ -168,7 +171,8 @@ fn report_results(
 ) -> Result<(), AgentError> {
     state::save_pending(state_dir, &outcome.results)?;
     outcome.targets = summarize(&hotpatch_engine::running_targets());
-    let report = CheckIn { facts, targets: &outcome.targets, results: &outcome.results };
+    let stale = stale_catalogs(state_dir);
+    let report = CheckIn { facts, targets: &outcome.targets, results: &outcome.results, catalogs_stale: &stale };
     match client.check_in(signer, &report, None) {
         Ok(reply) => {
             state::save_pending(state_dir, &[])?;
@@ -184,42 +188,14 @@ fn report_results(
     Ok(())
 }
 
-/// What the machine made of the signed documents an answer carried.
-pub(crate) struct Guarded {
-    pub status: CatalogStatus,
-    pub catalog: Option<VerifiedCatalog>,
-    /// Stale or refused metadata, refused statements, targets behind the catalog.
-    pub notes: Vec<String>,
-    /// The machine's keys less those the publisher revoked: what packages are verified with.
-    pub keys: Keys,
-}
-
-/// Judges the answer's catalog metadata and revocation statements against the
-/// machine's own keys and records what they establish (durably) before any
-/// work of the answer is done.
+/// Judges the answer's signed documents (`guard::guard_answer`) before any work.
 pub(crate) fn guard_answer(
     state_dir: &Path,
     answer: &crate::protocol::Answer,
     targets: &[TargetReport],
     keys: &Keys,
-) -> Result<Guarded, AgentError> {
-    let mut keys = guard::revoked_keys::effective(keys, &guard::revoked_keys::load(state_dir)?);
-    let received =
-        guard::metadata::receive(state_dir, answer.catalog.as_deref(), &keys.publishers, jiff::Timestamp::now())?;
-    if let Some(c) = &received.accepted {
-        let revoked = guard::revoked_keys::record(state_dir, &c.metadata.revoked_keys)?;
-        keys = guard::revoked_keys::effective(&keys, &revoked);
-    }
-    let mut floor = guard::Floor::load(state_dir)?;
-    let mut notes: Vec<String> = received.status.describe().into_iter().collect();
-    notes.extend(guard::revocation::record(&mut floor, &answer.revocations, received.accepted.as_ref(), &keys)?);
-    if let Some(c) = &received.accepted {
-        notes.extend(guard::metadata::behind(c, targets));
-    }
-    for n in &notes {
-        tracing::warn!(note = %n, "signed catalog");
-    }
-    Ok(Guarded { status: received.status, catalog: received.accepted, notes, keys })
+) -> Result<guard::Guarded, AgentError> {
+    Ok(guard::guard_answer(state_dir, answer, targets, keys)?)
 }
 
 /// The first half of a check-in: report what runs here with any undelivered
@@ -234,7 +210,8 @@ pub(crate) fn exchange(
     let pending = state::load_pending(state_dir)?;
     let last = state::load_last_answer(state_dir)?;
     let etag = if pending.is_empty() { last.as_ref().map(|l| l.etag.as_str()) } else { None };
-    let reply = client.check_in(signer, &CheckIn { facts, targets, results: &pending }, etag);
+    let stale = stale_catalogs(state_dir);
+    let reply = client.check_in(signer, &CheckIn { facts, targets, results: &pending, catalogs_stale: &stale }, etag);
     // Readiness reports the last check-in; failing to record it must not fail the check-in.
     let tried = state::LastCheckIn::now(reply.as_ref().err().map(|e| e.to_string()));
     if let Err(e) = state::save_last_checkin(state_dir, &tried) {
@@ -254,6 +231,20 @@ pub(crate) fn exchange(
         CheckInReply::NotModified => (last.map(|l| l.answer).unwrap_or_default(), true),
     };
     Ok((answer, not_modified))
+}
+
+/// Publishers whose catalog is stale now, for the server to show; a record
+/// that cannot be read costs that report only.
+fn stale_catalogs(state_dir: &Path) -> Vec<crate::protocol::StaleCatalog> {
+    match guard::metadata::stale_now(state_dir, jiff::Timestamp::now()) {
+        Ok(list) => {
+            list.into_iter().map(|(publisher, since)| crate::protocol::StaleCatalog { publisher, since }).collect()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "catalog staleness not reported");
+            Vec::new()
+        }
+    }
 }
 
 /// Checks in without acting on the answer: what the control plane assigns to
@@ -289,7 +280,7 @@ pub(crate) fn fetch_package(
     client: &Client,
     signer: &MachineSigner<'_>,
     w: &HotpatchWork,
-    catalog: Option<&VerifiedCatalog>,
+    catalog: &Catalogs,
     trust: &TrustStore,
 ) -> Result<VerifiedPackage, String> {
     let bytes = client.download(signer, &w.url).map_err(|e| e.to_string())?;
@@ -306,7 +297,7 @@ pub(crate) fn fetch_package(
             m.patch_id, m.level, m.target.build_id, w.patch_id, w.level, w.build_id
         ));
     }
-    guard::metadata::check_listed(catalog, &m.target.build_id, m.level, &got)?;
+    catalog.check_listed(&package, &got)?;
     admit(signer.state_dir, &package).map_err(|e| format!("not applied: {e}"))?;
     Ok(package)
 }
@@ -316,8 +307,8 @@ pub(crate) fn fetch_package(
 pub fn admit(state_dir: &Path, package: &VerifiedPackage) -> Result<(), AdmitError> {
     let (build_id, level) = (&package.manifest.target.build_id, package.manifest.level);
     let mut floor = guard::Floor::load(state_dir)?;
-    floor.check(build_id, level)?;
-    floor.record_verified(build_id, level)?;
+    floor.check(build_id, level, &package.key_id)?;
+    floor.record_verified(build_id, level, &package.key_id)?;
     Ok(())
 }
 
@@ -347,7 +338,7 @@ fn apply_hotpatch(
     client: &Client,
     signer: &MachineSigner<'_>,
     w: &HotpatchWork,
-    catalog: Option<&VerifiedCatalog>,
+    catalog: &Catalogs,
     trust: &TrustStore,
 ) -> Option<WorkResult> {
     let state_dir = signer.state_dir;

@@ -1,7 +1,8 @@
-//! `hotpatch catalog sign` and `hotpatch catalog revoke`: the publisher's signed
+//! `hotpatch catalog sign`, `revoke` and `keys`: the publisher's signed
 //! statements beside the packages. The metadata says which level of each target
 //! is the latest and until when that holds; a revocation lets machines roll a
-//! level back when their control plane asks. Both go to the server, which
+//! level back when their control plane asks; a keys document moves the
+//! publisher to new keys (rotation). All go to the server, which
 //! passes them on to agents; agents check them against their own keys.
 
 use std::collections::BTreeMap;
@@ -9,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use hotpatch_format::{CatalogEntry, CatalogMetadata, Package, Revocation, RevocationStatement, SecretKey};
+use hotpatch_format::{
+    CatalogEntry, CatalogMetadata, KeysMetadata, Package, PublicKey, Revocation, RevocationStatement, SecretKey,
+};
 
 use crate::output::Output;
 
@@ -25,6 +28,28 @@ enum CatalogCommand {
     Sign(SignArgs),
     /// Sign a revocation of levels of one target (publisher or operations key).
     Revoke(RevokeArgs),
+    /// Sign a keys document: the keys that speak for the publisher from now on (rotation).
+    Keys(KeysArgs),
+}
+
+#[derive(Args)]
+struct KeysArgs {
+    /// A current key of the publisher (secret): the anchor itself, or a key rotated in before.
+    #[arg(long)]
+    key: PathBuf,
+    /// The publisher's anchor: the public key machines hold in their trust directory.
+    #[arg(long)]
+    anchor: PathBuf,
+    /// The document's version: one more than the last keys document's (the first is 1).
+    #[arg(long)]
+    version: u64,
+    /// A public key that speaks for the publisher from this version on (repeatable);
+    /// current keys left out are retired for good.
+    #[arg(long = "new-key", required = true, value_name = "PUB")]
+    new_keys: Vec<PathBuf>,
+    /// Where to write the signed document (JSON).
+    #[arg(short = 'o', long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -78,7 +103,33 @@ pub fn catalog(args: CatalogArgs, out: &Output) -> anyhow::Result<()> {
     match args.command {
         CatalogCommand::Sign(a) => sign(a, out),
         CatalogCommand::Revoke(a) => revoke(a, out),
+        CatalogCommand::Keys(a) => keys(a, out),
     }
+}
+
+fn keys(args: KeysArgs, out: &Output) -> anyhow::Result<()> {
+    let key = SecretKey::load(&args.key)?;
+    let anchor = PublicKey::load(&args.anchor)?;
+    let keys = args
+        .new_keys
+        .iter()
+        .map(|p| PublicKey::load(p).map(|k| k.to_text().trim().to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let document = KeysMetadata {
+        publisher: anchor.id_hex(),
+        version: args.version,
+        issued: jiff::Timestamp::now().to_string(),
+        keys,
+    };
+    let doc = document.sign(&key)?;
+    write_replacing(&args.out, &doc.to_json())?;
+    let ids: Vec<String> = args.new_keys.iter().filter_map(|p| PublicKey::load(p).ok()).map(|k| k.id_hex()).collect();
+    report(
+        out,
+        &args.out,
+        &doc,
+        &[("publisher", anchor.id_hex()), ("version", args.version.to_string()), ("keys", ids.join(", "))],
+    )
 }
 
 fn sign(args: SignArgs, out: &Output) -> anyhow::Result<()> {

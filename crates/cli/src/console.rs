@@ -27,6 +27,10 @@ pub struct ConsoleArgs {
     /// Catalog directory of signed packages [default: the configuration's catalog_dir].
     #[arg(long)]
     catalog: Option<PathBuf>,
+    /// Allow plain http:// to a control plane on another machine when enrolling
+    /// (as the configuration's insecure_http does; this only turns it on).
+    #[arg(long)]
+    insecure_http: bool,
 }
 
 struct Console<'a> {
@@ -57,6 +61,7 @@ pub fn console(args: ConsoleArgs, out: &Output) -> anyhow::Result<()> {
     if args.catalog.is_some() {
         config.catalog_dir = args.catalog;
     }
+    config.insecure_http |= args.insecure_http;
     let stdin = std::io::stdin();
     let mut c = Console { config_path: args.config, config, out, input: Box::new(stdin.lock()) };
     c.run()

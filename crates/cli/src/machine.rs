@@ -93,6 +93,9 @@ pub struct ScanArgs {
     /// The agent's state directory (enrollment).
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// Allow plain http:// to a control plane on another machine (like the agent's).
+    #[arg(long)]
+    insecure_http: bool,
 }
 
 pub fn scan(args: ScanArgs, out: &Output) -> anyhow::Result<()> {
@@ -112,7 +115,7 @@ pub fn scan(args: ScanArgs, out: &Output) -> anyhow::Result<()> {
                 );
             }
             hotpatch_agent::trust::check_safe(&args.state_dir, "state directory")?;
-            let (base, answer) = hotpatch_agent::work::fetch_answer(&args.state_dir)?;
+            let (base, answer) = hotpatch_agent::work::fetch_answer_with(&args.state_dir, args.insecure_http)?;
             scan::scan(&Source::Server { base, answer: &answer })
         }
     };

@@ -12,6 +12,7 @@ mod keys;
 mod manifest;
 mod package;
 mod payload;
+mod rotation;
 mod signed;
 
 pub use error::FormatError;
@@ -23,9 +24,10 @@ pub use package::{
     VerifiedPackage, verify,
 };
 pub use payload::check_payload;
+pub use rotation::{Followed, KeysMetadata, MAX_PUBLISHER_KEYS, Publisher, Publishers};
 pub use signed::{
-    CatalogEntry, CatalogMetadata, DocumentKind, MAX_SIGNED_LEN, Revocation, RevocationStatement, SignedDocument,
-    VerifiedCatalog, verify_catalog, verify_revocation,
+    CatalogEntry, CatalogMetadata, DocumentKind, MAX_DOCUMENT_LEN, MAX_SIGNED_LEN, Revocation, RevocationStatement,
+    SignedDocument, VerifiedCatalog, verify_catalog, verify_revocation,
 };
 
 /// Lower-case hex of the SHA-256 of `bytes`.

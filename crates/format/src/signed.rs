@@ -20,8 +20,14 @@ use crate::{FormatError, sha256_hex};
 const CATALOG_CONTEXT: &[u8] = b"hotpatch catalog v1\0";
 /// Context of a revocation statement's signature.
 const REVOCATION_CONTEXT: &[u8] = b"hotpatch revocation v1\0";
+/// Context of a publisher's keys document (key rotation, `rotation`).
+const KEYS_CONTEXT: &[u8] = b"hotpatch keys v1\0";
 /// Largest `signed` text accepted: thousands of targets fit with room to spare.
 pub const MAX_SIGNED_LEN: usize = 4 << 20;
+/// Largest envelope accepted: the signed text is compact JSON carried inside a
+/// JSON string, where each `"` or `\\` it holds takes two bytes, plus the
+/// envelope's own fields.
+pub const MAX_DOCUMENT_LEN: usize = 2 * MAX_SIGNED_LEN + 4096;
 const MAX_LEVELS: usize = 1024;
 
 /// What kind of document an envelope holds; the signature context follows it,
@@ -31,6 +37,7 @@ const MAX_LEVELS: usize = 1024;
 pub enum DocumentKind {
     Catalog,
     Revocation,
+    Keys,
 }
 
 impl DocumentKind {
@@ -38,6 +45,7 @@ impl DocumentKind {
         match self {
             DocumentKind::Catalog => CATALOG_CONTEXT,
             DocumentKind::Revocation => REVOCATION_CONTEXT,
+            DocumentKind::Keys => KEYS_CONTEXT,
         }
     }
 }
@@ -55,11 +63,11 @@ pub struct SignedDocument {
 impl SignedDocument {
     /// Parses an envelope from untrusted bytes (the signature is not checked yet).
     pub fn parse(bytes: &[u8]) -> Result<SignedDocument, FormatError> {
-        if bytes.len() > MAX_SIGNED_LEN + 4096 {
+        if bytes.len() > MAX_DOCUMENT_LEN {
             return Err(FormatError::TooLarge {
                 what: "signed document",
                 len: bytes.len() as u64,
-                limit: MAX_SIGNED_LEN as u64,
+                limit: MAX_DOCUMENT_LEN as u64,
             });
         }
         serde_json::from_slice(bytes).map_err(|e| bad(format!("not a signed document: {e}")))
@@ -75,13 +83,13 @@ impl SignedDocument {
         sha256_hex(self.signed.as_bytes())
     }
 
-    fn sign(kind: DocumentKind, body: String, key: &SecretKey) -> SignedDocument {
+    pub(crate) fn sign(kind: DocumentKind, body: String, key: &SecretKey) -> SignedDocument {
         let signature = key.sign_in(kind.context(), body.as_bytes());
         SignedDocument { kind, signed: body, key_id: key.public().id_hex(), signature: hex::encode(signature) }
     }
 
     /// Checks the signature against `trust` and returns the signed text and the key id.
-    fn open(&self, kind: DocumentKind, trust: &TrustStore) -> Result<&str, FormatError> {
+    pub(crate) fn open(&self, kind: DocumentKind, trust: &TrustStore) -> Result<&str, FormatError> {
         if self.kind != kind {
             return Err(bad(format!("expected a {kind:?} document, found {:?}", self.kind)));
         }
@@ -108,15 +116,15 @@ impl SignedDocument {
     }
 }
 
-fn bad(msg: impl Into<String>) -> FormatError {
+pub(crate) fn bad(msg: impl Into<String>) -> FormatError {
     FormatError::Signed(msg.into())
 }
 
-fn clip(s: &str) -> String {
+pub(crate) fn clip(s: &str) -> String {
     s.chars().take(40).collect()
 }
 
-fn parse_time(field: &str, text: &str) -> Result<jiff::Timestamp, FormatError> {
+pub(crate) fn parse_time(field: &str, text: &str) -> Result<jiff::Timestamp, FormatError> {
     text.parse().map_err(|e| bad(format!("{field} {:?} is not an RFC 3339 time: {e}", clip(text))))
 }
 

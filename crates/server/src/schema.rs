@@ -350,9 +350,19 @@ ALTER TABLE machines ADD COLUMN tier TEXT;
 CREATE INDEX work_history_at ON work_history (at)
 "#,
     ),
+    // Signed documents per publisher (the anchor key id; '' for metadata
+    // stored before publishers were told apart) and keys documents (rotation);
+    // each machine's stale catalogs as it last reported them (JSON, '' none).
+    (
+        10,
+        r#"
+ALTER TABLE signed_documents ADD COLUMN publisher TEXT NOT NULL DEFAULT '';
+ALTER TABLE machines ADD COLUMN catalogs_stale TEXT NOT NULL DEFAULT ''
+"#,
+    ),
     // Why a deployment's rings are what they are when the server chose them
     // (a small fleet goes all at once, without a canary soak).
-    (90, "ALTER TABLE deployments ADD COLUMN rings_note TEXT"),
+    (11, "ALTER TABLE deployments ADD COLUMN rings_note TEXT"),
 ];
 
 pub async fn migrate(db: &Db) -> Result<(), DbError> {

@@ -4,7 +4,7 @@
 //! in the database so every replica sees an addition or a revocation at once.
 //! A package upload is verified against both.
 
-use hotpatch_format::{KEY_ID_LEN, PublicKey, TrustStore};
+use hotpatch_format::{KEY_ID_LEN, PublicKey, Publishers, TrustStore};
 use serde::Serialize;
 use serde_json::json;
 use sqlx::Row;
@@ -36,8 +36,28 @@ fn server_keys(st: &AppState) -> Vec<PublicKey> {
         .collect()
 }
 
-/// Everything that verifies a package uploaded to `org_id`, read now.
+/// Everything that verifies a package uploaded to `org_id`, read now: each
+/// trusted key is a publisher's anchor, followed along the publisher's keys
+/// documents, so a rotated-in key verifies and a retired one does not.
 pub async fn store_for(st: &AppState, org_id: &str) -> ApiResult<TrustStore> {
+    Ok(publishers_for(st, org_id).await?.trust())
+}
+
+/// The organisation's publishers: its anchors with every stored keys document followed.
+pub async fn publishers_for(st: &AppState, org_id: &str) -> ApiResult<Publishers> {
+    let mut publishers = Publishers::from_anchors(&anchors_for(st, org_id).await?);
+    for doc in crate::domain::signed_documents::keys_documents(st, org_id).await? {
+        // Stored only after following, so a failure is a publisher anchor
+        // revoked since: its chain no longer counts.
+        if let Err(e) = publishers.follow(&doc) {
+            tracing::warn!(error = %e, "stored keys document not followed");
+        }
+    }
+    Ok(publishers)
+}
+
+/// The keys in the trust directory sense: the server's and the organisation's.
+async fn anchors_for(st: &AppState, org_id: &str) -> ApiResult<TrustStore> {
     let rows = sqlx::query("SELECT key_id, public_key FROM trusted_keys WHERE org_id = $1 AND revoked_at IS NULL")
         .bind(org_id)
         .fetch_all(&st.db.pool)

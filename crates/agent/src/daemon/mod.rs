@@ -223,8 +223,8 @@ impl Daemon {
     fn load_catalog(&mut self) {
         let Some(dir) = self.config.catalog_dir.clone() else { return };
         // Keys the publisher's metadata revoked count for local packages too.
-        let trust = match crate::guard::revoked_keys::load(&self.config.state_dir) {
-            Ok(revoked) => crate::guard::revoked_keys::effective(&self.keys(), &revoked).publishers,
+        let trust = match crate::guard::machine_keys(&self.config.state_dir, &self.keys()) {
+            Ok(keys) => keys.publishers,
             Err(e) => return tracing::error!(error = %e, "catalog directory not read"),
         };
         let catalog = match crate::scan::DirCatalog::load(&dir, &trust) {

@@ -85,7 +85,7 @@ impl Daemon {
                 job.deployments.insert(w.deployment_id.clone());
                 continue;
             }
-            match work::fetch_package(&client, &signer, w, guarded.catalog.as_ref(), &guarded.keys.publishers) {
+            match work::fetch_package(&client, &signer, w, &guarded.catalog, &guarded.keys.publishers) {
                 Ok(p) => self.add_job(p, Some(w.deployment_id.clone())),
                 Err(e) => self.outbox.push(work::result(&w.deployment_id, "failed", work::clip(e))),
             }

@@ -3,6 +3,12 @@
 //! highest verified level that is not revoked; nothing below it, and no revoked
 //! level, is applied again. A rollback does not lower the floor: only a signed
 //! revocation of the levels above does.
+//!
+//! With several publishers, a publisher's revocation reaches only packages
+//! signed by its own keys: each level records the key that signed it, and a
+//! publisher's revocation the keys it holds (current and retired). An
+//! operations key's revocation (or one recorded before publishers were told
+//! apart) reaches every package of the level.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -17,13 +23,40 @@ const FILE: &str = "levels.json";
 #[serde(deny_unknown_fields)]
 struct Levels {
     verified: BTreeSet<u32>,
+    /// Revoked for every signer (operations key).
     revoked: BTreeSet<u32>,
+    /// The key id that signed the first verified package of each level.
+    #[serde(default)]
+    signers: BTreeMap<u32, String>,
+    /// Revoked by a publisher: only for packages signed by these key ids.
+    #[serde(default)]
+    revoked_for: BTreeMap<u32, BTreeSet<String>>,
 }
 
 impl Levels {
     fn floor(&self) -> u32 {
-        self.verified.iter().rev().find(|l| !self.revoked.contains(l)).copied().unwrap_or(0)
+        self.verified.iter().rev().find(|l| !self.is_revoked(**l)).copied().unwrap_or(0)
     }
+
+    /// A level verified before signers were recorded counts as any publisher's.
+    fn is_revoked(&self, level: u32) -> bool {
+        match self.signers.get(&level) {
+            Some(signer) => self.revoked_for_signer(level, signer),
+            None => self.revoked.contains(&level) || self.revoked_for.contains_key(&level),
+        }
+    }
+
+    fn revoked_for_signer(&self, level: u32, signer: &str) -> bool {
+        self.revoked.contains(&level) || self.revoked_for.get(&level).is_some_and(|keys| keys.contains(signer))
+    }
+}
+
+/// Who revoked a level: the organisation's operations key reaches every
+/// package of it, a publisher only the packages its keys signed.
+#[derive(Debug, Clone, Copy)]
+pub enum Revoker<'a> {
+    Operations,
+    Publisher { keys: &'a BTreeSet<String> },
 }
 
 /// Why a verified package is not applied here.
@@ -56,12 +89,14 @@ impl Floor {
         self.targets.get(build_id).map_or(0, Levels::floor)
     }
 
+    /// Whether the level, as verified here, is revoked by whoever may revoke it.
     pub fn is_revoked(&self, build_id: &str, level: u32) -> bool {
-        self.targets.get(build_id).is_some_and(|l| l.revoked.contains(&level))
+        self.targets.get(build_id).is_some_and(|l| l.is_revoked(level))
     }
 
-    pub fn check(&self, build_id: &str, level: u32) -> Result<(), FloorRefusal> {
-        if self.is_revoked(build_id, level) {
+    /// Whether a package of `level` signed by `signer` (key id) may be applied.
+    pub fn check(&self, build_id: &str, level: u32, signer: &str) -> Result<(), FloorRefusal> {
+        if self.targets.get(build_id).is_some_and(|l| l.revoked_for_signer(level, signer)) {
             return Err(FloorRefusal::Revoked { build_id: build_id.into(), level });
         }
         let floor = self.floor(build_id);
@@ -71,21 +106,33 @@ impl Floor {
         Ok(())
     }
 
-    /// Records a level whose package verified, before it is applied.
-    pub fn record_verified(&mut self, build_id: &str, level: u32) -> Result<(), StateError> {
+    /// Records a level whose package verified (signed by key `signer`), before it is applied.
+    pub fn record_verified(&mut self, build_id: &str, level: u32, signer: &str) -> Result<(), StateError> {
         if self.targets.get(build_id).is_some_and(|l| l.verified.contains(&level)) {
             return Ok(());
         }
-        self.targets.entry(build_id.to_string()).or_default().verified.insert(level);
+        let entry = self.targets.entry(build_id.to_string()).or_default();
+        entry.verified.insert(level);
+        entry.signers.insert(level, signer.to_string());
         self.save()
     }
 
     /// Records levels a verified statement revoked; returns whether anything was new.
-    pub fn record_revoked(&mut self, build_id: &str, levels: &[u32]) -> Result<bool, StateError> {
+    pub fn record_revoked(&mut self, build_id: &str, levels: &[u32], by: Revoker<'_>) -> Result<bool, StateError> {
         let entry = self.targets.entry(build_id.to_string()).or_default();
-        let before = entry.revoked.len();
-        entry.revoked.extend(levels.iter().copied());
-        if entry.revoked.len() == before {
+        let mut changed = false;
+        for level in levels {
+            changed |= match by {
+                Revoker::Operations => entry.revoked.insert(*level),
+                Revoker::Publisher { keys } => {
+                    let set = entry.revoked_for.entry(*level).or_default();
+                    let before = set.len();
+                    set.extend(keys.iter().cloned());
+                    set.len() != before
+                }
+            };
+        }
+        if !changed {
             return Ok(false);
         }
         self.save().map(|()| true)
@@ -104,22 +151,44 @@ mod tests {
     fn the_floor_holds_across_loads_and_moves_down_only_by_revocation() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut f = Floor::load(dir.path()).expect("load");
-        assert_eq!(f.check("aa", 1), Ok(()));
-        f.record_verified("aa", 1).expect("record");
-        f.record_verified("aa", 2).expect("record");
+        assert_eq!(f.check("aa", 1, "k"), Ok(()));
+        f.record_verified("aa", 1, "k").expect("record");
+        f.record_verified("aa", 2, "k").expect("record");
         let f = Floor::load(dir.path()).expect("reload");
         assert_eq!(f.floor("aa"), 2);
-        assert!(matches!(f.check("aa", 1), Err(FloorRefusal::Downgrade { floor: 2, .. })));
-        assert_eq!(f.check("aa", 3), Ok(()));
+        assert!(matches!(f.check("aa", 1, "k"), Err(FloorRefusal::Downgrade { floor: 2, .. })));
+        assert_eq!(f.check("aa", 3, "k"), Ok(()));
         assert_eq!(f.floor("bb"), 0);
 
         let mut f = Floor::load(dir.path()).expect("reload");
-        assert!(f.record_revoked("aa", &[2]).expect("revoke"));
-        assert!(!f.record_revoked("aa", &[2]).expect("again"));
+        assert!(f.record_revoked("aa", &[2], Revoker::Operations).expect("revoke"));
+        assert!(!f.record_revoked("aa", &[2], Revoker::Operations).expect("again"));
         let f = Floor::load(dir.path()).expect("reload");
         assert_eq!(f.floor("aa"), 1);
-        assert_eq!(f.check("aa", 1), Ok(()));
-        assert!(matches!(f.check("aa", 2), Err(FloorRefusal::Revoked { level: 2, .. })));
+        assert_eq!(f.check("aa", 1, "k"), Ok(()));
+        assert!(matches!(f.check("aa", 2, "k"), Err(FloorRefusal::Revoked { level: 2, .. })));
+    }
+
+    #[test]
+    fn a_publisher_revokes_only_levels_its_own_keys_signed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut f = Floor::load(dir.path()).expect("load");
+        f.record_verified("aa", 1, "a-key").expect("record");
+        f.record_verified("aa", 2, "a-key").expect("record");
+        let b_keys: BTreeSet<String> = ["b-key".to_string()].into();
+        assert!(f.record_revoked("aa", &[2], Revoker::Publisher { keys: &b_keys }).expect("revoke"));
+        let f = Floor::load(dir.path()).expect("reload");
+        assert!(!f.is_revoked("aa", 2), "b cannot revoke a's level");
+        assert_eq!(f.floor("aa"), 2);
+        // b's own package of that level is refused, a's is not.
+        assert!(matches!(f.check("aa", 2, "b-key"), Err(FloorRefusal::Revoked { .. })));
+        assert_eq!(f.check("aa", 2, "a-key"), Ok(()));
+
+        let mut f = Floor::load(dir.path()).expect("reload");
+        let a_keys: BTreeSet<String> = ["a-key".to_string()].into();
+        f.record_revoked("aa", &[2], Revoker::Publisher { keys: &a_keys }).expect("revoke");
+        assert!(f.is_revoked("aa", 2));
+        assert_eq!(f.floor("aa"), 1);
     }
 
     #[test]

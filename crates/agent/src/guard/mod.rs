@@ -5,21 +5,26 @@
 //! - `floor`: per build-id, the levels ever verified and the levels revoked by
 //!   a signed statement; a level below the highest verified one that is not
 //!   revoked is never applied, across restarts of processes and of the agent.
-//! - `metadata`: the publisher's signed catalog metadata last accepted: its
-//!   version only grows, and once it expires the catalog is reported stale.
+//! - `publishers`: each trusted key anchors a publisher; the keys documents
+//!   followed (rotation) say which keys speak for it now.
+//! - `metadata`: each publisher's signed catalog metadata last accepted: its
+//!   version only grows, and once it expires that catalog is reported stale.
 //! - `revocation`: a rollback the server lists is carried out only when a
 //!   publisher or the organisation's operations key signed the revocation of
 //!   the level running.
 //! - `revoked_keys`: publisher keys the accepted metadata revoked, trusted for
 //!   nothing from then on.
 
+mod answer;
 pub mod floor;
 pub mod metadata;
+pub mod publishers;
 pub mod revocation;
 pub mod revoked_keys;
 
+pub use answer::{Guarded, guard_answer, machine_keys};
 pub use floor::{Floor, FloorRefusal};
-pub use metadata::{CatalogStatus, MetadataOutcome};
+pub use metadata::{CatalogStatus, Catalogs, MetadataOutcome};
 pub use revocation::authorize_rollback;
 
 use hotpatch_format::TrustStore;

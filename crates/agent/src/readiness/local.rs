@@ -66,16 +66,15 @@ pub fn catalog(dir: &Path) -> Check {
         }
         Ok(Some(status)) => match status.describe() {
             Some(d) => check("catalog", State::Warning, d, why).fix(fix),
-            None => check(
-                "catalog",
-                State::Ok,
-                format!(
-                    "catalog metadata version {} valid until {}",
-                    status.version.unwrap_or(0),
-                    status.expires.unwrap_or_default()
-                ),
-                why,
-            ),
+            None => {
+                let expires = status.expires.unwrap_or_default();
+                let detail = match status.version {
+                    Some(v) => format!("catalog metadata version {v} valid until {expires}"),
+                    // A summary of several publishers: the first to expire.
+                    None => format!("every publisher's catalog metadata valid, the first until {expires}"),
+                };
+                check("catalog", State::Ok, detail, why)
+            }
         },
         Err(e) => check("catalog", State::Warning, e.to_string(), why),
     }

@@ -89,7 +89,7 @@ impl Console<'_> {
         }
         let token = self.ask("Enrollment token: ").unwrap_or_default();
         hotpatch_agent::trust::prepare_state_dir(&dir)?;
-        let c = hotpatch_agent::enroll(&url, &token, &dir, None)?;
+        let c = hotpatch_agent::enroll_with(&url, &token, &dir, None, self.config.insecure_http)?;
         println!("enrolled as machine {} with {}", c.machine_id, c.server);
         Ok(())
     }

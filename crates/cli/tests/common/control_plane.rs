@@ -88,12 +88,18 @@ pub type Script = std::sync::Arc<std::sync::Mutex<Value>>;
 /// test put in the script last (a server that lies, replays or withholds), and
 /// serves the given artifacts by hash; each check-in's body goes to the receiver.
 pub fn scripted(artifacts: Vec<Vec<u8>>) -> (String, Script, Receiver<Value>) {
+    scripted_at("127.0.0.1", artifacts)
+}
+
+/// [`scripted`], listening on `ip` (an address of another interface stands in
+/// for a control plane on another machine).
+pub fn scripted_at(ip: &str, artifacts: Vec<Vec<u8>>) -> (String, Script, Receiver<Value>) {
     let script: Script = std::sync::Arc::new(std::sync::Mutex::new(json!({
         "interval_seconds": 1, "jitter_seconds": 0, "entitled": true
     })));
     let by_hash: std::collections::HashMap<String, Vec<u8>> =
         artifacts.into_iter().map(|a| (sha256_hex(&a), a)).collect();
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let listener = TcpListener::bind((ip, 0)).expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let answers = script.clone();
     let (tx, checkins) = std::sync::mpsc::channel();

@@ -107,6 +107,11 @@ impl Fixture {
 
     /// Packs level 1 (`check`) or 2 (`check` and `scale`) for `baseline` into `out`.
     pub fn pack(&self, baseline: &Path, level: u32, out: &Path) {
+        self.pack_with(baseline, level, out, &self.path("keys/publisher.key"));
+    }
+
+    /// [`Fixture::pack`] signed with the secret key at `key`.
+    pub fn pack_with(&self, baseline: &Path, level: u32, out: &Path, key: &Path) {
         let mut args = vec!["pack".to_string(), "--baseline".into(), s(baseline), "--payload".into()];
         args.push(s(&self.path("fix.o")));
         args.extend(["--replace".into(), "check=check_v2".into()]);
@@ -115,7 +120,7 @@ impl Fixture {
         }
         let level = level.to_string();
         args.extend(["--level".into(), level, "--classification".into(), "security".into()]);
-        args.extend(["--cve".into(), "CVE-2026-1234".into(), "--key".into(), s(&self.path("keys/publisher.key"))]);
+        args.extend(["--cve".into(), "CVE-2026-1234".into(), "--key".into(), s(key)]);
         args.extend(["-o".into(), s(out)]);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let packed = run(&refs);

@@ -74,6 +74,8 @@ pub struct CheckIn {
     pub targets: Vec<TargetReport>,
     #[serde(default)]
     pub results: Vec<WorkResult>,
+    #[serde(default)]
+    pub catalogs_stale: Vec<crate::domain::signed_documents::StaleCatalog>,
 }
 
 fn validate(c: &CheckIn) -> ApiResult<()> {
@@ -150,9 +152,11 @@ pub async fn check_in(
     SignedJson { machine, mut body }: SignedJson<CheckIn>,
 ) -> ApiResult<Response> {
     validate(&body)?;
+    crate::domain::signed_documents::validate_stale(&body.catalogs_stale)?;
     let t = now();
     let ignored = drop_foreign_results(&st, &machine, &mut body, t).await?;
     record(&st, &machine, &body, t).await?;
+    crate::domain::signed_documents::record_stale(&st, &machine.id, &body.catalogs_stale).await?;
     let mut answer = instructions(&st, &machine, &body, t).await?;
     if let Some(notes) = answer["notes"].as_array_mut() {
         notes.extend(ignored.iter().map(|id| {

@@ -86,7 +86,10 @@ pub async fn by_machine(State(st): State<AppState>, user: User, Query(f): Query<
             lines,
         ));
     }
-    Ok(Json(json!({ "rows": rows })).into_response())
+    // A machine whose publisher catalog went stale is not known to be current,
+    // whatever its rows say.
+    let stale = crate::domain::signed_documents::stale_machines(&st, &user.org_id).await?;
+    Ok(Json(json!({ "rows": rows, "stale_catalogs": stale })).into_response())
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -183,6 +183,7 @@ pub async fn machine_detail_json(st: &AppState, org_id: &str, id: &str) -> ApiRe
     machine["readiness"] = serde_json::from_str(&r.try_get::<String, _>(10)?)?;
     // The tier it was put in (null: it follows the organisation's last tier).
     machine["tier"] = json!(crate::tiers::machine_tier(st, id).await?);
+    machine["catalogs_stale"] = json!(crate::domain::signed_documents::machine_stale(st, org_id, id).await?);
     let targets = sqlx::query(
         "SELECT build_id, file_name, processes, applied_patch_id, applied_level, error FROM machine_targets WHERE machine_id = $1 ORDER BY file_name",
     )

@@ -61,8 +61,12 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/pins", get(tiers::list_pins).post(tiers::add_pin))
         .route("/api/v1/pins/{id}", delete(tiers::remove_pin))
         .route("/api/v1/artifacts/{sha256}", get(catalog::artifact))
-        .route("/api/v1/catalog/metadata", get(signed::get_metadata).put(signed::put_metadata))
+        .route(
+            "/api/v1/catalog/metadata",
+            get(signed::get_metadata).put(signed::put_metadata).layer(DefaultBodyLimit::max(signed::BODY_LIMIT)),
+        )
         .route("/api/v1/catalog/revocations", get(signed::list_revocations).post(signed::post_revocation))
+        .route("/api/v1/catalog/keys", get(signed::list_keys).post(signed::post_keys))
         .route("/api/v1/trusted-keys", get(crate::trust::api::list_keys).post(crate::trust::api::add_key))
         .route("/api/v1/trusted-keys/{key_id}", delete(crate::trust::api::revoke_key))
         .route("/api/v1/baselines", get(catalog::list_baselines).post(catalog::create_baseline))

@@ -105,6 +105,12 @@ pub async fn machine_page(State(st): State<AppState>, u: UiUser, Path(id): Path<
             let procs = processes(&r.build_id).unwrap_or_default();
             html! { li { (status(r.status.as_str())) " " (r.file_name) ": " (r.detail) " (" (procs) " process(es))" } }
         })
+        .chain(
+            crate::domain::signed_documents::machine_stale(&st, &u.0.org_id, &id)
+                .await?
+                .iter()
+                .map(|c| html! { li.catalog-stale { (status("stale")) " " (c.reason()) } }),
+        )
         .collect();
     page.markup(html! { ul #todo { @for li in &todo { (li) } @if todo.is_empty() { li { "nothing" } } } });
     page.h(2, "Targets");
