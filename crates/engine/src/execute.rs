@@ -286,11 +286,7 @@ pub fn map_and_switch(
 
 /// The stack checker of this apply, unwind tables and memory scan loaded
 /// before anything changes so that a failure here leaves the process untouched.
-pub fn checker(
-    process: &Process,
-    busy: &[BusyRange],
-    scan_memory: bool,
-) -> Result<StackChecker, EngineError> {
+pub fn checker(process: &Process, busy: &[BusyRange], scan_memory: bool) -> Result<StackChecker, EngineError> {
     let mut checker = StackChecker::new(&process.maps, &process.modules, &process.mem);
     checker.memory =
         MemoryScanner::for_process(process.pid, &process.maps, &process.modules, &process.mem, busy, scan_memory)?;

@@ -238,8 +238,16 @@ fn apply_inner(
     // Map, stop, check stacks, switch, resume.
     let busy = execute::busy_ranges(&plan, &sites, previous);
     let mut checker = execute::checker(&process, &busy, opts.scan_memory)?;
-    let report =
-        execute::map_and_switch(&process, &image, &header, plan.header_len(), &writes, &mut checker, &busy, opts.timeout)?;
+    let report = execute::map_and_switch(
+        &process,
+        &image,
+        &header,
+        plan.header_len(),
+        &writes,
+        &mut checker,
+        &busy,
+        opts.timeout,
+    )?;
     // The replaced level's region stays mapped (retired): a stack the check
     // cannot see may still return into it.
     let callback_problem = callback::post(pid, &process.mem, &header, callback::POST_APPLY);

@@ -73,7 +73,10 @@ impl TargetPlan {
         let link = LinkPlan::new(&package.payload, header_len)?;
         let defined = link.defined_functions();
         if let Some(missing) = sites.iter().find(|s| !defined.contains(&s.replacement)) {
-            return Err(EngineError::Symbol(format!("replacement {} is not defined in the payload", missing.replacement)));
+            return Err(EngineError::Symbol(format!(
+                "replacement {} is not defined in the payload",
+                missing.replacement
+            )));
         }
         let files = std::iter::once(data).chain(debug).collect();
         Ok(TargetPlan {

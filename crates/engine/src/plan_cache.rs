@@ -9,8 +9,8 @@
 //! - linked image: the package, load bias, region address, the bindings and
 //!   the thread-local variables' facts.
 
-use crate::plan::{Bindings, Linked, TargetPlan};
 use crate::modules::LoadedModule;
+use crate::plan::{Bindings, Linked, TargetPlan};
 use hotpatch_format::VerifiedPackage;
 use hotpatch_link::TlsSymbol;
 use serde::Serialize;
