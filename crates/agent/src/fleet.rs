@@ -3,7 +3,7 @@
 //! debugger) does not stop the others, and says why and whether trying again
 //! may help. Each process's transition is journaled (intent, then outcome).
 
-use hotpatch_engine::{ApplyOptions, EngineError};
+use hotpatch_engine::{ApplyOptions, EngineError, PlanCache};
 use hotpatch_format::VerifiedPackage;
 use serde::Serialize;
 
@@ -110,6 +110,18 @@ pub fn apply_one(
     opts: &ApplyOptions,
     journal: Option<&mut Journal>,
 ) -> ProcessResult {
+    apply_one_planned(pid, package, opts, journal, &mut PlanCache::new())
+}
+
+/// [`apply_one`] with the plans of earlier processes (`cache`): one caller
+/// applying a hotpatch to many processes plans it once.
+pub fn apply_one_planned(
+    pid: i32,
+    package: &VerifiedPackage,
+    opts: &ApplyOptions,
+    journal: Option<&mut Journal>,
+    cache: &mut PlanCache,
+) -> ProcessResult {
     let m = &package.manifest;
     let comm = hotpatch_engine::procfs::comm(pid);
     let mut journal = journal;
@@ -130,7 +142,7 @@ pub fn apply_one(
         None => None,
     };
     let lock = crate::lock::shared();
-    let applied = hotpatch_engine::apply(pid, package, opts);
+    let applied = hotpatch_engine::apply_planned(pid, package, opts, cache);
     drop(lock);
     let result = match applied {
         Ok(r) => ProcessResult {
@@ -171,10 +183,13 @@ pub fn apply_everywhere(
     mut journal: Option<&mut Journal>,
 ) -> Vec<ProcessResult> {
     let m = &package.manifest;
-    pids_needing(&m.target.build_id, m.level)
+    let mut cache = PlanCache::new();
+    let results = pids_needing(&m.target.build_id, m.level)
         .into_iter()
-        .map(|pid| apply_one(pid, package, opts, journal.as_deref_mut()))
-        .collect()
+        .map(|pid| apply_one_planned(pid, package, opts, journal.as_deref_mut(), &mut cache))
+        .collect();
+    tracing::debug!(stats = ?cache.stats(), "plans made and reused");
+    results
 }
 
 /// Rolls `patch_id` back in one process under the machine lock, journaling

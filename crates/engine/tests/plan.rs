@@ -56,8 +56,8 @@ fn plan_locates_the_sites_and_lays_out_the_payload_without_a_process() {
     assert_eq!(plan.sites[0].replacement, "lib_check_v2");
     assert_eq!(plan.undefined_symbols(), vec!["base".to_string()]);
     assert!(plan.tls_symbols().is_empty());
-    assert!(plan.header_len() > 0 && plan.header_len() % 4096 == 0);
-    assert!(plan.region_size() > plan.header_len() && plan.region_size() % 4096 == 0);
+    assert!(plan.header_len() > 0 && plan.header_len().is_multiple_of(4096));
+    assert!(plan.region_size() > plan.header_len() && plan.region_size().is_multiple_of(4096));
 }
 
 #[test]
