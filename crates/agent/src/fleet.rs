@@ -21,6 +21,10 @@ pub struct ProcessResult {
     /// First thread stopped to last resumed, when a transition switched it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pause_us: Option<u64>,
+    /// Wall time of this process's apply (journal, plan or its reuse, map,
+    /// transition), when one ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apply_us: Option<u64>,
     pub detail: String,
 }
 
@@ -122,6 +126,7 @@ pub fn apply_one_planned(
     journal: Option<&mut Journal>,
     cache: &mut PlanCache,
 ) -> ProcessResult {
+    let started = std::time::Instant::now();
     let m = &package.manifest;
     let comm = hotpatch_engine::procfs::comm(pid);
     let mut journal = journal;
@@ -135,6 +140,7 @@ pub fn apply_one_planned(
                 retry: true,
                 gone: false,
                 pause_us: None,
+                apply_us: None,
                 detail: format!("not applied: {e}"),
             };
         }
@@ -152,6 +158,7 @@ pub fn apply_one_planned(
             retry: false,
             gone: false,
             pause_us: Some(r.pause_us),
+            apply_us: None,
             detail: format!("level {} applied ({} functions, pause {} µs)", r.level, r.functions.len(), r.pause_us),
         },
         Err(EngineError::LevelNotHigher { applied, .. }) if applied >= m.level => ProcessResult {
@@ -161,11 +168,21 @@ pub fn apply_one_planned(
             retry: false,
             gone: false,
             pause_us: None,
+            apply_us: None,
             detail: format!("level {applied} already applied"),
         },
         Err(e) => {
             let gone = matches!(e, EngineError::ProcessExited(_) | EngineError::TargetNotMapped { .. });
-            ProcessResult { pid, comm, ok: false, retry: retryable(&e), gone, pause_us: None, detail: e.to_string() }
+            ProcessResult {
+                pid,
+                comm,
+                ok: false,
+                retry: retryable(&e),
+                gone,
+                pause_us: None,
+                apply_us: None,
+                detail: e.to_string(),
+            }
         }
     };
     if let (Some(j), Some(id)) = (journal, id)
@@ -173,7 +190,7 @@ pub fn apply_one_planned(
     {
         tracing::warn!(error = %e, pid, "cannot journal the outcome; repair will read it from the process");
     }
-    result
+    ProcessResult { apply_us: Some(started.elapsed().as_micros() as u64), ..result }
 }
 
 /// Applies `package` to every process that maps its target below its level.

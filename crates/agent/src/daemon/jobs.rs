@@ -147,6 +147,7 @@ mod tests {
             retry,
             gone,
             pause_us: None,
+            apply_us: None,
             detail: if ok { "applied".into() } else { "busy".into() },
         }
     }
