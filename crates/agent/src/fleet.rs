@@ -3,7 +3,7 @@
 //! debugger) does not stop the others, and says why and whether trying again
 //! may help. Each process's transition is journaled (intent, then outcome).
 
-use hotpatch_engine::{ApplyOptions, EngineError};
+use hotpatch_engine::{ApplyOptions, EngineError, PlanCache};
 use hotpatch_format::VerifiedPackage;
 use serde::Serialize;
 
@@ -21,6 +21,10 @@ pub struct ProcessResult {
     /// First thread stopped to last resumed, when a transition switched it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pause_us: Option<u64>,
+    /// Wall time of this process's apply (journal, plan or its reuse, map,
+    /// transition), when one ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apply_us: Option<u64>,
     pub detail: String,
 }
 
@@ -110,71 +114,113 @@ pub fn apply_one(
     opts: &ApplyOptions,
     journal: Option<&mut Journal>,
 ) -> ProcessResult {
+    apply_one_planned(pid, package, opts, journal, &mut PlanCache::new())
+}
+
+/// [`apply_one`] with the plans of earlier processes (`cache`): one caller
+/// applying a hotpatch to many processes plans it once.
+pub fn apply_one_planned(
+    pid: i32,
+    package: &VerifiedPackage,
+    opts: &ApplyOptions,
+    journal: Option<&mut Journal>,
+    cache: &mut PlanCache,
+) -> ProcessResult {
+    let started = std::time::Instant::now();
     let m = &package.manifest;
-    let comm = hotpatch_engine::procfs::comm(pid);
     let mut journal = journal;
     let id = match journal.as_deref_mut().map(|j| j.intent("apply", pid, &m.patch_id, m.level, &m.target.build_id)) {
-        Some(Err(e)) => {
-            // Without the intent on disk a crash could not be repaired: do not touch the process.
-            return ProcessResult {
-                pid,
-                comm,
-                ok: false,
-                retry: true,
-                gone: false,
-                pause_us: None,
-                detail: format!("not applied: {e}"),
-            };
-        }
+        // Without the intent on disk a crash could not be repaired: do not touch the process.
+        Some(Err(e)) => return not_journaled(pid, &e),
         Some(Ok(id)) => Some(id),
         None => None,
     };
-    let lock = crate::lock::shared();
-    let applied = hotpatch_engine::apply(pid, package, opts);
-    drop(lock);
-    let result = match applied {
-        Ok(r) => ProcessResult {
-            pid,
-            comm,
-            ok: true,
-            retry: false,
-            gone: false,
-            pause_us: Some(r.pause_us),
-            detail: format!("level {} applied ({} functions, pause {} µs)", r.level, r.functions.len(), r.pause_us),
-        },
-        Err(EngineError::LevelNotHigher { applied, .. }) if applied >= m.level => ProcessResult {
-            pid,
-            comm,
-            ok: true,
-            retry: false,
-            gone: false,
-            pause_us: None,
-            detail: format!("level {applied} already applied"),
-        },
-        Err(e) => {
-            let gone = matches!(e, EngineError::ProcessExited(_) | EngineError::TargetNotMapped { .. });
-            ProcessResult { pid, comm, ok: false, retry: retryable(&e), gone, pause_us: None, detail: e.to_string() }
-        }
-    };
+    let result = apply_journaled(pid, package, opts, cache);
     if let (Some(j), Some(id)) = (journal, id)
         && let Err(e) = j.outcome(id, result.ok, &result.detail)
     {
         tracing::warn!(error = %e, pid, "cannot journal the outcome; repair will read it from the process");
     }
-    result
+    ProcessResult { apply_us: Some(started.elapsed().as_micros() as u64), ..result }
 }
 
-/// Applies `package` to every process that maps its target below its level.
+/// A process left untouched because its intent could not be journaled.
+fn not_journaled(pid: i32, e: &crate::journal::JournalError) -> ProcessResult {
+    ProcessResult {
+        pid,
+        comm: hotpatch_engine::procfs::comm(pid),
+        ok: false,
+        retry: true,
+        gone: false,
+        pause_us: None,
+        apply_us: None,
+        detail: format!("not applied: {e}"),
+    }
+}
+
+/// The apply itself, under the machine lock, once its intent is journaled.
+fn apply_journaled(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions, cache: &mut PlanCache) -> ProcessResult {
+    let m = &package.manifest;
+    let comm = hotpatch_engine::procfs::comm(pid);
+    let lock = crate::lock::shared();
+    let applied = hotpatch_engine::apply_planned(pid, package, opts, cache);
+    drop(lock);
+    let (ok, retry, gone, pause_us, detail) = match applied {
+        Ok(r) => (
+            true,
+            false,
+            false,
+            Some(r.pause_us),
+            format!("level {} applied ({} functions, pause {} µs)", r.level, r.functions.len(), r.pause_us),
+        ),
+        Err(EngineError::LevelNotHigher { applied, .. }) if applied >= m.level => {
+            (true, false, false, None, format!("level {applied} already applied"))
+        }
+        Err(e) => {
+            let gone = matches!(e, EngineError::ProcessExited(_) | EngineError::TargetNotMapped { .. });
+            (false, retryable(&e), gone, None, e.to_string())
+        }
+    };
+    ProcessResult { pid, comm, ok, retry, gone, pause_us, apply_us: None, detail }
+}
+
+/// Applies `package` to every process that maps its target below its level,
+/// planning once. The intents of all of them are journaled in one durable
+/// write before the first is touched, the outcomes in one after the last: a
+/// crash in between leaves open intents that `repair` closes from what each
+/// process shows (applied, or untouched), as for a single apply.
 pub fn apply_everywhere(
     package: &VerifiedPackage,
     opts: &ApplyOptions,
-    mut journal: Option<&mut Journal>,
+    journal: Option<&mut Journal>,
 ) -> Vec<ProcessResult> {
     let m = &package.manifest;
-    pids_needing(&m.target.build_id, m.level)
-        .into_iter()
-        .map(|pid| apply_one(pid, package, opts, journal.as_deref_mut()))
-        .collect()
+    let pids = pids_needing(&m.target.build_id, m.level);
+    let mut journal = journal;
+    let ids: Vec<Option<u64>> = match journal.as_deref_mut() {
+        None => vec![None; pids.len()],
+        Some(j) => match j.intents("apply", &pids, &m.patch_id, m.level, &m.target.build_id) {
+            Ok(ids) => ids.into_iter().map(Some).collect(),
+            Err(e) => return pids.iter().map(|&pid| not_journaled(pid, &e)).collect(),
+        },
+    };
+    let mut cache = PlanCache::new();
+    let results: Vec<ProcessResult> = pids
+        .iter()
+        .map(|&pid| {
+            let started = std::time::Instant::now();
+            let r = apply_journaled(pid, package, opts, &mut cache);
+            ProcessResult { apply_us: Some(started.elapsed().as_micros() as u64), ..r }
+        })
+        .collect();
+    tracing::debug!(stats = ?cache.stats(), "plans made and reused");
+    if let Some(j) = journal {
+        let outcomes = ids.iter().zip(&results).filter_map(|(id, r)| Some((((*id)?), r.ok, r.detail.as_str())));
+        if let Err(e) = j.outcomes(outcomes) {
+            tracing::warn!(error = %e, "cannot journal the outcomes; repair will read them from the processes");
+        }
+    }
+    results
 }
 
 /// Rolls `patch_id` back in one process under the machine lock, journaling

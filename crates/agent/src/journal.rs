@@ -149,13 +149,50 @@ impl Journal {
         Ok(Journal { path, file, next_id, appended: 0 })
     }
 
-    fn append(&mut self, event: &Event) -> Result<(), JournalError> {
-        let mut line = serde_json::to_vec(event).unwrap_or_default();
-        line.push(b'\n');
+    /// Writes `events` and makes them durable with one sync: a batch costs
+    /// one disk flush, not one per event.
+    fn append_all(&mut self, events: &[Event]) -> Result<(), JournalError> {
+        let mut lines = Vec::new();
+        for event in events {
+            lines.extend(serde_json::to_vec(event).unwrap_or_default());
+            lines.push(b'\n');
+        }
         self.file
-            .write_all(&line)
+            .write_all(&lines)
             .and_then(|()| self.file.sync_data())
             .map_err(|source| JournalError::Io { path: self.path.clone(), source })
+    }
+
+    /// Records, durably and in one write, that `op` of `patch_id` is about to
+    /// touch each of `pids` (one intent each, ids in the same order).
+    pub fn intents(
+        &mut self,
+        op: &str,
+        pids: &[i32],
+        patch_id: &str,
+        level: u32,
+        build_id: &str,
+    ) -> Result<Vec<u64>, JournalError> {
+        let first = self.next_id;
+        let events: Vec<Event> = pids
+            .iter()
+            .enumerate()
+            .map(|(n, &pid)| {
+                Event::Intent(Intent {
+                    id: first + n as u64,
+                    op: op.to_string(),
+                    pid,
+                    start_time: start_time(pid).unwrap_or(0),
+                    patch_id: patch_id.to_string(),
+                    level,
+                    build_id: build_id.to_string(),
+                    at: now(),
+                })
+            })
+            .collect();
+        self.append_all(&events)?;
+        self.next_id = first + pids.len() as u64;
+        Ok((first..self.next_id).collect())
     }
 
     /// Records, durably, that `op` of `patch_id` is about to touch `pid`.
@@ -167,25 +204,28 @@ impl Journal {
         level: u32,
         build_id: &str,
     ) -> Result<u64, JournalError> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let intent = Intent {
-            id,
-            op: op.to_string(),
-            pid,
-            start_time: start_time(pid).unwrap_or(0),
-            patch_id: patch_id.to_string(),
-            level,
-            build_id: build_id.to_string(),
-            at: now(),
-        };
-        self.append(&Event::Intent(intent))?;
-        Ok(id)
+        let ids = self.intents(op, &[pid], patch_id, level, build_id)?;
+        Ok(ids.first().copied().unwrap_or_default())
     }
 
     pub fn outcome(&mut self, id: u64, ok: bool, detail: &str) -> Result<(), JournalError> {
-        self.append(&Event::Outcome(Outcome { id, ok, detail: detail.to_string() }))?;
-        self.appended += 2;
+        self.outcomes([(id, ok, detail)])
+    }
+
+    /// Records the outcomes `(intent id, ok, detail)` in one durable write.
+    pub fn outcomes<'d>(
+        &mut self,
+        outcomes: impl IntoIterator<Item = (u64, bool, &'d str)>,
+    ) -> Result<(), JournalError> {
+        let events: Vec<Event> = outcomes
+            .into_iter()
+            .map(|(id, ok, detail)| Event::Outcome(Outcome { id, ok, detail: detail.to_string() }))
+            .collect();
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.append_all(&events)?;
+        self.appended += 2 * events.len();
         if self.appended >= COMPACT_AFTER
             && let Some(dir) = self.path.parent().map(Path::to_path_buf)
         {
@@ -239,5 +279,21 @@ mod tests {
         assert!(j.intent("apply", 3, "p", 1, "aa").expect("intent") > b, "ids keep rising");
         j.compact(dir.path()).expect("compact");
         assert_eq!(read_events(dir.path()).expect("read").len(), 2, "only the open intents stay");
+    }
+
+    #[test]
+    fn a_batch_of_intents_and_outcomes_reads_back_like_single_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(dir.path()).expect("open");
+        let first = j.intent("apply", 7, "p", 1, "aa").expect("intent");
+        let ids = j.intents("apply", &[11, 12, 13], "p", 2, "aa").expect("intents");
+        assert_eq!(ids, [first + 1, first + 2, first + 3]);
+        j.outcomes([(ids[0], true, "applied"), (ids[2], false, "busy")]).expect("outcomes");
+        j.outcomes([]).expect("nothing to write");
+        let open = open_intents(dir.path()).expect("read");
+        let open: Vec<(u64, i32)> = open.iter().map(|i| (i.id, i.pid)).collect();
+        assert_eq!(open, [(first, 7), (ids[1], 12)]);
+        let mut j = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(j.intent("apply", 8, "p", 1, "aa").expect("intent"), ids[2] + 1, "ids keep rising");
     }
 }

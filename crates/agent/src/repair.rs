@@ -8,11 +8,18 @@
 //! without the unmap): it is unmapped, after a stack check proves no thread is
 //! inside it. A region whose sites are only partly switched is completed, the
 //! same way a transition does it (stop, stack check, write, resume).
+//!
+//! A region no site leads to is retired instead (marked, left mapped) when it
+//! was reachable once: an open rollback intent names it (a rollback killed
+//! after its sites, before its mark; one killed among its sites is finished),
+//! or a higher level of its target is switched (an upgrade killed before the
+//! replaced level's mark). A memfd of a region left open in the process by an
+//! apply killed before its `close` is closed.
 
 use std::time::Duration;
 
 use hotpatch_engine::procfs::{self, Mapping, ProcessMemory};
-use hotpatch_engine::region::{RegionHeader, is_region_mapping};
+use hotpatch_engine::region::{RegionHeader, Retirement, is_region_mapping};
 use hotpatch_engine::stack::{BusyRange, StackChecker};
 use hotpatch_engine::transition::{self, SiteWrite};
 use hotpatch_engine::{EngineError, modules::loaded_modules};
@@ -113,13 +120,15 @@ pub fn repair(state_dir: &std::path::Path, opts: &RepairOptions) -> RepairReport
             return report;
         }
     };
+    let rollbacks = open_rollbacks(state_dir);
     let me = std::process::id() as i32;
     let pids = opts.pids.clone().unwrap_or_else(procfs::pids);
     for pid in pids.into_iter().filter(|&p| p != me) {
         let Ok(maps) = procfs::maps(pid) else { continue };
         if maps.iter().any(is_region_mapping) {
-            repair_process(pid, opts, &mut report);
+            repair_process(pid, opts, &rollbacks, &mut report);
         }
+        close_memfds(pid, opts, &mut report);
     }
     if let Err(e) = close_intents(state_dir, &mut report) {
         report.errors.push(e);
@@ -127,7 +136,52 @@ pub fn repair(state_dir: &std::path::Path, opts: &RepairOptions) -> RepairReport
     report
 }
 
-fn repair_process(pid: i32, opts: &RepairOptions, report: &mut RepairReport) {
+/// Rollbacks the journal shows begun and not ended: (pid, start time, patch id).
+fn open_rollbacks(state_dir: &std::path::Path) -> Vec<(i32, u64, String)> {
+    if !state_dir.join(journal::JOURNAL).exists() {
+        return Vec::new();
+    }
+    let open = journal::open_intents(state_dir).unwrap_or_default();
+    open.into_iter().filter(|i| i.op == "rollback").map(|i| (i.pid, i.start_time, i.patch_id)).collect()
+}
+
+/// Closes the region memfds an apply killed between `memfd_create` and
+/// `close` left open in the process (older than `min_age`: an apply without
+/// the machine lock may be about to close its own).
+fn close_memfds(pid: i32, opts: &RepairOptions, report: &mut RepairReport) {
+    let fds = hotpatch_engine::mapping::leftover_memfds(pid, opts.min_age);
+    if fds.is_empty() {
+        return;
+    }
+    let comm = procfs::comm(pid);
+    let closed = procfs::maps(pid).map_err(|e| format!("read maps: {e}")).and_then(|maps| {
+        let mem = ProcessMemory::open(pid, true).map_err(|e| format!("open memory: {e}"))?;
+        hotpatch_engine::mapping::close_memfds(pid, &maps, &mem, &fds).map_err(|e| e.to_string())
+    });
+    let fd_list = fds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+    let (action, detail) = match closed {
+        Ok(_) => ("closed", format!("descriptor(s) {fd_list} of a patch region's memfd left open by a killed apply")),
+        Err(e) => ("failed", format!("closing descriptor(s) {fd_list}: {e}")),
+    };
+    report.regions.push(RegionRepair { pid, comm, patch_id: String::new(), level: 0, action: action.into(), detail });
+}
+
+/// Why a region no site leads to must be retired, not unmapped: it was
+/// reachable once (see the module comment).
+fn retirement_due(f: &Found, found: &[Found], rolling_back: bool, now: u64) -> Option<Retirement> {
+    if rolling_back {
+        return Some(Retirement { at: now, replaced_by_level: None });
+    }
+    let r = &f.header.record;
+    found
+        .iter()
+        .filter(|o| o.header.record.build_id == r.build_id && o.header.record.retired.is_none())
+        .filter(|o| o.header.record.level > r.level && !o.switched.is_empty() && o.switched.iter().all(|&s| s))
+        .map(|o| Retirement { at: now, replaced_by_level: Some(o.header.record.level) })
+        .next()
+}
+
+fn repair_process(pid: i32, opts: &RepairOptions, rollbacks: &[(i32, u64, String)], report: &mut RepairReport) {
     let timeout = opts.timeout;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let settled = |f: &Found| now.saturating_sub(f.header.record.applied_at) >= opts.min_age.as_secs();
@@ -140,6 +194,10 @@ fn repair_process(pid: i32, opts: &RepairOptions, report: &mut RepairReport) {
         action: action.into(),
         detail,
     };
+    let started = journal::start_time(pid);
+    let rolling_back = |h: &RegionHeader| {
+        rollbacks.iter().any(|(p, t, id)| *p == pid && Some(*t) == started && *id == h.record.patch_id)
+    };
     // Half-switched regions first: completing one leaves the level it replaces unused.
     for pass in ["complete", "unmap"] {
         let (maps, mem, found) = match inspect(pid) {
@@ -151,13 +209,22 @@ fn repair_process(pid: i32, opts: &RepairOptions, report: &mut RepairReport) {
         for f in found.iter().filter(|f| settled(f) && f.header.record.retired.is_none()) {
             let n = f.switched.iter().filter(|&&s| s).count();
             let outcome = match pass {
+                "complete" if n > 0 && n < f.switched.len() && rolling_back(&f.header) => {
+                    finish_rollback(pid, &maps, &mem, f, now, timeout).map(|()| {
+                        ("rolled back", format!("{n} of {} sites still led to it; restored them", f.switched.len()))
+                    })
+                }
                 "complete" if n > 0 && n < f.switched.len() => {
                     complete(pid, &maps, &mem, f, &found, timeout).map(|()| {
                         ("completed", format!("{n} of {} sites were switched; switched the rest", f.switched.len()))
                     })
                 }
-                "unmap" if n == 0 => unmap_unused(pid, &maps, &mem, &f.header, timeout)
-                    .map(|()| ("unmapped", "no site led to it (never switched, or replaced)".to_string())),
+                "unmap" if n == 0 => match retirement_due(f, &found, rolling_back(&f.header), now) {
+                    Some(retirement) => retire(pid, &maps, &mem, &f.header, retirement, &[], timeout)
+                        .map(|()| ("retired", retired_why(retirement))),
+                    None => unmap_unused(pid, &maps, &mem, &f.header, timeout)
+                        .map(|()| ("unmapped", "no site led to it (never switched)".to_string())),
+                },
                 _ => continue,
             };
             report.regions.push(match outcome {
@@ -213,6 +280,58 @@ fn complete(
     }
     let modules = loaded_modules(pid, maps);
     let mut checker = StackChecker::new(maps, &modules, mem);
+    transition::prepare(mem, &writes)?;
+    transition::run(pid, mem, &mut checker, &busy, &writes, timeout).map(|_| ())
+}
+
+fn retired_why(r: Retirement) -> String {
+    match r.replaced_by_level {
+        Some(level) => format!("replaced by level {level}, whose sites are switched; marked retired (left mapped)"),
+        None => "rolled back (its sites restored); marked retired (left mapped)".to_string(),
+    }
+}
+
+/// Ends a rollback killed among its site writes: the sites still leading to
+/// the region get their original bytes back, and the region is marked retired.
+fn finish_rollback(
+    pid: i32,
+    maps: &[Mapping],
+    mem: &ProcessMemory,
+    f: &Found,
+    now: u64,
+    timeout: Duration,
+) -> Result<(), EngineError> {
+    let writes: Vec<SiteWrite> = f
+        .header
+        .sites
+        .iter()
+        .zip(&f.switched)
+        .filter(|(_, s)| **s)
+        .map(|(site, _)| SiteWrite {
+            address: site.address,
+            old: hex::decode(&site.jump).unwrap_or_default(),
+            new: hex::decode(&site.original).unwrap_or_default(),
+        })
+        .collect();
+    retire(pid, maps, mem, &f.header, Retirement { at: now, replaced_by_level: None }, &writes, timeout)
+}
+
+/// Writes `sites` (if any) and then `h`'s retirement mark in one transition,
+/// with no thread inside the region (its code stays mapped).
+fn retire(
+    pid: i32,
+    maps: &[Mapping],
+    mem: &ProcessMemory,
+    h: &RegionHeader,
+    retirement: Retirement,
+    sites: &[SiteWrite],
+    timeout: Duration,
+) -> Result<(), EngineError> {
+    let mut writes = sites.to_vec();
+    writes.push(hotpatch_engine::retire::mark(pid, maps, mem, h, retirement)?);
+    let modules = loaded_modules(pid, maps);
+    let mut checker = StackChecker::new(maps, &modules, mem);
+    let busy = [BusyRange { range: h.range(), name: format!("the replacement code of {}", h.record.patch_id) }];
     transition::prepare(mem, &writes)?;
     transition::run(pid, mem, &mut checker, &busy, &writes, timeout).map(|_| ())
 }

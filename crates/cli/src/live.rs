@@ -252,13 +252,38 @@ pub struct RollbackArgs {
     /// Also scan writable memory for user-level stacks (see `apply --scan-memory`).
     #[arg(long)]
     scan_memory: bool,
+    /// Where the journal of intents and outcomes is kept (read by `hotpatch repair`).
+    #[arg(long, default_value = hotpatch_agent::trust::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+}
+
+/// The applied hotpatch a rollback is about: the one named, or the only one
+/// applied; `None` when the process does not say (the engine refuses then).
+fn rollback_subject(pid: i32, patch_id: Option<&str>) -> Option<(String, String)> {
+    let applied = hotpatch_engine::status(pid).ok()?;
+    let mut live =
+        applied.iter().filter(|a| a.record.retired.is_none() && patch_id.is_none_or(|id| a.record.patch_id == id));
+    match (live.next(), live.next()) {
+        (Some(one), None) => Some((one.record.patch_id.clone(), one.record.build_id.clone())),
+        _ => None,
+    }
 }
 
 pub fn rollback(args: RollbackArgs, out: &Output) -> anyhow::Result<()> {
     let opts = ApplyOptions { timeout: timeout(args.timeout)?, scan_memory: args.scan_memory };
-    let lock = hotpatch_agent::lock::shared();
-    let rolled = hotpatch_engine::rollback(args.pid, args.patch_id.as_deref(), &opts);
-    drop(lock);
+    // Journaled like an apply: a rollback killed mid-way is finished by `hotpatch repair`.
+    let rolled = match rollback_subject(args.pid, args.patch_id.as_deref()) {
+        Some((patch_id, build_id)) => {
+            let mut journal = journal(&args.state_dir);
+            hotpatch_agent::fleet::rollback_one(args.pid, &patch_id, &build_id, &opts, journal.as_mut())
+        }
+        None => {
+            let lock = hotpatch_agent::lock::shared();
+            let rolled = hotpatch_engine::rollback(args.pid, args.patch_id.as_deref(), &opts);
+            drop(lock);
+            rolled
+        }
+    };
     let report = rolled.with_context(|| format!("rollback in process {} failed; nothing was changed", args.pid))?;
     if out.json {
         return out.print_json(&report);

@@ -18,6 +18,10 @@
 //! - [`retbreak`]: return breakpoints: wait for a busy frame to return, then switch.
 //! - [`shadow`] / [`callback`]: the shadow variable table a level adopts from the one it
 //!   replaces, and the hotpatch's own callbacks, run in a borrowed thread.
+//! - [`plan`]: what an apply can know without the process stopped: the target's
+//!   sites and symbols and the payload's layout once per hotpatch, the image linked
+//!   once per layout; [`plan_cache`] keeps them across processes, bounded.
+//! - [`execute`]: the steps of an apply that read or change the process around a plan.
 //! - [`startup`]: patch at exec: a new process led to its entry point and held there.
 //! - [`patch`]: apply and rollback, end to end. [`status`]: what is applied, read from the process.
 //!
@@ -33,11 +37,14 @@
 pub mod access;
 pub mod callback;
 pub mod error;
+mod execute;
 pub mod inject;
 pub mod mapping;
 pub mod memscan;
 pub mod modules;
 pub mod patch;
+pub mod plan;
+pub mod plan_cache;
 pub mod procfs;
 pub mod ptrace;
 pub mod region;
@@ -57,8 +64,10 @@ pub mod transition;
 pub use error::EngineError;
 pub use memscan::{MAX_SCAN_BYTES, ScanReport};
 pub use patch::{
-    ApplyOptions, ApplyReport, DEBUG_DIRS_ENV, ReplacedPatch, RollbackReport, apply, debug_file, debug_roots, rollback,
+    ApplyOptions, ApplyReport, DEBUG_DIRS_ENV, ReplacedPatch, RollbackReport, apply, apply_planned, debug_file,
+    debug_roots, rollback,
 };
+pub use plan_cache::{CacheStats, PlanCache, PlanUse};
 pub use region::{PatchRecord, Retirement};
 pub use retire::{MAX_RETIRED_BYTES, MAX_RETIRED_REGIONS, RetiredTotal};
 pub use status::{

@@ -54,23 +54,50 @@ pub fn map_region(
 /// by a tracer killed between memfd_create and close: closed here (best
 /// effort; the region's mapping, if any, does not need it).
 fn close_leftover_memfds(pid: i32, inj: &mut Injector<'_>) {
-    let dir = format!("{}/fd", crate::procfs::proc_dir(pid));
-    let Ok(entries) = std::fs::read_dir(&dir) else { return };
-    let marker = format!("/memfd:{MEMFD_PREFIX}");
-    let leftovers: Vec<u64> = entries
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let target = std::fs::read_link(e.path()).ok()?;
-            target.to_string_lossy().starts_with(&marker).then(|| e.file_name().to_str()?.parse().ok())?
-        })
-        .collect();
-    for fd in leftovers {
+    for fd in leftover_memfds(pid, std::time::Duration::ZERO) {
         match inj.syscall(libc::SYS_close, [fd, 0, 0, 0, 0, 0]) {
             Ok(0) => tracing::info!(pid, fd, "closed a patch region memfd left by a killed apply"),
             Ok(ret) => tracing::warn!(pid, fd, ret, "closing a leftover patch region memfd failed"),
             Err(e) => tracing::warn!(pid, fd, error = %e, "closing a leftover patch region memfd failed"),
         }
     }
+}
+
+/// Descriptors of `pid` open on a patch region's memfd last written at least
+/// `min_age` ago (an apply in progress writes its memfd just before mapping
+/// and closing it).
+pub fn leftover_memfds(pid: i32, min_age: std::time::Duration) -> Vec<u64> {
+    let dir = format!("{}/fd", crate::procfs::proc_dir(pid));
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+    let marker = format!("/memfd:{MEMFD_PREFIX}");
+    let old_enough = |path: &std::path::Path| {
+        let written = std::fs::metadata(path).and_then(|m| m.modified());
+        written.is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= min_age)) || min_age.is_zero()
+    };
+    entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            let ours = target.to_string_lossy().starts_with(&marker) && old_enough(&e.path());
+            ours.then(|| e.file_name().to_str()?.parse().ok())?
+        })
+        .collect()
+}
+
+/// Closes descriptors `fds` in the process (leftover region memfds, from
+/// [`leftover_memfds`]), through a borrowed thread; returns those closed.
+pub fn close_memfds(pid: i32, maps: &[Mapping], mem: &ProcessMemory, fds: &[u64]) -> Result<Vec<u64>, EngineError> {
+    let mut inj = Injector::attach(pid, maps, mem)?;
+    let mut closed = Vec::new();
+    let mut failure = None;
+    for &fd in fds {
+        match inj.syscall(libc::SYS_close, [fd, 0, 0, 0, 0, 0]).and_then(|ret| check(pid, "close", ret)) {
+            Ok(_) => closed.push(fd),
+            Err(e) => failure = Some(e),
+        }
+    }
+    inj.finish()?;
+    failure.map_or(Ok(closed), Err)
 }
 
 fn fill_and_map(

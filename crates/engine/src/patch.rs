@@ -6,24 +6,20 @@
 
 use crate::callback::{self, CallbackProblem};
 use crate::error::EngineError;
-use crate::mapping::{map_region, unmap_region};
+use crate::execute::{self, Process};
 use crate::memscan::{MemoryScanner, ScanReport};
 use crate::modules::{LoadedModule, loaded_modules};
+use crate::plan::TargetPlan;
+use crate::plan_cache::{self, PlanCache, PlanUse};
 use crate::procfs::{self, ProcessMemory};
-use crate::region::{self, PatchRecord, REGION_VERSION, RegionHeader, Retirement, SiteRecord};
-use crate::resolve::Resolver;
+use crate::region::{RegionHeader, Retirement};
 use crate::retire;
-use crate::scope;
-use crate::shadow;
 use crate::stack::{BusyRange, StackChecker};
 use crate::status::{FoundRegion, find_regions};
-use crate::tls::TlsResolver;
 use crate::transition::{self, SiteWrite};
-use hotpatch_elf::{SymbolKind, SymbolTable, TargetElf};
-use hotpatch_format::{Machine, VerifiedPackage, sha256_hex};
-use hotpatch_link::LinkPlan;
+use hotpatch_elf::TargetElf;
+use hotpatch_format::{Machine, VerifiedPackage};
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -74,6 +70,8 @@ pub struct ApplyReport {
     /// A post-apply callback that did not complete (the hotpatch is applied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_problem: Option<CallbackProblem>,
+    /// Whether the plan and the linked image were reused from an earlier apply.
+    pub plan: PlanUse,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -138,40 +136,6 @@ pub fn debug_file(elf: &TargetElf<'_>) -> Option<Vec<u8>> {
     })
 }
 
-/// Where the old function of `f` starts in the baseline: the builder's proven
-/// address when the manifest has one (a stripped baseline needs no symbols;
-/// the bytes are still checked against the manifest's hash), else its symbol.
-fn site_link_address(
-    f: &hotpatch_format::FunctionPatch,
-    symbols: &SymbolTable,
-    elf: &TargetElf<'_>,
-) -> Result<u64, EngineError> {
-    let name = f.display_name();
-    if f.size < hotpatch_format::MIN_SITE_SIZE {
-        return Err(EngineError::SiteMismatch { function: name, problem: "is too small for a jump".into() });
-    }
-    if let Some(address) = f.address {
-        if !elf.is_executable_range(address, f.size) {
-            return Err(EngineError::SiteMismatch {
-                function: name,
-                problem: format!("0x{address:x} (+{} bytes) is not in an executable segment of the target", f.size),
-            });
-        }
-        return Ok(address);
-    }
-    let sym = symbols.lookup(&f.symbol, f.file.as_deref()).map_err(|e| EngineError::Symbol(e.to_string()))?;
-    if sym.kind != SymbolKind::Function {
-        return Err(EngineError::SiteMismatch { function: name, problem: "is not a function in the target".into() });
-    }
-    if sym.size != f.size {
-        return Err(EngineError::SiteMismatch {
-            function: name,
-            problem: format!("is {} bytes in the process's target, the manifest says {}", sym.size, f.size),
-        });
-    }
-    Ok(sym.address)
-}
-
 fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -229,267 +193,64 @@ fn exited_meanwhile(pid: i32, err: EngineError) -> EngineError {
 /// A process that exits while this runs gives `ProcessExited`, whatever step
 /// noticed it; nothing of the engine stays attached to it.
 pub fn apply(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Result<ApplyReport, EngineError> {
-    apply_inner(pid, package, opts).map_err(|e| exited_meanwhile(pid, e))
+    apply_planned(pid, package, opts, &mut PlanCache::new())
 }
 
-fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Result<ApplyReport, EngineError> {
+/// [`apply`], reusing the plans in `cache` that fit this process (same
+/// hotpatch; same layout for the linked image) and keeping the ones it makes:
+/// one cache serves every process a hotpatch is applied to.
+pub fn apply_planned(
+    pid: i32,
+    package: &VerifiedPackage,
+    opts: &ApplyOptions,
+    cache: &mut PlanCache,
+) -> Result<ApplyReport, EngineError> {
+    apply_inner(pid, package, opts, cache).map_err(|e| exited_meanwhile(pid, e))
+}
+
+fn apply_inner(
+    pid: i32,
+    package: &VerifiedPackage,
+    opts: &ApplyOptions,
+    cache: &mut PlanCache,
+) -> Result<ApplyReport, EngineError> {
     let started = Instant::now();
     let manifest = &package.manifest;
     if manifest.target.machine != Machine::X86_64 || !cfg!(target_arch = "x86_64") {
         return Err(EngineError::UnsupportedMachine(manifest.target.machine.to_string()));
     }
-    let (maps, mem) = open(pid)?;
-    let modules = loaded_modules(pid, &maps);
-    let target: &LoadedModule =
-        modules.iter().find(|m| m.build_id_hex() == manifest.target.build_id).ok_or_else(|| {
-            EngineError::TargetNotMapped {
-                pid,
-                build_id: manifest.target.build_id.clone(),
-                file_name: manifest.target.file_name.clone(),
-            }
-        })?;
-    let data = target.read_file()?;
-    let elf = TargetElf::parse(&data).map_err(|e| EngineError::Symbol(format!("{}: {e}", target.path)))?;
-    let bias = target
-        .bias(&elf)
-        .ok_or_else(|| EngineError::Symbol(format!("{}: cannot tell where it is loaded", target.path)))?;
-    let debug = debug_file(&elf);
-    let debug_elf = debug.as_deref().and_then(|d| TargetElf::parse(d).ok());
-    let symbols = SymbolTable::from_target(&elf, debug_elf.as_ref());
-
-    // What is applied already to this target, and whether this level may replace it.
-    let regions = find_regions(pid, &maps, &mem)?;
-    let previous = regions
-        .iter()
-        .map(|r| &r.header)
-        .filter(|h| h.record.build_id == manifest.target.build_id && h.record.retired.is_none())
-        .max_by_key(|h| h.record.level);
-    if let Some(prev) = previous
-        && prev.record.level >= manifest.level
-    {
-        return Err(EngineError::LevelNotHigher {
-            patch_id: prev.record.patch_id.clone(),
-            applied: prev.record.level,
-            offered: manifest.level,
-        });
-    }
-    if let Some(prev) = previous {
-        retire::check_cap(pid, &regions, prev)?;
-    }
-    let previous_sites: BTreeMap<u64, &SiteRecord> =
-        previous.map(|p| p.sites.iter().map(|s| (s.address, s)).collect()).unwrap_or_default();
-
-    // Resolve and check every site against the manifest before anything is written.
-    struct Site {
-        name: String,
-        symbol: String,
-        file: Option<String>,
-        address: u64,
-        size: u64,
-        replacement_symbol: String,
-        original: Vec<u8>,
-        current: Vec<u8>,
-    }
-    let mut sites = Vec::new();
-    for f in &manifest.functions {
-        let name = f.display_name();
-        let link_address = site_link_address(f, &symbols, &elf)?;
-        let address = bias.wrapping_add(link_address);
-        let bytes = mem
-            .read_vec(address, f.size as usize)
-            .map_err(|e| EngineError::proc_access(pid, &format!("read {name}"), e))?;
-        let current = bytes[..5].to_vec();
-        // A site patched by the previous level holds our jump; the baseline's
-        // bytes are in that region's header.
-        let mut baseline_bytes = bytes.clone();
-        if let Some(prev) = previous_sites.get(&address) {
-            let jump = hex::decode(&prev.jump).unwrap_or_default();
-            if current != jump {
-                return Err(EngineError::SiteMismatch {
-                    function: name,
-                    problem: "was changed by something else since the previous level was applied".into(),
-                });
-            }
-            let orig = hex::decode(&prev.original).unwrap_or_default();
-            baseline_bytes[..orig.len()].copy_from_slice(&orig);
-        }
-        let hash = sha256_hex(&baseline_bytes);
-        if hash != f.original_sha256 {
-            return Err(EngineError::SiteMismatch {
-                function: name,
-                problem: format!(
-                    "bytes in memory do not match the baseline (sha256 {}, manifest expects {}): modified, or another build",
-                    &hash[..16],
-                    &f.original_sha256[..16.min(f.original_sha256.len())]
-                ),
-            });
-        }
-        sites.push(Site {
-            name,
-            symbol: f.symbol.clone(),
-            file: f.file.clone(),
-            address,
-            size: f.size,
-            replacement_symbol: f.replacement.clone(),
-            original: baseline_bytes[..5].to_vec(),
-            current,
-        });
-    }
-
-    // Lay out and link the payload next to the target.
-    let mut header = RegionHeader {
-        version: REGION_VERSION,
-        record: PatchRecord {
-            patch_id: manifest.patch_id.clone(),
-            level: manifest.level,
-            build_id: manifest.target.build_id.clone(),
-            target_file: manifest.target.file_name.clone(),
-            classification: manifest.classification.to_string(),
-            cves: manifest.cves.clone(),
-            key_id: package.key_id.clone(),
-            region_start: 0,
-            region_size: 0,
-            applied_at: 0,
-            retired: None,
-        },
-        sites: sites
-            .iter()
-            .map(|s| SiteRecord {
-                symbol: s.symbol.clone(),
-                file: s.file.clone(),
-                address: s.address,
-                size: s.size,
-                replacement: 0,
-                original: hex::encode(&s.original),
-                jump: hex::encode([0u8; 5]),
-            })
-            .collect(),
-        shadow: None,
-        callbacks: BTreeMap::new(),
-        eh_frame: None,
-    };
-    let header_len = region::header_reserve(&header);
-    let plan = LinkPlan::new(&package.payload, header_len)?;
-    let defined = plan.defined_functions();
-    if let Some(missing) = sites.iter().find(|s| !defined.contains(&s.replacement_symbol)) {
-        return Err(EngineError::Symbol(format!(
-            "replacement {} is not defined in the payload",
-            missing.replacement_symbol
-        )));
-    }
-    let size = plan.region_size();
-    let base = region::place(&maps, target.start, target.end, size)
-        .ok_or_else(|| EngineError::NoRoom { size, target: target.path.clone() })?;
-    let others = scope::lookup_scope(pid, &mem, &modules, target.inode);
-    let mut resolver = Resolver::new(&symbols, bias, &others);
-    resolver.run_resolvers_in(pid, &maps, &mem);
-    resolver.bind_baseline(manifest.symbols.iter().map(|s| (s.name.clone(), s.address)));
-    let mut resolved = BTreeMap::new();
-    let mut unresolved = BTreeMap::new();
-    for name in plan.undefined_symbols() {
-        match resolver.resolve(&name) {
-            Ok(addr) => {
-                resolved.insert(name, addr);
-            }
-            Err(why) => {
-                unresolved.insert(name, why);
-            }
-        }
-    }
-    let target_files: Vec<&[u8]> = std::iter::once(data.as_slice()).chain(debug.as_deref()).collect();
-    let mut tls = TlsResolver::new(&mem, target, target_files, &others, scope::main_phdr(pid));
-    tls.bind_baseline(manifest.symbols.iter().map(|s| (s.name.clone(), s.address)));
-    let mut image = plan
-        .link_with_tls(base, &mut |name| resolved.get(name).copied(), &mut |name| tls.resolve(name))
-        .map_err(|e| match &e {
-            hotpatch_link::LinkError::UndefinedSymbol(name) => match unresolved.get(name) {
-                Some(why) => EngineError::Symbol(why.clone()),
-                None => EngineError::Link(e),
-            },
-            _ => EngineError::Link(e),
-        })?;
-
-    let mut writes = Vec::new();
-    for (site, record) in sites.iter().zip(header.sites.iter_mut()) {
-        let replacement = *image.symbols.get(&site.replacement_symbol).ok_or_else(|| {
-            EngineError::Symbol(format!("replacement {} has no address after linking", site.replacement_symbol))
-        })?;
-        let jump = region::jump(site.address, replacement)
-            .ok_or_else(|| EngineError::NoRoom { size, target: target.path.clone() })?;
-        record.replacement = replacement;
-        record.jump = hex::encode(jump);
-        writes.push(SiteWrite { address: site.address, old: site.current.clone(), new: jump.to_vec() });
-    }
-    // Sites the previous level patched that this one no longer does go back
-    // to the baseline in the same transition.
-    if let Some(prev) = previous {
-        for s in prev.sites.iter().filter(|s| !sites.iter().any(|n| n.address == s.address)) {
-            writes.push(SiteWrite {
-                address: s.address,
-                old: hex::decode(&s.jump).unwrap_or_default(),
-                new: hex::decode(&s.original).unwrap_or_default(),
-            });
-        }
-    }
-    header.record.region_start = base;
-    header.record.region_size = size;
-    header.callbacks = callback::defined(&image.symbols);
-    header.shadow = image.symbols.get(shadow::ROOT_SYMBOL).copied();
-    header.eh_frame = image.eh_frame.as_ref().map(|r| (r.start, r.end));
-    shadow::warn_if_dropped(previous, header.shadow);
-    // The new level's shadow table goes live (adopting the replaced level's)
-    // in the same stop, before the sites: a tracer killed between the writes
-    // leaves either an unreachable region (repair unmaps it) or a half-switched
-    // one with its table live (repair completes the sites).
-    if let Some(root) = header.shadow {
-        writes.insert(0, shadow::activation(root, previous));
-    }
-    header.record.applied_at = now_unix();
-    // The replaced level is retired in the same stop, after its sites switch.
-    if let Some(prev) = previous {
-        let retirement = Retirement { at: header.record.applied_at, replaced_by_level: Some(manifest.level) };
-        writes.push(retire::mark(pid, &maps, &mem, prev, retirement)?);
-    }
-    let encoded = header.encode();
-    if encoded.len() as u64 > header_len || image.bytes.len() < encoded.len() {
-        return Err(EngineError::BadRegion { addr: base, problem: "header larger than reserved".into() });
-    }
-    image.bytes[..encoded.len()].copy_from_slice(&encoded);
-
-    // Unwind tables are loaded before anything changes, so that a failure
-    // here also leaves the process untouched.
-    let mut checker = StackChecker::new(&maps, &modules, &mem);
-    let mut busy: Vec<BusyRange> =
-        sites.iter().map(|s| BusyRange { range: s.address..s.address + s.size, name: s.name.clone() }).collect();
-    if let Some(prev) = previous {
-        busy.push(BusyRange { range: prev.range(), name: format!("the replacement code of {}", prev.record.patch_id) });
-    }
-    checker.memory = MemoryScanner::for_process(pid, &maps, &modules, &mem, &busy, opts.scan_memory)?;
-
-    map_region(pid, &maps, &mem, &image, header_len, &manifest.patch_id)?;
-    // The pre-apply callback runs in the mapped region before anything
-    // switches; its refusal unmaps the region like any other failure.
-    let outcome = callback::pre(pid, &maps, &mem, &header, callback::PRE_APPLY, "apply")
-        .and_then(|()| transition::prepare(&mem, &writes))
-        .and_then(|()| transition::run(pid, &mem, &mut checker, &busy, &writes, opts.timeout));
-    let report = match outcome {
-        Ok(r) => r,
-        Err(e) => {
-            let maps_now = procfs::maps(pid).unwrap_or_else(|_| maps.clone());
-            if let Err(undo) = unmap_region(pid, &maps_now, &mem, base, size) {
-                tracing::warn!(error = %undo, "could not unmap the unused patch region");
-            }
-            return Err(e);
-        }
-    };
+    // Read the process; plan (or reuse the plan of) the target.
+    let process = Process::open(pid)?;
+    let target = process.target(manifest)?;
+    let key = plan_cache::package_digest(package);
+    let (plan, plan_reused) = cache.plan(&key, || plan_target(package, target))?;
+    let bias = plan.bias(target)?;
+    // What is applied already, and the sites as they are in memory.
+    let regions = find_regions(pid, &process.maps, &process.mem)?;
+    let previous = execute::previous_level(pid, &regions, manifest)?;
+    let sites = execute::check_sites(&process, &plan, bias, previous)?;
+    // Link for this layout (or reuse the image of the same layout).
+    let base = execute::place(&process, target, &plan)?;
+    let (linked, link_reused) = execute::link(cache, key, &plan, &process, target, bias, base)?;
+    let (header, writes) =
+        execute::switch_writes(&process, package, &plan, &linked, &sites, base, previous, now_unix())?;
+    let image = execute::image_with_header(&linked, &header, plan.header_len())?;
+    // Map, stop, check stacks, switch, resume.
+    let busy = execute::busy_ranges(&plan, &sites, previous);
+    let mut checker = execute::checker(&process, &busy, opts.scan_memory)?;
+    let report = execute::map_and_switch(
+        &process,
+        &image,
+        &header,
+        plan.header_len(),
+        &writes,
+        &mut checker,
+        &busy,
+        opts.timeout,
+    )?;
     // The replaced level's region stays mapped (retired): a stack the check
     // cannot see may still return into it.
-    let callback_problem = callback::post(pid, &mem, &header, callback::POST_APPLY);
-    let replaced = previous.map(|p| ReplacedPatch {
-        patch_id: p.record.patch_id.clone(),
-        level: p.record.level,
-        retired_region: p.record.region_start,
-    });
+    let callback_problem = callback::post(pid, &process.mem, &header, callback::POST_APPLY);
     Ok(ApplyReport {
         pid,
         patch_id: manifest.patch_id.clone(),
@@ -497,9 +258,13 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
         target: target.path.clone(),
         build_id: manifest.target.build_id.clone(),
         region_start: base,
-        region_size: size,
-        functions: sites.iter().map(|s| s.name.clone()).collect(),
-        replaced,
+        region_size: plan.region_size(),
+        functions: plan.sites.iter().map(|s| s.name.clone()).collect(),
+        replaced: previous.map(|p| ReplacedPatch {
+            patch_id: p.record.patch_id.clone(),
+            level: p.record.level,
+            retired_region: p.record.region_start,
+        }),
         pause_us: report.pause_us,
         threads: report.threads,
         retries: report.retries,
@@ -507,7 +272,15 @@ fn apply_inner(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions) -> Resu
         memory_scan: checker.memory.as_ref().map(|s| s.last),
         total_ms: started.elapsed().as_millis() as u64,
         callback_problem,
+        plan: PlanUse { plan_reused, link_reused },
     })
+}
+
+/// The target's plan, its file (and debug file) read from the process's own mapping.
+fn plan_target(package: &VerifiedPackage, target: &LoadedModule) -> Result<TargetPlan, EngineError> {
+    let data = target.read_file()?;
+    let debug = TargetElf::parse(&data).ok().and_then(|elf| debug_file(&elf));
+    TargetPlan::new(package, data, debug)
 }
 
 /// Rolls back `patch_id` (or the only hotpatch applied) in process `pid`:

@@ -58,7 +58,7 @@ pub(crate) fn check_cap(pid: i32, regions: &[FoundRegion], next: &RegionHeader) 
 /// The write that marks `header`'s region retired: its header rewritten in
 /// place, for the transition to apply after the sites. The region's first
 /// mapping (its read-only header pages) must hold the longer header.
-pub(crate) fn mark(
+pub fn mark(
     pid: i32,
     maps: &[Mapping],
     mem: &ProcessMemory,

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hotpatch_engine::PlanCache;
 use hotpatch_format::VerifiedPackage;
 
 use crate::fleet::ProcessResult;
@@ -35,6 +36,9 @@ pub struct Job {
     pub procs: BTreeMap<ProcessKey, Track>,
     /// What was last reported per deployment, so a result is sent once.
     pub reported: BTreeMap<String, (String, String)>,
+    /// This hotpatch's plans, made at its first process and reused for the
+    /// next ones (bounded: see `hotpatch_engine::plan_cache`).
+    pub plans: PlanCache,
 }
 
 impl Job {
@@ -44,6 +48,7 @@ impl Job {
             deployments: BTreeSet::new(),
             procs: BTreeMap::new(),
             reported: BTreeMap::new(),
+            plans: PlanCache::new(),
         }
     }
 
@@ -142,6 +147,7 @@ mod tests {
             retry,
             gone,
             pause_us: None,
+            apply_us: None,
             detail: if ok { "applied".into() } else { "busy".into() },
         }
     }

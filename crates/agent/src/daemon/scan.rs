@@ -83,7 +83,8 @@ impl Daemon {
             if crate::fleet::applied_level(pid, job.build_id()) >= job.level() && !job.procs.contains_key(&key) {
                 continue;
             }
-            let result = crate::fleet::apply_one(pid, &job.package, &opts, Some(&mut self.journal));
+            let result =
+                crate::fleet::apply_one_planned(pid, &job.package, &opts, Some(&mut self.journal), &mut job.plans);
             if result.ok {
                 tracing::info!(pid, comm = %result.comm, patch = %job.package.manifest.patch_id, detail = %result.detail, "hotpatch applied");
             }
