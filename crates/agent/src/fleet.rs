@@ -166,13 +166,17 @@ fn apply_journaled(pid: i32, package: &VerifiedPackage, opts: &ApplyOptions, cac
     let applied = hotpatch_engine::apply_planned(pid, package, opts, cache);
     drop(lock);
     let (ok, retry, gone, pause_us, detail) = match applied {
-        Ok(r) => (
-            true,
-            false,
-            false,
-            Some(r.pause_us),
-            format!("level {} applied ({} functions, pause {} µs)", r.level, r.functions.len(), r.pause_us),
-        ),
+        Ok(r) => {
+            let mut detail =
+                format!("level {} applied ({} functions, pause {} µs)", r.level, r.functions.len(), r.pause_us);
+            // Applied all the same, but the operator must hear of it: the
+            // hotpatch's own set-up after the switch may not have happened.
+            if let Some(p) = &r.callback_problem {
+                tracing::warn!(pid, callback = %p.callback, problem = %p.problem, "post-apply callback did not complete");
+                detail.push_str(&format!("; {} did not complete: {}", p.callback, p.problem));
+            }
+            (true, false, false, Some(r.pause_us), detail)
+        }
         Err(EngineError::LevelNotHigher { applied, .. }) if applied >= m.level => {
             (true, false, false, None, format!("level {applied} already applied"))
         }
