@@ -27,6 +27,7 @@ pub mod trust;
 pub mod util;
 pub mod web;
 pub mod windows;
+pub mod work_flags;
 
 use std::sync::Arc;
 

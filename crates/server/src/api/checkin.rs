@@ -279,6 +279,9 @@ async fn record(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()
     .execute(&mut *tx)
     .await?;
     let touched = record_results(&mut tx, m, c, t).await?;
+    if state_hash != m.state_hash || !touched.is_empty() {
+        crate::work_flags::machine_changed(st, &mut tx, &m.org_id, &m.id).await?;
+    }
     for id in touched {
         halt_if_failing(&mut tx, &m.org_id, &id).await?;
     }
