@@ -370,7 +370,7 @@ pub async fn by_machine(State(st): State<AppState>, user: User, Query(f): Query<
             lines,
         ));
     }
-    Ok(Json(json!({ "rows": rows })).into_response())
+    Ok(Json(json!({ "rows": crate::holds::annotate(&st, &user.org_id, &rows).await? })).into_response())
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -86,6 +86,7 @@ pub async fn machine_page(State(st): State<AppState>, u: UiUser, Path(id): Path<
     let m = crate::api::fleet::machine_detail_json(&st, &u.0.org_id, &id).await?;
     let mut comp = rows_for(&st, &u.0.org_id, Some(std::slice::from_ref(&id))).await?;
     comp.sort_by_key(|r| std::cmp::Reverse(r.status));
+    let holds = crate::holds::Holds::load(&st, &u.0.org_id, Some(&id)).await?;
     let processes = |build: &str| {
         m["targets"].as_array().and_then(|t| t.iter().find(|x| x["build_id"] == build)).map(|x| text(&x["processes"]))
     };
@@ -113,7 +114,7 @@ pub async fn machine_page(State(st): State<AppState>, u: UiUser, Path(id): Path<
                 "<li>{} {}: {} ({} process(es))</li>",
                 status(r.status.as_str()),
                 esc(&r.file_name),
-                esc(&r.detail),
+                esc(&holds.detail(r, crate::util::now())),
                 esc(&procs)
             )
         })
@@ -139,6 +140,7 @@ pub async fn machine_page(State(st): State<AppState>, u: UiUser, Path(id): Path<
         })
         .collect();
     page.table("targets", &["file", "build-id", "processes", "applied level", "latest level", "state", "detail"], &t);
+    super::machine_sections::processes(&st, &id, &comp, &mut page).await?;
     page.h(2, "Readiness");
     let mut items = Vec::new();
     readiness_items("", &m["readiness"], &mut items);

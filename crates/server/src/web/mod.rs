@@ -15,6 +15,7 @@ pub mod form;
 pub mod html;
 pub mod keys;
 pub mod machine_page;
+pub mod machine_sections;
 pub mod overview;
 pub mod pages;
 pub mod schedule_forms;

@@ -223,6 +223,7 @@ pub async fn compliance_page(State(st): State<AppState>, u: UiUser) -> ApiResult
     let mut page = Page::new();
     page.raw("<p>Export: <a href=\"/api/v1/compliance/machines?format=csv\">machines CSV</a> · <a href=\"/api/v1/compliance/cves?format=csv\">CVEs CSV</a> · <a href=\"/api/v1/compliance/targets?format=csv\">targets CSV</a></p>");
     let mut all = rows(&st, &u.0.org_id).await?;
+    let holds = crate::holds::Holds::load(&st, &u.0.org_id, None).await?;
     page.h(2, "By CVE");
     page.table("cves", &["CVE", "fixed", "open", "machines"], &cve_table(&all));
     page.h(2, "By machine and target");
@@ -243,7 +244,7 @@ pub async fn compliance_page(State(st): State<AppState>, u: UiUser) -> ApiResult
                 esc(&r.file_name),
                 r.applied_level.to_string(),
                 status(r.status.as_str()),
-                esc(&r.detail),
+                esc(&holds.detail(r, crate::util::now())),
             ]
         })
         .collect();
