@@ -126,10 +126,21 @@ pub async fn machine_changed(
     Ok(())
 }
 
-/// Recomputes every machine of the organisation, in one transaction: after a
-/// change of catalog, calendar or deployments, and when the clock passed the
-/// organisation's `valid_until`. About a second at 100,000 machines.
+/// After a change of catalog, calendar or deployments (already committed):
+/// recomputes every machine of the organisation. The bits are first marked out
+/// of date, so that if the recomputation fails the next read does it; the
+/// change itself stands either way, so a failure is logged, not returned.
 pub async fn org_changed(st: &AppState, org_id: &str) -> ApiResult<()> {
+    sqlx::query("UPDATE org_work SET valid_until = 0 WHERE org_id = $1").bind(org_id).execute(&st.db.writer).await?;
+    if let Err(e) = recompute(st, org_id).await {
+        tracing::warn!(org = org_id, error = %e, "kinds of work not recomputed; the next read recomputes them");
+    }
+    Ok(())
+}
+
+/// Recomputes every machine of the organisation in one transaction (about 2 s
+/// of CPU at 100,000 machines with 250,000 targets).
+async fn recompute(st: &AppState, org_id: &str) -> ApiResult<()> {
     let t = crate::util::now();
     let mut tx = st.db.begin().await?;
     lock_org_machines(st, &mut tx, org_id).await?;
@@ -247,7 +258,7 @@ pub async fn ensure_current(st: &AppState, org_id: &str, t: i64) -> ApiResult<bo
         None => false,
     };
     if !current {
-        org_changed(st, org_id).await?;
+        recompute(st, org_id).await?;
     }
     Ok(entitled)
 }
