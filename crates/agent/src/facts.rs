@@ -9,6 +9,17 @@ fn read_trimmed(path: &str) -> Option<String> {
     std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
+/// The systemd service of a process: the `.service` component of its cgroup
+/// v2 path (`0::/system.slice/nginx.service`), if any.
+pub fn service_unit(pid: i32) -> Option<String> {
+    service_in_cgroup(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
+fn service_in_cgroup(text: &str) -> Option<String> {
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    path.rsplit('/').find(|c| c.ends_with(".service") && c.len() > ".service".len()).map(str::to_string)
+}
+
 pub fn hostname() -> String {
     read_trimmed("/proc/sys/kernel/hostname").unwrap_or_else(|| "unknown".into())
 }
@@ -81,4 +92,25 @@ pub fn readiness() -> Value {
 
 pub fn collect() -> Facts {
     Facts { hostname: hostname(), os: os(), kernel: kernel(), arch: arch(), cores: cores(), readiness: readiness() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_unit_is_the_service_component_of_the_cgroup_v2_path() {
+        let unit = |text: &str| service_in_cgroup(text);
+        assert_eq!(unit("0::/system.slice/nginx.service\n").as_deref(), Some("nginx.service"));
+        assert_eq!(
+            unit("1:name=systemd:/\n0::/system.slice/redis-server.service/worker\n").as_deref(),
+            Some("redis-server.service")
+        );
+        assert_eq!(unit("0::/user.slice/user-0.slice/session-3.scope\n"), None, "a login session is no service");
+        assert_eq!(unit("0::/\n"), None);
+        assert_eq!(unit("4:memory:/x.service\n"), None, "only the unified (v2) hierarchy names systemd's units");
+        assert_eq!(unit("0::/.service\n"), None);
+        // This process is real: whatever its cgroup, the lookup answers without failing.
+        let _ = service_unit(std::process::id() as i32);
+    }
 }

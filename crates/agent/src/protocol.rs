@@ -34,6 +34,23 @@ pub struct TargetReport {
     pub applied_patch_id: Option<String>,
     pub applied_level: u32,
     pub error: Option<String>,
+    /// Each process mapping the target; servers before it was added have no
+    /// such field, so it is left out when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub process_list: Vec<ProcessReport>,
+}
+
+/// One process that maps a target, as the machine page lists it; the server
+/// judges its state (patched, pending, failed) against the catalog.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcessReport {
+    pub pid: i32,
+    /// The systemd service the process belongs to, when it runs under one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    pub applied_level: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_patch_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

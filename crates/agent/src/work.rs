@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::client::{CheckInReply, Client, MachineSigner};
 use crate::guard::{self, CatalogStatus, Catalogs, Keys};
-use crate::protocol::{BaselineWork, CheckIn, HotpatchWork, RollbackWork, TargetReport, WorkResult};
+use crate::protocol::{BaselineWork, CheckIn, HotpatchWork, ProcessReport, RollbackWork, TargetReport, WorkResult};
 use crate::state::{self, LastAnswer};
 use crate::{AgentError, facts};
 
@@ -71,8 +71,13 @@ type ProcessLevel = (i32, Option<(String, u32)>);
 
 /// Folds per-process targets into one report per build-id. A target counts as
 /// patched to the lowest level found across its processes, so a process started
-/// after the last apply makes the server offer the hotpatch again.
+/// after the last apply makes the server offer the hotpatch again. Each process
+/// is listed too, with its service unit (see [`facts::service_unit`]).
 pub fn summarize(running: &[RunningTarget]) -> Vec<TargetReport> {
+    summarize_with(running, facts::service_unit)
+}
+
+fn summarize_with(running: &[RunningTarget], unit_of: impl Fn(i32) -> Option<String>) -> Vec<TargetReport> {
     let mut by_build: BTreeMap<&str, (String, Vec<ProcessLevel>)> = BTreeMap::new();
     for t in running {
         let file_name =
@@ -93,6 +98,15 @@ pub fn summarize(running: &[RunningTarget]) -> Vec<TargetReport> {
         .map(|(build_id, (file_name, procs))| {
             let lowest =
                 procs.iter().map(|(_, a)| a.clone()).min_by_key(|a| a.as_ref().map_or(0, |(_, l)| *l)).flatten();
+            let process_list = procs
+                .iter()
+                .map(|(pid, a)| ProcessReport {
+                    pid: *pid,
+                    unit: unit_of(*pid),
+                    applied_level: a.as_ref().map_or(0, |(_, l)| *l),
+                    applied_patch_id: a.as_ref().map(|(p, _)| p.clone()),
+                })
+                .collect();
             TargetReport {
                 build_id: build_id.to_string(),
                 file_name,
@@ -100,6 +114,7 @@ pub fn summarize(running: &[RunningTarget]) -> Vec<TargetReport> {
                 applied_level: lowest.as_ref().map_or(0, |(_, l)| *l),
                 applied_patch_id: lowest.map(|(p, _)| p),
                 error: None,
+                process_list,
             }
         })
         .collect()

@@ -83,8 +83,13 @@ fn a_target_counts_as_patched_to_its_least_patched_process() {
     let lib = r.iter().find(|t| t.build_id == a).expect("lib");
     assert_eq!((lib.file_name.as_str(), lib.processes, lib.applied_level), ("libdemo.so.1", 3, 1));
     assert_eq!(lib.applied_patch_id.as_deref(), Some("fix-1"));
+    // Each process is listed once, with its own level (the active one).
+    let per: Vec<(i32, u32, Option<&str>)> =
+        lib.process_list.iter().map(|p| (p.pid, p.applied_level, p.applied_patch_id.as_deref())).collect();
+    assert_eq!(per, [(1, 2, Some("fix-2")), (2, 1, Some("fix-1")), (3, 2, Some("fix-2"))]);
     let bin = r.iter().find(|t| t.build_id == b).expect("bin");
     assert_eq!((bin.file_name.as_str(), bin.applied_level, bin.applied_patch_id.clone()), ("demo", 0, None));
+    assert_eq!(bin.process_list.iter().map(|p| (p.pid, p.applied_level)).collect::<Vec<_>>(), [(2, 0)]);
     // A new, unpatched process of the same target drops the level to 0.
     let mut more = list.clone();
     more.push(running(4, "/usr/lib/libdemo.so.1", &a, vec![]));

@@ -363,6 +363,27 @@ ALTER TABLE machines ADD COLUMN catalogs_stale TEXT NOT NULL DEFAULT ''
     // Why a deployment's rings are what they are when the server chose them
     // (a small fleet goes all at once, without a canary soak).
     (11, "ALTER TABLE deployments ADD COLUMN rings_note TEXT"),
+    // Each machine's kinds of work as a bit set kept by `work_flags` (0 until
+    // the organisation's first recomputation, which `org_work`'s missing row
+    // asks for), indexed for the overview's counts and the state filters; and
+    // until when each organisation's bits hold without an event. The processes
+    // mapping each target (`processes`), as the agent listed them last; the tier
+    // an enrollment token puts its machine in.
+    (
+        12,
+        r#"
+ALTER TABLE machines ADD COLUMN work BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX machines_org_work ON machines (org_id, revoked_at, work, last_seen);
+ALTER TABLE machine_targets ADD COLUMN process_list TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE enrollment_tokens ADD COLUMN tier TEXT;
+CREATE TABLE org_work (
+    org_id TEXT PRIMARY KEY REFERENCES orgs(id),
+    computed_at BIGINT NOT NULL,
+    valid_until BIGINT NOT NULL,
+    entitled BIGINT NOT NULL
+)
+"#,
+    ),
 ];
 
 pub async fn migrate(db: &Db) -> Result<(), DbError> {

@@ -54,6 +54,7 @@ pub async fn set_calendar(
     audit::record(&mut tx, &user.org_id, &user.actor(), "calendar.change", "calendar", serde_json::from_str(&text)?)
         .await?;
     tx.commit().await?;
+    crate::domain::work_flags::org_changed(&st, &user.org_id).await?;
     Ok(Json(json!({ "config": calendar.config() })))
 }
 

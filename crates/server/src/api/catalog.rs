@@ -110,6 +110,7 @@ pub async fn upload_hotpatch(
     )
     .await?;
     tx.commit().await?;
+    crate::domain::work_flags::org_changed(&st, &user.org_id).await?;
     Ok(Json(json!({ "patch_id": m.patch_id, "artifact_sha256": sha, "created": true })))
 }
 
@@ -232,6 +233,7 @@ pub async fn create_baseline(
     )
     .await?;
     tx.commit().await?;
+    crate::domain::work_flags::org_changed(&st, &user.org_id).await?;
     Ok(Json(json!({ "id": id, "name": b.name })))
 }
 

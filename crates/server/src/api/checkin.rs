@@ -54,6 +54,9 @@ pub struct TargetReport {
     pub applied_level: u32,
     /// Set when the agent could not inspect this target (the "check failed" state).
     pub error: Option<String>,
+    /// Each process mapping the target (agents before it send none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub process_list: Vec<crate::domain::processes::ProcessFacts>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -105,6 +108,7 @@ fn validate(c: &CheckIn) -> ApiResult<()> {
         {
             return bad(format!("target {}: applied_patch_id at most 64 characters, error at most 1000", t.build_id));
         }
+        crate::domain::processes::check(&t.build_id, &t.process_list).map_err(ApiError::BadRequest)?;
     }
     for r in &c.results {
         if !matches!(r.status.as_str(), "applied" | "rolled-back" | "failed") {
@@ -258,8 +262,8 @@ async fn record(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()
                 return Err(ApiError::BadRequest(format!("target {} is reported twice", target.build_id)));
             }
             sqlx::query(
-                "INSERT INTO machine_targets (machine_id, build_id, file_name, processes, applied_patch_id, applied_level, error) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO machine_targets (machine_id, build_id, file_name, processes, applied_patch_id, applied_level, error, \
+                 process_list) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(&m.id)
             .bind(&target.build_id)
@@ -268,6 +272,7 @@ async fn record(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()
             .bind(&target.applied_patch_id)
             .bind(i64::from(target.applied_level))
             .bind(&target.error)
+            .bind(crate::domain::processes::column(&target.process_list))
             .execute(&mut *tx)
             .await?;
         }
@@ -284,6 +289,9 @@ async fn record(st: &AppState, m: &Machine, c: &CheckIn, t: i64) -> ApiResult<()
     .execute(&mut *tx)
     .await?;
     let touched = record_results(&mut tx, m, c, t).await?;
+    if state_hash != m.state_hash || !touched.is_empty() {
+        crate::domain::work_flags::machine_changed(st, &mut tx, &m.org_id, &m.id).await?;
+    }
     for id in touched {
         halt_if_failing(&mut tx, &m.org_id, &id).await?;
     }

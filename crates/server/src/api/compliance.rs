@@ -89,6 +89,7 @@ pub async fn by_machine(State(st): State<AppState>, user: User, Query(f): Query<
     // A machine whose publisher catalog went stale is not known to be current,
     // whatever its rows say.
     let stale = crate::domain::signed_documents::stale_machines(&st, &user.org_id).await?;
+    let rows = crate::domain::holds::annotate(&st, &user.org_id, &rows).await?;
     Ok(Json(json!({ "rows": rows, "stale_catalogs": stale })).into_response())
 }
 

@@ -408,6 +408,9 @@ async fn set_state(
     )
     .await?;
     tx.commit().await?;
+    if reoffered > 0 {
+        crate::domain::work_flags::org_changed(st, &user.org_id).await?;
+    }
     Ok(Json(json!({ "id": id, "state": to })))
 }
 

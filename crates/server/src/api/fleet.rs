@@ -22,6 +22,9 @@ pub struct NewEnrollmentToken {
     tags: Vec<String>,
     /// Defaults to one day.
     expires_in_seconds: Option<i64>,
+    /// The tier the enrolled machine joins (None: the organisation's last tier).
+    #[serde(default)]
+    tier: Option<String>,
 }
 
 pub async fn create_enrollment_token(
@@ -35,11 +38,12 @@ pub async fn create_enrollment_token(
     if !(60..=30 * 86_400).contains(&ttl) {
         return Err(ApiError::BadRequest("expires_in_seconds must be between 60 and 2592000".into()));
     }
+    crate::tiers::check_tier_named(&st, &user.org_id, body.tier.as_deref()).await?;
     let id = new_id()?;
     let token = new_secret("hpe_")?;
     let mut tx = st.db.begin().await?;
     sqlx::query(
-        "INSERT INTO enrollment_tokens (id, org_id, token_hash, tags, created, expires) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO enrollment_tokens (id, org_id, token_hash, tags, created, expires, tier) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&id)
     .bind(&user.org_id)
@@ -47,10 +51,11 @@ pub async fn create_enrollment_token(
     .bind(serde_json::to_string(&body.tags)?)
     .bind(now())
     .bind(now() + ttl)
+    .bind(&body.tier)
     .execute(&mut *tx)
     .await?;
-    audit::record(&mut tx, &user.org_id, &user.actor(), "enrollment-token.create", &id, json!({ "tags": body.tags }))
-        .await?;
+    let what = json!({ "tags": body.tags, "tier": body.tier });
+    audit::record(&mut tx, &user.org_id, &user.actor(), "enrollment-token.create", &id, what).await?;
     tx.commit().await?;
     Ok(Json(json!({ "id": id, "token": token, "expires": rfc3339(now() + ttl) })))
 }
@@ -76,7 +81,7 @@ pub async fn enroll(State(st): State<AppState>, ApiJson(body): ApiJson<Enroll>) 
     let key_hash = hash_secret(&public.to_hex());
     let mut tx = st.db.begin().await?;
     let row = sqlx::query(
-        "SELECT id, org_id, tags, expires, used_at, revoked_at FROM enrollment_tokens WHERE token_hash = $1",
+        "SELECT id, org_id, tags, expires, used_at, revoked_at, tier FROM enrollment_tokens WHERE token_hash = $1",
     )
     .bind(hash_secret(&body.token))
     .fetch_optional(&mut *tx)
@@ -85,6 +90,7 @@ pub async fn enroll(State(st): State<AppState>, ApiJson(body): ApiJson<Enroll>) 
     let token_id: String = row.try_get(0)?;
     let org_id: String = row.try_get(1)?;
     let tags: String = row.try_get(2)?;
+    let tier: Option<String> = row.try_get(6)?;
     if row.try_get::<Option<i64>, _>(4)?.is_some() {
         return Err(ApiError::Unauthorized("enrollment token already used".into()));
     }
@@ -116,7 +122,7 @@ pub async fn enroll(State(st): State<AppState>, ApiJson(body): ApiJson<Enroll>) 
         return Err(ApiError::Unauthorized("enrollment token already used".into()));
     }
     sqlx::query(
-        "INSERT INTO machines (id, org_id, credential_hash, public_key, hostname, tags, enrolled) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO machines (id, org_id, credential_hash, public_key, hostname, tags, enrolled, tier) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&machine_id)
     .bind(&org_id)
@@ -125,6 +131,7 @@ pub async fn enroll(State(st): State<AppState>, ApiJson(body): ApiJson<Enroll>) 
     .bind(&body.hostname)
     .bind(&tags)
     .bind(now())
+    .bind(&tier)
     .execute(&mut *tx)
     .await?;
     audit::record(
@@ -133,7 +140,7 @@ pub async fn enroll(State(st): State<AppState>, ApiJson(body): ApiJson<Enroll>) 
         &format!("machine:{machine_id}"),
         "machine.enroll",
         &body.hostname,
-        json!({ "token_id": token_id }),
+        json!({ "token_id": token_id, "tier": tier }),
     )
     .await?;
     tx.commit().await?;

@@ -168,6 +168,20 @@ pub async fn machine_tier(st: &AppState, machine_id: &str) -> ApiResult<Option<S
     })
 }
 
+/// Refuses a tier name the organisation does not have (None names no tier).
+pub async fn check_tier_named(st: &AppState, org_id: &str, tier: Option<&str>) -> ApiResult<()> {
+    let Some(name) = tier else { return Ok(()) };
+    let found = sqlx::query("SELECT name FROM tiers WHERE org_id = $1 AND name = $2")
+        .bind(org_id)
+        .bind(name)
+        .fetch_optional(&st.db.pool)
+        .await?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(crate::error::ApiError::BadRequest(format!("tier {name:?}: no such tier in this organisation"))),
+    }
+}
+
 async fn load_pins(st: &AppState, org_id: &str) -> ApiResult<Vec<Pin>> {
     let rows = sqlx::query(
         "SELECT p.id, p.tag, q.name, q.query, p.build_id, p.level FROM pins p \

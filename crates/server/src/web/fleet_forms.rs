@@ -19,6 +19,8 @@ pub struct EnrollFields {
     pub tags: String,
     #[serde(default)]
     pub hours: String,
+    #[serde(default)]
+    pub tier: String,
 }
 
 pub fn enroll_form(u: &UiUser, f: &EnrollFields) -> Markup {
@@ -27,6 +29,7 @@ pub fn enroll_form(u: &UiUser, f: &EnrollFields) -> Markup {
         .legend("Enroll machines")
         .input("text", "tags", "Tags for the machines", &f.tags, "comma-separated, e.g. prod, web")
         .input("number", "hours", "Valid for hours", hours, "1 to 720")
+        .input("text", "tier", "Tier the machine joins", &f.tier, "empty: the organisation's last tier")
         .submit("Create enrollment token")
         .finish()
 }
@@ -40,7 +43,10 @@ pub async fn create_enrollment_token(
     let st_secure = st.secure_cookies;
     let result = async {
         let hours = number(&f.hours, "valid for hours")?;
-        let body = api_body(json!({ "tags": words(&f.tags), "expires_in_seconds": hours.saturating_mul(3600) }))?;
+        let tier = Some(f.tier.trim()).filter(|t| !t.is_empty());
+        let body = api_body(
+            json!({ "tags": words(&f.tags), "expires_in_seconds": hours.saturating_mul(3600), "tier": tier }),
+        )?;
         fleet::create_enrollment_token(State(st), u.0.clone(), ApiJson(body)).await
     }
     .await;

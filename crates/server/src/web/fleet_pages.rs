@@ -1,8 +1,9 @@
 //! The machine list (filter, sort, page) and each machine's kinds of work.
 //!
 //! The counts, every filter (state included) and every order ("needs action
-//! first" included) are SQL (see `work_sql`); the list pages in SQL and then
-//! computes the states of that page's machines only, for their words.
+//! first" included) are SQL over stored columns (see `work_sql`, `work_flags`);
+//! the list pages in SQL and then computes the states of that page's machines
+//! only, for their words.
 
 use std::collections::BTreeMap;
 
@@ -13,8 +14,8 @@ use sqlx::Row;
 
 use super::session::UiUser;
 use super::view::{Markup, Page, html, link, status, text};
-use super::work_sql::{ACTION_RANK, Binds, KeySets, condition, flags_per_machine};
-use crate::domain::compliance::{ComplianceRow, Judge, Status, rows_for};
+use super::work_sql::{Binds, action_rank, condition};
+use crate::domain::compliance::{ComplianceRow, Status, rows_for};
 use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::util::now;
@@ -177,23 +178,15 @@ async fn candidates(
     let t = now();
     let mut b = Binds::default();
     let mut filter = sql_filters(q, t, &mut b);
-    let mut from = String::from("machines m");
-    let mut count_binds = None;
     if !q.state.is_empty() || q.sort == "state" {
-        let judge = Judge::load(st, org_id, t).await?;
-        let sets = KeySets::load(st, org_id, &judge).await?;
-        if let Some(c) = condition(&q.state, &sets, t, entitled, &mut b) {
-            filter = format!("{filter} AND {c}");
-        }
-        if q.sort == "state" {
-            // The count below binds only the filter's values, which come first.
-            count_binds = Some(b.clone());
-            from = format!("machines m JOIN ({}) f ON f.id = m.id", flags_per_machine(&sets, t, &mut b));
-        }
+        crate::domain::work_flags::ensure_current(st, org_id, t).await?;
+    }
+    if let Some(c) = condition(&q.state, t, entitled) {
+        filter = format!("{filter} AND {c}");
     }
     let order = match q.sort.as_str() {
         "last-seen" => "COALESCE(m.last_seen, 0), m.id".to_string(),
-        "state" => format!("{ACTION_RANK} DESC, m.hostname, m.id"),
+        "state" => format!("{} DESC, m.hostname, m.id", action_rank(t)),
         _ => "m.hostname, m.id".to_string(),
     };
     let limit = match page {
@@ -201,7 +194,7 @@ async fn candidates(
         None => String::new(),
     };
     let sql =
-        format!("SELECT m.id, m.hostname, m.tags, m.last_seen FROM {from} WHERE {filter} ORDER BY {order}{limit}");
+        format!("SELECT m.id, m.hostname, m.tags, m.last_seen FROM machines m WHERE {filter} ORDER BY {order}{limit}");
     let rows = b.apply(sqlx::query(&sql).bind(org_id)).fetch_all(&st.db.pool).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
@@ -213,15 +206,8 @@ async fn candidates(
         });
     }
     let total = if page.is_some() {
-        // Every machine has its row of flags: the join changes the order, not the count.
         let sql = format!("SELECT CAST(COUNT(*) AS BIGINT) FROM machines m WHERE {filter}");
-        count_binds
-            .as_ref()
-            .unwrap_or(&b)
-            .apply(sqlx::query(&sql).bind(org_id))
-            .fetch_one(&st.db.pool)
-            .await?
-            .try_get(0)?
+        b.apply(sqlx::query(&sql).bind(org_id)).fetch_one(&st.db.pool).await?.try_get(0)?
     } else {
         out.len() as i64
     };

@@ -80,6 +80,7 @@ pub async fn machine_page(State(st): State<AppState>, u: UiUser, Path(id): Path<
     let m = crate::api::fleet::machine_detail_json(&st, &u.0.org_id, &id).await?;
     let mut comp = rows_for(&st, &u.0.org_id, Some(std::slice::from_ref(&id))).await?;
     comp.sort_by_key(|r| std::cmp::Reverse(r.status));
+    let holds = crate::domain::holds::Holds::load(&st, &u.0.org_id, Some(&id)).await?;
     let processes = |build: &str| {
         m["targets"].as_array().and_then(|t| t.iter().find(|x| x["build_id"] == build)).map(|x| words(&x["processes"]))
     };
@@ -103,7 +104,7 @@ pub async fn machine_page(State(st): State<AppState>, u: UiUser, Path(id): Path<
         .filter(|r| r.status > Status::Applied)
         .map(|r| {
             let procs = processes(&r.build_id).unwrap_or_default();
-            html! { li { (status(r.status.as_str())) " " (r.file_name) ": " (r.detail) " (" (procs) " process(es))" } }
+            html! { li { (status(r.status.as_str())) " " (r.file_name) ": " (holds.detail(r, crate::util::now())) " (" (procs) " process(es))" } }
         })
         .chain(
             crate::domain::signed_documents::machine_stale(&st, &u.0.org_id, &id)
@@ -130,6 +131,7 @@ pub async fn machine_page(State(st): State<AppState>, u: UiUser, Path(id): Path<
         })
         .collect();
     page.table("targets", &["file", "build-id", "processes", "applied level", "latest level", "state", "detail"], &t);
+    super::machine_sections::processes(&st, &id, &comp, &mut page).await?;
     page.h(2, "Readiness");
     let mut items = Vec::new();
     readiness_items("", &m["readiness"], &mut items);

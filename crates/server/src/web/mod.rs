@@ -14,6 +14,7 @@ pub mod fleet_pages;
 pub mod form;
 pub mod keys;
 pub mod machine_page;
+pub mod machine_sections;
 pub mod overview;
 pub mod pages;
 pub mod schedule_forms;

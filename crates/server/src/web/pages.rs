@@ -223,6 +223,7 @@ pub async fn compliance_page(State(st): State<AppState>, u: UiUser) -> ApiResult
         }
     });
     let mut all = rows(&st, &u.0.org_id).await?;
+    let holds = crate::domain::holds::Holds::load(&st, &u.0.org_id, None).await?;
     page.h(2, "By CVE");
     page.table("cves", &["CVE", "fixed", "open", "machines"], &cve_table(&all));
     page.h(2, "By machine and target");
@@ -243,7 +244,7 @@ pub async fn compliance_page(State(st): State<AppState>, u: UiUser) -> ApiResult
                 text(&r.file_name),
                 text(r.applied_level),
                 status(r.status.as_str()),
-                text(&r.detail),
+                text(holds.detail(r, crate::util::now())),
             ]
         })
         .collect();

@@ -1,19 +1,18 @@
-//! The kinds of work of every machine, decided by the database, so the overview
-//! and a state filter of the machine list cost a few queries at any fleet size
-//! instead of loading every target of every machine.
+//! The kinds of work of every machine as SQL over the bits that `work_flags`
+//! keeps in `machines.work`, so the overview, a state filter of the machine list
+//! and "needs action first" read one indexed column at any fleet size.
 //!
-//! A target's state depends on the machine (seen lately?), on the target's own
-//! report (check error?), on the machine's failed deployments, and otherwise only
-//! on (build-id, file name, applied level). So `Judge::status` is asked once per
-//! distinct such key, and the keys of each state become a condition in SQL.
-//! The precedence is `compliance::rows_for`'s: unknown, check-failed,
-//! apply-failed, then the key's state; tests compare both on a seeded fleet.
+//! The bits are the state of each target on a machine seen lately; "seen
+//! lately" is compared here, at read time, with `last_seen`: a machine not heard
+//! from is "unknown" and counts in no other kind of work but "hotpatched", as in
+//! `compliance::rows_for`. Tests compare both on a seeded fleet.
 
 use sqlx::Row;
 
-use crate::api::compliance::{Judge, STALE_SECONDS, Status};
+use crate::api::compliance::STALE_SECONDS;
 use crate::error::ApiResult;
 use crate::state::AppState;
+use crate::domain::work_flags::{FAILED, HOTPATCHED, NEEDS_WORK, PENDING, RESTART, UNCOVERED};
 
 /// A bound value of the generated SQL.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,102 +46,28 @@ impl Binds {
     }
 }
 
-type Key = (String, String, i64);
-
-/// The (build-id, file name, applied level) keys whose state is pending,
-/// needs-restart and not-covered.
-pub struct KeySets {
-    pending: Vec<Key>,
-    restart: Vec<Key>,
-    not_covered: Vec<Key>,
-}
-
-impl KeySets {
-    pub async fn load(st: &AppState, org_id: &str, judge: &Judge) -> ApiResult<KeySets> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT t.build_id, t.file_name, t.applied_level FROM machine_targets t \
-             JOIN machines m ON m.id = t.machine_id WHERE m.org_id = $1 AND m.revoked_at IS NULL AND t.error IS NULL",
-        )
-        .bind(org_id)
-        .fetch_all(&st.db.pool)
-        .await?;
-        let mut sets = KeySets { pending: vec![], restart: vec![], not_covered: vec![] };
-        for r in rows {
-            let key: Key = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
-            match judge.status(&key.0, &key.1, key.2).0 {
-                Status::Pending => sets.pending.push(key),
-                Status::NeedsRestart => sets.restart.push(key),
-                Status::NotCovered => sets.not_covered.push(key),
-                _ => {}
-            }
-        }
-        Ok(sets)
-    }
-}
-
 /// `m` was not heard from lately: all its targets are "unknown".
 fn stale(t: i64) -> String {
     // A number computed here, never caller text.
     format!("(m.last_seen IS NULL OR m.last_seen < {})", t - STALE_SECONDS)
 }
 
-/// Target `t` of machine `m` failed a hotpatch deployment above its level.
-const FAILED_DEPLOYMENT: &str = "EXISTS (SELECT 1 FROM work_results r JOIN deployments d ON d.id = r.deployment_id \
-     JOIN hotpatches h ON h.org_id = d.org_id AND h.patch_id = d.patch_id \
-     WHERE r.machine_id = t.machine_id AND r.status = 'failed' AND d.kind = 'hotpatch' \
-     AND h.build_id = t.build_id AND h.level > t.applied_level)";
-
-fn key_in(keys: &[Key], b: &mut Binds) -> String {
-    if keys.is_empty() {
-        return "1 = 0".into();
-    }
-    let alternatives: Vec<String> = keys
-        .iter()
-        .map(|(build, file, level)| {
-            let (pb, pf, pl) = (b.text(build), b.text(file), b.push(Bind::Int(*level)));
-            format!("(t.build_id = {pb} AND t.file_name = {pf} AND t.applied_level = {pl})")
-        })
-        .collect();
-    format!("({})", alternatives.join(" OR "))
-}
-
-/// A machine that was seen lately has a target whose own state is among `keys`.
-fn has_key(keys: &[Key], t: i64, b: &mut Binds) -> String {
-    format!(
-        "(NOT {} AND EXISTS (SELECT 1 FROM machine_targets t WHERE t.machine_id = m.id AND t.error IS NULL \
-         AND NOT {FAILED_DEPLOYMENT} AND {}))",
-        stale(t),
-        key_in(keys, b)
-    )
+/// Machine `m` was seen lately and has work of kind `bit`.
+fn fresh_with(bit: i64, t: i64) -> String {
+    format!("(NOT {} AND (m.work & {bit}) <> 0)", stale(t))
 }
 
 /// The SQL condition on machine `m` for a `state=` filter; None for no filter.
-pub fn condition(state: &str, sets: &KeySets, t: i64, entitled: bool, b: &mut Binds) -> Option<String> {
-    let failed = || {
-        format!(
-            "(NOT {} AND EXISTS (SELECT 1 FROM machine_targets t WHERE t.machine_id = m.id \
-             AND (t.error IS NOT NULL OR {FAILED_DEPLOYMENT})))",
-            stale(t)
-        )
-    };
+pub fn condition(state: &str, t: i64, entitled: bool) -> Option<String> {
     Some(match state {
-        "pending" => has_key(&sets.pending, t, b),
-        "needs-restart" => has_key(&sets.restart, t, b),
-        "not-covered" => has_key(&sets.not_covered, t, b),
-        "failed" => failed(),
+        "pending" => fresh_with(PENDING, t),
+        "needs-restart" => fresh_with(RESTART, t),
+        "not-covered" => fresh_with(UNCOVERED, t),
+        "failed" => fresh_with(FAILED, t),
         "unknown" => stale(t),
-        "hotpatched" => {
-            "EXISTS (SELECT 1 FROM machine_targets t WHERE t.machine_id = m.id AND t.applied_level > 0)".into()
-        }
+        "hotpatched" => format!("(m.work & {HOTPATCHED}) <> 0"),
         "unentitled" => (if entitled { "1 = 0" } else { "1 = 1" }).into(),
-        "up-to-date" => format!(
-            "NOT ({} OR {} OR {} OR {} OR {})",
-            stale(t),
-            failed(),
-            has_key(&sets.pending, t, b),
-            has_key(&sets.restart, t, b),
-            has_key(&sets.not_covered, t, b)
-        ),
+        "up-to-date" => format!("(NOT {} AND (m.work & {NEEDS_WORK}) = 0)", stale(t)),
         _ => return None,
     })
 }
@@ -151,71 +76,64 @@ pub fn condition(state: &str, sets: &KeySets, t: i64, entitled: bool, b: &mut Bi
 pub const COUNTED: [&str; 8] =
     ["pending", "needs-restart", "failed", "unknown", "not-covered", "hotpatched", "up-to-date", "unentitled"];
 
-/// The organisation's failed hotpatch deployments as (machine, build, highest
-/// level failed): few rows, computed once per query and joined to the targets,
-/// where [`FAILED_DEPLOYMENT`] would probe three tables for every target (in a
-/// pass over every target of every machine that was half the time).
-const FAILED_LEVELS: &str = "SELECT r.machine_id AS machine_id, h.build_id AS build_id, MAX(h.level) AS level \
-     FROM work_results r JOIN deployments d ON d.id = r.deployment_id \
-     JOIN hotpatches h ON h.org_id = d.org_id AND h.patch_id = d.patch_id \
-     WHERE d.org_id = $1 AND r.status = 'failed' AND d.kind = 'hotpatch' GROUP BY r.machine_id, h.build_id";
-
-/// [`FAILED_DEPLOYMENT`] over the join with [`FAILED_LEVELS`] (as `fl`).
-const FAILED_JOINED: &str = "(COALESCE(fl.level, -1) > t.applied_level)";
-
-/// Each machine's kinds of work as 0/1 columns, in one pass over the targets
-/// (a machine with no target still gets its row, through the LEFT JOIN).
-pub fn flags_per_machine(sets: &KeySets, t: i64, b: &mut Binds) -> String {
-    let ok = format!("t.machine_id IS NOT NULL AND t.error IS NULL AND NOT {FAILED_JOINED}");
-    let flag = |cond: String| format!("MAX(CASE WHEN {cond} THEN 1 ELSE 0 END)");
+/// "Needs action first": the order of `compliance::Status` from the worst, a
+/// failure of either kind first.
+pub fn action_rank(t: i64) -> String {
     format!(
-        "SELECT m.id AS id, CASE WHEN {} THEN 1 ELSE 0 END AS stale, {} AS failed, {} AS pending, {} AS restart, \
-         {} AS uncovered, {} AS hot \
-         FROM machines m LEFT JOIN machine_targets t ON t.machine_id = m.id \
-         LEFT JOIN ({FAILED_LEVELS}) fl ON fl.machine_id = t.machine_id AND fl.build_id = t.build_id \
-         WHERE m.org_id = $1 AND m.revoked_at IS NULL GROUP BY m.id, m.last_seen",
-        stale(t),
-        flag(format!("t.machine_id IS NOT NULL AND (t.error IS NOT NULL OR {FAILED_JOINED})")),
-        flag(format!("{ok} AND {}", key_in(&sets.pending, b))),
-        flag(format!("{ok} AND {}", key_in(&sets.restart, b))),
-        flag(format!("{ok} AND {}", key_in(&sets.not_covered, b))),
-        flag("t.applied_level > 0".into()),
+        "CASE WHEN {} THEN 3 WHEN (m.work & {FAILED}) <> 0 THEN 6 WHEN (m.work & {RESTART}) <> 0 THEN 5 \
+         WHEN (m.work & {PENDING}) <> 0 THEN 4 WHEN (m.work & {HOTPATCHED}) <> 0 THEN 2 \
+         WHEN (m.work & {UNCOVERED}) <> 0 THEN 1 ELSE 0 END",
+        stale(t)
     )
 }
 
-/// "Needs action first" over the columns of [`flags_per_machine`] (as `f`):
-/// the order of `compliance::Status` from the worst, a failure of either kind first.
-pub const ACTION_RANK: &str = "CASE WHEN f.stale = 1 THEN 3 WHEN f.failed = 1 THEN 6 WHEN f.restart = 1 THEN 5 \
-     WHEN f.pending = 1 THEN 4 WHEN f.hot = 1 THEN 2 WHEN f.uncovered = 1 THEN 1 ELSE 0 END";
+/// Which of [`COUNTED`] a group of machines with these bits counts in.
+fn counted_in(work: i64, stale: bool, entitled: bool) -> [bool; 8] {
+    let fresh = |bit: i64| !stale && work & bit != 0;
+    [
+        fresh(PENDING),
+        fresh(RESTART),
+        fresh(FAILED),
+        stale,
+        fresh(UNCOVERED),
+        work & HOTPATCHED != 0,
+        !stale && work & NEEDS_WORK == 0,
+        !entitled,
+    ]
+}
 
 /// How many machines of the organisation are in each of [`COUNTED`], and in all.
-/// Same rules as [`condition`] (the tests check both against one fleet).
+/// Same rules as [`condition`] (the tests check both against one fleet): one
+/// grouped read of the `(org_id, revoked_at, work, last_seen)` index.
 pub async fn counts(st: &AppState, org_id: &str, t: i64) -> ApiResult<(i64, Vec<i64>)> {
-    let judge = Judge::load(st, org_id, t).await?;
-    let sets = KeySets::load(st, org_id, &judge).await?;
-    let entitled = crate::api::checkin::entitled(st, org_id, t).await?;
-    let mut b = Binds::default();
-    let fresh = |col: &str| format!("CASE WHEN stale = 0 AND {col} = 1 THEN 1 ELSE 0 END");
-    let sums = [
-        fresh("pending"),
-        fresh("restart"),
-        fresh("failed"),
-        "stale".to_string(),
-        fresh("uncovered"),
-        "hot".to_string(),
-        "CASE WHEN stale = 0 AND failed = 0 AND pending = 0 AND restart = 0 AND uncovered = 0 THEN 1 ELSE 0 END".into(),
-        (if entitled { "0" } else { "1" }).to_string(),
-    ];
-    let sums: Vec<String> = sums.iter().map(|e| format!("CAST(COALESCE(SUM({e}), 0) AS BIGINT)")).collect();
+    let entitled = crate::domain::work_flags::ensure_current(st, org_id, t).await?;
+    let stale = stale(t);
     let sql = format!(
-        "SELECT CAST(COUNT(*) AS BIGINT), {} FROM ({}) x",
-        sums.join(", "),
-        flags_per_machine(&sets, t, &mut b)
+        "SELECT m.work, CASE WHEN {stale} THEN 1 ELSE 0 END, CAST(COUNT(*) AS BIGINT) FROM machines m \
+         WHERE m.org_id = $1 AND m.revoked_at IS NULL GROUP BY m.work, CASE WHEN {stale} THEN 1 ELSE 0 END"
     );
-    let row = b.apply(sqlx::query(&sql).bind(org_id)).fetch_one(&st.db.pool).await?;
-    let mut out = Vec::with_capacity(COUNTED.len());
-    for i in 0..COUNTED.len() {
-        out.push(row.try_get(i + 1)?);
+    let rows = sqlx::query(&sql).bind(org_id).fetch_all(&st.db.pool).await?;
+    let (mut total, mut out) = (0, vec![0; COUNTED.len()]);
+    for r in rows {
+        let (work, stale, n): (i64, i64, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        total += n;
+        for (slot, on) in out.iter_mut().zip(counted_in(work, stale != 0, entitled)) {
+            *slot += if on { n } else { 0 };
+        }
     }
-    Ok((row.try_get(0)?, out))
+    Ok((total, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_machine_not_seen_lately_counts_as_unknown_and_hotpatched_only() {
+        let all = PENDING | RESTART | FAILED | UNCOVERED | HOTPATCHED;
+        assert_eq!(counted_in(all, true, true), [false, false, false, true, false, true, false, false]);
+        assert_eq!(counted_in(all, false, true), [true, true, true, false, true, true, false, false]);
+        assert_eq!(counted_in(HOTPATCHED, false, false), [false, false, false, false, false, true, true, true]);
+        assert!(counted_in(0, false, true)[6], "no work is up to date");
+    }
 }
