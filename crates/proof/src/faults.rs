@@ -134,6 +134,10 @@ impl MemoryPressure {
             restarts: Arc::new(AtomicU64::new(0)),
             hog: None,
         };
+        // The server's pages come along, so the limit counts them (refused
+        // by kernels that dropped charge moving: the limit then counts what
+        // the server touches from now on, the hog still fills the rest).
+        let _ = pressure.write("memory.move_charge_at_immigrate", "3");
         for pid in pids {
             pressure.write("cgroup.procs", &pid.to_string())?;
             // The kernel is to kill the hog, never the server.
