@@ -6,8 +6,9 @@
 //!   tight loop, in every process of the server;
 //! - `memory`: the server's processes are put into a memory cgroup (v1)
 //!   limited to what they use plus `HOG_ROOM`, with a hog in it that fills
-//!   the rest until the kernel kills it, again and again, so the server's
-//!   file pages (its code) are reclaimed while it is patched.
+//!   the rest until the kernel kills it (it asks to be the first choice),
+//!   again and again, so the server's file pages (its code) are reclaimed
+//!   while it is patched.
 //!
 //! The target's own SIGSTOP/SIGCONT is `--sigstop-every`.
 
@@ -140,9 +141,6 @@ impl MemoryPressure {
         let _ = pressure.write("memory.move_charge_at_immigrate", "3");
         for pid in pids {
             pressure.write("cgroup.procs", &pid.to_string())?;
-            // The kernel is to kill the hog, never the server.
-            std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000")
-                .with_context(|| format!("cannot protect process {pid} from the OOM killer"))?;
         }
         let used: u64 = pressure.read("memory.usage_in_bytes")?;
         pressure.write("memory.limit_in_bytes", &(used + HOG_ROOM).to_string())?;
@@ -192,11 +190,13 @@ impl MemoryPressure {
 }
 
 /// The hog joins the cgroup before it allocates: the shell moves itself,
+/// makes itself the OOM killer's first choice (lowering the server's score
+/// instead needs CAP_SYS_RESOURCE, which root lacks in some containers),
 /// then becomes `tail`.
 fn spawn_hog(procs: &Path) -> std::io::Result<Child> {
     Command::new("/bin/sh")
         .arg("-c")
-        .arg("echo $$ > \"$1\" && exec tail /dev/zero")
+        .arg("echo $$ > \"$1\" && echo 1000 > /proc/self/oom_score_adj && exec tail /dev/zero")
         .arg("hog")
         .arg(procs)
         .stdin(Stdio::null())

@@ -26,6 +26,8 @@ pub fn proof_under_load(kind: &str, cycles: u32, clients: u32, extra: &[&str]) -
         .arg(&json)
         .env("HOTPATCH", &hotpatch)
         .env("HOTPATCH_PROOF", &proof)
+        // The report is read from --json; stdout would repeat it, series and all.
+        .stdout(std::process::Stdio::null())
         .status()
         .expect("run scripts/proof-under-load");
     let report = std::fs::read_to_string(&json).ok();
