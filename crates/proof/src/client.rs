@@ -4,7 +4,8 @@
 //!
 //! A client reads the expected version before it sends and again after the
 //! reply; when both readings are the same (no transition started or ended in
-//! between) a crafted answer of the other version is a *wrong answer*. Any
+//! between) a crafted answer of the other version is a *wrong answer*, and so
+//! is a normal one for a server whose every answer shows its version (nginx). Any
 //! other unexpected reply, a broken connection or a timeout is a *failure*.
 
 use crate::kind::{Crafted, ServerKind, Session};
@@ -112,7 +113,11 @@ pub fn client(kind: ServerKind, addr: SocketAddr, id: usize, shared: Arc<Shared>
                     }
                 }
             }
-            Ok(None) => {}
+            Ok(None) => {
+                if let Some(patched) = session.shown_version() {
+                    check_version(&mut r, id, i, before, after, patched);
+                }
+            }
             Ok(Some(Crafted::Other(what))) => r.fail(format!("client {id} request {i}: {what}")),
             Ok(Some(seen)) => {
                 r.crafted += 1;

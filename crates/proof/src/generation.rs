@@ -4,10 +4,12 @@
 
 use crate::Args;
 use crate::client::{ClientResult, PATCHED, SWITCHING, Sample, Shared, UNPATCHED, client, control};
+use crate::faults::{Fault, FaultCounts, Helper, MemoryPressure};
 use crate::hist::Histogram;
+use crate::series::{self, Bin, Mark};
 use crate::server::Server;
-use serde::Serialize;
-use std::process::{Command, Stdio};
+use crate::transition::{Kind, Transition, in_every_process};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -15,78 +17,6 @@ use std::time::{Duration, Instant};
 
 /// "The second around a transition": from 500 ms before it starts to 500 ms after it ends.
 pub const AROUND: Duration = Duration::from_millis(500);
-
-#[derive(Clone, Copy, PartialEq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Apply,
-    Rollback,
-}
-
-#[derive(Serialize, Clone)]
-pub struct Transition {
-    pub generation: u32,
-    pub kind: Kind,
-    pub ok: bool,
-    /// From `--json`; 0 when the command failed.
-    pub pause_us: u64,
-    pub threads: u64,
-    pub retries: u64,
-    /// The engine's own wall time (`total_ms`).
-    pub engine_ms: u64,
-    /// The `hotpatch` command's wall time, process start to exit.
-    pub command_ms: f64,
-    pub sigstop: bool,
-    pub error: Option<String>,
-    #[serde(skip)]
-    start: Duration,
-    #[serde(skip)]
-    end: Duration,
-}
-
-fn transition(args: &Args, kind: Kind, pid: i32, generation: u32, origin: Instant) -> Transition {
-    let mut cmd = Command::new(&args.hotpatch);
-    cmd.arg("--json");
-    match kind {
-        Kind::Apply => {
-            cmd.arg("apply").arg("--pid").arg(pid.to_string()).arg(&args.package).arg("--trust").arg(&args.trust)
-        }
-        Kind::Rollback => cmd.arg("rollback").arg("--pid").arg(pid.to_string()),
-    };
-    let t0 = Instant::now();
-    let out = cmd.stdin(Stdio::null()).output();
-    let t1 = Instant::now();
-    let mut t = Transition {
-        generation,
-        kind,
-        ok: false,
-        pause_us: 0,
-        threads: 0,
-        retries: 0,
-        engine_ms: 0,
-        command_ms: (t1 - t0).as_secs_f64() * 1e3,
-        sigstop: false,
-        error: None,
-        start: t0 - origin,
-        end: t1 - origin,
-    };
-    match out {
-        Err(e) => t.error = Some(format!("cannot run {}: {e}", args.hotpatch.display())),
-        Ok(out) if !out.status.success() => t.error = Some(format!("{}: {}", out.status, command_error(&out))),
-        Ok(out) => match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
-            Err(e) => t.error = Some(format!("--json output: {e}")),
-            Ok(v) => {
-                let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-                t.ok = true;
-                t.pause_us = n("pause_us");
-                t.threads = n("threads");
-                t.retries = n("retries");
-                t.engine_ms = n("total_ms");
-            }
-        },
-    }
-    t
-}
 
 #[derive(Default)]
 pub struct Totals {
@@ -112,15 +42,13 @@ pub struct Totals {
     pub server_deaths: u32,
     pub leaked_regions: u32,
     pub threads_seen: u64,
-}
-
-/// Why a `hotpatch --json` command failed: the `error` of its JSON answer,
-/// else whatever it wrote to stderr.
-fn command_error(out: &std::process::Output) -> String {
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    /// Processes per server (nginx: master and workers).
+    pub processes: usize,
+    /// The run's clock, started with the first generation.
+    pub run_origin: Option<Instant>,
+    pub series: Vec<Bin>,
+    pub marks: Vec<Mark>,
+    pub faults: FaultCounts,
 }
 
 /// A steady-state measurement: normal requests only, one version throughout.
@@ -138,12 +66,34 @@ struct Generation<'a> {
     shared: Arc<Shared>,
     windows: Vec<Window>,
     transitions: Vec<Transition>,
-    applies: u32,
+    marks: Vec<Mark>,
+    /// Successful applies per process (each is rolled back again).
+    applies: HashMap<i32, u32>,
+    /// `--fault memory`: the server's cgroup, dropped after the server.
+    pressure: Option<MemoryPressure>,
+}
+
+/// Stops the process now and continues it 20 ms later (its own SIGSTOP,
+/// while the engine works on it).
+fn sigstop_for_20_ms(pid: i32) -> JoinHandle<()> {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    })
 }
 
 /// Runs generation `g`: `cycles` apply/rollback cycles on a fresh server.
-pub fn generation(args: &Args, g: u32, cycles: u32, totals: &mut Totals) -> anyhow::Result<()> {
-    let mut process = Generation::start(args, g)?;
+pub fn generation(
+    args: &Args,
+    g: u32,
+    cycles: u32,
+    helper: Option<&Helper>,
+    totals: &mut Totals,
+) -> anyhow::Result<()> {
+    let mut process = Generation::start(args, g, helper)?;
     let clients = process.spawn_clients();
     std::thread::sleep(AROUND);
     process.steady_state(totals);
@@ -152,20 +102,40 @@ pub fn generation(args: &Args, g: u32, cycles: u32, totals: &mut Totals) -> anyh
     process.shared.stop.store(true, Ordering::SeqCst);
     let results: Vec<ClientResult> = clients.into_iter().map(|h| h.join().expect("client thread")).collect();
     process.check_regions(totals);
+    if let Some(p) = &process.pressure {
+        let c = p.counts();
+        totals.faults.memory_limit_hits += c.memory_limit_hits;
+        totals.faults.hog_restarts += c.hog_restarts;
+    }
     process.tally(&results, totals);
+    if let Some(h) = helper {
+        totals.faults.helper_rounds += h.take_rounds();
+    }
     Ok(())
 }
 
 impl Generation<'_> {
-    fn start(args: &Args, g: u32) -> anyhow::Result<Generation<'_>> {
-        let server = Server::start(args.server_kind, &args.server, args.threads)?;
+    fn start<'a>(args: &'a Args, g: u32, helper: Option<&Helper>) -> anyhow::Result<Generation<'a>> {
+        let env = helper.map(|h| h.env(args.fault)).unwrap_or_default();
+        let server = Server::start(args.server_kind, &args.server, args.threads, &env)?;
+        let pressure = (args.fault == Fault::Memory).then(|| MemoryPressure::start(&server.pids())).transpose()?;
         let shared = Arc::new(Shared {
             state: AtomicU64::new(UNPATCHED),
             stop: AtomicBool::new(false),
             crafted: AtomicBool::new(true),
             origin: Instant::now(),
         });
-        Ok(Generation { args, g, server, shared, windows: Vec::new(), transitions: Vec::new(), applies: 0 })
+        Ok(Generation {
+            args,
+            g,
+            server,
+            shared,
+            windows: Vec::new(),
+            transitions: Vec::new(),
+            marks: Vec::new(),
+            applies: HashMap::new(),
+            pressure,
+        })
     }
 
     fn spawn_clients(&self) -> Vec<JoinHandle<ClientResult>> {
@@ -178,39 +148,38 @@ impl Generation<'_> {
             .collect()
     }
 
-    /// One transition: the clients are told a switch is running, the command
-    /// runs (with the server stopped by SIGSTOP for its first 20 ms if
-    /// `sigstop`), then the version it left is published and checked by a
-    /// control request.
+    /// One switch: the clients are told it is running, the command runs in
+    /// every process of the server (with the server stopped by SIGSTOP for
+    /// the first 20 ms if `sigstop`), then the version it left is published
+    /// and checked by a control request.
     fn run(&mut self, kind: Kind, sigstop: bool, totals: &mut Totals) {
-        let pid = self.server.pid();
+        let pids = self.server.pids();
         self.shared.set(SWITCHING);
-        let stopper = sigstop.then(|| {
-            // SAFETY: plain kill(2) on our own child.
-            unsafe { libc::kill(pid, libc::SIGSTOP) };
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(20));
-                // SAFETY: as above.
-                unsafe { libc::kill(pid, libc::SIGCONT) };
-            })
-        });
-        let mut t = transition(self.args, kind, pid, self.g, self.shared.origin);
+        let stopper = sigstop.then(|| sigstop_for_20_ms(self.server.pid()));
+        let done = in_every_process(self.args, kind, &pids, self.g, self.shared.origin);
         if let Some(h) = stopper {
             let _ = h.join();
         }
-        t.sigstop = sigstop;
-        let now = if t.ok {
-            match kind {
-                Kind::Apply => PATCHED,
-                Kind::Rollback => UNPATCHED,
-            }
-        } else {
-            self.version_after_failure()
+        let all_ok = done.iter().all(|t| t.ok);
+        let now = match (all_ok, kind) {
+            (true, Kind::Apply) => PATCHED,
+            (true, Kind::Rollback) => UNPATCHED,
+            (false, _) => self.version_after_failure(&pids),
         };
         self.shared.set(now);
-        if kind == Kind::Apply && t.ok {
-            self.applies += 1;
+        self.control(now, totals);
+        self.mark(kind, sigstop, &done);
+        for mut t in done {
+            if kind == Kind::Apply && t.ok {
+                *self.applies.entry(t.pid).or_default() += 1;
+            }
+            t.sigstop = sigstop;
+            totals.threads_seen = totals.threads_seen.max(t.threads);
+            self.transitions.push(t);
         }
+    }
+
+    fn control(&self, now: u64, totals: &mut Totals) {
         totals.control_requests += 1;
         if now != SWITCHING
             && let Err(e) = control(self.args.server_kind, self.server.addr, now)
@@ -220,17 +189,41 @@ impl Generation<'_> {
                 totals.failure_examples.push(format!("generation {}: {e}", self.g));
             }
         }
-        totals.threads_seen = totals.threads_seen.max(t.threads);
-        self.transitions.push(t);
     }
 
-    /// After a failed command, what the process runs is read from the process
-    /// itself; unknown (no answer is checked) if that fails too.
-    fn version_after_failure(&self) -> u64 {
-        match hotpatch_engine::status(self.server.pid()) {
-            Ok(applied) if applied.iter().any(|a| a.active) => PATCHED,
-            Ok(_) => UNPATCHED,
-            Err(_) => SWITCHING,
+    /// The switch on the time series: first command's start to last one's end.
+    fn mark(&mut self, kind: Kind, sigstop: bool, done: &[Transition]) {
+        let start = done.iter().map(|t| t.start).min().unwrap_or_default();
+        let end = done.iter().map(|t| t.end).max().unwrap_or_default();
+        self.marks.push(Mark {
+            start_s: start.as_secs_f64(),
+            end_s: end.as_secs_f64(),
+            kind: match kind {
+                Kind::Apply => "apply",
+                Kind::Rollback => "rollback",
+            },
+            generation: self.g,
+            processes: done.len(),
+            ok: done.iter().all(|t| t.ok),
+            pause_max_us: done.iter().map(|t| t.pause_us).max().unwrap_or(0),
+            fault: if sigstop { Some("sigstop") } else { self.args.fault.name() },
+        });
+    }
+
+    /// After a failed command, what the server runs is read from its
+    /// processes themselves: unknown (no answer is checked) when they
+    /// disagree or cannot be read.
+    fn version_after_failure(&self, pids: &[i32]) -> u64 {
+        let active: Vec<Option<bool>> = pids
+            .iter()
+            .map(|&pid| hotpatch_engine::status(pid).ok().map(|applied| applied.iter().any(|a| a.active)))
+            .collect();
+        if active.iter().all(|a| *a == Some(true)) {
+            PATCHED
+        } else if active.iter().all(|a| *a == Some(false)) {
+            UNPATCHED
+        } else {
+            SWITCHING
         }
     }
 
@@ -267,8 +260,10 @@ impl Generation<'_> {
         let every = self.args.sigstop_every;
         for c in 0..cycles {
             if self.args.floor {
-                if let Ok((pause, _)) = hotpatch_engine::stop_resume_floor(self.server.pid()) {
-                    totals.floor_us.push(pause.as_micros() as u64);
+                for pid in self.server.pids() {
+                    if let Ok((pause, _)) = hotpatch_engine::stop_resume_floor(pid) {
+                        totals.floor_us.push(pause.as_micros() as u64);
+                    }
                 }
                 std::thread::sleep(dwell / 4);
             }
@@ -280,8 +275,8 @@ impl Generation<'_> {
         }
     }
 
-    /// Every region is retired and still mapped, none is active, none
-    /// unaccounted for.
+    /// In every process: every region is retired and still mapped, none is
+    /// active, none unaccounted for.
     fn check_regions(&mut self, totals: &mut Totals) {
         let g = self.g;
         if !self.server.alive() {
@@ -289,27 +284,35 @@ impl Generation<'_> {
             totals.failure_examples.push(format!("generation {g}: the server died"));
             return;
         }
-        match hotpatch_engine::status(self.server.pid()) {
-            Ok(applied) => {
-                let active = applied.iter().filter(|a| a.active).count();
-                if active != 0 || applied.len() != self.applies as usize {
+        for pid in self.server.pids() {
+            let applies = self.applies.get(&pid).copied().unwrap_or(0);
+            match hotpatch_engine::status(pid) {
+                Ok(applied) => {
+                    let active = applied.iter().filter(|a| a.active).count();
+                    if active != 0 || applied.len() != applies as usize {
+                        totals.leaked_regions += 1;
+                        totals.failure_examples.push(format!(
+                            "generation {g}, process {pid}: {} regions ({active} active) after {applies} applies and as many rollbacks",
+                            applied.len(),
+                        ));
+                    }
+                }
+                Err(e) => {
                     totals.leaked_regions += 1;
-                    totals.failure_examples.push(format!(
-                        "generation {g}: {} regions ({} active) after {} applies and as many rollbacks",
-                        applied.len(),
-                        active,
-                        self.applies
-                    ));
+                    totals.failure_examples.push(format!("generation {g}, process {pid}: status: {e}"));
                 }
             }
-            Err(e) => totals.failure_examples.push(format!("generation {g}: status: {e}")),
         }
     }
 
     /// Every request into its histogram, and this process's throughput
     /// ratio, patched over unpatched.
     fn tally(self, results: &[ClientResult], totals: &mut Totals) {
+        totals.processes = totals.processes.max(self.server.pids().len());
         drop(self.server);
+        drop(self.pressure);
+        let switches: Vec<(Duration, Duration)> =
+            self.marks.iter().map(|m| (Duration::from_secs_f64(m.start_s), Duration::from_secs_f64(m.end_s))).collect();
         let (mut gen_unpatched, mut gen_patched) = (Histogram::default(), Histogram::default());
         for r in results {
             totals.add_counts(r, self.g);
@@ -319,9 +322,9 @@ impl Generation<'_> {
                     if !s.crafted {
                         if w.patched { &mut gen_patched } else { &mut gen_unpatched }.record(s.latency_ns);
                     }
-                } else if near(&self.transitions, s) {
+                } else if near(&switches, s) {
                     if s.crafted { &mut totals.around_crafted } else { &mut totals.around }.record(s.latency_ns);
-                    if overlaps(&self.transitions, s) {
+                    if overlaps(&switches, s) {
                         totals.at_transition.record(s.latency_ns);
                     }
                 }
@@ -343,22 +346,29 @@ impl Generation<'_> {
         }
         totals.steady_unpatched.merge(&gen_unpatched);
         totals.steady_patched.merge(&gen_patched);
+        let offset = self.shared.origin - *totals.run_origin.get_or_insert(self.shared.origin);
+        totals.series.extend(series::bins(results.iter().flat_map(|r| &r.samples), offset));
+        totals.marks.extend(self.marks.into_iter().map(|mut m| {
+            m.start_s += offset.as_secs_f64();
+            m.end_s += offset.as_secs_f64();
+            m
+        }));
         totals.transitions.extend(self.transitions);
         totals.generations += 1;
     }
 }
 
-/// Sent within `AROUND` of a transition.
-fn near(transitions: &[Transition], s: &Sample) -> bool {
+/// Sent within `AROUND` of a switch (its commands' first start, last end).
+fn near(switches: &[(Duration, Duration)], s: &Sample) -> bool {
     let t = Duration::from_micros(s.sent_us);
-    transitions.iter().any(|tr| t + AROUND >= tr.start && t <= tr.end + AROUND)
+    switches.iter().any(|&(start, end)| t + AROUND >= start && t <= end + AROUND)
 }
 
-/// In flight while a `hotpatch` command ran.
-fn overlaps(transitions: &[Transition], s: &Sample) -> bool {
+/// In flight while a switch's `hotpatch` commands ran.
+fn overlaps(switches: &[(Duration, Duration)], s: &Sample) -> bool {
     let t = Duration::from_micros(s.sent_us);
     let lat = Duration::from_nanos(s.latency_ns);
-    transitions.iter().any(|tr| t <= tr.end && t + lat >= tr.start)
+    switches.iter().any(|&(start, end)| t <= end && t + lat >= start)
 }
 
 impl Totals {

@@ -1,6 +1,6 @@
 //! `hotpatch-proof`: a real server patched and rolled back under load (issue 13).
 //!
-//! Starts the server (`--server-kind`: redis or memcached) on loopback, keeps
+//! Starts the server (`--server-kind`: redis, memcached or nginx) on loopback, keeps
 //! it busy with clients that check every answer (client.rs), and applies and
 //! rolls back a hotpatch with the `hotpatch` command (`--json`) again and
 //! again. The hotpatch changes the answer to one *crafted* request (kind.rs,
@@ -12,22 +12,30 @@
 //! unpatched and patched side by side (order alternating), then cycles.
 
 mod client;
+mod faults;
 mod generation;
 mod hist;
+mod http;
 mod kind;
 mod memcached;
+mod nginx;
 mod redis;
 mod resp;
+mod series;
 mod server;
+mod transition;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use generation::{Kind, Totals, Transition, generation};
+use faults::{Fault, FaultCounts, Helper};
+use generation::{Totals, generation};
 use hist::Histogram;
 use kind::ServerKind;
 use serde::Serialize;
+use series::{Bin, Mark};
 use std::path::PathBuf;
 use std::process::Command;
+use transition::{Kind, Transition};
 
 #[derive(Parser, Clone)]
 #[command(about = "Applies and rolls back a hotpatch in a real server under a checking load")]
@@ -58,7 +66,8 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     clients: usize,
     /// Server threads: memcached's worker threads (-t), redis's I/O threads
-    /// (--io-threads; 1: the main thread does all I/O).
+    /// (--io-threads; 1: the main thread does all I/O), nginx's worker
+    /// processes (`worker_processes`; each is patched, and the master).
     #[arg(long, alias = "io-threads", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     threads: u32,
     /// Time between transitions while cycling, ms.
@@ -71,6 +80,14 @@ struct Args {
     /// and continued (SIGCONT) 20 ms later, while the engine works (0: never).
     #[arg(long, default_value_t = 0)]
     sigstop_every: u32,
+    /// A fault running in (or beside) the server for the whole run, so that
+    /// every transition meets it (see faults.rs).
+    #[arg(long, value_enum, default_value_t = Fault::None)]
+    fault: Fault,
+    /// `hotpatch` commands run at once, one per process, for a server of
+    /// several processes (nginx).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    parallel: u32,
     /// Also measure the engine's stop floor (stop + resume every thread,
     /// nothing else) on the server once per cycle.
     #[arg(long)]
@@ -154,6 +171,11 @@ struct Report {
     dwell_ms: u64,
     steady_ms: u64,
     sigstop_every: u32,
+    fault: Fault,
+    fault_counts: FaultCounts,
+    /// Processes per server, each patched (nginx: the master and its workers).
+    processes: usize,
+    parallel: u32,
     requests: u64,
     crafted_requests: u64,
     failed: u64,
@@ -188,6 +210,10 @@ struct Report {
     throughput_ratio_median_per_process: f64,
     throughput_ratio_min: f64,
     throughput_ratio_max: f64,
+    /// Requests and latency per 100 ms of the whole run (steady windows included).
+    series: Vec<Bin>,
+    /// Every switch: its commands in all the server's processes.
+    marks: Vec<Mark>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -198,12 +224,18 @@ fn main() -> anyhow::Result<()> {
     if args.clients == 0 {
         bail!("--clients must be at least 1");
     }
+    let scratch = std::env::temp_dir().join(format!("hotpatch-proof-fault.{}", std::process::id()));
+    let helper = matches!(args.fault, Fault::Threads | Fault::ForkExec).then(|| Helper::build(&scratch)).transpose()?;
     let mut totals = Totals::default();
     let mut left = args.cycles;
     let mut g = 0;
     while left > 0 {
         let n = left.min(args.per_process);
-        generation(&args, g, n, &mut totals).with_context(|| format!("generation {g}"))?;
+        let done = generation(&args, g, n, helper.as_ref(), &mut totals).with_context(|| format!("generation {g}"));
+        if let Err(e) = done {
+            let _ = std::fs::remove_dir_all(&scratch);
+            return Err(e);
+        }
         eprintln!(
             "generation {g}: {n} cycles, {} requests so far, {} failed, {} wrong",
             totals.requests, totals.failures, totals.wrong
@@ -211,6 +243,7 @@ fn main() -> anyhow::Result<()> {
         left -= n;
         g += 1;
     }
+    let _ = std::fs::remove_dir_all(&scratch);
     let report = report(&args, &totals);
     let text = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &args.json {
@@ -260,6 +293,10 @@ fn report(args: &Args, totals: &Totals) -> Report {
         dwell_ms: args.dwell_ms,
         steady_ms: args.steady_ms,
         sigstop_every: args.sigstop_every,
+        fault: args.fault,
+        fault_counts: totals.faults.clone(),
+        processes: totals.processes,
+        parallel: args.parallel,
         requests: totals.requests,
         crafted_requests: totals.crafted,
         failed: totals.failures,
@@ -289,6 +326,8 @@ fn report(args: &Args, totals: &Totals) -> Report {
         throughput_ratio_median_per_process: round3(ratios.get(ratios.len() / 2).copied().unwrap_or(0.0)),
         throughput_ratio_min: round3(ratios.first().copied().unwrap_or(0.0)),
         throughput_ratio_max: round3(ratios.last().copied().unwrap_or(0.0)),
+        series: totals.series.clone(),
+        marks: totals.marks.clone(),
     }
 }
 

@@ -26,6 +26,8 @@ pub fn proof_under_load(kind: &str, cycles: u32, clients: u32, extra: &[&str]) -
         .arg(&json)
         .env("HOTPATCH", &hotpatch)
         .env("HOTPATCH_PROOF", &proof)
+        // The report is read from --json; stdout would repeat it, series and all.
+        .stdout(std::process::Stdio::null())
         .status()
         .expect("run scripts/proof-under-load");
     let report = std::fs::read_to_string(&json).ok();
@@ -38,11 +40,17 @@ pub fn proof_under_load(kind: &str, cycles: u32, clients: u32, extra: &[&str]) -
         assert_eq!(report[zero], 0, "{zero} in {report:#}");
     }
     let generations = report["generations"].as_u64().expect("generations");
+    let processes = report["processes"].as_u64().expect("processes");
+    assert!(processes >= 1, "{report:#}");
+    let sigstopped = report["pause_with_sigstop"]["transitions"].as_u64().unwrap_or(0);
     assert_eq!(
-        report["pause_apply"]["transitions"].as_u64(),
-        Some(u64::from(cycles) + generations),
-        "every apply ran (the cycles + one per server): {report:#}"
+        report["pause_apply"]["transitions"].as_u64().map(|n| n + sigstopped),
+        Some((u64::from(cycles) + generations) * processes),
+        "every apply ran in every process (the cycles + one per server): {report:#}"
     );
+    let marks = report["marks"].as_array().expect("marks");
+    assert_eq!(marks.len() as u64, 2 * (u64::from(cycles) + generations), "a mark per switch: {report:#}");
+    assert!(!report["series"].as_array().expect("series").is_empty(), "a time series");
     assert!(report["crafted_checked_against_a_completed_switch"].as_u64().unwrap_or(0) > 0, "{report:#}");
     report
 }

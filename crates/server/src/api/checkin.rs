@@ -81,7 +81,7 @@ pub struct CheckIn {
     pub catalogs_stale: Vec<crate::domain::signed_documents::StaleCatalog>,
 }
 
-fn validate(c: &CheckIn) -> ApiResult<()> {
+pub fn validate(c: &CheckIn) -> ApiResult<()> {
     let bad = |m: String| Err(ApiError::BadRequest(m));
     let f = &c.facts;
     if f.hostname.is_empty() || f.hostname.len() > 255 {
