@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use sqlx::Row;
 
-use crate::domain::compliance::{Judge, Status};
 use crate::db::Backend;
+use crate::domain::compliance::{Judge, Status};
 use crate::error::ApiResult;
 use crate::state::AppState;
 

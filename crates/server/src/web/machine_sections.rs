@@ -19,7 +19,8 @@ pub async fn processes(st: &AppState, id: &str, rows: &[ComplianceRow], page: &m
         let Some(s) = stored.iter().find(|s| s.try_get::<String, _>(0).is_ok_and(|b| b == r.build_id)) else {
             continue;
         };
-        for p in crate::domain::processes::judge(&crate::domain::processes::from_column(&s.try_get::<String, _>(1)?), r) {
+        for p in crate::domain::processes::judge(&crate::domain::processes::from_column(&s.try_get::<String, _>(1)?), r)
+        {
             table.push(vec![
                 text(&r.file_name),
                 text(p.pid),

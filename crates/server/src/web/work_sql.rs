@@ -10,9 +10,9 @@
 use sqlx::Row;
 
 use crate::api::compliance::STALE_SECONDS;
+use crate::domain::work_flags::{FAILED, HOTPATCHED, NEEDS_WORK, PENDING, RESTART, UNCOVERED};
 use crate::error::ApiResult;
 use crate::state::AppState;
-use crate::domain::work_flags::{FAILED, HOTPATCHED, NEEDS_WORK, PENDING, RESTART, UNCOVERED};
 
 /// A bound value of the generated SQL.
 #[derive(Debug, Clone, PartialEq)]
