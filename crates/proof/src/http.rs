@@ -40,12 +40,8 @@ pub struct Conn {
 
 impl Conn {
     pub fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Conn> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        let writer = stream.try_clone()?;
-        Ok(Conn { reader: BufReader::with_capacity(64 << 10, stream), writer, host: addr.to_string() })
+        let (reader, writer) = crate::resp::open(addr, timeout)?;
+        Ok(Conn { reader, writer, host: addr.to_string() })
     }
 
     /// `GET path` on this connection, and its whole response.

@@ -21,14 +21,21 @@ pub struct Conn {
     buf: Vec<u8>,
 }
 
+/// A loopback connection for a checking client: no Nagle delay, every read
+/// and write bounded by `timeout`, a buffered reader and a writer of its own.
+pub fn open(addr: SocketAddr, timeout: Duration) -> std::io::Result<(BufReader<TcpStream>, TcpStream)> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let writer = stream.try_clone()?;
+    Ok((BufReader::with_capacity(64 << 10, stream), writer))
+}
+
 impl Conn {
     pub fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Conn> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        let writer = stream.try_clone()?;
-        Ok(Conn { reader: BufReader::with_capacity(64 << 10, stream), writer, buf: Vec::new() })
+        let (reader, writer) = open(addr, timeout)?;
+        Ok(Conn { reader, writer, buf: Vec::new() })
     }
 
     /// Sends one command and reads its reply.

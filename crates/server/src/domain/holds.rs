@@ -53,18 +53,8 @@ impl Holds {
         }
         let mut machines = HashMap::with_capacity(rows.len());
         for r in rows {
-            let id: String = r.try_get(0)?;
-            let facts = MachineFacts {
-                targets: targets.remove(&id).unwrap_or_default(),
-                id: id.clone(),
-                hostname: r.try_get(1)?,
-                os: r.try_get(2)?,
-                kernel: r.try_get(3)?,
-                arch: r.try_get(4)?,
-                cores: r.try_get(5)?,
-                tags: serde_json::from_str(&r.try_get::<String, _>(6)?)?,
-            };
-            machines.insert(id, (facts, r.try_get(7)?));
+            let facts = MachineFacts::from_row(&r, &mut targets)?;
+            machines.insert(facts.id.clone(), (facts, r.try_get(7)?));
         }
         Ok(Holds { gate, catalog: crate::domain::catalog::hotpatches(st, org_id).await?, machines })
     }

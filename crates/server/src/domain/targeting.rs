@@ -32,6 +32,22 @@ pub struct MachineFacts {
 }
 
 impl MachineFacts {
+    /// From a row whose first columns are `id, hostname, os, kernel, arch,
+    /// cores, tags`, taking its target file names out of `targets`.
+    pub fn from_row(r: &sqlx::any::AnyRow, targets: &mut HashMap<String, Vec<String>>) -> ApiResult<MachineFacts> {
+        let id: String = r.try_get(0)?;
+        Ok(MachineFacts {
+            targets: targets.remove(&id).unwrap_or_default(),
+            id,
+            hostname: r.try_get(1)?,
+            os: r.try_get(2)?,
+            kernel: r.try_get(3)?,
+            arch: r.try_get(4)?,
+            cores: r.try_get(5)?,
+            tags: serde_json::from_str(&r.try_get::<String, _>(6)?)?,
+        })
+    }
+
     /// Runs `f` with these facts in the form queries and scopes evaluate.
     pub fn with_facts<R>(&self, f: impl FnOnce(&Facts<'_>) -> R) -> R {
         let targets: Vec<&str> = self.targets.iter().map(String::as_str).collect();
@@ -94,17 +110,7 @@ pub async fn fleet_facts(st: &AppState, org_id: &str, with_targets: bool) -> Api
     }
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let id: String = r.try_get(0)?;
-        out.push(MachineFacts {
-            targets: targets.remove(&id).unwrap_or_default(),
-            id,
-            hostname: r.try_get(1)?,
-            os: r.try_get(2)?,
-            kernel: r.try_get(3)?,
-            arch: r.try_get(4)?,
-            cores: r.try_get(5)?,
-            tags: serde_json::from_str(&r.try_get::<String, _>(6)?)?,
-        });
+        out.push(MachineFacts::from_row(&r, &mut targets)?);
     }
     Ok(out)
 }
