@@ -106,7 +106,9 @@ fn an_operator_applies_and_rolls_back_through_the_console() {
     pty.type_line("5");
     pty.expect("Roll back which");
     pty.type_line("1");
+    // The success line only: "nothing rolled back" must not pass for it.
     pty.expect("rolled back");
+    pty.expect(&format!(" in {} (pause", svc.pid()));
     assert!(svc.wait_for(UNPATCHED), "the console's rollback did not reach the process");
     pty.type_line("7");
     pty.expect("Change which");
