@@ -370,6 +370,14 @@ pub fn dump_dom(url: &str) -> String {
         .stderr(Stdio::null())
         .spawn()
         .expect("start chromium (Debian package 'chromium' is needed for the web UI tests)");
+    // The DOM is read while the browser runs: a page larger than the pipe's
+    // buffer (64 KiB) would otherwise block it on its write and never exit.
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+        out
+    });
     // A watchdog, not an assertion: a wedged browser must not outlive the test.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -383,11 +391,7 @@ pub fn dump_dom(url: &str) -> String {
             }
         }
     }
-    let mut out = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        std::io::Read::read_to_string(&mut stdout, &mut out).expect("read DOM");
-    }
-    out
+    reader.join().expect("read DOM")
 }
 
 /// Signs a fresh browser in with a one-time link and opens `page`.
