@@ -105,7 +105,6 @@ fn apply_killed_at_any_step_leaves_the_process_whole_after_repair() {
 // so the kill lands while that thread is borrowed, at varying steps.
 #[test]
 fn apply_killed_while_it_borrows_a_thread_leaves_the_process_whole() {
-    use std::io::BufRead;
     let f = Fixture::new();
     let pkg = f.path("svc-2.hpatch");
     f.pack(&f.path("svc"), 2, &pkg);
@@ -118,17 +117,9 @@ fn apply_killed_while_it_borrows_a_thread_leaves_the_process_whole() {
             pid = svc.pid().to_string();
         }
         let k = trial as usize % 5 + 1;
-        let mut apply = Command::new(HOTPATCH)
-            .args(["apply", "--pid", &pid, &s(&pkg), "--trust", &f.trust(), "--state-dir", &state])
-            .env("HOTPATCH_LOG", "hotpatch_engine::inject=debug")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("apply");
-        let log = std::io::BufReader::new(apply.stderr.take().expect("stderr"));
-        let seen = log.lines().map_while(Result::ok).filter(|l| l.contains("injecting a syscall")).take(k).count();
-        let _ = apply.kill();
-        let _ = apply.wait();
+        let seen = apply_killed_after(&f, &pid, &pkg, &state, "hotpatch_engine::inject=debug", |log| {
+            log.filter(|l: &String| l.contains("injecting a syscall")).take(k).count()
+        });
         *killed_after.entry(seen).or_insert(0) += 1;
         if let Ok(Some(end)) = svc.child.try_wait() {
             panic!("trial {trial}: the target ended ({end}) when apply was killed after {seen} injected syscalls");
@@ -192,7 +183,7 @@ int main(int argc, char **argv) {
 // untraced and the process goes on as if nothing happened.
 #[test]
 fn apply_killed_while_waiting_for_a_busy_frame_leaves_the_process_running() {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     let f = Fixture::new();
     std::fs::write(f.path("busy.c"), BUSY_SVC_C).expect("write");
     gcc(f.dir.path(), &["-O1", "-pthread", "-fno-ipa-ra", &f.tag(), "-o", "busy", "busy.c"]);
@@ -205,17 +196,9 @@ fn apply_killed_while_waiting_for_a_busy_frame_leaves_the_process_running() {
     let (pid, state) = (svc.pid().to_string(), s(&f.path("state")));
     let mut patched = false;
     for trial in 0..5 {
-        let mut apply = Command::new(HOTPATCH)
-            .args(["apply", "--pid", &pid, &s(&pkg), "--trust", &f.trust(), "--state-dir", &state])
-            .env("HOTPATCH_LOG", "hotpatch_engine::transition=debug")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("apply");
-        let log = std::io::BufReader::new(apply.stderr.take().expect("stderr"));
-        let waiting = log.lines().map_while(Result::ok).any(|l| l.contains("waiting for the busy frame to return"));
-        let _ = apply.kill();
-        let _ = apply.wait();
+        let waiting = apply_killed_after(&f, &pid, &pkg, &state, "hotpatch_engine::transition=debug", |mut log| {
+            log.any(|l: String| l.contains("waiting for the busy frame to return"))
+        });
         assert!(waiting, "trial {trial}: apply never waited for a busy frame");
         // Two more rounds of the worker since now: the redirected frame
         // returned, through the trampoline, and the next call returned too.

@@ -6,36 +6,18 @@
 mod common;
 
 use common::*;
-use hotpatch_engine::procfs::{self, ProcessMemory};
-use hotpatch_engine::region::{RegionHeader, is_region_mapping};
-
-/// The region headers of a process, read as the engine writes them.
-fn headers(pid: i32) -> Vec<RegionHeader> {
-    let maps = procfs::maps(pid).expect("maps");
-    let mem = ProcessMemory::open(pid, false).expect("mem");
-    maps.iter()
-        .filter(|m| is_region_mapping(m))
-        .map(|m| {
-            let len = RegionHeader::encoded_len(&mem.read_vec(m.start, 12).expect("read")).expect("magic");
-            RegionHeader::decode(&mem.read_vec(m.start, len).expect("read")).expect("header")
-        })
-        .collect()
-}
+use hotpatch_engine::procfs::ProcessMemory;
 
 /// Puts the baseline's bytes back at the site of `symbol`, with the process
 /// stopped, as if the switch had never reached it.
 fn unswitch(pid: i32, symbol: &str) {
-    let h = headers(pid).pop().expect("a region");
+    let h = region_headers(pid).pop().expect("a region");
     let site = h.sites.iter().find(|s| s.symbol == symbol).expect("site");
     let original = hex_decode(&site.original);
     // SAFETY: signals to our own child.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     ProcessMemory::open(pid, true).expect("mem").write(site.address, &original).expect("write");
     unsafe { libc::kill(pid, libc::SIGCONT) };
-}
-
-fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
 }
 
 fn apply(f: &Fixture, svc: &Svc, level: u32) {
@@ -72,7 +54,7 @@ fn repair_unmaps_an_unswitched_region_and_completes_a_half_switch() {
     };
     assert_eq!(action(lone.pid()), Some("unmapped".into()), "{report}");
     assert_eq!(action(half.pid()), Some("completed".into()), "{report}");
-    assert!(headers(lone.pid()).is_empty(), "the unswitched region is gone");
+    assert!(region_headers(lone.pid()).is_empty(), "the unswitched region is gone");
     assert!(half.wait_for(LEVEL2), "the half switch was completed");
     // Both keep running, and the repaired one can be patched again.
     apply(&f, &lone, 1);
@@ -89,7 +71,7 @@ fn repair_closes_open_journal_intents_from_what_the_processes_show() {
     let svc = Svc::start(&f.path("svc"));
     apply(&f, &svc, 1);
     assert!(svc.wait_for(LEVEL1));
-    let h = headers(svc.pid()).pop().expect("region");
+    let h = region_headers(svc.pid()).pop().expect("region");
     let untouched = Svc::start(&f.path("svc"));
     let mut gone = std::process::Command::new("true").spawn().expect("spawn");
     let gone_pid = gone.id() as i32;

@@ -6,29 +6,9 @@
 
 mod common;
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
-
 use common::*;
-use hotpatch_engine::procfs::{self, ProcessMemory};
-use hotpatch_engine::region::{RegionHeader, is_region_mapping};
-
-/// The region headers of a process, in address order.
-fn headers(pid: i32) -> Vec<RegionHeader> {
-    let maps = procfs::maps(pid).expect("maps");
-    let mem = ProcessMemory::open(pid, false).expect("mem");
-    maps.iter()
-        .filter(|m| is_region_mapping(m))
-        .map(|m| {
-            let len = RegionHeader::encoded_len(&mem.read_vec(m.start, 12).expect("read")).expect("magic");
-            RegionHeader::decode(&mem.read_vec(m.start, len).expect("read")).expect("header")
-        })
-        .collect()
-}
-
-fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
-}
+use hotpatch_engine::procfs::ProcessMemory;
+use hotpatch_engine::region::RegionHeader;
 
 /// Writes `bytes` at `address` with the process stopped.
 fn poke(pid: i32, address: u64, bytes: &[u8]) {
@@ -41,7 +21,7 @@ fn poke(pid: i32, address: u64, bytes: &[u8]) {
 /// Puts the baseline's bytes back at the sites of `symbols` of the only live
 /// region, as a rollback's site writes would.
 fn restore_sites(pid: i32, symbols: &[&str]) -> RegionHeader {
-    let h = headers(pid).into_iter().find(|h| h.record.retired.is_none()).expect("a live region");
+    let h = region_headers(pid).into_iter().find(|h| h.record.retired.is_none()).expect("a live region");
     for site in h.sites.iter().filter(|s| symbols.contains(&s.symbol.as_str())) {
         poke(pid, site.address, &hex_decode(&site.original));
     }
@@ -96,18 +76,10 @@ fn repair_closes_the_region_memfd_an_apply_killed_before_its_close_left_open() {
     let mut left_open = 0;
     // The kill races the rest of the apply (a few syscalls): tried until it lands.
     for _ in 0..20 {
-        let mut apply = Command::new(HOTPATCH)
-            .args(["apply", "--pid", &pid, &s(&pkg), "--trust", &f.trust(), "--state-dir", &state])
-            .env("HOTPATCH_LOG", "hotpatch_engine::inject=debug")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("apply");
-        let log = std::io::BufReader::new(apply.stderr.take().expect("stderr"));
         let mmap = format!("nr={}", libc::SYS_mmap);
-        let _ = log.lines().map_while(Result::ok).find(|l| l.contains("injecting a syscall") && l.contains(&mmap));
-        let _ = apply.kill();
-        let _ = apply.wait();
+        apply_killed_after(&f, &pid, &pkg, &state, "hotpatch_engine::inject=debug", |mut log| {
+            log.find(|l: &String| l.contains("injecting a syscall") && l.contains(&mmap))
+        });
         let open = memfds_open(svc.pid());
         let report = repair(&f, svc.pid());
         assert_eq!(report["errors"], serde_json::json!([]), "{report}");
@@ -117,13 +89,13 @@ fn repair_closes_the_region_memfd_an_apply_killed_before_its_close_left_open() {
             assert_eq!(memfds_open(svc.pid()), 0, "repair left a region memfd open: {report}");
             break;
         }
-        if headers(svc.pid()).iter().any(|h| h.record.retired.is_none()) {
+        if region_headers(svc.pid()).iter().any(|h| h.record.retired.is_none()) {
             json(&run(&["--json", "rollback", "--pid", &pid, "--state-dir", &state]));
         }
     }
     assert_eq!(left_open, 1, "no kill landed between memfd_create and close in 20 tries");
     // No live region is left that nothing leads to, and the process lives on.
-    assert!(headers(svc.pid()).iter().all(|h| h.record.retired.is_some()));
+    assert!(region_headers(svc.pid()).iter().all(|h| h.record.retired.is_some()));
     assert!(matches!(svc.child.try_wait(), Ok(None)), "the process ended");
 }
 
@@ -142,7 +114,7 @@ fn repair_retires_a_region_a_rollback_killed_before_its_mark_left_unmarked() {
 
     let report = repair(&f, svc.pid());
     assert_eq!(actions(&report), vec!["retired"], "{report}");
-    let after = headers(svc.pid());
+    let after = region_headers(svc.pid());
     assert_eq!(after.len(), 1, "the region stays mapped");
     let retired = after[0].record.retired.expect("marked retired");
     assert_eq!(retired.replaced_by_level, None, "retired by a rollback");
@@ -167,7 +139,7 @@ fn repair_finishes_a_rollback_killed_among_its_site_writes() {
     let report = repair(&f, svc.pid());
     assert_eq!(actions(&report), vec!["rolled back"], "{report}");
     assert!(svc.wait_for(UNPATCHED), "every site restored");
-    let after = headers(svc.pid());
+    let after = region_headers(svc.pid());
     assert_eq!(after.len(), 1);
     assert!(after[0].record.retired.is_some_and(|r| r.replaced_by_level.is_none()), "{:?}", after[0].record);
 }
@@ -184,14 +156,14 @@ fn repair_retires_the_level_an_upgrade_killed_before_its_mark_replaced() {
     apply(&f, &svc, 2);
     assert!(svc.wait_for(LEVEL2));
     // Level 1's header as it was before its mark.
-    let old = headers(svc.pid()).into_iter().find(|h| h.record.level == 1).expect("level 1");
+    let old = region_headers(svc.pid()).into_iter().find(|h| h.record.level == 1).expect("level 1");
     let mut unmarked = old.clone();
     unmarked.record.retired = None;
     poke(svc.pid(), old.record.region_start, &unmarked.encode());
 
     let report = repair(&f, svc.pid());
     assert_eq!(actions(&report), vec!["retired"], "{report}");
-    let after = headers(svc.pid());
+    let after = region_headers(svc.pid());
     assert_eq!(after.len(), 2, "both regions stay mapped");
     let one = after.iter().find(|h| h.record.level == 1).expect("level 1");
     assert_eq!(one.record.retired.and_then(|r| r.replaced_by_level), Some(2));

@@ -260,3 +260,48 @@ impl Drop for Agent {
         let _ = self.child.wait();
     }
 }
+
+/// The patch region headers of a process, in address order, read as the
+/// engine writes them.
+pub fn region_headers(pid: i32) -> Vec<hotpatch_engine::region::RegionHeader> {
+    use hotpatch_engine::procfs::{self, ProcessMemory};
+    use hotpatch_engine::region::{RegionHeader, is_region_mapping};
+    let maps = procfs::maps(pid).expect("maps");
+    let mem = ProcessMemory::open(pid, false).expect("mem");
+    maps.iter()
+        .filter(|m| is_region_mapping(m))
+        .map(|m| {
+            let len = RegionHeader::encoded_len(&mem.read_vec(m.start, 12).expect("read")).expect("magic");
+            RegionHeader::decode(&mem.read_vec(m.start, len).expect("read")).expect("header")
+        })
+        .collect()
+}
+
+pub fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+}
+
+/// Starts `hotpatch apply` on `pid` with the engine's `log` filter, hands its
+/// log lines to `watch` (which reads as far as it needs), then SIGKILLs it:
+/// an apply killed at the step `watch` waited for.
+pub fn apply_killed_after<R>(
+    f: &Fixture,
+    pid: &str,
+    package: &Path,
+    state: &str,
+    log: &str,
+    watch: impl FnOnce(Box<dyn Iterator<Item = String>>) -> R,
+) -> R {
+    let mut apply = Command::new(HOTPATCH)
+        .args(["apply", "--pid", pid, &s(package), "--trust", &f.trust(), "--state-dir", state])
+        .env("HOTPATCH_LOG", log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("apply");
+    let stderr = BufReader::new(apply.stderr.take().expect("stderr"));
+    let seen = watch(Box::new(stderr.lines().map_while(Result::ok)));
+    let _ = apply.kill();
+    let _ = apply.wait();
+    seen
+}
