@@ -298,19 +298,25 @@ fn said(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
-#[test]
-fn stripped_baseline_linked_unlike_the_builder_is_located_by_run_pre() {
-    // Shipped with another page size: every address moves, so the builder's
-    // own link cannot lend its symbols; the static helper is found where the
-    // exported lib_parse, matched byte for byte, calls it.
+/// Fixture `name` built against `baseline` shipped with another page size:
+/// every address moves, so the builder's own link cannot lend its symbols
+/// and run-pre must locate them (`dynsym`); patched at `site` and fixed.
+fn patched_where_the_link_lends_no_symbols(name: &str, baseline: &str, site: &str) {
     let shipped = Shipped::build_with("-O2 -g", &["LDFLAGS=-Wl,-z,max-page-size=0x10000"]);
     let mut svc = shipped.start();
-    assert!(svc.loaded_test("library-static").is_err());
-    let report = json(&ok(shipped.hotpatch_build("library-static", "libsvc.so"), "hotpatch build"));
+    assert!(svc.loaded_test(name).is_err());
+    let report = json(&ok(shipped.hotpatch_build(name, baseline), "hotpatch build"));
     assert_eq!(report["explain"]["symbols"]["kind"], "dynsym", "{report:#}");
-    assert_eq!(sites(&report), ["digit"]);
-    shipped.apply(&svc, "library-static");
-    assert_eq!(svc.loaded_test("library-static"), Ok(()));
+    assert_eq!(sites(&report), [site]);
+    shipped.apply(&svc, name);
+    assert_eq!(svc.loaded_test(name), Ok(()));
+}
+
+#[test]
+fn stripped_baseline_linked_unlike_the_builder_is_located_by_run_pre() {
+    // The static helper is found where the exported lib_parse, matched byte
+    // for byte, calls it.
+    patched_where_the_link_lends_no_symbols("library-static", "libsvc.so", "digit");
 }
 
 #[test]
@@ -318,14 +324,7 @@ fn stripped_executable_linked_unlike_the_builder_is_located_from_its_entry_point
     // The executable exports nothing of its own: the run-pre match starts at
     // main, which the entry point hands to __libc_start_main, and follows
     // the calls it proves (main -> dispatch -> copy_field).
-    let shipped = Shipped::build_with("-O2 -g", &["LDFLAGS=-Wl,-z,max-page-size=0x10000"]);
-    let mut svc = shipped.start();
-    assert!(svc.loaded_test("bounds").is_err());
-    let report = json(&ok(shipped.hotpatch_build("bounds", "svc"), "hotpatch build"));
-    assert_eq!(report["explain"]["symbols"]["kind"], "dynsym", "{report:#}");
-    assert_eq!(sites(&report), ["copy_field"]);
-    shipped.apply(&svc, "bounds");
-    assert_eq!(svc.loaded_test("bounds"), Ok(()));
+    patched_where_the_link_lends_no_symbols("bounds", "svc", "copy_field");
 }
 
 #[test]
